@@ -1,0 +1,117 @@
+"""Prior -> trimap -> closed-form matting -> Soft Mask, for the three kinds of prior.
+
+This module only composes the stages (:mod:`.trimap`, :mod:`.recist`, :mod:`.window`,
+:mod:`.matting`); every tunable lives in :class:`LabelParams`, whose JSON is stored with every
+built dataset.
+
+What ``binary_mask`` means per prior (the dataset's binary ground truth):
+
+* RECIST (DeepLesion): the binarized Soft Mask (alpha >= 0.5), the paper's "accurate binary mask";
+  the GrabCut mask it started from is only the trimap's source.
+* several readers (LIDC-IDRI): the consensus mask at ``params.consensus`` (50 % as in the paper).
+* binary mask (ISBI / PROMISE style): the given mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ._validate import as_image2d, as_mask2d
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class LabelParams:
+    """Tunables of the labelling stages (chosen by ``benchmarks/bench_accuracy.py``).
+
+    band_px : half-width of the unknown band for strategies 1 and 3, in pixels (erode and
+        dilate the mask by this many pixels; the band is ~2*band_px wide).
+    eps : regularisation epsilon of the matting Laplacian (Levin et al. Eq. 8, 1-channel form).
+    radius : matting window radius in pixels (1 -> 3x3 windows).
+    window_level_hu, window_width_hu : CT window mapped to [0, 1] before matting and GrabCut.
+    grabcut_iterations : OpenCV GrabCut iterations for RECIST priors.
+    consensus : reader fraction for the LIDC binary ground truth (0.5 = 50 % consensus).
+    """
+
+    band_px: float = 2.0
+    eps: float = 1e-7
+    radius: int = 1
+    window_level_hu: float = -600.0
+    window_width_hu: float = 1500.0
+    grabcut_iterations: int = 5
+    consensus: float = 0.5
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The labels of one sample: uint8 trimap (0/128/255), float32 Soft Mask in [0, 1],
+    bool binary mask, all (rows, cols)."""
+
+    trimap: np.ndarray
+    soft_mask: np.ndarray
+    binary_mask: np.ndarray
+
+
+def _windowed(image_hu, params: LabelParams, sample_id):
+    from .window import window_hu
+
+    image = as_image2d(image_hu, "image_hu", sample_id=sample_id)
+    return window_hu(image, level_hu=params.window_level_hu, width_hu=params.window_width_hu)
+
+
+def _alpha(image01, trimap, params: LabelParams) -> np.ndarray:
+    from .matting import closed_form_alpha
+
+    return closed_form_alpha(image01, trimap, eps=params.eps, radius=params.radius)
+
+
+def label_from_mask(image_hu, mask, params: LabelParams = LabelParams(), *, sample_id=None) -> Labels:
+    """Strategy 1: trimap by erode/dilate of a binary mask, then matting. binary_mask = mask."""
+    from .trimap import trimap_from_mask
+
+    image01 = _windowed(image_hu, params, sample_id)
+    mask = as_mask2d(mask, "mask", sample_id=sample_id)
+    if mask.shape != image01.shape:
+        raise InputError(f"mask shape {mask.shape} does not match image shape {image01.shape}", sample_id=sample_id)
+    trimap = trimap_from_mask(mask, band_px=params.band_px)
+    return Labels(trimap, _alpha(image01, trimap, params), mask)
+
+
+def label_from_readers(image_hu, reader_masks: Sequence[np.ndarray], params: LabelParams = LabelParams(), *,
+                       sample_id=None) -> Labels:
+    """Strategy 2 (Eqs. 2-4): lesion = intersection, background = outside the union; binary
+    mask = consensus at ``params.consensus`` of the readers."""
+    from .trimap import consensus_mask, trimap_from_readers
+
+    image01 = _windowed(image_hu, params, sample_id)
+    trimap = trimap_from_readers(reader_masks)
+    if trimap.shape != image01.shape:
+        raise InputError(f"reader masks shape {trimap.shape} does not match image shape {image01.shape}",
+                         sample_id=sample_id)
+    binary = consensus_mask(reader_masks, level=params.consensus)
+    return Labels(trimap, _alpha(image01, trimap, params), binary)
+
+
+def label_from_recist(image_hu, recist, params: LabelParams = LabelParams(), *, sample_id=None) -> Labels:
+    """Strategy 3: GrabCut seeded by the RECIST axes -> mask -> strategy-1 trimap -> matting;
+    binary mask = binarized Soft Mask (alpha >= 0.5)."""
+    from .recist import mask_from_recist
+    from .trimap import trimap_from_mask
+
+    image01 = _windowed(image_hu, params, sample_id)
+    mask = mask_from_recist(image01, recist, iterations=params.grabcut_iterations, sample_id=sample_id)
+    trimap = trimap_from_mask(mask, band_px=params.band_px)
+    alpha = _alpha(image01, trimap, params)
+    return Labels(trimap, alpha, alpha >= 0.5)

@@ -1,0 +1,84 @@
+"""The records every source adapter produces, and the contract between adapters and the build.
+
+A build runs in two phases:
+
+1. **plan** (cheap, in the parent process): an adapter's ``plan_*`` function reads only indexes
+   (``DL_info.csv``, the LIDC annotation database, a folder listing) and returns a list of
+   :class:`SampleRef` — small, picklable, sorted deterministically by ``sample_id``. Rows that are
+   already known to be bad at plan time come back as :class:`Reject` rows.
+2. **load** (in workers): the adapter's ``load_*`` function turns one ``SampleRef`` into a
+   :class:`SampleRecord` (reads pixels, crops), or raises a
+   :class:`~softmask_builder.errors.SoftMaskError` carrying the sample id and the stage; the build
+   turns that into a rejects row and goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+PriorKind = Literal["recist", "readers", "mask"]
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """A planned sample: everything needed to load it later, nothing heavy.
+
+    sample_id : unique id inside the dataset (also the sort key).
+    source_key : the source's own key (DeepLesion ``File_name``; LIDC
+        ``LIDC-IDRI-0001/nodule-1/z=-115.000``; a mask file name).
+    patient : the patient id (splits are made by patient).
+    split : the source's official split ("train"/"val"/"test") or None.
+    payload : adapter-specific, picklable fields (paths as str, numbers, tuples).
+    """
+
+    sample_id: str
+    source_key: str
+    patient: str
+    split: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One loaded sample, cropped and ready for labelling.
+
+    image_hu : (rows, cols) float32 crop in Hounsfield units.
+    prior_kind : "recist" (prior = :class:`~softmask_builder.recist.Recist` in crop (row, col)
+        pixels), "readers" (prior = (R, rows, cols) bool array, one mask per reader, R >= 2), or
+        "mask" (prior = (rows, cols) bool array).
+    spacing_mm : (row_mm, col_mm) of the crop pixels (after any rescale).
+    origin_px : (row, col) of the crop's top-left corner in source pixels (may be negative when
+        the crop was padded at the image border).
+    scale : crop pixels per source pixel (1.0 unless the lesion was rescaled to fit the crop).
+    """
+
+    ref: SampleRef
+    image_hu: np.ndarray
+    prior_kind: PriorKind
+    prior: Any
+    spacing_mm: tuple[float, float]
+    origin_px: tuple[float, float] = (0.0, 0.0)
+    scale: float = 1.0
+    n_readers: int = -1
+    lesion_type: int = -1
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A sample that could not be built: written as a row of ``rejects.csv``."""
+
+    sample_id: str
+    stage: str  # "plan", "load", "label", "write"
+    reason: str
+
+
+@dataclass(frozen=True)
+class SliceRecord:
+    """A full CT slice for the SR teacher: (rows, cols) HU, spacing (row_mm, col_mm)."""
+
+    ref: SampleRef
+    image_hu: np.ndarray
+    spacing_mm: tuple[float, float]
