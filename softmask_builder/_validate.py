@@ -38,11 +38,16 @@ def as_mask2d(mask, name: str = "mask", *, allow_empty: bool = False, allow_full
     if arr.dtype != bool:
         if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
             raise InputError(f"{name} must be boolean or integer, got dtype {arr.dtype}", sample_id=sample_id)
-        values = np.unique(arr)
-        if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
-            raise InputError(f"{name} must be binary ({{0,1}} or {{0,255}}), got values {values[:6].tolist()}",
-                             sample_id=sample_id)
-        arr = arr != 0
+        nonzero = arr != 0
+        # One pass: every nonzero value must be the same 1 or 255 (no np.unique sort).
+        if nonzero.any():
+            top = arr[nonzero]
+            first = top.flat[0]
+            if first not in (1, 255) or not np.all(top == first):
+                values = np.unique(arr)
+                raise InputError(f"{name} must be binary ({{0,1}} or {{0,255}}), got values {values[:6].tolist()}",
+                                 sample_id=sample_id)
+        arr = nonzero
     if not allow_empty and not arr.any():
         raise InputError(f"{name} is empty (no lesion pixel)", sample_id=sample_id)
     if not allow_full and arr.all():

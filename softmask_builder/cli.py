@@ -1,17 +1,329 @@
 """`softmask` command line: thin wrappers over the typed API (parse, set up parallelism and
-progress, call, summarise)."""
+progress, call, summarise).
+
+Every command prints one JSON object on stdout (the summary) and its progress and errors on
+stderr. Exit codes:
+
+====  ==========================================================================================
+0     success (a build may still have rejected samples: see ``n_rejects`` and ``rejects.csv``)
+1     unexpected internal error (a bug: the traceback is printed)
+2     usage or input error (bad option, recipe, source folder, or an output folder that holds a
+      different build)
+3     ``verify`` found a mismatch (hash, schema or counts)
+4     the build finished but holds no sample (every planned sample was rejected, or none planned)
+====  ==========================================================================================
+"""
 
 from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
 from . import __version__
+from .errors import InputError, SoftMaskError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_VERIFY, EXIT_EMPTY = 0, 1, 2, 3, 4
+
+#: Default recipe and the recipe sources each ``build`` subcommand accepts.
+BUILD_KINDS = {
+    "deeplesion": ("lnsm", ("deeplesion",)),
+    "lidc": ("lidc", ("lidc",)),
+    "masks": ("masks", ("masks",)),
+    "slices": ("slices", ("deeplesion_slices", "lidc_slices")),
+}
+
+
+class _Fail(click.ClickException):
+    """An input error reported as ``error: ...`` on stderr with exit code 2 (or ``code``)."""
+
+    def __init__(self, message: str, code: int = EXIT_INPUT):
+        super().__init__(message)
+        self.exit_code = code
+
+
+@contextmanager
+def _input_errors():
+    """Turn the package's input errors into exit code 2 with a one-line message."""
+    try:
+        yield
+    except SoftMaskError as exc:
+        raise _Fail(str(exc)) from None
+
+
+def _emit(data) -> None:
+    click.echo(json.dumps(data, indent=1, sort_keys=True, default=str))
+
+
+@contextmanager
+def parallel_setup(backend: str, jobs: int, scheduler: str | None):
+    """``joblib.parallel_config`` for the build: loky with ``jobs`` processes, or dask through
+    ``scheduler`` (a ``tcp://`` address) or a LocalCluster of ``jobs`` single-threaded workers."""
+    import joblib
+
+    if jobs < 1:
+        raise _Fail(f"--jobs must be >= 1, got {jobs}")
+    if backend == "loky":
+        if scheduler:
+            raise _Fail("--scheduler needs --backend dask")
+        with joblib.parallel_config(backend="loky", n_jobs=jobs):
+            yield
+        return
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise _Fail("--backend dask needs dask.distributed: pip install 'softmask-toolkit[dask]'") from None
+    cluster = None
+    try:
+        if scheduler:
+            client = Client(scheduler)
+        else:
+            cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = Client(cluster)
+    except OSError as exc:
+        raise _Fail(f"cannot reach the dask scheduler {scheduler!r}: {exc}") from None
+    try:
+        with joblib.parallel_config(backend="dask", n_jobs=-1 if scheduler else jobs):
+            yield
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _progress_bar(total: int, enabled: bool | None):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="sample", file=sys.stderr, disable=None if enabled is None else not enabled,
+               dynamic_ncols=True)
+    rejected = [0]
+
+    def update(result) -> None:
+        rejected[0] += len(result.rejects)
+        bar.set_postfix(rejects=rejected[0], refresh=False)
+        bar.update(result.n_planned)
+
+    return bar, update
+
+
+def _run_build(recipe, source: Path, out: Path | None, *, jobs: int, backend: str, scheduler: str | None,
+               dry_run: bool, limit: int | None, overwrite: bool, progress: bool | None) -> dict:
+    """Plan, then (unless ``dry_run``) build; return the summary dict. Raises _Fail on input errors."""
+    from .build import plan_build, run_build
+
+    out = out or Path("build") / recipe.dataset
+    with _input_errors():
+        plan = plan_build(recipe, source, limit=limit)
+    if dry_run:
+        return {"dry_run": True, "out": str(out), **plan.summary()}
+    bar, update = _progress_bar(plan.n_planned, progress)
+    try:
+        with parallel_setup(backend, jobs, scheduler), _input_errors():
+            result = run_build(plan, out, overwrite=overwrite, progress=update)
+    finally:
+        bar.close()
+    return result.summary()
+
+
+def _common_build_options(func):
+    options = [
+        click.option("--recipe", "recipe_name", default=None,
+                     help="Recipe YAML path or bundled name (lnsm, lidc, sample, masks, slices)."),
+        click.option("--out", type=click.Path(path_type=Path), default=None,
+                     help="Output folder (default build/<dataset>)."),
+        click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Parallel shard jobs."),
+        click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
+                     help="joblib backend for the shard jobs."),
+        click.option("--scheduler", default=None,
+                     help="dask scheduler address (tcp://host:8786); default: a LocalCluster of --jobs workers."),
+        click.option("--dry-run", is_flag=True, help="Plan only: print the splits and shard counts, write nothing."),
+        click.option("--limit", type=click.IntRange(min=1), default=None,
+                     help="Use only the first N planned samples (by sample_id): a trial build."),
+        click.option("--overwrite", is_flag=True, help="Rebuild every shard (default: finished shards are kept)."),
+        click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a tty)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _build_command(kind: str):
+    default_recipe, sources = BUILD_KINDS[kind]
+
+    @click.command(name=kind)
+    @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @_common_build_options
+    def command(source, recipe_name, out, jobs, backend, scheduler, dry_run, limit, overwrite, progress):
+        from .recipes import load_recipe
+
+        with _input_errors():
+            recipe = load_recipe(recipe_name or default_recipe)
+        if recipe.source not in sources:
+            raise _Fail(f"recipe {recipe_name or default_recipe!r} builds source {recipe.source!r}; "
+                        f"`softmask build {kind}` takes a recipe with source {' or '.join(sources)}")
+        summary = _run_build(recipe, source, out, jobs=jobs, backend=backend, scheduler=scheduler, dry_run=dry_run,
+                             limit=limit, overwrite=overwrite, progress=progress)
+        _emit(summary)
+        if not dry_run and summary["n_samples"] == 0:
+            raise _Fail(f"no sample was built (see {Path(summary['out']) / 'rejects.csv'})", code=EXIT_EMPTY)
+
+    command.help = (f"Build a dataset from a {kind} source folder SOURCE (default recipe: {default_recipe}). "
+                    "Prints a JSON summary on stdout.")
+    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="softmask")
 def main() -> None:
-    """Build Soft Mask datasets (trimaps + closed-form matting) into verifiable HDF5 shards."""
+    """Build Soft Mask datasets (trimaps + closed-form matting) into verifiable HDF5 shards.
+
+    Exit codes: 0 ok, 1 internal error, 2 usage/input error, 3 verify mismatch, 4 nothing built.
+    """
+
+
+@main.group()
+def build() -> None:
+    """Build a dataset: plan, split by patient, label, write shards and release files."""
+
+
+for _kind in BUILD_KINDS:
+    build.add_command(_build_command(_kind))
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--sample", "sample_index", type=int, default=None, help="Also show sample I of a shard.")
+def inspect(path: Path, sample_index: int | None) -> None:
+    """Summarise a dataset folder (its manifest) or one shard (attributes, arrays, ids)."""
+    from .shards import open_shard
+
+    if path.is_dir():
+        manifest = path / "manifest.json"
+        if not manifest.is_file():
+            raise _Fail(f"{path} has no manifest.json (not a finished build)")
+        m = json.loads(manifest.read_text())
+        _emit({k: m[k] for k in ("dataset", "dataset_version", "kind", "builder_version", "schema_version",
+                                 "recipe_sha256", "n_samples", "n_planned", "n_rejects", "rejects_by_stage",
+                                 "n_unselected", "splits")}
+              | {"shards": [{k: e[k] for k in ("file", "split", "n_samples")} for e in m["shards"]]})
+        return
+    with _input_errors(), open_shard(path) as shard:
+        attrs = {k: v for k, v in shard.attrs.items() if k not in ("recipe_json", "rejects_json", "label_params_json")}
+        info = {
+            "path": str(path), "attrs": attrs,
+            "arrays": {name: {"shape": list(ds.shape), "dtype": str(ds.dtype)} for name, ds in shard.file.items()},
+            "sample_ids": shard.sample_ids[:10], "n_rejects": len(shard.rejects()),
+        }
+        if sample_index is not None:
+            sample = shard.sample(sample_index)
+            info["sample"] = {k: ({"shape": list(v.shape), "min": float(v.min()), "max": float(v.max())}
+                                  if hasattr(v, "shape") and v.ndim == 2 else v) for k, v in sample.items()}
+    _emit(info)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def verify(path: Path) -> None:
+    """Re-hash a dataset folder and check its schema and counts (exit 3 on any mismatch)."""
+    from .release import verify as verify_dataset
+
+    report = verify_dataset(path)
+    _emit(report.summary())
+    if not report.ok:
+        for problem in report.problems:
+            click.echo(f"verify: {problem}", err=True)
+        sys.exit(EXIT_VERIFY)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--n", "n_samples", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Samples on the sheet (spread evenly over the dataset).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("preview.png"),
+              show_default=True)
+def preview(path: Path, n_samples: int, out: Path) -> None:
+    """Contact sheet PNG: image, trimap, Soft Mask and binary mask of N samples."""
+    from .release import write_preview
+
+    with _input_errors():
+        written = write_preview(path, out, n=n_samples)
+    _emit({"preview": str(written), "n": n_samples})
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--n", "n_cases", type=click.IntRange(min=1), default=60, show_default=True, help="Phantom cases.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def phantom(out: Path, n_cases: int, seed: int) -> None:
+    """Write the synthetic DeepLesion-layout sample (known truth) to OUT."""
+    summary = _write_phantom(out, n_cases, seed)
+    _emit(summary)
+
+
+def _write_phantom(out: Path, n_cases: int, seed: int) -> dict:
+    from .phantom import write_sample
+
+    marker = out / "phantom.json"
+    wanted = {"n": n_cases, "seed": seed, "builder_version": __version__}
+    if marker.is_file() and json.loads(marker.read_text()) == wanted and (out / "DL_info.csv").is_file():
+        return {"out": str(out), **wanted, "reused": True}
+    with _input_errors():
+        truth = write_sample(out, n=n_cases, seed=seed)
+    marker.write_text(json.dumps(wanted, sort_keys=True) + "\n")
+    return {"out": str(out), **wanted, "truth": str(truth), "reused": False}
+
+
+@main.command(name="make-lnsm")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("build/lnsm"),
+              show_default=True)
+@click.option("-j", "--jobs", type=int, default=1, show_default=True)
+@click.option("--deeplesion", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="DeepLesion root (DL_info.csv + Images_png). Without it, the bundled phantom sample is built.")
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True)
+@click.option("--scheduler", default=None)
+@click.option("--n", "n_cases", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Phantom cases (without --deeplesion).")
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--overwrite", is_flag=True)
+@click.option("--progress/--no-progress", default=None)
+def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, scheduler: str | None, n_cases: int,
+              limit: int | None, overwrite: bool, progress: bool | None) -> None:
+    """What `make lnsm` runs: build LNSM from DeepLesion (manifests/lnsm.yaml), or without
+    --deeplesion the phantom sample (written to OUT/phantom-source, manifests/sample.yaml); then
+    verify and write OUT/preview.png."""
+    from .recipes import load_recipe
+    from .release import verify as verify_dataset
+    from .release import write_preview
+
+    summary: dict = {}
+    if deeplesion is None:
+        summary["phantom"] = _write_phantom(out / "phantom-source", n_cases, 0)
+        source, recipe_name = out / "phantom-source", "sample"
+    else:
+        source, recipe_name = deeplesion, "lnsm"
+    with _input_errors():
+        recipe = load_recipe(recipe_name)
+    summary["build"] = _run_build(recipe, source, out, jobs=jobs, backend=backend, scheduler=scheduler,
+                                  dry_run=False, limit=limit, overwrite=overwrite, progress=progress)
+    report = verify_dataset(out)
+    summary["verify"] = report.summary()
+    if summary["build"]["n_samples"]:
+        summary["preview"] = str(write_preview(out, out / "preview.png", n=8))
+    _emit(summary)
+    if not report.ok:
+        for problem in report.problems:
+            click.echo(f"verify: {problem}", err=True)
+        sys.exit(EXIT_VERIFY)
+    if summary["build"]["n_samples"] == 0:
+        raise _Fail(f"no sample was built (see {out / 'rejects.csv'})", code=EXIT_EMPTY)
+
+
+from .cli_lidc import lidc_agreement  # noqa: E402  (registered after main exists)
+
+main.add_command(lidc_agreement)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -85,7 +85,7 @@ def label_from_mask(image_hu, mask, params: LabelParams = LabelParams(), *, samp
     mask = as_mask2d(mask, "mask", sample_id=sample_id)
     if mask.shape != image01.shape:
         raise InputError(f"mask shape {mask.shape} does not match image shape {image01.shape}", sample_id=sample_id)
-    trimap = trimap_from_mask(mask, band_px=params.band_px)
+    trimap = trimap_from_mask(mask, band_px=params.band_px, sample_id=sample_id)
     return Labels(trimap, _alpha(image01, trimap, params), mask)
 
 
@@ -96,11 +96,11 @@ def label_from_readers(image_hu, reader_masks: Sequence[np.ndarray], params: Lab
     from .trimap import consensus_mask, trimap_from_readers
 
     image01 = _windowed(image_hu, params, sample_id)
-    trimap = trimap_from_readers(reader_masks)
+    trimap = trimap_from_readers(reader_masks, sample_id=sample_id)
     if trimap.shape != image01.shape:
         raise InputError(f"reader masks shape {trimap.shape} does not match image shape {image01.shape}",
                          sample_id=sample_id)
-    binary = consensus_mask(reader_masks, level=params.consensus)
+    binary = consensus_mask(reader_masks, level=params.consensus, sample_id=sample_id)
     return Labels(trimap, _alpha(image01, trimap, params), binary)
 
 
@@ -112,6 +112,6 @@ def label_from_recist(image_hu, recist, params: LabelParams = LabelParams(), *, 
 
     image01 = _windowed(image_hu, params, sample_id)
     mask = mask_from_recist(image01, recist, iterations=params.grabcut_iterations, sample_id=sample_id)
-    trimap = trimap_from_mask(mask, band_px=params.band_px)
+    trimap = trimap_from_mask(mask, band_px=params.band_px, sample_id=sample_id)
     alpha = _alpha(image01, trimap, params)
     return Labels(trimap, alpha, alpha >= 0.5)

@@ -1,0 +1,651 @@
+"""The deterministic dataset build: plan -> split by patient -> shards -> parallel shard jobs.
+
+Phases
+------
+1. **plan** (parent process, cheap): the recipe's source adapter lists :class:`SampleRef` rows
+   (``plan_*``); :func:`make_plan` applies ``limit``, splits by patient (:func:`split_refs`) and cuts
+   each split into shards of ``samples_per_shard`` refs, so every shard's name
+   (``{dataset}-{split}-{i:05d}-of-{n:05d}.h5``) and content list are fixed before any pixel is
+   read.
+2. **build** (:func:`run_build`): one job per shard loads and labels its samples (failures become
+   rejects rows, the rest goes on) and writes the shard atomically. Jobs run through
+   ``joblib.Parallel`` with no backend chosen here: the caller picks one with
+   ``joblib.parallel_config`` (the CLI does; without one, jobs run one after another in-process).
+   A shard depends only on its refs and the recipe, so the bytes do not depend on the number of
+   jobs or the backend.
+3. **release** (:mod:`.release`): ``manifest.json``, ``rejects.csv``, ``DATASET_CARD.md``,
+   ``SHA256SUMS``.
+
+Resume: the plan is recorded in ``<out>/.plan.json``; a shard whose final file exists and carries
+the plan's ``plan_sha256`` attribute is finished and skipped on a rerun. Leftover temporary files of
+a killed build are removed; release files are deleted before any shard is written and rewritten
+at the end, so a killed build never looks finished (``verify`` fails on it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import math
+import os
+import sys
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+from joblib import Parallel, delayed
+
+from . import __version__
+from .errors import InputError, SoftMaskError, SourceError
+from .pipeline import LabelParams, Labels, label_from_mask, label_from_readers, label_from_recist
+from .recipes import SOURCES, SPLITS, Recipe, SplitSpec
+from .shards import (SAMPLE_META_DTYPE, SLICE_META_DTYPE, encode_meta, is_temp_name, open_shard,
+                     parse_shard_name, sha256_file, shard_name, write_shard)
+from .sources.base import Reject, SampleRecord, SampleRef, SliceRecord
+
+PLAN_FILE = ".plan.json"
+RELEASE_FILES = ("manifest.json", "SHA256SUMS", "rejects.csv", "DATASET_CARD.md")
+
+Loader = Callable[[SampleRef], Any]
+Labeller = Callable[[SampleRecord, LabelParams], Labels]
+
+
+# --- plan -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard to build: its name, position and the refs it will hold (sorted by sample_id)."""
+
+    name: str
+    split: str
+    index: int
+    count: int
+    refs: tuple[SampleRef, ...]
+    plan_sha256: str
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything decided before any pixel is read.
+
+    shards : in order split (train, val, test) then index.
+    plan_rejects : rows already rejected while planning (stage "plan").
+    unselected : refs planned by the source but left out by the split targets or ``limit``.
+    targets : target sample count per split ({} for the official split).
+    """
+
+    recipe: Recipe
+    source: str
+    shards: tuple[ShardPlan, ...]
+    plan_rejects: tuple[Reject, ...]
+    n_unselected: int
+    targets: dict[str, int]
+
+    @property
+    def n_planned(self) -> int:
+        return sum(len(s.refs) for s in self.shards)
+
+    def split_counts(self) -> dict[str, int]:
+        counts = Counter()
+        for s in self.shards:
+            counts[s.split] += len(s.refs)
+        return {k: counts[k] for k in SPLITS if k in counts}
+
+    def record(self) -> dict[str, Any]:
+        """The JSON content of ``.plan.json`` (what a rerun compares against)."""
+        return {
+            "dataset": self.recipe.dataset,
+            "recipe_sha256": self.recipe.sha256(),
+            "shards": [{"name": s.name, "plan_sha256": s.plan_sha256, "n_planned": len(s.refs)}
+                       for s in self.shards],
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "dataset": self.recipe.dataset,
+            "recipe_sha256": self.recipe.sha256(),
+            "n_planned": self.n_planned,
+            "n_shards": len(self.shards),
+            "splits": self.split_counts(),
+            "targets": dict(self.targets),
+            "n_plan_rejects": len(self.plan_rejects),
+            "n_unselected": self.n_unselected,
+        }
+
+
+def _stable_key(seed: int, patient: str) -> str:
+    # A hash, not a numpy Generator: the order must not change with the numpy version.
+    return hashlib.sha256(f"{seed}:{patient}".encode()).hexdigest()
+
+
+def _targets_from_fractions(fractions: Mapping[str, float], n: int) -> dict[str, int]:
+    """Largest-remainder rounding of ``fractions * n`` (sums to n exactly)."""
+    raw = {k: fractions[k] * n for k in SPLITS if k in fractions}
+    out = {k: int(math.floor(v)) for k, v in raw.items()}
+    left = n - sum(out.values())
+    for k in sorted(raw, key=lambda k: (-(raw[k] - out[k]), SPLITS.index(k)))[:left]:
+        out[k] += 1
+    return out
+
+
+def split_refs(refs: Sequence[SampleRef], spec: SplitSpec) -> tuple[dict[str, list[SampleRef]],
+                                                                    list[SampleRef], list[Reject], dict[str, int]]:
+    """Split refs into train/val/test, never putting one patient in two splits.
+
+    Method "patient": patients are ordered by ``sha256(f"{seed}:{patient}")`` (independent of the
+    input order and of library versions) and assigned one by one, each to the split that is
+    furthest behind its target:
+
+    * ``counts`` (exact targets): the split with the smallest filled fraction among those still
+      below target takes the patient's refs (in sample_id order) up to its remaining need; a
+      patient's refs that do not fit are left out (unselected), never moved to another split.
+      When fewer samples exist than the targets ask for, the splits fill in proportion.
+    * ``fractions``: targets are ``fractions * len(refs)`` (largest-remainder rounding); whole
+      patients go to the split with the largest remaining deficit, so every ref is used and the
+      splits match the fractions up to one patient's worth of samples.
+
+    Method "official": ``ref.split`` is used; refs without one are rejected (stage "plan").
+
+    Returns
+    -------
+    splits : split name -> refs sorted by sample_id (only splits with refs).
+    unselected : refs left out.
+    rejects : plan-stage rejects.
+    targets : target count per split ({} for "official").
+    """
+    splits: dict[str, list[SampleRef]] = defaultdict(list)
+    unselected: list[SampleRef] = []
+    rejects: list[Reject] = []
+    if spec.method == "official":
+        for ref in refs:
+            if ref.split in SPLITS:
+                splits[ref.split].append(ref)
+            else:
+                rejects.append(Reject(ref.sample_id, "plan", f"no official split (got {ref.split!r})"))
+        return {k: sorted(splits[k], key=_sid) for k in SPLITS if splits[k]}, unselected, rejects, {}
+
+    by_patient: dict[str, list[SampleRef]] = defaultdict(list)
+    for ref in refs:
+        by_patient[ref.patient].append(ref)
+    order = sorted(by_patient, key=lambda p: (_stable_key(spec.seed, p), p))
+    if spec.counts is not None:
+        targets = {k: int(spec.counts[k]) for k in SPLITS if k in spec.counts}
+    else:
+        targets = _targets_from_fractions(spec.fractions, len(refs))
+    filled = dict.fromkeys(targets, 0)
+    for patient in order:
+        group = sorted(by_patient[patient], key=_sid)
+        if spec.counts is not None:
+            open_splits = [k for k in targets if filled[k] < targets[k]]
+            if not open_splits:
+                unselected.extend(group)
+                continue
+            k = min(open_splits, key=lambda k: (filled[k] / targets[k], SPLITS.index(k)))
+            take = min(len(group), targets[k] - filled[k])
+            splits[k].extend(group[:take])
+            unselected.extend(group[take:])
+            filled[k] += take
+        else:
+            live = [k for k in targets if targets[k] > 0]
+            k = max(live, key=lambda k: (targets[k] - filled[k], -SPLITS.index(k)))
+            splits[k].extend(group)
+            filled[k] += len(group)
+    return ({k: sorted(splits[k], key=_sid) for k in SPLITS if splits[k]}, sorted(unselected, key=_sid),
+            rejects, targets)
+
+
+def _sid(ref: SampleRef) -> str:
+    return ref.sample_id
+
+
+_META_LIMITS = {name: SAMPLE_META_DTYPE[name].itemsize for name in ("sample_id", "source_key", "patient")}
+
+
+def _plan_digest(recipe_sha: str, name: str, refs: Sequence[SampleRef]) -> str:
+    payload = json.dumps({"recipe_sha256": recipe_sha, "name": name,
+                          "refs": [[r.sample_id, r.source_key, r.patient] for r in refs]},
+                         separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def make_plan(recipe: Recipe, refs: Iterable[SampleRef], rejects: Iterable[Reject] = (), *,
+              source: str = "", limit: int | None = None) -> BuildPlan:
+    """Turn planned refs into a :class:`BuildPlan` (pure: no file is read).
+
+    ``limit`` keeps the first ``limit`` refs by sample_id (a trial build). Refs whose ids do not
+    fit the schema's fixed-length fields are rejected (stage "plan"); duplicate sample ids are an
+    error of the source (:class:`SourceError`).
+    """
+    if limit is not None and limit < 1:
+        raise InputError(f"limit must be >= 1, got {limit}")
+    refs = sorted(refs, key=_sid)
+    plan_rejects = list(rejects)
+    seen = set()
+    for ref in refs:
+        if ref.sample_id in seen:
+            raise SourceError(f"duplicate sample_id {ref.sample_id!r} in the plan of source {recipe.source!r}")
+        seen.add(ref.sample_id)
+    kept = []
+    for ref in refs:
+        too_long = [f for f, size in _META_LIMITS.items() if len(str(getattr(ref, f)).encode()) > size]
+        if too_long:
+            plan_rejects.append(Reject(ref.sample_id, "plan",
+                                       f"{', '.join(too_long)} longer than the schema allows"))
+        else:
+            kept.append(ref)
+    n_unselected = 0
+    if limit is not None and len(kept) > limit:
+        n_unselected += len(kept) - limit
+        kept = kept[:limit]
+    splits, unselected, split_rejects, targets = split_refs(kept, recipe.split)
+    plan_rejects.extend(split_rejects)
+    n_unselected += len(unselected)
+
+    recipe_sha = recipe.sha256()
+    per = recipe.samples_per_shard
+    shards = []
+    for split in SPLITS:
+        members = splits.get(split, [])
+        count = math.ceil(len(members) / per)
+        for i in range(count):
+            chunk = tuple(members[i * per:(i + 1) * per])
+            name = shard_name(recipe.dataset, split, i, count, kind=recipe.kind)
+            shards.append(ShardPlan(name, split, i, count, chunk, _plan_digest(recipe_sha, name, chunk)))
+    plan_rejects.sort(key=lambda r: (r.sample_id, r.stage, r.reason))
+    return BuildPlan(recipe, str(source), tuple(shards), tuple(plan_rejects), n_unselected, targets)
+
+
+def source_functions(source: str) -> tuple[Callable, Callable]:
+    """The ``(plan, load)`` functions of a source adapter named in :data:`recipes.SOURCES`."""
+    spec = SOURCES[source]
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError as exc:
+        raise InputError(f"source adapter {spec.module} is not available: {exc}") from None
+    return getattr(module, spec.plan), getattr(module, spec.load)
+
+
+def plan_build(recipe: Recipe, source: str | Path, *, limit: int | None = None) -> BuildPlan:
+    """Plan a build of ``recipe`` from the ``source`` folder (reads only the source's indexes)."""
+    plan_fn, _ = source_functions(recipe.source)
+    kwargs = dataclasses.asdict(recipe.source_options)
+    if recipe.kind == "samples":
+        kwargs["crop_px"] = recipe.crop_px
+    refs, rejects = plan_fn(source, **kwargs)
+    return make_plan(recipe, refs, rejects, source=str(source), limit=limit)
+
+
+# --- shard jobs -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one shard job produced (or what a finished shard holds, when skipped)."""
+
+    name: str
+    split: str
+    index: int
+    count: int
+    n_planned: int
+    n_samples: int
+    sha256: str
+    bytes: int
+    rejects: tuple[Reject, ...]
+    patients: tuple[str, ...]
+    skipped: bool = False
+
+
+def label_record(record: SampleRecord, params: LabelParams) -> Labels:
+    """Label one loaded sample with the pipeline strategy of its prior kind."""
+    sid = record.ref.sample_id
+    if record.prior_kind == "recist":
+        return label_from_recist(record.image_hu, record.prior, params, sample_id=sid)
+    if record.prior_kind == "readers":
+        return label_from_readers(record.image_hu, list(record.prior), params, sample_id=sid)
+    if record.prior_kind == "mask":
+        return label_from_mask(record.image_hu, record.prior, params, sample_id=sid)
+    raise InputError(f"unknown prior_kind {record.prior_kind!r}", sample_id=sid, stage="label")
+
+
+@contextmanager
+def _single_threaded():
+    """One thread per job for OpenCV and numba (the jobs are the parallelism); restored after,
+    since a sequential build runs in the caller's process. BLAS threads in loky workers are
+    already limited by joblib, and dask's nanny sets OMP/MKL/OPENBLAS_NUM_THREADS=1."""
+    import cv2
+
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    numba = sys.modules.get("numba")
+    nb_threads = numba.get_num_threads() if numba is not None else None
+    if numba is not None:
+        numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(cv_threads)
+        if numba is not None:
+            numba.set_num_threads(nb_threads)
+
+
+def _reject(ref: SampleRef, exc: BaseException, phase: str) -> Reject:
+    """A rejects row for ``exc`` raised in ``phase``. Errors raised while labelling are stage
+    "label" (the labelling stage that raised, if it says, prefixes the reason); otherwise the
+    error's own stage wins over the phase."""
+    if isinstance(exc, SoftMaskError):
+        reason, own = exc.reason, exc.stage
+    else:
+        reason, own = f"{type(exc).__name__}: {exc}", None
+    if phase == "label":
+        return Reject(ref.sample_id, "label", f"{own}: {reason}" if own and own != "label" else reason)
+    return Reject(ref.sample_id, own or phase, reason)
+
+
+def _recist_px(prior) -> np.ndarray | None:
+    """RECIST endpoints as a (4, 2) (row, col) array: long a, long b, short a, short b."""
+    for attrs in (("long_a", "long_b", "short_a", "short_b"),):
+        if all(hasattr(prior, a) for a in attrs):
+            return np.array([np.asarray(getattr(prior, a), dtype=np.float64) for a in attrs])
+    if hasattr(prior, "as_array"):
+        return np.asarray(prior.as_array(), dtype=np.float64).reshape(4, 2)
+    arr = np.asarray(prior, dtype=np.float64)
+    return arr.reshape(4, 2) if arr.size == 8 else None
+
+
+def _to_int16(image_hu: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image_hu), -32768, 32767).astype(np.int16)
+
+
+def _sample_row(record: SampleRecord, labels: Labels, crop_px: int, split: str):
+    sid = record.ref.sample_id
+    image = np.asarray(record.image_hu)
+    if image.shape != (crop_px, crop_px):
+        raise InputError(f"crop shape {image.shape}, the recipe asks for ({crop_px}, {crop_px})",
+                         sample_id=sid, stage="load")
+    if not np.isfinite(image).all():
+        raise InputError("image_hu has NaN/inf pixels", sample_id=sid, stage="load")
+    for name in ("trimap", "soft_mask", "binary_mask"):
+        if np.shape(getattr(labels, name)) != image.shape:
+            raise InputError(f"label {name} shape {np.shape(getattr(labels, name))} != crop {image.shape}",
+                             sample_id=sid, stage="label")
+    alpha = np.asarray(labels.soft_mask, dtype=np.float32)
+    if not np.isfinite(alpha).all():
+        raise InputError("soft_mask has NaN/inf values", sample_id=sid, stage="label")
+    recist = _recist_px(record.prior) if record.prior_kind == "recist" else None
+    meta = {
+        "sample_id": sid, "source_key": record.ref.source_key, "patient": record.ref.patient, "split": split,
+        "spacing_mm": record.spacing_mm, "origin_px": record.origin_px, "scale": record.scale,
+        "recist_px": recist, "n_readers": record.n_readers, "lesion_type": record.lesion_type,
+    }
+    arrays = {
+        "image_hu": _to_int16(image),
+        # Clipping guards the schema's [0, 1] range against solver round-off.
+        "soft_mask": np.clip(alpha, 0.0, 1.0),
+        "binary_mask": np.asarray(labels.binary_mask).astype(bool).astype(np.uint8),
+        "trimap": np.asarray(labels.trimap).astype(np.uint8),
+    }
+    return arrays, meta
+
+
+def _slice_row(record: SliceRecord, split: str, shape: tuple[int, int] | None):
+    sid = record.ref.sample_id
+    image = np.asarray(record.image_hu)
+    if image.ndim != 2:
+        raise InputError(f"slice must be 2-D, got shape {image.shape}", sample_id=sid, stage="load")
+    if shape is not None and image.shape != shape:
+        raise InputError(f"slice shape {image.shape} differs from this shard's {shape}", sample_id=sid, stage="load")
+    if not np.isfinite(image).all():
+        raise InputError("image_hu has NaN/inf pixels", sample_id=sid, stage="load")
+    meta = {"sample_id": sid, "source_key": record.ref.source_key, "patient": record.ref.patient,
+            "split": split, "spacing_mm": record.spacing_mm}
+    return {"image_hu": _to_int16(image)}, meta
+
+
+# Errors that reject one sample; anything else is a bug and stops the build with the sample id.
+_SAMPLE_ERRORS = (SoftMaskError, ValueError, OSError, ArithmeticError)
+
+
+def build_shard(shard: ShardPlan, out_dir: str | Path, recipe: Recipe, *, loader: Loader,
+                labeller: Labeller | None = None) -> ShardResult:
+    """Load (and label) every sample of ``shard`` and write it to ``out_dir/shard.name``.
+
+    A sample whose load or labelling raises a project error (or ValueError/OSError) becomes a
+    reject with stage "load"/"label" (or the error's own stage); the shard holds the rest, in
+    sample_id order. Runs single-threaded (see :func:`_single_threaded`).
+    """
+    labeller = labeller or label_record
+    kind = recipe.kind
+    arrays_list: list[dict[str, np.ndarray]] = []
+    metas: list[dict[str, Any]] = []
+    rejects: list[Reject] = []
+    slice_shape = None
+    with _single_threaded():
+        for ref in shard.refs:
+            phase = "load"
+            try:
+                record = loader(ref)
+                if record.ref.sample_id != ref.sample_id:
+                    raise InputError(f"loader returned sample {record.ref.sample_id!r}", sample_id=ref.sample_id)
+                if kind == "slices":
+                    arrays, meta = _slice_row(record, shard.split, slice_shape)
+                    slice_shape = arrays["image_hu"].shape
+                else:
+                    phase = "label"
+                    labels = labeller(record, recipe.label)
+                    phase = "write"
+                    arrays, meta = _sample_row(record, labels, recipe.crop_px, shard.split)
+                    encode_meta([meta], kind)  # fails here (one sample) rather than for the shard
+            except _SAMPLE_ERRORS as exc:
+                rejects.append(_reject(ref, exc, phase))
+                continue
+            except Exception as exc:  # a bug: stop, but say which sample triggered it
+                raise RuntimeError(f"building sample {ref.sample_id} of {shard.name} failed in {phase}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+            arrays_list.append(arrays)
+            metas.append(meta)
+
+    from .shards import layout
+
+    specs, _ = layout(kind)
+    hw = (recipe.crop_px, recipe.crop_px) if kind == "samples" else (slice_shape or (1, 1))
+    stacked = {name: (np.stack([a[name] for a in arrays_list]) if arrays_list
+                      else np.zeros((0, *hw), dtype=dtype)) for name, dtype in specs.items()}
+    attrs = {
+        "dataset": recipe.dataset,
+        "dataset_version": recipe.version,
+        "builder_version": __version__,
+        "split": shard.split,
+        "recipe_json": recipe.to_json(),
+        "recipe_sha256": recipe.sha256(),
+        "label_params_json": recipe.label.to_json(),
+        "label_params_sha256": recipe.label.sha256(),
+        "n_planned": len(shard.refs),
+        "plan_sha256": shard.plan_sha256,
+        "rejects_json": json.dumps([dataclasses.asdict(r) for r in rejects], sort_keys=True),
+        "shard_index": shard.index,
+        "shard_count": shard.count,
+    }
+    path = Path(out_dir) / shard.name
+    digest = write_shard(path, arrays=stacked, meta=encode_meta(metas, kind), attrs=attrs, kind=kind)
+    return ShardResult(shard.name, shard.split, shard.index, shard.count, len(shard.refs), len(metas), digest,
+                       path.stat().st_size, tuple(rejects), tuple(sorted({m["patient"] for m in metas})))
+
+
+def read_finished(path: Path, shard: ShardPlan) -> ShardResult | None:
+    """The result of an already-built shard at ``path``, or None when it is absent, unreadable or
+    built from a different plan (``plan_sha256`` attribute)."""
+    if not path.is_file():
+        return None
+    try:
+        with open_shard(path) as f:
+            if f.attrs.get("plan_sha256") != shard.plan_sha256:
+                return None
+            n = f.n_samples
+            rejects = tuple(Reject(**r) for r in f.rejects())
+            patients = tuple(sorted({bytes(p).decode() for p in f.meta["patient"]}))
+    except (SoftMaskError, OSError, KeyError, ValueError, TypeError):
+        return None
+    return ShardResult(shard.name, shard.split, shard.index, shard.count, len(shard.refs), n, sha256_file(path),
+                       path.stat().st_size, rejects, patients, skipped=True)
+
+
+# --- the build --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    plan: BuildPlan
+    shards: tuple[ShardResult, ...]
+
+    @property
+    def rejects(self) -> list[Reject]:
+        rows = list(self.plan.plan_rejects)
+        for s in self.shards:
+            rows.extend(s.rejects)
+        return sorted(rows, key=lambda r: (r.sample_id, r.stage, r.reason))
+
+    @property
+    def n_samples(self) -> int:
+        return sum(s.n_samples for s in self.shards)
+
+    def split_counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, Any]] = {}
+        for split in SPLITS:
+            members = [s for s in self.shards if s.split == split]
+            if not members:
+                continue
+            out[split] = {
+                "n_samples": sum(s.n_samples for s in members),
+                "n_planned": sum(s.n_planned for s in members),
+                "n_patients": len({p for s in members for p in s.patients}),
+                "n_shards": len(members),
+            }
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        rejects = self.rejects
+        return {
+            "dataset": self.plan.recipe.dataset,
+            "out": str(self.out),
+            "n_samples": self.n_samples,
+            "n_planned": self.plan.n_planned,
+            "n_shards": len(self.shards),
+            "n_shards_built": sum(not s.skipped for s in self.shards),
+            "n_shards_skipped": sum(s.skipped for s in self.shards),
+            "splits": self.split_counts(),
+            "n_rejects": len(rejects),
+            "rejects_by_stage": dict(sorted(Counter(r.stage for r in rejects).items())),
+            "n_unselected": self.plan.n_unselected,
+        }
+
+
+def _our_files(out: Path, dataset: str) -> tuple[list[Path], list[Path], list[Path]]:
+    shards, temps, release = [], [], []
+    for p in sorted(out.iterdir()):
+        parsed = parse_shard_name(p.name)
+        if parsed is not None and parsed.dataset == dataset:
+            shards.append(p)
+        elif is_temp_name(p.name) and _is_ours(p.name[1:].rsplit(".", 2)[0], dataset):
+            temps.append(p)
+        elif p.name in RELEASE_FILES or p.name == PLAN_FILE:
+            release.append(p)
+    return shards, temps, release
+
+
+def _is_ours(name: str, dataset: str) -> bool:
+    parsed = parse_shard_name(name)
+    return (parsed is not None and parsed.dataset == dataset) or name in RELEASE_FILES or name == PLAN_FILE
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _prepare_out(out: Path, plan: BuildPlan, overwrite: bool) -> None:
+    """Make ``out`` ready: refuse a different build unless ``overwrite``; drop leftovers."""
+    out.mkdir(parents=True, exist_ok=True)
+    shards, temps, release = _our_files(out, plan.recipe.dataset)
+    plan_path = out / PLAN_FILE
+    previous = None
+    if plan_path.exists():
+        try:
+            previous = json.loads(plan_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None
+    if not overwrite:
+        if previous is not None and previous != plan.record():
+            raise InputError(f"{out} holds a build of a different plan (recipe sha256 "
+                             f"{str(previous.get('recipe_sha256'))[:12]}, now {plan.recipe.sha256()[:12]}); "
+                             f"pass --overwrite or choose another output folder")
+        if previous is None and (shards or any(p.name in RELEASE_FILES for p in release)):
+            raise InputError(f"{out} already holds {plan.recipe.dataset} shards or release files with no "
+                             f"{PLAN_FILE}; pass --overwrite or choose another output folder")
+    # Release files first: from here until the end of the build nothing looks finished.
+    for p in temps + release:
+        p.unlink(missing_ok=True)
+    if overwrite:
+        for p in shards:
+            p.unlink(missing_ok=True)
+    _write_json_atomic(plan_path, plan.record())
+
+
+def run_build(plan: BuildPlan, out: str | Path, *, overwrite: bool = False, loader: Loader | None = None,
+              labeller: Labeller | None = None, progress: Callable[[ShardResult], None] | None = None,
+              write_release_files: bool = True) -> BuildResult:
+    """Build every shard of ``plan`` into ``out`` and write the release files.
+
+    Parameters
+    ----------
+    plan : from :func:`plan_build` or :func:`make_plan`.
+    out : output folder (created). A folder holding a different plan is refused unless
+        ``overwrite``.
+    overwrite : rebuild every shard (default: shards already finished for this plan are skipped).
+    loader : ``SampleRef -> SampleRecord/SliceRecord``; default: the recipe source's ``load_*``.
+        Must be picklable (a module-level function) for process backends.
+    labeller : ``(SampleRecord, LabelParams) -> Labels``; default :func:`label_record`.
+    progress : called in this process with each :class:`ShardResult` as it completes.
+
+    Shard jobs run through ``joblib.Parallel()`` under the caller's ``joblib.parallel_config``.
+    """
+    out = Path(out)
+    if loader is None:
+        _, loader = source_functions(plan.recipe.source)
+    _prepare_out(out, plan, overwrite)
+    results: dict[str, ShardResult] = {}
+    todo: list[ShardPlan] = []
+    for shard in plan.shards:
+        done = None if overwrite else read_finished(out / shard.name, shard)
+        if done is None:
+            todo.append(shard)
+        else:
+            results[shard.name] = done
+            if progress is not None:
+                progress(done)
+    # Largest shards first: the last partial shards then fill the gaps between workers.
+    todo.sort(key=lambda s: -len(s.refs))
+    if todo:
+        jobs = Parallel(return_as="generator_unordered")(
+            delayed(build_shard)(shard, str(out), plan.recipe, loader=loader, labeller=labeller) for shard in todo)
+        for result in jobs:
+            results[result.name] = result
+            if progress is not None:
+                progress(result)
+    ordered = tuple(results[s.name] for s in plan.shards)
+    result = BuildResult(out, plan, ordered)
+    if write_release_files:
+        from .release import write_release
+
+        write_release(result)
+    return result
+
+
+def build_dataset(recipe: Recipe, source: str | Path, out: str | Path, *, limit: int | None = None,
+                  overwrite: bool = False, progress: Callable[[ShardResult], None] | None = None) -> BuildResult:
+    """Plan and build ``recipe`` from ``source`` into ``out`` (see :func:`plan_build`, :func:`run_build`)."""
+    return run_build(plan_build(recipe, source, limit=limit), out, overwrite=overwrite, progress=progress)

@@ -1,0 +1,438 @@
+"""Release files of a built dataset and their verification.
+
+:func:`write_release` writes, next to the shards, ``rejects.csv``, ``manifest.json``,
+``DATASET_CARD.md`` and last ``SHA256SUMS`` (``sha256sum -c SHA256SUMS`` works inside the folder),
+each atomically. None of them holds a time stamp or a path, so two builds of the same inputs give
+the same release files. :func:`verify` re-hashes everything and checks the schema and the counts;
+:func:`write_preview` draws a contact sheet.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError
+from .shards import SCHEMA_VERSION, check_shard, open_shard, parse_shard_name, sha256_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .build import BuildResult
+
+MANIFEST = "manifest.json"
+SUMS = "SHA256SUMS"
+REJECTS = "rejects.csv"
+CARD = "DATASET_CARD.md"
+_VERSIONED = ("numpy", "scipy", "scikit-image", "opencv-python-headless", "h5py", "joblib", "numba", "pydicom",
+              "pandas")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python, HDF5 and the libraries whose output ends up in a shard."""
+    import h5py
+
+    out = {"python": platform.python_version(), "hdf5": h5py.version.hdf5_version,
+           "softmask_builder": __version__}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def rejects_csv_text(rejects) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["sample_id", "stage", "reason"])
+    for r in rejects:
+        writer.writerow([r.sample_id, r.stage, r.reason])
+    return buf.getvalue()
+
+
+def manifest_dict(result: "BuildResult") -> dict[str, Any]:
+    """The content of ``manifest.json`` for a finished build."""
+    from collections import Counter
+
+    recipe = result.plan.recipe
+    rejects = result.rejects
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": recipe.kind,
+        "dataset": recipe.dataset,
+        "dataset_version": recipe.version,
+        "builder_version": __version__,
+        "recipe": recipe.to_dict(),
+        "recipe_sha256": recipe.sha256(),
+        "label_params": json.loads(recipe.label.to_json()),
+        "label_params_sha256": recipe.label.sha256(),
+        "n_samples": result.n_samples,
+        "n_planned": result.plan.n_planned,
+        "n_unselected": result.plan.n_unselected,
+        "n_rejects": len(rejects),
+        "rejects_by_stage": dict(sorted(Counter(r.stage for r in rejects).items())),
+        "targets": dict(result.plan.targets),
+        "splits": result.split_counts(),
+        "shards": [{"file": s.name, "split": s.split, "index": s.index, "count": s.count,
+                    "n_samples": s.n_samples, "n_planned": s.n_planned, "sha256": s.sha256, "bytes": s.bytes}
+                   for s in result.shards],
+        "versions": library_versions(),
+    }
+
+
+def write_release(result: "BuildResult") -> dict[str, Any]:
+    """Write rejects.csv, manifest.json, DATASET_CARD.md, then SHA256SUMS; return the manifest."""
+    out = Path(result.out)
+    manifest = manifest_dict(result)
+    _write_text_atomic(out / REJECTS, rejects_csv_text(result.rejects))
+    _write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    _write_text_atomic(out / CARD, dataset_card(manifest, result.rejects))
+    hashes = {s.name: s.sha256 for s in result.shards}
+    for name in (MANIFEST, REJECTS, CARD):
+        hashes[name] = sha256_file(out / name)
+    _write_text_atomic(out / SUMS, "".join(f"{hashes[k]}  {k}\n" for k in sorted(hashes)))
+    return manifest
+
+
+# --- dataset card -------------------------------------------------------------------------------
+
+CITATIONS = {
+    "deeplesion": (
+        "**DeepLesion** (NIH Clinical Center). Acknowledge the NIH Clinical Center and cite: Yan K., Wang X., "
+        "Lu L., Summers R. M., \"DeepLesion: automated mining of large-scale lesion annotations and universal "
+        "lesion detection with deep learning\", J. Med. Imaging 5(3):036501 (2018). Use follows the NIH "
+        "Clinical Center's DeepLesion terms."),
+    "lidc": (
+        "**LIDC-IDRI** (The Cancer Imaging Archive), licence CC BY 3.0. Cite: Armato III S. G. et al., Data From "
+        "LIDC-IDRI, TCIA, doi:10.7937/K9/TCIA.2015.LO9QL9SX; Armato III S. G. et al., Med. Phys. 38:915-931 "
+        "(2011); Clark K. et al., \"The Cancer Imaging Archive (TCIA)\", J. Digit. Imaging 26:1045-1057 (2013)."),
+    "method": (
+        "**Soft Mask labels**: Wang, Xu et al., DSNet, IEEE Transactions on Neural Networks and Learning "
+        "Systems (TNNLS), 2023, Sec. III-A; closed-form matting: Levin A., Lischinski D., Weiss Y., \"A "
+        "closed-form solution to natural image matting\", IEEE TPAMI 30(2):228-242 (2008); GrabCut: Rother C., "
+        "Kolmogorov V., Blake A., ACM TOG 23(3):309-314 (2004)."),
+}
+
+_HOW = {
+    "deeplesion": (
+        "Each sample is a {crop}x{crop} crop around a DeepLesion RECIST mark (key slice, HU = PNG value - "
+        "32768). The CT is windowed (level {window_level_hu} HU, width {window_width_hu} HU) to [0, 1]; GrabCut "
+        "({grabcut_iterations} iterations) seeded by the RECIST axes gives a lesion mask; eroding and dilating "
+        "it by {band_px} px gives the trimap (strategy 3); closed-form matting (epsilon {eps}, window radius "
+        "{radius}) solves the unknown band for the Soft Mask. `binary_mask` is the Soft Mask thresholded at 0.5."),
+    "lidc": (
+        "Each sample is a {crop}x{crop} crop around an LIDC-IDRI nodule slice marked by several readers. The "
+        "trimap's lesion region is the readers' intersection and its background the outside of their union "
+        "(strategy 2, Eqs. 2-4); the CT is windowed (level {window_level_hu} HU, width {window_width_hu} HU) and "
+        "closed-form matting (epsilon {eps}, radius {radius}) gives the Soft Mask. `binary_mask` is the "
+        "{consensus_pct:g} % reader consensus; `n_readers` counts the readers."),
+    "masks": (
+        "Each sample is a {crop}x{crop} crop with a given binary mask; eroding and dilating the mask by {band_px} "
+        "px gives the trimap (strategy 1), and closed-form matting (epsilon {eps}, radius {radius}, window level "
+        "{window_level_hu} HU, width {window_width_hu} HU) gives the Soft Mask. `binary_mask` is the given mask."),
+}
+
+
+def dataset_card(manifest: dict[str, Any], rejects) -> str:
+    """Markdown dataset card: composition, how labels were made (with parameters), sources, citations."""
+    recipe = manifest["recipe"]
+    source = recipe["source"]
+    family = "lidc" if source.startswith("lidc") else ("masks" if source == "masks" else "deeplesion")
+    lines = [f"# {manifest['dataset']} {manifest['dataset_version']}", ""]
+    if recipe.get("description"):
+        lines += [recipe["description"].strip(), ""]
+    lines += [
+        f"Built by softmask_builder {manifest['builder_version']} from source adapter `{source}` "
+        f"(recipe sha256 `{manifest['recipe_sha256']}`), shard schema version {manifest['schema_version']} "
+        "(see docs/FORMAT.md).", "",
+        "## Composition", "",
+        "| split | samples | patients | shards | planned |", "|---|---|---|---|---|",
+    ]
+    for split, c in manifest["splits"].items():
+        lines.append(f"| {split} | {c['n_samples']} | {c['n_patients']} | {c['n_shards']} | {c['n_planned']} |")
+    lines.append(f"| **total** | {manifest['n_samples']} | | {len(manifest['shards'])} | {manifest['n_planned']} |")
+    split = recipe["split"]
+    if split["method"] == "official":
+        how_split = "the source's official split"
+    else:
+        target = split["counts"] if split.get("counts") is not None else split["fractions"]
+        ordered = ", ".join(f"{k} {target[k]}" for k in ("train", "val", "test") if k in target)
+        kind = "sample counts" if split.get("counts") is not None else "fractions"
+        how_split = (f"a deterministic split by patient (seed {split['seed']}, target {kind}: {ordered}); "
+                     "no patient appears in two splits")
+    lines += ["", f"Splits: {how_split}. Samples left out by the targets or a `--limit`: "
+                  f"{manifest['n_unselected']}. Rejected samples: {manifest['n_rejects']} "
+                  f"({', '.join(f'{k}: {v}' for k, v in manifest['rejects_by_stage'].items()) or 'none'}), "
+                  f"listed with their reasons in `{REJECTS}`."]
+    if rejects:
+        reasons: dict[str, int] = {}
+        for r in rejects:
+            key = f"{r.stage}: {r.reason.split(':')[0][:80]}"
+            reasons[key] = reasons.get(key, 0) + 1
+        top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        lines += ["", "Most common reject reasons:", ""] + [f"- {n} x {k}" for k, n in top]
+    if manifest["kind"] == "slices":
+        lines += ["", "## Content", "",
+                  "Full axial CT slices in HU (int16) for the super-resolution teacher; no labels."]
+    else:
+        p = dict(manifest["label_params"])
+        p["consensus_pct"] = 100.0 * p.get("consensus", 0.5)
+        lines += ["", "## How the labels were made", "", _HOW[family].format(crop=recipe["crop_px"], **p), "",
+                  "Label parameters (LabelParams, stored in every shard as `label_params_json`):", "", "```json",
+                  json.dumps(manifest["label_params"], indent=1, sort_keys=True), "```"]
+    if family == "deeplesion":
+        lines += ["", "DeepLesion caveat: `Coarse_lesion_type` is labelled only on the official validation and "
+                      "test rows; every training-split row is -1 (unlabelled). A selection by lesion type "
+                      "(e.g. lung = 5) therefore draws only from the official val/test rows, and this "
+                      "dataset's train/val/test split is its own patient split, not DeepLesion's."]
+    lines += ["", "## Sources and citations", ""]
+    keys = ["lidc"] if family == "lidc" else (["deeplesion"] if family == "deeplesion" else [])
+    lines += [f"- {CITATIONS[k]}" for k in keys + ["method"]]
+    if family == "masks":
+        lines += ["- The images and masks come from the user-supplied folder; their licence applies."]
+    lines += ["", "## Files and verification", "",
+              f"`{MANIFEST}` lists every shard with its SHA-256 and sample count; `{SUMS}` covers the shards and "
+              f"the release files (`sha256sum -c {SUMS}`); `softmask verify <folder>` re-hashes and checks the "
+              "schema and counts.", "",
+              "Library versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()) + ".", ""]
+    return "\n".join(lines)
+
+
+# --- verification -------------------------------------------------------------------------------
+
+@dataclass
+class VerifyReport:
+    """Outcome of :func:`verify`: ``ok`` when ``problems`` is empty."""
+
+    out: Path
+    problems: list[str] = field(default_factory=list)
+    n_shards: int = 0
+    n_samples: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> dict[str, Any]:
+        return {"out": str(self.out), "ok": self.ok, "n_shards": self.n_shards, "n_samples": self.n_samples,
+                "problems": list(self.problems)}
+
+
+def _parse_sums(text: str) -> tuple[dict[str, str], list[str]]:
+    entries, bad = {}, []
+    for i, line in enumerate(text.splitlines(), 1):
+        parts = line.split("  ", 1)
+        if len(parts) != 2 or len(parts[0]) != 64 or not all(c in "0123456789abcdef" for c in parts[0]):
+            bad.append(f"{SUMS} line {i} is not '<sha256>  <file>': {line[:80]!r}")
+            continue
+        entries[parts[1].lstrip("*")] = parts[0]
+    return entries, bad
+
+
+def verify(out: str | Path) -> VerifyReport:
+    """Re-hash and check a built dataset folder.
+
+    Checks: ``manifest.json`` and ``SHA256SUMS`` exist and parse; every file in ``SHA256SUMS`` has
+    that hash; every shard of the manifest is listed there, has the manifest's hash, conforms to
+    the schema (:func:`~softmask_builder.shards.check_shard`), carries the manifest's dataset,
+    split and recipe hash, and holds the manifest's sample count; each split has shards 0..n-1 of
+    n; per-split and total counts add up; no patient appears in two splits; no stray shard of the
+    dataset lies in the folder; ``rejects.csv`` has ``n_rejects`` rows.
+    """
+    out = Path(out)
+    report = VerifyReport(out)
+    problems = report.problems
+    if not out.is_dir():
+        problems.append(f"{out} is not a folder")
+        return report
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except FileNotFoundError:
+        problems.append(f"{MANIFEST} is missing (an unfinished build?)")
+        return report
+    except (OSError, json.JSONDecodeError) as exc:
+        problems.append(f"{MANIFEST} is not valid JSON: {exc}")
+        return report
+    try:
+        sums, bad = _parse_sums((out / SUMS).read_text())
+        problems.extend(bad)
+    except FileNotFoundError:
+        problems.append(f"{SUMS} is missing")
+        sums = {}
+    hashes: dict[str, str | None] = {}
+
+    def digest(name: str) -> str | None:
+        if name not in hashes:
+            path = out / name
+            hashes[name] = sha256_file(path) if path.is_file() else None
+        return hashes[name]
+
+    for name, expected in sorted(sums.items()):
+        got = digest(name)
+        if got is None:
+            problems.append(f"{name} is listed in {SUMS} but missing")
+        elif got != expected:
+            problems.append(f"{name}: sha256 {got[:16]}... does not match {SUMS} ({expected[:16]}...)")
+    for name in (MANIFEST, REJECTS, CARD):
+        if name not in sums:
+            problems.append(f"{name} is not listed in {SUMS}")
+
+    try:
+        dataset, shards = manifest["dataset"], manifest["shards"]
+        recipe_sha = manifest["recipe_sha256"]
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            problems.append(f"manifest schema_version {manifest.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        split_samples: dict[str, int] = {}
+        split_counts: dict[str, list[tuple[int, int]]] = {}
+        patients: dict[str, set[str]] = {}
+        for entry in shards:
+            name = entry["file"]
+            report.n_shards += 1
+            got = digest(name)
+            if got is None:
+                problems.append(f"shard {name} is missing")
+                continue
+            if got != entry["sha256"]:
+                problems.append(f"shard {name}: sha256 {got[:16]}... does not match the manifest")
+            if sums.get(name) is None:
+                problems.append(f"shard {name} is not listed in {SUMS}")
+            schema = check_shard(out / name)
+            problems.extend(schema)
+            if schema:
+                continue
+            parsed = parse_shard_name(name)
+            with open_shard(out / name) as shard:
+                attrs = shard.attrs
+                n = shard.n_samples
+                shard_patients = {bytes(p).decode() for p in shard.meta["patient"]}
+            for key, want in (("dataset", dataset), ("split", entry["split"]), ("recipe_sha256", recipe_sha)):
+                if attrs.get(key) != want:
+                    problems.append(f"shard {name}: attribute {key} {attrs.get(key)!r}, manifest says {want!r}")
+            if parsed is None or (parsed.split, parsed.index, parsed.count) != (entry["split"], entry["index"],
+                                                                                entry["count"]):
+                problems.append(f"shard {name}: file name does not match its manifest entry")
+            if n != entry["n_samples"]:
+                problems.append(f"shard {name}: {n} samples, manifest says {entry['n_samples']}")
+            report.n_samples += n
+            split_samples[entry["split"]] = split_samples.get(entry["split"], 0) + n
+            split_counts.setdefault(entry["split"], []).append((entry["index"], entry["count"]))
+            patients.setdefault(entry["split"], set()).update(shard_patients)
+        for split, pairs in split_counts.items():
+            counts = {c for _, c in pairs}
+            if len(counts) != 1 or sorted(i for i, _ in pairs) != list(range(next(iter(counts)))):
+                problems.append(f"split {split}: shards {sorted(pairs)} are not 0..n-1 of n")
+        if not problems:  # counts only add up when every shard was readable
+            for split in sorted(set(manifest["splits"]) | set(split_samples)):
+                want = manifest["splits"].get(split, {}).get("n_samples", 0)
+                if split_samples.get(split, 0) != want:
+                    problems.append(f"split {split}: {split_samples.get(split, 0)} samples, manifest says {want}")
+            if report.n_samples != manifest["n_samples"]:
+                problems.append(f"{report.n_samples} samples in the shards, manifest says {manifest['n_samples']}")
+        names = sorted(patients)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                shared = patients[a] & patients[b]
+                if shared:
+                    problems.append(f"patients in both {a} and {b}: {sorted(shared)[:5]}")
+        listed = {e["file"] for e in shards}
+        for p in sorted(out.iterdir()):
+            parsed = parse_shard_name(p.name)
+            if parsed is not None and parsed.dataset == dataset and p.name not in listed:
+                problems.append(f"stray shard {p.name} is not in the manifest")
+        try:
+            with open(out / REJECTS, newline="", encoding="utf-8") as fh:
+                rows = list(csv.reader(fh))
+            if not rows or rows[0] != ["sample_id", "stage", "reason"]:
+                problems.append(f"{REJECTS} lacks the header sample_id,stage,reason")
+            elif len(rows) - 1 != manifest["n_rejects"]:
+                problems.append(f"{REJECTS} has {len(rows) - 1} rows, manifest says {manifest['n_rejects']}")
+        except FileNotFoundError:
+            problems.append(f"{REJECTS} is missing")
+    except (KeyError, TypeError) as exc:
+        problems.append(f"{MANIFEST} lacks or mistypes a field: {exc!r}")
+    return report
+
+
+# --- preview -----------------------------------------------------------------------------------
+
+def _shard_paths(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    manifest = path / MANIFEST
+    if manifest.is_file():
+        return [path / e["file"] for e in json.loads(manifest.read_text())["shards"]]
+    found = sorted(p for p in path.glob("*.h5") if parse_shard_name(p.name) is not None)
+    if not found:
+        raise InputError(f"no shards in {path}")
+    return found
+
+
+def write_preview(path: str | Path, out_png: str | Path, *, n: int = 8) -> Path:
+    """Contact sheet of ``n`` samples spread evenly over a dataset folder (or one shard): one row
+    per sample with the windowed image, the trimap, the Soft Mask and the binary mask (slice
+    shards: the image only). Drawn with matplotlib's Agg canvas (no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if n < 1:
+        raise InputError(f"n must be >= 1, got {n}")
+    paths = _shard_paths(Path(path))
+    sizes = []
+    for p in paths:
+        with open_shard(p) as s:
+            sizes.append(s.n_samples)
+            kind = s.kind
+            recipe = json.loads(s.attrs.get("recipe_json", "{}"))
+    total = sum(sizes)
+    if total == 0:
+        raise InputError(f"{path} holds no sample to preview")
+    picks = sorted(set(np.linspace(0, total - 1, min(n, total)).round().astype(int).tolist()))
+    offsets = np.cumsum([0] + sizes)
+    label = recipe.get("label", {})
+    level, width = label.get("window_level_hu", -600.0), label.get("window_width_hu", 1500.0)
+    columns = ["image", "trimap", "soft mask", "binary mask"] if kind == "samples" else ["image"]
+    fig = Figure(figsize=(1.8 * len(columns), 1.9 * len(picks)), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(picks), len(columns), squeeze=False)
+    for row, k in enumerate(picks):
+        j = int(np.searchsorted(offsets, k, side="right") - 1)
+        with open_shard(paths[j]) as s:
+            sample = s.sample(int(k - offsets[j]))
+        image = np.clip((sample["image_hu"].astype(np.float32) - (level - width / 2)) / width, 0, 1)
+        panels = [image]
+        if kind == "samples":
+            panels += [sample["trimap"], sample["soft_mask"], sample["binary_mask"]]
+        for col, (ax, panel) in enumerate(zip(axes[row], panels)):
+            ax.imshow(panel, cmap="gray", vmin=0, vmax=255 if col == 1 else 1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(columns[col], fontsize=8)
+        axes[row][0].set_ylabel(sample["sample_id"][:24], fontsize=6)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, format="png", metadata={"Software": None})
+    os.replace(tmp, out_png)
+    return out_png
+
+
+__all__ = ["write_release", "verify", "VerifyReport", "write_preview", "dataset_card", "manifest_dict",
+           "library_versions"]

@@ -1,0 +1,420 @@
+"""DeepLesion adapter: ``DL_info.csv`` rows + ``Images_png`` key slices -> RECIST samples.
+
+Source layout (the official one; the bundled phantom sample uses it too)::
+
+    root/DL_info.csv                        one row per lesion, 18 columns (:data:`DL_INFO_COLUMNS`)
+    root/Images_png/<PPPPPP_SS_RR>/<KKK>.png  uint16 greyscale slices, HU = value - 32768
+
+Data contract of what this adapter returns (see :class:`~softmask_builder.sources.base.SampleRecord`):
+
+* ``image_hu``: float32 (crop_px, crop_px) crop in HU around the lesion (see :func:`load_deeplesion`).
+* ``prior``: a :class:`~softmask_builder.recist.Recist` in crop (row, col) pixels.
+* ``spacing_mm``: (row_mm, col_mm) of the crop pixels, i.e. the source spacing divided by ``scale``.
+
+DL_info quirks handled here, and nowhere else:
+
+* ``Measurement_coordinates`` and ``Spacing_mm_px_`` are written in (x, y) = (column, row) order.
+* The same ``File_name`` appears on several rows when one slice holds several lesions; those rows
+  get ids ``<stem>-1``, ``<stem>-2``, ... in the CSV's row order (a ``File_name`` seen once keeps the
+  bare ``<stem>``, e.g. ``000001_01_01_109``). Indices are counted on the whole CSV before any
+  filter, so an id does not depend on the selection.
+* ``File_name`` is ``PPPPPP_SS_RR_KKK.png``; slice numbers may have more than 3 digits, so it is
+  split at its LAST underscore: folder ``PPPPPP_SS_RR``, file ``KKK.png``.
+* ``Coarse_lesion_type`` (1 bone, 2 abdomen, 3 mediastinum, 4 liver, 5 lung, 6 kidney, 7 soft
+  tissue, 8 pelvis) is labelled only on the official validation and test rows; every training row
+  has -1. Consequences for a lung-only dataset such as LNSM:
+
+  - ``lesion_types=(5,)`` keeps only labelled lung lesions, i.e. official val/test rows: with
+    ``splits=("train",)`` it selects nothing, and a build using the official split gets no
+    training set. The documented way to build LNSM from real labels is ``lesion_types=(5,)``
+    with ``splits=None`` and the recipe's ``split: {method: patient, ...}``, which re-splits the
+    labelled lung lesions by patient.
+  - ``lesion_types=(5, -1)`` keeps the lung lesions *plus every unlabelled training row of any
+    organ*. It is not a lung-only selection: use it only when some other step (e.g. a reviewed
+    list of samples) removes the non-lung training lesions, and say so in the dataset card.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from ..crop import crop_image, crop_plan
+from ..errors import InputError, RecistError, SoftMaskError, SourceError
+from ..recist import Recist, validate_recist
+from .base import Reject, SampleRecord, SampleRef
+
+__all__ = [
+    "DL_INFO_COLUMNS", "PNG_HU_OFFSET", "SPLIT_CODES", "read_dl_info", "parse_file_name",
+    "parse_spacing", "read_png_hu", "plan_deeplesion", "load_deeplesion",
+]
+
+#: The official 18 columns of ``DL_info.csv``, in the file's order.
+DL_INFO_COLUMNS = (
+    "File_name", "Patient_index", "Study_index", "Series_ID", "Key_slice_index",
+    "Measurement_coordinates", "Bounding_boxes", "Lesion_diameters_Pixel_",
+    "Normalized_lesion_location", "Coarse_lesion_type", "Possibly_noisy", "Slice_range",
+    "Spacing_mm_px_", "Image_size", "DICOM_windows", "Patient_gender", "Patient_age", "Train_Val_Test",
+)
+
+#: DeepLesion stores HU + 32768 in its uint16 PNGs.
+PNG_HU_OFFSET = 32768
+
+#: ``Train_Val_Test`` codes.
+SPLIT_CODES = {1: "train", 2: "val", 3: "test"}
+
+_STAGE_LOAD = "load"
+
+
+# --- DL_info.csv ------------------------------------------------------------------------------
+
+def read_dl_info(path, *, required: Sequence[str] = DL_INFO_COLUMNS) -> pd.DataFrame:
+    """Read ``DL_info.csv`` with every cell as a string (cells are parsed per row later).
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file.
+    required : sequence of str
+        Columns that must be present (default: the official 18). Extra columns are kept.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per lesion, in file order, every column of dtype str (empty cells are ``""``),
+        so a malformed number in one row cannot change how the others are read.
+
+    Raises
+    ------
+    SourceError
+        The file is missing, unreadable, not CSV, or lacks required columns (all of them are
+        listed in the message).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"DL_info.csv not found at {path}")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        # EmptyDataError is a ValueError subclass.
+        raise SourceError(f"cannot read {path} as CSV: {exc}") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise SourceError(f"{path} lacks column(s) {', '.join(missing)} "
+                          f"(expected the official DeepLesion header: {', '.join(DL_INFO_COLUMNS)})")
+    return table
+
+
+def parse_file_name(file_name: str) -> tuple[str, str]:
+    """Split a ``File_name`` ``PPPPPP_SS_RR_KKK.png`` into (series folder, slice file name).
+
+    The split is at the LAST underscore: slice numbers may have more than 3 digits.
+
+    Raises
+    ------
+    ValueError
+        Not ``<series>_<slice>.png`` (no ``.png`` suffix, no underscore, an empty part, or a path
+        separator).
+    """
+    name = str(file_name).strip()
+    if not name.endswith(".png") or "/" in name or "\\" in name:
+        raise ValueError(f"File_name must be <series>_<slice>.png, got {file_name!r}")
+    series, sep, slice_no = name[:-4].rpartition("_")
+    if not sep or not series or not slice_no:
+        raise ValueError(f"File_name must be <series>_<slice>.png, got {file_name!r}")
+    return series, f"{slice_no}.png"
+
+
+def _floats(cell: str, n: int, column: str) -> tuple[float, ...]:
+    parts = [p.strip() for p in str(cell).split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"{column} is not {n} comma-separated numbers: {cell!r}") from None
+    if len(values) != n:
+        raise ValueError(f"{column} must have {n} numbers, got {len(values)}: {cell!r}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{column} has NaN/inf: {cell!r}")
+    return values
+
+
+def parse_spacing(cell: str) -> tuple[float, float]:
+    """``Spacing_mm_px_`` "x, y, z" (mm) -> in-plane ``spacing_mm`` = (row_mm, col_mm).
+
+    DeepLesion writes x (column spacing) first, then y (row spacing), then the slice interval z:
+    so (row, col) = (y, x). Raises ValueError when the cell is not 3 positive finite numbers.
+    """
+    x_mm, y_mm, _z_mm = _floats(cell, 3, "Spacing_mm_px_")
+    if x_mm <= 0 or y_mm <= 0:
+        raise ValueError(f"Spacing_mm_px_ must be positive, got {cell!r}")
+    return (y_mm, x_mm)
+
+
+def _int_cell(cell: str, column: str) -> int:
+    try:
+        value = float(str(cell).strip())
+    except ValueError:
+        raise ValueError(f"{column} is not an integer: {cell!r}") from None
+    if not value.is_integer():
+        raise ValueError(f"{column} is not an integer: {cell!r}")
+    return int(value)
+
+
+def _sample_ids(file_names: Sequence[str]) -> list[str]:
+    """``<stem>`` for a File_name seen once; ``<stem>-<k>`` (k = 1, 2, ... in row order) otherwise."""
+    counts = Counter(file_names)
+    seen: Counter = Counter()
+    ids = []
+    for name in file_names:
+        stem = name[:-4] if name.endswith(".png") else name
+        if counts[name] == 1:
+            ids.append(stem)
+        else:
+            seen[name] += 1
+            ids.append(f"{stem}-{seen[name]}")
+    return ids
+
+
+def _check_options(lesion_types, long_axis_mm, splits, crop_px, limit):
+    if lesion_types is not None:
+        if isinstance(lesion_types, (int, np.integer)) or not all(
+                isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in lesion_types):
+            raise InputError(f"lesion_types must be a sequence of ints (5 = lung, -1 = unlabelled) or None, "
+                             f"got {lesion_types!r}")
+    if long_axis_mm is not None:
+        try:
+            lo, hi = (float(v) for v in long_axis_mm)
+        except (TypeError, ValueError):
+            raise InputError(f"long_axis_mm must be (low, high) in mm or None, got {long_axis_mm!r}") from None
+        if not (0 <= lo <= hi) or math.isnan(hi):
+            raise InputError(f"long_axis_mm must satisfy 0 <= low <= high, got {long_axis_mm!r}")
+    if splits is not None:
+        if isinstance(splits, str):
+            splits = (splits,)
+        bad = [s for s in splits if s not in SPLIT_CODES.values()]
+        if bad:
+            raise InputError(f"splits must name official splits among {tuple(SPLIT_CODES.values())}, got {bad}")
+    if not isinstance(crop_px, (int, np.integer)) or isinstance(crop_px, bool) or crop_px < 8:
+        raise InputError(f"crop_px must be an int >= 8, got {crop_px!r}")
+    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 1):
+        raise InputError(f"limit must be an int >= 1 or None, got {limit!r}")
+    return splits
+
+
+def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_noisy: bool = True,
+                    long_axis_mm: tuple[float, float] | None = None, splits: Iterable[str] | None = None,
+                    crop_px: int = 64, limit: int | None = None,
+                    check_images: bool = True) -> tuple[list[SampleRef], list[Reject]]:
+    """Plan DeepLesion samples from ``root/DL_info.csv`` (no pixel is read).
+
+    Order of the selection: the type / noisy / split filters (cheap, no parsing), then every
+    remaining row is parsed (a malformed cell -> a :class:`Reject` naming the column), then the
+    long-axis filter, then (``check_images``) one ``os.path.exists`` per row.
+
+    Parameters
+    ----------
+    root : str or Path
+        Folder with ``DL_info.csv`` and ``Images_png/``.
+    lesion_types : iterable of int, optional
+        ``Coarse_lesion_type`` values to keep (5 = lung, -1 = unlabelled); None keeps all. See the
+        module docstring: training rows are all -1, so ``(5,)`` keeps only val/test rows and
+        ``(5, -1)`` is not lung-only.
+    exclude_noisy : bool
+        Drop rows with ``Possibly_noisy`` = 1.
+    long_axis_mm : (float, float), optional
+        Inclusive range of the RECIST long axis in mm (its length from
+        ``Measurement_coordinates`` with the row and column spacing); None keeps all.
+    splits : iterable of {"train", "val", "test"}, optional
+        Official ``Train_Val_Test`` splits to keep (1 train, 2 val, 3 test); None keeps all.
+    crop_px : int
+        Crop size of :func:`load_deeplesion` (stored in the payload).
+    limit : int, optional
+        Keep only the first ``limit`` refs by sample_id (after filtering).
+    check_images : bool
+        Reject rows whose key-slice PNG does not exist (reason "image missing: <path>").
+
+    Returns
+    -------
+    refs : list of SampleRef
+        Sorted by sample_id. ``source_key`` = ``File_name``, ``patient`` = ``Patient_index`` as
+        6 digits (the folder prefix, e.g. "000001"), ``split`` = official split name. ``payload``:
+        ``image_path`` (str), ``recist_rc`` (4 (row, col) source points: long a, long b, short a,
+        short b), ``spacing_mm`` (row, col), ``lesion_type``, ``crop_px``, ``long_axis_mm``.
+    rejects : list of Reject
+        Stage "plan", sorted by sample_id: malformed cells ("<column> ...") and missing images.
+        Rows left out by the filters are neither refs nor rejects.
+
+    Raises
+    ------
+    SourceError
+        ``DL_info.csv`` is missing, unreadable or lacks official columns.
+    InputError
+        An option is invalid (named in the message).
+    """
+    splits = _check_options(lesion_types, long_axis_mm, splits, crop_px, limit)
+    root = Path(root)
+    table = read_dl_info(root / "DL_info.csv")
+    names = [str(n).strip() for n in table["File_name"]]
+    ids = _sample_ids(names)
+    types_keep = None if lesion_types is None else {int(t) for t in lesion_types}
+    splits_keep = None if splits is None else set(splits)
+    images_dir = root / "Images_png"
+
+    refs: list[SampleRef] = []
+    rejects: list[Reject] = []
+    for row, name, sid in zip(table.itertuples(index=False), names, ids):
+        cells = row._asdict()
+
+        def reject(reason: str) -> None:
+            rejects.append(Reject(sid, "plan", reason))
+
+        # Cheap filters first; a malformed filter cell is a reject (the row cannot be classified).
+        try:
+            lesion_type = _int_cell(cells["Coarse_lesion_type"], "Coarse_lesion_type")
+            noisy = _int_cell(cells["Possibly_noisy"], "Possibly_noisy")
+            if noisy not in (0, 1):
+                raise ValueError(f"Possibly_noisy must be 0 or 1, got {cells['Possibly_noisy']!r}")
+            code = _int_cell(cells["Train_Val_Test"], "Train_Val_Test")
+            if code not in SPLIT_CODES:
+                raise ValueError(f"Train_Val_Test must be 1, 2 or 3, got {cells['Train_Val_Test']!r}")
+        except ValueError as exc:
+            reject(str(exc))
+            continue
+        split = SPLIT_CODES[code]
+        if types_keep is not None and lesion_type not in types_keep:
+            continue
+        if exclude_noisy and noisy == 1:
+            continue
+        if splits_keep is not None and split not in splits_keep:
+            continue
+
+        try:
+            series, slice_file = parse_file_name(name)
+            patient_index = _int_cell(cells["Patient_index"], "Patient_index")
+            if patient_index < 0:
+                raise ValueError(f"Patient_index must be >= 0, got {cells['Patient_index']!r}")
+            spacing_mm = parse_spacing(cells["Spacing_mm_px_"])
+            coords = _floats(cells["Measurement_coordinates"], 8, "Measurement_coordinates")
+            recist = Recist.from_deeplesion(coords)  # (x, y) pairs -> (row, col) points
+        except (ValueError, RecistError) as exc:
+            reject(str(exc.reason if isinstance(exc, RecistError) else exc))
+            continue
+        d_row = (recist.long_b[0] - recist.long_a[0]) * spacing_mm[0]
+        d_col = (recist.long_b[1] - recist.long_a[1]) * spacing_mm[1]
+        long_mm = math.hypot(d_row, d_col)
+        if long_axis_mm is not None and not (long_axis_mm[0] <= long_mm <= long_axis_mm[1]):
+            continue
+        image_path = images_dir / series / slice_file
+        if check_images and not image_path.is_file():
+            reject(f"image missing: {image_path}")
+            continue
+        refs.append(SampleRef(
+            sample_id=sid, source_key=name, patient=f"{patient_index:06d}", split=split,
+            payload={
+                "image_path": str(image_path),
+                "recist_rc": tuple(tuple(p) for p in recist.as_array().tolist()),
+                "spacing_mm": spacing_mm,
+                "lesion_type": lesion_type,
+                "crop_px": int(crop_px),
+                "long_axis_mm": long_mm,
+            }))
+    refs.sort(key=lambda r: r.sample_id)
+    rejects.sort(key=lambda r: (r.sample_id, r.reason))
+    if limit is not None:
+        refs = refs[:limit]
+    return refs, rejects
+
+
+# --- pixels -----------------------------------------------------------------------------------
+
+def read_png_hu(path, *, hu_offset: int = PNG_HU_OFFSET, sample_id: str | None = None,
+                stage: str = _STAGE_LOAD) -> np.ndarray:
+    """Read a single-channel 16-bit PNG and return float32 (rows, cols) HU = value - ``hu_offset``.
+
+    The file is decoded with ``cv2.IMREAD_UNCHANGED`` (the default flag silently converts to
+    8 bits). float32 holds every uint16 - 32768 exactly.
+
+    Raises
+    ------
+    SoftMaskError
+        (stage ``stage``, with ``sample_id``) the file is missing or unreadable; it cannot be
+        decoded (truncated/corrupt PNG); it is 8-bit ("8-bit PNG, expected 16-bit"); it has
+        several channels.
+    """
+    try:
+        # np.fromfile + imdecode instead of imread: a missing/unreadable file is an OSError that
+        # names the cause, not a None with a warning on stderr.
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise SoftMaskError(f"cannot read {path}: {exc.strerror or exc}", sample_id=sample_id, stage=stage) from None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise SoftMaskError(f"cannot decode {path} (truncated or corrupt PNG)", sample_id=sample_id, stage=stage)
+    if image.ndim != 2:
+        raise SoftMaskError(f"{path} has {image.shape[2]} channels, expected one (greyscale)",
+                            sample_id=sample_id, stage=stage)
+    if image.dtype != np.uint16:
+        bits = "8-bit" if image.dtype == np.uint8 else str(image.dtype)
+        raise SoftMaskError(f"{bits} PNG, expected 16-bit: {path}", sample_id=sample_id, stage=stage)
+    return (image.astype(np.float32) - np.float32(hu_offset)).astype(np.float32)
+
+
+def _endpoint_center(points_rc: np.ndarray) -> tuple[float, float]:
+    # The centre of the endpoints' bounding box rather than the axes' crossing: annotators often
+    # cross the long axis off its middle, and this keeps the whole mark centred in the crop.
+    lo, hi = points_rc.min(axis=0), points_rc.max(axis=0)
+    return float((lo[0] + hi[0]) / 2.0), float((lo[1] + hi[1]) / 2.0)
+
+
+def load_deeplesion(ref: SampleRef) -> SampleRecord:
+    """Load one planned DeepLesion lesion as a cropped :class:`SampleRecord` (prior_kind "recist").
+
+    Steps: read the key slice (:func:`read_png_hu`: uint16 - 32768 -> float32 HU); validate the
+    RECIST mark against the slice (:func:`softmask_builder.recist.validate_recist`: finite, both
+    axes >= 0.5 px, every endpoint inside the image, axes crossing); crop ``crop_px`` x ``crop_px``
+    around the centre of the endpoints' bounding box with :func:`softmask_builder.crop.crop_plan`
+    (extent = long axis in px: a lesion longer than 0.75 * crop_px is down-scaled to fit, never
+    up-scaled) and :func:`~softmask_builder.crop.crop_image` (pixels beyond the slice border are
+    edge replicated, so lesions at the border work).
+
+    Returns
+    -------
+    SampleRecord
+        ``image_hu`` float32 (crop_px, crop_px); ``prior`` the mark in crop pixels
+        (``recist.shifted(-origin).scaled(scale)``); ``spacing_mm`` = source spacing / scale;
+        ``origin_px``, ``scale`` as in :mod:`softmask_builder.crop`; ``lesion_type`` from DL_info.
+
+    Raises
+    ------
+    SoftMaskError
+        With the sample id and stage "load": missing/unreadable/truncated/8-bit PNG.
+    RecistError
+        (an InputError) with the sample id and stage "load": the mark does not fit the slice.
+    """
+    sid = ref.sample_id
+    p = ref.payload
+    path = p["image_path"]
+    if not os.path.isfile(path):
+        raise SoftMaskError(f"image missing: {path}", sample_id=sid, stage=_STAGE_LOAD)
+    image_hu = read_png_hu(path, sample_id=sid)
+    try:
+        recist = validate_recist(Recist.from_array(p["recist_rc"]), image_hu.shape, sample_id=sid)
+    except RecistError as exc:
+        raise RecistError(exc.reason, sample_id=sid, stage=_STAGE_LOAD) from None
+    crop_px = int(p["crop_px"])
+    center = _endpoint_center(recist.as_array())
+    origin, scale = crop_plan(center, size_px=crop_px, extent_px=recist.long_px)
+    crop = crop_image(image_hu, origin, scale, size_px=crop_px)
+    prior = recist.shifted(-origin[0], -origin[1]).scaled(scale)
+    spacing = (float(p["spacing_mm"][0]) / scale, float(p["spacing_mm"][1]) / scale)
+    return SampleRecord(ref=ref, image_hu=crop.astype(np.float32, copy=False), prior_kind="recist", prior=prior,
+                        spacing_mm=spacing, origin_px=(float(origin[0]), float(origin[1])), scale=float(scale),
+                        n_readers=-1, lesion_type=int(p["lesion_type"]))

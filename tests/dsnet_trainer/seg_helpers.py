@@ -1,0 +1,90 @@
+"""Test helpers of the segmentation tests (DSNet, baselines, ablations): a tiny stand-in SR
+teacher and a counting wrapper that tells whether a teacher was called."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyTeacher(nn.Module):
+    """x``scale`` SR stand-in: conv -> pixel shuffle gives F_SR (``channels``), a conv gives the
+    SR image. Same call contract as the real teacher: ``forward(lr) -> (sr_image, sr_features)``."""
+
+    def __init__(self, *, channels: int = 4, scale: int = 4, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.body = nn.Conv2d(1, channels * scale * scale, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(scale)
+        self.out = nn.Conv2d(channels, 1, 3, padding=1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        self.calls = 0
+
+    def forward(self, lr: torch.Tensor):
+        self.calls += 1
+        feats = torch.relu(self.shuffle(self.body(lr)))
+        return self.out(feats), feats
+
+
+def write_sample_shard(path, *, split: str, n: int, crop_px: int = 32, seed: int = 0,
+                       dataset: str = "tiny", empty_first: bool = False) -> None:
+    """Write one sample shard (docs/FORMAT.md, schema 1) of ``n`` synthetic nodules: a bright
+    disc (+40 HU) with a 1-pixel linear edge in lung (-850 HU + noise). The Soft Mask is the
+    disc's coverage, the binary mask coverage >= 0.5, the trimap a 2-pixel band around it.
+    ``empty_first``: sample 0 has no lesion (empty masks), to exercise the empty-mask rules."""
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rr, cc = np.mgrid[:crop_px, :crop_px].astype(np.float64)
+    images, alphas, binaries, trimaps = [], [], [], []
+    meta_dtype = np.dtype([("sample_id", "S64"), ("source_key", "S128"), ("patient", "S32"), ("split", "S8"),
+                           ("spacing_mm", "f4", (2,)), ("origin_px", "f4", (2,)), ("scale", "f4"),
+                           ("recist_px", "f4", (4, 2)), ("n_readers", "i2"), ("lesion_type", "i2")])
+    meta = np.zeros(n, dtype=meta_dtype)
+    for i in range(n):
+        r0, c0 = crop_px / 2 + rng.uniform(-3, 3, size=2)
+        radius = 0.0 if (empty_first and i == 0) else rng.uniform(crop_px / 8, crop_px / 4)
+        alpha = np.clip(radius + 0.5 - np.hypot(rr - r0, cc - c0), 0.0, 1.0)
+        image = -850.0 + 890.0 * alpha + rng.normal(0, 25, alpha.shape)
+        binary = alpha >= 0.5
+        trimap = np.full(alpha.shape, 128, np.uint8)
+        d = np.hypot(rr - r0, cc - c0) - radius
+        trimap[d > 2] = 0
+        trimap[d < -2] = 255
+        images.append(np.round(image).astype(np.int16))
+        alphas.append(alpha.astype(np.float32))
+        binaries.append(binary.astype(np.uint8))
+        trimaps.append(trimap)
+        meta[i]["sample_id"] = f"{split}-{seed}-{i:03d}".encode()
+        meta[i]["source_key"] = f"synthetic/{split}/{i}".encode()
+        meta[i]["patient"] = f"p{seed}-{i}".encode()
+        meta[i]["split"] = split.encode()
+        meta[i]["spacing_mm"] = (0.7, 0.7)
+        meta[i]["scale"] = 1.0
+        meta[i]["recist_px"] = np.nan
+        meta[i]["n_readers"] = -1
+        meta[i]["lesion_type"] = -1
+    with h5py.File(path, "w") as fh:
+        for name, arrs in (("image_hu", images), ("soft_mask", alphas), ("binary_mask", binaries),
+                           ("trimap", trimaps)):
+            fh.create_dataset(name, data=np.stack(arrs), chunks=(1, crop_px, crop_px))
+        fh.create_dataset("meta", data=meta)
+        fh.attrs.update({"schema_version": 1, "kind": "samples", "dataset": dataset, "split": split,
+                         "n_samples": n, "dataset_version": "test", "builder_version": "test",
+                         "recipe_json": "{}", "recipe_sha256": "0" * 64})
+
+
+def write_sample_dataset(folder, *, crop_px: int = 32, counts=(("train", 8), ("val", 4), ("test", 4)),
+                         seed: int = 0):
+    """A dataset folder with one shard per split; the test split's first sample is empty."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (split, n) in enumerate(counts):
+        write_sample_shard(folder / f"tiny-{split}-00000-of-00001.h5", split=split, n=n, crop_px=crop_px,
+                           seed=seed + k, empty_first=split == "test")
+    return folder

@@ -1,0 +1,282 @@
+"""RECIST marks: geometry by hand, DeepLesion parsing against DL_info's own columns, GrabCut masks
+against synthetic lesions of known truth (the mark measured from the truth in this file)."""
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from softmask_builder.crop import crop_image, crop_plan
+from softmask_builder.errors import InputError, RecistError
+from softmask_builder.metrics import dice
+from softmask_builder.recist import Recist, mask_from_recist, recist_ellipse, validate_recist
+from softmask_builder.window import window_hu
+
+
+# ---- helpers -----------------------------------------------------------------------------
+
+def measure_recist(mask: np.ndarray) -> Recist:
+    """RECIST of a mask as a reader draws it: the longest chord between pixel centres, then the
+    longest chord perpendicular to it (1-px bins along the long axis)."""
+    pts = np.argwhere(mask).astype(np.float64)
+    hull = cv2.convexHull(pts[:, ::-1].astype(np.float32)).reshape(-1, 2)[:, ::-1].astype(np.float64)
+    d2 = ((hull[:, None] - hull[None]) ** 2).sum(-1)
+    i, j = np.unravel_index(np.argmax(d2), d2.shape)
+    a, b = hull[i], hull[j]
+    u = (b - a) / np.linalg.norm(b - a)
+    v = np.array([-u[1], u[0]])
+    s, t = (pts - a) @ u, (pts - a) @ v
+    bins = np.round(s)
+    best = max(np.unique(bins), key=lambda k: np.ptp(t[bins == k]))
+    sel = bins == best
+    return Recist(a, b, a + best * u + t[sel].min() * v, a + best * u + t[sel].max() * v)
+
+
+def lung_phantom(lesion, *, vessel=None, seed=0, blur=0.7):
+    """Lung window image (level -600, width 1500) of a solid lesion (20 HU) in textured
+    parenchyma (-850 HU), with an optional vessel (60 HU); Gaussian blur ~ the scanner's PSF."""
+    rng = np.random.default_rng(seed)
+    shape = lesion.shape
+    hu = -850 + 25 * rng.standard_normal(shape) + 120 * ndimage.gaussian_filter(rng.standard_normal(shape), 3)
+    if vessel is not None:
+        hu[vessel] = 60 + 20 * rng.standard_normal(int(vessel.sum()))
+    hu[lesion] = 20 + 20 * rng.standard_normal(int(lesion.sum()))
+    if blur:
+        hu = ndimage.gaussian_filter(hu, blur)
+    return window_hu(hu, level_hu=-600, width_hu=1500)
+
+
+RR, CC = np.mgrid[0:64, 0:64]
+ANG, RAD = np.arctan2(RR - 32, CC - 31), np.hypot(RR - 32, CC - 31)
+DISC = RAD <= 10
+LOBULATED = RAD <= 11 + 2.5 * np.cos(3 * ANG) + 1.5 * np.sin(5 * ANG + 1)
+_U, _V = (RR - 32) * np.cos(0.5) + (CC - 31) * np.sin(0.5), -(RR - 32) * np.sin(0.5) + (CC - 31) * np.cos(0.5)
+ELLIPSE = (_U / 14) ** 2 + (_V / 7) ** 2 <= 1
+
+
+# ---- the Recist record ---------------------------------------------------------------------
+
+def test_geometry_by_hand():
+    rec = Recist((2.0, 5.0), (10.0, 5.0), (6.0, 2.0), (6.0, 10.0))
+    assert rec.long_px == pytest.approx(8.0)
+    assert rec.short_px == pytest.approx(8.0)
+    assert rec.center_rc == pytest.approx((6.0, 5.0))
+    oblique = Recist((0.0, 0.0), (6.0, 8.0), (6.0, 0.0), (0.0, 8.0))  # diagonals of a 6x8 box
+    assert oblique.long_px == pytest.approx(10.0)
+    assert oblique.center_rc == pytest.approx((3.0, 4.0))
+    moved = rec.shifted(-2.0, 1.0).scaled(0.5)
+    np.testing.assert_allclose(moved.as_array(), (rec.as_array() + [-2.0, 1.0]) * 0.5)
+    assert Recist.from_array(rec.as_array()) == rec
+
+
+def test_from_deeplesion_x_is_column():
+    rec = Recist.from_deeplesion("233.5, 95.0, 234.0, 107.0, 231.0, 101.5, 236.0, 101.0")
+    assert rec.long_a == (95.0, 233.5) and rec.long_b == (107.0, 234.0)
+    assert rec.short_a == (101.5, 231.0) and rec.short_b == (101.0, 236.0)
+    assert Recist.from_deeplesion([233.5, 95.0, 234.0, 107.0, 231.0, 101.5, 236.0, 101.0]) == rec
+    with pytest.raises(RecistError, match="8 numbers"):
+        Recist.from_deeplesion([1, 2, 3])
+
+
+@pytest.mark.realdata
+def test_from_deeplesion_matches_dl_info_columns(deeplesion_root: Path):
+    import pandas as pd
+
+    info = pd.read_csv(deeplesion_root / "DL_info.csv")
+    for _, row in info.iterrows():
+        rec = Recist.from_deeplesion(row["Measurement_coordinates"])
+        long_px, short_px = (float(v) for v in row["Lesion_diameters_Pixel_"].split(","))
+        assert rec.long_px == pytest.approx(long_px, abs=2e-3)
+        assert rec.short_px == pytest.approx(short_px, abs=2e-3)
+        # Bounding_boxes = (x_min, y_min, x_max, y_max) of the mark padded by 5 px, x = column.
+        x0, y0, x1, y1 = (float(v) for v in row["Bounding_boxes"].split(","))
+        pts = rec.as_array()
+        np.testing.assert_allclose([pts[:, 1].min() - 5, pts[:, 0].min() - 5, pts[:, 1].max() + 5,
+                                    pts[:, 0].max() + 5], [x0, y0, x1, y1], atol=2e-3)
+        validate_recist(rec, tuple(int(v) for v in row["Image_size"].split(",")))
+
+
+def test_crop_mapping_of_marks():
+    # A linear ramp sampled bilinearly is exact, so the crop's value at the mapped mark must equal
+    # the source's value at the original mark (crop.py: crop (r, c) samples origin + (r, c)/scale).
+    rr, cc = np.mgrid[0:200, 0:220].astype(np.float64)
+    ramp = (3.0 * rr + 0.5 * cc).astype(np.float32)
+    rec = Recist((60.3, 80.2), (140.7, 95.9), (95.0, 60.1), (101.0, 120.4))
+    origin, scale = crop_plan(rec.center_rc, size_px=64, extent_px=rec.long_px)
+    assert scale < 1
+    crop = crop_image(ramp, origin, scale, size_px=64, interpolation=cv2.INTER_LINEAR)
+    mapped = rec.shifted(-origin[0], -origin[1]).scaled(scale)
+    got = ndimage.map_coordinates(crop.astype(np.float64), mapped.as_array().T, order=1)
+    np.testing.assert_allclose(got, 3.0 * rec.as_array()[:, 0] + 0.5 * rec.as_array()[:, 1], rtol=1e-4)
+
+
+# ---- validation ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("points, message", [
+    ([(10, 10), (20, 10), (15, 5), (np.nan, 15)], "short_b has NaN"),
+    ([(10, 10), (10.1, 10.1), (15, 5), (15, 15)], "long axis has zero length"),
+    ([(10, 10), (20, 10), (15, 12), (15, 12)], "short axis has zero length"),
+    ([(10, 10), (40, 10), (15, 5), (15, 15)], "long_b .* outside the 32x32 image"),
+    ([(10, -1), (20, 10), (15, 5), (15, 15)], "long_a .* outside"),
+    ([(10, 10), (20, 10), (25, 5), (25, 15)], "do not cross: .* long axis"),
+    ([(10, 10), (20, 10), (15, 12), (15, 18)], "do not cross: .* short axis"),
+    ([(10, 10), (20, 10), (10, 12), (20, 12)], "parallel"),
+])
+def test_degenerate_marks_raise_naming_the_mark(points, message):
+    with pytest.raises(RecistError, match=message):
+        validate_recist(np.array(points, dtype=float), (32, 32))
+    with pytest.raises(RecistError, match=r"^\[dl-3\] .*" + message):
+        mask_from_recist(np.zeros((32, 32)), np.array(points, dtype=float), sample_id="dl-3")
+
+
+def test_crossing_tolerance_and_pixel_extent():
+    # Crossing 0.8 px beyond the short axis' end (rounded endpoints) is accepted; outer pixel
+    # edges (-0.5, size - 0.5) are inside the image.
+    validate_recist([(10, 10), (20, 10), (15, 10.8), (15, 20)], (32, 32))
+    validate_recist([(-0.5, 10), (31.5, 10), (15, 0), (15, 20)], (32, 32))
+
+
+def test_bad_image_or_iterations():
+    rec = measure_recist(DISC)
+    with pytest.raises(InputError, match=r"image01 must be in \[0, 1\]"):
+        mask_from_recist(np.full((64, 64), 2.0), rec)
+    with pytest.raises(InputError, match="iterations"):
+        mask_from_recist(np.zeros((64, 64)), rec, iterations=0)
+
+
+# ---- GrabCut masks against known truth --------------------------------------------------------
+
+def _check_mask(mask, rec):
+    assert mask.dtype == bool and mask.any()
+    r, c = (int(round(v)) for v in rec.center_rc)
+    assert mask[r, c]
+    assert ndimage.label(mask, np.ones((3, 3)))[1] == 1
+    np.testing.assert_array_equal(ndimage.binary_fill_holes(mask), mask)
+
+
+@pytest.mark.parametrize("name, truth, min_dice", [
+    ("disc", DISC, 0.95),
+    ("rotated ellipse", ELLIPSE, 0.95),
+    ("lobulated", LOBULATED, 0.95),
+])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_solid_lesions(name, truth, min_dice, seed):
+    rec = measure_recist(truth)
+    mask = mask_from_recist(lung_phantom(truth, seed=seed), rec)
+    _check_mask(mask, rec)
+    assert dice(mask, truth) >= min_dice, name
+
+
+def test_lobulated_lesion_beats_the_ellipse():
+    # The drawn ellipse misses the lobes; GrabCut must follow the image instead.
+    rec = measure_recist(LOBULATED)
+    mask = mask_from_recist(lung_phantom(LOBULATED), rec)
+    assert dice(mask, LOBULATED) > dice(recist_ellipse(rec, LOBULATED.shape), LOBULATED) + 0.05
+
+
+@pytest.mark.parametrize("name, vessel", [
+    ("radial vessel", (np.abs(RR - 32) <= 1) & (CC >= 31)),
+    ("tangent vessel", np.abs(RR - 43) <= 1),
+    ("oblique vessel", np.abs(RR - 0.5 * CC - 10) <= 1.2),
+])
+def test_lesion_touching_a_vessel_does_not_leak(name, vessel):
+    truth = DISC
+    rec = measure_recist(truth)
+    mask = mask_from_recist(lung_phantom(truth, vessel=vessel & ~truth), rec)
+    _check_mask(mask, rec)
+    assert dice(mask, truth) >= 0.9, name
+    far = ~ndimage.binary_dilation(truth, iterations=8)
+    assert not (mask & vessel & far).any(), f"{name}: leaked along the vessel"
+
+
+def test_lesion_touching_the_pleura():
+    truth = np.hypot(RR - 32, CC - 13) <= 8
+    chest_wall = CC <= 4
+    rec = measure_recist(truth)
+    mask = mask_from_recist(lung_phantom(truth, vessel=chest_wall & ~truth), rec)
+    _check_mask(mask, rec)
+    assert dice(mask, truth) >= 0.9
+    assert np.count_nonzero(mask & chest_wall) <= 2  # at most a blurred contact pixel or two
+
+
+def test_lesion_cut_by_the_image_border():
+    truth = np.hypot(RR - 30, CC - 2) <= 9
+    rec = measure_recist(truth)
+    assert min(p[1] for p in rec.as_array()) == 0  # the mark reaches the border column
+    mask = mask_from_recist(lung_phantom(truth, seed=3), rec)
+    _check_mask(mask, rec)
+    assert dice(mask, truth) >= 0.9
+
+
+@pytest.mark.parametrize("radius", [1.5, 2.0, 3.0])
+def test_tiny_lesions(radius):
+    truth = np.hypot(RR - 32, CC - 32) <= radius
+    rec = measure_recist(truth)
+    assert rec.long_px < 7
+    mask = mask_from_recist(lung_phantom(truth, blur=0.5), rec)
+    _check_mask(mask, rec)
+    assert dice(mask, truth) >= 0.9
+
+
+def test_deterministic_and_independent_of_the_opencv_rng():
+    image = lung_phantom(LOBULATED, vessel=np.abs(RR - 43) <= 1)
+    rec = measure_recist(LOBULATED)
+    first = mask_from_recist(image, rec)
+    cv2.setRNGSeed(12345)
+    cv2.randu(np.zeros((10, 10)), 0, 1)  # move OpenCV's RNG on
+    np.testing.assert_array_equal(mask_from_recist(image, rec), first)
+
+
+def test_full_slice_equals_crop():
+    # GrabCut only sees a window around the mark, so a full slice and a crop that contains the
+    # window give the same mask (translation invariance).
+    big = np.zeros((160, 200), bool)
+    big[40:104, 70:134] = LOBULATED
+    rec = measure_recist(big)
+    image = lung_phantom(big, seed=5)
+    full = mask_from_recist(image, rec)
+    crop = mask_from_recist(image[30:120, 60:150], rec.shifted(-30, -60))
+    np.testing.assert_array_equal(full[30:120, 60:150], crop)
+    assert not full[:30].any() and not full[120:].any()
+
+
+@pytest.mark.realdata
+def test_deeplesion_key_slices(deeplesion_root: Path):
+    """Real lesions: the mask's own RECIST must agree with the radiologist's mark."""
+    import pandas as pd
+
+    info = pd.read_csv(deeplesion_root / "DL_info.csv")
+    checked = 0
+    for _, row in info.iterrows():
+        folder, key = row["File_name"].rsplit("_", 1)
+        path = deeplesion_root / "Images_png" / folder / key
+        if not path.exists():
+            continue
+        hu = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.float64) - 32768
+        low, high = (float(v) for v in row["DICOM_windows"].split(","))
+        image = window_hu(hu, level_hu=(low + high) / 2, width_hu=high - low)
+        rec = Recist.from_deeplesion(row["Measurement_coordinates"])
+        mask = mask_from_recist(image, rec, sample_id=row["File_name"])
+        _check_mask(mask, rec)
+        got = measure_recist(mask)
+        assert got.long_px == pytest.approx(rec.long_px, rel=0.25), row["File_name"]
+        assert got.short_px == pytest.approx(rec.short_px, rel=0.4), row["File_name"]
+        checked += 1
+    assert checked > 0
+
+
+def test_ellipse_passes_through_the_endpoints():
+    rec = Recist((10.0, 20.0), (30.0, 20.0), (14.0, 12.0), (14.0, 26.0))  # crossing off-centre
+    inside = recist_ellipse(rec, (40, 40))
+    for r, c in rec.as_array():
+        assert inside[int(r), int(c)]
+    grown = recist_ellipse(rec, (40, 40), scale=1.0, margin_px=1.0)
+    for r, c in rec.as_array():
+        # one pixel further out along the axis is outside the ellipse and inside the grown one
+        d = np.array([r, c]) - np.array(rec.center_rc)
+        rr, cc = np.round(np.array([r, c]) + d / np.linalg.norm(d)).astype(int)
+        assert not inside[rr, cc] and grown[rr, cc]
+    assert math.isclose(rec.center_rc[0], 14.0) and math.isclose(rec.center_rc[1], 20.0)
