@@ -14,7 +14,7 @@ STAMP    := $(VENV)/.installed
 
 export SOFTMASK_SHARED_DATA ?= $(SHARED_DATA)
 
-.PHONY: setup test test-all lnsm lidc masks release preview bench bench-accuracy bench-build \
+.PHONY: setup test test-all lnsm lidc masks slices release preview bench bench-accuracy bench-build \
         pretrain-sr train evaluate clean
 
 setup: $(STAMP)
@@ -33,9 +33,43 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow"
 
 # --- datasets -------------------------------------------------------------------------------
-LNSM_OUT ?= build/lnsm
+# Every build target takes OUT= (default build/<dataset>) and JOBS=; see `softmask --help`.
+out_or    = $(if $(OUT),$(OUT),$(1))
+RECIPE   ?=
+RELEASE_OUT ?= build/release/lnsm
+
 lnsm: $(STAMP)
-	$(BIN)/softmask make-lnsm --out "$(if $(OUT),$(OUT),$(LNSM_OUT))" --jobs $(JOBS) $(if $(DEEPLESION),--deeplesion "$(DEEPLESION)",)
+	$(BIN)/softmask make-lnsm --out "$(call out_or,build/lnsm)" --jobs $(JOBS) $(if $(DEEPLESION),--deeplesion "$(DEEPLESION)",)
+
+lidc: $(STAMP)
+	@test -n "$(LIDC_DICOM)" || { echo "usage: make lidc LIDC_DICOM=/path/to/LIDC-IDRI [OUT=build/lidc] [JOBS=2]" >&2; exit 2; }
+	$(BIN)/softmask build lidc "$(LIDC_DICOM)" --recipe $(if $(RECIPE),$(RECIPE),lidc) --out "$(call out_or,build/lidc)" --jobs $(JOBS)
+	$(BIN)/softmask verify "$(call out_or,build/lidc)"
+
+masks: $(STAMP)
+	@test -n "$(MASKS)" || { echo "usage: make masks MASKS=/path/to/pairs [RECIPE=masks] [OUT=build/masks] [JOBS=2]" >&2; exit 2; }
+	$(BIN)/softmask build masks "$(MASKS)" --recipe $(if $(RECIPE),$(RECIPE),masks) --out "$(call out_or,build/masks)" --jobs $(JOBS)
+	$(BIN)/softmask verify "$(call out_or,build/masks)"
+
+# Full slices for the SR teacher, from DEEPLESION= (recipe slices) or else LIDC_DICOM= (lidc_slices).
+slices: $(STAMP)
+	@test -n "$(DEEPLESION)$(LIDC_DICOM)" || { echo "usage: make slices DEEPLESION=/path | LIDC_DICOM=/path [OUT=build/slices] [JOBS=2]" >&2; exit 2; }
+	$(BIN)/softmask build slices "$(if $(DEEPLESION),$(DEEPLESION),$(LIDC_DICOM))" --recipe $(if $(RECIPE),$(RECIPE),$(if $(DEEPLESION),slices,lidc_slices)) --out "$(call out_or,build/slices)" --jobs $(JOBS)
+	$(BIN)/softmask verify "$(call out_or,build/slices)"
+
+preview: $(STAMP)
+	$(BIN)/softmask preview "$(call out_or,build/lnsm)" --n 8 --out "$(call out_or,build/lnsm)/preview.png"
+
+# A release build of LNSM (DEEPLESION= for the real one, else the phantom sample) from a clean,
+# committed tree: rebuilt from scratch, verified, checksums checked with sha256sum.
+release: $(STAMP)
+	@test -z "$$(git status --porcelain --untracked-files=no)" || { echo "release: the git tree has uncommitted changes; commit them first" >&2; exit 2; }
+	$(BIN)/softmask make-lnsm --out "$(call out_or,$(RELEASE_OUT))" --jobs $(JOBS) --overwrite $(if $(DEEPLESION),--deeplesion "$(DEEPLESION)",)
+	cd "$(call out_or,$(RELEASE_OUT))" && sha256sum -c --quiet SHA256SUMS
+	@echo "release: $(call out_or,$(RELEASE_OUT)) built from commit $$(git rev-parse HEAD)"
+
+bench-build: $(STAMP)
+	$(PY) benchmarks/bench_build.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_matting.py

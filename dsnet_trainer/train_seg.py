@@ -452,7 +452,7 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
                     # D's gradients from the previous generator step are discarded here.
                     with prec.autocast():
                         loss_d = gan_discriminator_loss(ddp_disc(image, target), ddp_disc(image, soft.detach()))
-                    _finite_or_raise({"loss_disc": float(loss_d)}, epoch=epoch, step=state.step,
+                    _finite_or_raise({"loss_disc": float(loss_d.detach())}, epoch=epoch, step=state.step,
                                      last_good=checkpoints.last_path)
                     opt_d.zero_grad(set_to_none=True)
                     prec.backward_step(loss_d, opt_d, clip_norm=loop.grad_clip_norm)

@@ -276,6 +276,7 @@ def _assemble(img, tri, uidx, newidx, cptr, n, eps, r, cy0, cy1, cx0, cx1):
                         active[cy, cx] = True
     cu = np.empty(area, np.float64)
     ju = np.empty(area, np.int64)
+    cb = np.empty(area, np.int64)
     for cy in range(cy0, cy1):
         for cx in range(cx0, cx1):
             if not active[cy, cx]:
@@ -302,17 +303,26 @@ def _assemble(img, tri, uidx, newidx, cptr, n, eps, r, cy0, cy1, cx0, cx1):
                         s_fg += d
                         n_fg += 1
             g = 1.0 / (var * inv_area + eps * inv_area)
+            # sort the window's unknowns by new index (insertion sort, <= |w| items) so that
+            # for a > b the entry (ju[a], ju[b]) is in the lower triangle: column ju[b]
+            for a in range(1, nu):
+                ja = ju[a]
+                ca = cu[a]
+                b = a
+                while b > 0 and ju[b - 1] > ja:
+                    ju[b] = ju[b - 1]
+                    cu[b] = cu[b - 1]
+                    b -= 1
+                ju[b] = ja
+                cu[b] = ca
+            for a in range(nu):
+                cb[a] = cptr[ju[a]]
             for a in range(nu):
                 ia = ju[a]
                 ga = g * cu[a]
-                env[cptr[ia]] += 1.0 - (1.0 + ga * cu[a]) * inv_area
+                env[cb[a]] += 1.0 - (1.0 + ga * cu[a]) * inv_area
                 for b in range(a):
-                    ib = ju[b]
-                    v = -(1.0 + ga * cu[b]) * inv_area
-                    if ia > ib:
-                        env[cptr[ib] + ia - ib] += v
-                    else:
-                        env[cptr[ia] + ib - ia] += v
+                    env[cb[b] + ia - ju[b]] -= (1.0 + ga * cu[b]) * inv_area
                 rhs[ia] += (n_fg + ga * s_fg) * inv_area
     return env, rhs
 

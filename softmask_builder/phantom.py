@@ -1070,7 +1070,11 @@ def read_truth(path) -> dict[str, dict]:
     return out
 
 
-def write_sample(root, *, n: int = 60, seed: int = 0, n_neighbors: int = 1, label_train_rows: bool = False) -> Path:
+def write_sample(root, *, n: int = 60, seed: int = 0, label_train_rows: bool = False, **case_kwargs) -> Path:
     """Write the bundled sample dataset: ``n`` phantom cases (every kind, 3-30 mm, splits by
-    patient) in the DeepLesion layout under ``root``. Returns the truth file's path."""
-    return write_deeplesion(root, iter_cases(n, seed=seed, n_neighbors=n_neighbors), label_train_rows=label_train_rows)
+    patient; see :func:`generate_cases`, which gets ``case_kwargs``) in the DeepLesion layout
+    under ``root``, streaming one case at a time. Returns the truth file's path.
+
+    60 cases take ~10 s on one core (rendering ~0.15 s and PNG encoding ~0.02 s per case).
+    """
+    return write_deeplesion(root, iter_cases(n, seed=seed, **case_kwargs), label_train_rows=label_train_rows)

@@ -88,3 +88,20 @@ def write_sample_dataset(folder, *, crop_px: int = 32, counts=(("train", 8), ("v
         write_sample_shard(folder / f"tiny-{split}-00000-of-00001.h5", split=split, n=n, crop_px=crop_px,
                            seed=seed + k, empty_first=split == "test")
     return folder
+
+
+def write_tiny_teacher(path, *, n_channels: int = 4, scale: int = 4, level_hu: float = -600.0,
+                       width_hu: float = 1500.0, seed: int = 0):
+    """An untrained tiny SRResNet saved with the SR trainer's own ``export_teacher`` (a real
+    teacher file, as ``dsnet pretrain-sr`` writes it). Its last conv starts at zero, so give it
+    random weights there to make the SR image differ from bicubic."""
+    from dsnet_trainer.models.srresnet import SRResNet
+    from dsnet_trainer.sr import GeneratorConfig, SRConfig, SRDataConfig, export_teacher
+
+    torch.manual_seed(seed)
+    cfg = SRConfig(data=SRDataConfig(scale=scale, window_level_hu=level_hu, window_width_hu=width_hu),
+                   generator=GeneratorConfig(n_channels=n_channels, n_blocks=1, norm="none"))
+    gen = SRResNet(**cfg.generator_kwargs())
+    with torch.no_grad():
+        gen.tail.weight.normal_(0, 0.01)
+    return export_teacher(gen, cfg, path)
