@@ -1,6 +1,14 @@
-"""`dsnet` command line: thin wrappers over the typed API."""
+"""`dsnet` command line: thin wrappers over the typed API.
+
+torch is imported inside each command, so ``dsnet --help`` stays fast. Every error the toolkit
+raises on purpose (bad file, option, config key, checkpoint, device) becomes a one-line
+``Error: ...`` and exit status 1, never a traceback.
+"""
 
 from __future__ import annotations
+
+import os
+import sys
 
 import click
 
@@ -11,6 +19,68 @@ from . import __version__
 @click.version_option(__version__, prog_name="dsnet")
 def main() -> None:
     """Train, evaluate and run DSNet and its SRGAN teacher on Soft Mask shards."""
+
+
+def _overrides(sets: tuple[str, ...], **options: object) -> list[str]:
+    """``--set`` strings followed by dedicated options (which win), as ``key=value`` strings."""
+    out = list(sets)
+    for key, value in options.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        out.append(f"{key}={value}")
+    return out
+
+
+@main.command("pretrain-sr")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(),
+              help="Slice-shard folder or file (repeatable). Uses its 'train' split; 'val' split for validation.")
+@click.option("--val-data", multiple=True, type=click.Path(),
+              help="Validation slice shards (any split) instead of --data's 'val' split.")
+@click.option("--out", required=True, type=click.Path(), help="Run folder (created).")
+@click.option("--config", "config", default="sr_tiny", show_default=True,
+              help="YAML/JSON file, or a packaged config: sr_tiny (CPU, seconds), sr_paper (GPU).")
+@click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Config override, e.g. -s stage1.epochs=5 -s data.hr_patch_px=64 (repeatable; never evaluated).")
+@click.option("--resume", default=None, metavar="auto|PATH",
+              help="auto: continue from the run folder's last checkpoint if any; or a checkpoint file.")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N (overrides loop.device).")
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=None,
+              help="Mixed precision on CUDA (overrides loop.amp).")
+@click.option("--workers", type=int, default=None, help="DataLoader workers (overrides loop.num_workers).")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (overrides loop.num_threads).")
+@click.option("--seed", type=int, default=None, help="Overrides loop.seed.")
+@click.option("--no-progress", is_flag=True, default=False, help="No progress bar.")
+def pretrain_sr_cmd(data, val_data, out, config, sets, resume, device, amp, workers, threads, seed, no_progress):
+    """Train the x4 SR teacher (SRResNet, then SRGAN from it) on CT slice shards.
+
+    Writes OUT/teacher.pt (frozen generator for DSNet's DRTM), OUT/report.md (PSNR/SSIM vs
+    bicubic), per-stage checkpoints, metrics, curves and sample images. Run under
+    `torchrun --nproc_per_node=N -m dsnet_trainer.cli pretrain-sr ...` for several GPUs.
+    """
+    from softmask_builder.errors import SoftMaskError
+
+    try:
+        from .config import load_config
+        from .sr import SRConfig, format_report, pretrain_sr
+
+        overrides = _overrides(sets, **{"loop.device": device, "loop.amp": amp, "loop.num_workers": workers,
+                                        "loop.num_threads": threads, "loop.seed": seed,
+                                        "loop.progress": False if no_progress else None})
+        cfg = load_config(SRConfig, config, overrides)
+        result = pretrain_sr(cfg, data=list(data), out=out, resume=resume,
+                             val_data=list(val_data) if val_data else None, command=" ".join(sys.argv))
+    except SoftMaskError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(format_report(result.report), nl=False)
+        click.echo(f"teacher: {result.teacher_path}")
+        click.echo(f"run folder: {result.out}")
+
+
+# DSNet commands (train, evaluate, predict, export) live in cli_seg.py and are attached here by
+# the lead with main.add_command(...).
 
 
 if __name__ == "__main__":  # pragma: no cover

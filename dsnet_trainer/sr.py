@@ -136,7 +136,7 @@ class Stage1Config:
     epochs: int = 100
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
-    pixel_loss: Literal["l1", "mse"] = "l1"
+    pixel_loss: Literal["l1", "mse"] = "mse"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.5
 
@@ -155,7 +155,7 @@ class Stage2Config:
     lr_g: float = 1e-4
     lr_d: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
-    pixel_loss: Literal["l1", "mse"] = "l1"
+    pixel_loss: Literal["l1", "mse"] = "mse"
     pixel_weight: float = 1.0
     adv_weight: float = 1e-3
     feature_weight: float = 0.0
@@ -769,6 +769,8 @@ def pretrain_sr(cfg: SRConfig, *, data: str | Path | Sequence[str | Path], out: 
     hooks = hooks or SRHooks()
     out = Path(out)
     try:
+        if cfg.loop.num_threads:
+            torch.set_num_threads(cfg.loop.num_threads)
         engine.seed_everything(cfg.loop.seed)
         prec = Precision(cfg.loop.amp, ctx.device)
         data_sets = build_sr_datasets(cfg, data, val_data)

@@ -16,7 +16,7 @@ work region) and ``new`` (the fill-reducing order of the factorisation); ``perm[
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, uint64
 
 _BACKGROUND = 0
 _UNKNOWN = 128
@@ -83,39 +83,42 @@ def known_alpha(trimap, out):
 
 @njit(cache=True, nogil=True)
 def _index_unknown(tri, n):
-    """Raster index map of the unknown pixels of ``tri`` (the work region), -1 elsewhere."""
+    """Raster index of each unknown pixel of ``tri`` (the work region) as a flat map (-1 for
+    known pixels), and the (row, col) of each unknown pixel."""
     h, w = tri.shape
-    uidx = np.full((h, w), -1, np.int64)
-    ys = np.empty(n, np.int64)
-    xs = np.empty(n, np.int64)
+    uidx = np.empty(h * w, np.int32)
+    ys = np.empty(n, np.int32)
+    xs = np.empty(n, np.int32)
     k = 0
     for y in range(h):
         for x in range(w):
+            p = y * w + x
             if tri[y, x] == _UNKNOWN:
-                uidx[y, x] = k
+                uidx[p] = k
                 ys[k] = y
                 xs[k] = x
                 k += 1
+            else:
+                uidx[p] = -1
     return uidx, ys, xs
 
 
 @njit(cache=True, nogil=True)
-def _neighbours(uidx, ys, xs, reach):
+def _neighbours(uidx, w, ys, xs, reach):
     """CSR lists of the unknown neighbours of each unknown pixel within a (2*reach+1)^2 box,
-    in raster order."""
-    h, w = uidx.shape
+    in raster order. ``uidx`` is the flat map of :func:`_index_unknown`, ``w`` its row length."""
+    h = uidx.shape[0] // w
     n = ys.shape[0]
-    nptr = np.empty(n + 1, np.int64)
-    nbr = np.empty(n * ((2 * reach + 1) ** 2 - 1), np.int64)
+    nptr = np.empty(n + 1, np.int32)
+    nbr = np.empty(n * (2 * reach + 1) ** 2, np.int32)
     nptr[0] = 0
     k = 0
     for i in range(n):
         for y in range(max(ys[i] - reach, 0), min(ys[i] + reach + 1, h)):
             for x in range(max(xs[i] - reach, 0), min(xs[i] + reach + 1, w)):
-                u = uidx[y, x]
-                if u >= 0 and u != i:
-                    nbr[k] = u
-                    k += 1
+                u = uidx[y * w + x]
+                nbr[k] = u
+                k += (u >= 0) & (u != i)   # branch-free compaction
         nptr[i + 1] = k
     return nptr, nbr
 
@@ -155,18 +158,18 @@ def rcm_order(nptr, nbr):
     across the ring, so the bandwidth stays a few times the ring width.
     """
     n = nptr.shape[0] - 1
-    deg = np.empty(n, np.int64)
+    deg = np.empty(n, np.int32)
     for i in range(n):
         deg[i] = nptr[i + 1] - nptr[i]
-    level = np.zeros(n, np.int64)
-    queue = np.empty(n, np.int64)
+    level = np.zeros(n, np.int32)
+    queue = np.empty(n, np.int32)
     seen = np.zeros(n, np.bool_)
     done = np.zeros(n, np.bool_)
-    order = np.empty(n, np.int64)
+    order = np.empty(n, np.int32)
     maxdeg = 0
     for i in range(n):
         maxdeg = max(maxdeg, deg[i])
-    cand = np.empty(maxdeg + 1, np.int64)
+    cand = np.empty(maxdeg + 1, np.int32)
     pos = 0
     for seed in range(n):
         if done[seed]:
@@ -211,32 +214,32 @@ def rcm_order(nptr, nbr):
             for k in range(m):
                 order[pos] = cand[k]
                 pos += 1
-    perm = np.empty(n, np.int64)
+    perm = np.empty(n, np.int32)
     for i in range(n):
         perm[i] = order[n - 1 - i]
     return perm
 
 
 @njit(cache=True, nogil=True)
-def _skyline(uidx, ys, xs, perm, newidx, reach):
+def _skyline(code, w, ys, xs, perm, reach):
     """Column skyline of the lower triangle (new order): column ``j`` holds rows
     ``j .. last[j]`` at ``env[cptr[j] : cptr[j+1]]``.
 
     ``last[j] = max{i : first[i] <= j}`` where ``first[i]`` is the lowest column of row i in
-    the matrix (its neighbours within the stencil, box of radius 2r). Cholesky creates fill
-    only inside this set (a fill L_ij needs some k < j with L_ik, L_jk != 0, so first[i] <= k).
+    the matrix (its unknown neighbours within the stencil, a box of radius 2r). Cholesky
+    creates fill only inside this set (a fill L_ij needs some k < j with L_ik, L_jk != 0, so
+    first[i] <= k). ``code`` is the flat map of new indices (< 0 for known pixels).
     """
-    h, w = uidx.shape
+    h = code.shape[0] // w
     n = perm.shape[0]
     last = np.arange(n)
     for i in range(n):
         v = perm[i]
-        f = i
+        f = n
         for y in range(max(ys[v] - reach, 0), min(ys[v] + reach + 1, h)):
             for x in range(max(xs[v] - reach, 0), min(xs[v] + reach + 1, w)):
-                u = uidx[y, x]
-                if u >= 0 and newidx[u] < f:
-                    f = newidx[u]
+                c = code[y * w + x]
+                f = min(f, c if c >= 0 else n)
         if last[f] < i:
             last[f] = i
     cptr = np.empty(n + 1, np.int64)
@@ -250,7 +253,7 @@ def _skyline(uidx, ys, xs, perm, newidx, reach):
 
 
 @njit(cache=True, nogil=True)
-def _assemble(img, tri, uidx, newidx, cptr, n, eps, r, cy0, cy1, cx0, cx1):
+def _assemble(imf, code, w, cptr, n, eps, r, cy0, cy1, cx0, cx1):
     """Unknown block L_UU (lower triangle, skyline) and right-hand side b = -L_UK a_K.
 
     Window w_k (centre k, (2r+1)^2 pixels, fully inside the image), c_a = I_a - mu_k,
@@ -260,128 +263,128 @@ def _assemble(img, tri, uidx, newidx, cptr, n, eps, r, cy0, cy1, cx0, cx1):
         b_a -= sum_{b in lesion} L_ab = (n_lesion + g_k c_a sum_{b in lesion} c_b) / |w|;
     background (a_K = 0) adds nothing. Windows without an unknown pixel touch no row of L_UU
     or L_UK and are skipped: only centres within r of an unknown pixel are visited.
+
+    ``imf`` (image) and ``code`` (new index, -1 lesion, -2 background) are flat maps of the
+    work region, rows of length ``w``; centres run over [cy0, cy1) x [cx0, cx1).
     """
-    h, w = img.shape
+    h = code.shape[0] // w
     size = 2 * r + 1
     area = size * size
     inv_area = 1.0 / area
     env = np.zeros(cptr[n], np.float64)
     rhs = np.zeros(n, np.float64)
-    active = np.zeros((h, w), np.bool_)
+    # active centres = box-OR of the unknown indicator, separable (rows, then columns)
+    rows_any = np.zeros(h * w, np.bool_)
     for y in range(h):
-        for x in range(w):
-            if uidx[y, x] >= 0:
-                for cy in range(max(y - r, cy0), min(y + r + 1, cy1)):
-                    for cx in range(max(x - r, cx0), min(x + r + 1, cx1)):
-                        active[cy, cx] = True
+        for x in range(cx0, cx1):
+            hit = False
+            for xx in range(x - r, x + r + 1):
+                hit |= code[y * w + xx] >= 0
+            rows_any[y * w + x] = hit
+    off = np.empty(area, np.int64)
+    t = 0
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            off[t] = dy * w + dx
+            t += 1
+    vals = np.empty(area, np.float64)
     cu = np.empty(area, np.float64)
     ju = np.empty(area, np.int64)
     cb = np.empty(area, np.int64)
     for cy in range(cy0, cy1):
         for cx in range(cx0, cx1):
-            if not active[cy, cx]:
+            base = cy * w + cx
+            hit = False
+            for yy in range(cy - r, cy + r + 1):
+                hit |= rows_any[yy * w + cx]
+            if not hit:
                 continue
             s = 0.0
-            for yy in range(cy - r, cy + r + 1):
-                for xx in range(cx - r, cx + r + 1):
-                    s += img[yy, xx]
+            for t in range(area):
+                v = imf[base + off[t]]
+                vals[t] = v
+                s += v
             mu = s * inv_area
             var = 0.0
             s_fg = 0.0
             n_fg = 0
             nu = 0
-            for yy in range(cy - r, cy + r + 1):
-                for xx in range(cx - r, cx + r + 1):
-                    d = img[yy, xx] - mu
-                    var += d * d
-                    u = uidx[yy, xx]
-                    if u >= 0:
-                        cu[nu] = d
-                        ju[nu] = newidx[u]
-                        nu += 1
-                    elif tri[yy, xx] == _LESION:
-                        s_fg += d
-                        n_fg += 1
+            for t in range(area):
+                d = vals[t] - mu
+                var += d * d
+                c = code[base + off[t]]
+                # branch-free: keep unknowns in (ju, cu), sum lesion pixels' c
+                ju[nu] = c
+                cu[nu] = d
+                nu += c >= 0
+                is_fg = c == -1
+                n_fg += is_fg
+                s_fg += d if is_fg else 0.0
             g = 1.0 / (var * inv_area + eps * inv_area)
-            # sort the window's unknowns by new index (insertion sort, <= |w| items) so that
-            # for a > b the entry (ju[a], ju[b]) is in the lower triangle: column ju[b]
-            for a in range(1, nu):
-                ja = ju[a]
-                ca = cu[a]
-                b = a
-                while b > 0 and ju[b - 1] > ja:
-                    ju[b] = ju[b - 1]
-                    cu[b] = cu[b - 1]
-                    b -= 1
-                ju[b] = ja
-                cu[b] = ca
             for a in range(nu):
                 cb[a] = cptr[ju[a]]
             for a in range(nu):
                 ia = ju[a]
+                ca = cb[a]
                 ga = g * cu[a]
-                env[cb[a]] += 1.0 - (1.0 + ga * cu[a]) * inv_area
+                env[ca] += 1.0 - (1.0 + ga * cu[a]) * inv_area
                 for b in range(a):
-                    env[cb[b] + ia - ju[b]] -= (1.0 + ga * cu[b]) * inv_area
+                    ib = ju[b]
+                    # entry (max, min) of the pair: row max in column min (a select, no branch)
+                    slot = cb[b] + ia - ib if ia > ib else ca + ib - ia
+                    env[slot] -= (1.0 + ga * cu[b]) * inv_area
                 rhs[ia] += (n_fg + ga * s_fg) * inv_area
     return env, rhs
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _axpy(y, a, x):
-    """y -= a * x (same length)."""
-    for t in range(y.shape[0]):
-        y[t] -= a * x[t]
-
-
-@njit(cache=True, nogil=True, fastmath=_FAST)
-def _dot(x, y):
-    s = 0.0
-    for t in range(x.shape[0]):
-        s += x[t] * y[t]
-    return s
-
-
-@njit(cache=True, nogil=True)
 def _cholesky_skyline(env, last, cptr):
     """In-place Cholesky A = L L^T of an SPD skyline matrix, right-looking by columns.
 
-    For each column k: L_kk = sqrt(A_kk), L_ik = A_ik / L_kk, then every later column m of
+    For each column k: L_kk = sqrt(A_kk), L_ik = A_ik / L_kk, then every later column m in
     the skyline of k gets A_im -= L_ik L_mk for i = m .. last[k] (a contiguous axpy, which
-    SIMD-vectorises; last[] is non-decreasing, so it stays inside column m).
+    SIMD-vectorises; last[] is non-decreasing, so it stays inside column m). Indices are cast
+    to unsigned so that numba drops its negative-index check, which would block SIMD.
     Returns False if a pivot is not positive (A not positive definite).
     """
     n = last.shape[0]
     for k in range(n):
         ck = cptr[k]
-        col = env[ck:cptr[k + 1]]
-        d = col[0]
+        d = env[ck]
         if not d > 0.0:
             return False
         d = np.sqrt(d)
-        col[0] = d
+        env[ck] = d
         inv = 1.0 / d
-        for t in range(1, col.shape[0]):
-            col[t] *= inv
+        for t in range(1, cptr[k + 1] - ck):
+            env[uint64(ck + t)] *= inv
         lk = last[k]
         for m in range(k + 1, lk + 1):
             cm = cptr[m]
-            _axpy(env[cm:cm + lk - m + 1], col[m - k], col[m - k:])
+            src = ck + m - k
+            a = env[src]
+            for t in range(lk - m + 1):
+                env[uint64(cm + t)] -= a * env[uint64(src + t)]
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def _solve_skyline(env, last, cptr, b):
-    """Solve L L^T x = b in place of ``b`` with the factor of _cholesky_skyline."""
+    """Solve L L^T x = b in place of ``b`` with the factor of _cholesky_skyline:
+    L y = b by columns (axpy), then L^T x = y by columns (dot)."""
     n = last.shape[0]
     for k in range(n):
-        col = env[cptr[k]:cptr[k + 1]]
-        yk = b[k] / col[0]
+        ck = cptr[k]
+        yk = b[k] / env[ck]
         b[k] = yk
-        _axpy(b[k + 1:last[k] + 1], yk, col[1:])
+        for t in range(1, last[k] - k + 1):
+            b[uint64(k + t)] -= yk * env[uint64(ck + t)]
     for k in range(n - 1, -1, -1):
-        col = env[cptr[k]:cptr[k + 1]]
-        b[k] = (b[k] - _dot(col[1:], b[k + 1:last[k] + 1])) / col[0]
+        ck = cptr[k]
+        s = b[k]
+        for t in range(1, last[k] - k + 1):
+            s -= env[uint64(ck + t)] * b[uint64(k + t)]
+        b[k] = s / env[ck]
 
 
 @njit(cache=True, nogil=True)
@@ -406,14 +409,24 @@ def solve_alpha(image, trimap, eps, r, n, y0, y1, x0, x1, out):
     cy1 = min(y1 + r, h - r) - ry0
     cx0 = max(x0 - r, r) - rx0
     cx1 = min(x1 + r, w - r) - rx0
+    ww = rx1 - rx0
     uidx, ys, xs = _index_unknown(tri, n)
-    nptr, nbr = _neighbours(uidx, ys, xs, r)
+    nptr, nbr = _neighbours(uidx, ww, ys, xs, r)
     perm = rcm_order(nptr, nbr)
-    newidx = np.empty(n, np.int64)
+    newidx = np.empty(n, np.int32)
     for i in range(n):
         newidx[perm[i]] = i
-    last, cptr = _skyline(uidx, ys, xs, perm, newidx, 2 * r)
-    env, rhs = _assemble(img, tri, uidx, newidx, cptr, n, eps, r, cy0, cy1, cx0, cx1)
+    # flat maps of the work region: image, and new index / -1 lesion / -2 background
+    imf = np.empty(tri.size, np.float64)
+    code = np.empty(tri.size, np.int32)
+    for y in range(tri.shape[0]):
+        for x in range(ww):
+            p = y * ww + x
+            imf[p] = img[y, x]
+            u = uidx[p]
+            code[p] = newidx[u] if u >= 0 else (-1 if tri[y, x] == _LESION else -2)
+    last, cptr = _skyline(code, ww, ys, xs, perm, 2 * r)
+    env, rhs = _assemble(imf, code, ww, cptr, n, eps, r, cy0, cy1, cx0, cx1)
     if not _cholesky_skyline(env, last, cptr):
         return NOT_POSITIVE_DEFINITE
     _solve_skyline(env, last, cptr, rhs)

@@ -54,7 +54,10 @@ def dice(a, b) -> float:
 
 
 def _stack(masks, name: str) -> np.ndarray:
-    arr = np.asarray(masks)
+    try:
+        arr = np.asarray(masks)
+    except ValueError:
+        raise InputError(f"{name} must be (R, rows, cols): the masks differ in shape") from None
     if arr.ndim != 3 or arr.shape[0] < 1:
         raise InputError(f"{name} must be (R, rows, cols) with R >= 1, got shape {arr.shape}")
     return np.stack([as_mask2d(m, f"{name}[{i}]", allow_empty=True) for i, m in enumerate(arr)])

@@ -562,7 +562,9 @@ def _vessel_fraction(segments, rows, cols, px, z_centres, t, n_z: int = 4) -> np
 
 
 def _blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Gaussian blur (kernel truncated at 4 sigma, edges replicated)."""
+    """Gaussian blur (kernel truncated at 4 sigma, edges replicated); sigma 0 is a copy."""
+    if sigma_px <= 0:
+        return img.copy()
     half = int(math.ceil(4.0 * sigma_px))
     return cv2.GaussianBlur(img, (2 * half + 1, 2 * half + 1), sigmaX=sigma_px, sigmaY=sigma_px,
                             borderType=cv2.BORDER_REPLICATE)
@@ -610,7 +612,11 @@ class PhantomCase:
     """One synthetic key slice with its neighbours and the truth of its one nodule.
 
     Arrays are (rows, cols); ``image_hu`` and ``neighbor_hu`` are int16 HU exactly as stored in
-    the PNGs; ``true_fraction`` float32 in [0, 1]; ``true_mask = true_fraction >= 0.5``.
+    the PNGs; ``true_fraction`` float32 in [0, 1]; ``true_mask = true_fraction >= 0.5``;
+    ``apparent_fraction`` = the scanner PSF applied to ``true_fraction`` (float32 in [0, 1]): the
+    fraction as the image shows it, what an ideal unmixing of the noise-free key slice would give
+    over a uniform background (the PSF is applied after mixing, so
+    ``blur(bg (1 - f) + hu f) = bg + (hu - bg) blur(f)`` for constant ``bg``).
     ``neighbor_hu[i]`` is slice ``key_slice_index + neighbor_offsets[i]`` (z = offset *
     slice_thickness_mm; slices are contiguous). ``recist`` is measured on ``true_mask``
     (:func:`recist_from_mask`), in (row, col) pixel centres.
@@ -622,6 +628,7 @@ class PhantomCase:
     true_fraction: np.ndarray
     neighbor_fraction: np.ndarray
     true_mask: np.ndarray
+    apparent_fraction: np.ndarray
     recist: Recist
     spacing_mm: tuple[float, float]
     slice_thickness_mm: float
@@ -689,7 +696,8 @@ def _nodule_shape(rng, kind: str, center, R: float) -> NoduleShape:
 
 def generate_case(rng_or_seed, *, kind: str, diameter_mm: float, shape: tuple[int, int] = (512, 512),
                   spacing_mm: float | None = None, slice_thickness_mm: float | None = None,
-                  n_neighbors: int = 1, supersample: int = 8, patient_index: int = 1, study_index: int = 1,
+                  n_neighbors: int = 1, supersample: int = 8, psf_sigma_px: float | None = None,
+                  noise_hu: float | None = None, patient_index: int = 1, study_index: int = 1,
                   series_index: int = 1, key_slice_index: int | None = None, split: str = "train",
                   patient_gender: str | None = None, patient_age: int | None = None) -> PhantomCase:
     """Render one synthetic case (key slice, neighbours, truth). Deterministic for a seed.
@@ -705,6 +713,8 @@ def generate_case(rng_or_seed, *, kind: str, diameter_mm: float, shape: tuple[in
     slice_thickness_mm : slice thickness = spacing in mm; drawn from {1, 1.25, 1.5, 2, 2.5} when None.
     n_neighbors : slices on each side of the key slice (0 for the key slice alone).
     supersample : sub-samples per voxel edge for the true fraction (``supersample**3`` per voxel).
+    psf_sigma_px, noise_hu : scanner blur (Gaussian sigma, px, >= 0) and noise std (HU, >= 0);
+        drawn in [0.5, 1] px and [10, 25] HU when None (the other draws do not change).
     patient_index, study_index, series_index, key_slice_index, split, patient_gender,
     patient_age : DeepLesion identifiers and demographics (``key_slice_index`` drawn when None).
 
@@ -724,6 +734,9 @@ def generate_case(rng_or_seed, *, kind: str, diameter_mm: float, shape: tuple[in
         raise InputError(f"n_neighbors must be >= 0, got {n_neighbors}")
     if split not in SPLIT_CODES:
         raise InputError(f"split must be one of {tuple(SPLIT_CODES)}, got {split!r}")
+    for name, value in (("psf_sigma_px", psf_sigma_px), ("noise_hu", noise_hu)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InputError(f"{name} must be a finite number >= 0, got {value}")
     rng = _as_rng(rng_or_seed)
     px = float(spacing_mm) if spacing_mm is not None else round(float(rng.uniform(0.6, 0.8)), 4)
     t = float(slice_thickness_mm) if slice_thickness_mm is not None else float(rng.choice([1.0, 1.25, 1.5, 2.0, 2.5]))
@@ -811,7 +824,11 @@ def generate_case(rng_or_seed, *, kind: str, diameter_mm: float, shape: tuple[in
     tex_amp = float(rng.uniform(15.0, 30.0))
     omega = 2 * math.pi / float(rng.uniform(15.0, 30.0))
     psf = float(rng.uniform(0.5, 1.0))
-    noise_hu = float(rng.uniform(10.0, 25.0))
+    noise = float(rng.uniform(10.0, 25.0))
+    if psf_sigma_px is not None:
+        psf = float(psf_sigma_px)
+    if noise_hu is not None:
+        noise = float(noise_hu)
     impulse = np.zeros((31, 31))
     impulse[15, 15] = 1.0
     noise_gain = float(np.sqrt((_blur(impulse, 0.6) ** 2).sum()))
@@ -825,13 +842,14 @@ def generate_case(rng_or_seed, *, kind: str, diameter_mm: float, shape: tuple[in
         f = fractions[k]
         img = img * (1 - f) + hu * f
         img = _blur(img, psf)
-        img += _blur(rng.standard_normal((rows, cols), dtype=np.float32), 0.6) * np.float32(noise_hu / noise_gain)
+        img += _blur(rng.standard_normal((rows, cols), dtype=np.float32), 0.6) * np.float32(noise / noise_gain)
         img = np.clip(img, HU_MIN, HU_MAX)
         img[fov] = HU_OUTSIDE_FOV
         slices.append(np.round(img).astype(np.int16))
 
     true_fraction = fractions[key]
     true_mask = true_fraction >= 0.5
+    apparent = np.clip(_blur(true_fraction, psf), 0.0, 1.0).astype(np.float32)
     recist = recist_from_mask(true_mask)
     rows_px, cols_px = np.nonzero(true_mask)
     centre = (float(rows_px.mean()), float(cols_px.mean()))
@@ -844,8 +862,9 @@ def generate_case(rng_or_seed, *, kind: str, diameter_mm: float, shape: tuple[in
         image_hu=slices[key], neighbor_hu=np.stack([slices[i] for i in nb]) if nb else np.zeros((0, rows, cols), np.int16),
         neighbor_offsets=tuple(offsets[i] for i in nb), true_fraction=true_fraction,
         neighbor_fraction=fractions[nb] if nb else np.zeros((0, rows, cols), np.float32), true_mask=true_mask,
+        apparent_fraction=apparent,
         recist=recist, spacing_mm=(px, px), slice_thickness_mm=t, kind=kind, diameter_mm=float(diameter_mm),
-        nodule_hu=hu, center_px=centre, noise_hu=noise_hu, psf_sigma_px=psf, patient_index=int(patient_index),
+        nodule_hu=hu, center_px=centre, noise_hu=noise, psf_sigma_px=psf, patient_index=int(patient_index),
         study_index=int(study_index), series_index=int(series_index), key_slice_index=int(key_slice_index),
         split=split, patient_gender=gender, patient_age=age, normalized_location=loc)
 
@@ -989,7 +1008,8 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
     ``phantom_truth.npz`` holds ``file_name`` (N,) str, ``kind`` (N,) str, ``diameter_mm`` (N,),
     ``recist_px`` (N, 4, 2) (row, col: long a, long b, short a, short b), ``spacing_mm`` (N, 2)
     (row, col), ``slice_thickness_mm`` (N,), ``nodule_hu`` (N,), and per case
-    ``<File_name>/true_fraction`` (float32 rows x cols) and ``<File_name>/true_mask`` (bool).
+    ``<File_name>/true_fraction`` (float32 rows x cols), ``<File_name>/true_mask`` (bool) and
+    ``<File_name>/apparent_fraction`` (float32, the PSF-blurred fraction).
     Every file is written to a temporary name and renamed; the bytes depend only on the cases.
     Existing files of the same names are replaced, other files are left alone.
 
@@ -1017,7 +1037,8 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
         for off, img in [(0, case.image_hu)] + list(zip(case.neighbor_offsets, case.neighbor_hu)):
             _atomic_write_bytes(series / f"{case.key_slice_index + off:03d}.png", encode_png_hu(img))
         rows_out.append(dl_info_row(case, label_train_rows=label_train_rows))
-        truth_arrays.append((case.file_name, case.true_fraction.astype(np.float32), case.true_mask.astype(bool)))
+        truth_arrays.append((case.file_name, case.true_fraction.astype(np.float32), case.true_mask.astype(bool),
+                             case.apparent_fraction.astype(np.float32)))
         meta.append((case.file_name, case.kind, case.diameter_mm, recist_endpoints(case.recist), case.spacing_mm,
                      case.slice_thickness_mm, case.nodule_hu))
     if not rows_out:
@@ -1040,9 +1061,10 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
         "slice_thickness_mm": np.array([m[5] for m in meta], dtype=np.float64),
         "nodule_hu": np.array([m[6] for m in meta], dtype=np.float64),
     }
-    for name, frac, mask in truth_arrays:
+    for name, frac, mask, apparent in truth_arrays:
         entries[f"{name}/true_fraction"] = frac
         entries[f"{name}/true_mask"] = mask
+        entries[f"{name}/apparent_fraction"] = apparent
     bio = io.BytesIO()
     with zipfile.ZipFile(bio, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for key, arr in entries.items():
@@ -1057,7 +1079,7 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
 
 def read_truth(path) -> dict[str, dict]:
     """Read ``phantom_truth.npz`` into ``{File_name: {kind, diameter_mm, recist_px, spacing_mm,
-    slice_thickness_mm, nodule_hu, true_fraction, true_mask}}``."""
+    slice_thickness_mm, nodule_hu, true_fraction, true_mask, apparent_fraction}}``."""
     out = {}
     with np.load(Path(path), allow_pickle=False) as z:
         for i, name in enumerate(z["file_name"].tolist()):
@@ -1066,6 +1088,7 @@ def read_truth(path) -> dict[str, dict]:
                 "recist_px": z["recist_px"][i], "spacing_mm": tuple(z["spacing_mm"][i].tolist()),
                 "slice_thickness_mm": float(z["slice_thickness_mm"][i]), "nodule_hu": float(z["nodule_hu"][i]),
                 "true_fraction": z[f"{name}/true_fraction"], "true_mask": z[f"{name}/true_mask"],
+                "apparent_fraction": z[f"{name}/apparent_fraction"],
             }
     return out
 

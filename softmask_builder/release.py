@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, SoftMaskError
 from .shards import SCHEMA_VERSION, check_shard, open_shard, parse_shard_name, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -317,10 +317,14 @@ def verify(out: str | Path) -> VerifyReport:
             if schema:
                 continue
             parsed = parse_shard_name(name)
-            with open_shard(out / name) as shard:
-                attrs = shard.attrs
-                n = shard.n_samples
-                shard_patients = {bytes(p).decode() for p in shard.meta["patient"]}
+            try:
+                with open_shard(out / name) as shard:
+                    attrs = shard.attrs
+                    n = shard.n_samples
+                    shard_patients = {bytes(p).decode() for p in shard.meta["patient"]}
+            except (SoftMaskError, OSError, RuntimeError, ValueError) as exc:
+                problems.append(f"shard {name}: unreadable ({exc})")
+                continue
             for key, want in (("dataset", dataset), ("split", entry["split"]), ("recipe_sha256", recipe_sha)):
                 if attrs.get(key) != want:
                     problems.append(f"shard {name}: attribute {key} {attrs.get(key)!r}, manifest says {want!r}")

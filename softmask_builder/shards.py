@@ -240,9 +240,11 @@ class Shard:
             raise SourceError(f"shard not found: {self.path}")
         try:
             self._file = h5py.File(self.path, "r")
-        except OSError as exc:
+            self.attrs = {k: _decode_attr(v) for k, v in self._file.attrs.items()}
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:  # h5py's errors on a damaged file
+            if hasattr(self, "_file"):
+                self._file.close()
             raise SourceError(f"{self.path} is not a readable HDF5 shard ({exc})") from None
-        self.attrs = {k: _decode_attr(v) for k, v in self._file.attrs.items()}
 
     @property
     def kind(self) -> str:
@@ -325,59 +327,67 @@ def check_shard(path: str | Path) -> list[str]:
         shard = open_shard(path)
     except SourceError as exc:
         return [str(exc)]
-    problems: list[str] = []
     name = path.name
     with shard:
-        f = shard.file
-        missing = [k for k in REQUIRED_ATTRS if k not in shard.attrs]
-        if missing:
-            problems.append(f"{name}: missing root attributes {missing}")
-        if shard.attrs.get("schema_version") != SCHEMA_VERSION:
-            problems.append(f"{name}: schema_version {shard.attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}")
         try:
-            specs, meta_dtype = layout(shard.kind)
-        except InputError:
-            return problems + [f"{name}: unknown kind {shard.kind!r}"]
-        expected = set(specs) | {"meta"}
-        if set(f.keys()) != expected:
-            problems.append(f"{name}: datasets {sorted(f.keys())}, expected {sorted(expected)}")
-            return problems
-        n = f["meta"].shape[0]
-        if f["meta"].dtype != meta_dtype:
-            problems.append(f"{name}: meta dtype {f['meta'].dtype} differs from the schema")
-            return problems
-        hw = f["image_hu"].shape[1:]
-        for key, dtype in specs.items():
-            ds = f[key]
-            if ds.dtype != dtype:
-                problems.append(f"{name}: {key} dtype {ds.dtype}, expected {dtype}")
-            if ds.shape != (n, *hw) or len(hw) != 2:
-                problems.append(f"{name}: {key} shape {ds.shape}, expected ({n}, H, W)")
-            if ds.chunks != (1, *hw) or ds.compression != "gzip" or not ds.shuffle:
-                problems.append(f"{name}: {key} is not chunked one sample per chunk with gzip + shuffle")
-        if shard.attrs.get("n_samples") != n:
-            problems.append(f"{name}: n_samples attribute {shard.attrs.get('n_samples')} but {n} rows")
-        if problems:
-            return problems
-        meta = f["meta"][()]
-        split = str(shard.attrs.get("split"))
-        bad_split = [s for s in np.unique(meta["split"]) if bytes(s).decode() != split]
-        if bad_split:
-            problems.append(f"{name}: meta rows with split {bad_split} in a {split!r} shard")
-        if len(np.unique(meta["sample_id"])) != n:
-            problems.append(f"{name}: duplicate sample ids")
-        if shard.kind == "samples" and n:
-            trimap = f["trimap"][()]
-            if not np.isin(trimap, (0, 128, 255)).all():
-                problems.append(f"{name}: trimap values outside {{0, 128, 255}}")
-            if not np.isin(f["binary_mask"][()], (0, 1)).all():
-                problems.append(f"{name}: binary_mask values outside {{0, 1}}")
-            alpha = f["soft_mask"][()]
-            if not (np.isfinite(alpha).all() and alpha.min() >= 0.0 and alpha.max() <= 1.0):
-                problems.append(f"{name}: soft_mask values outside [0, 1] or not finite")
-        try:
-            json.loads(shard.attrs.get("recipe_json", ""))
-            json.loads(shard.attrs.get("rejects_json", ""))
-        except (json.JSONDecodeError, TypeError):
-            problems.append(f"{name}: recipe_json/rejects_json is not valid JSON")
+            return _check_open_shard(shard, name)
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            # h5py raises OSError on a corrupted chunk or header (e.g. a bad checksum)
+            return [f"{name}: unreadable ({type(exc).__name__}: {exc})"]
+
+
+def _check_open_shard(shard: Shard, name: str) -> list[str]:
+    problems: list[str] = []
+    f = shard.file
+    missing = [k for k in REQUIRED_ATTRS if k not in shard.attrs]
+    if missing:
+        problems.append(f"{name}: missing root attributes {missing}")
+    if shard.attrs.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"{name}: schema_version {shard.attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    try:
+        specs, meta_dtype = layout(shard.kind)
+    except InputError:
+        return problems + [f"{name}: unknown kind {shard.kind!r}"]
+    expected = set(specs) | {"meta"}
+    if set(f.keys()) != expected:
+        problems.append(f"{name}: datasets {sorted(f.keys())}, expected {sorted(expected)}")
+        return problems
+    n = f["meta"].shape[0]
+    if f["meta"].dtype != meta_dtype:
+        problems.append(f"{name}: meta dtype {f['meta'].dtype} differs from the schema")
+        return problems
+    hw = f["image_hu"].shape[1:]
+    for key, dtype in specs.items():
+        ds = f[key]
+        if ds.dtype != dtype:
+            problems.append(f"{name}: {key} dtype {ds.dtype}, expected {dtype}")
+        if ds.shape != (n, *hw) or len(hw) != 2:
+            problems.append(f"{name}: {key} shape {ds.shape}, expected ({n}, H, W)")
+        if ds.chunks != (1, *hw) or ds.compression != "gzip" or not ds.shuffle:
+            problems.append(f"{name}: {key} is not chunked one sample per chunk with gzip + shuffle")
+    if shard.attrs.get("n_samples") != n:
+        problems.append(f"{name}: n_samples attribute {shard.attrs.get('n_samples')} but {n} rows")
+    if problems:
+        return problems
+    meta = f["meta"][()]
+    split = str(shard.attrs.get("split"))
+    bad_split = [s for s in np.unique(meta["split"]) if bytes(s).decode() != split]
+    if bad_split:
+        problems.append(f"{name}: meta rows with split {bad_split} in a {split!r} shard")
+    if len(np.unique(meta["sample_id"])) != n:
+        problems.append(f"{name}: duplicate sample ids")
+    if shard.kind == "samples" and n:
+        trimap = f["trimap"][()]
+        if not np.isin(trimap, (0, 128, 255)).all():
+            problems.append(f"{name}: trimap values outside {{0, 128, 255}}")
+        if not np.isin(f["binary_mask"][()], (0, 1)).all():
+            problems.append(f"{name}: binary_mask values outside {{0, 1}}")
+        alpha = f["soft_mask"][()]
+        if not (np.isfinite(alpha).all() and alpha.min() >= 0.0 and alpha.max() <= 1.0):
+            problems.append(f"{name}: soft_mask values outside [0, 1] or not finite")
+    try:
+        json.loads(shard.attrs.get("recipe_json", ""))
+        json.loads(shard.attrs.get("rejects_json", ""))
+    except (json.JSONDecodeError, TypeError):
+        problems.append(f"{name}: recipe_json/rejects_json is not valid JSON")
     return problems

@@ -204,15 +204,13 @@ def read_lidc_db(db_path: str | Path | None = None, *,
     path = resolve_db_path(db_path)
     con = _connect(path)
     try:
-        where, params = "", ()
-        if patients is not None:
-            params = tuple(sorted({patients} if isinstance(patients, str) else set(patients)))
-            if not params:
-                return []
-            where = f" WHERE s.patient_id IN ({','.join('?' * len(params))})"
         scan_rows = con.execute(
-            "SELECT s.id, s.patient_id, s.study_instance_uid, s.series_instance_uid, s.slice_thickness,"
-            f" s.pixel_spacing, s.contrast_used FROM scans s{where} ORDER BY s.id", params).fetchall()
+            "SELECT id, patient_id, study_instance_uid, series_instance_uid, slice_thickness, pixel_spacing,"
+            " contrast_used FROM scans ORDER BY id").fetchall()
+        if patients is not None:
+            # Filtered here rather than with a long SQL IN (...) list (SQLite caps bound parameters).
+            wanted = {patients} if isinstance(patients, str) else set(patients)
+            scan_rows = [r for r in scan_rows if r[1] in wanted]
         scan_ids = tuple(r[0] for r in scan_rows)
         if not scan_ids:
             return []

@@ -95,7 +95,7 @@ def _dicom_files(folder: Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
-def _index_case(case_dir: Path, case: str, rejects: list[Reject], *, wanted: set[str] | None,
+def _index_case(case_dir: Path, rejects: list[Reject], *, wanted: set[str] | None,
                 modality: str | None = None) -> dict[str, list[_SliceFile]]:
     """Map SeriesInstanceUID -> slices sorted by z, for the series under one case folder.
 
@@ -243,7 +243,7 @@ def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = Non
                     nodules.append((number, scan, group))
         if not nodules:
             continue
-        index = _index_case(root / case, case, rejects, wanted={scan.series_uid for _, scan, _ in nodules})
+        index = _index_case(root / case, rejects, wanted={scan.series_uid for _, scan, _ in nodules})
         for number, scan, group in nodules:
             refs_n, rejects_n = _plan_nodule(root, case, number, scan, group, index.get(scan.series_uid),
                                              consensus=float(consensus), slices=slices, crop_px=crop_px)
@@ -390,7 +390,7 @@ def plan_lidc_slices(dicom_root, *, every_nth: int = 1) -> tuple[list[SampleRef]
     refs: list[SampleRef] = []
     rejects: list[Reject] = []
     for case in cases:
-        index = _index_case(root / case, case, rejects, wanted=None, modality="CT")
+        index = _index_case(root / case, rejects, wanted=None, modality="CT")
         for j, uid in enumerate(sorted(index), start=1):
             for f in index[uid][::every_nth]:
                 refs.append(SampleRef(f"{case}_s{j}_z{f.z_mm:.3f}", f.path.relative_to(root).as_posix(), case, None,

@@ -105,3 +105,29 @@ def write_tiny_teacher(path, *, n_channels: int = 4, scale: int = 4, level_hu: f
     with torch.no_grad():
         gen.tail.weight.normal_(0, 0.01)
     return export_teacher(gen, cfg, path)
+
+
+def tiny_config(root, out, *, variant: str = "dsnet", teacher: str = "", epochs: int = 2, steps: int = 2,
+                teacher_mode: str = "native", crop_px: int = 32, seed: int = 0, **loop_kw):
+    """A :class:`SegConfig` small enough for a unit test (widths 4-8-16, 2 steps per epoch)."""
+    from dsnet_trainer.config import LoopConfig
+    from dsnet_trainer.train_seg import SegConfig, SegDataConfig, SegModelConfig, SegOptimConfig
+
+    loop = dict(batch_size=4, num_workers=0, progress=False, tensorboard=False, device="cpu", seed=seed,
+                max_steps_per_epoch=steps, log_every_steps=1)
+    loop.update(loop_kw)
+    return SegConfig(out=str(out), resume="auto", data=SegDataConfig(root=str(root), crop_px=crop_px),
+                     model=SegModelConfig(variant=variant, widths=(4, 8, 16), cbam_reduction=2, disc_ndf=4,
+                                          teacher=str(teacher), teacher_mode=teacher_mode),
+                     optim=SegOptimConfig(epochs=epochs, lr=1e-3), loop=LoopConfig(**loop))
+
+
+def trained_run(tmp, *, variant: str = "dsnet", teacher_mode: str = "native", epochs: int = 2):
+    """Dataset + teacher file + a trained tiny run under ``tmp``; returns (data, teacher, run)."""
+    from dsnet_trainer.train_seg import train_seg
+
+    data = write_sample_dataset(tmp / "data")
+    teacher = write_tiny_teacher(tmp / "teacher.pt")
+    run = train_seg(tiny_config(data, tmp / f"run-{variant}", variant=variant, teacher=teacher,
+                                teacher_mode=teacher_mode, epochs=epochs))
+    return data, teacher, run

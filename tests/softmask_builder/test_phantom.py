@@ -92,11 +92,15 @@ def test_radial_bounds_hold_in_every_direction(kind):
     rng = np.random.default_rng(11)
     shape = P._nodule_shape(rng, kind, (0.0, 0.0, 0.0), 7.0)
     rmin, rmax = shape.r_bounds_mm
-    u = rng.standard_normal((200_000, 3))
+    u = rng.standard_normal((20_000, 3))
     u /= np.linalg.norm(u, axis=1, keepdims=True)
+    # the extremes sit near the bump and spike axes: include those directions and their surroundings
+    axes = np.array(list(shape.bump_dirs) + list(shape.spike_dirs)).reshape(-1, 3)
+    near = (axes[:, None, :] + 0.05 * rng.standard_normal((len(axes), 50, 3))).reshape(-1, 3)
+    u = np.concatenate([u, axes, near / np.linalg.norm(near, axis=1, keepdims=True)])
     # bisection of the boundary along each direction with the numpy form
     lo, hi = np.zeros(len(u)), np.full(len(u), 4 * rmax)
-    for _ in range(40):
+    for _ in range(30):
         mid = (lo + hi) / 2
         inside = shape.contains(u * mid[:, None])
         lo, hi = np.where(inside, mid, lo), np.where(inside, hi, mid)
@@ -106,6 +110,16 @@ def test_radial_bounds_hold_in_every_direction(kind):
 # --- RECIST ----------------------------------------------------------------------------------
 
 def _brute_recist_lengths(mask, tol_deg):
+    """Longest pixel-pair chord, and the longest chord within ``tol_deg`` of perpendicular that
+    crosses it; the tolerance widens (5, 10, 20, 45 degrees) while no chord qualifies."""
+    for tol in (tol_deg, 5.0, 10.0, 20.0, 45.0):
+        long_px, short_px = _brute_at(mask, tol)
+        if short_px > 0:
+            return long_px, short_px
+    return long_px, short_px
+
+
+def _brute_at(mask, tol_deg):
     pts = [tuple(map(float, p)) for p in np.argwhere(mask)]
     best_long, pair = -1.0, None
     for p, q in itertools.combinations(pts, 2):
@@ -209,6 +223,20 @@ def test_image_model_inside_nodule_is_nodule_hu():
     assert (c.neighbor_fraction >= 0.5).sum(axis=(1, 2)).min() > 0
 
 
+def test_noise_free_sharp_case_shows_the_mixing_model():
+    from scipy import ndimage
+
+    c = P.generate_case(9, kind="ground_glass", diameter_mm=10.0, psf_sigma_px=0.0, noise_hu=0.0, **SMALL)
+    full = c.true_fraction == 1.0
+    assert full.sum() > 20
+    np.testing.assert_array_equal(c.image_hu[full], np.round(c.nodule_hu))
+    np.testing.assert_array_equal(c.apparent_fraction, c.true_fraction)
+    b = P.generate_case(9, kind="ground_glass", diameter_mm=10.0, psf_sigma_px=0.8, noise_hu=0.0, **SMALL)
+    np.testing.assert_array_equal(b.true_fraction, c.true_fraction)  # same draws, only the PSF differs
+    ref = ndimage.gaussian_filter(b.true_fraction.astype(np.float64), 0.8, mode="nearest", truncate=4.0)
+    np.testing.assert_allclose(b.apparent_fraction, ref, atol=2e-3)
+
+
 def test_generate_case_is_deterministic_and_seed_dependent():
     a = P.generate_case(123, kind="spiculated", diameter_mm=8.0, **SMALL)
     b = P.generate_case(np.random.default_rng(123), kind="spiculated", diameter_mm=8.0, **SMALL)
@@ -272,6 +300,7 @@ def test_truth_file_matches_cases(written, small_cases):
         t = truth[c.file_name]
         np.testing.assert_array_equal(t["true_fraction"], c.true_fraction)
         np.testing.assert_array_equal(t["true_mask"], c.true_mask)
+        np.testing.assert_array_equal(t["apparent_fraction"], c.apparent_fraction)
         np.testing.assert_array_equal(t["recist_px"], c.recist.as_array())
         assert (t["kind"], t["diameter_mm"]) == (c.kind, c.diameter_mm)
 

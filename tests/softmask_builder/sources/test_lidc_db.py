@@ -244,8 +244,10 @@ def _ref_scan(reference, scan):
 @pytest.mark.realdata
 def test_clusters_identical_to_pylidc_for_every_scan(all_scans, reference):
     assert sum(len(v) for v in reference.values()) == len(all_scans)
+    # The reference lists clusters sorted by annotation ids (pylidc's own order is by mean slice).
     differing = [s.patient_id for s in all_scans
-                 if sorted(sorted(a.id for a in g) for g in cluster_annotations(s)) != _ref_scan(reference, s)["clusters"]]
+                 if sorted(sorted(a.id for a in g) for g in cluster_annotations(s))
+                 != _ref_scan(reference, s)["clusters"]]
     assert differing == []
 
 
@@ -258,7 +260,8 @@ def test_masks_identical_to_pylidc_boolean_mask(all_scans, reference):
         for ann in scan.annotations:
             mask, bbox = annotation_mask(ann)
             r = ref[str(ann.id)]
-            assert (int(mask.sum()), bbox.tolist(), len(ann.contours)) == (r["voxels"], r["bbox_ijk"], r["n_contours"]), ann.id
+            got = (int(mask.sum()), bbox.tolist(), len(ann.contours))
+            assert got == (r["voxels"], r["bbox_ijk"], r["n_contours"]), ann.id
             checked += 1
     assert checked == sum(len(s.annotations) for s in all_scans)
 

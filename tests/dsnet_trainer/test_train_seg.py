@@ -1,0 +1,155 @@
+"""The segmentation training loop: determinism, frozen teacher, resume, NaN stop, bad inputs,
+soft targets (Table IV) and the poly schedule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dsnet_trainer.data import SampleShardDataset, dihedral
+from dsnet_trainer.engine import load_checkpoint, read_metrics
+from dsnet_trainer.errors import CheckpointError, ConfigError, ShardError
+from dsnet_trainer.train_seg import (NonFiniteLossError, SoftTargetDataset, build_from_config, load_seg_model,
+                                     soft_target, train_seg)
+from softmask_builder.soft_labels import kats_soft_label, softseg_soft_label
+
+from .seg_helpers import tiny_config, write_sample_dataset, write_sample_shard, write_tiny_teacher
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("seg")
+    return write_sample_dataset(tmp / "data"), write_tiny_teacher(tmp / "teacher.pt")
+
+
+def _weights(run):
+    return load_checkpoint(run / "checkpoints" / "last.pt")["modules"]
+
+
+def test_dsnet_run_is_deterministic_and_the_teacher_stays_frozen(assets, tmp_path):
+    data, teacher = assets
+    runs = [train_seg(tiny_config(data, tmp_path / f"r{i}", teacher=teacher)) for i in range(2)]
+    a, b = _weights(runs[0]), _weights(runs[1])
+    assert set(a) == {"model", "disc"}
+    for group in a:
+        for k in a[group]:
+            torch.testing.assert_close(a[group][k], b[group][k], rtol=0, atol=0)
+    # the teacher's weights inside the seg checkpoint are those of the teacher file
+    gen = torch.load(teacher, weights_only=True)["generator"]
+    inside = {k.split("teacher.net.generator.", 1)[1]: v for k, v in a["model"].items()
+              if k.startswith("teacher.net.generator.")}
+    assert set(inside) == set(gen)
+    for k in gen:
+        torch.testing.assert_close(inside[k], gen[k], rtol=0, atol=0)
+    rows = [r for r in read_metrics(runs[0] / "metrics.jsonl") if r["phase"] == "epoch"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(0 <= r["val_dice"] <= 1 and r["loss_disc"] > 0 and r["gan"] > 0 for r in rows)
+    assert (runs[0] / "config.yaml").is_file() and (runs[0] / "curves.png").is_file()
+
+
+def test_poly_schedule_and_lr_variant_modules(assets, tmp_path):
+    data, _ = assets
+    run = train_seg(tiny_config(data, tmp_path / "unet", variant="unet", epochs=3, steps=1))
+    assert set(_weights(run)) == {"model"}  # no discriminator for a Dice-only row
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if r["phase"] == "epoch"]
+    # lr after epoch e (scheduler stepped e times) = 1e-3 * (1 - e/3) ** 0.9
+    np.testing.assert_allclose([r["lr_model"] for r in rows], [1e-3 * (1 - e / 3) ** 0.9 for e in (1, 2, 3)],
+                               rtol=1e-9)
+    assert "l1" not in rows[0] and "gan" not in rows[0]
+    net, info = load_seg_model(run / "checkpoints" / "best.pt")
+    assert info["variant"] == "unet" and net.teacher is None
+
+
+def test_resume_replays_the_uninterrupted_run(assets, tmp_path):
+    data, teacher = assets
+    straight = train_seg(tiny_config(data, tmp_path / "straight", teacher=teacher, epochs=2))
+    cut = train_seg(tiny_config(data, tmp_path / "cut", teacher=teacher, epochs=1))
+    resumed = train_seg(tiny_config(data, cut, teacher=teacher, epochs=2))
+    a, b = _weights(straight), _weights(resumed)
+    for group in a:
+        for k in a[group]:
+            torch.testing.assert_close(a[group][k], b[group][k], rtol=0, atol=0)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path):
+    data, teacher = assets
+    run = train_seg(tiny_config(data, tmp_path / "run", variant="drtm_soft", teacher=teacher, epochs=1))
+    last = run / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for split in ("train", "val"):
+        write_sample_shard(bad / f"bad-{split}-00000-of-00001.h5", split=split, n=4, crop_px=32)
+    import h5py
+    with h5py.File(bad / "bad-train-00000-of-00001.h5", "r+") as fh:
+        fh["soft_mask"][:, 3, 3] = np.nan
+    cfg = tiny_config(bad, run, variant="drtm_soft", teacher=teacher, epochs=2)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 2.*l1=nan.*last good checkpoint: .*last\.pt"):
+        train_seg(cfg)
+    assert last.read_bytes() == before
+
+
+def test_teacher_problems_are_named(assets, tmp_path):
+    data, teacher = assets
+    cfg = tiny_config(data, tmp_path / "x", teacher="")
+    with pytest.raises(ConfigError, match="needs the SR teacher"):
+        build_from_config(cfg.model, data_cfg=cfg.data)
+    other_window = write_tiny_teacher(tmp_path / "t-mediastinal.pt", level_hu=40.0, width_hu=400.0)
+    cfg = tiny_config(data, tmp_path / "x", teacher=other_window)
+    with pytest.raises(CheckpointError, match="t-mediastinal.pt was trained on images windowed at level 40.0"):
+        build_from_config(cfg.model, data_cfg=cfg.data)
+    run = train_seg(tiny_config(data, tmp_path / "u", variant="unet", epochs=1, steps=1))
+    cfg = tiny_config(data, tmp_path / "x", teacher=run / "checkpoints" / "last.pt")
+    with pytest.raises(CheckpointError, match="not an SR teacher file"):
+        build_from_config(cfg.model, data_cfg=cfg.data)
+    # an LR variant never opens the teacher file
+    cfg = tiny_config(data, tmp_path / "x", variant="backbone", teacher=tmp_path / "missing.pt")
+    net, disc, _ = build_from_config(cfg.model, data_cfg=cfg.data)
+    assert net.teacher is None and disc is None
+
+
+def test_wrong_crop_size_is_refused(assets, tmp_path):
+    data, _ = assets
+    with pytest.raises(ShardError, match=r"holds 32x32 crops but the model expects 48x48"):
+        train_seg(tiny_config(data, tmp_path / "x", variant="unet", crop_px=48))
+
+
+@pytest.mark.parametrize("label", ["soft_mask", "binary", "kats", "softseg"])
+def test_soft_targets_follow_the_augmentation(assets, label):
+    data, _ = assets
+    base = SampleShardDataset(data, split="train", augment=True)
+    ds = SoftTargetDataset(base, soft_label=label, kats_ring_px=2.0, kats_p=0.5, softseg_factor=4)
+    plain = SampleShardDataset(data, split="train")[3]
+    key = (3, 0, 5)
+    rng = np.random.default_rng([0, 5, 3])
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    mask = plain["binary_mask"][0].numpy()
+    expected01 = {"soft_mask": (plain["soft_mask"][0].numpy() + 1) / 2, "binary": mask,
+                  "kats": kats_soft_label(mask != 0, ring_px=2.0, p=0.5),
+                  "softseg": softseg_soft_label(mask != 0, factor=4)}[label]
+    got = ds[key]["soft_target"][0].numpy()
+    if label == "softseg":
+        # SoftSeg's resampling grid is not symmetric under flips: compute it on the augmented mask
+        expected01 = softseg_soft_label(dihedral(mask, k=k, flip=flip) != 0, factor=4)
+        np.testing.assert_allclose(got, 2 * expected01 - 1, atol=1e-6)
+    else:
+        np.testing.assert_allclose(got, dihedral(2 * expected01 - 1, k=k, flip=flip), atol=1e-6)
+    assert got.min() >= -1 and got.max() <= 1
+
+
+def test_unknown_soft_label():
+    with pytest.raises(ConfigError, match="unknown soft label 'fuzzy'"):
+        soft_target("fuzzy", soft_mask=np.zeros((2, 2)), binary_mask=np.zeros((2, 2)))
+
+
+def test_config_rejects_unknown_variant():
+    from dsnet_trainer.config import from_dict
+    from dsnet_trainer.train_seg import SegConfig
+
+    with pytest.raises(ConfigError, match="model.variant"):
+        from_dict(SegConfig, {"model": {"variant": "dsnet2"}})
+    cfg = from_dict(SegConfig, json.loads(json.dumps({"model": {"variant": "unet", "widths": [8, 16]}})))
+    assert cfg.model.widths == (8, 16)

@@ -1,0 +1,190 @@
+"""`softmask` CLI: build / inspect / verify / preview / phantom through click's CliRunner, exit
+codes, and one real subprocess of `softmask make-lnsm` (what `make lnsm` runs)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from softmask_builder.cli import EXIT_EMPTY, EXIT_INPUT, EXIT_VERIFY, main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def phantom_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom")
+    result = invoke("phantom", "--out", root, "--n", 4, "--seed", 2)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n"] == 4
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(phantom_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("built") / "ds"
+    result = invoke("build", "deeplesion", phantom_root, "--recipe", "sample", "--out", out, "--progress")
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout), result.stderr
+
+
+def test_phantom_writes_a_deeplesion_layout(phantom_root):
+    with open(phantom_root / "DL_info.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4
+    for row in rows:
+        series, key = row["File_name"].rsplit("_", 1)
+        assert (phantom_root / "Images_png" / series / key).is_file()
+
+
+def test_dry_run_plans_without_writing(phantom_root, tmp_path):
+    result = invoke("build", "deeplesion", phantom_root, "--recipe", "sample", "--out", tmp_path / "x", "--dry-run")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["dry_run"] and summary["n_planned"] == 4 and sum(summary["splits"].values()) == 4
+    assert not (tmp_path / "x").exists()
+
+
+def test_build_summary_matches_the_shards(built):
+    out, summary, stderr = built
+    total = 0
+    for shard in sorted(out.glob("*.h5")):
+        with h5py.File(shard, "r") as f:
+            total += f["image_hu"].shape[0]
+    assert summary["n_samples"] == total == 4 - summary["n_rejects"]
+    assert "sample" in stderr  # the progress bar went to stderr, stdout stayed JSON
+
+
+def test_inspect_dir_and_shard(built):
+    out, summary, _ = built
+    result = invoke("inspect", out)
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["n_samples"] == summary["n_samples"] and len(info["shards"]) == summary["n_shards"]
+    shard = out / info["shards"][0]["file"]
+    result = invoke("inspect", shard, "--sample", 0)
+    assert result.exit_code == 0, result.output
+    shard_info = json.loads(result.stdout)
+    with h5py.File(shard, "r") as f:
+        first_id = f["meta"]["sample_id"][0].decode()
+        assert shard_info["arrays"]["soft_mask"]["shape"] == list(f["soft_mask"].shape)
+    assert shard_info["sample"]["sample_id"] == first_id == shard_info["sample_ids"][0]
+
+
+def test_verify_exit_codes(built, tmp_path):
+    out, _, _ = built
+    result = invoke("verify", out)
+    assert result.exit_code == 0 and json.loads(result.stdout)["ok"]
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shard = sorted(copy.glob("*.h5"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    result = invoke("verify", copy)
+    assert result.exit_code == EXIT_VERIFY
+    assert not json.loads(result.stdout)["ok"] and shard.name in result.stderr
+
+
+def test_rerun_skips_and_a_different_recipe_is_refused(built, phantom_root, tmp_path):
+    out, summary, _ = built
+    result = invoke("build", "deeplesion", phantom_root, "--recipe", "sample", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_shards_skipped"] == summary["n_shards"]
+    recipe = tmp_path / "other.yaml"
+    recipe.write_text("dataset: lnsm_sample\nsource: deeplesion\nlabel: {band_px: 3.0}\n")
+    result = invoke("build", "deeplesion", phantom_root, "--recipe", recipe, "--out", out)
+    assert result.exit_code == EXIT_INPUT and "different plan" in result.stderr
+
+
+def test_preview_writes_png(built, tmp_path):
+    out, _, _ = built
+    result = invoke("preview", out, "--n", 2, "--out", tmp_path / "p.png")
+    assert result.exit_code == 0, result.output
+    image = cv2.imread(str(tmp_path / "p.png"))
+    assert image is not None and image.shape[0] > 100
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--scheduler", "tcp://127.0.0.1:1"], "--scheduler needs --backend dask"),
+    (["--recipe", "lidc"], "source 'lidc'"),
+    (["--recipe", "no_such_recipe"], "recipe not found"),
+    (["--jobs", "0"], "--jobs"),
+])
+def test_usage_errors_exit_2(phantom_root, tmp_path, args, text):
+    result = invoke("build", "deeplesion", phantom_root, "--out", tmp_path / "o", *args)
+    assert result.exit_code == EXIT_INPUT, result.output
+    assert text in result.stderr
+
+
+def test_recipe_with_unknown_key_exits_2_naming_it(phantom_root, tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("dataset: x\nsource: deeplesion\nlabel:\n  bandpx: 2\n")
+    result = invoke("build", "deeplesion", phantom_root, "--recipe", recipe, "--out", tmp_path / "o")
+    assert result.exit_code == EXIT_INPUT and "label.bandpx" in result.stderr
+
+
+def test_dask_backend_without_dask_is_a_clear_error(phantom_root, tmp_path):
+    pytest.importorskip("click")
+    try:
+        import dask.distributed  # noqa: F401
+    except ImportError:
+        result = invoke("build", "deeplesion", phantom_root, "--out", tmp_path / "o", "--recipe", "sample",
+                        "--backend", "dask")
+        assert result.exit_code == EXIT_INPUT and "softmask-toolkit[dask]" in result.stderr
+    else:
+        pytest.skip("dask is installed: the missing-dask message cannot be triggered")
+
+
+def test_nothing_built_exits_4(phantom_root, tmp_path):
+    recipe = tmp_path / "none.yaml"
+    recipe.write_text("dataset: none\nsource: deeplesion\nsource_options: {long_axis_mm: [0.0, 0.01]}\n")
+    result = invoke("build", "deeplesion", phantom_root, "--recipe", recipe, "--out", tmp_path / "o")
+    assert result.exit_code == EXIT_EMPTY, result.output
+    assert json.loads(result.stdout)["n_samples"] == 0 and (tmp_path / "o" / "manifest.json").is_file()
+
+
+def test_build_masks_folder(tmp_path):
+    src = tmp_path / "pairs"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:48, :48]
+    for i in range(4):
+        mask = (yy - 24) ** 2 + (xx - 20 - i) ** 2 < (6 + i) ** 2
+        image = np.where(mask, 30.0, -800.0) + rng.normal(0, 15, mask.shape)
+        np.save(src / f"case{i}_s0.npy", image.astype(np.float32))
+        cv2.imwrite(str(src / f"case{i}_s0_mask.png"), mask.astype(np.uint8) * 255)
+    out = tmp_path / "out"
+    result = invoke("build", "masks", src, "--out", out, "--recipe", "masks")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_samples"] == 4
+    with h5py.File(next(out.glob("masks-*.h5")), "r") as f:
+        binary, alpha = f["binary_mask"][0], f["soft_mask"][0]
+    # Strategy 1 keeps the given mask as the binary ground truth; alpha agrees with it inside.
+    assert binary.sum() > 0 and np.all(alpha[binary.astype(bool)] >= 0.0)
+    assert invoke("verify", out).exit_code == 0
+
+
+def test_make_lnsm_in_a_real_subprocess(tmp_path):
+    exe = Path(sys.executable).parent / "softmask"
+    out = tmp_path / "lnsm"
+    proc = subprocess.run([str(exe), "make-lnsm", "--out", str(out), "--jobs", "2", "--n", "4", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["verify"]["ok"] and summary["build"]["n_samples"] == summary["verify"]["n_samples"] > 0
+    assert (out / "preview.png").is_file() and (out / "phantom-source" / "DL_info.csv").is_file()
+    if shutil.which("sha256sum"):
+        subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out, check=True)

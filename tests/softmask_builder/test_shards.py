@@ -1,0 +1,155 @@
+"""Shard I/O against docs/FORMAT.md: round trip, schema (dtypes, chunking, compression), byte
+reproducibility, atomic writes, the schema checker."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from softmask_builder.errors import InputError, SourceError
+from softmask_builder.shards import (check_shard, encode_meta, open_shard, parse_shard_name, read_sample,
+                                     shard_name, write_shard)
+
+# The schema as written in docs/FORMAT.md, restated here independently of the module's constants.
+FORMAT_ARRAYS = {"image_hu": "<i2", "soft_mask": "<f4", "binary_mask": "|u1", "trimap": "|u1"}
+FORMAT_META = [("sample_id", "S64"), ("source_key", "S256"), ("patient", "S32"), ("split", "S8"),
+               ("spacing_mm", "<f4", (2,)), ("origin_px", "<f4", (2,)), ("scale", "<f4"),
+               ("recist_px", "<f4", (4, 2)), ("n_readers", "<i2"), ("lesion_type", "<i2")]
+ATTRS = {"dataset": "toy", "dataset_version": "1.0", "builder_version": "0.1.0", "split": "train",
+         "recipe_json": "{}", "recipe_sha256": "0" * 64, "n_planned": 3, "plan_sha256": "1" * 64,
+         "rejects_json": "[]"}
+
+
+def _samples(n, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "image_hu": rng.integers(-1024, 1500, (n, size, size)).astype(np.int16),
+        "soft_mask": rng.random((n, size, size), dtype=np.float32),
+        "binary_mask": rng.integers(0, 2, (n, size, size)).astype(np.uint8),
+        "trimap": rng.choice(np.array([0, 128, 255], np.uint8), (n, size, size)),
+    }
+    rows = [{"sample_id": f"s{i}", "source_key": f"k/{i}.png", "patient": f"p{i // 2}", "split": "train",
+             "spacing_mm": (0.7, 0.8), "origin_px": (10.0 + i, -3.0), "scale": 0.5,
+             "recist_px": np.arange(8, dtype=np.float32).reshape(4, 2) + i, "n_readers": 4, "lesion_type": 5}
+             for i in range(n)]
+    return arrays, rows
+
+
+def _write(path, n=3, **kw):
+    arrays, rows = _samples(n, **kw)
+    return write_shard(path, arrays=arrays, meta=encode_meta(rows), attrs=ATTRS), arrays, rows
+
+
+def test_round_trip_and_schema(tmp_path):
+    path = tmp_path / shard_name("toy", "train", 0, 1)
+    digest, arrays, rows = _write(path)
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    with h5py.File(path, "r") as f:
+        for name, dtype in FORMAT_ARRAYS.items():
+            ds = f[name]
+            assert ds.dtype == np.dtype(dtype)
+            assert ds.chunks == (1, 16, 16) and ds.compression == "gzip" and ds.compression_opts == 4 and ds.shuffle
+            np.testing.assert_array_equal(ds[()], arrays[name])
+        assert f["meta"].dtype == np.dtype(FORMAT_META)
+        assert f["meta"].chunks == (1,) and f["meta"].compression == "gzip"
+        assert f.attrs["schema_version"] == 1 and f.attrs["n_samples"] == 3 and f.attrs["kind"] == "samples"
+    for i, row in enumerate(rows):
+        sample = read_sample(path, i)
+        for key in ("sample_id", "source_key", "patient", "split", "n_readers", "lesion_type"):
+            assert sample[key] == row[key]
+        np.testing.assert_allclose(sample["recist_px"], row["recist_px"])
+        np.testing.assert_allclose(sample["spacing_mm"], row["spacing_mm"], rtol=1e-6)
+        np.testing.assert_array_equal(sample["soft_mask"], arrays["soft_mask"][i])
+    assert read_sample(path, -1)["sample_id"] == "s2"
+    assert check_shard(path) == []
+
+
+def test_missing_meta_fields_take_not_applicable_values():
+    meta = encode_meta([{"sample_id": "a", "source_key": "k", "patient": "p", "split": "val",
+                         "spacing_mm": (1, 1)}])
+    assert np.isnan(meta["recist_px"]).all()
+    assert meta["n_readers"][0] == -1 and meta["lesion_type"][0] == -1 and meta["scale"][0] == 1.0
+
+
+def test_bytes_do_not_depend_on_time(tmp_path):
+    _write(tmp_path / "a.h5")
+    # Control: HDF5 stamps object times at 1 s resolution; with track_times they would differ.
+    with h5py.File(tmp_path / "ctl_a.h5", "w") as f:
+        f.create_dataset("x", data=np.arange(4), track_times=True)
+    time.sleep(1.1)
+    _write(tmp_path / "b.h5")
+    with h5py.File(tmp_path / "ctl_b.h5", "w") as f:
+        f.create_dataset("x", data=np.arange(4), track_times=True)
+    assert (tmp_path / "ctl_a.h5").read_bytes() != (tmp_path / "ctl_b.h5").read_bytes()
+    assert (tmp_path / "a.h5").read_bytes() == (tmp_path / "b.h5").read_bytes()
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    path = tmp_path / "toy-train-00000-of-00001.h5"
+    arrays, rows = _samples(2)
+    with pytest.raises(TypeError):  # an attribute h5py cannot store, raised mid-write
+        write_shard(path, arrays=arrays, meta=encode_meta(rows), attrs={**ATTRS, "bad": object()})
+    assert list(tmp_path.iterdir()) == []
+    arrays["trimap"] = arrays["trimap"][:1]
+    with pytest.raises(InputError, match="trimap"):
+        write_shard(path, arrays=arrays, meta=encode_meta(rows), attrs=ATTRS)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_shard_is_valid(tmp_path):
+    path = tmp_path / "toy-train-00000-of-00001.h5"
+    empty = {k: np.zeros((0, 16, 16), dtype=v) for k, v in FORMAT_ARRAYS.items()}
+    write_shard(path, arrays=empty, meta=encode_meta([]), attrs=ATTRS)
+    with open_shard(path) as shard:
+        assert len(shard) == 0 and shard.file["image_hu"].shape == (0, 16, 16)
+        with pytest.raises(InputError, match="out of range"):
+            shard.sample(0)
+    assert check_shard(path) == []
+
+
+def test_too_long_string_is_an_error_naming_field_and_sample():
+    with pytest.raises(InputError, match="patient") as info:
+        encode_meta([{"sample_id": "s1", "source_key": "k", "patient": "p" * 33, "split": "train"}])
+    assert info.value.sample_id == "s1"
+
+
+@pytest.mark.parametrize("damage, text", [
+    (lambda f: f["trimap"].__setitem__((0, 0, 0), 7), "trimap values"),
+    (lambda f: f["binary_mask"].__setitem__((1, 2, 2), 2), "binary_mask values"),
+    (lambda f: f["soft_mask"].__setitem__((0, 1, 1), 1.5), "soft_mask values"),
+    (lambda f: f.attrs.__setitem__("n_samples", 9), "n_samples"),
+    (lambda f: f.attrs.__setitem__("split", "val"), "split"),
+    (lambda f: f.attrs.__delitem__("recipe_sha256"), "missing root attributes"),
+    (lambda f: f.__delitem__("trimap"), "datasets"),
+])
+def test_check_shard_finds_schema_violations(tmp_path, damage, text):
+    path = tmp_path / "toy-train-00000-of-00001.h5"
+    _write(path)
+    with h5py.File(path, "r+") as f:
+        damage(f)
+    problems = check_shard(path)
+    assert any(text in p for p in problems), problems
+
+
+def test_check_and_open_report_unreadable_files(tmp_path):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    assert "not a readable HDF5" in check_shard(junk)[0]
+    with pytest.raises(SourceError):
+        open_shard(tmp_path / "absent.h5")
+
+
+def test_shard_names_round_trip():
+    for kind, split, i, n in [("samples", "train", 0, 3), ("slices", "test", 11, 12)]:
+        name = shard_name("lnsm_x", split, i, n, kind=kind)
+        parsed = parse_shard_name(name)
+        assert (parsed.dataset, parsed.kind, parsed.split, parsed.index, parsed.count) == ("lnsm_x", kind, split, i, n)
+    assert shard_name("lnsm", "val", 2, 10) == "lnsm-val-00002-of-00010.h5"
+    for bad in ("lnsm-train-0-of-1.h5", "lnsm-dev-00000-of-00001.h5", ".lnsm-train-00000-of-00001.h5.1.tmp"):
+        assert parse_shard_name(bad) is None
+    with pytest.raises(InputError):
+        shard_name("lnsm", "train", 3, 3)
