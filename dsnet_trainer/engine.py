@@ -10,7 +10,7 @@ Reproducibility
 Distributed (``torchrun``)
     :func:`init_distributed` -> :class:`DistContext` (rank, world size, device; gloo on CPU, nccl
     on CUDA), :func:`wrap_ddp`, :func:`unwrap`, :func:`barrier`, :func:`all_reduce_sums`,
-    :func:`shutdown_distributed`. Side effects (files, logs, progress bars) belong to
+    :func:`sync_buffers`, :func:`shutdown_distributed`. Side effects (files, logs, progress bars) belong to
     ``ctx.is_main`` only.
 Data order
     :class:`SeededSampler` (shuffled, rank-disjoint, padded like ``DistributedSampler``, yields
@@ -299,6 +299,22 @@ def unwrap(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
+
+
+def sync_buffers(module: nn.Module, ctx: DistContext, *, src: int = 0) -> None:
+    """Copy every buffer (e.g. BatchNorm running statistics) of ``module`` from rank ``src`` to all
+    ranks. DDP broadcasts buffers only at the start of each forward, so the last forward of an
+    epoch (or a forward through the unwrapped module) leaves rank-local statistics; call this
+    before evaluating or checkpointing so every rank holds identical state."""
+    if not ctx.is_distributed:
+        return
+    for buf in unwrap(module).buffers():
+        if ctx.backend == "nccl" or buf.device.type == "cpu":
+            dist.broadcast(buf.data, src=src)
+        else:
+            tmp = buf.data.cpu()
+            dist.broadcast(tmp, src=src)
+            buf.data.copy_(tmp)
 
 
 def all_reduce_sums(values: Mapping[str, float], ctx: DistContext) -> dict[str, float]:
@@ -681,12 +697,19 @@ class MetricLogger:
         return self.csv_path
 
     def close(self) -> None:
-        if not self.enabled:
+        """Write the CSV and close the files (idempotent)."""
+        if not self.enabled or self._fh.closed:
             return
         self.write_csv()
         self._fh.close()
         if self._tb is not None:
             self._tb.close()
+
+    def __enter__(self) -> MetricLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _plain(v: Any) -> Any:

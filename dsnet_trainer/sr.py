@@ -621,11 +621,16 @@ def _run_stage1(cfg: SRConfig, data: SRData, out: Path, ctx: DistContext, prec: 
             total += float(loss.detach())
             count += 1
             st.after_step(state, epoch, {"loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]})
+        engine.sync_buffers(gen, ctx)
         return {"loss": _mean_over_ranks(total, count, ctx)}
 
-    engine.fit(state, epochs=s1.epochs, train_epoch=train_epoch, evaluate=lambda e: st.evaluate(gen),
-               checkpoints=st.checkpoints, logger=st.logger, ctx=ctx, monitor="psnr", mode="max",
-               val_every_epochs=cfg.loop.val_every_epochs)
+    try:
+        engine.fit(state, epochs=s1.epochs, train_epoch=train_epoch, evaluate=lambda e: st.evaluate(gen),
+                   checkpoints=st.checkpoints, logger=st.logger, ctx=ctx, monitor="psnr", mode="max",
+                   val_every_epochs=cfg.loop.val_every_epochs)
+    except BaseException:
+        st.logger.close()  # keep what was logged; the resume drops rows after its checkpoint
+        raise
     st.finish(gen, "stage 1: SRResNet (pixel loss)")
     return gen
 
@@ -705,11 +710,17 @@ def _run_stage2(cfg: SRConfig, data: SRData, out: Path, ctx: DistContext, prec: 
                 sums[k] += v
             count += 1
             st.after_step(state, epoch, {**row, "lr": opt_g.param_groups[0]["lr"]})
+        engine.sync_buffers(gen, ctx)
+        engine.sync_buffers(disc, ctx)
         return {k: _mean_over_ranks(v, count, ctx) for k, v in sums.items()}
 
-    engine.fit(state, epochs=s2.epochs, train_epoch=train_epoch, evaluate=lambda e: st.evaluate(gen),
-               checkpoints=st.checkpoints, logger=st.logger, ctx=ctx, monitor="psnr", mode="max",
-               val_every_epochs=cfg.loop.val_every_epochs)
+    try:
+        engine.fit(state, epochs=s2.epochs, train_epoch=train_epoch, evaluate=lambda e: st.evaluate(gen),
+                   checkpoints=st.checkpoints, logger=st.logger, ctx=ctx, monitor="psnr", mode="max",
+                   val_every_epochs=cfg.loop.val_every_epochs)
+    except BaseException:
+        st.logger.close()  # keep what was logged; the resume drops rows after its checkpoint
+        raise
     st.finish(gen, "stage 2: SRGAN (pixel + adversarial)")
     return gen, disc
 

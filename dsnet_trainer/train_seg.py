@@ -420,6 +420,15 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
         resume = checkpoints.resolve_resume(cfg.resume, option="resume")
         if resume is not None:
             state.load_state_dict(engine.load_checkpoint(resume, expect_kind=CHECKPOINT_KIND), source=resume)
+            # The schedule follows the *current* optim.epochs / lr (a resumed run may extend it):
+            # the optimisers' saved learning rates come from the old schedule.
+            poly = _poly(cfg.optim.epochs, cfg.optim.poly_power)
+            for name, base in (("model", cfg.optim.lr), ("disc", cfg.optim.disc_lr)):
+                if name in optimizers:
+                    schedulers[name].base_lrs = [base] * len(optimizers[name].param_groups)
+                    for group in optimizers[name].param_groups:
+                        group["initial_lr"] = base
+                        group["lr"] = base * poly(state.epoch)
         ddp_net = engine.wrap_ddp(net, ctx)
         ddp_disc = engine.wrap_ddp(disc, ctx) if disc is not None else None
 
@@ -505,10 +514,13 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
             n = max(totals["n"], 1.0)
             return {"dice": totals["dice"] / n, "l1": totals["l1"] / n}
 
-        engine.fit(state, epochs=w.epochs, train_epoch=train_epoch, evaluate=evaluate if val_ds is not None else None,
-                   checkpoints=checkpoints, logger=logger, ctx=ctx, monitor="dice" if val_ds is not None else None,
-                   mode="max", val_every_epochs=loop.val_every_epochs)
-        logger.close()
+        try:
+            engine.fit(state, epochs=w.epochs, train_epoch=train_epoch,
+                       evaluate=evaluate if val_ds is not None else None, checkpoints=checkpoints, logger=logger,
+                       ctx=ctx, monitor="dice" if val_ds is not None else None, mode="max",
+                       val_every_epochs=loop.val_every_epochs)
+        finally:
+            logger.close()
         if ctx.is_main:
             engine.plot_curves(logger.jsonl_path, Path(out) / "curves.png", title=f"{variant.name}: {variant.row}")
         return Path(out)

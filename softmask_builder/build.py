@@ -44,8 +44,8 @@ from . import __version__
 from .errors import InputError, SoftMaskError, SourceError
 from .pipeline import LabelParams, Labels, label_from_mask, label_from_readers, label_from_recist
 from .recipes import SOURCES, SPLITS, Recipe, SplitSpec
-from .shards import (SAMPLE_META_DTYPE, SLICE_META_DTYPE, encode_meta, is_temp_name, open_shard,
-                     parse_shard_name, sha256_file, shard_name, write_shard)
+from .shards import (SAMPLE_META_DTYPE, encode_meta, is_temp_name, layout, open_shard, parse_shard_name,
+                     sha256_file, shard_name, write_shard)
 from .sources.base import Reject, SampleRecord, SampleRef, SliceRecord
 
 PLAN_FILE = ".plan.json"
@@ -447,8 +447,6 @@ def build_shard(shard: ShardPlan, out_dir: str | Path, recipe: Recipe, *, loader
                                    f"{type(exc).__name__}: {exc}") from exc
             arrays_list.append(arrays)
             metas.append(meta)
-
-    from .shards import layout
 
     specs, _ = layout(kind)
     hw = (recipe.crop_px, recipe.crop_px) if kind == "samples" else (slice_shape or (1, 1))

@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import InputError, SoftMaskError
+from .errors import SoftMaskError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_VERIFY, EXIT_EMPTY = 0, 1, 2, 3, 4
 
@@ -79,7 +79,7 @@ def parallel_setup(backend: str, jobs: int, scheduler: str | None):
     cluster = None
     try:
         if scheduler:
-            client = Client(scheduler)
+            client = Client(scheduler, timeout="10s")
         else:
             cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
             client = Client(cluster)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -72,17 +71,27 @@ def closed_form_alpha(image, trimap, *, eps: float = 1e-7, radius: int = 1) -> n
     L_UU is symmetric positive definite whenever eps > 0 and a known pixel exists (each
     window term is positive semi-definite with the constants as its only null vector, the
     windows cover the image and overlap, so x^T L x = 0 forces x constant over the image, and
-    x = 0 on K). It is solved *exactly* (direct Cholesky, no tolerance): the unknown pixels
-    are ordered by reverse Cuthill-McKee, which on the thin ring of a lesion's unknown band
-    gives a bandwidth of a few ring widths, and the factor is computed in skyline
-    (variable-band) storage, where it has no fill outside the profile. Cost ~ n * b^2 for n
-    unknown pixels and profile b, versus pymatting's whole-image Laplacian + incomplete
-    Cholesky + CG (which stops at a relative residual of 1e-7, an error of ~1e-5 .. 1e-3 in
-    alpha). An iterative solver was not used: the system's condition number grows like
-    sigma^2 / eps (~1e6 for eps = 1e-7 at a lesion edge), so reaching 1e-6 in alpha needs
-    many iterations, while the banded direct factor costs a fraction of the assembly on
-    small bands and stays well under pymatting's time on large ones
-    (``benchmarks/bench_matting.py``).
+    x = 0 on K).
+
+    Solver: exact, a direct Cholesky factorisation (no tolerance), for every problem size.
+    The unknown pixels are ordered by a reversed breadth-first search from a pixel on the
+    outer edge of each unknown component (a cheap reverse Cuthill-McKee); on the thin ring of
+    a lesion's unknown band its levels are short arcs across the ring, so every row of L_UU
+    reaches back only a few ring widths. L_UU is assembled straight into skyline
+    (variable-band) storage, where Cholesky has no fill outside the profile, and factored by
+    contiguous column updates. Cost ~ n * p^2 for n unknown pixels and mean profile p
+    (~20-40 for 5-9 px bands), against pymatting's Laplacian of the whole crop, incomplete
+    Cholesky and CG. A preconditioned CG was not used: the condition number of L_UU grows
+    like sigma^2 / eps (~1e6 at a lesion edge for eps = 1e-7), so no cheap stopping rule
+    guarantees 1e-6 in alpha, while the banded factor already costs about as much as the
+    assembly (``benchmarks/bench_matting.py`` has the timings).
+
+    pymatting's own result differs from the exact solution by ~1e-5 .. 3e-4 at eps = 1e-7,
+    mostly from its closed-form inverse of the nearly singular 3x3 covariance of a gray image
+    replicated to RGB; at eps = 1e-5 it agrees with this function to float32 rounding.
+
+    No fast-math: the arithmetic is IEEE-rounded in a fixed order, so the same inputs give the
+    same bytes, from :func:`closed_form_alpha_batch` too.
 
     Edge cases: a flat image (sigma = 0) is regular thanks to eps; unknown pixels on the image
     border are covered by the windows that hold them; several unknown components are solved
@@ -104,10 +113,11 @@ def closed_form_alpha_batch(images: Sequence, trimaps: Sequence, *, eps: float =
         One 2-D image and one uint8 trimap per crop; the crops may differ in shape.
     eps, radius : as in :func:`closed_form_alpha`.
     n_threads : int or None, keyword-only
-        Worker threads (>= 1). None: the number of CPUs this process may run on, at most the
-        number of crops. The solver is a numba kernel that releases the GIL, so the threads run
-        in parallel; each crop is solved by the same code as the single call, so the result
-        does not depend on the number of threads.
+        Worker threads (>= 1). None: the number of CPUs this process may run on. Capped at
+        the number of crops. Each thread solves its share of the crops (assigned longest
+        first by estimated cost) in one numba call that releases the GIL, so the threads run
+        in parallel; each crop is solved by the same kernel as the single call, so the result
+        does not depend on the number of threads. Under a process pool, pass 1.
 
     Returns
     -------
@@ -136,33 +146,44 @@ def closed_form_alpha_batch(images: Sequence, trimaps: Sequence, *, eps: float =
         raise InputError(f"n_threads must be an integer >= 1 or None, got {n_threads!r}")
     jobs = [_prepare(images[i], trimaps[i], eps, radius, f"images[{i}]", f"trimaps[{i}]")
             for i in range(n_images)]
-    outs = [np.empty(job[0].shape, np.float32) for job in jobs]
-    n_threads = int(min(n_threads, max(n_images, 1)))
+    if n_images == 0:
+        return []
+    eps_f, radius_i = jobs[0][3], jobs[0][4]
+    # Pack the batch into flat buffers so that each worker thread solves all its crops in one
+    # numba call that releases the GIL once (per-crop calls made the threads queue on the GIL).
+    sizes = np.array([job[0].size for job in jobs], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    images_flat = np.concatenate([job[0].ravel() for job in jobs])
+    trimaps_flat = np.concatenate([job[1].ravel() for job in jobs])
+    table = np.empty((n_images, 8), np.int64)   # offset, rows, cols, n_unknown, unknown box
+    for i, (img, _, scan, _, _) in enumerate(jobs):
+        table[i] = (offsets[i], img.shape[0], img.shape[1], scan[1], *scan[4:8])
+    outs_flat = np.empty(int(sizes.sum()), np.float32)
+    status = np.zeros(n_images, np.int64)
+    n_threads = int(min(n_threads, n_images))
+    # Static longest-first assignment by estimated cost (unknown pixels, plus the per-pixel
+    # passes over the crop); the arithmetic of a crop does not depend on its thread.
+    cost = table[:, 3] + sizes // 64
+    loads = [0] * n_threads
+    shares = [[] for _ in range(n_threads)]
+    for i in sorted(range(n_images), key=lambda j: (-cost[j], j)):
+        t = loads.index(min(loads))
+        shares[t].append(i)
+        loads[t] += int(cost[i])
+    todo = [np.array(share, np.int64) for share in shares]
 
-    def solve(i):
-        img, tri, scan, eps_i, radius_i = jobs[i]
-        _solve_into(img, tri, scan, eps_i, radius_i, outs[i], f"images[{i}]")
+    def run(t):
+        _k.solve_many(images_flat, trimaps_flat, table, todo[t], eps_f, radius_i, outs_flat, status)
 
     if n_threads == 1:
-        for i in range(n_images):
-            solve(i)
-        return outs
-    # Dynamic scheduling (crops differ a lot in cost): each worker takes the next index.
-    lock = threading.Lock()
-    next_index = iter(range(n_images))
-
-    def worker():
-        while True:
-            with lock:
-                i = next(next_index, None)
-            if i is None:
-                return
-            solve(i)
-
-    with ThreadPoolExecutor(max_workers=n_threads) as pool:
-        for future in [pool.submit(worker) for _ in range(n_threads)]:
-            future.result()
-    return outs
+        run(0)
+    else:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            list(pool.map(run, range(n_threads)))
+    bad = np.flatnonzero(status != _k.OK)
+    if bad.size:
+        _raise_not_spd(f"images[{bad[0]}]", eps_f)
+    return [outs_flat[offsets[i]:offsets[i] + sizes[i]].reshape(jobs[i][0].shape).copy() for i in range(n_images)]
 
 
 def _available_cpus() -> int:
@@ -209,9 +230,12 @@ def _solve_into(img, tri, scan, eps, radius, out, image_name):
     if n_unk == 0:
         _k.known_alpha(tri, out)
         return
-    status = _k.solve_alpha(img, tri, eps, radius, n_unk, y0, y1, x0, x1, out)
-    if status != _k.OK:
-        # Not reachable in exact arithmetic (L_UU is SPD for eps > 0); a pivot can only vanish
-        # if eps is so small against the image's variance that it is lost in rounding.
-        raise SoftMaskError(f"matting system of {image_name} is not positive definite to working precision "
-                            f"(eps={eps} too small for this image?)", stage="matting")
+    if _k.solve_alpha(img, tri, eps, radius, n_unk, y0, y1, x0, x1, out) != _k.OK:
+        _raise_not_spd(image_name, eps)
+
+
+def _raise_not_spd(image_name, eps):
+    # Not reachable in exact arithmetic (L_UU is SPD for eps > 0); a pivot can only vanish if
+    # eps is so small against the image's variance that it is lost in rounding.
+    raise SoftMaskError(f"matting system of {image_name} is not positive definite to working precision "
+                        f"(eps={eps} too small for this image?)", stage="matting")

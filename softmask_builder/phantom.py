@@ -27,7 +27,8 @@ the table, 0 at the key slice; pixel ``(r, c)`` has its centre at ``(y, x) = (r,
   ``vessel_attached`` (a vessel tube touches it). The nominal diameter ``diameter_mm`` is that of
   the sphere the shape is built on (before ellipsoidal stretch, lobes and spikes).
 * scanner: Gaussian PSF (sigma 0.5-1 px), then mildly correlated Gaussian noise (10-25 HU),
-  clip to [-1024, 3071] HU.
+  clip to [-1024, 3071] HU. The PSF makes the image softer than ``f``; the PSF applied to ``f``
+  is kept as :attr:`PhantomCase.apparent_fraction` (the fraction as the image shows it).
 
 RECIST marks are measured on the true mask as a radiologist would (:func:`recist_from_mask`).
 
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -91,11 +93,6 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # --------------------------------------------------------------------------------------------
 # RECIST from a mask
 # --------------------------------------------------------------------------------------------
-
-def recist_endpoints(recist) -> np.ndarray:
-    """(4, 2) float64 (row, col) endpoints (long a, long b, short a, short b) of a ``Recist``."""
-    return recist.as_array()
-
 
 def _long_axis(pts: np.ndarray) -> tuple[int, int]:
     """Indices of the farthest pair among ``pts`` (n, 2); the pair lies on the convex hull."""
@@ -242,8 +239,14 @@ class NoduleShape:
         (the bumps are broad, kappa <= 16, so the lattice, ~0.056 rad apart, misses their extremes
         by well under 1 %).
         """
-        s = np.asarray(self.stretch)
+        rmin, rmax_body = self._body_bounds
         spike = max(self.spike_amps, default=0.0)
+        return rmin, rmax_body + self.radius_mm * max(self.stretch) * spike
+
+    @functools.cached_property
+    def _body_bounds(self) -> tuple[float, float]:
+        """(rmin, rmax) of the shape without its spikes."""
+        s = np.asarray(self.stretch)
         if self.bump_amps:
             u = _fibonacci_sphere(4000)
             g = np.exp(np.asarray(self.bump_kappas) * (u @ np.asarray(self.bump_dirs).T - 1.0))
@@ -252,7 +255,7 @@ class NoduleShape:
             lo, hi = float(lobe.min()) - slack, float(lobe.max()) + slack
         else:
             lo = hi = 1.0
-        return self.radius_mm * s.min() * max(lo, 0.0), self.radius_mm * s.max() * (hi + spike)
+        return self.radius_mm * s.min() * max(lo, 0.0), self.radius_mm * s.max() * hi
 
     def contains(self, p: np.ndarray) -> np.ndarray:
         """Boolean ``p`` (..., 3) in mm inside the solid (the centre counts as inside)."""
@@ -315,16 +318,19 @@ def _fraction_kernel(centres, offsets, c, R, stretch, rot, bdirs, bamps, bkap, s
             for k in range(3):
                 q = (ux * rot[0, k] + uy * rot[1, k] + uz * rot[2, k]) / stretch[k]
                 e += q * q
+            # bumps whose exponent is below -30 (exp < 1e-13) are skipped: most spikes, here
             factor = 1.0
             for k in range(bamps.shape[0]):
-                cosang = ux * bdirs[k, 0] + uy * bdirs[k, 1] + uz * bdirs[k, 2]
-                factor += bamps[k] * np.exp(bkap[k] * (cosang - 1.0))
+                arg = bkap[k] * (ux * bdirs[k, 0] + uy * bdirs[k, 1] + uz * bdirs[k, 2] - 1.0)
+                if arg > -30.0:
+                    factor += bamps[k] * np.exp(arg)
             spike = 0.0
             for k in range(samps.shape[0]):
-                cosang = ux * sdirs[k, 0] + uy * sdirs[k, 1] + uz * sdirs[k, 2]
-                h = samps[k] * np.exp(skap[k] * (cosang - 1.0))
-                if h > spike:
-                    spike = h
+                arg = skap[k] * (ux * sdirs[k, 0] + uy * sdirs[k, 1] + uz * sdirs[k, 2] - 1.0)
+                if arg > -30.0:
+                    h = samps[k] * np.exp(arg)
+                    if h > spike:
+                        spike = h
             if rho <= R / np.sqrt(e) * (factor + spike):
                 hits += 1
         out[i] = hits / offsets.shape[0]
@@ -373,6 +379,22 @@ def nodule_fraction(shape: NoduleShape, *, rows: int, cols: int, spacing_mm: flo
     inner = dmax <= rmin
     sub[inner] = 1.0
     todo = ~inner & (dmin < rmax)
+    rmax_body = shape._body_bounds[1]
+    if shape.spike_amps:
+        # Voxels beyond the spikeless body reach a spike only if it points into them: the voxel
+        # lies within asin(h / D) of its centre's direction (h = half-diagonal, D = distance),
+        # and spike k is negligible (exponent < -30, as in the kernel) beyond acos(1 - 30/kappa_k).
+        far = todo & (dmin >= rmax_body)
+        if far.any():
+            h = float(np.linalg.norm(half))
+            v = np.stack([xx[far] - cx, yy[far] - cy, np.full(int(far.sum()), z_mm - cz)], axis=-1)
+            dist = np.linalg.norm(v, axis=-1)
+            cone = np.arcsin(np.clip(h / np.maximum(dist, 1e-12), 0.0, 1.0))
+            cone[dist <= h] = math.pi
+            ang = np.arccos(np.clip((v / np.maximum(dist, 1e-12)[:, None]) @ np.asarray(shape.spike_dirs).T, -1, 1))
+            reach = np.arccos(np.clip(1.0 - 30.0 / np.asarray(shape.spike_kappas), -1.0, 1.0))
+            hit = (ang <= cone[:, None] + reach[None, :] + 1e-9).any(axis=1)
+            todo[far] = hit
     if clip_ellipse is not None:
         todo |= inner
     idx = np.argwhere(todo)
@@ -457,6 +479,13 @@ def _lung_depth(p, lung) -> float:
     return -(rho - 1.0) * rho / grad
 
 
+def _segment_distance(p, a, b) -> float:
+    """Distance (mm) from point p to the segment a-b (3-D)."""
+    v = b - a
+    s = float(np.clip((p - a).dot(v) / max(float(v.dot(v)), 1e-12), 0.0, 1.0))
+    return float(np.linalg.norm(p - a - s * v))
+
+
 def _grow(rng, segs, lung, p, d, length, radius, depth) -> None:
     q = p + d * length
     steps = 0
@@ -505,7 +534,8 @@ def _draw_anatomy(rng, rows: int, cols: int, px: float, z_span_mm: float) -> _An
     segs = []
     for side, lung in zip((-1.0, 1.0), lungs):
         lcx, lcy, la, lb, _ = lung
-        hilum = np.array([lcx - side * 0.55 * la, lcy + rng.uniform(-0.1, 0.1) * lb, rng.uniform(-0.3, 0.3) * z_span_mm])
+        hilum = np.array([lcx - side * 0.55 * la, lcy + rng.uniform(-0.1, 0.1) * lb,
+                          rng.uniform(-0.3, 0.3) * z_span_mm])
         for _ in range(int(rng.integers(6, 9))):
             theta = rng.uniform(-1.3, 1.3) + (0.0 if side > 0 else math.pi)
             phi = rng.uniform(-0.5, 0.5)
@@ -528,37 +558,50 @@ def _draw_anatomy(rng, rows: int, cols: int, px: float, z_span_mm: float) -> _An
     return anatomy
 
 
-def _vessel_fraction(segments, rows, cols, px, z_centres, t, n_z: int = 4) -> np.ndarray:
-    """(n_slices, rows, cols) union of tube coverages, each averaged over ``n_z`` z samples."""
-    z_off = ((np.arange(n_z) + 0.5) / n_z - 0.5) * t
-    zs = (np.asarray(z_centres)[:, None] + z_off[None, :]).ravel()  # (n_slices * n_z,)
-    out = np.zeros((len(z_centres), rows, cols), dtype=np.float32)
-    for p0, p1, r in segments:
-        zlo, zhi = min(p0[2], p1[2]) - r, max(p0[2], p1[2]) + r
-        sel = np.nonzero((zs >= zlo) & (zs <= zhi))[0]
-        if not len(sel):
-            continue
+@njit(cache=True, nogil=True)
+def _tubes_kernel(seg, rows, cols, px, zs, n_slices, n_z, out):  # pragma: no cover - compiled
+    """Union (max) over tubes ``seg[i] = (x0, y0, z0, x1, y1, z1, r)`` of the coverage
+    ``clip((r - d) / px + 0.5, 0, 1)`` (d = distance to the segment) averaged over the ``n_z``
+    z samples of each slice, within each tube's bounding box."""
+    for i in range(seg.shape[0]):
+        x0, y0, z0, x1, y1, z1, r = seg[i, 0], seg[i, 1], seg[i, 2], seg[i, 3], seg[i, 4], seg[i, 5], seg[i, 6]
+        zlo, zhi = min(z0, z1) - r, max(z0, z1) + r
         ext = r + 2 * px
-        c0 = max(int(math.floor((min(p0[0], p1[0]) - ext) / px)), 0)
-        c1 = min(int(math.ceil((max(p0[0], p1[0]) + ext) / px)) + 1, cols)
-        r0 = max(int(math.floor((min(p0[1], p1[1]) - ext) / px)), 0)
-        r1 = min(int(math.ceil((max(p0[1], p1[1]) + ext) / px)) + 1, rows)
-        if c0 >= c1 or r0 >= r1:
-            continue
-        x = (np.arange(c0, c1) * px)[None, None, :]
-        y = (np.arange(r0, r1) * px)[None, :, None]
-        z = zs[sel][:, None, None]
-        v = p1 - p0
-        vv = float(v.dot(v))
-        s = ((x - p0[0]) * v[0] + (y - p0[1]) * v[1] + (z - p0[2]) * v[2]) / vv
-        s = np.clip(s, 0.0, 1.0)
-        d = np.sqrt((x - p0[0] - s * v[0]) ** 2 + (y - p0[1] - s * v[1]) ** 2 + (z - p0[2] - s * v[2]) ** 2)
-        cov = np.clip((r - d) / px + 0.5, 0.0, 1.0)
-        acc = np.zeros((len(z_centres), r1 - r0, c1 - c0), dtype=np.float64)
-        np.add.at(acc, sel // n_z, cov)
-        acc /= n_z
-        np.maximum(out[:, r0:r1, c0:c1], acc.astype(np.float32), out=out[:, r0:r1, c0:c1])
-    return out
+        c0 = max(int(np.floor((min(x0, x1) - ext) / px)), 0)
+        c1 = min(int(np.ceil((max(x0, x1) + ext) / px)) + 1, cols)
+        r0 = max(int(np.floor((min(y0, y1) - ext) / px)), 0)
+        r1 = min(int(np.ceil((max(y0, y1) + ext) / px)) + 1, rows)
+        vx, vy, vz = x1 - x0, y1 - y0, z1 - z0
+        vv = vx * vx + vy * vy + vz * vz
+        for k in range(n_slices):
+            if zs[k * n_z + n_z - 1] < zlo or zs[k * n_z] > zhi:
+                continue
+            for rr in range(r0, r1):
+                y = rr * px
+                for cc in range(c0, c1):
+                    x = cc * px
+                    acc = 0.0
+                    for j in range(n_z):
+                        z = zs[k * n_z + j]
+                        s = ((x - x0) * vx + (y - y0) * vy + (z - z0) * vz) / vv
+                        s = min(max(s, 0.0), 1.0)
+                        dx, dy, dz = x - x0 - s * vx, y - y0 - s * vy, z - z0 - s * vz
+                        cov = (r - np.sqrt(dx * dx + dy * dy + dz * dz)) / px + 0.5
+                        acc += min(max(cov, 0.0), 1.0)
+                    acc /= n_z
+                    if acc > out[k, rr, cc]:
+                        out[k, rr, cc] = acc
+
+
+def _vessel_fraction(segments, rows, cols, px, z_centres, t, n_z: int = 4) -> np.ndarray:
+    """(n_slices, rows, cols) float32 union of tube coverages, each averaged over ``n_z`` z
+    samples across the slice thickness (a box slice profile)."""
+    z_off = ((np.arange(n_z) + 0.5) / n_z - 0.5) * t
+    zs = (np.asarray(z_centres, dtype=np.float64)[:, None] + z_off[None, :]).ravel()  # (n_slices * n_z,)
+    out = np.zeros((len(z_centres), rows, cols), dtype=np.float64)
+    seg = np.array([[*p0, *p1, r] for p0, p1, r in segments], dtype=np.float64).reshape(-1, 7)
+    _tubes_kernel(seg, rows, cols, float(px), zs, len(z_centres), n_z, out)
+    return out.astype(np.float32)
 
 
 def _blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -790,19 +833,32 @@ def generate_case(rng_or_seed, *, kind: str, diameter_mm: float, shape: tuple[in
         if kind == "vessel_attached":
             score = 0.0
         else:
-            # prefer a spot without large vessels on the nodule's edge
+            # prefer a spot with few vessels around (mean vessel fraction over the disc of
+            # radius rmax + 2 px, all slices); thin vessels crossing it are removed below
             rr, cc = int(round(cxy[1] / px)), int(round(cxy[0] / px))
             h = int(math.ceil((rmax + 2 * px) / px))
-            win = vessels[key, max(rr - h, 0):rr + h + 1, max(cc - h, 0):cc + h + 1]
-            score = float(win.max()) if win.size else 0.0
+            ra, rb = max(rr - h, 0), min(rr + h + 1, rows)
+            ca, cb = max(cc - h, 0), min(cc + h + 1, cols)
+            win = vessels[:, ra:rb, ca:cb]
+            gy, gx = np.ogrid[ra - rr:rb - rr, ca - cc:cb - cc]
+            disc = gy * gy + gx * gx <= h * h
+            score = float(win[:, disc].mean()) if disc.any() else 0.0
         if best is None or score < best[0]:
             best = (score, cxy)
-        if score < 0.3:
+        if score < 0.005:
             break
     if best is None:  # no valid spot (tiny lung); centre of the lung
         best = (0.0, (lcx, lcy))
     cxy = best[1]
     shape3d = dataclasses.replace(shape3d, center_mm=(float(cxy[0]), float(cxy[1]), cz))
+    if kind != "vessel_attached":
+        # a nodule pushes thin vessels aside: drop those (radius < 1.5 mm) that would touch it
+        centre3 = np.array([cxy[0], cxy[1], cz])
+        kept = [sg for sg in anat.segments
+                if sg[2] >= 1.5 or _segment_distance(centre3, sg[0], sg[1]) > rmax + sg[2] + 1.0]
+        if len(kept) != len(anat.segments):
+            anat.segments = kept
+            vessels = _vessel_fraction(kept, rows, cols, px, z_centres, t)
     if kind == "vessel_attached":
         # a tube grazing the nodule (touching it in the key slice), mostly in-plane
         ang = rng.uniform(0, math.pi)
@@ -859,7 +915,8 @@ def generate_case(rng_or_seed, *, kind: str, diameter_mm: float, shape: tuple[in
            float(np.clip((centre[0] * px - by0) / (by1 - by0), 0, 1)), z_location)
     nb = [i for i in range(len(offsets)) if i != key]
     return PhantomCase(
-        image_hu=slices[key], neighbor_hu=np.stack([slices[i] for i in nb]) if nb else np.zeros((0, rows, cols), np.int16),
+        image_hu=slices[key],
+        neighbor_hu=np.stack([slices[i] for i in nb]) if nb else np.zeros((0, rows, cols), np.int16),
         neighbor_offsets=tuple(offsets[i] for i in nb), true_fraction=true_fraction,
         neighbor_fraction=fractions[nb] if nb else np.zeros((0, rows, cols), np.float32), true_mask=true_mask,
         apparent_fraction=apparent,
@@ -945,7 +1002,7 @@ def _join(values) -> str:
 
 def dl_info_row(case: PhantomCase, *, label_train_rows: bool = False) -> list[str]:
     """The DL_info.csv cells of one case, in :data:`DL_INFO_COLUMNS` order."""
-    pts = recist_endpoints(case.recist)  # (row, col)
+    pts = case.recist.as_array()  # (row, col)
     xy = pts[:, ::-1]  # DeepLesion writes x (column) first
     long_px = float(np.hypot(*(pts[0] - pts[1])))
     short_px = float(np.hypot(*(pts[2] - pts[3])))
@@ -1039,7 +1096,7 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
         rows_out.append(dl_info_row(case, label_train_rows=label_train_rows))
         truth_arrays.append((case.file_name, case.true_fraction.astype(np.float32), case.true_mask.astype(bool),
                              case.apparent_fraction.astype(np.float32)))
-        meta.append((case.file_name, case.kind, case.diameter_mm, recist_endpoints(case.recist), case.spacing_mm,
+        meta.append((case.file_name, case.kind, case.diameter_mm, case.recist.as_array(), case.spacing_mm,
                      case.slice_thickness_mm, case.nodule_hu))
     if not rows_out:
         raise InputError("no case to write")

@@ -125,8 +125,8 @@ CITATIONS = {
     "method": (
         "**Soft Mask labels**: Wang, Xu et al., DSNet, IEEE Transactions on Neural Networks and Learning "
         "Systems (TNNLS), 2023, Sec. III-A; closed-form matting: Levin A., Lischinski D., Weiss Y., \"A "
-        "closed-form solution to natural image matting\", IEEE TPAMI 30(2):228-242 (2008); GrabCut: Rother C., "
-        "Kolmogorov V., Blake A., ACM TOG 23(3):309-314 (2004)."),
+        "closed-form solution to natural image matting\", IEEE TPAMI 30(2):228-242 (2008)."),
+    "grabcut": "**GrabCut** (RECIST priors): Rother C., Kolmogorov V., Blake A., ACM TOG 23(3):309-314 (2004).",
 }
 
 _HOW = {
@@ -196,14 +196,16 @@ def dataset_card(manifest: dict[str, Any], rejects) -> str:
         lines += ["", "## How the labels were made", "", _HOW[family].format(crop=recipe["crop_px"], **p), "",
                   "Label parameters (LabelParams, stored in every shard as `label_params_json`):", "", "```json",
                   json.dumps(manifest["label_params"], indent=1, sort_keys=True), "```"]
-    if family == "deeplesion":
+    if family == "deeplesion" and manifest["kind"] == "samples":
         lines += ["", "DeepLesion caveat: `Coarse_lesion_type` is labelled only on the official validation and "
                       "test rows; every training-split row is -1 (unlabelled). A selection by lesion type "
                       "(e.g. lung = 5) therefore draws only from the official val/test rows, and this "
                       "dataset's train/val/test split is its own patient split, not DeepLesion's."]
     lines += ["", "## Sources and citations", ""]
     keys = ["lidc"] if family == "lidc" else (["deeplesion"] if family == "deeplesion" else [])
-    lines += [f"- {CITATIONS[k]}" for k in keys + ["method"]]
+    if manifest["kind"] == "samples":
+        keys += ["method"] + (["grabcut"] if family == "deeplesion" else [])
+    lines += [f"- {CITATIONS[k]}" for k in keys]
     if family == "masks":
         lines += ["- The images and masks come from the user-supplied folder; their licence applies."]
     lines += ["", "## Files and verification", "",

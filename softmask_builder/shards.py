@@ -198,15 +198,22 @@ def write_shard(path: str | Path, *, arrays: Mapping[str, np.ndarray], meta: np.
 
     tmp = temp_path(path)
     try:
-        with h5py.File(tmp, "w", libver=LIBVER, track_order=False) as f:
+        # rdcc_nbytes=0: no chunk cache, so every chunk is compressed and placed in the file during
+        # its write call, in index order. With a cache, chunks reach the file when the dataset
+        # handle is closed, i.e. when Python happens to drop it, and the file layout (not the
+        # content) then depends on the garbage collector (it differed inside dask workers).
+        with h5py.File(tmp, "w", libver=LIBVER, track_order=False, rdcc_nbytes=0) as f:
             for key in sorted(all_attrs):
                 f.attrs[key] = _attr_value(all_attrs[key])
             for name in sorted(specs):
-                f.create_dataset(name, data=np.asarray(arrays[name]).astype(specs[name], copy=False),
-                                 chunks=(1, *hw), maxshape=(None, *hw), compression="gzip",
-                                 compression_opts=GZIP_LEVEL, shuffle=True, track_times=False)
-            f.create_dataset("meta", data=meta, chunks=(1,), maxshape=(None,), compression="gzip",
-                             compression_opts=GZIP_LEVEL, shuffle=True, track_times=False)
+                ds = f.create_dataset(name, data=np.asarray(arrays[name]).astype(specs[name], copy=False),
+                                      chunks=(1, *hw), maxshape=(None, *hw), compression="gzip",
+                                      compression_opts=GZIP_LEVEL, shuffle=True, track_times=False)
+                ds.flush()
+            ds = f.create_dataset("meta", data=meta, chunks=(1,), maxshape=(None,), compression="gzip",
+                                  compression_opts=GZIP_LEVEL, shuffle=True, track_times=False)
+            ds.flush()
+            del ds
         digest = sha256_file(tmp)
         os.replace(tmp, path)
     except BaseException:

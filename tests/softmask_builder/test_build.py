@@ -226,6 +226,17 @@ def test_bytes_do_not_depend_on_the_number_of_jobs(tmp_path):
     assert one == two
 
 
+def test_dask_build_is_byte_identical(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    plan = make_plan(recipe(), make_refs(24, per_patient=2, fail_every=7))
+    fake_build(tmp_path / "one", plan)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster):
+        with joblib.parallel_config(backend="dask"):
+            fake_build(tmp_path / "dask", plan)
+    assert _hashes(tmp_path / "one") == _hashes(tmp_path / "dask")
+
+
 # --- resume -----------------------------------------------------------------------------------
 
 def _mtimes(out):

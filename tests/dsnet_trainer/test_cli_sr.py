@@ -1,0 +1,61 @@
+"""`dsnet pretrain-sr`: a tiny run through click, and one-line errors naming the file/option."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dsnet_trainer.cli import main
+
+QUICK = ["--config", "sr_tiny", "--no-progress", "-s", "stage1.epochs=1", "-s", "stage2.epochs=1",
+         "-s", "data.patches_per_slice=4", "-s", "loop.batch_size=4", "-s", "data.val_max_slices=1"]
+
+
+def _run(args):
+    return CliRunner().invoke(main, ["pretrain-sr", *args])
+
+
+def test_tiny_run_prints_the_report(tmp_path, slice_shards):
+    res = _run(["--data", str(slice_shards), "--out", str(tmp_path / "run"), *QUICK])
+    assert res.exit_code == 0, res.output
+    assert "| bicubic |" in res.output and "| SRGAN (stage 2) |" in res.output
+    assert f"teacher: {tmp_path / 'run' / 'teacher.pt'}" in res.output
+    again = _run(["--data", str(slice_shards), "--out", str(tmp_path / "run"), "--resume", "auto", *QUICK])
+    assert again.exit_code == 0, again.output  # everything done: resume trains nothing, same report
+    assert again.output == res.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "{tmp}/nowhere"], "nowhere: no such file or folder"),
+    (["-s", "stage1.epochz=3"], "unknown config key 'stage1.epochz'"),
+    (["-s", "data.hr_patch_px=30"], "data.hr_patch_px"),
+    (["--config", "{tmp}/missing.yaml"], "missing.yaml"),
+    (["--resume", "{tmp}/ghost.pt"], "ghost.pt"),
+    (["--resume", "{tmp}/corrupt.pt"], "corrupt.pt"),
+    (["--amp", "bf16", "--device", "cpu"], "amp=bf16 needs a CUDA device"),
+])
+def test_errors_are_one_line_and_name_the_culprit(tmp_path, slice_shards, extra, message):
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 truncated")
+    extra = [x.replace("{tmp}", str(tmp_path)) for x in extra]
+    args = ["--data", str(slice_shards), "--out", str(tmp_path / "run"), *QUICK]
+    res = _run(args + extra if extra[0] != "--data" else extra + args[2:])
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith("Error: ") and message.replace("{tmp}", str(tmp_path)) in res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_request_without_cuda(tmp_path, slice_shards):
+    res = _run(["--data", str(slice_shards), "--out", str(tmp_path / "run"), "--device", "cuda", *QUICK])
+    assert res.exit_code == 1 and "loop.device='cuda' asks for CUDA" in res.output
+
+
+def test_light_modules_do_not_import_torch():
+    code = ("import sys, dsnet_trainer.cli, dsnet_trainer.config, dsnet_trainer.models, dsnet_trainer.errors; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,273 @@
+"""Loop machinery: devices, precision, checkpoints, RNG state, samplers, logging."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from dsnet_trainer import engine
+from dsnet_trainer.engine import (CheckpointManager, DistContext, EvalShardSampler, MetricLogger, Precision,
+                                  SeededSampler, TrainState, load_checkpoint, save_checkpoint, select_device)
+from dsnet_trainer.errors import CheckpointError, DeviceError
+
+
+# ---------------------------------------------------------------------------- device, precision
+def test_cpu_and_auto_device():
+    assert select_device("cpu") == torch.device("cpu")
+    want = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    assert select_device("auto") == want
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("request_", ["cuda", "cuda:1"])
+def test_cuda_request_without_cuda_names_the_option(request_):
+    with pytest.raises(DeviceError, match=r"--device.*CUDA"):
+        select_device(request_, option="--device")
+
+
+def test_bad_device_string():
+    with pytest.raises(DeviceError, match="loop.device"):
+        select_device("tpu")
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_half_precision_on_cpu_is_an_error(mode):
+    with pytest.raises(DeviceError, match=f"loop.amp={mode}"):
+        Precision(mode, torch.device("cpu"))
+
+
+def test_cpu_precision_is_float32_passthrough():
+    prec = Precision("auto", torch.device("cpu"))
+    assert prec.dtype is None and prec.name == "float32" and not prec.scaler.is_enabled()
+    # A step through Precision equals a plain SGD step computed by hand.
+    w = nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = torch.optim.SGD([w], lr=0.1)
+    with prec.autocast():
+        loss = (w ** 2).sum()
+    prec.backward_step(loss, opt)
+    prec.update()
+    assert torch.allclose(w.detach(), torch.tensor([1.0, -2.0]) * (1 - 0.2))
+
+
+def test_gradient_clipping_bounds_the_step():
+    prec = Precision("off", torch.device("cpu"))
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))
+    opt = torch.optim.SGD([w], lr=1.0)
+    loss = (w * torch.tensor([30.0, 40.0])).sum()  # grad (30, 40), norm 50
+    prec.backward_step(loss, opt, clip_norm=5.0)
+    assert torch.allclose(w.detach(), torch.tensor([3.0 - 3.0, 4.0 - 4.0]), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- RNG
+def test_rng_capture_restore_replays_every_stream():
+    engine.seed_everything(123)
+    state = engine.capture_rng_state()
+    first = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+    engine.seed_everything(999)
+    engine.restore_rng_state(state)
+    second = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+    assert first == second
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _toy_state(kind="toy", hidden=4):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2, 5], gamma=0.5)
+    state = TrainState(kind, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched},
+                       precision=Precision("off", torch.device("cpu")), compat={"hidden": hidden})
+    return state, model, opt, sched
+
+
+def test_checkpoint_roundtrip_weights_only(tmp_path):
+    state, model, opt, sched = _toy_state()
+    x = torch.randn(8, 3)
+    for _ in range(3):
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    state.epoch, state.step, state.best_metric = 3, 30, 0.75
+    path = save_checkpoint(state.state_dict(), tmp_path / "ck" / "last.pt")
+    assert not any(p.name.startswith(".") for p in path.parent.iterdir())  # no temp file left
+    # weights_only=True is what load_checkpoint uses; MultiStepLR's Counter must pass it.
+    ck = load_checkpoint(path, expect_kind="toy")
+    fresh, fmodel, fopt, fsched = _toy_state()
+    fresh.load_state_dict(ck, source=path)
+    assert (fresh.epoch, fresh.step, fresh.best_metric) == (3, 30, 0.75)
+    for a, b in zip(model.state_dict().values(), fmodel.state_dict().values()):
+        assert torch.equal(a, b)
+    assert fsched.state_dict() == sched.state_dict()
+    assert fopt.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a zip archive at all" * 10)
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(garbage)
+    state, *_ = _toy_state()
+    good = save_checkpoint(state.state_dict(), tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt"):
+        load_checkpoint(truncated)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match="plain.pt.*not a dsnet_trainer checkpoint"):
+        load_checkpoint(plain)
+    with pytest.raises(CheckpointError, match="good.pt.*'toy'.*expected other"):
+        load_checkpoint(good, expect_kind="other")
+
+
+class _Evil:
+    pass
+
+
+def test_pickled_code_is_refused(tmp_path):
+    # weights_only=True refuses arbitrary objects: a checkpoint carrying one is rejected.
+    bad = tmp_path / "evil.pt"
+    torch.save({"format": engine.CHECKPOINT_FORMAT, "version": 1, "obj": _Evil()}, bad)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(bad)
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path):
+    state, *_ = _toy_state(hidden=4)
+    path = save_checkpoint(state.state_dict(), tmp_path / "h4.pt")
+    other, *_ = _toy_state(hidden=8)
+    with pytest.raises(CheckpointError, match=r"h4.pt.*hidden: 4 in checkpoint, now 8"):
+        other.load_state_dict(load_checkpoint(path), source=path)
+    other.compat = {"hidden": 4}  # same settings claimed, weights still of another shape
+    with pytest.raises(CheckpointError, match=r"h4.pt.*weights of 'model' do not fit"):
+        other.load_state_dict(load_checkpoint(path), source=path)
+    wrong_kind, *_ = _toy_state(kind="else")
+    with pytest.raises(CheckpointError, match="expected 'else'"):
+        wrong_kind.load_state_dict(load_checkpoint(path), source=path)
+
+
+def test_checkpoint_manager_files_and_resume(tmp_path):
+    mgr = CheckpointManager(tmp_path / "ck", every_n_epochs=2)
+    assert mgr.resolve_resume("auto") is None and mgr.resolve_resume(None) is None
+    for epoch, improved in [(1, True), (2, False), (3, True), (4, False)]:
+        mgr.save({"format": engine.CHECKPOINT_FORMAT, "version": 1, "kind": "t", "epoch": epoch},
+                 epoch=epoch, improved=improved)
+    names = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert names == ["best.pt", "epoch_0002.pt", "epoch_0004.pt", "last.pt"]
+    assert load_checkpoint(mgr.best_path)["epoch"] == 3
+    assert load_checkpoint(mgr.last_path)["epoch"] == 4
+    assert mgr.resolve_resume("auto") == mgr.last_path
+    with pytest.raises(CheckpointError, match="--resume.*missing.pt"):
+        mgr.resolve_resume(tmp_path / "missing.pt")
+    off = CheckpointManager(tmp_path / "off", enabled=False)
+    off.save({"x": 1}, epoch=1, improved=True)
+    assert not (tmp_path / "off").exists()
+
+
+# ---------------------------------------------------------------------------- samplers
+@pytest.mark.parametrize("n, world, drop_last", [(10, 2, False), (11, 3, False), (11, 3, True), (5, 1, False)])
+def test_seeded_sampler_matches_distributed_sampler(n, world, drop_last):
+    seen = []
+    for rank in range(world):
+        ctx = DistContext(rank=rank, world_size=world)
+        s = SeededSampler(n, seed=7, ctx=ctx, drop_last=drop_last)
+        s.set_epoch(3)
+        ref = DistributedSampler(range(n), num_replicas=world, rank=rank, seed=7, drop_last=drop_last)
+        ref.set_epoch(3)
+        keys = list(s)
+        assert [k[0] for k in keys] == list(ref) and len(s) == len(ref)
+        assert all(k[1:] == (7, 3) for k in keys)
+        seen.append([k[0] for k in keys])
+    if world > 1 and n % world == 0:
+        assert not set(seen[0]) & set(seen[1])  # disjoint shares without padding
+    s = SeededSampler(n, seed=7)
+    s.set_epoch(0)
+    e0 = [k[0] for k in s]
+    s.set_epoch(1)
+    assert sorted(e0) == list(range(n)) and [k[0] for k in s] != e0  # reshuffled per epoch
+
+
+@pytest.mark.parametrize("n, world", [(10, 3), (2, 4), (7, 1)])
+def test_eval_sampler_counts_each_sample_once(n, world):
+    shares = [list(EvalShardSampler(n, ctx=DistContext(rank=r, world_size=world))) for r in range(world)]
+    flat = sorted(i for s in shares for i in s)
+    assert flat == list(range(n))
+
+
+# ---------------------------------------------------------------------------- logging
+def test_metric_logger_jsonl_csv_and_resume_truncation(tmp_path):
+    log = MetricLogger(tmp_path, tensorboard=False)
+    for step in (1, 2, 3, 4):
+        log.log({"phase": "train", "epoch": 1, "step": step, "loss": 1.0 / step})
+    log.log({"phase": "epoch", "epoch": 1, "step": 4, "val_psnr": np.float32(30.5)})
+    log.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 4] and rows[-1]["val_psnr"] == 30.5
+    import csv
+    with open(tmp_path / "metrics.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 5 and float(table[1]["loss"]) == 0.5 and table[4]["val_psnr"] == "30.5"
+    # A resumed run at step 2 drops rows written after that checkpoint.
+    resumed = MetricLogger(tmp_path, tensorboard=False, resume_step=2)
+    resumed.close()
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # Rank != 0: nothing written.
+    MetricLogger(tmp_path / "rank1", enabled=False).log({"step": 1})
+    assert not (tmp_path / "rank1").exists()
+
+
+def test_plot_curves_writes_a_png(tmp_path):
+    log = MetricLogger(tmp_path, tensorboard=False)
+    for step in range(1, 6):
+        log.log({"phase": "train", "step": step, "loss": 1.0 / step})
+    log.log({"phase": "epoch", "step": 5, "val_psnr": 30.0})
+    log.close()
+    png = engine.plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png", title="t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prepare_run_dir_records_config_seed_and_versions(tmp_path):
+    from dsnet_trainer.config import LoopConfig, from_dict
+    import yaml
+
+    cfg = LoopConfig(seed=5, batch_size=3)
+    out = engine.prepare_run_dir(tmp_path / "run", cfg, ctx=DistContext(), seed=5, command="test")
+    assert from_dict(LoopConfig, yaml.safe_load((out / "config.yaml").read_text())) == cfg
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["seed"] == 5 and info["versions"]["torch"] == torch.__version__
+    assert "git_commit" in info
+    engine.prepare_run_dir(out, cfg, ctx=DistContext(), seed=5)  # a second start keeps the first copy
+    assert (out / "config.prev.yaml").exists()
+
+
+def test_fit_tracks_best_and_checkpoints(tmp_path):
+    state, model, opt, sched = _toy_state()
+    metrics = iter([1.0, 3.0, 2.0])
+
+    def train_epoch(epoch):
+        loss = model(torch.ones(2, 3)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        state.step += 1
+        return {"loss": float(loss.detach())}
+
+    logger = MetricLogger(tmp_path, tensorboard=False)
+    engine.fit(state, epochs=3, train_epoch=train_epoch, evaluate=lambda e: {"psnr": next(metrics)},
+               checkpoints=CheckpointManager(tmp_path / "ck"), logger=logger, ctx=DistContext(), monitor="psnr",
+               mode="max")
+    logger.close()
+    assert state.epoch == 3 and state.best_metric == 3.0
+    assert load_checkpoint(tmp_path / "ck" / "best.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "ck" / "last.pt")["epoch"] == 3
+    assert sched.last_epoch == 3  # stepped once per epoch
