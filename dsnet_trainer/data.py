@@ -280,6 +280,8 @@ class _ShardReader:
         self.shards = list(shards)
         self.offsets = np.cumsum([0] + [s.n_samples for s in self.shards])
         self._files: dict[int, h5py.File] = {}
+        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}
+        self._ids: dict[int, np.ndarray] = {}
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -287,7 +289,7 @@ class _ShardReader:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_files"] = {}
+        state["_files"], state["_datasets"], state["_ids"] = {}, {}, {}
         return state
 
     def locate(self, index: int) -> tuple[int, int]:
@@ -299,7 +301,7 @@ class _ShardReader:
 
     def file(self, s: int) -> h5py.File:
         if self._pid != os.getpid():  # inherited through fork: never reuse the parent's handles
-            self._files = {}
+            self._files, self._datasets, self._ids = {}, {}, {}
             self._pid = os.getpid()
         fh = self._files.get(s)
         if fh is None:
@@ -313,7 +315,10 @@ class _ShardReader:
 
     def read(self, s: int, local: int, name: str, region: tuple[slice, slice] | None = None) -> np.ndarray:
         try:
-            ds = self.file(s)[name]
+            fh = self.file(s)
+            ds = self._datasets.get((s, name))
+            if ds is None:  # h5py's name lookup costs about as much as reading a 64x64 crop
+                ds = self._datasets[(s, name)] = fh[name]
             return ds[local] if region is None else ds[(local, *region)]
         except (OSError, KeyError, ValueError) as exc:
             raise ShardError(f"shard {self.shards[s].path}: cannot read {name}[{local}] ({exc})") from exc
@@ -321,13 +326,23 @@ class _ShardReader:
     def meta(self, s: int, local: int) -> np.void:
         return self.read(s, local, "meta")
 
+    def sample_id(self, s: int, local: int) -> str:
+        """``meta["sample_id"]`` of one sample (the column is read once per shard and process)."""
+        ids = self._ids.get(s)
+        if ids is None:
+            try:
+                ids = self._ids[s] = self.file(s)["meta"]["sample_id"]
+            except (OSError, KeyError, ValueError) as exc:
+                raise ShardError(f"shard {self.shards[s].path}: cannot read meta ({exc})") from exc
+        return _decode(ids[local])
+
     def close(self) -> None:
         for fh in self._files.values():
             try:
                 fh.close()
             except Exception:  # closing during interpreter shutdown may fail harmlessly
                 pass
-        self._files = {}
+        self._files, self._datasets, self._ids = {}, {}, {}
 
 
 def _decode(b: Any) -> str:
@@ -393,7 +408,7 @@ class SampleShardDataset(Dataset):
         alpha = self.reader.read(s, j, "soft_mask").astype(np.float32)
         binary = self.reader.read(s, j, "binary_mask")
         trimap = self.reader.read(s, j, "trimap")
-        sample_id = _decode(self.reader.meta(s, j)["sample_id"])
+        sample_id = self.reader.sample_id(s, j)
         if self.augment and rng is not None:
             k, flip = random_dihedral(rng)
             image, alpha, binary, trimap = (dihedral(a, k=k, flip=flip) for a in (image, alpha, binary, trimap))
@@ -419,7 +434,8 @@ class SliceShardDataset(Dataset):
     over and over) and a random symmetry is applied when ``augment``; with an ``int`` key the
     position is the same draw from ``default_rng([i])`` (deterministic).
     ``mode="val"``: item ``i`` is slice ``i`` (its top-left part with sides a multiple of
-    ``scale``, or a centred ``val_patch_px`` square when > 0), never augmented.
+    ``scale``, or, when ``val_patch_px`` > 0, a centred crop of at most ``val_patch_px`` per side),
+    never augmented.
 
     LR is made from the HR patch *in HU* (:func:`downsample`, ``area`` or anti-aliased
     ``bicubic``), then both are windowed to [-1, 1] (:func:`to_unit_range`).
@@ -456,11 +472,11 @@ class SliceShardDataset(Dataset):
             shards = list(data)
         else:
             shards = find_shards(data, kind="slices", split=split, option=option)
-        need = hr_patch_px if mode == "train" else max(val_patch_px, scale)
+        need = hr_patch_px if mode == "train" else scale
         for s in shards:
             if min(s.height_px, s.width_px) < need:
                 raise ShardError(f"shard {s.path} holds {s.height_px}x{s.width_px} slices, smaller than the "
-                                 f"{need}px {'HR patch' if mode == 'train' else 'validation patch'} (data.hr_patch_px)")
+                                 f"{need}px {'HR patch (data.hr_patch_px)' if mode == 'train' else 'scale'}")
         self.reader = _ShardReader(shards)
         self.slice_indices = list(range(len(self.reader))) if indices is None else [int(i) for i in indices]
         self.mode = mode
@@ -492,9 +508,10 @@ class SliceShardDataset(Dataset):
         H, W = info.height_px, info.width_px
         if self.mode == "val":
             if self.val_patch_px:
-                p = self.val_patch_px
-                r0, c0 = (H - p) // 2, (W - p) // 2
-                return self.reader.read(s, j, "image_hu", (slice(r0, r0 + p), slice(c0, c0 + p)))
+                ph = min(self.val_patch_px, H - H % self.scale)
+                pw = min(self.val_patch_px, W - W % self.scale)
+                r0, c0 = (H - ph) // 2, (W - pw) // 2
+                return self.reader.read(s, j, "image_hu", (slice(r0, r0 + ph), slice(c0, c0 + pw)))
             h, w = H - H % self.scale, W - W % self.scale
             return self.reader.read(s, j, "image_hu", (slice(0, h), slice(0, w)))
         p = self.hr_patch_px

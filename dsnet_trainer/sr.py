@@ -71,7 +71,7 @@ class SRDataConfig:
     ``window_width_hu``: HU window mapped to [-1, 1] (must match DSNet's). ``train_split`` /
     ``val_split``: shard splits; without ``val`` shards, the last ``val_fraction`` of patients
     (sorted by id) are held out. ``val_patch_px``: 0 = validate on whole slices, else a centred
-    square. ``val_max_slices``: 0 = all.
+    crop of at most that side. ``val_max_slices``: 0 = all.
     """
 
     scale: int = 4
@@ -161,7 +161,7 @@ class Stage2Config:
     feature_weight: float = 0.0
     milestones: tuple[int, ...] = ()
     gamma: float = 0.5
-    init_from: Literal["best", "last"] = "best"
+    init_from: Literal["best", "last"] = "last"
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.lr_g <= 0 or self.lr_d <= 0:

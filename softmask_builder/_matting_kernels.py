@@ -25,6 +25,7 @@ _LESION = 255
 # Status codes of solve_alpha.
 OK = 0
 NOT_POSITIVE_DEFINITE = 1
+TOO_LARGE = 2   # the skyline would exceed max_entries: nothing done, use the sparse fallback
 
 # No fast-math anywhere: every operation is an IEEE-rounded add/mul/div/sqrt in the order the
 # code states (SIMD only runs independent element-wise updates side by side), so the bytes of
@@ -345,15 +346,16 @@ def _solve_skyline(env, last, cptr, b):
 
 
 @njit(cache=True, nogil=True)
-def solve_alpha(image, trimap, eps, r, n, y0, y1, x0, x1, out):
+def solve_alpha(image, trimap, eps, r, n, y0, y1, x0, x1, max_entries, out):
     """Closed-form alpha of one crop into ``out`` (float32, same shape as ``image``).
 
     ``image`` float64 and ``trimap`` uint8 (0/128/255), C-contiguous, at least 2r+1 in each
     dimension, with ``n >= 1`` unknown pixels in the box [y0, y1) x [x0, x1) (from
-    :func:`scan_trimap`) and at least one known pixel. Returns OK or NOT_POSITIVE_DEFINITE.
+    :func:`scan_trimap`) and at least one known pixel. Returns OK, NOT_POSITIVE_DEFINITE, or
+    TOO_LARGE (then ``out`` is not written) when the factor would need more than
+    ``max_entries`` float64 values.
     """
     h, w = trimap.shape
-    known_alpha(trimap, out)
     # work region: unknown box grown by 2r; window centres: unknown box grown by r, kept at
     # least r from the image border (pymatting's windows).
     ry0 = max(y0 - 2 * r, 0)
@@ -384,6 +386,9 @@ def solve_alpha(image, trimap, eps, r, n, y0, y1, x0, x1, out):
             code[p] = newidx[u] if u >= 0 else (-1 if tri[y, x] == _LESION else -2)
             newmap[p] = newidx[u] if u >= 0 else n
     last, cptr = _skyline(newmap, ww, ys, xs, perm, 2 * r)
+    if cptr[n] > max_entries:
+        return TOO_LARGE
+    known_alpha(trimap, out)
     env, rhs = _assemble(imf, code, ww, cptr, n, eps, r, cy0, cy1, cx0, cx1)
     if not _cholesky_skyline(env, last, cptr):
         return NOT_POSITIVE_DEFINITE
@@ -399,27 +404,86 @@ def solve_alpha(image, trimap, eps, r, n, y0, y1, x0, x1, out):
 
 
 @njit(cache=True, nogil=True)
-def solve_many(images, trimaps, table, todo, eps, r, outs, status):
+def solve_many(images, trimaps, outs, table, todo, eps, r, max_entries, status):
     """:func:`solve_alpha` (or :func:`known_alpha` when a crop has no unknown pixel) for the
-    crops ``todo`` of a packed batch, in one call without the GIL.
+    crops ``todo`` of a batch, in one call without the GIL.
 
-    Crop i occupies ``[table[i, 0], table[i, 0] + h * w)`` of the flat ``images`` (float64),
-    ``trimaps`` (uint8) and ``outs`` (float32), with ``table[i] = (offset, h, w, n_unknown,
-    y0, y1, x0, x1)`` (the box from :func:`scan_trimap`). The status of crop i goes to
-    ``status[i]``.
+    ``images`` / ``trimaps`` / ``outs``: numba typed lists of the crops' float64 images, uint8
+    trimaps and float32 outputs; ``table[i] = (n_unknown, y0, y1, x0, x1)`` from
+    :func:`scan_trimap`. The status of crop i goes to ``status[i]``.
     """
     for q in range(todo.shape[0]):
         i = todo[q]
-        off = table[i, 0]
-        h = table[i, 1]
-        w = table[i, 2]
-        n = table[i, 3]
-        image = images[off:off + h * w].reshape((h, w))
-        trimap = trimaps[off:off + h * w].reshape((h, w))
-        out = outs[off:off + h * w].reshape((h, w))
-        if n == 0:
-            known_alpha(trimap, out)
+        if table[i, 0] == 0:
+            known_alpha(trimaps[i], outs[i])
             status[i] = OK
         else:
-            status[i] = solve_alpha(image, trimap, eps, r, n, table[i, 4], table[i, 5], table[i, 6],
-                                    table[i, 7], out)
+            status[i] = solve_alpha(images[i], trimaps[i], eps, r, table[i, 0], table[i, 1], table[i, 2],
+                                    table[i, 3], table[i, 4], max_entries, outs[i])
+
+
+@njit(cache=True, nogil=True)
+def assemble_triplets(image, trimap, eps, r, n):
+    """L_UU as (row, col, value) triplets (both triangles, duplicates to be summed) and
+    b = -L_UK a_K, unknown pixels numbered in raster order of the whole crop: the same sums as
+    :func:`_assemble` (see there), for the sparse-LU fallback of very large unknown regions."""
+    h, w = image.shape
+    size = 2 * r + 1
+    area = size * size
+    inv_area = 1.0 / area
+    uidx = np.full((h, w), -1, np.int64)
+    k = 0
+    for y in range(h):
+        for x in range(w):
+            if trimap[y, x] == _UNKNOWN:
+                uidx[y, x] = k
+                k += 1
+    count = 0
+    for cy in range(r, h - r):
+        for cx in range(r, w - r):
+            nu = 0
+            for yy in range(cy - r, cy + r + 1):
+                for xx in range(cx - r, cx + r + 1):
+                    nu += uidx[yy, xx] >= 0
+            count += nu * nu
+    rows = np.empty(count, np.int64)
+    cols = np.empty(count, np.int64)
+    vals = np.empty(count, np.float64)
+    rhs = np.zeros(n, np.float64)
+    cu = np.empty(area, np.float64)
+    ju = np.empty(area, np.int64)
+    e = 0
+    for cy in range(r, h - r):
+        for cx in range(r, w - r):
+            s = 0.0
+            for yy in range(cy - r, cy + r + 1):
+                for xx in range(cx - r, cx + r + 1):
+                    s += image[yy, xx]
+            mu = s * inv_area
+            var = 0.0
+            s_fg = 0.0
+            n_fg = 0
+            nu = 0
+            for yy in range(cy - r, cy + r + 1):
+                for xx in range(cx - r, cx + r + 1):
+                    d = image[yy, xx] - mu
+                    var += d * d
+                    if uidx[yy, xx] >= 0:
+                        ju[nu] = uidx[yy, xx]
+                        cu[nu] = d
+                        nu += 1
+                    elif trimap[yy, xx] == _LESION:
+                        s_fg += d
+                        n_fg += 1
+            if nu == 0:
+                continue
+            g = 1.0 / (var * inv_area + eps * inv_area)
+            for a in range(nu):
+                ga = g * cu[a]
+                for b in range(nu):
+                    rows[e] = ju[a]
+                    cols[e] = ju[b]
+                    vals[e] = (1.0 if a == b else 0.0) - (1.0 + ga * cu[b]) * inv_area
+                    e += 1
+                rhs[ju[a]] += (n_fg + ga * s_fg) * inv_area
+    return rows, cols, vals, rhs

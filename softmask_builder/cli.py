@@ -264,10 +264,10 @@ def phantom(out: Path, n_cases: int, seed: int) -> None:
 
 
 def _write_phantom(out: Path, n_cases: int, seed: int) -> dict:
-    from .phantom import write_sample
+    from .phantom import PHANTOM_VERSION, write_sample
 
     marker = out / "phantom.json"
-    wanted = {"n": n_cases, "seed": seed, "builder_version": __version__}
+    wanted = {"n": n_cases, "seed": seed, "builder_version": __version__, "phantom_version": PHANTOM_VERSION}
     if marker.is_file() and json.loads(marker.read_text()) == wanted and (out / "DL_info.csv").is_file():
         return {"out": str(out), **wanted, "reused": True}
     with _input_errors():

@@ -22,6 +22,12 @@ from .errors import InputError, SoftMaskError
 
 __all__ = ["closed_form_alpha", "closed_form_alpha_batch"]
 
+# Largest skyline factor (float64 values) of the banded solver: 2**26 values = 512 MiB. Only a
+# huge unknown region (a filled disc of ~150 px radius) gets there; it goes to the sparse-LU
+# fallback instead (same system, exact too, slower on rings, but with nested fill-reducing
+# ordering its memory grows only like n log n).
+_MAX_SKYLINE_ENTRIES = 1 << 26
+
 
 def closed_form_alpha(image, trimap, *, eps: float = 1e-7, radius: int = 1) -> np.ndarray:
     """Soft Mask alpha of one crop by closed-form matting (Levin et al. 2008, DSNet Eq. 8).
@@ -149,21 +155,20 @@ def closed_form_alpha_batch(images: Sequence, trimaps: Sequence, *, eps: float =
     if n_images == 0:
         return []
     eps_f, radius_i = jobs[0][3], jobs[0][4]
-    # Pack the batch into flat buffers so that each worker thread solves all its crops in one
-    # numba call that releases the GIL once (per-crop calls made the threads queue on the GIL).
-    sizes = np.array([job[0].size for job in jobs], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    images_flat = np.concatenate([job[0].ravel() for job in jobs])
-    trimaps_flat = np.concatenate([job[1].ravel() for job in jobs])
-    table = np.empty((n_images, 8), np.int64)   # offset, rows, cols, n_unknown, unknown box
-    for i, (img, _, scan, _, _) in enumerate(jobs):
-        table[i] = (offsets[i], img.shape[0], img.shape[1], scan[1], *scan[4:8])
-    outs_flat = np.empty(int(sizes.sum()), np.float32)
+    # Each worker thread solves all its crops in one numba call that releases the GIL once
+    # (per-crop calls made the threads queue on the GIL); the crops travel as typed lists.
+    from numba.typed import List
+
+    images_l = List([job[0] for job in jobs])
+    trimaps_l = List([job[1] for job in jobs])
+    outs = [np.empty(job[0].shape, np.float32) for job in jobs]
+    outs_l = List(outs)
+    table = np.array([[job[2][1], *job[2][4:8]] for job in jobs], np.int64)   # n_unknown, unknown box
     status = np.zeros(n_images, np.int64)
     n_threads = int(min(n_threads, n_images))
     # Static longest-first assignment by estimated cost (unknown pixels, plus the per-pixel
     # passes over the crop); the arithmetic of a crop does not depend on its thread.
-    cost = table[:, 3] + sizes // 64
+    cost = table[:, 0] + np.array([job[0].size for job in jobs]) // 64
     loads = [0] * n_threads
     shares = [[] for _ in range(n_threads)]
     for i in sorted(range(n_images), key=lambda j: (-cost[j], j)):
@@ -173,17 +178,21 @@ def closed_form_alpha_batch(images: Sequence, trimaps: Sequence, *, eps: float =
     todo = [np.array(share, np.int64) for share in shares]
 
     def run(t):
-        _k.solve_many(images_flat, trimaps_flat, table, todo[t], eps_f, radius_i, outs_flat, status)
+        _k.solve_many(images_l, trimaps_l, outs_l, table, todo[t], eps_f, radius_i, _MAX_SKYLINE_ENTRIES, status)
 
     if n_threads == 1:
         run(0)
     else:
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
             list(pool.map(run, range(n_threads)))
+    for i in np.flatnonzero(status == _k.TOO_LARGE):
+        img, tri, scan = jobs[i][:3]
+        _solve_sparse_lu(img, tri, scan[1], eps_f, radius_i, outs[i])
+        status[i] = _k.OK
     bad = np.flatnonzero(status != _k.OK)
     if bad.size:
         _raise_not_spd(f"images[{bad[0]}]", eps_f)
-    return [outs_flat[offsets[i]:offsets[i] + sizes[i]].reshape(jobs[i][0].shape).copy() for i in range(n_images)]
+    return outs
 
 
 def _available_cpus() -> int:
@@ -230,8 +239,24 @@ def _solve_into(img, tri, scan, eps, radius, out, image_name):
     if n_unk == 0:
         _k.known_alpha(tri, out)
         return
-    if _k.solve_alpha(img, tri, eps, radius, n_unk, y0, y1, x0, x1, out) != _k.OK:
+    status = _k.solve_alpha(img, tri, eps, radius, n_unk, y0, y1, x0, x1, _MAX_SKYLINE_ENTRIES, out)
+    if status == _k.TOO_LARGE:
+        _solve_sparse_lu(img, tri, n_unk, eps, radius, out)
+    elif status != _k.OK:
         _raise_not_spd(image_name, eps)
+
+
+def _solve_sparse_lu(img, tri, n_unk, eps, radius, out):
+    """Fallback for very large unknown regions: the same L_UU and right-hand side, solved by
+    scipy's SuperLU with a minimum-degree ordering of L_UU + L_UU^T (exact, direct)."""
+    import scipy.sparse
+    import scipy.sparse.linalg
+
+    rows, cols, vals, rhs = _k.assemble_triplets(img, tri, eps, radius, n_unk)
+    l_uu = scipy.sparse.csc_matrix((vals, (rows, cols)), shape=(n_unk, n_unk))
+    alpha_u = scipy.sparse.linalg.spsolve(l_uu, rhs, permc_spec="MMD_AT_PLUS_A")
+    _k.known_alpha(tri, out)
+    out[tri == _k._UNKNOWN] = np.clip(alpha_u, 0.0, 1.0)
 
 
 def _raise_not_spd(image_name, eps):

@@ -61,6 +61,9 @@ from scipy import ndimage
 from .errors import InputError
 from .recist import Recist
 
+#: Bumped whenever the same seed would render different images or truth (cache keys may use it).
+PHANTOM_VERSION = 1
+
 KINDS: tuple[str, ...] = ("solid", "lobulated", "spiculated", "ground_glass", "juxta_pleural", "vessel_attached")
 
 #: The official DL_info.csv header (DeepLesion, NIH Clinical Center), in order.
@@ -228,6 +231,7 @@ class NoduleShape:
 
     @classmethod
     def sphere(cls, center_mm, radius_mm: float) -> "NoduleShape":
+        """A ball of ``radius_mm`` around ``center_mm`` (x, y, z) in mm."""
         return cls(tuple(float(v) for v in center_mm), float(radius_mm))
 
     @property
@@ -761,10 +765,16 @@ def generate_case(rng_or_seed, *, kind: str, diameter_mm: float, shape: tuple[in
     patient_index, study_index, series_index, key_slice_index, split, patient_gender,
     patient_age : DeepLesion identifiers and demographics (``key_slice_index`` drawn when None).
 
+    Returns
+    -------
+    PhantomCase
+
     Raises
     ------
     InputError
-        Unknown kind, diameter or shape out of range, bad ids.
+        Unknown kind, diameter, shape, PSF or noise out of range, bad ids; or a nodule section
+        with fewer than 3 pixels >= 0.5 (possible only near the 2 mm minimum; never seen at 3 mm
+        in 240 trials), which has no RECIST mark.
     """
     if kind not in KINDS:
         raise InputError(f"kind must be one of {KINDS}, got {kind!r}")

@@ -39,8 +39,8 @@ class LabelParams:
     consensus : reader fraction for the LIDC binary ground truth (0.5 = 50 % consensus).
     """
 
-    band_px: float = 2.0
-    eps: float = 1e-7
+    band_px: float = 1.0
+    eps: float = 1e-3
     radius: int = 1
     window_level_hu: float = -600.0
     window_width_hu: float = 1500.0

@@ -197,6 +197,24 @@ def test_batch_equals_single_byte_for_byte():
     assert closed_form_alpha_batch([], []) == []
 
 
+def test_sparse_lu_fallback_for_huge_factors(monkeypatch):
+    # Unknown regions whose banded factor would exceed the memory cap go to scipy's SuperLU on
+    # the same system: force it with a cap of 0 and compare with the exact solve.
+    from softmask_builder import matting
+
+    cases = [c for c in CASES if c[0] in ("random-0", "border-band", "two-blobs", "radius-2", "tiny-5x7")]
+    monkeypatch.setattr(matting, "_MAX_SKYLINE_ENTRIES", 0)
+    for name, image, trimap, eps, radius in cases:
+        got = closed_form_alpha(image, trimap, eps=eps, radius=radius)
+        assert np.abs(got - _exact_alpha(image, trimap, eps, radius)).max() <= EXACT_TOL, name
+        np.testing.assert_array_equal(got[trimap != 128], trimap[trimap != 128] / 255.0)
+    images = [c[1] for c in cases if c[4] == 1]
+    trimaps = [c[2] for c in cases if c[4] == 1]
+    single = [closed_form_alpha(i, t) for i, t in zip(images, trimaps)]
+    batch = closed_form_alpha_batch(images, trimaps, n_threads=2)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(single, batch))
+
+
 def test_repeated_calls_are_identical():
     image, mask = _nodule((48, 48), 9)
     trimap = _trimap(mask, 3)
