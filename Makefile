@@ -15,7 +15,7 @@ STAMP    := $(VENV)/.installed
 export SOFTMASK_SHARED_DATA ?= $(SHARED_DATA)
 
 .PHONY: setup test test-all lnsm lidc masks slices release preview bench bench-accuracy bench-build \
-        pretrain-sr train evaluate clean
+        pretrain-sr train evaluate bench-loader figures clean
 
 setup: $(STAMP)
 
@@ -71,8 +71,27 @@ release: $(STAMP)
 bench-build: $(STAMP)
 	$(PY) benchmarks/bench_build.py
 
+# Speed: new vs reference, side by side in one run, ratios printed.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_matting.py
+	$(PY) benchmarks/bench_trimap.py
+
+bench-loader: $(STAMP)
+	$(PY) benchmarks/bench_loader.py
+
+figures: $(STAMP)
+	$(PY) benchmarks/figures_real.py --data "$(SHARED_DATA)" --out docs/img
+
+# --- trainer --------------------------------------------------------------------------------
+# SR teacher on full slices: the phantom sample's slices, or DEEPLESION= slices.
+SR_SOURCE ?= build/phantom
+SR_SLICES ?= build/sample-slices
+SR_CONFIG ?= sr_tiny
+TEACHER  ?= runs/sr-$(SR_CONFIG)/teacher.pt
+pretrain-sr: $(STAMP)
+	$(if $(DEEPLESION),,$(BIN)/softmask phantom --out "$(SR_SOURCE)" > /dev/null)
+	$(BIN)/softmask build slices "$(if $(DEEPLESION),$(DEEPLESION),$(SR_SOURCE))" --recipe slices --out "$(SR_SLICES)" --no-progress > /dev/null
+	$(BIN)/dsnet pretrain-sr --data "$(SR_SLICES)" --out runs/sr-$(SR_CONFIG) --config $(SR_CONFIG) --resume auto
 
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/bench_accuracy.py

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -60,18 +61,29 @@ def _time_call(net, x, device) -> float:
     return time.perf_counter() - t0
 
 
-def measure(net, *, crop_px: int, batch: int, repeats: int, device: torch.device) -> dict[str, float]:
-    """Latency (ms per crop at batch 1, median) and throughput (crops/s at ``batch``, best)."""
-    net = net.to(device).eval()
+def measure(nets: dict, *, crop_px: int, batch: int, repeats: int, device: torch.device) -> dict[str, dict]:
+    """Per network: latency (ms per crop at batch 1, median) and throughput (crops/s at ``batch``,
+    best call). Calls alternate between the networks so that load from other processes on a shared
+    machine falls on all of them alike."""
     x1 = torch.rand(1, 1, crop_px, crop_px, device=device) * 2 - 1
     xb = torch.rand(batch, 1, crop_px, crop_px, device=device) * 2 - 1
+    lat: dict[str, list[float]] = {k: [] for k in nets}
+    thr: dict[str, list[float]] = {k: [] for k in nets}
     with torch.inference_mode():
-        for _ in range(3):
-            net(x1)
-        lat = [_time_call(net, x1, device) for _ in range(repeats)]
-        net(xb)
-        thr = [_time_call(net, xb, device) for _ in range(max(1, repeats // 5))]
-    return {"latency_ms_b1": 1000 * statistics.median(lat), "crops_per_s": batch / min(thr)}
+        for net in nets.values():
+            net.to(device).eval()
+            for _ in range(3):
+                net(x1)
+        for _ in range(repeats):
+            for k, net in nets.items():
+                lat[k].append(_time_call(net, x1, device))
+        for net in nets.values():
+            net(xb)
+        for _ in range(max(1, repeats // 5)):
+            for k, net in nets.items():
+                thr[k].append(_time_call(net, xb, device))
+    return {k: {"latency_ms_b1": 1000 * statistics.median(lat[k]), "crops_per_s": batch / min(thr[k])}
+            for k in nets}
 
 
 def main() -> None:
@@ -98,14 +110,14 @@ def main() -> None:
         "unet": build_seg_model("unet", **kw),
         "dsnet": build_seg_model("dsnet", teacher=_teacher(args.preset, args.teacher), teacher_mode=mode, **kw),
     }
-    results = {}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    results = measure(nets, crop_px=args.crop, batch=args.batch, repeats=args.repeats, device=device)
     for name, net in nets.items():
-        n_params = sum(p.numel() for p in net.parameters())
-        results[name] = {"params": n_params, **measure(net, crop_px=args.crop, batch=args.batch,
-                                                         repeats=args.repeats, device=device)}
+        results[name]["params"] = sum(p.numel() for p in net.parameters())
+    print(f"load average before the run: {load:.2f} (on {os.cpu_count()} CPUs)")
     print(f"preset {args.preset}, widths {list(seg.model.widths)}, teacher mode {mode}, crop {args.crop}x{args.crop}, "
           f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}")
-    print(f"| network | parameters | latency @ batch 1 (ms/crop) | throughput @ batch {args.batch} (crops/s) |")
+    print(f"| network | parameters (incl. frozen teacher) | latency @ batch 1 (ms/crop) | throughput @ batch {args.batch} (crops/s) |")
     print("|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['params']:,} | {r['latency_ms_b1']:.2f} | {r['crops_per_s']:.1f} |")

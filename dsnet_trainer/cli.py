@@ -79,6 +79,22 @@ def pretrain_sr_cmd(data, val_data, out, config, sets, resume, device, amp, work
         click.echo(f"run folder: {result.out}")
 
 
+@main.command("teacher-info")
+@click.argument("teacher", type=click.Path())
+def teacher_info_cmd(teacher):
+    """Print what an exported SR teacher file holds (scale, HU window, feature channels, metrics) as JSON."""
+    import json
+
+    from softmask_builder.errors import SoftMaskError
+
+    try:
+        from .sr import teacher_summary
+
+        click.echo(json.dumps(teacher_summary(teacher), indent=1, sort_keys=True))
+    except SoftMaskError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 # DSNet commands (train, evaluate, predict, export) live in cli_seg.py and are attached here by
 # the lead with main.add_command(...).
 

@@ -736,8 +736,10 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_curves(jsonl_path: str | Path, png_path: str | Path, *, title: str = "") -> Path:
-    """One panel per numeric metric, x = optimiser step, one line per ``phase``; saved as PNG."""
+def plot_curves(jsonl_path: str | Path, png_path: str | Path, *, title: str = "",
+                skip: tuple[str, ...] = ("n", "val_n")) -> Path:
+    """One panel per numeric metric (except ``skip``), x = optimiser step, one line per
+    ``phase``; saved as PNG."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -747,7 +749,7 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path, *, title: str = ""
     for r in rows:
         phase = str(r.get("phase", ""))
         for k, v in r.items():
-            if k in ("phase", "epoch", "step") or not isinstance(v, (int, float)) or isinstance(v, bool):
+            if k in ("phase", "epoch", "step", *skip) or not isinstance(v, (int, float)) or isinstance(v, bool):
                 continue
             if not math.isfinite(float(v)):
                 continue

@@ -620,7 +620,7 @@ def _run_stage1(cfg: SRConfig, data: SRData, out: Path, ctx: DistContext, prec: 
             prec.update()
             total += float(loss.detach())
             count += 1
-            st.after_step(state, epoch, {"loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]})
+            st.after_step(state, epoch, {"loss": float(loss.detach())})
         engine.sync_buffers(gen, ctx)
         return {"loss": _mean_over_ranks(total, count, ctx)}
 
@@ -709,7 +709,7 @@ def _run_stage2(cfg: SRConfig, data: SRData, out: Path, ctx: DistContext, prec: 
             for k, v in row.items():
                 sums[k] += v
             count += 1
-            st.after_step(state, epoch, {**row, "lr": opt_g.param_groups[0]["lr"]})
+            st.after_step(state, epoch, row)
         engine.sync_buffers(gen, ctx)
         engine.sync_buffers(disc, ctx)
         return {k: _mean_over_ranks(v, count, ctx) for k, v in sums.items()}

@@ -1,10 +1,11 @@
 """Numba kernels of :mod:`softmask_builder.matting` (private).
 
 :func:`solve_alpha` does the whole closed-form solve of one crop without the GIL: index the
-unknown pixels, order them (reversed breadth-first search), assemble the unknown block of the matting
-Laplacian straight into skyline (variable-band) storage, factor it by Cholesky, solve, clip.
-Every work array is allocated inside, so calls from several threads share nothing, and the
-arithmetic does not depend on the thread, so a batch gives the same bytes as single calls.
+unknown pixels, order them (reversed breadth-first search), assemble the unknown block of the
+matting Laplacian straight into skyline (variable-band) storage, factor it by Cholesky, solve,
+clip. Every work array is allocated inside, so calls from several threads share nothing, and
+the arithmetic does not depend on the thread, so a batch gives the same bytes as single calls.
+:func:`assemble_triplets` builds the same system as sparse triplets for the SuperLU fallback.
 
 Notation: ``r`` window radius, ``|w| = (2r+1)^2`` pixels per window, ``U`` the unknown pixels
 (trimap 128), ``n = |U|``. Unknown pixels are numbered twice: ``raster`` (row-major scan of the
@@ -401,25 +402,6 @@ def solve_alpha(image, trimap, eps, r, n, y0, y1, x0, x1, max_entries, out):
             a = 1.0
         out[ry0 + ys[i], rx0 + xs[i]] = a
     return OK
-
-
-@njit(cache=True, nogil=True)
-def solve_many(images, trimaps, outs, table, todo, eps, r, max_entries, status):
-    """:func:`solve_alpha` (or :func:`known_alpha` when a crop has no unknown pixel) for the
-    crops ``todo`` of a batch, in one call without the GIL.
-
-    ``images`` / ``trimaps`` / ``outs``: numba typed lists of the crops' float64 images, uint8
-    trimaps and float32 outputs; ``table[i] = (n_unknown, y0, y1, x0, x1)`` from
-    :func:`scan_trimap`. The status of crop i goes to ``status[i]``.
-    """
-    for q in range(todo.shape[0]):
-        i = todo[q]
-        if table[i, 0] == 0:
-            known_alpha(trimaps[i], outs[i])
-            status[i] = OK
-        else:
-            status[i] = solve_alpha(images[i], trimaps[i], eps, r, table[i, 0], table[i, 1], table[i, 2],
-                                    table[i, 3], table[i, 4], max_entries, outs[i])
 
 
 @njit(cache=True, nogil=True)

@@ -121,9 +121,10 @@ def closed_form_alpha_batch(images: Sequence, trimaps: Sequence, *, eps: float =
     n_threads : int or None, keyword-only
         Worker threads (>= 1). None: the number of CPUs this process may run on. Capped at
         the number of crops. Each thread solves its share of the crops (assigned longest
-        first by estimated cost) in one numba call that releases the GIL, so the threads run
-        in parallel; each crop is solved by the same kernel as the single call, so the result
-        does not depend on the number of threads. Under a process pool, pass 1.
+        first by estimated cost) with the numba kernel of the single call, which releases the
+        GIL, so the threads run in parallel; each crop is solved by the same code as the single
+        call, so the result does not depend on the number of threads. Under a process pool,
+        pass 1.
 
     Returns
     -------
@@ -154,44 +155,31 @@ def closed_form_alpha_batch(images: Sequence, trimaps: Sequence, *, eps: float =
             for i in range(n_images)]
     if n_images == 0:
         return []
-    eps_f, radius_i = jobs[0][3], jobs[0][4]
-    # Each worker thread solves all its crops in one numba call that releases the GIL once
-    # (per-crop calls made the threads queue on the GIL); the crops travel as typed lists.
-    from numba.typed import List
-
-    images_l = List([job[0] for job in jobs])
-    trimaps_l = List([job[1] for job in jobs])
     outs = [np.empty(job[0].shape, np.float32) for job in jobs]
-    outs_l = List(outs)
-    table = np.array([[job[2][1], *job[2][4:8]] for job in jobs], np.int64)   # n_unknown, unknown box
-    status = np.zeros(n_images, np.int64)
     n_threads = int(min(n_threads, n_images))
     # Static longest-first assignment by estimated cost (unknown pixels, plus the per-pixel
-    # passes over the crop); the arithmetic of a crop does not depend on its thread.
-    cost = table[:, 0] + np.array([job[0].size for job in jobs]) // 64
+    # passes over the crop). Each thread runs the single-crop kernel on its share; the kernel
+    # releases the GIL, so the threads only meet on the GIL for the few microseconds of each
+    # call's dispatch. A crop's arithmetic does not depend on its thread.
+    cost = [job[2][1] + job[0].size // 64 for job in jobs]
     loads = [0] * n_threads
     shares = [[] for _ in range(n_threads)]
     for i in sorted(range(n_images), key=lambda j: (-cost[j], j)):
         t = loads.index(min(loads))
         shares[t].append(i)
-        loads[t] += int(cost[i])
-    todo = [np.array(share, np.int64) for share in shares]
+        loads[t] += cost[i]
 
-    def run(t):
-        _k.solve_many(images_l, trimaps_l, outs_l, table, todo[t], eps_f, radius_i, _MAX_SKYLINE_ENTRIES, status)
+    def run(share):
+        for i in share:
+            img, tri, scan, eps_i, radius_i = jobs[i]
+            _solve_into(img, tri, scan, eps_i, radius_i, outs[i], f"images[{i}]")
 
     if n_threads == 1:
-        run(0)
+        run(shares[0])
     else:
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
-            list(pool.map(run, range(n_threads)))
-    for i in np.flatnonzero(status == _k.TOO_LARGE):
-        img, tri, scan = jobs[i][:3]
-        _solve_sparse_lu(img, tri, scan[1], eps_f, radius_i, outs[i])
-        status[i] = _k.OK
-    bad = np.flatnonzero(status != _k.OK)
-    if bad.size:
-        _raise_not_spd(f"images[{bad[0]}]", eps_f)
+            for future in [pool.submit(run, share) for share in shares]:
+                future.result()
     return outs
 
 

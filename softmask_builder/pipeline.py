@@ -105,13 +105,14 @@ def label_from_readers(image_hu, reader_masks: Sequence[np.ndarray], params: Lab
 
 
 def label_from_recist(image_hu, recist, params: LabelParams = LabelParams(), *, sample_id=None) -> Labels:
-    """Strategy 3: GrabCut seeded by the RECIST axes -> mask -> strategy-1 trimap -> matting;
-    binary mask = binarized Soft Mask (alpha >= 0.5)."""
-    from .recist import mask_from_recist
-    from .trimap import trimap_from_mask
+    """Strategy 3: GrabCut seeded by the RECIST axes and kept inside the region the mark allows ->
+    mask -> strategy-1 trimap with the axes' inner part as lesion and background outside the
+    region (:func:`.recist.trimap_from_recist`) -> matting; binary mask = binarized Soft Mask
+    (alpha >= 0.5), hence also inside the region."""
+    from .recist import trimap_from_recist
 
     image01 = _windowed(image_hu, params, sample_id)
-    mask = mask_from_recist(image01, recist, iterations=params.grabcut_iterations, sample_id=sample_id)
-    trimap = trimap_from_mask(mask, band_px=params.band_px, sample_id=sample_id)
+    trimap, _ = trimap_from_recist(image01, recist, band_px=params.band_px, iterations=params.grabcut_iterations,
+                                   sample_id=sample_id)
     alpha = _alpha(image01, trimap, params)
     return Labels(trimap, alpha, alpha >= 0.5)

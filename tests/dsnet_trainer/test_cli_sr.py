@@ -59,3 +59,19 @@ def test_light_modules_do_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_teacher_info(tmp_path, slice_shards):
+    import json
+
+    res = _run(["--data", str(slice_shards), "--out", str(tmp_path / "run"), *QUICK, "-s", "stage2.epochs=0",
+                "-s", "export_from=srresnet"])
+    assert res.exit_code == 0, res.output
+    info = CliRunner().invoke(main, ["teacher-info", str(tmp_path / "run" / "teacher.pt")])
+    assert info.exit_code == 0, info.output
+    summary = json.loads(info.output)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert summary["metrics"] == report["srresnet"] and summary["scale"] == 4
+    assert summary["feature_channels"] == 16 and summary["window_level_hu"] == -600.0
+    bad = CliRunner().invoke(main, ["teacher-info", str(tmp_path / "none.pt")])
+    assert bad.exit_code == 1 and "none.pt" in bad.output

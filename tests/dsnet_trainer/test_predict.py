@@ -20,7 +20,6 @@ def run(tmp_path_factory):
 
 
 def _write_dicom(path, stored: np.ndarray, *, slope: float, intercept: float):
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

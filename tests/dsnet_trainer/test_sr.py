@@ -146,3 +146,12 @@ def test_bad_inputs_name_file_or_key(tmp_path, slice_shards):
                     out=tmp_path / "r3")
     with pytest.raises(CheckpointError, match="ghost.pt"):
         pretrain_sr(cfg, data=slice_shards, out=tmp_path / "r4", resume=tmp_path / "ghost.pt")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_teacher_on_cuda_with_amp(tmp_path, slice_shards, amp):
+    cfg = load_config(SRConfig, "sr_tiny", SHORT_RUN + ["loop.device=cuda", f"loop.amp={amp}"])
+    report = pretrain_sr(cfg, data=slice_shards, out=tmp_path / amp).report
+    assert np.isfinite(report["srgan"]["psnr"]) and report["srgan"]["psnr"] > report["bicubic"]["psnr"] + 0.5
