@@ -84,7 +84,7 @@ figures: $(STAMP)
 
 # --- trainer --------------------------------------------------------------------------------
 # SR teacher on full slices: the phantom sample's slices, or DEEPLESION= slices.
-SR_SOURCE ?= build/phantom
+SR_SOURCE ?= build/lnsm/phantom-source
 SR_SLICES ?= build/sample-slices
 SR_CONFIG ?= sr_tiny
 TEACHER  ?= runs/sr-$(SR_CONFIG)/teacher.pt
@@ -92,6 +92,19 @@ pretrain-sr: $(STAMP)
 	$(if $(DEEPLESION),,$(BIN)/softmask phantom --out "$(SR_SOURCE)" > /dev/null)
 	$(BIN)/softmask build slices "$(if $(DEEPLESION),$(DEEPLESION),$(SR_SOURCE))" --recipe slices --out "$(SR_SLICES)" --no-progress > /dev/null
 	$(BIN)/dsnet pretrain-sr --data "$(SR_SLICES)" --out runs/sr-$(SR_CONFIG) --config $(SR_CONFIG) --resume auto
+
+# DSNet on the LNSM shards (`make lnsm` first; it is run if absent). VARIANT= picks a Table
+# III/IV/V row (unet, backbone, sr_input, drtm, drtm_soft, dsnet, dsnet_no_detail, ...).
+SEG_CONFIG ?= seg_tiny
+LNSM_DIR   ?= build/lnsm
+SEG_RUN    ?= runs/$(SEG_CONFIG)$(if $(VARIANT),-$(VARIANT),)
+train: $(STAMP)
+	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
+	$(if $(filter unet backbone,$(VARIANT)),,@test -f "$(TEACHER)" || $(MAKE) pretrain-sr)
+	$(BIN)/dsnet train --config $(SEG_CONFIG) --data "$(LNSM_DIR)" --teacher "$(TEACHER)" --out "$(SEG_RUN)" $(if $(VARIANT),--variant $(VARIANT),)
+
+evaluate: $(STAMP)
+	$(BIN)/dsnet evaluate --checkpoint "$(SEG_RUN)/checkpoints/best.pt" --data "$(LNSM_DIR)"
 
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/bench_accuracy.py

@@ -95,8 +95,10 @@ def teacher_info_cmd(teacher):
         raise click.ClickException(str(exc)) from exc
 
 
-# DSNet commands (train, evaluate, predict, export) live in cli_seg.py and are attached here by
-# the lead with main.add_command(...).
+# DSNet commands (train, evaluate, compare, predict, export) live in cli_seg.py.
+from .cli_seg import register as _register_seg  # noqa: E402
+
+_register_seg(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

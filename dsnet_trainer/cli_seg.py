@@ -34,7 +34,7 @@ def _friendly(fn):
 @click.command("train")
 @click.option("--config", "config", default="seg_tiny", show_default=True,
               help="YAML/JSON file or packaged name (seg_tiny, seg_paper).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set model.variant=unet --set optim.epochs=3 (repeatable).")
 @click.option("--variant", default=None, help="Shortcut for --set model.variant=NAME.")
 @click.option("--data", default=None, help="Shortcut for --set data.root=PATH.")

@@ -382,6 +382,8 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
     loop = cfg.loop
     ctx = engine.init_distributed(loop.device)
     try:
+        if loop.num_threads:
+            torch.set_num_threads(loop.num_threads)
         engine.seed_everything(loop.seed)
         out = engine.prepare_run_dir(cfg.out, cfg, ctx=ctx, seed=loop.seed, command=command,
                                      extra={"variant": variant.to_dict()})

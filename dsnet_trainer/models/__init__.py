@@ -22,7 +22,12 @@ REGISTRY: dict[str, str] = {
     # SR teacher (Sec. III-B3 (1)): SRResNet generator and SRGAN's VGG-style discriminator.
     "srresnet": "dsnet_trainer.models.srresnet:SRResNet",
     "sr_vgg": "dsnet_trainer.models.sr_discriminator:VGGDiscriminator",
-    # DSNet and its parts are registered here by the segmentation modules (models/dsnet.py ...).
+    # DSNet (Sec. III-B/C) and its parts; "segnet" builds any Table III/IV/V variant by name.
+    "unet": "dsnet_trainer.models.unet:UNet",
+    "cbam_unet": "dsnet_trainer.models.unet:CBAMUNet",
+    "drtm": "dsnet_trainer.models.drtm:DRTM",
+    "pixel_disc": "dsnet_trainer.models.discriminator:PixelDiscriminator",
+    "segnet": "dsnet_trainer.models.dsnet:build_seg_model",
 }
 
 

@@ -1,5 +1,6 @@
-"""RECIST marks: geometry by hand, DeepLesion parsing against DL_info's own columns, GrabCut masks
-against synthetic lesions of known truth (the mark measured from the truth in this file)."""
+"""RECIST marks: geometry by hand, DeepLesion parsing against DL_info's own columns, the region a
+mark allows against random lesions measured by brute force, GrabCut masks and trimaps against
+synthetic lesions of known truth (the mark measured from the truth in this file)."""
 
 import math
 from pathlib import Path
@@ -10,9 +11,13 @@ import pytest
 from scipy import ndimage
 
 from softmask_builder.crop import crop_image, crop_plan
+from softmask_builder._validate import TRIMAP_BACKGROUND, TRIMAP_LESION, TRIMAP_UNKNOWN
 from softmask_builder.errors import InputError, RecistError
 from softmask_builder.metrics import dice
-from softmask_builder.recist import Recist, mask_from_recist, recist_ellipse, validate_recist
+from softmask_builder.pipeline import LabelParams, label_from_recist
+from softmask_builder.recist import (Recist, _Bounds, mask_from_recist, recist_ellipse, recist_region,
+                                     trimap_from_recist, trimap_from_recist_mask, validate_recist)
+from softmask_builder.trimap import trimap_from_mask
 from softmask_builder.window import window_hu
 
 
@@ -35,15 +40,47 @@ def measure_recist(mask: np.ndarray) -> Recist:
     return Recist(a, b, a + best * u + t[sel].min() * v, a + best * u + t[sel].max() * v)
 
 
-def lung_phantom(lesion, *, vessel=None, seed=0, blur=0.7):
+def longest_chord_recist(mask: np.ndarray) -> Recist:
+    """RECIST measured exactly: the long axis is the farthest pair over ALL pairs of pixel centres
+    (brute force, no hull), the short axis the widest 1-px bin of pixels perpendicular to it."""
+    pts = np.argwhere(mask).astype(np.float64)
+    d2 = ((pts[:, None] - pts[None]) ** 2).sum(-1)
+    i, j = np.unravel_index(np.argmax(d2), d2.shape)
+    a, b = pts[i], pts[j]
+    u = (b - a) / np.linalg.norm(b - a)
+    v = np.array([-u[1], u[0]])
+    s, t = (pts - a) @ u, (pts - a) @ v
+    bins = np.round(s)
+    best = max(np.unique(bins), key=lambda k: np.ptp(t[bins == k]))
+    sel = bins == best
+    return Recist(a, b, a + best * u + t[sel].min() * v, a + best * u + t[sel].max() * v)
+
+
+def random_lesion(rng, convex: bool, size: int = 48) -> np.ndarray:
+    """A random convex polygon (hull of 3-8 points), or a random lobulated star (not convex)."""
+    if convex:
+        mask = np.zeros((size, size), np.uint8)
+        centre = rng.uniform(14, size - 14, 2)
+        pts = centre + rng.normal(0, rng.uniform(2, 9), (int(rng.integers(3, 9)), 2))
+        hull = cv2.convexHull(np.round(np.clip(pts, 1, size - 2)[:, ::-1] * 16).astype(np.int32))
+        cv2.fillConvexPoly(mask, hull, 1, shift=4)
+        return mask.astype(bool)
+    rr, cc = np.mgrid[0:size, 0:size]
+    ang, rad = np.arctan2(rr - size / 2, cc - size / 2), np.hypot(rr - size / 2, cc - size / 2)
+    r0, k = rng.uniform(4, 12), int(rng.integers(2, 7))
+    return rad <= r0 * (1 + rng.uniform(0.1, 0.5) * np.cos(k * ang + rng.uniform(0, 2 * np.pi)))
+
+
+def lung_phantom(lesion, *, vessel=None, seed=0, blur=0.7, lesion_hu=20.0, vessel_hu=60.0):
     """Lung window image (level -600, width 1500) of a solid lesion (20 HU) in textured
-    parenchyma (-850 HU), with an optional vessel (60 HU); Gaussian blur ~ the scanner's PSF."""
+    parenchyma (-850 HU), with an optional vessel or chest wall (60 HU); 20 HU noise; Gaussian
+    blur ~ the scanner's PSF."""
     rng = np.random.default_rng(seed)
     shape = lesion.shape
     hu = -850 + 25 * rng.standard_normal(shape) + 120 * ndimage.gaussian_filter(rng.standard_normal(shape), 3)
     if vessel is not None:
-        hu[vessel] = 60 + 20 * rng.standard_normal(int(vessel.sum()))
-    hu[lesion] = 20 + 20 * rng.standard_normal(int(lesion.sum()))
+        hu[vessel] = vessel_hu + 20 * rng.standard_normal(int(vessel.sum()))
+    hu[lesion] = lesion_hu + 20 * rng.standard_normal(int(lesion.sum()))
     if blur:
         hu = ndimage.gaussian_filter(hu, blur)
     return window_hu(hu, level_hu=-600, width_hu=1500)
@@ -280,3 +317,190 @@ def test_ellipse_passes_through_the_endpoints():
         rr, cc = np.round(np.array([r, c]) + d / np.linalg.norm(d)).astype(int)
         assert not inside[rr, cc] and grown[rr, cc]
     assert math.isclose(rec.center_rc[0], 14.0) and math.isclose(rec.center_rc[1], 20.0)
+
+
+# ---- the region a mark allows ----------------------------------------------------------------
+
+@pytest.mark.parametrize("convex", [True, False], ids=["convex", "lobulated"])
+def test_region_contains_every_pixel_of_the_lesion(convex):
+    # The geometric claim, checked against an independent exact measurement: with the long axis
+    # the farthest pair of pixel centres, every pixel centre lies in the lens and slab (tol 0).
+    rng = np.random.default_rng(1 if convex else 2)
+    checked = 0
+    for _ in range(40):
+        truth = random_lesion(rng, convex)
+        if truth.sum() < 3:
+            continue
+        try:
+            rec = validate_recist(longest_chord_recist(truth), truth.shape)
+        except RecistError:  # a lobulated mask whose widest perpendicular bin misses the long axis
+            continue
+        region = recist_region(rec, truth.shape, tol_px=0.0)
+        assert not (truth & ~region).any()
+        # The short axis' bound (convex lesions) with its margin holds for these shapes too.
+        rr, cc = np.nonzero(truth)
+        assert _Bounds(rec).allowed(rr.astype(float), cc.astype(float), 0.0).all()
+        checked += 1
+    assert checked >= 30
+
+
+def test_region_is_the_lens_cut_by_the_slab():
+    # Direct evaluation of the definition, and the lens' area (2 pi / 3 - sqrt(3) / 2) L^2.
+    rec = Recist((40.0, 30.0), (70.0, 70.0), (62.0, 40.0), (48.0, 60.0))  # oblique, L = 50
+    shape = (120, 110)
+    rr, cc = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+    a, b = np.array(rec.long_a), np.array(rec.long_b)
+    for tol in (0.0, 1.0, 2.5):
+        da, db = np.hypot(rr - a[0], cc - a[1]), np.hypot(rr - b[0], cc - b[1])
+        s = ((rr - a[0]) * (b - a)[0] + (cc - a[1]) * (b - a)[1]) / rec.long_px
+        expected = (da <= rec.long_px + tol) & (db <= rec.long_px + tol) & (s >= -tol) & (s <= rec.long_px + tol)
+        np.testing.assert_array_equal(recist_region(rec, shape, tol_px=tol), expected)
+    lens = (2 * np.pi / 3 - np.sqrt(3) / 2) * rec.long_px ** 2
+    assert recist_region(rec, shape, tol_px=0.0).sum() == pytest.approx(lens, rel=0.03)
+    # Cut by the image edge without error; bad tolerance named.
+    assert recist_region(rec.shifted(-40, -30), (40, 45)).any()
+    with pytest.raises(InputError, match="tol_px"):
+        recist_region(rec, shape, tol_px=-1.0)
+
+
+def _old_limit(rec, shape):
+    """The previous output limit: the axes' ellipse with every half-axis scaled by 1.5, plus 1 px."""
+    return recist_ellipse(rec, shape, scale=1.5, margin_px=1.0)
+
+
+def _direction(rec):
+    b = np.array(rec.long_b)
+    u = (b - np.array(rec.long_a)) / rec.long_px
+    along = (RR - b[0]) * u[0] + (CC - b[1]) * u[1]         # beyond long_b where > 0
+    across = np.abs(-(RR - b[0]) * u[1] + (CC - b[1]) * u[0])
+    return along, across
+
+
+def test_juxta_pleural_lesion_against_a_wall_of_the_same_density():
+    # A nodule (30 HU) flattened against the chest wall (40 HU): by intensity they are one
+    # object. The wall runs on past the long axis' ends, where the mark rules it out.
+    lesion = (np.hypot(RR - 32, CC - 11) <= 8) & (CC >= 6)
+    wall = CC <= 5
+    rec = measure_recist(lesion)
+    image = lung_phantom(lesion, vessel=wall, lesion_hu=30.0, vessel_hu=40.0, blur=1.0)
+    mask = mask_from_recist(image, rec)
+    _check_mask(mask, rec)
+    region = recist_region(rec, mask.shape)
+    assert not (mask & ~region).any() and (wall & ~region).any()
+    assert dice(mask, lesion) >= 0.9
+    labels = label_from_recist(window_inverse(image), rec)
+    assert not (labels.binary_mask & ~region).any()
+    assert dice(labels.binary_mask, lesion) >= 0.9
+
+
+@pytest.mark.parametrize("name, lesion, wall", [
+    ("oblique wall, 3 px", (np.hypot(RR - 30, CC - 30) <= 3) & (RR + CC >= 57), RR + CC <= 55.8),
+    ("oblique wall, 4 px", (np.hypot(RR - 30, CC - 30) <= 4) & (RR + CC >= 55.4), RR + CC <= 54.4),
+    ("flat wall, 4 px", (np.hypot(RR - 32, CC - 8) <= 4) & (CC >= 6), CC <= 5),
+])
+def test_small_juxta_pleural_lesion_soft_mask(name, lesion, wall):
+    # Small nodules on the wall (PSF sigma 1 px): with strategy 1's trimap of the same GrabCut
+    # mask the eroded lesion is a pixel or two next to a bright background, and the binarized
+    # alpha shrinks; the RECIST trimap (axes as lesion, no unknown outside the region) keeps it.
+    from softmask_builder.matting import closed_form_alpha
+
+    rec = measure_recist(lesion)
+    image = lung_phantom(lesion, vessel=wall, lesion_hu=30.0, vessel_hu=40.0, blur=1.0)
+    trimap, mask = trimap_from_recist(image, rec, band_px=1.0)
+    new = closed_form_alpha(image, trimap, eps=1e-3, radius=1) >= 0.5
+    old = closed_form_alpha(image, trimap_from_mask(mask, band_px=1.0), eps=1e-3, radius=1) >= 0.5
+    assert dice(new, lesion) >= 0.8, name
+    assert dice(new, lesion) >= dice(old, lesion) + 0.03, name
+
+
+def test_vessel_of_lesion_density_along_the_lesion():
+    # A 7-px vessel as dense as the lesion runs tangent to it: GrabCut cannot tell them apart
+    # and the previous limit (1.5 x the ellipse) let it keep ~6 px of vessel on each side.
+    truth = DISC
+    vessel = (np.abs(RR - 44) <= 3) & ~truth
+    rec = measure_recist(truth)
+    image = lung_phantom(truth, vessel=vessel, vessel_hu=20.0)
+    mask = mask_from_recist(image, rec)
+    _check_mask(mask, rec)
+    old_best = dice(truth | (vessel & _old_limit(rec, truth.shape)), truth)  # keeping all it allowed
+    assert dice(mask, truth) >= 0.93
+    assert dice(mask, truth) > old_best + 0.05
+
+
+def test_vessel_of_lesion_density_along_the_long_axis():
+    # A 5-px vessel as dense as the lesion leaves it through a long-axis endpoint: the opening
+    # cannot cut it; the slab and lens stop it within 1 px of the endpoint.
+    truth = DISC
+    rec = measure_recist(truth)
+    along, across = _direction(rec)
+    vessel = (along > 0) & (across <= 2.5) & ~truth
+    image = lung_phantom(truth, vessel=vessel, vessel_hu=20.0, seed=4)
+    mask = mask_from_recist(image, rec)
+    _check_mask(mask, rec)
+    assert dice(mask, truth) >= 0.95
+    assert not (mask & vessel & (along > 1.0 + 1e-9)).any()
+
+
+def window_inverse(image01):
+    """HU of a lung-window image (level -600, width 1500), to feed the pipeline."""
+    return image01 * 1500.0 - 1350.0
+
+
+def test_trimap_from_recist():
+    image = lung_phantom(LOBULATED, vessel=np.abs(RR - 43) <= 1)
+    rec = measure_recist(LOBULATED)
+    trimap, mask = trimap_from_recist(image, rec, band_px=1.0)
+    np.testing.assert_array_equal(mask, mask_from_recist(image, rec))
+    np.testing.assert_array_equal(trimap, trimap_from_recist_mask(mask, rec, band_px=1.0))
+    base = trimap_from_mask(mask, band_px=1.0)
+    region = recist_region(rec, mask.shape)
+    # Outside the region: background; inside: strategy 1's trimap, with more lesion (the axes).
+    assert (trimap[~region] == TRIMAP_BACKGROUND).all()
+    np.testing.assert_array_equal(trimap[region] == TRIMAP_BACKGROUND, base[region] == TRIMAP_BACKGROUND)
+    assert (trimap[base == TRIMAP_LESION] == TRIMAP_LESION).all()
+    assert not (trimap == TRIMAP_LESION)[~mask].any()
+    r, c = (int(round(v)) for v in rec.center_rc)
+    assert trimap[r, c] == TRIMAP_LESION
+    assert (trimap == TRIMAP_UNKNOWN).any()
+    # The pipeline uses it: alpha is 0 outside the region, so is the binary mask.
+    labels = label_from_recist(window_inverse(image), rec, LabelParams(band_px=1.0))
+    np.testing.assert_array_equal(labels.trimap, trimap)
+    assert not labels.soft_mask[~region].any() and not labels.binary_mask[~region].any()
+
+
+def test_tiny_lesion_trimap_keeps_the_axes_as_lesion():
+    # Without the axes, a 5-px lesion erodes to 1 px and the binarized alpha loses it; with them
+    # the Soft Mask's binary mask must be at least as good as the GrabCut mask.
+    truth = np.hypot(RR - 32, CC - 32) <= 2.5
+    rec = measure_recist(truth)
+    image = lung_phantom(truth, blur=0.7, seed=2)
+    labels = label_from_recist(window_inverse(image), rec)
+    mask = mask_from_recist(image, rec)
+    assert dice(labels.binary_mask, truth) >= 0.85
+    assert dice(labels.binary_mask, truth) >= dice(mask, truth) - 0.05
+
+
+def test_large_lesion_on_a_full_slice_is_downsampled():
+    # A 120-px lesion: GrabCut works on a ~48-px grid and the result is brought back.
+    rr, cc = np.mgrid[0:256, 0:256]
+    ang = np.arctan2(rr - 128, cc - 120)
+    truth = np.hypot(rr - 128, cc - 120) <= 55 + 6 * np.cos(3 * ang)
+    rec = measure_recist(truth)
+    assert rec.long_px > 110
+    mask = mask_from_recist(lung_phantom(truth, seed=6), rec)
+    _check_mask(mask, rec)
+    assert dice(mask, truth) >= 0.95
+
+
+@pytest.mark.parametrize("points, message", [
+    ([(10, 10), (20, 10), (15, 5), (np.nan, 15)], "short_b has NaN"),
+    ([(10, 10), (10.1, 10.1), (15, 5), (15, 15)], "long axis has zero length"),
+    ([(10, 10), (20, 10), (25, 5), (25, 15)], "do not cross"),
+])
+def test_degenerate_marks_raise_in_every_entry_point(points, message):
+    pts = np.array(points, dtype=float)
+    for call in (lambda: recist_region(pts, (32, 32), sample_id="dl-4"),
+                 lambda: trimap_from_recist(np.zeros((32, 32)), pts, band_px=1.0, sample_id="dl-4"),
+                 lambda: trimap_from_recist_mask(np.ones((32, 32), bool), pts, band_px=1.0, sample_id="dl-4")):
+        with pytest.raises(RecistError, match=r"^\[dl-4\] .*" + message):
+            call()
