@@ -410,7 +410,7 @@ def test_small_juxta_pleural_lesion_soft_mask(name, lesion, wall):
     new = closed_form_alpha(image, trimap, eps=1e-3, radius=1) >= 0.5
     old = closed_form_alpha(image, trimap_from_mask(mask, band_px=1.0), eps=1e-3, radius=1) >= 0.5
     assert dice(new, lesion) >= 0.8, name
-    assert dice(new, lesion) >= dice(old, lesion) + 0.03, name
+    assert dice(new, lesion) >= dice(old, lesion) + 0.02, name  # >= 1-2 pixels better
 
 
 def test_vessel_of_lesion_density_along_the_lesion():
