@@ -32,10 +32,61 @@ from softmask_builder import phantom  # noqa: E402
 from softmask_builder.matting import closed_form_alpha  # noqa: E402
 from softmask_builder.metrics import dice  # noqa: E402
 from softmask_builder.pipeline import LabelParams  # noqa: E402
-from softmask_builder.recist import (Recist, _Frame, _keep_component, _seed_lines,  # noqa: E402
-                                     mask_from_recist, trimap_from_recist_mask, validate_recist)
+from softmask_builder.recist import (Recist, mask_from_recist, trimap_from_recist_mask,  # noqa: E402
+                                     validate_recist)
 from softmask_builder.trimap import band_footprint, trimap_from_mask  # noqa: E402
 from softmask_builder.window import window_hu  # noqa: E402
+
+
+# ---- the previous version, frozen (helpers included, so later edits of recist.py cannot leak in) --
+
+class _Frame:
+    """Oblique frame of the mark and its four quarter-ellipses (level <= 1 inside)."""
+
+    def __init__(self, rec: Recist):
+        a, b = np.array(rec.long_a), np.array(rec.long_b)
+        c_, d = np.array(rec.short_a), np.array(rec.short_b)
+        self.center = np.array(rec.center_rc)
+        e_long, e_short = (b - a) / np.hypot(*(b - a)), (d - c_) / np.hypot(*(d - c_))
+        self.inv = np.linalg.inv(np.column_stack([e_long, e_short]))
+        self.half = tuple(max(float(np.hypot(*(p - self.center))), 0.25) for p in (a, b, c_, d))
+
+    def level_at(self, rr, cc, *, scale=1.0, margin=0.0):
+        dr, dc = rr - self.center[0], cc - self.center[1]
+        s = self.inv[0, 0] * dr + self.inv[0, 1] * dc
+        t = self.inv[1, 0] * dr + self.inv[1, 1] * dc
+        ha, hb, hc, hd = (scale * h + margin for h in self.half)
+        return np.sqrt((s / np.where(s >= 0, hb, ha)) ** 2 + (t / np.where(t >= 0, hd, hc)) ** 2)
+
+
+def _seed_lines(rec: Recist, shape) -> np.ndarray:
+    out = np.zeros(shape, dtype=np.uint8)
+    center = np.array(rec.center_rc)
+    for end in (rec.long_a, rec.long_b, rec.short_a, rec.short_b):
+        vec = np.array(end) - center
+        length = float(np.hypot(*vec))
+        stop = center + vec * ((1.0 - 0.2) if length > 0 else 0.0)
+        p0 = (int(round(center[1] * 16)), int(round(center[0] * 16)))
+        p1 = (int(round(stop[1] * 16)), int(round(stop[0] * 16)))
+        cv2.line(out, p0, p1, 1, thickness=1, lineType=cv2.LINE_8, shift=4)
+    r, c = (int(round(v)) for v in center)
+    if 0 <= r < shape[0] and 0 <= c < shape[1]:
+        out[r, c] = 1
+    return out
+
+
+def _keep_component(mask: np.ndarray, center) -> np.ndarray:
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return mask.astype(bool)
+    r = min(max(int(round(center[0])), 0), mask.shape[0] - 1)
+    c = min(max(int(round(center[1])), 0), mask.shape[1] - 1)
+    lab = labels[r, c]
+    if lab == 0:
+        rr, cc = np.nonzero(labels)
+        k = int(np.argmin((rr - center[0]) ** 2 + (cc - center[1]) ** 2))
+        lab = labels[rr[k], cc[k]]
+    return labels == lab
 
 
 def reference_mask(image, rec: Recist, *, iterations: int) -> np.ndarray:

@@ -7,9 +7,10 @@ one of the two distances would exceed L). The lesion therefore lies in the *lens
 of radius L about the endpoints, cut by the *slab* between the perpendiculars through them.
 The short axis (the longest chord perpendicular to the long one) bounds the lesion's extent
 across the long axis only for convex lesions, so it is used with a margin (see
-:func:`mask_from_recist`). A chest wall or a vessel touching the lesion mostly lies outside these
-bounds, so GrabCut (which cannot tell a nodule of ~30 HU from a wall of ~40 HU by intensity) and
-the matting are kept from following it.
+:func:`mask_from_recist`). Where a chest wall or a vessel touching the lesion leaves these bounds
+(typically past the long axis' ends), it is ruled out, so GrabCut (which cannot tell a nodule of
+~30 HU from a wall of ~40 HU by intensity) and the matting cannot follow it there; a vessel that
+runs along the lesion inside the bounds is not cut by them.
 
 The mask then gives the matting trimap (:func:`trimap_from_recist_mask`: strategy 1's erode /
 dilate band, the inner part of the drawn axes as lesion, background outside the region).
@@ -466,8 +467,9 @@ def mask_from_recist(image01, recist, *, iterations: int = 5, sample_id: str | N
     GrabCut seeds (``cv2.grabCut`` with ``GC_INIT_WITH_MASK``; ``image01`` quantized to uint8 and
     replicated to 3 channels):
 
-    * definite foreground: the two axes as 1-px lines from their crossing to 80 % of each
-      half-axis (the annotator's endpoints sit on the uncertain edge, so they are left out);
+    * definite foreground: the "kite" through the points at 80 % of each half-axis from the
+      crossing, and the axes up to there (a convex lesion contains the hull of its four
+      endpoints; the annotator's endpoints sit on the uncertain edge, so they are left out);
     * probable foreground: the ellipse the axes span (:func:`recist_ellipse`) within the limits;
     * probable background: the rest of the limits;
     * definite background: everything outside the limits (the GMMs learn the chest wall or a
@@ -485,10 +487,12 @@ def mask_from_recist(image01, recist, *, iterations: int = 5, sample_id: str | N
 
     Post-processing at the image's resolution: keep the result within the limits; a
     morphological opening with a disk of radius ``floor(short_px / 8)`` (0 to 3 px) cuts thin
-    attachments such as vessels; keep the 8-connected component containing the crossing (or the
-    nearest one); fill holes (within the limits). If nothing is left, or GrabCut cannot run
-    (fewer than 16 pixels on either side), the result is the ellipse within the limits, and when
-    even that holds no pixel centre, the crossing pixel: the mask is never empty.
+    attachments such as vessels (but keeps the kite: the mark says the lesion reaches that far);
+    keep the 8-connected component containing the crossing (or the nearest one); fill holes
+    (which stays inside the convex region of :func:`recist_region`). If nothing is left, or
+    GrabCut cannot run (fewer than 16 pixels on either side), the result is the ellipse within
+    the limits, and when even that holds no pixel centre, the crossing pixel: the mask is never
+    empty.
 
     Determinism: GrabCut initialises its two 5-component colour GMMs by k-means, which draws
     from OpenCV's RNG; ``cv2.setRNGSeed(0)`` is called just before, so the same inputs give the
@@ -599,7 +603,8 @@ def mask_from_recist(image01, recist, *, iterations: int = 5, sample_id: str | N
         from scipy import ndimage
 
         center_win = (frame.center[0] - r0, frame.center[1] - c0)
-        fg = ndimage.binary_fill_holes(_keep_component(fg, center_win)) & allowed
+        # Filling adds only pixels enclosed by the mask, so the result stays in the (convex) region.
+        fg = ndimage.binary_fill_holes(_keep_component(fg, center_win))
     out = np.zeros(image.shape, dtype=bool)
     sub = (slice(max(r0, 0), min(r1, rows)), slice(max(c0, 0), min(c1, cols)))
     win_sub = (slice(sub[0].start - r0, sub[0].stop - r0), slice(sub[1].start - c0, sub[1].stop - c0))
