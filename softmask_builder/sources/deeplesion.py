@@ -40,16 +40,18 @@ import math
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from ..crop import crop_image, crop_plan
 from ..errors import InputError, RecistError, SoftMaskError, SourceError
 from ..recist import Recist, validate_recist
 from .base import Reject, SampleRecord, SampleRef
+
+if TYPE_CHECKING:  # pandas is imported lazily: build workers only load samples, never the CSV
+    import pandas as pd
 
 __all__ = [
     "DL_INFO_COLUMNS", "PNG_HU_OFFSET", "SPLIT_CODES", "read_dl_info", "parse_file_name",
@@ -97,6 +99,8 @@ def read_dl_info(path, *, required: Sequence[str] = DL_INFO_COLUMNS) -> pd.DataF
         The file is missing, unreadable, not CSV, or lacks required columns (all of them are
         listed in the message).
     """
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"DL_info.csv not found at {path}")
