@@ -22,7 +22,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[test,train]"
 	touch $(STAMP)
 
@@ -38,8 +38,10 @@ out_or    = $(if $(OUT),$(OUT),$(1))
 RECIPE   ?=
 RELEASE_OUT ?= build/release/lnsm
 
+# N= phantom cases for the sample without DEEPLESION (default 60 -> 40/5/15 train/val/test crops).
+N        ?= 60
 lnsm: $(STAMP)
-	$(BIN)/softmask make-lnsm --out "$(call out_or,build/lnsm)" --jobs $(JOBS) $(if $(DEEPLESION),--deeplesion "$(DEEPLESION)",)
+	$(BIN)/softmask make-lnsm --out "$(call out_or,build/lnsm)" --jobs $(JOBS) $(if $(DEEPLESION),--deeplesion "$(DEEPLESION)",--n $(N))
 
 lidc: $(STAMP)
 	@test -n "$(LIDC_DICOM)" || { echo "usage: make lidc LIDC_DICOM=/path/to/LIDC-IDRI [OUT=build/lidc] [JOBS=2]" >&2; exit 2; }
