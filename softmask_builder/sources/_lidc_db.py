@@ -163,10 +163,14 @@ def resolve_db_path(db_path: str | Path | None = None) -> Path:
 def _connect(path: Path) -> sqlite3.Connection:
     # Read-only URI: the shipped database is never modified (and may sit in a read-only venv).
     uri = f"{path.resolve().as_uri()}?mode=ro"
+    con = None
     try:
         con = sqlite3.connect(uri, uri=True)
         con.execute("SELECT 1 FROM scans LIMIT 1")
     except sqlite3.Error as exc:
+        # Close explicitly: Python 3.13 warns (ResourceWarning) about a connection left to the GC.
+        if con is not None:
+            con.close()
         raise SourceError(f"cannot read the LIDC annotation database {path}: {exc}") from None
     return con
 
