@@ -17,8 +17,9 @@ Generic API (reused by every command: SR teacher, DSNet, baselines)
 - :class:`LoopConfig`: the training-loop settings both stages and DSNet share (device, AMP,
   batch size, workers, checkpoints, logging, seed). Embed it in a command's config as ``loop``.
 
-Supported field annotations: ``int``, ``float`` (ints accepted), ``bool``, ``str``,
-``Literal[...]``, ``tuple[T, ...]``, ``tuple[T1, T2]``, ``X | None`` and nested dataclasses.
+Supported field annotations (see :mod:`softmask_builder._typed`): ``int``, ``float`` (ints and
+YAML 1.1 strings such as ``1e-3`` accepted, finite only), ``bool``, ``str``, ``Literal[...]``,
+``tuple[T, ...]``, ``tuple[T1, T2]``, ``dict[K, V]``, ``X | None`` and nested dataclasses.
 Validation of values (ranges, cross-field rules) belongs in each dataclass's ``__post_init__``,
 raising :class:`~dsnet_trainer.errors.ConfigError` naming the key.
 """
@@ -28,14 +29,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
+
+from softmask_builder._typed import from_mapping
 
 from .errors import ConfigError
 
@@ -134,91 +135,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "") 
 
     Missing keys take the dataclass defaults; unknown keys, wrong types and values rejected by
     a ``__post_init__`` raise :class:`ConfigError` naming the dotted key (``where`` is the
-    prefix used in messages, e.g. ``"stage1"``).
+    prefix used in messages, e.g. ``"stage1"``). The checks are
+    :func:`softmask_builder._typed.from_mapping`'s (shared with the build recipes).
     """
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"config section {where or '<root>'!r} must be a mapping, got {type(data).__name__}")
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} is not a dataclass")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else str(unknown[0])
-        raise ConfigError(f"unknown config key {key!r} (known in {where or '<root>'!r}: {', '.join(sorted(fields))})")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{where}.{name}" if where else name
-        kwargs[name] = _coerce(value, hints[name], key)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid config section {where or '<root>'!r}: {exc}") from exc
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where=key)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        last: ConfigError | None = None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                last = exc
-        raise last if last else ConfigError(f"config key {key!r}: cannot use {value!r}")
-    if origin is Literal:
-        if value in args:
-            return value
-        # YAML 1.1 reads bare off/on/no/yes as booleans; accept them for string literals.
-        if isinstance(value, bool):
-            for alias in (("off", "no", "false") if not value else ("on", "yes", "true")):
-                if alias in args:
-                    return alias
-        raise ConfigError(f"config key {key!r} must be one of {list(args)}, got {value!r}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"config key {key!r} must have {len(args)} items, got {len(value)}: {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {key!r} must be true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # PyYAML (YAML 1.1) reads "1e-3" as a string; float() parses it without evaluating code.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
-    if tp is Any:
-        return value
-    raise TypeError(f"unsupported config annotation {tp!r} for key {key!r}")
+    return from_mapping(cls, data, error=ConfigError, where=where, noun="config key")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

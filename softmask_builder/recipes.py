@@ -30,14 +30,13 @@ import hashlib
 import json
 import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
 
+from ._typed import from_mapping
 from .errors import InputError
 from .pipeline import LabelParams
 
@@ -242,86 +241,11 @@ def _jsonable(obj):
     return obj
 
 
-# --- typed construction from plain mappings --------------------------------------------------
-
-def _coerce(value, tp, where: str):
-    """Check/convert a YAML value to the annotated type ``tp``; raise InputError naming ``where``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except InputError as exc:
-                errors.append(exc.reason)
-        raise InputError(errors[0])
-    if origin is Literal:
-        if value not in args:
-            raise InputError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise InputError(f"{where} must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise InputError(f"{where} must have {len(args)} items, got {len(value)}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise InputError(f"{where} must be a mapping, got {value!r}")
-        return {_coerce(k, args[0], f"{where} key"): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        return _dataclass_from(tp, value, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise InputError(f"{where} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{where} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InputError(f"{where} must be a finite number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise InputError(f"{where} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported recipe field type {tp!r} at {where}")  # a bug in this module
-
-
-def _dataclass_from(cls, mapping, where: str):
-    if mapping is None:
-        mapping = {}
-    if not isinstance(mapping, Mapping):
-        raise InputError(f"{where} must be a mapping, got {mapping!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in mapping:
-        if key not in fields:
-            known = ", ".join(fields) or "none"
-            raise InputError(f"unknown key {where}.{key} (known keys: {known})" if where
-                             else f"unknown key {key!r} (known keys: {known})")
-    kwargs = {}
-    for name, value in mapping.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        raise InputError(f"{where or 'recipe'}: {exc}") from None
-
-
 def recipe_from_dict(data: Mapping) -> Recipe:
     """Build a :class:`Recipe` from a plain mapping (a parsed YAML document), validating every key.
+
+    The checks are :func:`softmask_builder._typed.from_mapping`'s; ``source_options`` is read
+    first, as the options dataclass of the recipe's ``source``.
 
     Raises
     ------
@@ -338,22 +262,10 @@ def recipe_from_dict(data: Mapping) -> Recipe:
     source = data["source"]
     if source not in SOURCES:
         raise InputError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    known = {f.name for f in dataclasses.fields(Recipe)}
-    for key in data:
-        if key not in known:
-            raise InputError(f"unknown key {key!r} (known keys: {', '.join(sorted(known))})")
-    hints = typing.get_type_hints(Recipe)
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        if name == "source_options":
-            kwargs[name] = _dataclass_from(SOURCES[source].options, value, "source_options")
-        elif name == "split":
-            kwargs[name] = _dataclass_from(SplitSpec, value, "split")
-        elif name == "label":
-            kwargs[name] = _dataclass_from(LabelParams, value, "label")
-        else:
-            kwargs[name] = _coerce(value, hints[name], name)
-    return Recipe(**kwargs)
+    if "source_options" in data:  # annotated Any in Recipe: its type depends on ``source``
+        data["source_options"] = from_mapping(SOURCES[source].options, data["source_options"],
+                                              error=InputError, where="source_options")
+    return from_mapping(Recipe, data, error=InputError)
 
 
 def resolve_recipe_path(name_or_path: str | Path) -> Path:
