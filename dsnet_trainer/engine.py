@@ -771,16 +771,24 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path, *, title: str = ""
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
+    return save_figure(fig, png_path, title=title, dpi=100)
+
+
+def save_figure(fig, path, *, title: str | None = None, dpi: int = 100) -> Path:
+    """Lay out, title and write a matplotlib figure as PNG atomically (temp name, then rename),
+    without the "Software" metadata (so the same figure gives the same bytes); closes it."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=dpi, metadata={"Software": None})
     plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
+    os.replace(tmp, path)
+    return path
 
 
 def progress(iterable: Iterable, *, enabled: bool, desc: str = "", total: int | None = None,

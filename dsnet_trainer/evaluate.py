@@ -221,16 +221,9 @@ def save_overlay_png(path: str | Path, *, image: np.ndarray, gt: np.ndarray, pro
     axes[0, 0].set_ylabel("GT green / pred red", fontsize=7)
     axes[1, 0].set_ylabel("predicted Soft Mask", fontsize=7)
     axes[2, 0].set_ylabel("ground-truth Soft Mask", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from .engine import save_figure
+
+    return save_figure(fig, path, title=title, dpi=90)
 
 
 # ============================================================================================

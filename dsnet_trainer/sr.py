@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +47,7 @@ from .config import LoopConfig, config_sha256, to_dict
 from .data import (DEFAULT_WINDOW_LEVEL_HU, DEFAULT_WINDOW_WIDTH_HU, SliceShardDataset, find_shards,
                    split_by_patient)
 from .engine import (CheckpointManager, DistContext, MetricLogger, Precision, TrainState, all_reduce_sums,
-                     barrier, load_checkpoint, unwrap)
+                     barrier, load_checkpoint, save_figure, unwrap)
 from .errors import CheckpointError, ConfigError, InputError, ShardError
 from .models import build_model
 from .sr_metrics import psnr, shave, ssim
@@ -350,16 +349,7 @@ def save_sr_samples(generator: nn.Module, dataset: SliceShardDataset, path: str 
                 ax.axis("off")
     finally:
         model.train(was_training)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, title=title, dpi=80)
 
 
 # ============================================================================================
