@@ -30,51 +30,36 @@ class TinyTeacher(nn.Module):
 
 def write_sample_shard(path, *, split: str, n: int, crop_px: int = 32, seed: int = 0,
                        dataset: str = "tiny", empty_first: bool = False) -> None:
-    """Write one sample shard (docs/FORMAT.md, schema 1) of ``n`` synthetic nodules: a bright
-    disc (+40 HU) with a 1-pixel linear edge in lung (-850 HU + noise). The Soft Mask is the
-    disc's coverage, the binary mask coverage >= 0.5, the trimap a 2-pixel band around it.
-    ``empty_first``: sample 0 has no lesion (empty masks), to exercise the empty-mask rules."""
-    import h5py
+    """Write one sample shard (docs/FORMAT.md, schema 1, via ``shardkit.write_sample_shard``) of
+    ``n`` synthetic nodules: a bright disc (+40 HU) with a 1-pixel linear edge in lung (-850 HU +
+    noise). The Soft Mask is the disc's coverage, the binary mask coverage >= 0.5, the trimap a
+    2-pixel band around it. ``empty_first``: sample 0 has no lesion (empty masks), to exercise the
+    empty-mask rules."""
+    from pathlib import Path
+
     import numpy as np
+
+    from tests.dsnet_trainer.shardkit import write_sample_shard as write_spec_shard
 
     rng = np.random.default_rng(seed)
     rr, cc = np.mgrid[:crop_px, :crop_px].astype(np.float64)
     images, alphas, binaries, trimaps = [], [], [], []
-    meta_dtype = np.dtype([("sample_id", "S64"), ("source_key", "S128"), ("patient", "S32"), ("split", "S8"),
-                           ("spacing_mm", "f4", (2,)), ("origin_px", "f4", (2,)), ("scale", "f4"),
-                           ("recist_px", "f4", (4, 2)), ("n_readers", "i2"), ("lesion_type", "i2")])
-    meta = np.zeros(n, dtype=meta_dtype)
     for i in range(n):
         r0, c0 = crop_px / 2 + rng.uniform(-3, 3, size=2)
         radius = 0.0 if (empty_first and i == 0) else rng.uniform(crop_px / 8, crop_px / 4)
         alpha = np.clip(radius + 0.5 - np.hypot(rr - r0, cc - c0), 0.0, 1.0)
         image = -850.0 + 890.0 * alpha + rng.normal(0, 25, alpha.shape)
-        binary = alpha >= 0.5
         trimap = np.full(alpha.shape, 128, np.uint8)
         d = np.hypot(rr - r0, cc - c0) - radius
         trimap[d > 2] = 0
         trimap[d < -2] = 255
         images.append(np.round(image).astype(np.int16))
         alphas.append(alpha.astype(np.float32))
-        binaries.append(binary.astype(np.uint8))
+        binaries.append((alpha >= 0.5).astype(np.uint8))
         trimaps.append(trimap)
-        meta[i]["sample_id"] = f"{split}-{seed}-{i:03d}".encode()
-        meta[i]["source_key"] = f"synthetic/{split}/{i}".encode()
-        meta[i]["patient"] = f"p{seed}-{i}".encode()
-        meta[i]["split"] = split.encode()
-        meta[i]["spacing_mm"] = (0.7, 0.7)
-        meta[i]["scale"] = 1.0
-        meta[i]["recist_px"] = np.nan
-        meta[i]["n_readers"] = -1
-        meta[i]["lesion_type"] = -1
-    with h5py.File(path, "w") as fh:
-        for name, arrs in (("image_hu", images), ("soft_mask", alphas), ("binary_mask", binaries),
-                           ("trimap", trimaps)):
-            fh.create_dataset(name, data=np.stack(arrs), chunks=(1, crop_px, crop_px))
-        fh.create_dataset("meta", data=meta)
-        fh.attrs.update({"schema_version": 1, "kind": "samples", "dataset": dataset, "split": split,
-                         "n_samples": n, "dataset_version": "test", "builder_version": "test",
-                         "recipe_json": "{}", "recipe_sha256": "0" * 64})
+    arrays = {"image_hu": np.stack(images), "soft_mask": np.stack(alphas), "binary_mask": np.stack(binaries),
+              "trimap": np.stack(trimaps)}
+    write_spec_shard(Path(path), arrays, split=split, dataset=dataset, patient_prefix=f"p{seed}-")
 
 
 def write_sample_dataset(folder, *, crop_px: int = 32, counts=(("train", 8), ("val", 4), ("test", 4)),

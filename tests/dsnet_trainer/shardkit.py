@@ -14,12 +14,12 @@ import numpy as np
 from scipy import ndimage
 
 SAMPLE_META_DTYPE = np.dtype([
-    ("sample_id", "S64"), ("source_key", "S128"), ("patient", "S32"), ("split", "S8"),
+    ("sample_id", "S64"), ("source_key", "S256"), ("patient", "S32"), ("split", "S8"),
     ("spacing_mm", "<f4", (2,)), ("origin_px", "<f4", (2,)), ("scale", "<f4"), ("recist_px", "<f4", (4, 2)),
     ("n_readers", "<i2"), ("lesion_type", "<i2"),
 ])
 SLICE_META_DTYPE = np.dtype([
-    ("sample_id", "S64"), ("source_key", "S128"), ("patient", "S32"), ("split", "S8"), ("spacing_mm", "<f4", (2,)),
+    ("sample_id", "S64"), ("source_key", "S256"), ("patient", "S32"), ("split", "S8"), ("spacing_mm", "<f4", (2,)),
 ])
 
 
