@@ -567,6 +567,17 @@ class _Stage:
         return evaluate_sr(generator, self.val_loader, ctx=self.ctx, precision=self.prec, scale=self.cfg.data.scale,
                            shave_px=self.cfg.shave_px)
 
+    def run(self, state, *, epochs: int, train_epoch, generator: nn.Module, title: str) -> None:
+        """The stage's epoch loop (validation PSNR monitored for ``best``), then :meth:`finish`."""
+        try:
+            engine.fit(state, epochs=epochs, train_epoch=train_epoch, evaluate=lambda e: self.evaluate(generator),
+                       checkpoints=self.checkpoints, logger=self.logger, ctx=self.ctx, monitor="psnr", mode="max",
+                       val_every_epochs=self.cfg.loop.val_every_epochs)
+        except BaseException:
+            self.logger.close()  # keep what was logged; the resume drops rows after its checkpoint
+            raise
+        self.finish(generator, title)
+
     def finish(self, generator: nn.Module, title: str) -> None:
         if self.logger is not None:
             self.logger.close()
@@ -614,14 +625,7 @@ def _run_stage1(cfg: SRConfig, data: SRData, out: Path, ctx: DistContext, prec: 
         engine.sync_buffers(gen, ctx)
         return {"loss": _mean_over_ranks(total, count, ctx)}
 
-    try:
-        engine.fit(state, epochs=s1.epochs, train_epoch=train_epoch, evaluate=lambda e: st.evaluate(gen),
-                   checkpoints=st.checkpoints, logger=st.logger, ctx=ctx, monitor="psnr", mode="max",
-                   val_every_epochs=cfg.loop.val_every_epochs)
-    except BaseException:
-        st.logger.close()  # keep what was logged; the resume drops rows after its checkpoint
-        raise
-    st.finish(gen, "stage 1: SRResNet (pixel loss)")
+    st.run(state, epochs=s1.epochs, train_epoch=train_epoch, generator=gen, title="stage 1: SRResNet (pixel loss)")
     return gen
 
 
@@ -704,14 +708,7 @@ def _run_stage2(cfg: SRConfig, data: SRData, out: Path, ctx: DistContext, prec: 
         engine.sync_buffers(disc, ctx)
         return {k: _mean_over_ranks(v, count, ctx) for k, v in sums.items()}
 
-    try:
-        engine.fit(state, epochs=s2.epochs, train_epoch=train_epoch, evaluate=lambda e: st.evaluate(gen),
-                   checkpoints=st.checkpoints, logger=st.logger, ctx=ctx, monitor="psnr", mode="max",
-                   val_every_epochs=cfg.loop.val_every_epochs)
-    except BaseException:
-        st.logger.close()  # keep what was logged; the resume drops rows after its checkpoint
-        raise
-    st.finish(gen, "stage 2: SRGAN (pixel + adversarial)")
+    st.run(state, epochs=s2.epochs, train_epoch=train_epoch, generator=gen, title="stage 2: SRGAN (pixel + adversarial)")
     return gen, disc
 
 
