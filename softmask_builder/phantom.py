@@ -60,26 +60,23 @@ from scipy import ndimage
 
 from .errors import InputError
 from .recist import Recist
+from .sources.deeplesion import DL_INFO_COLUMNS, PNG_HU_OFFSET
+from .sources.deeplesion import SPLIT_CODES as _DL_SPLIT_NAMES
 
 #: Bumped whenever the same seed would render different images or truth (cache keys may use it).
 PHANTOM_VERSION = 1
 
 KINDS: tuple[str, ...] = ("solid", "lobulated", "spiculated", "ground_glass", "juxta_pleural", "vessel_attached")
 
-#: The official DL_info.csv header (DeepLesion, NIH Clinical Center), in order.
-DL_INFO_COLUMNS: tuple[str, ...] = (
-    "File_name", "Patient_index", "Study_index", "Series_ID", "Key_slice_index", "Measurement_coordinates",
-    "Bounding_boxes", "Lesion_diameters_Pixel_", "Normalized_lesion_location", "Coarse_lesion_type",
-    "Possibly_noisy", "Slice_range", "Spacing_mm_px_", "Image_size", "DICOM_windows", "Patient_gender",
-    "Patient_age", "Train_Val_Test",
-)
-SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
+# The DeepLesion format's facts (the official 18-column header, split codes, PNG offset) live with its reader (sources/deeplesion.py); the phantom writes them.
+#: split name -> DL_info ``Train_Val_Test`` code.
+SPLIT_CODES = {name: code for code, name in _DL_SPLIT_NAMES.items()}
 LUNG_LESION_TYPE = 5
 #: DeepLesion's lung window (its lung rows carry "-1500, 500").
 LUNG_WINDOW_HU = (-1500.0, 500.0)
 #: Padding DeepLesion adds around the RECIST extent to make ``Bounding_boxes``.
 BBOX_PAD_PX = 5.0
-PNG_OFFSET = 32768
+PNG_OFFSET = PNG_HU_OFFSET
 TRUTH_FILE = "phantom_truth.npz"
 
 HU_AIR = -1000.0
