@@ -2,16 +2,9 @@
 progress, call, summarise).
 
 Every command prints one JSON object on stdout (the summary) and its progress and errors on
-stderr. Exit codes:
-
-====  ==========================================================================================
-0     success (a build may still have rejected samples: see ``n_rejects`` and ``rejects.csv``)
-1     unexpected internal error (a bug: the traceback is printed)
-2     usage or input error (bad option, recipe, source folder, or an output folder that holds a
-      different build)
-3     ``verify`` found a mismatch (hash, schema or counts)
-4     the build finished but holds no sample (every planned sample was rejected, or none planned)
-====  ==========================================================================================
+stderr. Exit codes are the table of :mod:`softmask_builder.exitcodes` (shared with ``dsnet``):
+0 ok, 1 internal error, 2 usage or bad input, 3 verify mismatch, 4 nothing built, 5 I/O error
+(disk full: the message names the path), 6 ``--out`` locked by another build.
 """
 
 from __future__ import annotations
@@ -25,8 +18,8 @@ import click
 
 from . import __version__
 from .errors import SoftMaskError
-
-EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_VERIFY, EXIT_EMPTY = 0, 1, 2, 3, 4
+from .exitcodes import EXIT_EMPTY, EXIT_INPUT, EXIT_INTERNAL, EXIT_IO, EXIT_OK, EXIT_VERIFY  # noqa: F401
+from .exitcodes import io_error_message
 
 #: Default recipe and the recipe sources each ``build`` subcommand accepts.
 BUILD_KINDS = {
@@ -46,12 +39,16 @@ class _Fail(click.ClickException):
 
 
 @contextmanager
-def _input_errors():
-    """Turn the package's input errors into exit code 2 with a one-line message."""
+def _input_errors(io_path=None):
+    """Turn the package's input errors into exit code 2 and I/O errors (``OSError``: disk full,
+    permission denied) into exit code 5, each with a one-line message; ``io_path`` is the path
+    named when the OSError carries none (HDF5 reports a full disk without a file name)."""
     try:
         yield
     except SoftMaskError as exc:
         raise _Fail(str(exc)) from None
+    except OSError as exc:
+        raise _Fail(io_error_message(exc, io_path), code=EXIT_IO) from None
 
 
 def _emit(data) -> None:
@@ -121,7 +118,7 @@ def _run_build(recipe, source: Path, out: Path | None, *, jobs: int, backend: st
         return {"dry_run": True, "out": str(out), **plan.summary()}
     bar, update = _progress_bar(plan.n_planned, progress)
     try:
-        with parallel_setup(backend, jobs, scheduler), _input_errors():
+        with parallel_setup(backend, jobs, scheduler), _input_errors(out):
             result = run_build(plan, out, overwrite=overwrite, progress=update)
     finally:
         bar.close()
@@ -180,7 +177,8 @@ def _build_command(kind: str):
 def main() -> None:
     """Build Soft Mask datasets (trimaps + closed-form matting) into verifiable HDF5 shards.
 
-    Exit codes: 0 ok, 1 internal error, 2 usage/input error, 3 verify mismatch, 4 nothing built.
+    Exit codes: 0 ok, 1 internal error, 2 usage/input error, 3 verify mismatch, 4 nothing built,
+    5 I/O error (disk full), 6 --out locked by another build.
     """
 
 
@@ -248,7 +246,7 @@ def preview(path: Path, n_samples: int, out: Path) -> None:
     """Contact sheet PNG: image, trimap, Soft Mask and binary mask of N samples."""
     from .release import write_preview
 
-    with _input_errors():
+    with _input_errors(out):
         written = write_preview(path, out, n=n_samples)
     _emit({"preview": str(written), "n": n_samples})
 
@@ -270,7 +268,7 @@ def _write_phantom(out: Path, n_cases: int, seed: int) -> dict:
     wanted = {"n": n_cases, "seed": seed, "builder_version": __version__, "phantom_version": PHANTOM_VERSION}
     if marker.is_file() and json.loads(marker.read_text()) == wanted and (out / "DL_info.csv").is_file():
         return {"out": str(out), **wanted, "reused": True}
-    with _input_errors():
+    with _input_errors(out):
         truth = write_sample(out, n=n_cases, seed=seed)
     marker.write_text(json.dumps(wanted, sort_keys=True) + "\n")
     return {"out": str(out), **wanted, "truth": str(truth), "reused": False}

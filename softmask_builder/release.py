@@ -52,9 +52,13 @@ def library_versions() -> dict[str, str]:
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: leave no temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def rejects_csv_text(rejects) -> str:
