@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -24,6 +25,11 @@ import numpy as np
 
 from ._validate import as_image2d, as_mask2d
 from .errors import InputError
+
+
+#: Upper bounds of :class:`LabelParams` (a recipe also keeps them inside its crop).
+MAX_BAND_PX = 32.0
+MAX_RADIUS_PX = 10
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,10 @@ class LabelParams:
     window_level_hu, window_width_hu : CT window mapped to [0, 1] before matting and GrabCut.
     grabcut_iterations : OpenCV GrabCut iterations for RECIST priors.
     consensus : reader fraction for the LIDC binary ground truth (0.5 = 50 % consensus).
+
+    Ranges (checked on construction, :class:`InputError` naming ``label.<field>``): band_px in
+    [0, 32]; eps in (0, 1]; radius an integer in [1, 10]; window_level_hu in [-2048, 4096];
+    window_width_hu in (0, 8192]; grabcut_iterations an integer in [1, 100]; consensus in (0, 1].
     """
 
     band_px: float = 1.0
@@ -46,6 +56,27 @@ class LabelParams:
     window_width_hu: float = 1500.0
     grabcut_iterations: int = 5
     consensus: float = 0.5
+
+    def __post_init__(self):
+        # Checked here, when a recipe is loaded (and so by ``--dry-run``), rather than by the
+        # stages, which would reject every sample one by one at label time.
+        def number(name, low, high, *, low_open=False, integer=False):
+            value = getattr(self, name)
+            kind = "an integer" if integer else "a finite number"
+            ok_type = (isinstance(value, (int, np.integer)) if integer
+                       else isinstance(value, (int, float, np.integer, np.floating))) and not isinstance(value, bool)
+            if not ok_type or not math.isfinite(value):
+                raise InputError(f"label.{name} must be {kind}, got {value!r}")
+            if (value <= low if low_open else value < low) or value > high:
+                raise InputError(f"label.{name} must be in {'(' if low_open else '['}{low:g}, {high:g}], got {value!r}")
+
+        number("band_px", 0.0, MAX_BAND_PX)
+        number("eps", 0.0, 1.0, low_open=True)
+        number("radius", 1, MAX_RADIUS_PX, integer=True)
+        number("window_level_hu", -2048.0, 4096.0)
+        number("window_width_hu", 0.0, 8192.0, low_open=True)
+        number("grabcut_iterations", 1, 100, integer=True)
+        number("consensus", 0.0, 1.0, low_open=True)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

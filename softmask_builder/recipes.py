@@ -205,8 +205,17 @@ class Recipe:
             raise InputError(f"version must be a short version string, got {self.version!r}")
         if self.crop_px < 8:
             raise InputError(f"crop_px must be >= 8, got {self.crop_px}")
-        if self.samples_per_shard < 1:
-            raise InputError(f"samples_per_shard must be >= 1, got {self.samples_per_shard}")
+        if self.crop_px > 1024:
+            raise InputError(f"crop_px must be <= 1024, got {self.crop_px}")
+        if not 1 <= self.samples_per_shard <= 1_000_000:
+            raise InputError(f"samples_per_shard must be in [1, 1000000], got {self.samples_per_shard}")
+        if SOURCES.get(self.source) and SOURCES[self.source].kind == "samples":
+            # The matting window and the trimap band must fit inside the crop.
+            if 2 * self.label.radius + 1 > self.crop_px:
+                raise InputError(f"label.radius {self.label.radius} needs a (2*radius+1)-pixel window, larger "
+                                 f"than crop_px {self.crop_px}")
+            if 2 * self.label.band_px >= self.crop_px:
+                raise InputError(f"label.band_px {self.label.band_px:g} leaves no room in crop_px {self.crop_px}")
         options_type = SOURCES[self.source].options
         if self.source_options is None:
             object.__setattr__(self, "source_options", options_type())
@@ -281,13 +290,46 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
     raise InputError(f"recipe not found: {name_or_path!r} (a YAML path, or one of: {', '.join(names) or 'none'})")
 
 
+class StrictSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML silently keeps
+    the last one, so a recipe would not say what its author meant)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # the base class reports unhashable keys
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_strict(text: str):
+    """Parse YAML like ``yaml.safe_load`` but with duplicate keys as errors (:class:`StrictSafeLoader`)."""
+    return yaml.load(text, Loader=StrictSafeLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_recipe(name_or_path: str | Path) -> Recipe:
-    """Read and validate a recipe from a YAML file or a bundled recipe name."""
+    """Read and validate a recipe from a YAML file or a bundled recipe name.
+
+    Every value is checked here (types, ranges, cross-field rules), so ``--dry-run`` catches a bad
+    recipe; a key given twice in one mapping is an error naming it and its lines.
+    """
     path = resolve_recipe_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load_strict(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"recipe {path} is not UTF-8 text: {exc}") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"recipe {path} is not valid YAML: {exc}") from None
+        raise InputError(f"recipe {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     try:
         return recipe_from_dict(data)
     except InputError as exc:
