@@ -92,12 +92,15 @@ class MasksOptions:
 
     spacing_mm : pixel spacing (row_mm, col_mm), or one number for both, for every sample; None
         uses DICOM ``PixelSpacing`` when present, else 1.0 mm.
-    hu_offset : subtracted from unsigned 16-bit PNG / TIFF / npy pixels (32768 for DeepLesion-style).
+    hu_offset : subtracted from unsigned 16-bit PNG / TIFF / npy pixels (32768 for DeepLesion-style);
+        None detects it (minimum >= 30000 -> 32768) or refuses the image with the fix.
+    window_hu : (level_hu, width_hu) with which 8-bit images were windowed; None refuses 8-bit.
     patient_sep : patient = name up to the first separator (None: the whole name).
     """
 
     spacing_mm: float | tuple[float, float] | None = None
-    hu_offset: int = 0
+    hu_offset: int | None = None
+    window_hu: tuple[float, float] | None = None
     patient_sep: str | None = "_"
 
 

@@ -47,6 +47,7 @@ import numpy as np
 
 from ..crop import crop_image, crop_plan
 from ..errors import InputError, RecistError, SoftMaskError, SourceError
+from ..plausibility import ImplausibleError, check_image_hu, check_spacing_mm, spacing_differs
 from ..recist import Recist, validate_recist
 from .base import Reject, SampleRecord, SampleRef
 
@@ -172,6 +173,28 @@ def _int_cell(cell: str, column: str) -> int:
     return int(value)
 
 
+def _image_size_rc(cell: str) -> tuple[int, int]:
+    """``Image_size`` "width, height" (x, y order like every DL_info pair) -> (rows, cols)."""
+    width, height = _floats(cell, 2, "Image_size")
+    if not (width.is_integer() and height.is_integer() and width >= 1 and height >= 1):
+        raise ValueError(f"Image_size must be two positive integers, got {cell!r}")
+    return int(height), int(width)
+
+
+def _series_spacings(table, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Series folder -> the median (row_mm, col_mm) of its DL_info rows' in-plane spacing, over
+    the whole CSV (malformed rows skipped), so a row can be checked against its series."""
+    per_series: dict[str, list[tuple[float, float]]] = {}
+    for name, cell in zip(names, table["Spacing_mm_px_"]):
+        try:
+            series, spacing = parse_file_name(name)[0], parse_spacing(cell)
+        except ValueError:
+            continue
+        per_series.setdefault(series, []).append(spacing)
+    return {series: (float(np.median([v[0] for v in values])), float(np.median([v[1] for v in values])))
+            for series, values in per_series.items()}
+
+
 def _sample_ids(file_names: Sequence[str]) -> list[str]:
     """``<stem>`` for a File_name seen once; ``<stem>-<k>`` (k = 1, 2, ... in row order) otherwise."""
     counts = Counter(file_names)
@@ -271,10 +294,12 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
     types_keep = None if lesion_types is None else {int(t) for t in lesion_types}
     splits_keep = None if splits is None else set(splits)
     images_dir = root / "Images_png"
+    series_spacing = _series_spacings(table, names)
+    first_line: dict[tuple, int] = {}
 
     refs: list[SampleRef] = []
     rejects: list[Reject] = []
-    for row, name, sid in zip(table.itertuples(index=False), names, ids):
+    for line, row, name, sid in zip(range(2, len(names) + 2), table.itertuples(index=False), names, ids):
         cells = row._asdict()
 
         def reject(reason: str) -> None:
@@ -306,6 +331,13 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
             if patient_index < 0:
                 raise ValueError(f"Patient_index must be >= 0, got {cells['Patient_index']!r}")
             spacing_mm = parse_spacing(cells["Spacing_mm_px_"])
+            check_spacing_mm(spacing_mm, what="Spacing_mm_px_", stage="plan")
+            reference = series_spacing.get(series)
+            if reference is not None and spacing_differs(spacing_mm, reference):
+                raise ImplausibleError(f"Spacing_mm_px_ {spacing_mm[1]:g}, {spacing_mm[0]:g} differs by more than "
+                                       f"1 % from its series' ({reference[1]:g}, {reference[0]:g}, the median of "
+                                       f"the series' rows)")
+            image_size_rc = _image_size_rc(cells["Image_size"])
             coords = _floats(cells["Measurement_coordinates"], 8, "Measurement_coordinates")
             recist = Recist.from_deeplesion(coords)  # (x, y) pairs -> (row, col) points
         except (ValueError, RecistError) as exc:
@@ -315,6 +347,10 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
         d_col = (recist.long_b[1] - recist.long_a[1]) * spacing_mm[1]
         long_mm = math.hypot(d_row, d_col)
         if long_axis_mm is not None and not (long_axis_mm[0] <= long_mm <= long_axis_mm[1]):
+            continue
+        duplicate_of = first_line.setdefault(tuple(cells.values()), line)
+        if duplicate_of != line:
+            reject(f"duplicate of DL_info line {duplicate_of} (every cell equal; the first is kept)")
             continue
         image_path = images_dir / series / slice_file
         if check_images and not image_path.is_file():
@@ -329,6 +365,7 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
                 "lesion_type": lesion_type,
                 "crop_px": int(crop_px),
                 "long_axis_mm": long_mm,
+                "image_size_rc": image_size_rc,
             }))
     refs.sort(key=lambda r: r.sample_id)
     rejects.sort(key=lambda r: (r.sample_id, r.reason))
@@ -409,6 +446,11 @@ def load_deeplesion(ref: SampleRef) -> SampleRecord:
     if not os.path.isfile(path):
         raise SoftMaskError(f"image missing: {path}", sample_id=sid, stage=_STAGE_LOAD)
     image_hu = read_png_hu(path, sample_id=sid)
+    size_rc = p.get("image_size_rc")
+    if size_rc is not None and tuple(image_hu.shape) != tuple(size_rc):
+        raise SourceError(f"PNG is {image_hu.shape[0]}x{image_hu.shape[1]} (rows x cols) but DL_info Image_size says "
+                          f"{size_rc[1]}, {size_rc[0]} (width, height)", sample_id=sid, stage=_STAGE_LOAD)
+    check_image_hu(image_hu, sample_id=sid, stage=_STAGE_LOAD)
     try:
         recist = validate_recist(Recist.from_array(p["recist_rc"]), image_hu.shape, sample_id=sid)
     except RecistError as exc:

@@ -50,6 +50,7 @@ import numpy as np
 
 from ..crop import crop_image, crop_plan
 from ..errors import InputError, SourceError
+from ..plausibility import check_ct_header, check_image_hu, check_series_spacing, check_spacing_mm
 from ._lidc_db import LidcScan, cluster_annotations, contours_mask, nodule_volume, read_lidc_db
 from .base import Reject, SampleRecord, SampleRef, SliceRecord
 
@@ -289,6 +290,7 @@ def _plan_nodule(root: Path, case: str, number: int, scan: LidcScan, group, file
                               for c in ann.contours if c.k == k) for ann in group)
         payload: dict[str, Any] = {
             "dicom_path": str(hit.path), "z_mm": z, "k": int(k), "crop_px": crop_px,
+            "neighbour_paths": _neighbours(files, hit),
             "center_rc": centre, "extent_px": extent, "consensus": consensus,
             "annotation_ids": tuple(int(a.id) for a in group), "readers": readers,
         }
@@ -309,18 +311,43 @@ def _read_slice(path: str, sample_id: str) -> tuple[np.ndarray, tuple[float, flo
             raise ValueError("no PixelSpacing (0028,0030)")
         # DICOM PixelSpacing = [spacing between rows (row_mm), spacing between columns (col_mm)].
         row_mm, col_mm = float(spacing[0]), float(spacing[1])
-        slope = float(ds.get("RescaleSlope", 1.0))
+        modality, slope_tag = ds.get("Modality"), ds.get("RescaleSlope", 1.0)
+        slope = float(slope_tag)
         intercept = float(ds.get("RescaleIntercept", 0.0))
     except Exception as exc:  # pydicom/handler errors of many kinds: one clear message
         raise SourceError(f"unreadable DICOM {path}: {type(exc).__name__}: {exc}", sample_id=sample_id,
                           stage="load") from None
+    check_ct_header(modality, slope_tag, sample_id=sample_id, stage="load")
     if stored.ndim != 2:
         raise SourceError(f"DICOM {path} is not a single 2-D slice (pixel array shape {stored.shape})",
                           sample_id=sample_id, stage="load")
     if not (row_mm > 0 and col_mm > 0 and math.isfinite(row_mm) and math.isfinite(col_mm)):
         raise SourceError(f"DICOM {path} has invalid PixelSpacing {spacing!r}", sample_id=sample_id, stage="load")
+    check_spacing_mm((row_mm, col_mm), what="DICOM PixelSpacing", sample_id=sample_id, stage="load")
     image_hu = (stored.astype(np.float64) * slope + intercept).astype(np.float32)
+    check_image_hu(image_hu, sample_id=sample_id, stage="load")
     return image_hu, (row_mm, col_mm), z
+
+
+def _neighbours(files: list[_SliceFile], hit: _SliceFile) -> tuple[str, ...]:
+    """Paths of the z-neighbours of ``hit`` in its series (for the series-spacing check)."""
+    i = files.index(hit)
+    return tuple(str(f.path) for f in files[max(i - 1, 0):i + 2] if f is not hit)
+
+
+def _check_against_neighbours(spacing_mm, neighbour_paths, sample_id: str) -> None:
+    """The slice's PixelSpacing must be within 1 % of at least one z-neighbour's (headers only;
+    an unreadable neighbour is skipped: it is rejected on its own)."""
+    import pydicom
+
+    spacings = []
+    for path in neighbour_paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PixelSpacing"])
+            spacings.append((float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])))
+        except Exception:  # noqa: BLE001 (any unreadable neighbour header: not this slice's fault)
+            continue
+    check_series_spacing(spacing_mm, spacings, sample_id=sample_id, stage="load")
 
 
 def load_lidc(ref: SampleRef) -> SampleRecord:
@@ -337,6 +364,7 @@ def load_lidc(ref: SampleRef) -> SampleRecord:
     if abs(z - p["z_mm"]) > Z_TOL_MM:
         raise SourceError(f"DICOM {p['dicom_path']} is at z={z:.3f} mm, planned z={p['z_mm']:.3f} mm",
                           sample_id=ref.sample_id, stage="load")
+    _check_against_neighbours((row_mm, col_mm), p.get("neighbour_paths", ()), ref.sample_id)
     rows, cols = image_hu.shape
     all_pts = np.concatenate([np.asarray(pts, dtype=np.int64).reshape(-1, 2)
                               for reader in p["readers"] for _, pts in reader])
@@ -394,7 +422,8 @@ def plan_lidc_slices(dicom_root, *, every_nth: int = 1) -> tuple[list[SampleRef]
         for j, uid in enumerate(sorted(index), start=1):
             for f in index[uid][::every_nth]:
                 refs.append(SampleRef(f"{case}_s{j}_z{f.z_mm:.3f}", f.path.relative_to(root).as_posix(), case, None,
-                                      {"dicom_path": str(f.path), "z_mm": f.z_mm}))
+                                      {"dicom_path": str(f.path), "z_mm": f.z_mm,
+                                       "neighbour_paths": _neighbours(index[uid], f)}))
     refs.sort(key=lambda r: r.sample_id)
     rejects.sort(key=lambda r: r.sample_id)
     return refs, rejects
@@ -406,4 +435,5 @@ def load_lidc_slice(ref: SampleRef) -> SliceRecord:
     if abs(z - ref.payload["z_mm"]) > Z_TOL_MM:
         raise SourceError(f"DICOM {ref.payload['dicom_path']} is at z={z:.3f} mm, planned "
                           f"z={ref.payload['z_mm']:.3f} mm", sample_id=ref.sample_id, stage="load")
+    _check_against_neighbours(spacing, ref.payload.get("neighbour_paths", ()), ref.sample_id)
     return SliceRecord(ref=ref, image_hu=image_hu, spacing_mm=spacing)

@@ -17,9 +17,17 @@ Pixel values -> ``image_hu`` (float32):
 
 * DICOM: ``pixel_array * RescaleSlope + RescaleIntercept`` (1 and 0 when absent). Only the pixel
   data, the rescale and ``PixelSpacing`` are read; no identifying field is copied anywhere.
-* unsigned 16-bit PNG / TIFF / ``.npy``: ``value - hu_offset`` (``hu_offset=32768`` for
-  DeepLesion-style PNGs; the default 0 keeps raw values).
-* anything else (8-bit, signed, float): the values as they are (assumed to be HU already).
+* unsigned 16-bit PNG / TIFF / ``.npy``: ``value - hu_offset``. With ``hu_offset=None`` (the
+  default) the offset is detected: an image whose minimum is >= 30000 is DeepLesion-style
+  (offset 32768); any other 16-bit image is refused with a message naming the fix (set
+  ``hu_offset``: 32768 DeepLesion-style, 1024 for raw CT values with intercept -1024, 0 when the
+  values are HU).
+* 8-bit: a display window, not HU. Refused unless ``window_hu=(level, width)`` says how it was
+  windowed; then ``HU = level - width / 2 + value / 255 * width``.
+* anything else (signed, float): the values as they are (assumed to be HU already).
+* every image then passes :func:`softmask_builder.plausibility.check_image_hu` (a blank,
+  saturated or offset-less image is a reject with the reason); DICOM must be ``Modality`` CT
+  with a non-zero ``RescaleSlope``.
 * colour PNG / TIFF whose colour channels are equal are read as greyscale (an alpha channel is
   dropped); real colour images are rejected.
 
@@ -47,6 +55,7 @@ import numpy as np
 from .._validate import as_mask2d
 from ..crop import crop_image, crop_plan
 from ..errors import InputError, SoftMaskError, SourceError
+from ..plausibility import check_ct_header, check_image_hu, check_spacing_mm
 from .base import Reject, SampleRecord, SampleRef
 
 __all__ = ["SUPPORTED_EXTS", "MASK_SUFFIX", "pair_files", "read_pixels", "plan_masks", "load_mask_sample"]
@@ -54,6 +63,9 @@ __all__ = ["SUPPORTED_EXTS", "MASK_SUFFIX", "pair_files", "read_pixels", "plan_m
 SUPPORTED_EXTS = (".png", ".tif", ".tiff", ".npy", ".dcm")
 MASK_SUFFIX = "_mask"
 DEFAULT_SPACING_MM = 1.0
+#: A 16-bit image whose minimum is at least this is taken as HU + 32768 (DeepLesion-style).
+AUTO_OFFSET_MIN = 30000
+AUTO_OFFSET = 32768
 _STAGE_LOAD = "load"
 
 
@@ -121,11 +133,24 @@ def _check_spacing(spacing_mm) -> tuple[float, float] | None:
         values = ()
     if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
         raise InputError(f"spacing_mm must be a positive number or (row_mm, col_mm), got {spacing_mm!r}")
-    return values
+    return check_spacing_mm(values, what="spacing_mm", stage="plan")
 
 
-def plan_masks(folder, *, spacing_mm=None, hu_offset: int = 0, patient_sep: str | None = "_",
-               crop_px: int | None = 64, limit: int | None = None) -> tuple[list[SampleRef], list[Reject]]:
+def _check_window(window_hu) -> tuple[float, float] | None:
+    if window_hu is None:
+        return None
+    try:
+        level, width = (float(v) for v in window_hu)
+    except (TypeError, ValueError):
+        raise InputError(f"window_hu must be (level_hu, width_hu) or None, got {window_hu!r}") from None
+    if not (math.isfinite(level) and math.isfinite(width) and width > 0):
+        raise InputError(f"window_hu must be finite with width > 0, got {window_hu!r}")
+    return level, width
+
+
+def plan_masks(folder, *, spacing_mm=None, hu_offset: int | None = None, window_hu=None,
+               patient_sep: str | None = "_", crop_px: int | None = 64,
+               limit: int | None = None) -> tuple[list[SampleRef], list[Reject]]:
     """Plan one sample per image / mask pair of ``folder`` (lists files, reads no pixel).
 
     Parameters
@@ -135,8 +160,11 @@ def plan_masks(folder, *, spacing_mm=None, hu_offset: int = 0, patient_sep: str 
     spacing_mm : float or (float, float), optional
         Pixel spacing (row_mm, col_mm) for every sample; None: DICOM ``PixelSpacing`` if present,
         else 1.0 mm.
-    hu_offset : int
-        Subtracted from unsigned 16-bit PNG / TIFF / npy pixels (32768 for DeepLesion-style PNGs).
+    hu_offset : int, optional
+        Subtracted from unsigned 16-bit PNG / TIFF / npy pixels (32768 for DeepLesion-style PNGs);
+        None detects it per image (see the module docstring) or refuses the image.
+    window_hu : (float, float), optional
+        (level, width) in HU with which 8-bit images were windowed; None refuses 8-bit images.
     patient_sep : str or None
         Patient = name up to the first ``patient_sep``; None: the whole name.
     crop_px : int or None
@@ -161,8 +189,10 @@ def plan_masks(folder, *, spacing_mm=None, hu_offset: int = 0, patient_sep: str 
         An option is invalid.
     """
     spacing = _check_spacing(spacing_mm)
-    if not isinstance(hu_offset, (int, np.integer)) or isinstance(hu_offset, bool) or not 0 <= hu_offset <= 65535:
-        raise InputError(f"hu_offset must be an int in [0, 65535], got {hu_offset!r}")
+    if hu_offset is not None and (not isinstance(hu_offset, (int, np.integer)) or isinstance(hu_offset, bool)
+                                  or not 0 <= hu_offset <= 65535):
+        raise InputError(f"hu_offset must be an int in [0, 65535] or None (detect), got {hu_offset!r}")
+    window = _check_window(window_hu)
     if patient_sep is not None and (not isinstance(patient_sep, str) or not patient_sep):
         raise InputError(f"patient_sep must be a non-empty string or None, got {patient_sep!r}")
     if crop_px is not None and (not isinstance(crop_px, (int, np.integer)) or isinstance(crop_px, bool)
@@ -179,7 +209,8 @@ def plan_masks(folder, *, spacing_mm=None, hu_offset: int = 0, patient_sep: str 
             sample_id=name, source_key=image_path.relative_to(folder).as_posix(), patient=patient or name,
             split=None,
             payload={"image_path": str(image_path), "mask_path": str(mask_path), "spacing_mm": spacing,
-                     "hu_offset": int(hu_offset), "crop_px": None if crop_px is None else int(crop_px)}))
+                     "hu_offset": None if hu_offset is None else int(hu_offset), "window_hu": window,
+                     "crop_px": None if crop_px is None else int(crop_px)}))
     if limit is not None:
         refs = refs[:limit]
     return refs, rejects
@@ -193,7 +224,8 @@ def _read_dicom(path: Path, *, rescale: bool, sample_id):
     try:
         ds = pydicom.dcmread(str(path))
         pixels = np.asarray(ds.pixel_array)
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0) if rescale else 1.0
+        modality, slope_tag = ds.get("Modality"), ds.get("RescaleSlope", 1.0)
+        slope = float(slope_tag) if rescale and slope_tag not in (None, "") else 1.0
         intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0) if rescale else 0.0
         spacing = ds.get("PixelSpacing")
         spacing = (float(spacing[0]), float(spacing[1])) if spacing is not None and len(spacing) == 2 else None
@@ -207,6 +239,8 @@ def _read_dicom(path: Path, *, rescale: bool, sample_id):
         raise SoftMaskError(f"DICOM {path.name} has pixel data of shape {pixels.shape}, expected one 2-D frame",
                             sample_id=sample_id, stage=_STAGE_LOAD)
     if rescale:
+        check_ct_header(modality, 1.0 if slope_tag in (None, "") else slope_tag, sample_id=sample_id,
+                        stage=_STAGE_LOAD)
         # DICOM PixelSpacing is (row spacing, column spacing): already our (row, col) order.
         return pixels.astype(np.float64) * slope + intercept, spacing
     return pixels, spacing
@@ -231,7 +265,8 @@ def _read_raster(path: Path, *, sample_id):
     return image
 
 
-def read_pixels(path, *, role: str = "image", hu_offset: int = 0, sample_id: str | None = None):
+def read_pixels(path, *, role: str = "image", hu_offset: int | None = None, window_hu=None,
+                sample_id: str | None = None):
     """Read one image or mask file of a supported format.
 
     Parameters
@@ -240,8 +275,10 @@ def read_pixels(path, *, role: str = "image", hu_offset: int = 0, sample_id: str
     role : {"image", "mask"}
         Images get the DICOM rescale / ``hu_offset`` and come back as float32 HU; masks come back
         with their stored values and dtype.
-    hu_offset : int
-        See the module docstring.
+    hu_offset : int or None
+        See the module docstring (None: detected, or the image is refused).
+    window_hu : (level_hu, width_hu) or None
+        How 8-bit images were windowed (None: 8-bit images are refused).
     sample_id : str, optional
         Put in error messages.
 
@@ -276,13 +313,33 @@ def read_pixels(path, *, role: str = "image", hu_offset: int = 0, sample_id: str
                             sample_id=sample_id, stage=_STAGE_LOAD)
     if role == "mask":
         return pixels, spacing
-    if pixels.dtype == np.uint16:
-        pixels = pixels.astype(np.float32) - np.float32(hu_offset)
+    if pixels.dtype == np.uint16 and suffix != ".dcm":
+        pixels = pixels.astype(np.float32) - np.float32(_uint16_offset(pixels, hu_offset, path.name, sample_id))
+    elif pixels.dtype == np.uint8 and suffix != ".dcm":
+        if window_hu is None:
+            raise SoftMaskError(f"{path.name} is 8-bit: its values are a display window, not HU; if it is a "
+                                "windowed CT export, set source_options.window_hu: [level_hu, width_hu]",
+                                sample_id=sample_id, stage=_STAGE_LOAD)
+        level, width = (float(v) for v in window_hu)
+        pixels = level - width / 2 + pixels.astype(np.float64) * (width / 255.0)
     image = np.asarray(pixels, dtype=np.float32)
     if pixels.dtype == bool or not np.all(np.isfinite(image)):
         raise SoftMaskError(f"{path.name} has non-finite or non-numeric pixels", sample_id=sample_id,
                             stage=_STAGE_LOAD)
     return image, spacing
+
+
+def _uint16_offset(pixels: np.ndarray, hu_offset: int | None, name: str, sample_id) -> int:
+    """The offset to subtract from an unsigned 16-bit image (see the module docstring)."""
+    if hu_offset is not None:
+        return int(hu_offset)
+    low = int(pixels.min())
+    if low >= AUTO_OFFSET_MIN:
+        return AUTO_OFFSET
+    raise SoftMaskError(f"{name} is unsigned 16-bit with minimum {low} < {AUTO_OFFSET_MIN}: its HU offset cannot "
+                        "be detected; set source_options.hu_offset (32768 for DeepLesion-style PNGs, 1024 for raw "
+                        "CT values with intercept -1024, 0 if the values are HU)", sample_id=sample_id,
+                        stage=_STAGE_LOAD)
 
 
 def _bbox(mask: np.ndarray) -> tuple[tuple[float, float], float]:
@@ -317,7 +374,8 @@ def load_mask_sample(ref: SampleRef) -> SampleRecord:
     """
     sid = ref.sample_id
     p = ref.payload
-    image_hu, dicom_spacing = read_pixels(p["image_path"], role="image", hu_offset=p["hu_offset"], sample_id=sid)
+    image_hu, dicom_spacing = read_pixels(p["image_path"], role="image", hu_offset=p["hu_offset"],
+                                          window_hu=p.get("window_hu"), sample_id=sid)
     mask_raw, _ = read_pixels(p["mask_path"], role="mask", sample_id=sid)
     if mask_raw.shape != image_hu.shape:
         raise InputError(f"mask shape {mask_raw.shape} does not match image shape {image_hu.shape}",
@@ -326,6 +384,9 @@ def load_mask_sample(ref: SampleRef) -> SampleRecord:
         mask = as_mask2d(mask_raw, "mask", sample_id=sid)
     except InputError as exc:
         raise InputError(exc.reason, sample_id=sid, stage=_STAGE_LOAD) from None
+    check_image_hu(image_hu, sample_id=sid, stage=_STAGE_LOAD)
+    if p["spacing_mm"] is None and dicom_spacing is not None:
+        check_spacing_mm(dicom_spacing, what="DICOM PixelSpacing", sample_id=sid, stage=_STAGE_LOAD)
     spacing = p["spacing_mm"] or dicom_spacing or (DEFAULT_SPACING_MM, DEFAULT_SPACING_MM)
     crop_px = p["crop_px"]
     if crop_px is None:

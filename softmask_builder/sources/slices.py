@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, SourceError
+from ..plausibility import check_image_hu, check_spacing_mm
 from .base import Reject, SampleRef, SliceRecord
 from .deeplesion import SPLIT_CODES, parse_file_name, parse_spacing, read_dl_info, read_png_hu
 
@@ -131,5 +132,8 @@ def load_slice(ref: SampleRef) -> SliceRecord:
         colour (see :func:`softmask_builder.sources.deeplesion.read_png_hu`).
     """
     image_hu = read_png_hu(ref.payload["image_path"], sample_id=ref.sample_id)
+    check_image_hu(image_hu, sample_id=ref.sample_id, stage="load")
     row_mm, col_mm = ref.payload["spacing_mm"]
+    if math.isfinite(row_mm) and math.isfinite(col_mm):  # NaN: unknown (no DL_info row), kept
+        check_spacing_mm((row_mm, col_mm), what="Spacing_mm_px_", sample_id=ref.sample_id, stage="load")
     return SliceRecord(ref=ref, image_hu=image_hu, spacing_mm=(float(row_mm), float(col_mm)))

@@ -55,7 +55,7 @@ def test_every_format_round_trips_side_by_side_layout(tmp_path):
     shape = (40, 50)
     mask = _disk(shape, (20, 25), 6)
     hu = _image(shape)
-    # 8-bit PNG: values as stored
+    # 8-bit PNG: a windowed export, mapped back to HU with the window given (level 40, width 400)
     img8 = _image(shape, 1, 0, 255, np.uint8)
     _png(tmp_path / "a_png8.png", img8)
     _png(tmp_path / "a_png8_mask.png", mask.astype(np.uint8) * 255)
@@ -74,11 +74,11 @@ def test_every_format_round_trips_side_by_side_layout(tmp_path):
     np.save(tmp_path / "f_npyu16_mask.npy", mask.astype(np.uint8))
     (tmp_path / "notes.txt").write_text("ignored")
 
-    refs, rejects = plan_masks(tmp_path, hu_offset=32768, crop_px=None)
+    refs, rejects = plan_masks(tmp_path, hu_offset=32768, window_hu=(40, 400), crop_px=None)
     assert not rejects
     refs = _by_id(refs)
     assert sorted(refs) == ["a_png8", "b_png16", "c_tif16", "d_tiff32", "e_npy", "f_npyu16"]
-    expected = {"a_png8": img8, "b_png16": hu, "c_tif16": hu, "d_tiff32": hu + 0.25, "e_npy": hu, "f_npyu16": hu}
+    expected = {"a_png8": 40 - 200 + img8.astype(np.float64) * (400 / 255), "b_png16": hu, "c_tif16": hu, "d_tiff32": hu + 0.25, "e_npy": hu, "f_npyu16": hu}
     for sid, ref in refs.items():
         rec = load_mask_sample(ref)
         assert rec.prior_kind == "mask" and rec.image_hu.dtype == np.float32
@@ -88,12 +88,13 @@ def test_every_format_round_trips_side_by_side_layout(tmp_path):
         assert ref.patient == sid.split("_")[0]
 
 
-def test_hu_offset_zero_keeps_raw_16bit(tmp_path):
-    raw = np.arange(30 * 30, dtype=np.uint16).reshape(30, 30) * 50
+def test_explicit_hu_offset_is_subtracted_from_raw_16bit(tmp_path):
+    hu = _image((30, 30), 3)
+    raw = (hu.astype(np.int32) + 1024).astype(np.uint16)  # raw CT stored values, intercept -1024
     _png(tmp_path / "x.png", raw)
     _png(tmp_path / "x_mask.png", _disk(raw.shape, (15, 15), 4).astype(np.uint8))
-    (ref,), _ = plan_masks(tmp_path, crop_px=None)
-    np.testing.assert_array_equal(load_mask_sample(ref).image_hu, raw.astype(np.float32))
+    (ref,), _ = plan_masks(tmp_path, hu_offset=1024, crop_px=None)
+    np.testing.assert_array_equal(load_mask_sample(ref).image_hu, hu.astype(np.float32))
 
 
 def test_grey_rgb_png_is_read_as_greyscale_colour_rejected(tmp_path):
@@ -103,8 +104,8 @@ def test_grey_rgb_png_is_read_as_greyscale_colour_rejected(tmp_path):
     colour = np.dstack([grey, grey, 255 - grey])
     _png(tmp_path / "h.png", colour)
     _png(tmp_path / "h_mask.png", _disk(grey.shape, (10, 10), 3).astype(np.uint8))
-    refs = _by_id(plan_masks(tmp_path, crop_px=None)[0])
-    np.testing.assert_array_equal(load_mask_sample(refs["g"]).image_hu, grey.astype(np.float32))
+    refs = _by_id(plan_masks(tmp_path, window_hu=(0, 255), crop_px=None)[0])
+    np.testing.assert_array_equal(load_mask_sample(refs["g"]).image_hu, grey.astype(np.float32) - 127.5)
     with pytest.raises(SoftMaskError, match="colour") as info:
         load_mask_sample(refs["h"])
     assert info.value.sample_id == "h" and info.value.stage == "load"
@@ -237,7 +238,7 @@ def test_load_errors_carry_sample_id(tmp_path, case):
         (tmp_path / "s.png").unlink()
         (tmp_path / "s.npy").write_bytes(b"not a numpy file")
         _png(tmp_path / "s_mask.png", mask)
-    (ref,), _ = plan_masks(tmp_path)
+    (ref,), _ = plan_masks(tmp_path, window_hu=(40, 400))
     with pytest.raises(SoftMaskError) as info:
         load_mask_sample(ref)
     assert info.value.sample_id == "s" and info.value.stage == "load"
