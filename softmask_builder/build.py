@@ -44,6 +44,7 @@ from . import __version__
 from .errors import InputError, SoftMaskError, SourceError
 from .pipeline import LabelParams, Labels, label_from_mask, label_from_readers, label_from_recist
 from .recipes import SOURCES, SPLITS, Recipe, SplitSpec
+from .relpaths import RootRelativeLoader, relative_rejects
 from .shards import (SAMPLE_META_DTYPE, encode_meta, is_temp_name, layout, open_shard, parse_shard_name,
                      sha256_file, shard_name, write_shard)
 from .sources.base import Reject, SampleRecord, SampleRef, SliceRecord
@@ -277,6 +278,7 @@ def plan_build(recipe: Recipe, source: str | Path, *, limit: int | None = None) 
     if recipe.kind == "samples":
         kwargs["crop_px"] = recipe.crop_px
     refs, rejects = plan_fn(source, **kwargs)
+    rejects = relative_rejects(rejects, source)  # no local path in released files
     return make_plan(recipe, refs, rejects, source=str(source), limit=limit)
 
 
@@ -614,6 +616,8 @@ def run_build(plan: BuildPlan, out: str | Path, *, overwrite: bool = False, load
     out = Path(out)
     if loader is None:
         _, loader = source_functions(plan.recipe.source)
+    if plan.source:
+        loader = RootRelativeLoader(loader, plan.source)  # reasons name paths relative to the source
     _prepare_out(out, plan, overwrite)
     results: dict[str, ShardResult] = {}
     todo: list[ShardPlan] = []
