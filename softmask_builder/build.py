@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import inspect
 import json
 import math
 import os
@@ -40,7 +41,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from joblib import Parallel, delayed
 
-from . import __version__
+from . import __version__, counting
 from .errors import InputError, SoftMaskError, SourceError
 from .pipeline import LabelParams, Labels, label_from_mask, label_from_readers, label_from_recist
 from .recipes import SOURCES, SPLITS, Recipe, SplitSpec
@@ -50,7 +51,7 @@ from .shards import (SAMPLE_META_DTYPE, encode_meta, is_temp_name, layout, open_
 from .sources.base import Reject, SampleRecord, SampleRef, SliceRecord
 
 PLAN_FILE = ".plan.json"
-RELEASE_FILES = ("manifest.json", "SHA256SUMS", "rejects.csv", "DATASET_CARD.md")
+RELEASE_FILES = ("manifest.json", "SHA256SUMS", "rejects.csv", "DATASET_CARD.md", "unselected.csv")
 
 Loader = Callable[[SampleRef], Any]
 Labeller = Callable[[SampleRecord, LabelParams], Labels]
@@ -76,7 +77,8 @@ class BuildPlan:
 
     shards : in order split (train, val, test) then index.
     plan_rejects : rows already rejected while planning (stage "plan").
-    unselected : refs planned by the source but left out by the split targets or ``limit``.
+    n_unselected : rows left out by a selection filter of the source, the split targets or
+        ``limit``; ``unselected`` lists them (``unselected.csv``: sample id, filter, detail).
     targets : target sample count per split ({} for the official split).
     """
 
@@ -86,6 +88,7 @@ class BuildPlan:
     plan_rejects: tuple[Reject, ...]
     n_unselected: int
     targets: dict[str, int]
+    unselected: tuple[Reject, ...] = ()
 
     @property
     def n_planned(self) -> int:
@@ -116,6 +119,8 @@ class BuildPlan:
             "targets": dict(self.targets),
             "n_plan_rejects": len(self.plan_rejects),
             "n_unselected": self.n_unselected,
+            "unselected_by_filter": counting.by_filter(self.unselected),
+            "warnings": counting.empty_split_warnings(dataclasses.asdict(self.recipe.split), self.split_counts(), self.targets),
         }
 
 
@@ -215,7 +220,7 @@ def _plan_digest(recipe_sha: str, name: str, refs: Sequence[SampleRef]) -> str:
 
 
 def make_plan(recipe: Recipe, refs: Iterable[SampleRef], rejects: Iterable[Reject] = (), *,
-              source: str = "", limit: int | None = None) -> BuildPlan:
+              source: str = "", limit: int | None = None, unselected: Iterable[Reject] = ()) -> BuildPlan:
     """Turn planned refs into a :class:`BuildPlan` (pure: no file is read).
 
     ``limit`` keeps the first ``limit`` refs by sample_id (a trial build). Refs whose ids do not
@@ -225,7 +230,8 @@ def make_plan(recipe: Recipe, refs: Iterable[SampleRef], rejects: Iterable[Rejec
     if limit is not None and limit < 1:
         raise InputError(f"limit must be >= 1, got {limit}")
     refs = sorted(refs, key=_sid)
-    plan_rejects = list(rejects)
+    plan_rejects, left_out = counting.split_unselected(rejects)
+    left_out += list(unselected)
     seen = set()
     for ref in refs:
         if ref.sample_id in seen:
@@ -239,13 +245,14 @@ def make_plan(recipe: Recipe, refs: Iterable[SampleRef], rejects: Iterable[Rejec
                                        f"{', '.join(too_long)} longer than the schema allows"))
         else:
             kept.append(ref)
-    n_unselected = 0
     if limit is not None and len(kept) > limit:
-        n_unselected += len(kept) - limit
+        left_out += counting.limit_rows(kept[limit:], limit)
         kept = kept[:limit]
-    splits, unselected, split_rejects, targets = split_refs(kept, recipe.split)
+    splits, beyond_targets, split_rejects, targets = split_refs(kept, recipe.split)
     plan_rejects.extend(split_rejects)
-    n_unselected += len(unselected)
+    left_out += counting.target_rows(beyond_targets)
+    left_out.sort(key=lambda r: (r.sample_id, r.reason))
+    n_unselected = len(left_out)
 
     recipe_sha = recipe.sha256()
     per = recipe.samples_per_shard
@@ -258,7 +265,8 @@ def make_plan(recipe: Recipe, refs: Iterable[SampleRef], rejects: Iterable[Rejec
             name = shard_name(recipe.dataset, split, i, count, kind=recipe.kind)
             shards.append(ShardPlan(name, split, i, count, chunk, _plan_digest(recipe_sha, name, chunk)))
     plan_rejects.sort(key=lambda r: (r.sample_id, r.stage, r.reason))
-    return BuildPlan(recipe, str(source), tuple(shards), tuple(plan_rejects), n_unselected, targets)
+    return BuildPlan(recipe, str(source), tuple(shards), tuple(plan_rejects), n_unselected, targets,
+                     tuple(left_out))
 
 
 def source_functions(source: str) -> tuple[Callable, Callable]:
@@ -277,9 +285,12 @@ def plan_build(recipe: Recipe, source: str | Path, *, limit: int | None = None) 
     kwargs = dataclasses.asdict(recipe.source_options)
     if recipe.kind == "samples":
         kwargs["crop_px"] = recipe.crop_px
+    unselected: list[Reject] = []
+    if "unselected" in inspect.signature(plan_fn).parameters:
+        kwargs["unselected"] = unselected
     refs, rejects = plan_fn(source, **kwargs)
     rejects = relative_rejects(rejects, source)  # no local path in released files
-    return make_plan(recipe, refs, rejects, source=str(source), limit=limit)
+    return make_plan(recipe, refs, rejects, source=str(source), limit=limit, unselected=unselected)
 
 
 # --- shard jobs -------------------------------------------------------------------------------
@@ -540,7 +551,16 @@ class BuildResult:
             "n_rejects": len(rejects),
             "rejects_by_stage": dict(sorted(Counter(r.stage for r in rejects).items())),
             "n_unselected": self.plan.n_unselected,
+            "unselected_by_filter": counting.by_filter(self.plan.unselected),
+            "warnings": self.warnings,
         }
+
+    @property
+    def warnings(self) -> list[str]:
+        """Empty splits the recipe asks for, and shards whose every sample was rejected."""
+        counts = {k: v["n_samples"] for k, v in self.split_counts().items()}
+        return (counting.empty_split_warnings(dataclasses.asdict(self.plan.recipe.split), counts, self.plan.targets)
+                + counting.empty_shard_warnings(self.shards))
 
 
 def _our_files(out: Path, dataset: str) -> tuple[list[Path], list[Path], list[Path]]:

@@ -125,6 +125,12 @@ def _run_build(recipe, source: Path, out: Path | None, *, jobs: int, backend: st
     return result.summary()
 
 
+def _echo_warnings(summary: dict) -> None:
+    """The summary's warnings (empty splits, empty shards) on stderr as well."""
+    for warning in summary.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+
+
 def _common_build_options(func):
     options = [
         click.option("--recipe", "recipe_name", default=None,
@@ -164,6 +170,7 @@ def _build_command(kind: str):
         summary = _run_build(recipe, source, out, jobs=jobs, backend=backend, scheduler=scheduler, dry_run=dry_run,
                              limit=limit, overwrite=overwrite, progress=progress)
         _emit(summary)
+        _echo_warnings(summary)
         if not dry_run and summary["n_samples"] == 0:
             raise _Fail(f"no sample was built (see {Path(summary['out']) / 'rejects.csv'})", code=EXIT_EMPTY)
 
@@ -206,6 +213,7 @@ def inspect(path: Path, sample_index: int | None) -> None:
         _emit({k: m[k] for k in ("dataset", "dataset_version", "kind", "builder_version", "schema_version",
                                  "recipe_sha256", "n_samples", "n_planned", "n_rejects", "rejects_by_stage",
                                  "n_unselected", "splits")}
+              | {k: m[k] for k in ("unselected_by_filter", "warnings") if k in m}
               | {"shards": [{k: e[k] for k in ("file", "split", "n_samples")} for e in m["shards"]]})
         return
     with _input_errors(), open_shard(path) as shard:
@@ -244,11 +252,14 @@ def verify(path: Path) -> None:
               show_default=True)
 def preview(path: Path, n_samples: int, out: Path) -> None:
     """Contact sheet PNG: image, trimap, Soft Mask and binary mask of N samples."""
-    from .release import write_preview
+    from .release import preview_report
 
     with _input_errors(out):
-        written = write_preview(path, out, n=n_samples)
-    _emit({"preview": str(written), "n": n_samples})
+        report = preview_report(path, out, n=n_samples)
+    _emit(report)
+    if report["n"] < n_samples:
+        click.echo(f"preview: drew {report['n']} of the {n_samples} samples asked for (the dataset holds "
+                   f"{report['n_available']})", err=True)
 
 
 @main.command()
@@ -311,6 +322,7 @@ def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, sched
     if summary["build"]["n_samples"]:
         summary["preview"] = str(write_preview(out, out / "preview.png", n=8))
     _emit(summary)
+    _echo_warnings(summary["build"])
     if not report.ok:
         for problem in report.problems:
             click.echo(f"verify: {problem}", err=True)

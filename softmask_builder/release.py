@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
-from .errors import InputError, SoftMaskError
+from . import __version__, counting
+from .errors import InputError, SoftMaskError, SourceError
 from .shards import SCHEMA_VERSION, check_shard, open_shard, parse_shard_name, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,6 +32,7 @@ MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
 REJECTS = "rejects.csv"
 CARD = "DATASET_CARD.md"
+UNSELECTED = counting.UNSELECTED_FILE
 _VERSIONED = ("numpy", "scipy", "scikit-image", "opencv-python-headless", "h5py", "joblib", "numba", "pydicom",
               "pandas")
 
@@ -89,6 +90,8 @@ def manifest_dict(result: "BuildResult") -> dict[str, Any]:
         "n_samples": result.n_samples,
         "n_planned": result.plan.n_planned,
         "n_unselected": result.plan.n_unselected,
+        "unselected_by_filter": counting.by_filter(result.plan.unselected),
+        "warnings": result.warnings,
         "n_rejects": len(rejects),
         "rejects_by_stage": dict(sorted(Counter(r.stage for r in rejects).items())),
         "targets": dict(result.plan.targets),
@@ -101,14 +104,16 @@ def manifest_dict(result: "BuildResult") -> dict[str, Any]:
 
 
 def write_release(result: "BuildResult") -> dict[str, Any]:
-    """Write rejects.csv, manifest.json, DATASET_CARD.md, then SHA256SUMS; return the manifest."""
+    """Write rejects.csv, unselected.csv, manifest.json, DATASET_CARD.md, then SHA256SUMS; return
+    the manifest."""
     out = Path(result.out)
     manifest = manifest_dict(result)
     _write_text_atomic(out / REJECTS, rejects_csv_text(result.rejects))
+    _write_text_atomic(out / UNSELECTED, counting.unselected_csv_text(result.plan.unselected))
     _write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     _write_text_atomic(out / CARD, dataset_card(manifest, result.rejects))
     hashes = {s.name: s.sha256 for s in result.shards}
-    for name in (MANIFEST, REJECTS, CARD):
+    for name in (MANIFEST, REJECTS, UNSELECTED, CARD):
         hashes[name] = sha256_file(out / name)
     _write_text_atomic(out / SUMS, "".join(f"{hashes[k]}  {k}\n" for k in sorted(hashes)))
     return manifest
@@ -180,10 +185,14 @@ def dataset_card(manifest: dict[str, Any], rejects) -> str:
         kind = "sample counts" if split.get("counts") is not None else "fractions"
         how_split = (f"a deterministic split by patient (seed {split['seed']}, target {kind}: {ordered}); "
                      "no patient appears in two splits")
-    lines += ["", f"Splits: {how_split}. Samples left out by the targets or a `--limit`: "
-                  f"{manifest['n_unselected']}. Rejected samples: {manifest['n_rejects']} "
+    by_filter = manifest.get("unselected_by_filter") or {}
+    left_out = f" ({', '.join(f'{k}: {v}' for k, v in by_filter.items())}; listed in `{UNSELECTED}`)" if by_filter else ""
+    lines += ["", f"Splits: {how_split}. Samples left out by a selection filter, the targets or a `--limit`: "
+                  f"{manifest['n_unselected']}{left_out}. Rejected samples: {manifest['n_rejects']} "
                   f"({', '.join(f'{k}: {v}' for k, v in manifest['rejects_by_stage'].items()) or 'none'}), "
                   f"listed with their reasons in `{REJECTS}`."]
+    if manifest.get("warnings"):
+        lines += ["", "**Warnings:**", ""] + [f"- {w}" for w in manifest["warnings"]]
     if rejects:
         reasons: dict[str, int] = {}
         for r in rejects:
@@ -374,6 +383,13 @@ def verify(out: str | Path) -> VerifyReport:
                 problems.append(f"{REJECTS} has {len(rows) - 1} rows, manifest says {manifest['n_rejects']}")
         except FileNotFoundError:
             problems.append(f"{REJECTS} is missing")
+        if UNSELECTED in sums and (out / UNSELECTED).is_file():  # older datasets have none
+            with open(out / UNSELECTED, newline="", encoding="utf-8") as fh:
+                rows = list(csv.reader(fh))
+            if not rows or rows[0] != counting.UNSELECTED_HEADER:
+                problems.append(f"{UNSELECTED} lacks the header {','.join(counting.UNSELECTED_HEADER)}")
+            elif len(rows) - 1 != manifest["n_unselected"]:
+                problems.append(f"{UNSELECTED} has {len(rows) - 1} rows, manifest says {manifest['n_unselected']}")
     except (KeyError, TypeError) as exc:
         problems.append(f"{MANIFEST} lacks or mistypes a field: {exc!r}")
     return report
@@ -396,7 +412,25 @@ def _shard_paths(path: Path) -> list[Path]:
 def write_preview(path: str | Path, out_png: str | Path, *, n: int = 8) -> Path:
     """Contact sheet of ``n`` samples spread evenly over a dataset folder (or one shard): one row
     per sample with the windowed image, the trimap, the Soft Mask and the binary mask (slice
-    shards: the image only). Drawn with matplotlib's Agg canvas (no display needed)."""
+    shards: the image only). Drawn with matplotlib's Agg canvas (no display needed).
+
+    Returns the PNG's path; :func:`preview_report` also says what was drawn."""
+    return Path(preview_report(path, out_png, n=n)["preview"])
+
+
+def preview_report(path: str | Path, out_png: str | Path, *, n: int = 8) -> dict[str, Any]:
+    """Write the contact sheet of :func:`write_preview` and return what it drew:
+    ``{"preview": path, "n_requested": n, "n": samples drawn, "n_available": samples in the
+    dataset, "sample_ids": [...]}`` (a 5-sample shard asked for 20 draws 5).
+
+    Raises
+    ------
+    InputError
+        ``n < 1``, no shard, or no sample.
+    SourceError
+        A shard is unreadable or a sample's chunk is corrupt (the message names the shard and the
+        sample index).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -406,9 +440,12 @@ def write_preview(path: str | Path, out_png: str | Path, *, n: int = 8) -> Path:
     sizes = []
     for p in paths:
         with open_shard(p) as s:
-            sizes.append(s.n_samples)
-            kind = s.kind
-            recipe = json.loads(s.attrs.get("recipe_json", "{}"))
+            try:
+                sizes.append(s.n_samples)
+                kind = s.kind
+                recipe = json.loads(s.attrs.get("recipe_json", "{}"))
+            except (OSError, KeyError, ValueError) as exc:
+                raise SourceError(f"{p.name} is not a readable shard: {' '.join(str(exc).split())}") from None
     total = sum(sizes)
     if total == 0:
         raise InputError(f"{path} holds no sample to preview")
@@ -420,10 +457,16 @@ def write_preview(path: str | Path, out_png: str | Path, *, n: int = 8) -> Path:
     fig = Figure(figsize=(1.8 * len(columns), 1.9 * len(picks)), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(picks), len(columns), squeeze=False)
+    drawn = []
     for row, k in enumerate(picks):
         j = int(np.searchsorted(offsets, k, side="right") - 1)
         with open_shard(paths[j]) as s:
-            sample = s.sample(int(k - offsets[j]))
+            try:
+                sample = s.sample(int(k - offsets[j]))
+            except (OSError, KeyError, ValueError) as exc:  # h5py: a corrupt chunk (bad checksum, inflate)
+                raise SourceError(f"{paths[j].name}: sample {int(k - offsets[j])} is unreadable "
+                                  f"({' '.join(str(exc).split())})") from None
+        drawn.append(sample["sample_id"])
         image = np.clip((sample["image_hu"].astype(np.float32) - (level - width / 2)) / width, 0, 1)
         panels = [image]
         if kind == "samples":
@@ -439,10 +482,15 @@ def write_preview(path: str | Path, out_png: str | Path, *, n: int = 8) -> Path:
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", metadata={"Software": None})
-    os.replace(tmp, out_png)
-    return out_png
+    try:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+        os.replace(tmp, out_png)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"preview": str(out_png), "n_requested": int(n), "n": len(drawn), "n_available": int(total),
+            "sample_ids": drawn}
 
 
-__all__ = ["write_release", "verify", "VerifyReport", "write_preview", "dataset_card", "manifest_dict",
+__all__ = ["write_release", "verify", "VerifyReport", "write_preview", "preview_report", "dataset_card", "manifest_dict",
            "library_versions"]

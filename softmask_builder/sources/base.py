@@ -75,6 +75,17 @@ class Reject:
     reason: str
 
 
+#: Stage of the rows a plan function appends to its ``unselected`` list: refs left out by a
+#: selection filter, the split targets or ``--limit`` (``reason`` = "<filter>: <detail>"); they are
+#: written to ``unselected.csv``, never to ``rejects.csv``.
+UNSELECTED = "unselected"
+
+
+def unselected_row(sample_id: str, filter_name: str, detail: str) -> Reject:
+    """A row of ``unselected.csv``: ``sample_id`` left out by ``filter_name`` (a recipe option)."""
+    return Reject(sample_id, UNSELECTED, f"{filter_name}: {detail}")
+
+
 @dataclass(frozen=True)
 class SliceRecord:
     """A full CT slice for the SR teacher: (rows, cols) HU, spacing (row_mm, col_mm)."""

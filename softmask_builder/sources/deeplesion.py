@@ -49,7 +49,7 @@ from ..crop import crop_image, crop_plan
 from ..errors import InputError, RecistError, SoftMaskError, SourceError
 from ..plausibility import ImplausibleError, check_image_hu, check_spacing_mm, spacing_differs
 from ..recist import Recist, validate_recist
-from .base import Reject, SampleRecord, SampleRef
+from .base import Reject, SampleRecord, SampleRef, unselected_row
 
 if TYPE_CHECKING:  # pandas is imported lazily: build workers only load samples, never the CSV
     import pandas as pd
@@ -107,7 +107,9 @@ def read_dl_info(path, *, required: Sequence[str] = DL_INFO_COLUMNS) -> pd.DataF
         raise SourceError(f"DL_info.csv not found at {path}")
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise SourceError(_decode_error(path)) from None
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
         # EmptyDataError is a ValueError subclass.
         raise SourceError(f"cannot read {path} as CSV: {exc}") from None
     table.columns = [str(c).strip() for c in table.columns]
@@ -116,6 +118,20 @@ def read_dl_info(path, *, required: Sequence[str] = DL_INFO_COLUMNS) -> pd.DataF
         raise SourceError(f"{path} lacks column(s) {', '.join(missing)} "
                           f"(expected the official DeepLesion header: {', '.join(DL_INFO_COLUMNS)})")
     return table
+
+
+def _decode_error(path: Path) -> str:
+    """Where ``path`` stops being UTF-8: "<path> line L: byte 0xXX is not UTF-8 ..." (pandas's own
+    error gives a position inside its read buffer, not the line)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return (f"{path} line {line}, column {column}: byte 0x{data[exc.start]:02x} is not UTF-8 "
+                "(save DL_info.csv as UTF-8)")
+    return f"cannot read {path} as UTF-8 text"
 
 
 def parse_file_name(file_name: str) -> tuple[str, str]:
@@ -238,8 +254,8 @@ def _check_options(lesion_types, long_axis_mm, splits, crop_px, limit):
 
 def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_noisy: bool = True,
                     long_axis_mm: tuple[float, float] | None = None, splits: Iterable[str] | None = None,
-                    crop_px: int = 64, limit: int | None = None,
-                    check_images: bool = True) -> tuple[list[SampleRef], list[Reject]]:
+                    crop_px: int = 64, limit: int | None = None, check_images: bool = True,
+                    unselected: list | None = None) -> tuple[list[SampleRef], list[Reject]]:
     """Plan DeepLesion samples from ``root/DL_info.csv`` (no pixel is read).
 
     Order of the selection: the type / noisy / split filters (cheap, no parsing), then every
@@ -267,6 +283,9 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
         Keep only the first ``limit`` refs by sample_id (after filtering).
     check_images : bool
         Reject rows whose key-slice PNG does not exist (reason "image missing: <path>").
+    unselected : list, optional
+        When given, a row left out by a filter is appended to it as
+        :func:`~.base.unselected_row` (the filter's option name and why), for ``unselected.csv``.
 
     Returns
     -------
@@ -318,11 +337,16 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
             reject(str(exc))
             continue
         split = SPLIT_CODES[code]
+        left_out = unselected.append if unselected is not None else (lambda row: None)
         if types_keep is not None and lesion_type not in types_keep:
+            left_out(unselected_row(sid, "lesion_types", f"Coarse_lesion_type {lesion_type} not in "
+                                                         f"{sorted(types_keep)}"))
             continue
         if exclude_noisy and noisy == 1:
+            left_out(unselected_row(sid, "exclude_noisy", "Possibly_noisy is 1"))
             continue
         if splits_keep is not None and split not in splits_keep:
+            left_out(unselected_row(sid, "splits", f"official split {split} not in {sorted(splits_keep)}"))
             continue
 
         try:
@@ -347,6 +371,8 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
         d_col = (recist.long_b[1] - recist.long_a[1]) * spacing_mm[1]
         long_mm = math.hypot(d_row, d_col)
         if long_axis_mm is not None and not (long_axis_mm[0] <= long_mm <= long_axis_mm[1]):
+            left_out(unselected_row(sid, "long_axis_mm", f"long axis {long_mm:.2f} mm outside "
+                                                         f"[{long_axis_mm[0]:g}, {long_axis_mm[1]:g}]"))
             continue
         duplicate_of = first_line.setdefault(tuple(cells.values()), line)
         if duplicate_of != line:

