@@ -67,10 +67,10 @@ def invoke(*args):
 
 
 def assert_one_line_error(result, code: int, *needles: str) -> str:
-    """The command failed with ``code`` and exactly one line on stderr (no traceback) that holds
-    every ``needle``; returns that line."""
+    """The command failed with ``code`` and exactly one error line on stderr (no traceback; lines
+    ``warning: ...`` aside) that holds every ``needle``; returns that line."""
     assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("warning: ")]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     for needle in needles:
