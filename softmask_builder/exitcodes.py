@@ -51,5 +51,5 @@ def io_error_message(exc: OSError, fallback_path=None) -> str:
     where = f" {path}" if path is not None else ""
     if full:
         return f"disk full (no space left) while writing{where}"
-    cause = exc.strerror or text
-    return f"I/O error on{where}: {cause}".replace("\n", " ")
+    cause = " ".join(str(exc.strerror or text).split())
+    return f"I/O error on {path}: {cause}" if path is not None else f"I/O error: {cause}"
