@@ -65,8 +65,9 @@ from .phantom import (HU_LUNG, HU_MAX, HU_MIN, HU_OUTSIDE_FOV, HU_SOFT, HU_VESSE
                       _draw_anatomy, _smooth_field, _static_background, _vessel_fraction, recist_from_mask)
 from .phantom_shapes import TEXTURE_CLASSES, LesionShape, fraction_maps
 
-__all__ = ["PLACEMENTS", "SOLID_CORE_FRACTION", "HybridParams", "Background", "HybridCase", "lung_mask",
-           "measure_noise_hu", "synthetic_background", "render_case", "simulate_readers", "READER_MODEL"]
+__all__ = ["PLACEMENTS", "SOLID_CORE_FRACTION", "READER_MODEL", "HybridParams", "Background", "HybridCase",
+           "CaseSpec", "BackgroundSpec", "lung_mask", "measure_noise_hu", "synthetic_background", "render_case",
+           "simulate_readers", "plan_hybrid_cases", "iter_hybrid_cases", "sample_patients", "write_hybrid_sample"]
 
 PLACEMENTS = ("free", "pleura", "vessel")
 #: Volume share of the solid core of a part-solid nodule (exact for a sphere; see the module doc).
@@ -74,12 +75,13 @@ SOLID_CORE_FRACTION = 0.3
 SYNTHETIC_BACKGROUND_LICENSE = "synthetic (softmask_builder.phantom anatomy), same licence as this project"
 
 #: Simulated readers (strategy 2): reader i's mask = {d + b_i + a g_i > 0}, d the in-plane
-#: signed distance (mm) of the true mask, b_i ~ N(0, bias_sd_mm) a reader's over/under-drawing,
+#: signed distance (mm) of the true mask, b_i ~ N(0, bias_sd_mm + bias_rel r) a reader's
+#: over/under-drawing (r: the mask's equivalent radius, mm),
 #: g_i a unit Gaussian random field of correlation length corr_mm (a wobbly outline) scaled by
 #: wobble_mm. Calibrated on the database alone (see docs/ACCURACY.md): simulated on each
 #: four-reader nodule's 50 % consensus on its central slice, pairwise Dice per size bucket
 #: matches the real readers'.
-READER_MODEL = {"bias_sd_mm": 0.45, "wobble_mm": 0.45, "corr_mm": 2.0}
+READER_MODEL = {"bias_sd_mm": 0.45, "bias_rel": 0.0, "wobble_mm": 0.45, "corr_mm": 2.0}
 
 
 @dataclass(frozen=True)
@@ -348,14 +350,16 @@ def _unit_field(rng, rows: int, cols: int, corr_px: float) -> np.ndarray:
 
 
 def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_readers: int = 4,
-                     bias_sd_mm: float | None = None, wobble_mm: float | None = None,
+                     bias_sd_mm: float | None = None, bias_rel: float | None = None, wobble_mm: float | None = None,
                      corr_mm: float | None = None) -> np.ndarray:
     """Masks of ``n_readers`` simulated radiologists outlining the lesion of ``true_fraction``.
 
     Reader i marks ``{d + b_i + wobble_mm g_i > 0}`` with ``d`` the signed distance (mm, > 0
     inside, zero half-way between pixel centres) of ``true_fraction >= 0.5``, ``b_i ~ N(0,
-    bias_sd_mm)`` and ``g_i`` a unit random field of correlation ``corr_mm`` (defaults:
-    :data:`READER_MODEL`). Computed in the lesion's bounding box enlarged by 5 mm.
+    bias_sd_mm + bias_rel * r)`` (``r`` = the radius of the disc of the mask's area, mm: readers
+    disagree more, in mm, on larger nodules) and ``g_i`` a unit random field of correlation
+    ``corr_mm`` (defaults: :data:`READER_MODEL`). Computed in the lesion's bounding box
+    enlarged by 5 mm.
 
     Returns
     -------
@@ -366,6 +370,7 @@ def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_rea
 
     m = READER_MODEL
     b_sd = m["bias_sd_mm"] if bias_sd_mm is None else float(bias_sd_mm)
+    b_rel = m["bias_rel"] if bias_rel is None else float(bias_rel)
     wob = m["wobble_mm"] if wobble_mm is None else float(wobble_mm)
     corr = m["corr_mm"] if corr_mm is None else float(corr_mm)
     rng = _as_rng(rng)
@@ -382,8 +387,9 @@ def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_rea
     d_out = ndimage.distance_transform_edt(~sub)
     d_in = ndimage.distance_transform_edt(sub)
     d = np.where(sub, d_in - 0.5, -(d_out - 0.5)) * spacing_mm
+    r_eq = math.sqrt(float(truth.sum()) / math.pi) * spacing_mm
     for i in range(n_readers):
-        b = float(rng.normal(0.0, b_sd))
+        b = float(rng.normal(0.0, b_sd + b_rel * r_eq))
         g = _unit_field(rng, *sub.shape, corr / spacing_mm)
         out[i, r0:r1, c0:c1] = d + b + wob * g > 0
     return out
@@ -460,6 +466,8 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
     for attempt in range(20):
         if z_offset_mm is not None:
             z0 = float(z_offset_mm)
+        elif attempt == 19:
+            z0 = 0.0  # the centroid's slice, the last resort for a small shape in thick slices
         else:
             spread = 0.25 * (zhi - zlo) * (1.0 if attempt < 10 else 0.3)
             z0 = float(rng.uniform(-spread, spread))
@@ -511,9 +519,11 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
             # Gaussian truncated at 4 sigma; zero padding (delta is 0 at the ROI border)
             delta = cv2.GaussianBlur(delta.astype(np.float32), (2 * radius_px + 1, 2 * radius_px + 1), psf_px,
                                      borderType=cv2.BORDER_CONSTANT)
-        img[r0:r1, c0:c1] += delta
-        images.append(np.round(np.clip(img, HU_MIN, HU_MAX)).astype(np.int16))
-    bg_key = np.round(np.clip(bg.slices_hu[bg.key], HU_MIN, HU_MAX)).astype(np.int16)
+        # clipped to the CT range only where the lesion went: elsewhere the background's own values
+        # stay (a real slice's outside-FOV padding is about -2048 HU)
+        img[r0:r1, c0:c1] = np.clip(img[r0:r1, c0:c1] + delta, HU_MIN, HU_MAX)
+        images.append(np.round(img).astype(np.int16))
+    bg_key = np.round(bg.slices_hu[bg.key]).astype(np.int16)
 
     true_fraction = fr[bg.key].astype(np.float32)
     true_mask = true_fraction >= 0.5
@@ -589,9 +599,9 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
     one split and one DeepLesion "patient" (its index + 1) and holds up to
     ``cases_per_background`` cases, each its own study (series folder). Cases get splits in
     ``split_fractions`` proportions (largest remainder), placements round robin; within a split
-    the cases cycle over the texture classes present (``texture_balance``; else shapes are drawn
-    regardless of class) and take each class's shapes in a seeded random order without repetition
-    until they are used up. Real backgrounds (few) are shared by the splits; the policy line of the returned dict
+    the cases cycle over the texture classes whose shapes are not used up yet
+    (``texture_balance``; else shapes are drawn regardless of class), each class's shapes in a
+    seeded random order, so shapes repeat only once the split's shapes are all used. Real backgrounds (few) are shared by the splits; the policy line of the returned dict
     says so.
 
     Returns
@@ -638,7 +648,9 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
     cases = []
     n_real = len(real_backgrounds) if real_backgrounds else 0
     for i, split in enumerate(split_seq):
-        tc = classes[split][n_in_split[split] % len(classes[split])] if texture_balance else None
+        # classes whose shapes are not used up yet (all of them again once every one is)
+        avail = [c for c in classes[split] if used[(split, c)] < len(order[(split, c)])] or classes[split]
+        tc = avail[n_in_split[split] % len(avail)] if texture_balance else None
         n_in_split[split] += 1
         key = (split, tc) if tc is not None else None
         if key is None:
