@@ -81,7 +81,7 @@ SYNTHETIC_BACKGROUND_LICENSE = "synthetic (softmask_builder.phantom anatomy), sa
 #: wobble_mm. Calibrated on the database alone (see docs/ACCURACY.md): simulated on each
 #: four-reader nodule's 50 % consensus on its central slice, pairwise Dice per size bucket
 #: matches the real readers'.
-READER_MODEL = {"bias_sd_mm": 0.45, "bias_rel": 0.0, "wobble_mm": 0.45, "corr_mm": 2.0}
+READER_MODEL = {"bias_sd_mm": 0.1, "bias_rel": 0.075, "wobble_mm": 0.3, "corr_mm": 2.0}
 
 
 @dataclass(frozen=True)
@@ -684,10 +684,10 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
 
 
 def _render_group(bg_spec: BackgroundSpec, specs: Sequence[CaseSpec], shapes: dict, params: HybridParams,
-                  real_backgrounds) -> list:
+                  real_background) -> list:
     """Render the cases of one background (worker side). Failures become (spec, reason) rows."""
     if bg_spec.real is not None:
-        bg = real_backgrounds[bg_spec.real]
+        bg = real_background
     else:
         bg = synthetic_background(bg_spec.seed, shape=bg_spec.shape, background_id=f"synthetic-{bg_spec.index:05d}")
     out = []
@@ -716,7 +716,8 @@ def iter_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0, p
     for c in cases:
         groups.setdefault(c.background, []).append(c)
     jobs = (delayed(_render_group)(bgs[j], specs, {s.shape_id: by_id[s.shape_id] for s in specs}, params,
-                                   real_backgrounds) for j, specs in groups.items())
+                                   real_backgrounds[bgs[j].real] if bgs[j].real is not None else None)
+            for j, specs in groups.items())
     for result in Parallel(return_as="generator")(jobs):
         for item in result:
             if isinstance(item, tuple):
@@ -753,7 +754,7 @@ def sample_patients(n: int, db_path=None) -> list[str] | None:
 def write_hybrid_sample(root, *, n: int = 60, seed: int = 0, shapes: Sequence[LesionShape] | None = None,
                         real_backgrounds: Sequence[Background] | None = None, db_path=None,
                         label_train_rows: bool = False, params: HybridParams = HybridParams(),
-                        cases_per_background: int = 10) -> dict:
+                        cases_per_background: int = 10, slice_shape: tuple[int, int] = (512, 512)) -> dict:
     """Write ``n`` hybrid cases in the DeepLesion layout under ``root`` (images, DL_info.csv,
     phantom_truth.npz with the hybrid extras) by :func:`.phantom.write_deeplesion`, streaming.
 
@@ -777,7 +778,8 @@ def write_hybrid_sample(root, *, n: int = 60, seed: int = 0, shapes: Sequence[Le
         shapes = report.shapes
     rejects: list = []
     cases_iter = iter_hybrid_cases(n, shapes=shapes, seed=seed, params=params, real_backgrounds=real_backgrounds,
-                                   rejects=rejects, cases_per_background=cases_per_background)
+                                   rejects=rejects, cases_per_background=cases_per_background,
+                                   slice_shape=slice_shape)
     seen: list = []
 
     def tracked():
@@ -786,7 +788,7 @@ def write_hybrid_sample(root, *, n: int = 60, seed: int = 0, shapes: Sequence[Le
             yield c
 
     _, _, policy = plan_hybrid_cases(n, shapes=shapes, seed=seed, real_backgrounds=real_backgrounds,
-                                     cases_per_background=cases_per_background)
+                                     cases_per_background=cases_per_background, slice_shape=slice_shape)
     truth = write_deeplesion(Path(root), tracked(), label_train_rows=label_train_rows)
     by = lambda i: {k: sum(1 for s in seen if s[i] == k) for k in sorted({s[i] for s in seen})}  # noqa: E731
     bg_sources = sorted({(b.source, b.license) for b in (real_backgrounds or [])})
