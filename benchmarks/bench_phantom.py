@@ -2,7 +2,7 @@
 
 Times, for N cases at J joblib workers (loky):
 
-* hybrid: ``softmask_builder.hybrid.iter_hybrid_cases`` (synthetic backgrounds, one per 10 cases,
+* hybrid: ``softmask_builder.hybrid.iter_hybrid_cases`` (synthetic backgrounds, one per 20 cases,
   real LIDC shapes) and the PNG encoding/writing of every slice (key + 2 neighbours, 512 x 512);
 * analytic (reference): ``softmask_builder.phantom.generate_case`` for the same N, same PNG work,
   over the same J workers (cases spread over the workers in chunks);

@@ -52,6 +52,7 @@ synthetic backgrounds are the project's own.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -128,6 +129,30 @@ class Background:
     @property
     def n_neighbors(self) -> int:
         return int(self.key)
+
+    # Maps of the key slice that every placement needs, computed once per background (a
+    # background serves many cases).
+    @functools.cached_property
+    def lung_depth_mm(self) -> np.ndarray:
+        """Distance (mm) of each key-slice lung pixel to the nearest non-lung pixel (0 outside)."""
+        return ndimage.distance_transform_edt(self.lung[self.key]) * self.spacing_mm
+
+    @functools.cached_property
+    def vessel_mask(self) -> np.ndarray:
+        """Key-slice lung pixels of a vessel (or other structure): noise-free HU > -500."""
+        ref = (self.clean_hu[self.key] if self.clean_hu is not None
+               else cv2.GaussianBlur(self.slices_hu[self.key], (0, 0), 1.5))
+        return self.lung[self.key] & (ref > -500.0)
+
+    @functools.cached_property
+    def vessel_distance_mm(self) -> np.ndarray:
+        v = self.vessel_mask
+        return ndimage.distance_transform_edt(~v) * self.spacing_mm if v.any() else np.full(v.shape, np.inf)
+
+    @functools.cached_property
+    def exclude_distance_mm(self) -> np.ndarray:
+        e = self.exclude
+        return ndimage.distance_transform_edt(~e) * self.spacing_mm if e.any() else np.full(e.shape, np.inf)
 
 
 @dataclass(frozen=True, eq=False)
@@ -287,11 +312,6 @@ def synthetic_background(rng_or_seed, *, shape: tuple[int, int] = (512, 512), sp
 # Placement
 # --------------------------------------------------------------------------------------------
 
-def _depth_map(lung: np.ndarray, spacing_mm: float) -> np.ndarray:
-    """Distance (mm) of each lung pixel to the nearest non-lung pixel (0 outside)."""
-    return ndimage.distance_transform_edt(lung) * spacing_mm
-
-
 def _choose_center(rng, bg: Background, shape: LesionShape, placement: str) -> tuple[float, float]:
     """(row, col) mm of the shape's centroid in the key slice, for the placement kind.
 
@@ -299,24 +319,22 @@ def _choose_center(rng, bg: Background, shape: LesionShape, placement: str) -> t
     excluded area, fewest vessel pixels (clean HU > -500) among 40 tries; pleura: the centroid
     inside the lung at a depth of 0.3-0.7 x the shape's half axial diameter (the solid crosses
     the wall); vessel: the centroid at 0.5-0.9 x the half diameter from a vessel pixel (so the
-    lesion touches it), deep enough not to reach the wall."""
-    lung = bg.lung[bg.key]
+    lesion touches it), its centroid deeper than half the axial diameter + 1 mm."""
     sp = bg.spacing_mm
-    depth = _depth_map(lung, sp)
-    excl = ndimage.distance_transform_edt(~bg.exclude) * sp if bg.exclude.any() else np.full(lung.shape, np.inf)
+    depth = bg.lung_depth_mm
+    excl = bg.exclude_distance_mm
     rb = shape.radius_bound_mm
     half = 0.5 * shape.max_axial_diameter_mm
-    ref = bg.clean_hu[bg.key] if bg.clean_hu is not None else cv2.GaussianBlur(bg.slices_hu[bg.key], (0, 0), 1.5)
-    vessel = lung & (ref > -500.0)
+    vessel = bg.vessel_mask
     if placement == "free":
         cand = np.argwhere((depth > rb + 2.0) & (excl > rb + 2.0) & ~vessel)
     elif placement == "pleura":
         d = rng.uniform(0.3, 0.7) * half
         cand = np.argwhere((np.abs(depth - d) < max(sp, 0.5)) & (excl > rb + 2.0))
     elif placement == "vessel":
-        dist_v = ndimage.distance_transform_edt(~vessel) * sp if vessel.any() else np.full(lung.shape, np.inf)
+        dist_v = bg.vessel_distance_mm
         d = rng.uniform(0.5, 0.9) * half
-        cand = np.argwhere((np.abs(dist_v - d) < max(sp, 0.5)) & (depth > rb + 1.0) & (excl > rb + 2.0))
+        cand = np.argwhere((np.abs(dist_v - d) < max(sp, 0.5)) & (depth > half + 1.0) & (excl > rb + 2.0))
     else:
         raise InputError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if len(cand) == 0:
@@ -497,11 +515,12 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
     psf_mm = bg.psf_sigma_mm if bg.psf_sigma_mm is not None else float(rng.uniform(*params.real_psf_sigma_mm))
     psf_px = psf_mm / sp
     radius_px = int(math.ceil(4.0 * psf_px)) if psf_px > 0 else 0
-    any_f = (fr > 0).any(axis=0)
-    rr, cc = np.nonzero(any_f)
+    # the lesion's box: the shape's in-plane bound around its centre (the fraction maps are zero
+    # outside it), widened by the PSF radius
     pad = radius_px + 2
-    r0, r1 = max(rr.min() - pad, 0), min(rr.max() + pad + 1, rows)
-    c0, c1 = max(cc.min() - pad, 0), min(cc.max() + pad + 1, cols)
+    ext = int(math.ceil((shape.radius_bound_mm + sp) / sp)) + 1
+    r0, r1 = max(int(center[0] / sp) - ext - pad, 0), min(int(center[0] / sp) + ext + pad + 1, rows)
+    c0, c1 = max(int(center[1] / sp) - ext - pad, 0), min(int(center[1] / sp) + ext + pad + 1, cols)
     corr_px = params.heterogeneity_corr_mm / sp
     images = []
     for k in range(S):
@@ -587,7 +606,7 @@ class BackgroundSpec:
 
 
 def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
-                      placements: Sequence[str] = PLACEMENTS, cases_per_background: int = 10,
+                      placements: Sequence[str] = PLACEMENTS, cases_per_background: int = 20,
                       split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
                       real_backgrounds: Sequence[Background] | None = None,
                       slice_shape: tuple[int, int] = (512, 512),
@@ -754,7 +773,7 @@ def sample_patients(n: int, db_path=None) -> list[str] | None:
 def write_hybrid_sample(root, *, n: int = 60, seed: int = 0, shapes: Sequence[LesionShape] | None = None,
                         real_backgrounds: Sequence[Background] | None = None, db_path=None,
                         label_train_rows: bool = False, params: HybridParams = HybridParams(),
-                        cases_per_background: int = 10, slice_shape: tuple[int, int] = (512, 512)) -> dict:
+                        cases_per_background: int = 20, slice_shape: tuple[int, int] = (512, 512)) -> dict:
     """Write ``n`` hybrid cases in the DeepLesion layout under ``root`` (images, DL_info.csv,
     phantom_truth.npz with the hybrid extras) by :func:`.phantom.write_deeplesion`, streaming.
 
