@@ -6,13 +6,16 @@ API (stable; the calibration benchmark builds on it)::
     bg = synthetic_background(seed, shape=(512, 512), spacing_mm=0.7, slice_thickness_mm=1.25,
                               n_neighbors=1)                      # -> Background
     case = render_case(shape, bg, seed, placement="free",         # "free" | "pleura" | "vessel"
-                       z_offset_mm=None, rotation_deg=None, params=HybridParams())
+                       z_offset_mm=None, rotation_deg=None, center_rc_mm=None, params=HybridParams())
+    bgs = load_backgrounds(root)        # softmask_builder.sources.backgrounds: real LIDC/DeepLesion stacks
     case.image_hu, case.true_fraction, case.reader_masks, case.background_hu   # HybridCase
     masks = simulate_readers(case.true_fraction, spacing_mm=0.7, rng=..., n_readers=4)
     lung = lung_mask(image_hu, spacing_mm=0.7)                    # thresholds + morphology
     noise = measure_noise_hu(image_hu, region)                    # noise std in flat regions
-    cases = plan_hybrid_cases(n, seed=0, shapes=None, backgrounds=None)   # lazy case specs
-    write_hybrid_sample(root, n=60, seed=0, backgrounds_dir=None, jobs=1) # DeepLesion layout
+    specs, bg_specs, policy = plan_hybrid_cases(n, shapes=shapes, seed=0, real_backgrounds=None)
+    for case in iter_hybrid_cases(n, shapes=shapes, seed=0, real_backgrounds=None): ...
+    info = write_hybrid_sample(root, n=60, seed=0, shapes=None, real_backgrounds=None)  # DeepLesion layout
+    # parallelism: the caller's joblib.parallel_config (the output does not depend on it)
 
 ``HybridCase`` is a :class:`.phantom.PhantomCase` (so :func:`.phantom.write_deeplesion`
 writes it unchanged) with the hybrid's own fields added (shape id, LIDC patient, texture class,
@@ -436,6 +439,7 @@ def _jitter_recist(rec, rng, jitter_mm: float, spacing_mm: float):
 
 def render_case(shape: LesionShape, background: Background, rng_or_seed, *, placement: str = "free",
                 z_offset_mm: float | None = None, rotation_deg: float | None = None,
+                center_rc_mm: tuple[float, float] | None = None,
                 params: HybridParams = HybridParams(), patient_index: int = 1, study_index: int = 1,
                 series_index: int = 1, key_slice_index: int | None = None, split: str = "train",
                 patient_gender: str | None = None, patient_age: int | None = None) -> HybridCase:
@@ -451,6 +455,11 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
         +-0.25 x the shape's z extent when None (redrawn until the key slice shows >= 3 pixels
         of ``f >= 0.5``, the RECIST minimum).
     rotation_deg : in-plane turn of the shape; drawn in [0, 360) when None.
+    center_rc_mm : (row, col) mm of the shape's centroid in the slice; None: chosen for the
+        placement (:func:`_choose_center`). Given, the placement only decides whether the
+        fraction is cut by the lung mask (``"pleura"``), so a shape can be put back where it was
+        (e.g. a LIDC nodule at ``shape.source["centroid_rc_px"] * spacing`` in its own slices;
+        the background's ``exclude`` area is not checked then).
     params : HybridParams.
     patient_index ... patient_age : DeepLesion ids as :func:`.phantom.generate_case`.
 
@@ -474,7 +483,8 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
     S, rows, cols = bg.slices_hu.shape
     sp, t = bg.spacing_mm, bg.slice_thickness_mm
     rot = float(rng.uniform(0.0, 360.0)) if rotation_deg is None else float(rotation_deg)
-    center = _choose_center(rng, bg, shape, placement)
+    center = (_choose_center(rng, bg, shape, placement) if center_rc_mm is None
+              else (float(center_rc_mm[0]), float(center_rc_mm[1])))
     zlo, zhi = shape.z_range_mm
     core_depth = None
     if shape.texture_class == "part_solid":
