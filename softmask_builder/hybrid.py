@@ -630,8 +630,9 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
     ``split_fractions`` proportions (largest remainder), placements round robin; within a split
     the cases cycle over the texture classes whose shapes are not used up yet
     (``texture_balance``; else shapes are drawn regardless of class), each class's shapes in a
-    seeded random order, so shapes repeat only once the split's shapes are all used. Real backgrounds (few) are shared by the splits; the policy line of the returned dict
-    says so.
+    seeded random order, so shapes repeat only once the split's shapes are all used. Real
+    backgrounds (few) are shared by the splits, taken in a seeded order; the policy line of the
+    returned dict says so.
 
     Returns
     -------
@@ -676,6 +677,7 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
     bg_seeds = bg_ss.spawn(n)
     cases = []
     n_real = len(real_backgrounds) if real_backgrounds else 0
+    real_order = rng.permutation(n_real) if n_real else None  # spread over patients and series
     for i, split in enumerate(split_seq):
         # classes whose shapes are not used up yet (all of them again once every one is)
         avail = [c for c in classes[split] if used[(split, c)] < len(order[(split, c)])] or classes[split]
@@ -693,7 +695,7 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
         if cur is None or cur[1] >= cases_per_background:
             j = len(bgs)
             if n_real:
-                bgs.append(BackgroundSpec(j, split, None, real=j % n_real, shape=slice_shape))
+                bgs.append(BackgroundSpec(j, split, None, real=int(real_order[j % n_real]), shape=slice_shape))
             else:
                 bgs.append(BackgroundSpec(j, split, bg_seeds[j], shape=slice_shape))
             cur = (j, 0)
@@ -704,7 +706,8 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
         "texture_balance": bool(texture_balance),
         "shapes_split": "by LIDC patient, sha256(0:patient_id) (assign_splits); a patient's shapes never "
                         "in two splits",
-        "backgrounds": ("real slices shared by the splits (few: the effect is measured in docs/ACCURACY.md)"
+        "backgrounds": ("real slices, few, so shared by the splits (a real slice may serve cases of "
+                        "several splits; each use is its own DeepLesion patient)"
                         if n_real else "synthetic, each background in one split only"),
         "n_backgrounds": len(bgs), "cases_per_background": cases_per_background,
         "distinct_shapes": len({c.shape_id for c in cases}),
