@@ -421,6 +421,9 @@ def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_rea
 # --------------------------------------------------------------------------------------------
 
 def _jitter_recist(rec, rng, jitter_mm: float, spacing_mm: float):
+    """Observer jitter: each endpoint moved along its own axis by N(0, jitter_mm) (the axis keeps
+    its direction and still crosses the other); an axis that would get shorter than 1 px keeps
+    its endpoints."""
     from .recist import Recist
 
     pts = rec.as_array().astype(np.float64)
@@ -432,8 +435,11 @@ def _jitter_recist(rec, rng, jitter_mm: float, spacing_mm: float):
         if n == 0:
             continue
         u = u / n
-        pts[a] -= u * rng.normal(0.0, jitter_mm) / spacing_mm
-        pts[b] += u * rng.normal(0.0, jitter_mm) / spacing_mm
+        da = rng.normal(0.0, jitter_mm) / spacing_mm
+        db = rng.normal(0.0, jitter_mm) / spacing_mm
+        if n + da + db >= 1.0:
+            pts[a] -= u * da
+            pts[b] += u * db
     return Recist.from_array(pts)
 
 
