@@ -64,7 +64,7 @@ from .sources.deeplesion import DL_INFO_COLUMNS, PNG_HU_OFFSET
 from .sources.deeplesion import SPLIT_CODES as _DL_SPLIT_NAMES
 
 #: Bumped whenever the same seed would render different images or truth (cache keys may use it).
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2
 
 KINDS: tuple[str, ...] = ("solid", "lobulated", "spiculated", "ground_glass", "juxta_pleural", "vessel_attached")
 
@@ -1073,7 +1073,9 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
     ``recist_px`` (N, 4, 2) (row, col: long a, long b, short a, short b), ``spacing_mm`` (N, 2)
     (row, col), ``slice_thickness_mm`` (N,), ``nodule_hu`` (N,), and per case
     ``<File_name>/true_fraction`` (float32 rows x cols), ``<File_name>/true_mask`` (bool) and
-    ``<File_name>/apparent_fraction`` (float32, the PSF-blurred fraction).
+    ``<File_name>/apparent_fraction`` (float32, the PSF-blurred fraction). Cases that have a
+    ``truth_extra()`` method (:class:`.hybrid.HybridCase`) add its scalars as (N,) columns and its
+    arrays as ``<File_name>/<key>`` (when every case has one).
     Every file is written to a temporary name and renamed; the bytes depend only on the cases.
     Existing files of the same names are replaced, other files are left alone.
 
@@ -1090,7 +1092,7 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
     root = Path(root)
     images = root / "Images_png"
     images.mkdir(parents=True, exist_ok=True)
-    rows_out, truth_arrays, meta = [], [], []
+    rows_out, truth_arrays, meta, extras = [], [], [], []
     seen_series = set()
     for case in cases:
         if case.series_dir in seen_series:
@@ -1105,6 +1107,9 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
                              case.apparent_fraction.astype(np.float32)))
         meta.append((case.file_name, case.kind, case.diameter_mm, case.recist.as_array(), case.spacing_mm,
                      case.slice_thickness_mm, case.nodule_hu))
+        # Hybrid cases (softmask_builder.hybrid) carry more truth: per-case scalars become (N,)
+        # columns, arrays <File_name>/<key>.
+        extras.append((case.file_name, case.truth_extra() if hasattr(case, "truth_extra") else None))
     if not rows_out:
         raise InputError("no case to write")
     rows_out.sort(key=lambda r: r[0])
@@ -1129,6 +1134,13 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
         entries[f"{name}/true_fraction"] = frac
         entries[f"{name}/true_mask"] = mask
         entries[f"{name}/apparent_fraction"] = apparent
+    extras.sort(key=lambda e: e[0])
+    if extras and all(e[1] is not None for e in extras):
+        for key in extras[0][1]["scalars"]:
+            entries[key] = np.array([e[1]["scalars"][key] for e in extras])
+        for name, extra in extras:
+            for key, arr in extra["arrays"].items():
+                entries[f"{name}/{key}"] = np.asarray(arr)
     bio = io.BytesIO()
     with zipfile.ZipFile(bio, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for key, arr in entries.items():
@@ -1143,7 +1155,9 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
 
 def read_truth(path) -> dict[str, dict]:
     """Read ``phantom_truth.npz`` into ``{File_name: {kind, diameter_mm, recist_px, spacing_mm,
-    slice_thickness_mm, nodule_hu, true_fraction, true_mask, apparent_fraction}}``."""
+    slice_thickness_mm, nodule_hu, true_fraction, true_mask, apparent_fraction}}``, plus for a
+    hybrid sample shape_id, lidc_patient_id, placement, background_id, z_offset_mm,
+    rotation_deg, psf_sigma_px, noise_hu, reader_masks and core_fraction."""
     out = {}
     with np.load(Path(path), allow_pickle=False) as z:
         for i, name in enumerate(z["file_name"].tolist()):
@@ -1154,6 +1168,16 @@ def read_truth(path) -> dict[str, dict]:
                 "true_fraction": z[f"{name}/true_fraction"], "true_mask": z[f"{name}/true_mask"],
                 "apparent_fraction": z[f"{name}/apparent_fraction"],
             }
+            # hybrid extras (see write_deeplesion)
+            for key in ("shape_id", "lidc_patient_id", "placement", "background_id"):
+                if key in z.files:
+                    out[name][key] = str(z[key][i])
+            for key in ("z_offset_mm", "rotation_deg", "psf_sigma_px", "noise_hu"):
+                if key in z.files:
+                    out[name][key] = float(z[key][i])
+            for key in ("reader_masks", "core_fraction"):
+                if f"{name}/{key}.npy" in z.zip.namelist():
+                    out[name][key] = z[f"{name}/{key}"]
     return out
 
 
