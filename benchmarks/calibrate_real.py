@@ -32,6 +32,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from softmask_builder import image_stats
@@ -80,6 +81,105 @@ def real_cases(data_root: Path, *, min_readers: int = 3, crop_px: int = 64) -> l
         cases.append(CalibCase(ref.sample_id, np.asarray(rec.image_hu, dtype=np.float64), drawn, prior,
                                rec.spacing_mm, np.asarray(full, dtype=np.float64), exclude))
     return cases
+
+
+def _centroid_z_mm(shape) -> float:
+    """Absolute z (mm, scan coordinates) of a database shape's centroid: its contour planes'
+    absolute z (``source["plane_z_mm"]``) minus their centroid-relative z (``plane_z_mm`` without
+    the two virtual cap planes)."""
+    z_abs = np.asarray(shape.source["plane_z_mm"], dtype=np.float64)
+    z_rel = np.asarray(shape.plane_z_mm, dtype=np.float64)[1:-1]
+    if z_abs.shape != z_rel.shape:
+        raise ValueError(f"{shape.shape_id}: {len(z_abs)} contour planes but {len(z_rel)} inner grid planes")
+    return float(np.median(z_abs - z_rel))
+
+
+def hybrid_cases(data_root: Path, real: list[CalibCase], *, seed: int = 0, placement: str = "pleura",
+                 crop_px: int = 64) -> tuple[list[CalibCase], list[np.ndarray], list]:
+    """Hybrid cases built from the real nodules' outlines in the same slice geometry.
+
+    For each real slice: the nodule's database shape (same annotation ids), rendered by
+    :func:`softmask_builder.hybrid.render_case` at the slice's z relative to the shape's centroid,
+    without rotation, touching the pleura as the fixture's nodule does (``placement``), into a synthetic background of the scan's pixel spacing and slice thickness
+    (its own seed per slice, noise and PSF drawn as in the benchmark), with the hybrid's 4
+    simulated readers; cropped as the benchmark crops. Returns (cases, true fractions, renders).
+    """
+    from softmask_builder.crop import crop_image, crop_plan
+    from softmask_builder.hybrid import render_case, synthetic_background
+    from softmask_builder.phantom_shapes import load_shapes
+    from softmask_builder.sources.lidc import plan_lidc
+    import pydicom
+
+    refs, _ = plan_lidc(data_root / "lidc", min_readers=3, slices="all", crop_px=crop_px)
+    by_id = {r.sample_id: r for r in refs}
+    patients = sorted({by_id[c.sample_id].patient for c in real})
+    shapes = {tuple(s.source["annotation_ids"]): s for s in load_shapes(patients=patients).shapes}
+    cases, truths, renders = [], [], []
+    for i, c in enumerate(real):
+        ref = by_id[c.sample_id]
+        shape = shapes[tuple(sorted(ref.payload["annotation_ids"]))]
+        ds = pydicom.dcmread(ref.payload["dicom_path"], stop_before_pixels=True)
+        thickness = float(ds.get("SliceThickness", 2.5))
+        bg = synthetic_background(np.random.SeedSequence([seed, i, 5]), shape=c.slice_hu.shape,
+                                  spacing_mm=float(ds.PixelSpacing[0]), slice_thickness_mm=thickness,
+                                  n_neighbors=0, background_id=f"calib-bg{i}")
+        z_rel = float(ref.payload["z_mm"]) - _centroid_z_mm(shape)
+        case = render_case(shape, bg, np.random.SeedSequence([seed, i, 6]), placement=placement,
+                           z_offset_mm=z_rel, rotation_deg=0.0)
+        pts = case.recist.as_array()
+        centre = tuple((pts.min(axis=0) + pts.max(axis=0)) / 2.0)
+        origin, scale = crop_plan(centre, size_px=crop_px, extent_px=case.recist.long_px)
+        image = crop_image(case.image_hu.astype(np.float32), origin, scale, size_px=crop_px)
+        frac = np.clip(crop_image(case.true_fraction, origin, scale, size_px=crop_px), 0.0, 1.0)
+        readers = np.stack([crop_image(r.astype(np.uint8), origin, scale, size_px=crop_px,
+                                       interpolation=cv2.INTER_NEAREST) > 0 for r in case.reader_masks])
+        exclude = np.zeros(case.image_hu.shape, dtype=bool)
+        r0, c0 = (int(math.floor(v)) for v in origin)
+        extent = int(math.ceil(crop_px / scale))
+        exclude[max(r0, 0):r0 + extent, max(c0, 0):c0 + extent] = True
+        sp = float(case.spacing_mm[0]) / scale
+        drawn = readers[readers.any(axis=(1, 2))]
+        cases.append(CalibCase(f"hybrid:{c.sample_id}", np.asarray(image, dtype=np.float64), drawn, readers,
+                               (sp, sp), np.asarray(case.image_hu, dtype=np.float64), exclude))
+        truths.append(frac)
+        renders.append(case)
+    return cases, truths, renders
+
+
+def realism_figure(real: list[CalibCase], hybrid: list[CalibCase], path: Path, key_path: Path, *,
+                   n: int = 4, seed: int = 0, level_hu: float = -600.0, width_hu: float = 1500.0) -> dict:
+    """``n`` real and ``n`` hybrid crops (the same slices' positions) in one lung window, in a
+    shuffled order (``numpy.random.default_rng(seed)``); the key (panel -> source) goes to
+    ``key_path`` as JSON. Returns the key."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picks = np.linspace(0, len(real) - 1, n).round().astype(int)
+    items = [("real", real[i]) for i in picks] + [("hybrid", hybrid[i]) for i in picks]
+    order = np.random.default_rng(seed).permutation(len(items))
+    fig, axes = plt.subplots(2, n, figsize=(2.0 * n, 4.3))
+    key = {}
+    for k, (ax, idx) in enumerate(zip(axes.ravel(), order)):
+        kind, case = items[idx]
+        label = chr(ord("A") + k)
+        ax.imshow(window_hu(case.image_hu, level_hu=level_hu, width_hu=width_hu), cmap="gray", vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(label, fontsize=9)
+        key[label] = {"kind": kind, "sample_id": case.sample_id}
+    fig.suptitle(f"Real LIDC-IDRI and hybrid nodules, shuffled (window {level_hu:g}/{width_hu:g} HU); "
+                 "key in the text", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    tmp.replace(path)
+    key_path.write_text(json.dumps(key, indent=1, sort_keys=True) + "\n")
+    return key
 
 
 def reader_vs_others(readers: np.ndarray) -> list[float]:
@@ -171,6 +271,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("SOFTMASK_SHARED_DATA", "../shared/data")))
     ap.add_argument("--json", type=Path, default=None, help="write the per-slice rows here")
+    ap.add_argument("--hybrid", action="store_true", help="also build and score hybrid cases from the same outlines")
+    ap.add_argument("--figure", type=Path, default=Path("docs/img/realism_shuffled.png"),
+                    help="realism picture (with --hybrid); its key goes next to it as .key.json")
     args = ap.parse_args()
     if not (args.data / "lidc").is_dir():
         print(f"calibrate_real: no LIDC fixtures under {args.data} (set --data or SOFTMASK_SHARED_DATA)",
@@ -178,14 +281,32 @@ def main() -> int:
         return 2
     cases = real_cases(args.data)
     rows = [score_case(c) for c in cases]
-    summary = summarize(rows, DICE_KEYS + ("reader_vs_others",) + STAT_KEYS)
+    keys = DICE_KEYS + ("reader_vs_others",) + STAT_KEYS
+    summary = summarize(rows, keys)
     print(f"real LIDC slices with >= 3 readers: {len(rows)} (nodules {', '.join(sorted({r['sample_id'].split('_z')[0] for r in rows}))})")
-    print("| quantity | real: mean [95 % CI] (n) |")
-    print("|---|---|")
-    for key, entry in summary.items():
-        print(f"| {key} | {fmt(entry)} |")
+    out = {"rows": rows, "summary": summary}
+    if not args.hybrid:
+        print("| quantity | real: mean [95 % CI] (n) |")
+        print("|---|---|")
+        for key, entry in summary.items():
+            print(f"| {key} | {fmt(entry)} |")
+    else:
+        hyb, truths, _ = hybrid_cases(args.data, cases)
+        hrows = [score_case(c, truth_fraction=t) for c, t in zip(hyb, truths)]
+        vs_truth = tuple(k + "_vs_truth" for k in DICE_KEYS) + ("reader_vs_truth", "consensus_vs_truth")
+        hsum = summarize(hrows, keys + vs_truth)
+        print("| quantity | real: mean [95 % CI] (n) | hybrid: mean [95 % CI] (n) |")
+        print("|---|---|---|")
+        for key in keys:
+            print(f"| {key} | {fmt(summary[key])} | {fmt(hsum[key])} |")
+        for key in vs_truth:
+            print(f"| {key} | - | {fmt(hsum[key])} |")
+        key_map = realism_figure(cases, hyb, args.figure, args.figure.with_suffix(".key.json"))
+        print(f"wrote {args.figure} (key: {args.figure.with_suffix('.key.json')}: "
+              + ", ".join(f"{k}={v['kind']}" for k, v in sorted(key_map.items())) + ")")
+        out.update(hybrid_rows=hrows, hybrid_summary=hsum)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1, sort_keys=True))
+        args.json.write_text(json.dumps(out, indent=1, sort_keys=True, default=float))
         print(f"wrote {args.json}")
     return 0
 

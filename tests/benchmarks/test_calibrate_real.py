@@ -39,3 +39,22 @@ def test_calibration_on_the_real_fixtures(shared_data):
     assert 5 < row["noise_std_hu"] < 80 and row["noise_patches"] > 20
     assert 0.3 < row["noise_acf_hwhm_mm"] < 3.0
     assert math.isfinite(row["edge_width_mm"]) and row["edge_profiles"] > 10
+
+
+def test_hybrid_cases_from_the_same_outlines(shared_data):
+    real = calibrate_real.real_cases(shared_data)
+    mid = len(real) // 2
+    picked = real[mid - 1:mid + 1]
+    # "free": a pleural placement moves part of the solid into the chest wall, which is wall.
+    hyb, truths, renders = calibrate_real.hybrid_cases(shared_data, picked, placement="free")
+    assert len(hyb) == 2
+    for r, h, t, render in zip(picked, hyb, truths, renders):
+        assert h.sample_id == "hybrid:" + r.sample_id
+        # Same slice geometry: the scan's pixel spacing, and the slice's z through the same solid, so
+        # the true section's area matches the real readers' consensus area on that slice (mm^2).
+        assert render.spacing_mm[0] == 0.703125
+        real_area = (r.all_readers.mean(axis=0) >= 0.5).sum() * r.spacing_mm[0] * r.spacing_mm[1]
+        true_area = render.true_mask.sum() * render.spacing_mm[0] ** 2
+        assert 0.75 < true_area / real_area < 1.33
+        row = calibrate_real.score_case(h, truth_fraction=t)
+        assert row["consensus_vs_truth"] > 0.85 and row["mask_vs_truth"] > 0.85
