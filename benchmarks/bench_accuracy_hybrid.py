@@ -117,7 +117,9 @@ def _crop_case(case, name: str, part: str, cell, size_px: int = 64) -> HybridCro
     apparent = np.clip(crop_image(case.apparent_fraction, origin, scale, size_px=size_px), 0.0, 1.0)
     readers = [crop_image(r.astype(np.uint8), origin, scale, size_px=size_px, interpolation=cv2.INTER_NEAREST) > 0
                for r in case.reader_masks]
-    readers = [r for r in readers if r.any()] or [frac >= 0.5]
+    readers = [r for r in readers if r.any()]
+    if len(readers) < 2:   # the readers' trimap needs 2 outlines; the case is a reject
+        raise InputError(f"{name}: only {len(readers)} simulated reader(s) outline the lesion in the crop")
     recist = case.recist.shifted(-origin[0], -origin[1]).scaled(scale)
     tex, pl, sz = cell
     return HybridCrop(name, tex, case.diameter_mm, scale, image, frac, apparent, frac >= 0.5, readers, recist,
