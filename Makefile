@@ -39,9 +39,12 @@ RECIPE   ?=
 RELEASE_OUT ?= build/release/lnsm
 
 # N= phantom cases for the sample without DEEPLESION (default 60 -> 40/5/15 train/val/test crops).
+# PHANTOM=hybrid (default: real LIDC nodule shapes) or analytic (the old phantom); BACKGROUNDS=DIR
+# puts the hybrid lesions into real slices (a LIDC DICOM or DeepLesion root).
 N        ?= 60
+PHANTOM  ?= hybrid
 lnsm: $(STAMP)
-	$(BIN)/softmask make-lnsm --out "$(call out_or,build/lnsm)" --jobs $(JOBS) $(if $(DEEPLESION),--deeplesion "$(DEEPLESION)",--n $(N))
+	$(BIN)/softmask make-lnsm --out "$(call out_or,build/lnsm)" --jobs $(JOBS) $(if $(DEEPLESION),--deeplesion "$(DEEPLESION)",--n $(N) --phantom $(PHANTOM) $(if $(BACKGROUNDS),--backgrounds "$(BACKGROUNDS)",))
 
 lidc: $(STAMP)
 	@test -n "$(LIDC_DICOM)" || { echo "usage: make lidc LIDC_DICOM=/path/to/LIDC-IDRI [OUT=build/lidc] [JOBS=2]" >&2; exit 2; }
@@ -91,7 +94,7 @@ SR_SLICES ?= build/sample-slices
 SR_CONFIG ?= sr_tiny
 TEACHER  ?= runs/sr-$(SR_CONFIG)/teacher.pt
 pretrain-sr: $(STAMP)
-	$(if $(DEEPLESION),,$(BIN)/softmask phantom --out "$(SR_SOURCE)" > /dev/null)
+	$(if $(DEEPLESION),,$(BIN)/softmask phantom --kind $(PHANTOM) --out "$(SR_SOURCE)" > /dev/null)
 	$(BIN)/softmask build slices "$(if $(DEEPLESION),$(DEEPLESION),$(SR_SOURCE))" --recipe slices --out "$(SR_SLICES)" --no-progress > /dev/null
 	$(BIN)/dsnet pretrain-sr --data "$(SR_SLICES)" --out runs/sr-$(SR_CONFIG) --config $(SR_CONFIG) --resume auto
 

@@ -257,22 +257,51 @@ def preview(path: Path, n_samples: int, out: Path) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--n", "n_cases", type=click.IntRange(min=1), default=60, show_default=True, help="Phantom cases.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def phantom(out: Path, n_cases: int, seed: int) -> None:
+@click.option("--kind", "phantom_kind", type=click.Choice(["hybrid", "analytic"]), default="hybrid", show_default=True,
+              help="hybrid: real LIDC nodule shapes in synthetic (or --backgrounds) slices; analytic: the old "
+                   "analytic shapes (softmask_builder.phantom).")
+@click.option("--backgrounds", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Hybrid only: a LIDC DICOM root or a DeepLesion root whose slices take the lesions.")
+@click.option("-j", "--jobs", type=int, default=1, show_default=True)
+def phantom(out: Path, n_cases: int, seed: int, phantom_kind: str, backgrounds: Path | None, jobs: int) -> None:
     """Write the synthetic DeepLesion-layout sample (known truth) to OUT."""
-    summary = _write_phantom(out, n_cases, seed)
+    from joblib import parallel_config
+
+    with parallel_config(n_jobs=jobs):
+        summary = _write_phantom(out, n_cases, seed, kind=phantom_kind, backgrounds=backgrounds)
     _emit(summary)
 
 
-def _write_phantom(out: Path, n_cases: int, seed: int) -> dict:
+def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid", backgrounds: Path | None = None) -> dict:
     from .phantom import PHANTOM_VERSION, write_sample
 
     marker = out / "phantom.json"
-    wanted = {"n": n_cases, "seed": seed, "builder_version": __version__, "phantom_version": PHANTOM_VERSION}
-    if marker.is_file() and json.loads(marker.read_text()) == wanted and (out / "DL_info.csv").is_file():
-        return {"out": str(out), **wanted, "reused": True}
-    with _input_errors():
-        truth = write_sample(out, n=n_cases, seed=seed)
-    marker.write_text(json.dumps(wanted, sort_keys=True) + "\n")
+    wanted = {"n": n_cases, "seed": seed, "builder_version": __version__, "phantom_version": PHANTOM_VERSION,
+              "kind": kind, "backgrounds_dir": str(backgrounds) if backgrounds else None}
+    if marker.is_file() and (out / "DL_info.csv").is_file():
+        old = json.loads(marker.read_text())
+        if {k: old.get(k) for k in wanted} == wanted:
+            return {"out": str(out), **wanted, "reused": True}
+    if kind == "analytic":
+        with _input_errors():
+            truth = write_sample(out, n=n_cases, seed=seed)
+        record = {**wanted, "shapes": "analytic (softmask_builder.phantom)", "backgrounds": "synthetic"}
+    else:
+        from .hybrid import write_hybrid_sample
+        from .sources.backgrounds import load_backgrounds
+
+        with _input_errors():
+            real = load_backgrounds(backgrounds) if backgrounds is not None else None
+            info = write_hybrid_sample(out, n=n_cases, seed=seed, real_backgrounds=real)
+        truth = info.pop("truth")
+        if info["rejects"]:
+            click.echo(f"phantom: {info['n_rejected']} case(s) could not be placed and were left out "
+                       f"(first: {info['rejects'][0]['reason']})", err=True)
+        record = {**wanted, **info}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(f".{marker.name}.tmp")
+    tmp.write_text(json.dumps(record, sort_keys=True, indent=1) + "\n")
+    tmp.replace(marker)
     return {"out": str(out), **wanted, "truth": str(truth), "reused": False}
 
 
@@ -286,13 +315,19 @@ def _write_phantom(out: Path, n_cases: int, seed: int) -> dict:
 @click.option("--scheduler", default=None)
 @click.option("--n", "n_cases", type=click.IntRange(min=1), default=60, show_default=True,
               help="Phantom cases (without --deeplesion).")
+@click.option("--phantom", "phantom_kind", type=click.Choice(["hybrid", "analytic"]), default="hybrid",
+              show_default=True, help="Without --deeplesion: which phantom makes the sample.")
+@click.option("--backgrounds", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Hybrid sample only: LIDC DICOM or DeepLesion root whose slices take the lesions.")
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @click.option("--overwrite", is_flag=True)
 @click.option("--progress/--no-progress", default=None)
 def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, scheduler: str | None, n_cases: int,
-              limit: int | None, overwrite: bool, progress: bool | None) -> None:
+              phantom_kind: str, backgrounds: Path | None, limit: int | None, overwrite: bool,
+              progress: bool | None) -> None:
     """What `make lnsm` runs: build LNSM from DeepLesion (manifests/lnsm.yaml), or without
-    --deeplesion the phantom sample (written to OUT/phantom-source, manifests/sample.yaml); then
+    --deeplesion the phantom sample (written to OUT/phantom-source; --phantom hybrid: manifests/sample.yaml,
+    analytic: manifests/sample_analytic.yaml); then
     verify and write OUT/preview.png."""
     from .recipes import load_recipe
     from .release import verify as verify_dataset
@@ -300,8 +335,12 @@ def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, sched
 
     summary: dict = {}
     if deeplesion is None:
-        summary["phantom"] = _write_phantom(out / "phantom-source", n_cases, 0)
-        source, recipe_name = out / "phantom-source", "sample"
+        from joblib import parallel_config
+
+        with parallel_config(n_jobs=jobs):
+            summary["phantom"] = _write_phantom(out / "phantom-source", n_cases, 0, kind=phantom_kind,
+                                                backgrounds=backgrounds)
+        source, recipe_name = out / "phantom-source", ("sample" if phantom_kind == "hybrid" else "sample_analytic")
     else:
         source, recipe_name = deeplesion, "lnsm"
     with _input_errors():

@@ -6,13 +6,16 @@ API (stable; the calibration benchmark builds on it)::
     bg = synthetic_background(seed, shape=(512, 512), spacing_mm=0.7, slice_thickness_mm=1.25,
                               n_neighbors=1)                      # -> Background
     case = render_case(shape, bg, seed, placement="free",         # "free" | "pleura" | "vessel"
-                       z_offset_mm=None, rotation_deg=None, params=HybridParams())
+                       z_offset_mm=None, rotation_deg=None, center_rc_mm=None, params=HybridParams())
+    bgs = load_backgrounds(root)        # softmask_builder.sources.backgrounds: real LIDC/DeepLesion stacks
     case.image_hu, case.true_fraction, case.reader_masks, case.background_hu   # HybridCase
     masks = simulate_readers(case.true_fraction, spacing_mm=0.7, rng=..., n_readers=4)
     lung = lung_mask(image_hu, spacing_mm=0.7)                    # thresholds + morphology
     noise = measure_noise_hu(image_hu, region)                    # noise std in flat regions
-    cases = plan_hybrid_cases(n, seed=0, shapes=None, backgrounds=None)   # lazy case specs
-    write_hybrid_sample(root, n=60, seed=0, backgrounds_dir=None, jobs=1) # DeepLesion layout
+    specs, bg_specs, policy = plan_hybrid_cases(n, shapes=shapes, seed=0, real_backgrounds=None)
+    for case in iter_hybrid_cases(n, shapes=shapes, seed=0, real_backgrounds=None): ...
+    info = write_hybrid_sample(root, n=60, seed=0, shapes=None, real_backgrounds=None)  # DeepLesion layout
+    # parallelism: the caller's joblib.parallel_config (the output does not depend on it)
 
 ``HybridCase`` is a :class:`.phantom.PhantomCase` (so :func:`.phantom.write_deeplesion`
 writes it unchanged) with the hybrid's own fields added (shape id, LIDC patient, texture class,
@@ -52,6 +55,7 @@ synthetic backgrounds are the project's own.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -65,8 +69,9 @@ from .phantom import (HU_LUNG, HU_MAX, HU_MIN, HU_OUTSIDE_FOV, HU_SOFT, HU_VESSE
                       _draw_anatomy, _smooth_field, _static_background, _vessel_fraction, recist_from_mask)
 from .phantom_shapes import TEXTURE_CLASSES, LesionShape, fraction_maps
 
-__all__ = ["PLACEMENTS", "SOLID_CORE_FRACTION", "HybridParams", "Background", "HybridCase", "lung_mask",
-           "measure_noise_hu", "synthetic_background", "render_case", "simulate_readers", "READER_MODEL"]
+__all__ = ["PLACEMENTS", "SOLID_CORE_FRACTION", "READER_MODEL", "HybridParams", "Background", "HybridCase",
+           "CaseSpec", "BackgroundSpec", "lung_mask", "measure_noise_hu", "synthetic_background", "render_case",
+           "simulate_readers", "plan_hybrid_cases", "iter_hybrid_cases", "sample_patients", "write_hybrid_sample"]
 
 PLACEMENTS = ("free", "pleura", "vessel")
 #: Volume share of the solid core of a part-solid nodule (exact for a sphere; see the module doc).
@@ -74,12 +79,13 @@ SOLID_CORE_FRACTION = 0.3
 SYNTHETIC_BACKGROUND_LICENSE = "synthetic (softmask_builder.phantom anatomy), same licence as this project"
 
 #: Simulated readers (strategy 2): reader i's mask = {d + b_i + a g_i > 0}, d the in-plane
-#: signed distance (mm) of the true mask, b_i ~ N(0, bias_sd_mm) a reader's over/under-drawing,
+#: signed distance (mm) of the true mask, b_i ~ N(0, bias_sd_mm + bias_rel r) a reader's
+#: over/under-drawing (r: the mask's equivalent radius, mm),
 #: g_i a unit Gaussian random field of correlation length corr_mm (a wobbly outline) scaled by
 #: wobble_mm. Calibrated on the database alone (see docs/ACCURACY.md): simulated on each
 #: four-reader nodule's 50 % consensus on its central slice, pairwise Dice per size bucket
 #: matches the real readers'.
-READER_MODEL = {"bias_sd_mm": 0.45, "wobble_mm": 0.45, "corr_mm": 2.0}
+READER_MODEL = {"bias_sd_mm": 0.1, "bias_rel": 0.075, "wobble_mm": 0.3, "corr_mm": 2.0}
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,30 @@ class Background:
     @property
     def n_neighbors(self) -> int:
         return int(self.key)
+
+    # Maps of the key slice that every placement needs, computed once per background (a
+    # background serves many cases).
+    @functools.cached_property
+    def lung_depth_mm(self) -> np.ndarray:
+        """Distance (mm) of each key-slice lung pixel to the nearest non-lung pixel (0 outside)."""
+        return ndimage.distance_transform_edt(self.lung[self.key]) * self.spacing_mm
+
+    @functools.cached_property
+    def vessel_mask(self) -> np.ndarray:
+        """Key-slice lung pixels of a vessel (or other structure): noise-free HU > -500."""
+        ref = (self.clean_hu[self.key] if self.clean_hu is not None
+               else cv2.GaussianBlur(self.slices_hu[self.key], (0, 0), 1.5))
+        return self.lung[self.key] & (ref > -500.0)
+
+    @functools.cached_property
+    def vessel_distance_mm(self) -> np.ndarray:
+        v = self.vessel_mask
+        return ndimage.distance_transform_edt(~v) * self.spacing_mm if v.any() else np.full(v.shape, np.inf)
+
+    @functools.cached_property
+    def exclude_distance_mm(self) -> np.ndarray:
+        e = self.exclude
+        return ndimage.distance_transform_edt(~e) * self.spacing_mm if e.any() else np.full(e.shape, np.inf)
 
 
 @dataclass(frozen=True, eq=False)
@@ -285,11 +315,6 @@ def synthetic_background(rng_or_seed, *, shape: tuple[int, int] = (512, 512), sp
 # Placement
 # --------------------------------------------------------------------------------------------
 
-def _depth_map(lung: np.ndarray, spacing_mm: float) -> np.ndarray:
-    """Distance (mm) of each lung pixel to the nearest non-lung pixel (0 outside)."""
-    return ndimage.distance_transform_edt(lung) * spacing_mm
-
-
 def _choose_center(rng, bg: Background, shape: LesionShape, placement: str) -> tuple[float, float]:
     """(row, col) mm of the shape's centroid in the key slice, for the placement kind.
 
@@ -297,24 +322,22 @@ def _choose_center(rng, bg: Background, shape: LesionShape, placement: str) -> t
     excluded area, fewest vessel pixels (clean HU > -500) among 40 tries; pleura: the centroid
     inside the lung at a depth of 0.3-0.7 x the shape's half axial diameter (the solid crosses
     the wall); vessel: the centroid at 0.5-0.9 x the half diameter from a vessel pixel (so the
-    lesion touches it), deep enough not to reach the wall."""
-    lung = bg.lung[bg.key]
+    lesion touches it), its centroid deeper than half the axial diameter + 1 mm."""
     sp = bg.spacing_mm
-    depth = _depth_map(lung, sp)
-    excl = ndimage.distance_transform_edt(~bg.exclude) * sp if bg.exclude.any() else np.full(lung.shape, np.inf)
+    depth = bg.lung_depth_mm
+    excl = bg.exclude_distance_mm
     rb = shape.radius_bound_mm
     half = 0.5 * shape.max_axial_diameter_mm
-    ref = bg.clean_hu[bg.key] if bg.clean_hu is not None else cv2.GaussianBlur(bg.slices_hu[bg.key], (0, 0), 1.5)
-    vessel = lung & (ref > -500.0)
+    vessel = bg.vessel_mask
     if placement == "free":
         cand = np.argwhere((depth > rb + 2.0) & (excl > rb + 2.0) & ~vessel)
     elif placement == "pleura":
         d = rng.uniform(0.3, 0.7) * half
         cand = np.argwhere((np.abs(depth - d) < max(sp, 0.5)) & (excl > rb + 2.0))
     elif placement == "vessel":
-        dist_v = ndimage.distance_transform_edt(~vessel) * sp if vessel.any() else np.full(lung.shape, np.inf)
+        dist_v = bg.vessel_distance_mm
         d = rng.uniform(0.5, 0.9) * half
-        cand = np.argwhere((np.abs(dist_v - d) < max(sp, 0.5)) & (depth > rb + 1.0) & (excl > rb + 2.0))
+        cand = np.argwhere((np.abs(dist_v - d) < max(sp, 0.5)) & (depth > half + 1.0) & (excl > rb + 2.0))
     else:
         raise InputError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if len(cand) == 0:
@@ -348,14 +371,16 @@ def _unit_field(rng, rows: int, cols: int, corr_px: float) -> np.ndarray:
 
 
 def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_readers: int = 4,
-                     bias_sd_mm: float | None = None, wobble_mm: float | None = None,
+                     bias_sd_mm: float | None = None, bias_rel: float | None = None, wobble_mm: float | None = None,
                      corr_mm: float | None = None) -> np.ndarray:
     """Masks of ``n_readers`` simulated radiologists outlining the lesion of ``true_fraction``.
 
     Reader i marks ``{d + b_i + wobble_mm g_i > 0}`` with ``d`` the signed distance (mm, > 0
     inside, zero half-way between pixel centres) of ``true_fraction >= 0.5``, ``b_i ~ N(0,
-    bias_sd_mm)`` and ``g_i`` a unit random field of correlation ``corr_mm`` (defaults:
-    :data:`READER_MODEL`). Computed in the lesion's bounding box enlarged by 5 mm.
+    bias_sd_mm + bias_rel * r)`` (``r`` = the radius of the disc of the mask's area, mm: readers
+    disagree more, in mm, on larger nodules) and ``g_i`` a unit random field of correlation
+    ``corr_mm`` (defaults: :data:`READER_MODEL`). Computed in the lesion's bounding box
+    enlarged by 5 mm.
 
     Returns
     -------
@@ -366,6 +391,7 @@ def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_rea
 
     m = READER_MODEL
     b_sd = m["bias_sd_mm"] if bias_sd_mm is None else float(bias_sd_mm)
+    b_rel = m["bias_rel"] if bias_rel is None else float(bias_rel)
     wob = m["wobble_mm"] if wobble_mm is None else float(wobble_mm)
     corr = m["corr_mm"] if corr_mm is None else float(corr_mm)
     rng = _as_rng(rng)
@@ -382,8 +408,9 @@ def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_rea
     d_out = ndimage.distance_transform_edt(~sub)
     d_in = ndimage.distance_transform_edt(sub)
     d = np.where(sub, d_in - 0.5, -(d_out - 0.5)) * spacing_mm
+    r_eq = math.sqrt(float(truth.sum()) / math.pi) * spacing_mm
     for i in range(n_readers):
-        b = float(rng.normal(0.0, b_sd))
+        b = float(rng.normal(0.0, b_sd + b_rel * r_eq))
         g = _unit_field(rng, *sub.shape, corr / spacing_mm)
         out[i, r0:r1, c0:c1] = d + b + wob * g > 0
     return out
@@ -412,6 +439,7 @@ def _jitter_recist(rec, rng, jitter_mm: float, spacing_mm: float):
 
 def render_case(shape: LesionShape, background: Background, rng_or_seed, *, placement: str = "free",
                 z_offset_mm: float | None = None, rotation_deg: float | None = None,
+                center_rc_mm: tuple[float, float] | None = None,
                 params: HybridParams = HybridParams(), patient_index: int = 1, study_index: int = 1,
                 series_index: int = 1, key_slice_index: int | None = None, split: str = "train",
                 patient_gender: str | None = None, patient_age: int | None = None) -> HybridCase:
@@ -427,6 +455,11 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
         +-0.25 x the shape's z extent when None (redrawn until the key slice shows >= 3 pixels
         of ``f >= 0.5``, the RECIST minimum).
     rotation_deg : in-plane turn of the shape; drawn in [0, 360) when None.
+    center_rc_mm : (row, col) mm of the shape's centroid in the slice; None: chosen for the
+        placement (:func:`_choose_center`). Given, the placement only decides whether the
+        fraction is cut by the lung mask (``"pleura"``), so a shape can be put back where it was
+        (e.g. a LIDC nodule at ``shape.source["centroid_rc_px"] * spacing`` in its own slices;
+        the background's ``exclude`` area is not checked then).
     params : HybridParams.
     patient_index ... patient_age : DeepLesion ids as :func:`.phantom.generate_case`.
 
@@ -450,7 +483,8 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
     S, rows, cols = bg.slices_hu.shape
     sp, t = bg.spacing_mm, bg.slice_thickness_mm
     rot = float(rng.uniform(0.0, 360.0)) if rotation_deg is None else float(rotation_deg)
-    center = _choose_center(rng, bg, shape, placement)
+    center = (_choose_center(rng, bg, shape, placement) if center_rc_mm is None
+              else (float(center_rc_mm[0]), float(center_rc_mm[1])))
     zlo, zhi = shape.z_range_mm
     core_depth = None
     if shape.texture_class == "part_solid":
@@ -460,6 +494,8 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
     for attempt in range(20):
         if z_offset_mm is not None:
             z0 = float(z_offset_mm)
+        elif attempt == 19:
+            z0 = 0.0  # the centroid's slice, the last resort for a small shape in thick slices
         else:
             spread = 0.25 * (zhi - zlo) * (1.0 if attempt < 10 else 0.3)
             z0 = float(rng.uniform(-spread, spread))
@@ -489,11 +525,12 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
     psf_mm = bg.psf_sigma_mm if bg.psf_sigma_mm is not None else float(rng.uniform(*params.real_psf_sigma_mm))
     psf_px = psf_mm / sp
     radius_px = int(math.ceil(4.0 * psf_px)) if psf_px > 0 else 0
-    any_f = (fr > 0).any(axis=0)
-    rr, cc = np.nonzero(any_f)
+    # the lesion's box: the shape's in-plane bound around its centre (the fraction maps are zero
+    # outside it), widened by the PSF radius
     pad = radius_px + 2
-    r0, r1 = max(rr.min() - pad, 0), min(rr.max() + pad + 1, rows)
-    c0, c1 = max(cc.min() - pad, 0), min(cc.max() + pad + 1, cols)
+    ext = int(math.ceil((shape.radius_bound_mm + sp) / sp)) + 1
+    r0, r1 = max(int(center[0] / sp) - ext - pad, 0), min(int(center[0] / sp) + ext + pad + 1, rows)
+    c0, c1 = max(int(center[1] / sp) - ext - pad, 0), min(int(center[1] / sp) + ext + pad + 1, cols)
     corr_px = params.heterogeneity_corr_mm / sp
     images = []
     for k in range(S):
@@ -511,9 +548,11 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
             # Gaussian truncated at 4 sigma; zero padding (delta is 0 at the ROI border)
             delta = cv2.GaussianBlur(delta.astype(np.float32), (2 * radius_px + 1, 2 * radius_px + 1), psf_px,
                                      borderType=cv2.BORDER_CONSTANT)
-        img[r0:r1, c0:c1] += delta
-        images.append(np.round(np.clip(img, HU_MIN, HU_MAX)).astype(np.int16))
-    bg_key = np.round(np.clip(bg.slices_hu[bg.key], HU_MIN, HU_MAX)).astype(np.int16)
+        # clipped to the CT range only where the lesion went: elsewhere the background's own values
+        # stay (a real slice's outside-FOV padding is about -2048 HU)
+        img[r0:r1, c0:c1] = np.clip(img[r0:r1, c0:c1] + delta, HU_MIN, HU_MAX)
+        images.append(np.round(img).astype(np.int16))
+    bg_key = np.round(bg.slices_hu[bg.key]).astype(np.int16)
 
     true_fraction = fr[bg.key].astype(np.float32)
     true_mask = true_fraction >= 0.5
@@ -577,7 +616,7 @@ class BackgroundSpec:
 
 
 def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
-                      placements: Sequence[str] = PLACEMENTS, cases_per_background: int = 10,
+                      placements: Sequence[str] = PLACEMENTS, cases_per_background: int = 20,
                       split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
                       real_backgrounds: Sequence[Background] | None = None,
                       slice_shape: tuple[int, int] = (512, 512),
@@ -589,9 +628,9 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
     one split and one DeepLesion "patient" (its index + 1) and holds up to
     ``cases_per_background`` cases, each its own study (series folder). Cases get splits in
     ``split_fractions`` proportions (largest remainder), placements round robin; within a split
-    the cases cycle over the texture classes present (``texture_balance``; else shapes are drawn
-    regardless of class) and take each class's shapes in a seeded random order without repetition
-    until they are used up. Real backgrounds (few) are shared by the splits; the policy line of the returned dict
+    the cases cycle over the texture classes whose shapes are not used up yet
+    (``texture_balance``; else shapes are drawn regardless of class), each class's shapes in a
+    seeded random order, so shapes repeat only once the split's shapes are all used. Real backgrounds (few) are shared by the splits; the policy line of the returned dict
     says so.
 
     Returns
@@ -638,7 +677,9 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
     cases = []
     n_real = len(real_backgrounds) if real_backgrounds else 0
     for i, split in enumerate(split_seq):
-        tc = classes[split][n_in_split[split] % len(classes[split])] if texture_balance else None
+        # classes whose shapes are not used up yet (all of them again once every one is)
+        avail = [c for c in classes[split] if used[(split, c)] < len(order[(split, c)])] or classes[split]
+        tc = avail[n_in_split[split] % len(avail)] if texture_balance else None
         n_in_split[split] += 1
         key = (split, tc) if tc is not None else None
         if key is None:
@@ -672,10 +713,10 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
 
 
 def _render_group(bg_spec: BackgroundSpec, specs: Sequence[CaseSpec], shapes: dict, params: HybridParams,
-                  real_backgrounds) -> list:
+                  real_background) -> list:
     """Render the cases of one background (worker side). Failures become (spec, reason) rows."""
     if bg_spec.real is not None:
-        bg = real_backgrounds[bg_spec.real]
+        bg = real_background
     else:
         bg = synthetic_background(bg_spec.seed, shape=bg_spec.shape, background_id=f"synthetic-{bg_spec.index:05d}")
     out = []
@@ -704,7 +745,8 @@ def iter_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0, p
     for c in cases:
         groups.setdefault(c.background, []).append(c)
     jobs = (delayed(_render_group)(bgs[j], specs, {s.shape_id: by_id[s.shape_id] for s in specs}, params,
-                                   real_backgrounds) for j, specs in groups.items())
+                                   real_backgrounds[bgs[j].real] if bgs[j].real is not None else None)
+            for j, specs in groups.items())
     for result in Parallel(return_as="generator")(jobs):
         for item in result:
             if isinstance(item, tuple):
@@ -741,7 +783,7 @@ def sample_patients(n: int, db_path=None) -> list[str] | None:
 def write_hybrid_sample(root, *, n: int = 60, seed: int = 0, shapes: Sequence[LesionShape] | None = None,
                         real_backgrounds: Sequence[Background] | None = None, db_path=None,
                         label_train_rows: bool = False, params: HybridParams = HybridParams(),
-                        cases_per_background: int = 10) -> dict:
+                        cases_per_background: int = 20, slice_shape: tuple[int, int] = (512, 512)) -> dict:
     """Write ``n`` hybrid cases in the DeepLesion layout under ``root`` (images, DL_info.csv,
     phantom_truth.npz with the hybrid extras) by :func:`.phantom.write_deeplesion`, streaming.
 
@@ -765,7 +807,8 @@ def write_hybrid_sample(root, *, n: int = 60, seed: int = 0, shapes: Sequence[Le
         shapes = report.shapes
     rejects: list = []
     cases_iter = iter_hybrid_cases(n, shapes=shapes, seed=seed, params=params, real_backgrounds=real_backgrounds,
-                                   rejects=rejects, cases_per_background=cases_per_background)
+                                   rejects=rejects, cases_per_background=cases_per_background,
+                                   slice_shape=slice_shape)
     seen: list = []
 
     def tracked():
@@ -774,7 +817,7 @@ def write_hybrid_sample(root, *, n: int = 60, seed: int = 0, shapes: Sequence[Le
             yield c
 
     _, _, policy = plan_hybrid_cases(n, shapes=shapes, seed=seed, real_backgrounds=real_backgrounds,
-                                     cases_per_background=cases_per_background)
+                                     cases_per_background=cases_per_background, slice_shape=slice_shape)
     truth = write_deeplesion(Path(root), tracked(), label_train_rows=label_train_rows)
     by = lambda i: {k: sum(1 for s in seen if s[i] == k) for k in sorted({s[i] for s in seen})}  # noqa: E731
     bg_sources = sorted({(b.source, b.license) for b in (real_backgrounds or [])})

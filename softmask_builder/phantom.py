@@ -1045,7 +1045,10 @@ def encode_png_hu(image_hu: np.ndarray) -> bytes:
     arr = np.asarray(image_hu)
     if arr.ndim != 2:
         raise InputError(f"image_hu must be 2-D, got shape {arr.shape}")
-    vals = np.round(arr.astype(np.float64)) + PNG_OFFSET
+    if np.issubdtype(arr.dtype, np.integer):  # int16 slices: no rounding needed (same bytes, faster)
+        vals = arr.astype(np.int32) + PNG_OFFSET
+    else:
+        vals = np.round(arr.astype(np.float64)) + PNG_OFFSET
     if vals.min() < 0 or vals.max() > 65535:
         raise InputError("image_hu is outside the 16-bit PNG range [-32768, 32767] HU")
     ok, buf = cv2.imencode(".png", vals.astype(np.uint16))
@@ -1092,7 +1095,30 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
     root = Path(root)
     images = root / "Images_png"
     images.mkdir(parents=True, exist_ok=True)
-    rows_out, truth_arrays, meta, extras = [], [], [], []
+    truth_path = root / TRUTH_FILE
+    # The truth is streamed into a temporary zip (one case's arrays at a time, so a sample of
+    # thousands of 512 x 512 cases never sits in memory), the per-sample columns last; renamed
+    # into place at the end.
+    tmp = truth_path.with_name(f".{truth_path.name}.tmp{os.getpid()}")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            _write_cases(zf, images, cases, root, label_train_rows)
+        os.replace(tmp, truth_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return truth_path
+
+
+def _zip_add(zf: zipfile.ZipFile, key: str, arr) -> None:
+    info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    zf.writestr(info, _npy_bytes(arr))
+
+
+def _write_cases(zf: zipfile.ZipFile, images: Path, cases, root: Path, label_train_rows: bool) -> None:
+    rows_out, meta, extras = [], [], []
     seen_series = set()
     for case in cases:
         if case.series_dir in seen_series:
@@ -1103,13 +1129,19 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
         for off, img in [(0, case.image_hu)] + list(zip(case.neighbor_offsets, case.neighbor_hu)):
             _atomic_write_bytes(series / f"{case.key_slice_index + off:03d}.png", encode_png_hu(img))
         rows_out.append(dl_info_row(case, label_train_rows=label_train_rows))
-        truth_arrays.append((case.file_name, case.true_fraction.astype(np.float32), case.true_mask.astype(bool),
-                             case.apparent_fraction.astype(np.float32)))
-        meta.append((case.file_name, case.kind, case.diameter_mm, case.recist.as_array(), case.spacing_mm,
+        name = case.file_name
+        _zip_add(zf, f"{name}/true_fraction", case.true_fraction.astype(np.float32))
+        _zip_add(zf, f"{name}/true_mask", case.true_mask.astype(bool))
+        _zip_add(zf, f"{name}/apparent_fraction", case.apparent_fraction.astype(np.float32))
+        meta.append((name, case.kind, case.diameter_mm, case.recist.as_array(), case.spacing_mm,
                      case.slice_thickness_mm, case.nodule_hu))
         # Hybrid cases (softmask_builder.hybrid) carry more truth: per-case scalars become (N,)
         # columns, arrays <File_name>/<key>.
-        extras.append((case.file_name, case.truth_extra() if hasattr(case, "truth_extra") else None))
+        extra = case.truth_extra() if hasattr(case, "truth_extra") else None
+        if extra is not None:
+            for key, arr in extra["arrays"].items():
+                _zip_add(zf, f"{name}/{key}", np.asarray(arr))
+        extras.append((name, extra["scalars"] if extra is not None else None))
     if not rows_out:
         raise InputError("no case to write")
     rows_out.sort(key=lambda r: r[0])
@@ -1120,7 +1152,6 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
     _atomic_write_bytes(root / "DL_info.csv", text.getvalue().encode("utf-8"))
 
     meta.sort(key=lambda m: m[0])
-    truth_arrays.sort(key=lambda a: a[0])
     entries = {
         "file_name": np.array([m[0] for m in meta]),
         "kind": np.array([m[1] for m in meta]),
@@ -1130,27 +1161,12 @@ def write_deeplesion(root, cases: Iterable[PhantomCase], *, label_train_rows: bo
         "slice_thickness_mm": np.array([m[5] for m in meta], dtype=np.float64),
         "nodule_hu": np.array([m[6] for m in meta], dtype=np.float64),
     }
-    for name, frac, mask, apparent in truth_arrays:
-        entries[f"{name}/true_fraction"] = frac
-        entries[f"{name}/true_mask"] = mask
-        entries[f"{name}/apparent_fraction"] = apparent
     extras.sort(key=lambda e: e[0])
     if extras and all(e[1] is not None for e in extras):
-        for key in extras[0][1]["scalars"]:
-            entries[key] = np.array([e[1]["scalars"][key] for e in extras])
-        for name, extra in extras:
-            for key, arr in extra["arrays"].items():
-                entries[f"{name}/{key}"] = np.asarray(arr)
-    bio = io.BytesIO()
-    with zipfile.ZipFile(bio, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key, arr in entries.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, _npy_bytes(arr))
-    truth_path = root / TRUTH_FILE
-    _atomic_write_bytes(truth_path, bio.getvalue())
-    return truth_path
+        for key in extras[0][1]:
+            entries[key] = np.array([e[1][key] for e in extras])
+    for key, arr in entries.items():
+        _zip_add(zf, key, arr)
 
 
 def read_truth(path) -> dict[str, dict]:
@@ -1160,6 +1176,7 @@ def read_truth(path) -> dict[str, dict]:
     rotation_deg, psf_sigma_px, noise_hu, reader_masks and core_fraction."""
     out = {}
     with np.load(Path(path), allow_pickle=False) as z:
+        members = set(z.files)
         for i, name in enumerate(z["file_name"].tolist()):
             out[name] = {
                 "kind": str(z["kind"][i]), "diameter_mm": float(z["diameter_mm"][i]),
@@ -1176,7 +1193,7 @@ def read_truth(path) -> dict[str, dict]:
                 if key in z.files:
                     out[name][key] = float(z[key][i])
             for key in ("reader_masks", "core_fraction"):
-                if f"{name}/{key}.npy" in z.zip.namelist():
+                if f"{name}/{key}" in members:
                     out[name][key] = z[f"{name}/{key}"]
     return out
 

@@ -226,17 +226,17 @@ def _self_intersects(pts: np.ndarray) -> bool:
 
 
 def contour_problem(points_rc) -> str | None:
-    """Why a contour is degenerate, or None: fewer than 3 distinct points, self-intersecting
-    (two non-adjacent edges cross), or enclosed area (shoelace) below 3 px^2."""
+    """Why a contour is degenerate, or None, checked in this order: fewer than 3 distinct points,
+    self-intersecting (two non-adjacent edges cross), enclosed area (shoelace) below 3 px^2."""
     pts = _polygon_vertices(points_rc)
     if len(pts) < 3:
         return "fewer than 3 points"
+    if _self_intersects(pts):
+        return "self-intersecting"
     x, y = pts[:, 1], pts[:, 0]
     area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
     if area < 3.0:
         return f"area {area:.1f} px < 3 px"
-    if _self_intersects(pts):
-        return "self-intersecting"
     return None
 
 
@@ -412,7 +412,10 @@ def shape_from_cluster(scan, annotations, *, level: float = 0.5, skipped: list |
             ratings[name] = float(np.median(vals))
     source = {"scan_id": int(scan.id), "series_uid": scan.series_uid, "annotation_ids": ids,
               "pixel_spacing_mm": sp, "slice_thickness_mm": float(scan.slice_thickness_mm),
-              "k0": int(ks[0]), "r0": int(vol.r0), "c0": int(vol.c0), "plane_z_mm": z.tolist()}
+              "k0": int(ks[0]), "r0": int(vol.r0), "c0": int(vol.c0), "plane_z_mm": z.tolist(),
+              # the centroid in the source image: full-image (row, col) pixels and z (mm)
+              "centroid_rc_px": [vol.r0 + centroid[0] / sp, vol.c0 + centroid[1] / sp],
+              "centroid_z_mm": centroid[2]}
     return _finish(shape_id, scan.patient_id, len(annotations), med, tclass, phis, zz, sp, origin, ratings,
                    source, centroid, _consensus_diameter(cons, sp))
 
