@@ -2,7 +2,7 @@
 
 For every nodule with exactly four readers (``softmask lidc-agreement --cohort eq4``), on its
 central slice: the real readers' pairwise Dice (softmask_builder.agreement.nodule_agreement) and,
-for each candidate (bias_sd_mm, wobble_mm), the pairwise Dice of four simulated readers (bias_sd_mm, bias_rel, wobble_mm) drawn
+for each candidate (bias_sd_mm, bias_rel, wobble_mm), the pairwise Dice of four simulated readers drawn
 around the readers' 50 % consensus (softmask_builder.hybrid.simulate_readers). Size buckets by
 the consensus' long axis on that slice (pixel centres + 1 px): 3-6, 6-12, 12-30 mm (and > 30).
 Prints the real figures per bucket, the grid, and the candidate of least squared error over

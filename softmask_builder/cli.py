@@ -272,7 +272,8 @@ def phantom(out: Path, n_cases: int, seed: int, phantom_kind: str, backgrounds: 
     _emit(summary)
 
 
-def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid", backgrounds: Path | None = None) -> dict:
+def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid",
+                   backgrounds: Path | None = None) -> dict:
     from .phantom import PHANTOM_VERSION, write_sample
 
     marker = out / "phantom.json"

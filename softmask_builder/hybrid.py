@@ -421,6 +421,9 @@ def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_rea
 # --------------------------------------------------------------------------------------------
 
 def _jitter_recist(rec, rng, jitter_mm: float, spacing_mm: float):
+    """Observer jitter: each endpoint moved along its own axis by N(0, jitter_mm) (the axis keeps
+    its direction and still crosses the other); an axis that would get shorter than 1 px keeps
+    its endpoints."""
     from .recist import Recist
 
     pts = rec.as_array().astype(np.float64)
@@ -432,8 +435,11 @@ def _jitter_recist(rec, rng, jitter_mm: float, spacing_mm: float):
         if n == 0:
             continue
         u = u / n
-        pts[a] -= u * rng.normal(0.0, jitter_mm) / spacing_mm
-        pts[b] += u * rng.normal(0.0, jitter_mm) / spacing_mm
+        da = rng.normal(0.0, jitter_mm) / spacing_mm
+        db = rng.normal(0.0, jitter_mm) / spacing_mm
+        if n + da + db >= 1.0:
+            pts[a] -= u * da
+            pts[b] += u * db
     return Recist.from_array(pts)
 
 
@@ -630,8 +636,9 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
     ``split_fractions`` proportions (largest remainder), placements round robin; within a split
     the cases cycle over the texture classes whose shapes are not used up yet
     (``texture_balance``; else shapes are drawn regardless of class), each class's shapes in a
-    seeded random order, so shapes repeat only once the split's shapes are all used. Real backgrounds (few) are shared by the splits; the policy line of the returned dict
-    says so.
+    seeded random order, so shapes repeat only once the split's shapes are all used. Real
+    backgrounds (few) are shared by the splits, taken in a seeded order; the policy line of the
+    returned dict says so.
 
     Returns
     -------
@@ -676,6 +683,7 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
     bg_seeds = bg_ss.spawn(n)
     cases = []
     n_real = len(real_backgrounds) if real_backgrounds else 0
+    real_order = rng.permutation(n_real) if n_real else None  # spread over patients and series
     for i, split in enumerate(split_seq):
         # classes whose shapes are not used up yet (all of them again once every one is)
         avail = [c for c in classes[split] if used[(split, c)] < len(order[(split, c)])] or classes[split]
@@ -693,7 +701,7 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
         if cur is None or cur[1] >= cases_per_background:
             j = len(bgs)
             if n_real:
-                bgs.append(BackgroundSpec(j, split, None, real=j % n_real, shape=slice_shape))
+                bgs.append(BackgroundSpec(j, split, None, real=int(real_order[j % n_real]), shape=slice_shape))
             else:
                 bgs.append(BackgroundSpec(j, split, bg_seeds[j], shape=slice_shape))
             cur = (j, 0)
@@ -704,7 +712,8 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
         "texture_balance": bool(texture_balance),
         "shapes_split": "by LIDC patient, sha256(0:patient_id) (assign_splits); a patient's shapes never "
                         "in two splits",
-        "backgrounds": ("real slices shared by the splits (few: the effect is measured in docs/ACCURACY.md)"
+        "backgrounds": ("real slices, few, so shared by the splits (a real slice may serve cases of "
+                        "several splits; each use is its own DeepLesion patient)"
                         if n_real else "synthetic, each background in one split only"),
         "n_backgrounds": len(bgs), "cases_per_background": cases_per_background,
         "distinct_shapes": len({c.shape_id for c in cases}),

@@ -209,7 +209,8 @@ def _self_intersects(pts: np.ndarray) -> bool:
     a, b = pts, np.roll(pts, -1, axis=0)
 
     def orient(p, q, r):
-        return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0]))
+        return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1])
+                       - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0]))
 
     i, j = np.triu_indices(n, k=2)
     adjacent = (i == 0) & (j == n - 1)

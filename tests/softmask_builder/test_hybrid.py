@@ -163,3 +163,15 @@ def test_simulated_readers_agree_like_the_database_readers():
     assert abs(np.mean(sim) - np.mean(real)) < 0.05, (np.mean(sim), np.mean(real))
     # and the readers are not copies of the truth
     assert np.mean(sim) < 0.95
+
+
+def test_recist_jitter_moves_endpoints_along_their_axes(background):
+    plain = render_case(sphere_shape(5.0), background, 9, placement="free", z_offset_mm=0.0)
+    jit = render_case(sphere_shape(5.0), background, 9, placement="free", z_offset_mm=0.0,
+                      params=HybridParams(recist_jitter_mm=0.7))
+    p, q = plain.recist.as_array(), jit.recist.as_array()
+    assert not np.allclose(p, q)
+    for a, b in ((0, 1), (2, 3)):
+        u, v = p[b] - p[a], q[b] - q[a]
+        assert abs(u[0] * v[1] - u[1] * v[0]) < 1e-6 * np.hypot(*u) * np.hypot(*v)  # same direction
+        assert np.dot(u, v) > 0
