@@ -14,7 +14,7 @@ STAMP    := $(VENV)/.installed
 
 export SOFTMASK_SHARED_DATA ?= $(SHARED_DATA)
 
-.PHONY: setup test test-all lnsm lidc masks slices release preview bench bench-accuracy bench-build \
+.PHONY: setup test test-all lnsm lidc masks slices release preview bench bench-accuracy bench-accuracy-hybrid calibrate bench-build \
         pretrain-sr train evaluate bench-loader figures clean
 
 setup: $(STAMP)
@@ -113,6 +113,14 @@ evaluate: $(STAMP)
 
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/bench_accuracy.py
+
+# Hybrid phantom (real LIDC shapes): 27 cells x 20 cases x 2 parts, re-choice on the choosing part (~10 min).
+bench-accuracy-hybrid: $(STAMP)
+	nice -n 10 $(PY) benchmarks/bench_accuracy_hybrid.py
+
+# Real LIDC fixtures (>= 3 readers) beside hybrid cases from the same outlines (needs SHARED_DATA).
+calibrate: $(STAMP)
+	$(PY) benchmarks/calibrate_real.py --hybrid
 
 clean:
 	rm -rf build runs

@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from .errors import InputError
 #: Upper bounds of :class:`LabelParams` (a recipe also keeps them inside its crop).
 MAX_BAND_PX = 32.0
 MAX_RADIUS_PX = 10
+RECIST_METHODS = ("region", "uls23")
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,13 @@ class LabelParams:
     eps : regularisation epsilon of the matting Laplacian (Levin et al. Eq. 8, 1-channel form).
     radius : matting window radius in pixels (1 -> 3x3 windows).
     window_level_hu, window_width_hu : CT window mapped to [0, 1] before matting and GrabCut.
-    grabcut_iterations : OpenCV GrabCut iterations for RECIST priors.
+    grabcut_iterations : OpenCV GrabCut iterations for RECIST priors (``recist_method`` "region";
+        the "uls23" recipe always runs its own 25).
     consensus : reader fraction for the LIDC binary ground truth (0.5 = 50 % consensus).
+    recist_method : how strategy 3 turns a RECIST mark into the mask its trimap is made from:
+        "region" (:func:`.recist.mask_from_recist`, this project's region-bounded GrabCut) or
+        "uls23" (:func:`.recist.mask_from_recist_uls23`, the ULS23 challenge's GrabCut recipe).
+        The trimap (:func:`.recist.trimap_from_recist_mask`) and the matting are the same.
 
     Ranges (checked on construction, :class:`InputError` naming ``label.<field>``): band_px in
     [0, 32]; eps in (0, 1]; radius an integer in [1, 10]; window_level_hu in [-2048, 4096];
@@ -56,8 +62,11 @@ class LabelParams:
     window_width_hu: float = 1500.0
     grabcut_iterations: int = 5
     consensus: float = 0.5
+    recist_method: Literal["region", "uls23"] = "region"
 
     def __post_init__(self):
+        if self.recist_method not in RECIST_METHODS:
+            raise InputError(f"label.recist_method must be one of {', '.join(RECIST_METHODS)}, got {self.recist_method!r}")
         # Checked here, when a recipe is loaded (and so by ``--dry-run``), rather than by the
         # stages, which would reject every sample one by one at label time.
         def number(name, low, high, *, low_open=False, integer=False):
@@ -138,12 +147,17 @@ def label_from_readers(image_hu, reader_masks: Sequence[np.ndarray], params: Lab
 def label_from_recist(image_hu, recist, params: LabelParams = LabelParams(), *, sample_id=None) -> Labels:
     """Strategy 3: GrabCut seeded by the RECIST axes and kept inside the region the mark allows ->
     mask -> strategy-1 trimap with the axes' inner part as lesion and background outside the
-    region (:func:`.recist.trimap_from_recist`) -> matting; binary mask = binarized Soft Mask
+    region (:func:`.recist.trimap_from_recist`) -> matting (``params.recist_method`` "uls23": the
+    mask from the ULS23 recipe instead, same trimap and matting); binary mask = binarized Soft Mask
     (alpha >= 0.5), hence also inside the region."""
-    from .recist import trimap_from_recist
+    from .recist import mask_from_recist_uls23, trimap_from_recist, trimap_from_recist_mask
 
     image01 = _windowed(image_hu, params, sample_id)
-    trimap, _ = trimap_from_recist(image01, recist, band_px=params.band_px, iterations=params.grabcut_iterations,
-                                   sample_id=sample_id)
+    if params.recist_method == "uls23":
+        mask = mask_from_recist_uls23(image_hu, recist, sample_id=sample_id)
+        trimap = trimap_from_recist_mask(mask, recist, band_px=params.band_px, sample_id=sample_id)
+    else:
+        trimap, _ = trimap_from_recist(image01, recist, band_px=params.band_px,
+                                       iterations=params.grabcut_iterations, sample_id=sample_id)
     alpha = _alpha(image01, trimap, params)
     return Labels(trimap, alpha, alpha >= 0.5)
