@@ -11,6 +11,7 @@ stderr. Exit codes:
       different build)
 3     ``verify`` found a mismatch (hash, schema or counts)
 4     the build finished but holds no sample (every planned sample was rejected, or none planned)
+6     ``--out`` is locked by another running build (the message names its pid)
 ====  ==========================================================================================
 """
 
@@ -27,6 +28,9 @@ from . import __version__
 from .errors import SoftMaskError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_VERIFY, EXIT_EMPTY = 0, 1, 2, 3, 4
+# "--out is locked by another build": code 6 of the exit-code table shared by `softmask` and
+# `dsnet` (softmask_builder/exitcodes.py once it lands; this name then imports from there).
+EXIT_LOCKED = 6
 
 #: Default recipe and the recipe sources each ``build`` subcommand accepts.
 BUILD_KINDS = {
@@ -109,23 +113,55 @@ def _progress_bar(total: int, enabled: bool | None):
     return bar, update
 
 
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread, so that a terminated build runs its
+    ``finally`` blocks (queued tasks cancelled, the ``--out`` lock released) like Ctrl-C does."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_build(recipe, source: Path, out: Path | None, *, jobs: int, backend: str, scheduler: str | None,
                dry_run: bool, limit: int | None, overwrite: bool, progress: bool | None) -> dict:
-    """Plan, then (unless ``dry_run``) build; return the summary dict. Raises _Fail on input errors."""
+    """Plan, then (unless ``dry_run``) build; return the summary dict. Raises _Fail on input errors.
+
+    Planning runs under the same parallel setup as the build (the LIDC header scan uses it)."""
+    import time
+
     from .build import plan_build, run_build
+    from .locking import OutLockedError
 
     out = out or Path("build") / recipe.dataset
-    with _input_errors():
-        plan = plan_build(recipe, source, limit=limit)
-    if dry_run:
-        return {"dry_run": True, "out": str(out), **plan.summary()}
-    bar, update = _progress_bar(plan.n_planned, progress)
-    try:
-        with parallel_setup(backend, jobs, scheduler), _input_errors():
-            result = run_build(plan, out, overwrite=overwrite, progress=update)
-    finally:
-        bar.close()
-    return result.summary()
+    with _sigterm_as_interrupt(), parallel_setup(backend, jobs, scheduler):
+        t0 = time.perf_counter()
+        with _input_errors():
+            plan = plan_build(recipe, source, limit=limit)
+        t_plan = time.perf_counter() - t0
+        if dry_run:
+            return {"dry_run": True, "out": str(out), **plan.summary()}
+        bar, update = _progress_bar(plan.n_planned, progress)
+        try:
+            with _input_errors():
+                try:
+                    result = run_build(plan, out, overwrite=overwrite, progress=update)
+                except OutLockedError as exc:
+                    raise _Fail(str(exc), code=EXIT_LOCKED) from None
+        finally:
+            bar.close()
+    return {**result.summary(), "seconds": {"plan": round(t_plan, 3), **result.seconds}}
 
 
 def _common_build_options(func):
