@@ -16,11 +16,15 @@ none / ``sequential`` / 1 job   this process, one after another, at submit time
 ``dask``                        the ``distributed.Client`` joblib's dask backend holds
 ==============================  ==================================================================
 
-Worker lifetime: every task first calls :func:`ensure_parent_watchdog` with the pid of the
-process that submitted it. In a worker that is a direct child of that process (loky workers, the
+Worker lifetime: every worker runs :func:`ensure_parent_watchdog` with the pid of the process
+that submits the tasks: loky workers as their pool initializer (before they import anything a
+task needs, which may take seconds), dask workers through ``Client.run`` when the runner starts,
+and every task again (idempotent) for workers that joined later. In a worker that is a direct child of that process (loky workers, the
 processes of a dask ``LocalCluster``) a daemon thread polls ``os.getppid()`` every
 :data:`WATCHDOG_PERIOD_S` seconds and ends the worker with ``os._exit`` once the parent is gone
-(SIGKILL, SIGTERM, a crash: the worker is then re-parented). Workers of a remote dask cluster
+(SIGKILL, SIGTERM, a crash: the worker is then re-parented). The runner waits for its loky
+workers to be up before it hands out work; a main process killed during those first moments
+(while loky spawns them) can still leave a worker blocked on its start-up pipe. Workers of a remote dask cluster
 are not our children; their queued tasks are cancelled by :meth:`TaskRunner.close` (and by the
 scheduler when the client's connection drops).
 """
@@ -75,6 +79,11 @@ def ensure_parent_watchdog(parent_pid: int) -> bool:
     return True
 
 
+def _started(parent_pid: int) -> int:
+    ensure_parent_watchdog(parent_pid)
+    return os.getpid()
+
+
 def _call(parent_pid: int, fn: Callable, args: tuple) -> Any:
     ensure_parent_watchdog(parent_pid)
     return fn(*args)
@@ -118,11 +127,17 @@ class TaskRunner:
         if self.kind == "loky":
             from joblib.externals.loky import get_reusable_executor
 
-            self._pool = get_reusable_executor(max_workers=self.n_workers, timeout=60, env=dict(_WORKER_ENV))
+            self._pool = get_reusable_executor(max_workers=self.n_workers, timeout=60, env=dict(_WORKER_ENV),
+                                               initializer=ensure_parent_watchdog, initargs=(self._parent,))
+            # Wait until the workers are up: a worker killed orphan while loky is still sending it
+            # its start-up data can block on that pipe before any of our code runs in it.
+            started = [self._pool.submit(_started, self._parent) for _ in range(self.n_workers)]
+            cf.wait(started)
         elif self.kind == "threads":
             self._pool = cf.ThreadPoolExecutor(max_workers=self.n_workers)
         elif self.kind == "dask":
             self._client = backend.client
+            self._client.run(ensure_parent_watchdog, self._parent)
 
     def __enter__(self) -> "TaskRunner":
         return self
