@@ -38,3 +38,11 @@ def lidc_root(shared_data: Path) -> Path:
     if not root.exists():
         pytest.skip(f"LIDC fixture absent at {root}")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _softmask_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Caches the toolkit keeps outside a source (DeepLesion zip index, LIDC header scan) go to
+    the test session's temporary folder, never to the user's ``~/.cache``. Subprocesses inherit
+    the variable."""
+    monkeypatch.setenv("SOFTMASK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "softmask-cache"))

@@ -9,6 +9,11 @@ Inputs
   ``SeriesInstanceUID`` and a slice by its ``ImagePositionPatient[2]`` (z), which is matched to the
   readers' contour z within :data:`Z_TOL_MM`. Partial downloads work: slices that are not on disk
   give a :class:`~.base.Reject` row with the reason.
+* Discovery (:func:`scan_dicom_headers`, :func:`_index_case`): every file under a case folder is
+  parsed (header only), whatever its name or extension; files that are not DICOM give a row "not
+  a DICOM file (skipped)". The scan runs on the caller's joblib workers and its records are
+  cached outside the source (``<cache>/lidc-headers/``, keyed by each file's path, size and
+  mtime), so a rerun reads only what changed.
 
 Data contract of a :class:`~.base.SampleRecord` from :func:`load_lidc`
 ----------------------------------------------------------------------
@@ -53,7 +58,7 @@ from ..errors import InputError, SourceError
 from ._lidc_db import LidcScan, cluster_annotations, contours_mask, nodule_volume, read_lidc_db
 from .base import Reject, SampleRecord, SampleRef, SliceRecord
 
-__all__ = ["Z_TOL_MM", "plan_lidc", "load_lidc", "plan_lidc_slices", "load_lidc_slice"]
+__all__ = ["Z_TOL_MM", "plan_lidc", "load_lidc", "plan_lidc_slices", "load_lidc_slice", "scan_dicom_headers"]
 
 #: Largest |z_DICOM - z_contour| (mm) for a DICOM file to be the slice a contour was drawn on.
 #: In the database the contour z equals the series' z exactly; LIDC slice spacing is >= 0.45 mm.
@@ -91,47 +96,155 @@ def _header_z(ds) -> float:
 
 
 def _dicom_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"
-                  and not p.name.startswith("."))
+    """Every regular, non-hidden file of ``folder``, whatever its name or extension: whether a
+    file is DICOM is decided by parsing it (:func:`_scan_header`), never by its name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def _index_case(case_dir: Path, rejects: list[Reject], *, wanted: set[str] | None,
-                modality: str | None = None) -> dict[str, list[_SliceFile]]:
-    """Map SeriesInstanceUID -> slices sorted by z, for the series under one case folder.
+# A scanned file: ("dicom", uid, z or None, instance, modality, z_error or None), ("notdicom", reason)
+# or ("bad", reason) for a DICOM file whose header cannot be used.
+_HeaderRecord = tuple
 
-    Only file headers are read. With ``wanted``, a folder whose first readable file belongs to
-    another series (e.g. the chest radiographs TCIA ships with some cases) is skipped after that
-    one header. Unreadable files become rejects. Two files of a series at the same z: the one with
-    the lower InstanceNumber is kept (pylidc's rule).
+
+def _scan_header(path: str) -> _HeaderRecord:
+    """Read one file's header (no pixels) into a small picklable, JSON-able record."""
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = _read_header(Path(path))
+    except InvalidDicomError as exc:
+        # The name decides only the wording: a ``.dcm`` that does not parse is a damaged DICOM.
+        if path.lower().endswith(".dcm"):
+            return ("bad", f"unreadable DICOM header: {type(exc).__name__}: {exc}")
+        return ("notdicom", f"not a DICOM file (skipped): {exc}")
+    except Exception as exc:  # any unreadable file becomes a row, never a crash
+        return ("bad", f"unreadable DICOM header: {type(exc).__name__}: {exc}")
+    try:
+        uid = str(ds.get("SeriesInstanceUID", "")).strip()
+        if not uid:
+            raise ValueError("no SeriesInstanceUID (0020,000E)")
+        modality = str(ds.get("Modality", "")).upper()
+        instance = int(ds.get("InstanceNumber") or 0)
+    except Exception as exc:
+        return ("bad", f"unreadable DICOM header: {type(exc).__name__}: {exc}")
+    try:
+        return ("dicom", uid, _header_z(ds), instance, modality, None)
+    except Exception as exc:  # judged later: only a problem if the series is wanted
+        return ("dicom", uid, None, instance, modality, f"unreadable DICOM header: {type(exc).__name__}: {exc}")
+
+
+def _scan_header_chunk(paths: list[str]) -> list[_HeaderRecord]:
+    return [_scan_header(p) for p in paths]
+
+
+#: Files per header-scan task.
+SCAN_CHUNK_FILES = 256
+
+
+def _header_cache_path(root: Path) -> Path:
+    import hashlib
+
+    from .dlzip import softmask_cache_dir
+
+    key = hashlib.sha256(f"lidc-headers-v1\0{root.resolve()}".encode()).hexdigest()
+    return softmask_cache_dir() / "lidc-headers" / f"{key}.json"
+
+
+def scan_dicom_headers(root: Path, cases: list[str]) -> dict[str, list[tuple[str, _HeaderRecord]]]:
+    """``case -> [(path relative to root, header record), ...]`` for every file under the case
+    folders (sorted walk), with headers read in parallel and cached.
+
+    Headers are read on the workers of the caller's ``joblib.parallel_config`` (chunks of
+    :data:`SCAN_CHUNK_FILES` files, :class:`~softmask_builder.executor.TaskRunner`). Each file's
+    record is cached outside the source, in ``<cache>/lidc-headers/<sha256 of the root>.json``
+    (``<cache>`` as :func:`.dlzip.softmask_cache_dir`), keyed by its relative path, size and
+    mtime: a rerun reads only files that changed. An unwritable cache only costs time.
+    """
+    import json
+
+    from ..executor import TaskRunner
+
+    listing: dict[str, list[tuple[str, os.stat_result]]] = {}
+    for case in cases:
+        entries = []
+        for folder, dirnames, _ in os.walk(root / case):
+            dirnames.sort()
+            for path in _dicom_files(Path(folder)):
+                entries.append((path.relative_to(root).as_posix(), path.stat()))
+        listing[case] = entries
+    cache_path = _header_cache_path(root)
+    try:
+        cache = json.loads(cache_path.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    records: dict[str, _HeaderRecord] = {}
+    misses: list[str] = []
+    for entries in listing.values():
+        for rel, st in entries:
+            hit = cache.get(rel)
+            if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+                records[rel] = tuple(hit[2])
+            else:
+                misses.append(rel)
+    if misses:
+        chunks = [misses[i:i + SCAN_CHUNK_FILES] for i in range(0, len(misses), SCAN_CHUNK_FILES)]
+        with TaskRunner() as runner:
+            window = 2 * runner.n_workers
+            pending: dict = {}
+            next_chunk = 0
+            while next_chunk < len(chunks) or pending:
+                while next_chunk < len(chunks) and len(pending) < window:
+                    chunk = chunks[next_chunk]
+                    pending[runner.submit(_scan_header_chunk, [str(root / rel) for rel in chunk])] = chunk
+                    next_chunk += 1
+                for fut in runner.wait_any(pending):
+                    chunk = pending.pop(fut)
+                    records.update(zip(chunk, (tuple(r) for r in fut.result())))
+        stats = {rel: st for entries in listing.values() for rel, st in entries}
+        fresh = {rel: [stats[rel].st_size, stats[rel].st_mtime_ns, list(records[rel])] for rel in stats}
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**cache, **fresh}, separators=(",", ":")))
+            os.replace(tmp, cache_path)
+        except OSError:
+            pass
+    return {case: [(rel, records[rel]) for rel, _ in entries] for case, entries in listing.items()}
+
+
+def _index_case(root: Path, scanned: list[tuple[str, _HeaderRecord]], rejects: list[Reject], *,
+                wanted: set[str] | None, modality: str | None = None) -> dict[str, list[_SliceFile]]:
+    """Map SeriesInstanceUID -> slices sorted by z, for the scanned files of one case folder.
+
+    Every file that parses as DICOM is grouped by its own ``SeriesInstanceUID`` (names,
+    extensions and folders are not trusted, so a foreign file sorted first in a folder cannot
+    hide the folder's series). With ``wanted``, other series are ignored; with ``modality``,
+    files of another modality are ignored. Files that are not DICOM become rows "not a DICOM
+    file (skipped)"; unreadable headers (or a wanted slice without a usable z) become rows
+    "unreadable DICOM header". Two files of a series at the same z: the one with the lower
+    InstanceNumber is kept (pylidc's rule).
     """
     series: dict[str, dict[float, _SliceFile]] = {}
-    for folder, dirnames, _ in os.walk(case_dir):
-        dirnames.sort()
-        files = _dicom_files(Path(folder))
-        checked = wanted is None and modality is None
-        for path in files:
-            rel = path.relative_to(case_dir.parent).as_posix()
-            try:
-                ds = _read_header(path)
-                uid = str(ds.get("SeriesInstanceUID", "")).strip()
-                if not uid:
-                    raise ValueError("no SeriesInstanceUID (0020,000E)")
-                if not checked:
-                    wrong_series = wanted is not None and uid not in wanted
-                    wrong_modality = modality is not None and str(ds.get("Modality", "")).upper() != modality
-                    if wrong_series or wrong_modality:
-                        break  # one series per folder in TCIA's layout: skip the folder
-                    checked = True
-                z = _header_z(ds)
-                instance = int(ds.get("InstanceNumber") or 0)
-            except Exception as exc:  # any unreadable file becomes a row, never a crash
-                rejects.append(Reject(rel, "plan", f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
-                continue
-            slices = series.setdefault(uid, {})
-            key = round(z, 6)
-            prev = slices.get(key)
-            if prev is None or instance < prev.instance:
-                slices[key] = _SliceFile(z, instance, path)
+    for rel, record in scanned:
+        kind = record[0]
+        if kind != "dicom":
+            rejects.append(Reject(rel, "plan", record[1]))
+            continue
+        _, uid, z, instance, file_modality, z_error = record
+        if wanted is not None and uid not in wanted:
+            continue
+        if modality is not None and file_modality != modality:
+            continue
+        if z is None:
+            rejects.append(Reject(rel, "plan", z_error))
+            continue
+        slices = series.setdefault(uid, {})
+        key = round(z, 6)
+        prev = slices.get(key)
+        if prev is None or instance < prev.instance:
+            slices[key] = _SliceFile(z, instance, root / rel)
     return {uid: sorted(s.values(), key=lambda f: f.z_mm) for uid, s in series.items()}
 
 
@@ -233,6 +346,7 @@ def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = Non
 
     refs: list[SampleRef] = []
     rejects: list[Reject] = []
+    nodules_by_case: dict[str, list] = {}
     for case in cases:
         nodules = []
         number = 0
@@ -241,9 +355,11 @@ def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = Non
                 number += 1
                 if min_readers <= len(group) and (max_readers is None or len(group) <= max_readers):
                     nodules.append((number, scan, group))
-        if not nodules:
-            continue
-        index = _index_case(root / case, rejects, wanted={scan.series_uid for _, scan, _ in nodules})
+        if nodules:
+            nodules_by_case[case] = nodules
+    scanned = scan_dicom_headers(root, sorted(nodules_by_case))
+    for case, nodules in nodules_by_case.items():
+        index = _index_case(root, scanned[case], rejects, wanted={scan.series_uid for _, scan, _ in nodules})
         for number, scan, group in nodules:
             refs_n, rejects_n = _plan_nodule(root, case, number, scan, group, index.get(scan.series_uid),
                                              consensus=float(consensus), slices=slices, crop_px=crop_px)
@@ -389,8 +505,9 @@ def plan_lidc_slices(dicom_root, *, every_nth: int = 1) -> tuple[list[SampleRef]
     root, cases = _case_dirs(dicom_root)
     refs: list[SampleRef] = []
     rejects: list[Reject] = []
+    scanned = scan_dicom_headers(root, cases)
     for case in cases:
-        index = _index_case(root / case, rejects, wanted=None, modality="CT")
+        index = _index_case(root, scanned[case], rejects, wanted=None, modality="CT")
         for j, uid in enumerate(sorted(index), start=1):
             for f in index[uid][::every_nth]:
                 refs.append(SampleRef(f"{case}_s{j}_z{f.z_mm:.3f}", f.path.relative_to(root).as_posix(), case, None,
