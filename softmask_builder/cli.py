@@ -85,7 +85,9 @@ def parallel_setup(backend: str, jobs: int, scheduler: str | None):
         if scheduler:
             client = Client(scheduler, timeout="10s")
         else:
-            cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+            # ":0": the dashboard on any free port (None means the default 8787, which another
+            # cluster on the machine may hold, and then the cluster fails to start).
+            cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=":0")
             client = Client(cluster)
     except OSError as exc:
         raise _Fail(f"cannot reach the dask scheduler {scheduler!r}: {exc}") from None

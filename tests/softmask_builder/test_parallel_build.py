@@ -57,7 +57,7 @@ def test_dask_localcluster_with_small_chunks_gives_identical_bytes(tmp_path):
     plan = _plan(n=23)
     _build(tmp_path / "one", plan)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster):
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster):
         with joblib.parallel_config(backend="dask"):
             _build(tmp_path / "dask", plan, chunk_samples=2)
     assert _hashes(tmp_path / "one") == _hashes(tmp_path / "dask")
