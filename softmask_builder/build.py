@@ -581,6 +581,17 @@ class _Chunk:
     stop: int
 
 
+def warm_worker() -> None:
+    """Import the labelling stages and load their compiled kernels by labelling a tiny synthetic
+    disk (run in each worker before the first chunk: :func:`.executor.prestart`)."""
+    from .pipeline import LabelParams, label_from_mask
+
+    rr, cc = np.mgrid[:24, :24]
+    mask = (rr - 12) ** 2 + (cc - 12) ** 2 < 36
+    with _single_threaded():
+        label_from_mask(np.where(mask, 40.0, -800.0).astype(np.float32), mask, LabelParams())
+
+
 def plan_chunks(shards: Sequence[ShardPlan], chunk_samples: int) -> list[_Chunk]:
     """Cut each shard's refs into consecutive chunks of at most ``chunk_samples`` refs, in plan
     order (chunks never span two shards; an empty shard gets no chunk)."""

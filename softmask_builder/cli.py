@@ -149,6 +149,10 @@ def _run_build(recipe, source: Path, out: Path | None, *, jobs: int, backend: st
     out = out or Path("build") / recipe.dataset
     with _sigterm_as_interrupt(), parallel_setup(backend, jobs, scheduler):
         t0 = time.perf_counter()
+        if not dry_run:
+            from .executor import prestart
+
+            prestart("softmask_builder.build:warm_worker")  # workers import while we plan
         with _input_errors():
             plan = plan_build(recipe, source, limit=limit)
         t_plan = time.perf_counter() - t0

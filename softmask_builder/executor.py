@@ -36,7 +36,7 @@ import os
 import threading
 from typing import Any, Callable, Iterable
 
-__all__ = ["WATCHDOG_PERIOD_S", "TaskRunner", "ensure_parent_watchdog", "active_backend"]
+__all__ = ["WATCHDOG_PERIOD_S", "TaskRunner", "ensure_parent_watchdog", "active_backend", "prestart"]
 
 #: Seconds between two parent checks in a worker.
 WATCHDOG_PERIOD_S = 0.2
@@ -111,6 +111,38 @@ def active_backend() -> tuple[str, int, Any]:
     return "loky", n, backend  # loky, multiprocessing and anything process-based
 
 
+def _loky_pool(n_workers: int, parent: int):
+    from joblib.externals.loky import get_reusable_executor
+
+    # The same arguments every time, so that loky hands back the running pool instead of a new one.
+    return get_reusable_executor(max_workers=n_workers, timeout=60, env=dict(_WORKER_ENV),
+                                 initializer=ensure_parent_watchdog, initargs=(parent,))
+
+
+def _warm(parent_pid: int, warm: str) -> int:
+    import importlib
+
+    ensure_parent_watchdog(parent_pid)
+    module, _, name = warm.partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    fn()
+    return os.getpid()
+
+
+def prestart(warm: str | None = None) -> None:
+    """Start the active loky backend's workers now, without waiting for them, and have each run
+    ``warm`` (``"module:function"``, e.g. importing the labelling stages and loading their numba
+    kernels) so that the imports overlap with whatever this process does next (planning). A no-op
+    for the other backends (dask workers are started by their cluster; threads need no start)."""
+    kind, n, _ = active_backend()
+    if kind != "loky":
+        return
+    pool = _loky_pool(n, os.getpid())
+    if warm:
+        for _ in range(n):
+            pool.submit(_warm, os.getpid(), warm)
+
+
 class TaskRunner:
     """Submit tasks to the active joblib backend's workers; wait for any of them; cancel the rest.
 
@@ -125,10 +157,7 @@ class TaskRunner:
         self._pool = None
         self._client = None
         if self.kind == "loky":
-            from joblib.externals.loky import get_reusable_executor
-
-            self._pool = get_reusable_executor(max_workers=self.n_workers, timeout=60, env=dict(_WORKER_ENV),
-                                               initializer=ensure_parent_watchdog, initargs=(self._parent,))
+            self._pool = _loky_pool(self.n_workers, self._parent)
             # Wait until the workers are up: a worker killed orphan while loky is still sending it
             # its start-up data can block on that pipe before any of our code runs in it.
             started = [self._pool.submit(_started, self._parent) for _ in range(self.n_workers)]
