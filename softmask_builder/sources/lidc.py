@@ -55,7 +55,7 @@ import numpy as np
 
 from ..crop import crop_image, crop_plan
 from ..errors import InputError, SourceError
-from ._lidc_db import LidcScan, cluster_annotations, contours_mask, nodule_volume, read_lidc_db
+from ._lidc_db import LidcScan, cluster_annotations, contours_mask, nodule_volume, read_lidc_db, resolve_db_path
 from .base import Reject, SampleRecord, SampleRef, SliceRecord
 
 __all__ = ["Z_TOL_MM", "plan_lidc", "load_lidc", "plan_lidc_slices", "load_lidc_slice", "scan_dicom_headers"]
@@ -150,7 +150,17 @@ def _header_cache_path(root: Path) -> Path:
     return softmask_cache_dir() / "lidc-headers" / f"{key}.json"
 
 
-def scan_dicom_headers(root: Path, cases: list[str]) -> dict[str, list[tuple[str, _HeaderRecord]]]:
+def _list_case(root: Path, case: str) -> list[tuple[str, os.stat_result]]:
+    """(path relative to root, stat) of every candidate file under a case folder, sorted walk."""
+    entries = []
+    for folder, dirnames, _ in os.walk(root / case):
+        dirnames.sort()
+        for path in _dicom_files(Path(folder)):
+            entries.append((path.relative_to(root).as_posix(), path.stat()))
+    return entries
+
+
+def scan_dicom_headers(root: Path, cases: list[str], listing=None) -> dict[str, list[tuple[str, _HeaderRecord]]]:
     """``case -> [(path relative to root, header record), ...]`` for every file under the case
     folders (sorted walk), with headers read in parallel and cached.
 
@@ -164,14 +174,8 @@ def scan_dicom_headers(root: Path, cases: list[str]) -> dict[str, list[tuple[str
 
     from ..executor import TaskRunner
 
-    listing: dict[str, list[tuple[str, os.stat_result]]] = {}
-    for case in cases:
-        entries = []
-        for folder, dirnames, _ in os.walk(root / case):
-            dirnames.sort()
-            for path in _dicom_files(Path(folder)):
-                entries.append((path.relative_to(root).as_posix(), path.stat()))
-        listing[case] = entries
+    listing = listing if listing is not None else {case: _list_case(root, case) for case in cases}
+    listing = {case: listing[case] for case in cases}
     cache_path = _header_cache_path(root)
     try:
         cache = json.loads(cache_path.read_text())
@@ -340,34 +344,153 @@ def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = Non
     if isinstance(crop_px, bool) or not isinstance(crop_px, int) or crop_px < 4:
         raise InputError(f"crop_px must be an int >= 4, got {crop_px!r}")
     root, cases = _case_dirs(dicom_root)
-    scans_by_case: dict[str, list[LidcScan]] = {}
-    for scan in read_lidc_db(db_path, patients=cases):
-        scans_by_case.setdefault(scan.patient_id, []).append(scan)
-
-    refs: list[SampleRef] = []
-    rejects: list[Reject] = []
-    nodules_by_case: dict[str, list] = {}
-    for case in cases:
-        nodules = []
-        number = 0
-        for scan in scans_by_case.get(case, []):
-            for group in cluster_annotations(scan):
-                number += 1
-                if min_readers <= len(group) and (max_readers is None or len(group) <= max_readers):
-                    nodules.append((number, scan, group))
-        if nodules:
-            nodules_by_case[case] = nodules
-    scanned = scan_dicom_headers(root, sorted(nodules_by_case))
-    for case, nodules in nodules_by_case.items():
-        index = _index_case(root, scanned[case], rejects, wanted={scan.series_uid for _, scan, _ in nodules})
-        for number, scan, group in nodules:
-            refs_n, rejects_n = _plan_nodule(root, case, number, scan, group, index.get(scan.series_uid),
-                                             consensus=float(consensus), slices=slices, crop_px=crop_px)
-            refs += refs_n
-            rejects += rejects_n
+    options = {"min_readers": min_readers, "max_readers": max_readers, "consensus": float(consensus),
+               "slices": slices, "crop_px": crop_px}
+    listing = {case: _list_case(root, case) for case in cases}
+    cache = _PlanCache(root, resolve_db_path(db_path), options)
+    done = {case: cache.get(case, listing[case]) for case in cases}
+    todo = [case for case in cases if done[case] is None]
+    if todo:
+        scans_by_case: dict[str, list[LidcScan]] = {case: [] for case in todo}
+        for scan in read_lidc_db(db_path, patients=todo):
+            scans_by_case[scan.patient_id].append(scan)
+        # Only cases with a scan in the database need their headers.
+        scanned = scan_dicom_headers(root, [c for c in todo if scans_by_case[c]], listing)
+        for case, result in zip(todo, _run_cases(root, todo, scans_by_case, scanned, options)):
+            done[case] = result
+            cache.put(case, listing[case], result)
+        cache.save()
+    refs: list[SampleRef] = [r for case in cases for r in done[case][0]]
+    rejects: list[Reject] = [r for case in cases for r in done[case][1]]
     refs.sort(key=lambda r: r.sample_id)
     rejects.sort(key=lambda r: r.sample_id)
     return refs, rejects
+
+
+def _plan_case(root: Path, case: str, scans: list[LidcScan], scanned, options: dict) -> tuple[list, list]:
+    """refs and rejects of one case folder (clustering, nodule volumes, z matching)."""
+    min_readers, max_readers = options["min_readers"], options["max_readers"]
+    nodules = []
+    number = 0
+    for scan in scans:
+        for group in cluster_annotations(scan):
+            number += 1
+            if min_readers <= len(group) and (max_readers is None or len(group) <= max_readers):
+                nodules.append((number, scan, group))
+    refs: list[SampleRef] = []
+    rejects: list[Reject] = []
+    if not nodules:
+        return refs, rejects
+    index = _index_case(root, scanned, rejects, wanted={scan.series_uid for _, scan, _ in nodules})
+    for number, scan, group in nodules:
+        refs_n, rejects_n = _plan_nodule(root, case, number, scan, group, index.get(scan.series_uid),
+                                         consensus=options["consensus"], slices=options["slices"],
+                                         crop_px=options["crop_px"])
+        refs += refs_n
+        rejects += rejects_n
+    return refs, rejects
+
+
+def _plan_cases_task(root: str, items: list, options: dict) -> list:
+    return [_plan_case(Path(root), case, scans, scanned, options) for case, scans, scanned in items]
+
+
+def _run_cases(root: Path, cases: list[str], scans_by_case, scanned, options) -> list:
+    """:func:`_plan_case` of every case, on the workers of the caller's joblib config (a few
+    cases per task, in order)."""
+    from ..executor import TaskRunner
+
+    per_task = 4
+    groups = [cases[i:i + per_task] for i in range(0, len(cases), per_task)]
+    results: list = [None] * len(groups)
+    with TaskRunner() as runner:
+        window = 2 * runner.n_workers
+        pending: dict = {}
+        nxt = 0
+        while nxt < len(groups) or pending:
+            while nxt < len(groups) and len(pending) < window:
+                items = [(c, scans_by_case[c], scanned.get(c, [])) for c in groups[nxt]]
+                pending[runner.submit(_plan_cases_task, str(root), items, options)] = nxt
+                nxt += 1
+            for fut in runner.wait_any(pending):
+                results[pending.pop(fut)] = fut.result()
+    return [r for group in results for r in group]
+
+
+def _tuples(value):
+    """JSON lists back to the tuples the planner makes (payloads are compared and hashed)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+class _PlanCache:
+    """Per-case plans cached outside the source (``<cache>/lidc-plan/<key>.json``).
+
+    The file's key is the sha256 of the resolved DICOM root, the annotation database (resolved
+    path, size, mtime), the planning options and the builder version; a case's entry is valid
+    while the (relative path, size, mtime) of every file under its folder is unchanged. JSON,
+    never pickle: a cache file cannot run code.
+    """
+
+    def __init__(self, root: Path, db: Path, options: dict) -> None:
+        import hashlib
+        import json
+
+        from .. import __version__
+        from .dlzip import softmask_cache_dir
+
+        st = db.stat()
+        key = json.dumps({"v": 1, "root": str(root.resolve()), "db": [str(db.resolve()), st.st_size, st.st_mtime_ns],
+                          "options": options, "builder": __version__}, sort_keys=True)
+        self.path = softmask_cache_dir() / "lidc-plan" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+        try:
+            self.entries = json.loads(self.path.read_text())
+            if not isinstance(self.entries, dict):
+                self.entries = {}
+        except (OSError, ValueError):
+            self.entries = {}
+        self._dirty = False
+
+    @staticmethod
+    def _signature(entries) -> str:
+        import hashlib
+
+        text = "\n".join(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}" for rel, st in entries)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, case: str, entries):
+        hit = self.entries.get(case)
+        if not isinstance(hit, dict) or hit.get("sig") != self._signature(entries):
+            return None
+        try:
+            refs = [SampleRef(r[0], r[1], r[2], r[3], _tuples(r[4])) for r in hit["refs"]]
+            rejects = [Reject(*r) for r in hit["rejects"]]
+        except (KeyError, TypeError, IndexError):
+            return None
+        return refs, rejects
+
+    def put(self, case: str, entries, result) -> None:
+        refs, rejects = result
+        self.entries[case] = {"sig": self._signature(entries),
+                              "refs": [[r.sample_id, r.source_key, r.patient, r.split, r.payload] for r in refs],
+                              "rejects": [[r.sample_id, r.stage, r.reason] for r in rejects]}
+        self._dirty = True
+
+    def save(self) -> None:
+        import json
+
+        if not self._dirty:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.entries, separators=(",", ":")))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # an unwritable cache only costs time
 
 
 def _plan_nodule(root: Path, case: str, number: int, scan: LidcScan, group, files: list[_SliceFile] | None, *,

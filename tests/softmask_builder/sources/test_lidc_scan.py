@@ -95,7 +95,7 @@ def test_header_scan_is_cached_outside_the_source_and_reread_when_a_file_changes
     reads = []
     real = lidc_mod._read_header
     monkeypatch.setattr(lidc_mod, "_read_header", lambda p: reads.append(Path(p).name) or real(p))
-    again, _ = plan_lidc(src, min_readers=2)
+    again, _ = plan_lidc(src, min_readers=2, crop_px=48)  # other options: not the plan cache
     assert _key(again) == _key(refs) and reads == []  # every header from the cache
     # One file changes (its mtime): only that one is read again.
     victim = sorted(dst.iterdir())[3]
@@ -114,3 +114,34 @@ def test_parallel_header_scan_plans_the_same(lidc_root, tmp_path, monkeypatch):
         parallel = plan_lidc(lidc_root, min_readers=2)
     assert _key(parallel[0]) == _key(serial[0]) and parallel[1] == serial[1]
     assert len(list((tmp_path / "fresh" / "lidc-headers").glob("*.json"))) == 1
+
+
+@pytest.mark.realdata
+def test_case_plans_are_cached_with_identical_payloads_and_redone_when_a_file_changes(lidc_root, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("SOFTMASK_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    dst = _copy_case(lidc_root, src)
+    first = plan_lidc(src, min_readers=2)
+    calls = []
+    real_db = lidc_mod.read_lidc_db
+    monkeypatch.setattr(lidc_mod, "read_lidc_db", lambda *a, **k: calls.append(k) or real_db(*a, **k))
+    again = plan_lidc(src, min_readers=2)
+    assert calls == []  # neither the database nor any header was read
+    assert [(r, r.payload) for r in again[0]] == [(r, r.payload) for r in first[0]] and again[1] == first[1]
+    # Other options are another cache entry.
+    assert plan_lidc(src, min_readers=2, crop_px=32)[0][0].payload["crop_px"] == 32 and len(calls) == 1
+    victim = sorted(dst.iterdir())[0]
+    victim.unlink()  # a file disappears: the case is planned again
+    plan_lidc(src, min_readers=2)
+    assert len(calls) == 2
+
+
+@pytest.mark.realdata
+def test_parallel_case_planning_gives_the_same_payloads(lidc_root, tmp_path, monkeypatch):
+    serial = plan_lidc(lidc_root, min_readers=2)
+    monkeypatch.setenv("SOFTMASK_CACHE_DIR", str(tmp_path / "fresh"))
+    with joblib.parallel_config(backend="loky", n_jobs=2):
+        parallel = plan_lidc(lidc_root, min_readers=2)
+    assert [(r, r.payload) for r in parallel[0]] == [(r, r.payload) for r in serial[0]]
+    assert parallel[1] == serial[1]
