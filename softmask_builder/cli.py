@@ -222,7 +222,8 @@ def _build_command(kind: str):
 def main() -> None:
     """Build Soft Mask datasets (trimaps + closed-form matting) into verifiable HDF5 shards.
 
-    Exit codes: 0 ok, 1 internal error, 2 usage/input error, 3 verify mismatch, 4 nothing built.
+    Exit codes: 0 ok, 1 internal error, 2 usage/input error, 3 verify mismatch, 4 nothing built,
+    6 --out locked by another build.
     """
 
 

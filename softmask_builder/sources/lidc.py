@@ -151,12 +151,27 @@ def _header_cache_path(root: Path) -> Path:
 
 
 def _list_case(root: Path, case: str) -> list[tuple[str, os.stat_result]]:
-    """(path relative to root, stat) of every candidate file under a case folder, sorted walk."""
-    entries = []
-    for folder, dirnames, _ in os.walk(root / case):
-        dirnames.sort()
-        for path in _dicom_files(Path(folder)):
-            entries.append((path.relative_to(root).as_posix(), path.stat()))
+    """(path relative to root, stat) of every candidate file under a case folder: the files
+    :func:`_dicom_files` takes, folder by folder in sorted top-down order (as ``os.walk`` with
+    sorted folders). ``os.scandir`` and plain strings: this runs on every file of every rerun."""
+    entries: list[tuple[str, os.stat_result]] = []
+    base = str(root)
+
+    def walk(rel: str) -> None:
+        with os.scandir(os.path.join(base, rel)) as it:
+            items = sorted(it, key=lambda e: e.name)
+        subdirs = []
+        for entry in items:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                subdirs.append(entry.name)
+            elif entry.is_file():
+                entries.append((f"{rel}/{entry.name}", entry.stat()))
+        for name in subdirs:
+            walk(f"{rel}/{name}")
+
+    walk(case)
     return entries
 
 

@@ -187,3 +187,37 @@ def test_out_lock_is_exclusive_within_one_process_and_released_after(tmp_path):
         assert info.value.holder_pid == os.getpid()
     with out_lock(tmp_path / "o"):  # released on exit
         pass
+
+
+@pytest.mark.slow
+def test_remote_dask_scheduler_tasks_are_cancelled_when_the_build_is_terminated(slow_source, tmp_path):
+    """A build on a dask scheduler it does not own: SIGTERM to the build cancels its queued and
+    running tasks on the cluster (nothing of the build is left in the scheduler)."""
+    distributed = pytest.importorskip("dask.distributed")
+    out = tmp_path / "out"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
+        err_path = tmp_path / "stderr.txt"
+        with open(err_path, "w") as err:
+            proc = subprocess.Popen(_cmd(slow_source, out, "--backend", "dask", "--scheduler",
+                                         cluster.scheduler_address), stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                if out.is_dir() and any(p.suffix == ".h5" for p in out.iterdir()):
+                    break
+                time.sleep(0.05)
+            assert proc.poll() is None, err_path.read_text()[-2000:]
+            assert sum(len(v) for v in client.processing().values()) > 0  # the build's tasks are there
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) != 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and client.run_on_scheduler(lambda dask_scheduler: len(
+                [t for t in dask_scheduler.tasks if "build_chunk" in str(t) or "_call" in str(t)])):
+            time.sleep(0.2)
+        left = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+        assert left == 0, f"{left} task(s) of the terminated build are still on the scheduler"
