@@ -109,6 +109,10 @@ class ZipIndex:
     def __len__(self) -> int:
         return len(self._where)
 
+    def members(self) -> dict[str, str]:
+        """Every indexed member -> the zip file name holding it."""
+        return dict(self._where)
+
     def find(self, member: str) -> str | None:
         """The zip file name (``Images_png_NN.zip``) holding ``member``, or None."""
         return self._where.get(member)

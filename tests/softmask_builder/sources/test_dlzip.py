@@ -164,3 +164,16 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     assert dlzip.softmask_cache_dir() == tmp_path / "xdg" / "softmask"
     monkeypatch.setenv("SOFTMASK_CACHE_DIR", str(tmp_path / "mine"))
     assert dlzip.softmask_cache_dir() == tmp_path / "mine"
+
+
+def test_full_slices_from_zips_give_the_extracted_slice_shards(phantom, tmp_path):
+    members = _members(phantom)
+    root = zip_source(phantom, tmp_path / "sl", [members[: len(members) // 3], members[len(members) // 3:]],
+                      keep_extracted=members[:2])
+    rec = recipe_from_dict({"dataset": "sl", "source": "deeplesion_slices",
+                            "samples_per_shard": 5, "split": {"method": "patient", "seed": 0,
+                                                              "fractions": {"train": 0.5, "test": 0.5}}})
+    a = run_build(plan_build(rec, phantom), tmp_path / "a")
+    b = run_build(plan_build(rec, root), tmp_path / "b")
+    assert a.n_samples == b.n_samples == len(members)
+    assert _shards(tmp_path / "a") == _shards(tmp_path / "b")
