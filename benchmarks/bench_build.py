@@ -97,6 +97,31 @@ def timed_build(source: Path, recipe: Path, out: Path, jobs: int, backend: str =
     return elapsed, {"summary": summary, "sums": sums, "cpu": cpu}
 
 
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def cpu_ceiling(n: int = 10_000_000) -> float:
+    """What 2 processes get over 1 on this machine right now: the same pure-Python loop twice,
+    one after the other vs. in 2 processes. On an idle 2-core machine ~2.0; other load or
+    shared physical cores lower it, and no build can beat it."""
+    import multiprocessing as mp
+
+    t0 = time.perf_counter()
+    _spin(n)
+    _spin(n)
+    serial = time.perf_counter() - t0
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_spin, [1000, 1000])  # start-up outside the timing
+        t0 = time.perf_counter()
+        pool.map(_spin, [n, n], chunksize=1)
+        parallel = time.perf_counter() - t0
+    return serial / parallel
+
+
 def bench_size(work: Path, n: int, args) -> bool:
     t0 = time.perf_counter()
     source = make_source(work / f"n{n}", n, args.unique, args.seed)
@@ -167,11 +192,13 @@ def main(argv=None) -> int:
     import platform
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start")
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start; 2-process ceiling "
+          f"(pure-Python loop, 2 procs vs 1) {cpu_ceiling():.2f}x")
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_build_"))
     try:
         ok = all([bench_size(work, n, args) for n in sizes])
-        print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
+        print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end; 2-process ceiling "
+              f"{cpu_ceiling():.2f}x")
         return 0 if ok else 1
     finally:
         if args.keep is None:

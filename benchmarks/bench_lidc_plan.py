@@ -87,6 +87,7 @@ def timed_plan(root: Path, jobs: int, cache: Path) -> tuple[float, int, int]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scans", type=int, default=100, help="scans of the database to lay out (>= 100 for the README)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per case (medians are printed)")
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     args = ap.parse_args(argv)
 
@@ -116,11 +117,19 @@ def main(argv=None) -> int:
         rows = []
         # A loky pool is started once per job count; the untimed first call pays it, as a build's
         # planning does not (the CLI starts the workers before planning).
+        import statistics
+
         for jobs in (1, 2):
             timed_plan(root, jobs, work / f"cold-warmup{jobs}")
-            cold, n_refs, n_rej = timed_plan(root, jobs, work / f"cold{jobs}")
-            warm, _, _ = timed_plan(root, jobs, work / f"cold{jobs}")
-            rows.append((jobs, cold, warm, n_refs, n_rej))
+            colds, warms = [], []
+            for rep in range(args.repeats):
+                cold, n_refs, n_rej = timed_plan(root, jobs, work / f"cold{jobs}-{rep}")
+                colds.append(cold)
+                warms.append(timed_plan(root, jobs, work / f"cold{jobs}-{rep}")[0])
+            rows.append((jobs, statistics.median(colds), statistics.median(warms), n_refs, n_rej))
+            print(f"jobs={jobs}: no cache {', '.join(f'{c:.2f}' for c in colds)} s; cached "
+                  f"{', '.join(f'{w:.2f}' for w in warms)} s")
+        print(f"medians of {args.repeats}:")
         print(f"{'jobs':>5} {'no cache s':>11} {'cached s':>9} {'files/s':>9} {'1018 scans, no cache':>21} "
               f"{'1018 scans, cached':>19}")
         for jobs, cold, warm, n_refs, n_rej in rows:

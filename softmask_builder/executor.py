@@ -19,14 +19,15 @@ none / ``sequential`` / 1 job   this process, one after another, at submit time
 Worker lifetime: every worker runs :func:`ensure_parent_watchdog` with the pid of the process
 that submits the tasks: loky workers as their pool initializer (before they import anything a
 task needs, which may take seconds), dask workers through ``Client.run`` when the runner starts,
-and every task again (idempotent) for workers that joined later. In a worker that is a direct child of that process (loky workers, the
-processes of a dask ``LocalCluster``) a daemon thread polls ``os.getppid()`` every
-:data:`WATCHDOG_PERIOD_S` seconds and ends the worker with ``os._exit`` once the parent is gone
-(SIGKILL, SIGTERM, a crash: the worker is then re-parented). The runner waits for its loky
-workers to be up before it hands out work; a main process killed during those first moments
-(while loky spawns them) can still leave a worker blocked on its start-up pipe. Workers of a remote dask cluster
-are not our children; their queued tasks are cancelled by :meth:`TaskRunner.close` (and by the
-scheduler when the client's connection drops).
+and every task again (idempotent) for workers that joined later. In a worker that is a direct
+child of that process (loky workers, the processes of a dask ``LocalCluster``) a daemon thread
+polls ``os.getppid()`` every :data:`WATCHDOG_PERIOD_S` seconds and ends the worker with
+``os._exit`` once the parent is gone (SIGKILL, SIGTERM, a crash: the worker is then
+re-parented). The runner waits for its loky workers to be up before it hands out work; a main
+process killed during those first moments (while loky spawns them) can still leave a worker
+blocked on its start-up pipe. Workers of a remote dask cluster are not our children; their
+queued tasks are cancelled by :meth:`TaskRunner.close` (and by the scheduler when the client's
+connection drops).
 """
 
 from __future__ import annotations

@@ -371,7 +371,10 @@ def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = Non
             scans_by_case[scan.patient_id].append(scan)
         # Only cases with a scan in the database need their headers.
         scanned = scan_dicom_headers(root, [c for c in todo if scans_by_case[c]], listing)
-        for case, result in zip(todo, _run_cases(root, todo, scans_by_case, scanned, options)):
+        for case in todo:
+            # In this process: next to the header scan, clustering and nodule volumes are cheap
+            # (bench_lidc_plan.py), and sending the database's scans to workers cost more.
+            result = _plan_case(root, case, scans_by_case[case], scanned.get(case, []), options)
             done[case] = result
             cache.put(case, listing[case], result)
         cache.save()
@@ -404,32 +407,6 @@ def _plan_case(root: Path, case: str, scans: list[LidcScan], scanned, options: d
         refs += refs_n
         rejects += rejects_n
     return refs, rejects
-
-
-def _plan_cases_task(root: str, items: list, options: dict) -> list:
-    return [_plan_case(Path(root), case, scans, scanned, options) for case, scans, scanned in items]
-
-
-def _run_cases(root: Path, cases: list[str], scans_by_case, scanned, options) -> list:
-    """:func:`_plan_case` of every case, on the workers of the caller's joblib config (a few
-    cases per task, in order)."""
-    from ..executor import TaskRunner
-
-    per_task = 4
-    groups = [cases[i:i + per_task] for i in range(0, len(cases), per_task)]
-    results: list = [None] * len(groups)
-    with TaskRunner() as runner:
-        window = 2 * runner.n_workers
-        pending: dict = {}
-        nxt = 0
-        while nxt < len(groups) or pending:
-            while nxt < len(groups) and len(pending) < window:
-                items = [(c, scans_by_case[c], scanned.get(c, [])) for c in groups[nxt]]
-                pending[runner.submit(_plan_cases_task, str(root), items, options)] = nxt
-                nxt += 1
-            for fut in runner.wait_any(pending):
-                results[pending.pop(fut)] = fut.result()
-    return [r for group in results for r in group]
 
 
 def _tuples(value):
