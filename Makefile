@@ -74,7 +74,7 @@ release: $(STAMP)
 	@echo "release: $(call out_or,$(RELEASE_OUT)) built from commit $$(git rev-parse HEAD)"
 
 bench-build: $(STAMP)
-	$(PY) benchmarks/bench_build.py
+	$(PY) benchmarks/bench_build.py --n $(if $(BENCH_N),$(BENCH_N),300,1500) --repeats 3
 
 # Speed: new vs reference, side by side in one run, ratios printed.
 bench: $(STAMP)

@@ -39,15 +39,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-from joblib import Parallel, delayed
 
 from . import __version__, counting
 from .errors import InputError, SoftMaskError, SourceError
+from .executor import TaskRunner
+from .locking import out_lock
 from .pipeline import LabelParams, Labels, label_from_mask, label_from_readers, label_from_recist
 from .recipes import SOURCES, SPLITS, Recipe, SplitSpec
 from .relpaths import RootRelativeLoader, relative_rejects
 from .shards import (SAMPLE_META_DTYPE, encode_meta, is_temp_name, layout, open_shard, parse_shard_name,
                      sha256_file, shard_name, write_shard)
+from .release import write_release
+from .results import BuildResult, ShardResult
 from .sources.base import Reject, SampleRecord, SampleRef, SliceRecord
 
 PLAN_FILE = ".plan.json"
@@ -295,23 +298,6 @@ def plan_build(recipe: Recipe, source: str | Path, *, limit: int | None = None) 
 
 # --- shard jobs -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ShardResult:
-    """What one shard job produced (or what a finished shard holds, when skipped)."""
-
-    name: str
-    split: str
-    index: int
-    count: int
-    n_planned: int
-    n_samples: int
-    sha256: str
-    bytes: int
-    rejects: tuple[Reject, ...]
-    patients: tuple[str, ...]
-    skipped: bool = False
-
-
 def label_record(record: SampleRecord, params: LabelParams) -> Labels:
     """Label one loaded sample with the pipeline strategy of its prior kind."""
     sid = record.ref.sample_id
@@ -422,44 +408,71 @@ def _slice_row(record: SliceRecord, split: str, shape: tuple[int, int] | None):
 _SAMPLE_ERRORS = (SoftMaskError, ValueError, OSError, ArithmeticError)
 
 
-def build_shard(shard: ShardPlan, out_dir: str | Path, recipe: Recipe, *, loader: Loader,
-                labeller: Labeller | None = None) -> ShardResult:
-    """Load (and label) every sample of ``shard`` and write it to ``out_dir/shard.name``.
+def _build_one(ref: SampleRef, split: str, recipe: Recipe, loader: Loader, labeller: Labeller):
+    """Load (and label) one sample: ``(arrays, meta)`` or a :class:`Reject`."""
+    phase = "load"
+    try:
+        record = loader(ref)
+        if record.ref.sample_id != ref.sample_id:
+            raise InputError(f"loader returned sample {record.ref.sample_id!r}", sample_id=ref.sample_id)
+        if recipe.kind == "slices":
+            arrays, meta = _slice_row(record, split, None)
+        else:
+            phase = "label"
+            labels = labeller(record, recipe.label)
+            phase = "write"
+            arrays, meta = _sample_row(record, labels, recipe.crop_px, split)
+        encode_meta([meta], recipe.kind)  # fails here (one sample) rather than for the shard
+    except _SAMPLE_ERRORS as exc:
+        return _reject(ref, exc, phase)
+    except Exception as exc:  # a bug: stop, but say which sample triggered it
+        raise RuntimeError(f"building sample {ref.sample_id} ({split}) failed in {phase}: "
+                           f"{type(exc).__name__}: {exc}") from exc
+    return arrays, meta
 
-    A sample whose load or labelling raises a project error (or ValueError/OSError) becomes a
-    reject with stage "load"/"label" (or the error's own stage); the shard holds the rest, in
-    sample_id order. Runs single-threaded (see :func:`_single_threaded`).
+
+def build_chunk(refs: Sequence[SampleRef], split: str, recipe: Recipe, loader: Loader,
+                labeller: Labeller | None = None) -> list:
+    """The worker's task: load and label ``refs`` (one chunk of one shard), in order.
+
+    Returns one entry per ref: ``(arrays, meta)`` (the schema's uint8/int16/float32 arrays of
+    one sample, uncompressed, and its meta row as a dict) or a :class:`Reject`. Nothing is
+    written: the main process assembles and writes the shard (:func:`assemble_shard`). Runs
+    single-threaded (see :func:`_single_threaded`).
     """
     labeller = labeller or label_record
+    with _single_threaded():
+        return [_build_one(ref, split, recipe, loader, labeller) for ref in refs]
+
+
+def assemble_shard(shard: ShardPlan, outcomes: Sequence, out_dir: str | Path, recipe: Recipe) -> ShardResult:
+    """Write ``shard`` from the per-sample ``outcomes`` of :func:`build_chunk` (in the shard's ref
+    order) to ``out_dir/shard.name``, atomically, and return its :class:`ShardResult`.
+
+    The bytes depend only on the outcomes, never on how the refs were chunked or where they ran.
+    A slice whose shape differs from the shard's first slice is rejected here (stage "load").
+    """
+    if len(outcomes) != len(shard.refs):
+        raise RuntimeError(f"{shard.name}: {len(outcomes)} outcomes for {len(shard.refs)} refs")
     kind = recipe.kind
     arrays_list: list[dict[str, np.ndarray]] = []
     metas: list[dict[str, Any]] = []
     rejects: list[Reject] = []
     slice_shape = None
-    with _single_threaded():
-        for ref in shard.refs:
-            phase = "load"
-            try:
-                record = loader(ref)
-                if record.ref.sample_id != ref.sample_id:
-                    raise InputError(f"loader returned sample {record.ref.sample_id!r}", sample_id=ref.sample_id)
-                if kind == "slices":
-                    arrays, meta = _slice_row(record, shard.split, slice_shape)
-                    slice_shape = arrays["image_hu"].shape
-                else:
-                    phase = "label"
-                    labels = labeller(record, recipe.label)
-                    phase = "write"
-                    arrays, meta = _sample_row(record, labels, recipe.crop_px, shard.split)
-                    encode_meta([meta], kind)  # fails here (one sample) rather than for the shard
-            except _SAMPLE_ERRORS as exc:
-                rejects.append(_reject(ref, exc, phase))
+    for ref, outcome in zip(shard.refs, outcomes):
+        if isinstance(outcome, Reject):
+            rejects.append(outcome)
+            continue
+        arrays, meta = outcome
+        if kind == "slices":
+            shape = arrays["image_hu"].shape
+            if slice_shape is not None and shape != slice_shape:
+                rejects.append(Reject(ref.sample_id, "load",
+                                      f"slice shape {shape} differs from this shard's {slice_shape}"))
                 continue
-            except Exception as exc:  # a bug: stop, but say which sample triggered it
-                raise RuntimeError(f"building sample {ref.sample_id} of {shard.name} failed in {phase}: "
-                                   f"{type(exc).__name__}: {exc}") from exc
-            arrays_list.append(arrays)
-            metas.append(meta)
+            slice_shape = shape
+        arrays_list.append(arrays)
+        metas.append(meta)
 
     specs, _ = layout(kind)
     hw = (recipe.crop_px, recipe.crop_px) if kind == "samples" else (slice_shape or (1, 1))
@@ -486,6 +499,18 @@ def build_shard(shard: ShardPlan, out_dir: str | Path, recipe: Recipe, *, loader
                        path.stat().st_size, tuple(rejects), tuple(sorted({m["patient"] for m in metas})))
 
 
+def build_shard(shard: ShardPlan, out_dir: str | Path, recipe: Recipe, *, loader: Loader,
+                labeller: Labeller | None = None) -> ShardResult:
+    """Load (and label) every sample of ``shard`` in this process and write it to
+    ``out_dir/shard.name`` (:func:`build_chunk` on all refs, then :func:`assemble_shard`).
+
+    A sample whose load or labelling raises a project error (or ValueError/OSError) becomes a
+    reject with stage "load"/"label" (or the error's own stage); the shard holds the rest, in
+    sample_id order.
+    """
+    return assemble_shard(shard, build_chunk(shard.refs, shard.split, recipe, loader, labeller), out_dir, recipe)
+
+
 def read_finished(path: Path, shard: ShardPlan) -> ShardResult | None:
     """The result of an already-built shard at ``path``, or None when it is absent, unreadable or
     built from a different plan (``plan_sha256`` attribute)."""
@@ -505,63 +530,6 @@ def read_finished(path: Path, shard: ShardPlan) -> ShardResult | None:
 
 
 # --- the build --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BuildResult:
-    out: Path
-    plan: BuildPlan
-    shards: tuple[ShardResult, ...]
-
-    @property
-    def rejects(self) -> list[Reject]:
-        rows = list(self.plan.plan_rejects)
-        for s in self.shards:
-            rows.extend(s.rejects)
-        return sorted(rows, key=lambda r: (r.sample_id, r.stage, r.reason))
-
-    @property
-    def n_samples(self) -> int:
-        return sum(s.n_samples for s in self.shards)
-
-    def split_counts(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, Any]] = {}
-        for split in SPLITS:
-            members = [s for s in self.shards if s.split == split]
-            if not members:
-                continue
-            out[split] = {
-                "n_samples": sum(s.n_samples for s in members),
-                "n_planned": sum(s.n_planned for s in members),
-                "n_patients": len({p for s in members for p in s.patients}),
-                "n_shards": len(members),
-            }
-        return out
-
-    def summary(self) -> dict[str, Any]:
-        rejects = self.rejects
-        return {
-            "dataset": self.plan.recipe.dataset,
-            "out": str(self.out),
-            "n_samples": self.n_samples,
-            "n_planned": self.plan.n_planned,
-            "n_shards": len(self.shards),
-            "n_shards_built": sum(not s.skipped for s in self.shards),
-            "n_shards_skipped": sum(s.skipped for s in self.shards),
-            "splits": self.split_counts(),
-            "n_rejects": len(rejects),
-            "rejects_by_stage": dict(sorted(Counter(r.stage for r in rejects).items())),
-            "n_unselected": self.plan.n_unselected,
-            "unselected_by_filter": counting.by_filter(self.plan.unselected),
-            "warnings": self.warnings,
-        }
-
-    @property
-    def warnings(self) -> list[str]:
-        """Empty splits the recipe asks for, and shards whose every sample was rejected."""
-        counts = {k: v["n_samples"] for k, v in self.split_counts().items()}
-        return (counting.empty_split_warnings(dataclasses.asdict(self.plan.recipe.split), counts, self.plan.targets)
-                + counting.empty_shard_warnings(self.shards))
-
 
 def _our_files(out: Path, dataset: str) -> tuple[list[Path], list[Path], list[Path]]:
     shards, temps, release = [], [], []
@@ -615,56 +583,143 @@ def _prepare_out(out: Path, plan: BuildPlan, overwrite: bool) -> None:
     _write_json_atomic(plan_path, plan.record())
 
 
+#: Samples per chunk (the unit of parallel work) when ``run_build`` is not told.
+DEFAULT_CHUNK_SAMPLES = {"samples": 8, "slices": 4}
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    shard: int  # index into the todo list
+    start: int  # first ref of the shard in this chunk
+    stop: int
+
+
+def warm_worker() -> None:
+    """Import the labelling stages and load their compiled kernels by labelling a tiny synthetic
+    disk (run in each worker before the first chunk: :func:`.executor.prestart`)."""
+    from .pipeline import LabelParams, label_from_mask
+
+    rr, cc = np.mgrid[:24, :24]
+    mask = (rr - 12) ** 2 + (cc - 12) ** 2 < 36
+    with _single_threaded():
+        label_from_mask(np.where(mask, 40.0, -800.0).astype(np.float32), mask, LabelParams())
+
+
+def plan_chunks(shards: Sequence[ShardPlan], chunk_samples: int) -> list[_Chunk]:
+    """Cut each shard's refs into consecutive chunks of at most ``chunk_samples`` refs, in plan
+    order (chunks never span two shards; an empty shard gets no chunk)."""
+    return [_Chunk(i, start, min(start + chunk_samples, len(s.refs)))
+            for i, s in enumerate(shards) for start in range(0, len(s.refs), chunk_samples)]
+
+
 def run_build(plan: BuildPlan, out: str | Path, *, overwrite: bool = False, loader: Loader | None = None,
               labeller: Labeller | None = None, progress: Callable[[ShardResult], None] | None = None,
-              write_release_files: bool = True) -> BuildResult:
+              write_release_files: bool = True, chunk_samples: int | None = None,
+              max_chunks_in_flight: int | None = None) -> BuildResult:
     """Build every shard of ``plan`` into ``out`` and write the release files.
 
     Parameters
     ----------
     plan : from :func:`plan_build` or :func:`make_plan`.
     out : output folder (created). A folder holding a different plan is refused unless
-        ``overwrite``.
+        ``overwrite``. The folder is locked (:func:`.locking.out_lock`) for the whole build: a
+        second build into it raises :class:`~.locking.OutLockedError`.
     overwrite : rebuild every shard (default: shards already finished for this plan are skipped).
     loader : ``SampleRef -> SampleRecord/SliceRecord``; default: the recipe source's ``load_*``.
         Must be picklable (a module-level function) for process backends.
     labeller : ``(SampleRecord, LabelParams) -> Labels``; default :func:`label_record`.
     progress : called in this process with each :class:`ShardResult` as it completes.
+    chunk_samples : samples per task (default :data:`DEFAULT_CHUNK_SAMPLES` of the recipe's kind).
+    max_chunks_in_flight : tasks submitted and not yet returned (default 2 per worker).
 
-    Shard jobs run through ``joblib.Parallel()`` under the caller's ``joblib.parallel_config``.
+    Parallelism and memory
+    ----------------------
+    The unit of parallel work is a chunk of consecutive samples of one shard
+    (:func:`plan_chunks`), not a shard. Chunks are submitted in plan order to the workers of the
+    caller's ``joblib.parallel_config`` (:class:`.executor.TaskRunner`); workers load and label
+    and return the uncompressed arrays; this process keeps each shard's outcomes until its last
+    chunk is back, then compresses and writes the shard (:func:`assemble_shard`). At most
+    ``max_chunks_in_flight`` chunks are submitted and not yet returned, and at most
+    ``max_chunks_in_flight + chunks of the largest shard`` chunks are held here at any time,
+    whatever the size of the build. The shard bytes depend only on the plan: not on the number
+    of workers, the chunk size or the backend.
+
+    ``BuildResult.seconds`` gives ``build`` (first chunk submitted -> last shard written) and
+    ``release`` times.
     """
+    import time
+
     out = Path(out)
     if loader is None:
         _, loader = source_functions(plan.recipe.source)
     if plan.source:
         loader = RootRelativeLoader(loader, plan.source)  # reasons name paths relative to the source
-    _prepare_out(out, plan, overwrite)
-    results: dict[str, ShardResult] = {}
-    todo: list[ShardPlan] = []
-    for shard in plan.shards:
-        done = None if overwrite else read_finished(out / shard.name, shard)
-        if done is None:
-            todo.append(shard)
-        else:
-            results[shard.name] = done
-            if progress is not None:
-                progress(done)
-    # Largest shards first: the last partial shards then fill the gaps between workers.
-    todo.sort(key=lambda s: -len(s.refs))
-    if todo:
-        jobs = Parallel(return_as="generator_unordered")(
-            delayed(build_shard)(shard, str(out), plan.recipe, loader=loader, labeller=labeller) for shard in todo)
-        for result in jobs:
+    recipe = plan.recipe
+    chunk_samples = chunk_samples or DEFAULT_CHUNK_SAMPLES[recipe.kind]
+    if chunk_samples < 1:
+        raise InputError(f"chunk_samples must be >= 1, got {chunk_samples}")
+    with out_lock(out):
+        _prepare_out(out, plan, overwrite)
+        results: dict[str, ShardResult] = {}
+        todo: list[ShardPlan] = []
+        for shard in plan.shards:
+            done = None if overwrite else read_finished(out / shard.name, shard)
+            if done is None:
+                todo.append(shard)
+            else:
+                results[shard.name] = done
+                if progress is not None:
+                    progress(done)
+        t0 = time.perf_counter()
+        for result in _build_shards(todo, out, recipe, loader, labeller, chunk_samples, max_chunks_in_flight):
             results[result.name] = result
             if progress is not None:
                 progress(result)
-    ordered = tuple(results[s.name] for s in plan.shards)
-    result = BuildResult(out, plan, ordered)
-    if write_release_files:
-        from .release import write_release
-
-        write_release(result)
+        t1 = time.perf_counter()
+        ordered = tuple(results[s.name] for s in plan.shards)
+        result = BuildResult(out, plan, ordered)
+        if write_release_files:
+            write_release(result)
+        result.seconds.update(build=round(t1 - t0, 3), release=round(time.perf_counter() - t1, 3))
     return result
+
+
+def _build_shards(todo: Sequence[ShardPlan], out: Path, recipe: Recipe, loader: Loader,
+                  labeller: Labeller | None, chunk_samples: int, max_in_flight: int | None):
+    """Yield the :class:`ShardResult` of every shard of ``todo`` as it is written."""
+    if not todo:
+        return
+    chunks = plan_chunks(todo, chunk_samples)
+    outcomes: list[list | None] = [[None] * len(s.refs) for s in todo]
+    missing = [len(s.refs) for s in todo]
+    for i, s in enumerate(todo):
+        if not s.refs:  # every sample of the shard was planned away: an empty shard
+            yield assemble_shard(s, [], out, recipe)
+    with TaskRunner() as runner:
+        max_in_flight = max_in_flight or 2 * runner.n_workers
+        per_shard = max(math.ceil(len(s.refs) / chunk_samples) for s in todo)
+        max_held = max_in_flight + per_shard
+        pending: dict = {}
+        held = 0  # chunks submitted whose shard is not yet written
+        next_chunk = 0
+        while next_chunk < len(chunks) or pending:
+            while next_chunk < len(chunks) and len(pending) < max_in_flight and held < max_held:
+                c = chunks[next_chunk]
+                shard = todo[c.shard]
+                fut = runner.submit(build_chunk, shard.refs[c.start:c.stop], shard.split, recipe, loader, labeller)
+                pending[fut] = c
+                held += 1
+                next_chunk += 1
+            for fut in runner.wait_any(pending):
+                c = pending.pop(fut)
+                outcomes[c.shard][c.start:c.stop] = fut.result()
+                missing[c.shard] -= c.stop - c.start
+                if missing[c.shard] == 0:
+                    shard = todo[c.shard]
+                    held -= math.ceil(len(shard.refs) / chunk_samples)
+                    result = assemble_shard(shard, outcomes[c.shard], out, recipe)
+                    outcomes[c.shard] = None  # free the arrays
+                    yield result
 
 
 def build_dataset(recipe: Recipe, source: str | Path, out: str | Path, *, limit: int | None = None,

@@ -18,7 +18,7 @@ import click
 
 from . import __version__
 from .errors import SoftMaskError
-from .exitcodes import EXIT_EMPTY, EXIT_INPUT, EXIT_INTERNAL, EXIT_IO, EXIT_OK, EXIT_VERIFY  # noqa: F401
+from .exitcodes import EXIT_EMPTY, EXIT_INPUT, EXIT_INTERNAL, EXIT_IO, EXIT_LOCKED, EXIT_OK, EXIT_VERIFY  # noqa: F401
 from .exitcodes import io_error_message
 
 #: Default recipe and the recipe sources each ``build`` subcommand accepts.
@@ -78,7 +78,9 @@ def parallel_setup(backend: str, jobs: int, scheduler: str | None):
         if scheduler:
             client = Client(scheduler, timeout="10s")
         else:
-            cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+            # ":0": the dashboard on any free port (None means the default 8787, which another
+            # cluster on the machine may hold, and then the cluster fails to start).
+            cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=":0")
             client = Client(cluster)
     except OSError as exc:
         raise _Fail(f"cannot reach the dask scheduler {scheduler!r}: {exc}") from None
@@ -106,23 +108,59 @@ def _progress_bar(total: int, enabled: bool | None):
     return bar, update
 
 
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread, so that a terminated build runs its
+    ``finally`` blocks (queued tasks cancelled, the ``--out`` lock released) like Ctrl-C does."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_build(recipe, source: Path, out: Path | None, *, jobs: int, backend: str, scheduler: str | None,
                dry_run: bool, limit: int | None, overwrite: bool, progress: bool | None) -> dict:
-    """Plan, then (unless ``dry_run``) build; return the summary dict. Raises _Fail on input errors."""
+    """Plan, then (unless ``dry_run``) build; return the summary dict. Raises _Fail on input errors.
+
+    Planning runs under the same parallel setup as the build (the LIDC header scan uses it)."""
+    import time
+
     from .build import plan_build, run_build
+    from .locking import OutLockedError
 
     out = out or Path("build") / recipe.dataset
-    with _input_errors():
-        plan = plan_build(recipe, source, limit=limit)
-    if dry_run:
-        return {"dry_run": True, "out": str(out), **plan.summary()}
-    bar, update = _progress_bar(plan.n_planned, progress)
-    try:
-        with parallel_setup(backend, jobs, scheduler), _input_errors(out):
-            result = run_build(plan, out, overwrite=overwrite, progress=update)
-    finally:
-        bar.close()
-    return result.summary()
+    with _sigterm_as_interrupt(), parallel_setup(backend, jobs, scheduler):
+        t0 = time.perf_counter()
+        if not dry_run:
+            from .executor import prestart
+
+            prestart("softmask_builder.build:warm_worker")  # workers import while we plan
+        with _input_errors():
+            plan = plan_build(recipe, source, limit=limit)
+        t_plan = time.perf_counter() - t0
+        if dry_run:
+            return {"dry_run": True, "out": str(out), **plan.summary()}
+        bar, update = _progress_bar(plan.n_planned, progress)
+        try:
+            with _input_errors(out):
+                try:
+                    result = run_build(plan, out, overwrite=overwrite, progress=update)
+                except OutLockedError as exc:
+                    raise _Fail(str(exc), code=EXIT_LOCKED) from None
+        finally:
+            bar.close()
+    return {**result.summary(), "seconds": {"plan": round(t_plan, 3), **result.seconds}}
 
 
 def _echo_warnings(summary: dict) -> None:

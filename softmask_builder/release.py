@@ -26,7 +26,7 @@ from .errors import InputError, SoftMaskError, SourceError
 from .shards import SCHEMA_VERSION, check_shard, open_shard, parse_shard_name, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .build import BuildResult
+    from .results import BuildResult
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"

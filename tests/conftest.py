@@ -38,3 +38,14 @@ def lidc_root(shared_data: Path) -> Path:
     if not root.exists():
         pytest.skip(f"LIDC fixture absent at {root}")
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _softmask_cache_in_tmp(tmp_path_factory):
+    """Caches the toolkit keeps outside a source (DeepLesion zip index, LIDC header scan and plan)
+    go to the test session's temporary folder, never to the user's ``~/.cache``. Session-scoped,
+    so module fixtures that plan a source see it too; subprocesses inherit the variable."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SOFTMASK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "softmask-cache"))
+    yield
+    mp.undo()

@@ -4,6 +4,9 @@ Source layout (the official one; the bundled phantom sample uses it too)::
 
     root/DL_info.csv                        one row per lesion, 18 columns (:data:`DL_INFO_COLUMNS`)
     root/Images_png/<PPPPPP_SS_RR>/<KKK>.png  uint16 greyscale slices, HU = value - 32768
+    root/Images_png_NN.zip                  or (any subset of) the official zips holding the
+                                            same members, read in place (:mod:`.dlzip`);
+                                            extracted slices win over zipped ones
 
 Data contract of what this adapter returns (see :class:`~softmask_builder.sources.base.SampleRecord`):
 
@@ -56,7 +59,7 @@ if TYPE_CHECKING:  # pandas is imported lazily: build workers only load samples,
 
 __all__ = [
     "DL_INFO_COLUMNS", "PNG_HU_OFFSET", "SPLIT_CODES", "read_dl_info", "parse_file_name",
-    "parse_spacing", "read_png_hu", "plan_deeplesion", "load_deeplesion",
+    "parse_spacing", "read_png_hu", "decode_png_hu", "read_key_slice_hu", "plan_deeplesion", "load_deeplesion",
 ]
 
 #: The official 18 columns of ``DL_info.csv``, in the file's order.
@@ -282,7 +285,9 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
     limit : int, optional
         Keep only the first ``limit`` refs by sample_id (after filtering).
     check_images : bool
-        Reject rows whose key-slice PNG does not exist (reason "image missing: <path>").
+        Reject rows whose key-slice PNG does not exist (reason "image missing: <path>"; when the
+        root holds ``Images_png_NN.zip`` files, a slice neither extracted nor in any of them is
+        "image missing (in none of the zips present): Images_png/<series>/<slice>.png").
     unselected : list, optional
         When given, a row left out by a filter is appended to it as
         :func:`~.base.unselected_row` (the filter's option name and why), for ``unselected.csv``.
@@ -293,7 +298,8 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
         Sorted by sample_id. ``source_key`` = ``File_name``, ``patient`` = ``Patient_index`` as
         6 digits (the folder prefix, e.g. "000001"), ``split`` = official split name. ``payload``:
         ``image_path`` (str), ``recist_rc`` (4 (row, col) source points: long a, long b, short a,
-        short b), ``spacing_mm`` (row, col), ``lesion_type``, ``crop_px``, ``long_axis_mm``.
+        short b), ``spacing_mm`` (row, col), ``lesion_type``, ``crop_px``, ``long_axis_mm``;
+        for a slice read from a zip also ``image_zip`` (str) and ``image_member``.
     rejects : list of Reject
         Stage "plan", sorted by sample_id: malformed cells ("<column> ...") and missing images.
         Rows left out by the filters are neither refs nor rejects.
@@ -315,6 +321,7 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
     images_dir = root / "Images_png"
     series_spacing = _series_spacings(table, names)
     first_line: dict[tuple, int] = {}
+    zips = None  # the zip index, built on the first row whose slice is not extracted
 
     refs: list[SampleRef] = []
     rejects: list[Reject] = []
@@ -379,9 +386,21 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
             reject(f"duplicate of DL_info line {duplicate_of} (every cell equal; the first is kept)")
             continue
         image_path = images_dir / series / slice_file
-        if check_images and not image_path.is_file():
+        in_zip = None
+        if not image_path.is_file():
+            if zips is None:
+                from .dlzip import zip_member_index
+
+                zips = zip_member_index(root)
+            member = f"Images_png/{series}/{slice_file}"
+            in_zip = zips.find(member) if zips else None
+            if check_images and in_zip is None and zips:
+                reject(f"image missing (in none of the zips present): {member}")
+                continue
+        if check_images and in_zip is None and not image_path.is_file():
             reject(f"image missing: {image_path}")
             continue
+        zip_fields = {} if in_zip is None else {"image_zip": str(root / in_zip), "image_member": member}
         refs.append(SampleRef(
             sample_id=sid, source_key=name, patient=f"{patient_index:06d}", split=split,
             payload={
@@ -392,6 +411,7 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
                 "crop_px": int(crop_px),
                 "long_axis_mm": long_mm,
                 "image_size_rc": image_size_rc,
+                **zip_fields,
             }))
     refs.sort(key=lambda r: r.sample_id)
     rejects.sort(key=lambda r: (r.sample_id, r.reason))
@@ -422,6 +442,15 @@ def read_png_hu(path, *, hu_offset: int = PNG_HU_OFFSET, sample_id: str | None =
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
         raise SoftMaskError(f"cannot read {path}: {exc.strerror or exc}", sample_id=sample_id, stage=stage) from None
+    return decode_png_hu(data, name=str(path), hu_offset=hu_offset, sample_id=sample_id, stage=stage)
+
+
+def decode_png_hu(data, *, name: str, hu_offset: int = PNG_HU_OFFSET, sample_id: str | None = None,
+                  stage: str = _STAGE_LOAD) -> np.ndarray:
+    """Decode the bytes of a single-channel 16-bit PNG (``name`` says where they came from in
+    messages) to float32 (rows, cols) HU = value - ``hu_offset``; errors as :func:`read_png_hu`."""
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    path = name
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise SoftMaskError(f"cannot decode {path} (truncated or corrupt PNG)", sample_id=sample_id, stage=stage)
@@ -432,6 +461,33 @@ def read_png_hu(path, *, hu_offset: int = PNG_HU_OFFSET, sample_id: str | None =
         bits = "8-bit" if image.dtype == np.uint8 else str(image.dtype)
         raise SoftMaskError(f"{bits} PNG, expected 16-bit: {path}", sample_id=sample_id, stage=stage)
     return (image.astype(np.float32) - np.float32(hu_offset)).astype(np.float32)
+
+
+def read_key_slice_hu(payload, *, sample_id: str | None = None, stage: str = _STAGE_LOAD) -> np.ndarray:
+    """The planned slice of a DeepLesion ref in HU: from its zip member when the plan found it in
+    an ``Images_png_NN.zip`` (payload ``image_zip``, ``image_member``), else from the extracted
+    ``image_path``. Errors name ``Images_png_NN.zip:Images_png/...`` for zip members."""
+    zip_path = payload.get("image_zip")
+    if zip_path is None:
+        path = payload["image_path"]
+        if not os.path.isfile(path):
+            raise SoftMaskError(f"image missing: {path}", sample_id=sample_id, stage=stage)
+        return read_png_hu(path, sample_id=sample_id, stage=stage)
+    import zipfile
+
+    from .dlzip import read_member
+
+    member = payload["image_member"]
+    name = f"{os.path.basename(zip_path)}:{member}"
+    try:
+        data = read_member(zip_path, member)
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, EOFError) as exc:
+        # zlib.error (a corrupt deflate stream) is not an OSError: caught below by its base.
+        raise SoftMaskError(f"cannot read {name}: {exc}", sample_id=sample_id, stage=stage) from None
+    except Exception as exc:  # zlib.error and friends from a damaged member
+        raise SoftMaskError(f"cannot read {name}: {type(exc).__name__}: {exc}", sample_id=sample_id,
+                            stage=stage) from None
+    return decode_png_hu(data, name=name, sample_id=sample_id, stage=stage)
 
 
 def _endpoint_center(points_rc: np.ndarray) -> tuple[float, float]:
@@ -468,10 +524,7 @@ def load_deeplesion(ref: SampleRef) -> SampleRecord:
     """
     sid = ref.sample_id
     p = ref.payload
-    path = p["image_path"]
-    if not os.path.isfile(path):
-        raise SoftMaskError(f"image missing: {path}", sample_id=sid, stage=_STAGE_LOAD)
-    image_hu = read_png_hu(path, sample_id=sid)
+    image_hu = read_key_slice_hu(p, sample_id=sid)
     size_rc = p.get("image_size_rc")
     if size_rc is not None and tuple(image_hu.shape) != tuple(size_rc):
         raise SourceError(f"PNG is {image_hu.shape[0]}x{image_hu.shape[1]} (rows x cols) but DL_info Image_size says "

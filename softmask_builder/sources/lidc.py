@@ -9,6 +9,11 @@ Inputs
   ``SeriesInstanceUID`` and a slice by its ``ImagePositionPatient[2]`` (z), which is matched to the
   readers' contour z within :data:`Z_TOL_MM`. Partial downloads work: slices that are not on disk
   give a :class:`~.base.Reject` row with the reason.
+* Discovery (:func:`scan_dicom_headers`, :func:`_index_case`): every file under a case folder is
+  parsed (header only), whatever its name or extension; files that are not DICOM give a row "not
+  a DICOM file (skipped)". The scan runs on the caller's joblib workers and its records are
+  cached outside the source (``<cache>/lidc-headers/``, keyed by each file's path, size and
+  mtime), so a rerun reads only what changed.
 
 Data contract of a :class:`~.base.SampleRecord` from :func:`load_lidc`
 ----------------------------------------------------------------------
@@ -51,10 +56,10 @@ import numpy as np
 from ..crop import crop_image, crop_plan
 from ..errors import InputError, SourceError
 from ..plausibility import check_ct_header, check_image_hu, check_series_spacing, check_spacing_mm
-from ._lidc_db import LidcScan, cluster_annotations, contours_mask, nodule_volume, read_lidc_db
-from .base import Reject, SampleRecord, SampleRef, SliceRecord, unselected_row
+from ._lidc_db import LidcScan, cluster_annotations, contours_mask, nodule_volume, read_lidc_db, resolve_db_path
+from .base import UNSELECTED, Reject, SampleRecord, SampleRef, SliceRecord, unselected_row
 
-__all__ = ["Z_TOL_MM", "plan_lidc", "load_lidc", "plan_lidc_slices", "load_lidc_slice"]
+__all__ = ["Z_TOL_MM", "plan_lidc", "load_lidc", "plan_lidc_slices", "load_lidc_slice", "scan_dicom_headers"]
 
 #: Largest |z_DICOM - z_contour| (mm) for a DICOM file to be the slice a contour was drawn on.
 #: In the database the contour z equals the series' z exactly; LIDC slice spacing is >= 0.45 mm.
@@ -92,48 +97,180 @@ def _header_z(ds) -> float:
 
 
 def _dicom_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"
-                  and not p.name.startswith("."))
+    """Every regular, non-hidden file of ``folder``, whatever its name or extension: whether a
+    file is DICOM is decided by parsing it (:func:`_scan_header`), never by its name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def _index_case(case_dir: Path, rejects: list[Reject], *, wanted: set[str] | None,
-                modality: str | None = None) -> dict[str, list[_SliceFile]]:
-    """Map SeriesInstanceUID -> slices sorted by z, for the series under one case folder.
+# A scanned file: ("dicom", uid, z or None, instance, modality, z_error or None), ("notdicom", reason)
+# or ("bad", reason) for a DICOM file whose header cannot be used.
+_HeaderRecord = tuple
 
-    Only file headers are read. With ``wanted``, a folder whose first readable file belongs to
-    another series (e.g. the chest radiographs TCIA ships with some cases) is skipped after that
-    one header. Unreadable files become rejects. Two files of a series at the same z: the one with
-    the lower InstanceNumber is kept (pylidc's rule).
+
+def _scan_header(path: str) -> _HeaderRecord:
+    """Read one file's header (no pixels) into a small picklable, JSON-able record."""
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = _read_header(Path(path))
+    except InvalidDicomError as exc:
+        # The name decides only the wording: a ``.dcm`` that does not parse is a damaged DICOM.
+        if path.lower().endswith(".dcm"):
+            return ("bad", f"unreadable DICOM header: {type(exc).__name__}: {exc}")
+        return ("notdicom", f"not a DICOM file (skipped): {exc}")
+    except Exception as exc:  # any unreadable file becomes a row, never a crash
+        return ("bad", f"unreadable DICOM header: {type(exc).__name__}: {exc}")
+    try:
+        uid = str(ds.get("SeriesInstanceUID", "")).strip()
+        if not uid:
+            raise ValueError("no SeriesInstanceUID (0020,000E)")
+        modality = str(ds.get("Modality", "")).upper()
+        instance = int(ds.get("InstanceNumber") or 0)
+    except Exception as exc:
+        return ("bad", f"unreadable DICOM header: {type(exc).__name__}: {exc}")
+    try:
+        return ("dicom", uid, _header_z(ds), instance, modality, None)
+    except Exception as exc:  # judged later: only a problem if the series is wanted
+        return ("dicom", uid, None, instance, modality, f"unreadable DICOM header: {type(exc).__name__}: {exc}")
+
+
+def _scan_header_chunk(paths: list[str]) -> list[_HeaderRecord]:
+    return [_scan_header(p) for p in paths]
+
+
+#: Files per header-scan task.
+SCAN_CHUNK_FILES = 256
+
+
+def _header_cache_path(root: Path) -> Path:
+    import hashlib
+
+    from .dlzip import softmask_cache_dir
+
+    key = hashlib.sha256(f"lidc-headers-v1\0{root.resolve()}".encode()).hexdigest()
+    return softmask_cache_dir() / "lidc-headers" / f"{key}.json"
+
+
+def _list_case(root: Path, case: str) -> list[tuple[str, os.stat_result]]:
+    """(path relative to root, stat) of every candidate file under a case folder: the files
+    :func:`_dicom_files` takes, folder by folder in sorted top-down order (as ``os.walk`` with
+    sorted folders). ``os.scandir`` and plain strings: this runs on every file of every rerun."""
+    entries: list[tuple[str, os.stat_result]] = []
+    base = str(root)
+
+    def walk(rel: str) -> None:
+        with os.scandir(os.path.join(base, rel)) as it:
+            items = sorted(it, key=lambda e: e.name)
+        subdirs = []
+        for entry in items:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                subdirs.append(entry.name)
+            elif entry.is_file():
+                entries.append((f"{rel}/{entry.name}", entry.stat()))
+        for name in subdirs:
+            walk(f"{rel}/{name}")
+
+    walk(case)
+    return entries
+
+
+def scan_dicom_headers(root: Path, cases: list[str], listing=None) -> dict[str, list[tuple[str, _HeaderRecord]]]:
+    """``case -> [(path relative to root, header record), ...]`` for every file under the case
+    folders (sorted walk), with headers read in parallel and cached.
+
+    Headers are read on the workers of the caller's ``joblib.parallel_config`` (chunks of
+    :data:`SCAN_CHUNK_FILES` files, :class:`~softmask_builder.executor.TaskRunner`). Each file's
+    record is cached outside the source, in ``<cache>/lidc-headers/<sha256 of the root>.json``
+    (``<cache>`` as :func:`.dlzip.softmask_cache_dir`), keyed by its relative path, size and
+    mtime: a rerun reads only files that changed. An unwritable cache only costs time.
+    """
+    import json
+
+    from ..executor import TaskRunner
+
+    listing = listing if listing is not None else {case: _list_case(root, case) for case in cases}
+    listing = {case: listing[case] for case in cases}
+    cache_path = _header_cache_path(root)
+    try:
+        cache = json.loads(cache_path.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    records: dict[str, _HeaderRecord] = {}
+    misses: list[str] = []
+    for entries in listing.values():
+        for rel, st in entries:
+            hit = cache.get(rel)
+            if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+                records[rel] = tuple(hit[2])
+            else:
+                misses.append(rel)
+    if misses:
+        chunks = [misses[i:i + SCAN_CHUNK_FILES] for i in range(0, len(misses), SCAN_CHUNK_FILES)]
+        with TaskRunner() as runner:
+            window = 2 * runner.n_workers
+            pending: dict = {}
+            next_chunk = 0
+            while next_chunk < len(chunks) or pending:
+                while next_chunk < len(chunks) and len(pending) < window:
+                    chunk = chunks[next_chunk]
+                    pending[runner.submit(_scan_header_chunk, [str(root / rel) for rel in chunk])] = chunk
+                    next_chunk += 1
+                for fut in runner.wait_any(pending):
+                    chunk = pending.pop(fut)
+                    records.update(zip(chunk, (tuple(r) for r in fut.result())))
+        stats = {rel: st for entries in listing.values() for rel, st in entries}
+        fresh = {rel: [stats[rel].st_size, stats[rel].st_mtime_ns, list(records[rel])] for rel in stats}
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**cache, **fresh}, separators=(",", ":")))
+            os.replace(tmp, cache_path)
+        except OSError:
+            pass
+    return {case: [(rel, records[rel]) for rel, _ in entries] for case, entries in listing.items()}
+
+
+def _index_case(root: Path, scanned: list[tuple[str, _HeaderRecord]], rejects: list[Reject], *,
+                wanted: set[str] | None, modality: str | None = None) -> dict[str, list[_SliceFile]]:
+    """Map SeriesInstanceUID -> slices sorted by z, for the scanned files of one case folder.
+
+    Every file that parses as DICOM is grouped by its own ``SeriesInstanceUID`` (names,
+    extensions and folders are not trusted, so a foreign file sorted first in a folder cannot
+    hide the folder's series). With ``wanted``, other series are ignored; with ``modality``,
+    series without a file of that modality are ignored. Files that are not DICOM become rows "not a DICOM
+    file (skipped)"; unreadable headers (or a wanted slice without a usable z) become rows
+    "unreadable DICOM header". Two files of a series at the same z: the one with the lower
+    InstanceNumber is kept (pylidc's rule).
     """
     series: dict[str, dict[float, _SliceFile]] = {}
-    for folder, dirnames, _ in os.walk(case_dir):
-        dirnames.sort()
-        files = _dicom_files(Path(folder))
-        checked = wanted is None and modality is None
-        for path in files:
-            rel = path.relative_to(case_dir.parent).as_posix()
-            try:
-                ds = _read_header(path)
-                uid = str(ds.get("SeriesInstanceUID", "")).strip()
-                if not uid:
-                    raise ValueError("no SeriesInstanceUID (0020,000E)")
-                if not checked:
-                    wrong_series = wanted is not None and uid not in wanted
-                    wrong_modality = modality is not None and str(ds.get("Modality", "")).upper() != modality
-                    if wrong_series or wrong_modality:
-                        break  # one series per folder in TCIA's layout: skip the folder
-                    checked = True
-                z = _header_z(ds)
-                instance = int(ds.get("InstanceNumber") or 0)
-            except Exception as exc:  # any unreadable file becomes a row, never a crash
-                rejects.append(Reject(rel, "plan", f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
-                continue
-            slices = series.setdefault(uid, {})
-            key = round(z, 6)
-            prev = slices.get(key)
-            if prev is None or instance < prev.instance:
-                slices[key] = _SliceFile(z, instance, path)
-    return {uid: sorted(s.values(), key=lambda f: f.z_mm) for uid, s in series.items()}
+    series_of_modality: set[str] = set()
+    for rel, record in scanned:
+        kind = record[0]
+        if kind != "dicom":
+            rejects.append(Reject(rel, "plan", record[1]))
+            continue
+        _, uid, z, instance, file_modality, z_error = record
+        if wanted is not None and uid not in wanted:
+            continue
+        if modality is not None and file_modality == modality:
+            series_of_modality.add(uid)
+        if z is None:
+            rejects.append(Reject(rel, "plan", z_error))
+            continue
+        slices = series.setdefault(uid, {})
+        key = round(z, 6)
+        prev = slices.get(key)
+        if prev is None or instance < prev.instance:
+            slices[key] = _SliceFile(z, instance, root / rel)
+    # ``modality`` leaves out series that hold no file of it (a radiograph beside the CT); a
+    # stray file of another modality inside a CT series stays, so that loading rejects it with
+    # a reason (plausibility: Modality must be CT) instead of it vanishing from the counts.
+    return {uid: sorted(s.values(), key=lambda f: f.z_mm) for uid, s in series.items()
+            if modality is None or uid in series_of_modality}
 
 
 def _match_z(files: list[_SliceFile], z_mm: float) -> _SliceFile | None:
@@ -231,35 +368,140 @@ def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = Non
     if isinstance(crop_px, bool) or not isinstance(crop_px, int) or crop_px < 4:
         raise InputError(f"crop_px must be an int >= 4, got {crop_px!r}")
     root, cases = _case_dirs(dicom_root)
-    scans_by_case: dict[str, list[LidcScan]] = {}
-    for scan in read_lidc_db(db_path, patients=cases):
-        scans_by_case.setdefault(scan.patient_id, []).append(scan)
-
-    refs: list[SampleRef] = []
-    rejects: list[Reject] = []
-    for case in cases:
-        nodules = []
-        number = 0
-        for scan in scans_by_case.get(case, []):
-            for group in cluster_annotations(scan):
-                number += 1
-                if min_readers <= len(group) and (max_readers is None or len(group) <= max_readers):
-                    nodules.append((number, scan, group))
-                elif unselected is not None:  # one row per nodule (its slices are not chosen yet)
-                    unselected.append(unselected_row(
-                        f"{case}_n{number:02d}", "min_readers" if len(group) < min_readers else "max_readers",
-                        f"{len(group)} readers outside [{min_readers}, {max_readers or 'any'}]"))
-        if not nodules:
-            continue
-        index = _index_case(root / case, rejects, wanted={scan.series_uid for _, scan, _ in nodules})
-        for number, scan, group in nodules:
-            refs_n, rejects_n = _plan_nodule(root, case, number, scan, group, index.get(scan.series_uid),
-                                             consensus=float(consensus), slices=slices, crop_px=crop_px)
-            refs += refs_n
-            rejects += rejects_n
+    options = {"min_readers": min_readers, "max_readers": max_readers, "consensus": float(consensus),
+               "slices": slices, "crop_px": crop_px}
+    listing = {case: _list_case(root, case) for case in cases}
+    cache = _PlanCache(root, resolve_db_path(db_path), options)
+    done = {case: cache.get(case, listing[case]) for case in cases}
+    todo = [case for case in cases if done[case] is None]
+    if todo:
+        scans_by_case: dict[str, list[LidcScan]] = {case: [] for case in todo}
+        for scan in read_lidc_db(db_path, patients=todo):
+            scans_by_case[scan.patient_id].append(scan)
+        # Only cases with a scan in the database need their headers.
+        scanned = scan_dicom_headers(root, [c for c in todo if scans_by_case[c]], listing)
+        for case in todo:
+            # In this process: next to the header scan, clustering and nodule volumes are cheap
+            # (bench_lidc_plan.py), and sending the database's scans to workers cost more.
+            result = _plan_case(root, case, scans_by_case[case], scanned.get(case, []), options)
+            done[case] = result
+            cache.put(case, listing[case], result)
+        cache.save()
+    refs: list[SampleRef] = [r for case in cases for r in done[case][0]]
+    rejects: list[Reject] = [r for case in cases for r in done[case][1] if r.stage != UNSELECTED]
+    if unselected is not None:
+        unselected.extend(r for case in cases for r in done[case][1] if r.stage == UNSELECTED)
     refs.sort(key=lambda r: r.sample_id)
     rejects.sort(key=lambda r: r.sample_id)
     return refs, rejects
+
+
+def _plan_case(root: Path, case: str, scans: list[LidcScan], scanned, options: dict) -> tuple[list, list]:
+    """refs and rejects of one case folder (clustering, nodule volumes, z matching)."""
+    min_readers, max_readers = options["min_readers"], options["max_readers"]
+    nodules = []
+    left_out: list[Reject] = []
+    number = 0
+    for scan in scans:
+        for group in cluster_annotations(scan):
+            number += 1
+            if min_readers <= len(group) and (max_readers is None or len(group) <= max_readers):
+                nodules.append((number, scan, group))
+            else:  # one unselected.csv row per nodule (its slices are not chosen yet)
+                left_out.append(unselected_row(
+                    f"{case}_n{number:02d}", "min_readers" if len(group) < min_readers else "max_readers",
+                    f"{len(group)} readers outside [{min_readers}, {max_readers or 'any'}]"))
+    refs: list[SampleRef] = []
+    # Unselected rows travel with the rejects (stage "unselected"; the build's plan separates them),
+    # so the per-case plan cache keeps them too.
+    rejects: list[Reject] = left_out
+    if not nodules:
+        return refs, rejects
+    index = _index_case(root, scanned, rejects, wanted={scan.series_uid for _, scan, _ in nodules})
+    for number, scan, group in nodules:
+        refs_n, rejects_n = _plan_nodule(root, case, number, scan, group, index.get(scan.series_uid),
+                                         consensus=options["consensus"], slices=options["slices"],
+                                         crop_px=options["crop_px"])
+        refs += refs_n
+        rejects += rejects_n
+    return refs, rejects
+
+
+def _tuples(value):
+    """JSON lists back to the tuples the planner makes (payloads are compared and hashed)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+class _PlanCache:
+    """Per-case plans cached outside the source (``<cache>/lidc-plan/<key>.json``).
+
+    The file's key is the sha256 of the resolved DICOM root, the annotation database (resolved
+    path, size, mtime), the planning options and the builder version; a case's entry is valid
+    while the (relative path, size, mtime) of every file under its folder is unchanged. JSON,
+    never pickle: a cache file cannot run code.
+    """
+
+    def __init__(self, root: Path, db: Path, options: dict) -> None:
+        import hashlib
+        import json
+
+        from .. import __version__
+        from .dlzip import softmask_cache_dir
+
+        st = db.stat()
+        # "v": bumped whenever the planner's refs or rejects change shape (v2: neighbour_paths, unselected rows).
+        key = json.dumps({"v": 2, "root": str(root.resolve()), "db": [str(db.resolve()), st.st_size, st.st_mtime_ns],
+                          "options": options, "builder": __version__}, sort_keys=True)
+        self.path = softmask_cache_dir() / "lidc-plan" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+        try:
+            self.entries = json.loads(self.path.read_text())
+            if not isinstance(self.entries, dict):
+                self.entries = {}
+        except (OSError, ValueError):
+            self.entries = {}
+        self._dirty = False
+
+    @staticmethod
+    def _signature(entries) -> str:
+        import hashlib
+
+        text = "\n".join(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}" for rel, st in entries)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, case: str, entries):
+        hit = self.entries.get(case)
+        if not isinstance(hit, dict) or hit.get("sig") != self._signature(entries):
+            return None
+        try:
+            refs = [SampleRef(r[0], r[1], r[2], r[3], _tuples(r[4])) for r in hit["refs"]]
+            rejects = [Reject(*r) for r in hit["rejects"]]
+        except (KeyError, TypeError, IndexError):
+            return None
+        return refs, rejects
+
+    def put(self, case: str, entries, result) -> None:
+        refs, rejects = result
+        self.entries[case] = {"sig": self._signature(entries),
+                              "refs": [[r.sample_id, r.source_key, r.patient, r.split, r.payload] for r in refs],
+                              "rejects": [[r.sample_id, r.stage, r.reason] for r in rejects]}
+        self._dirty = True
+
+    def save(self) -> None:
+        import json
+
+        if not self._dirty:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.entries, separators=(",", ":")))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # an unwritable cache only costs time
 
 
 def _plan_nodule(root: Path, case: str, number: int, scan: LidcScan, group, files: list[_SliceFile] | None, *,
@@ -424,8 +666,9 @@ def plan_lidc_slices(dicom_root, *, every_nth: int = 1) -> tuple[list[SampleRef]
     root, cases = _case_dirs(dicom_root)
     refs: list[SampleRef] = []
     rejects: list[Reject] = []
+    scanned = scan_dicom_headers(root, cases)
     for case in cases:
-        index = _index_case(root / case, rejects, wanted=None, modality="CT")
+        index = _index_case(root, scanned[case], rejects, wanted=None, modality="CT")
         for j, uid in enumerate(sorted(index), start=1):
             for f in index[uid][::every_nth]:
                 refs.append(SampleRef(f"{case}_s{j}_z{f.z_mm:.3f}", f.path.relative_to(root).as_posix(), case, None,

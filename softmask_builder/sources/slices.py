@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import InputError, SourceError
 from ..plausibility import check_image_hu, check_spacing_mm
 from .base import Reject, SampleRef, SliceRecord
-from .deeplesion import SPLIT_CODES, parse_file_name, parse_spacing, read_dl_info, read_png_hu
+from .deeplesion import SPLIT_CODES, parse_file_name, parse_spacing, read_dl_info, read_key_slice_hu
 
 __all__ = ["plan_deeplesion_slices", "load_slice"]
 
@@ -61,13 +61,36 @@ def _dl_info_lookup(path: Path):
     return spacings, errors, splits
 
 
+def _slice_files(root: Path, images_dir: Path) -> dict[str, dict[str, dict]]:
+    """series -> slice file name -> payload fields, from extracted ``Images_png/`` folders and the
+    official ``Images_png_NN.zip`` files under ``root`` (extracted slices win)."""
+    from .dlzip import zip_member_index
+
+    zips = zip_member_index(root)
+    if not images_dir.is_dir() and not zips:
+        raise SourceError(f"Images_png folder not found under {root} (nor any Images_png_NN.zip)")
+    files: dict[str, dict[str, dict]] = defaultdict(dict)
+    if images_dir.is_dir():
+        for series_dir in (p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for png in series_dir.glob("*.png"):
+                files[series_dir.name][png.name] = {"image_path": str(png)}
+    for member, zip_name in zips.members().items():
+        parts = member.split("/")
+        if len(parts) != 3 or parts[1].startswith(".") or parts[2] in files.get(parts[1], {}):
+            continue
+        files[parts[1]][parts[2]] = {"image_path": str(images_dir / parts[1] / parts[2]),
+                                     "image_zip": str(root / zip_name), "image_member": member}
+    return files
+
+
 def plan_deeplesion_slices(root, *, limit: int | None = None) -> tuple[list[SampleRef], list[Reject]]:
     """Plan every ``Images_png/<series>/<slice>.png`` under ``root`` as a full slice (no pixel read).
 
     Parameters
     ----------
     root : str or Path
-        Folder with ``Images_png/`` and, optionally, ``DL_info.csv``.
+        Folder with ``Images_png/`` and/or the official ``Images_png_NN.zip`` files (read in
+        place, :mod:`.dlzip`), and optionally ``DL_info.csv``.
     limit : int, optional
         Keep the first ``limit`` refs by sample_id.
 
@@ -89,8 +112,7 @@ def plan_deeplesion_slices(root, *, limit: int | None = None) -> tuple[list[Samp
         raise InputError(f"limit must be an int >= 1 or None, got {limit!r}")
     root = Path(root)
     images_dir = root / "Images_png"
-    if not images_dir.is_dir():
-        raise SourceError(f"Images_png folder not found under {root}")
+    files = _slice_files(root, images_dir)
     dl_info = root / "DL_info.csv"
     if dl_info.exists():
         spacings, errors, patient_splits = _dl_info_lookup(dl_info)
@@ -98,8 +120,7 @@ def plan_deeplesion_slices(root, *, limit: int | None = None) -> tuple[list[Samp
         spacings, errors, patient_splits = {}, {}, {}
 
     refs, rejects = [], []
-    for series_dir in sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        series = series_dir.name
+    for series in sorted(files):
         patient = series.split("_", 1)[0] or series
         known = spacings.get(series, set())
         reason = errors.get(series)
@@ -108,13 +129,13 @@ def plan_deeplesion_slices(root, *, limit: int | None = None) -> tuple[list[Samp
         spacing = next(iter(known)) if len(known) == 1 else _NAN_SPACING
         split_set = patient_splits.get(patient, set())
         split = next(iter(split_set)) if len(split_set) == 1 else None
-        for png in sorted(series_dir.glob("*.png")):
-            sid = f"{series}_{png.stem}"
+        for name in sorted(files[series]):
+            sid = f"{series}_{name[:-4]}"
             if reason is not None:
                 rejects.append(Reject(sid, "plan", reason))
                 continue
             refs.append(SampleRef(sample_id=sid, source_key=f"{sid}.png", patient=patient, split=split,
-                                  payload={"image_path": str(png), "spacing_mm": spacing}))
+                                  payload={**files[series][name], "spacing_mm": spacing}))
     refs.sort(key=lambda r: r.sample_id)
     rejects.sort(key=lambda r: r.sample_id)
     if limit is not None:
@@ -131,7 +152,7 @@ def load_slice(ref: SampleRef) -> SliceRecord:
         With the sample id and stage "load": the PNG is missing, unreadable, truncated, 8-bit or
         colour (see :func:`softmask_builder.sources.deeplesion.read_png_hu`).
     """
-    image_hu = read_png_hu(ref.payload["image_path"], sample_id=ref.sample_id)
+    image_hu = read_key_slice_hu(ref.payload, sample_id=ref.sample_id)
     check_image_hu(image_hu, sample_id=ref.sample_id, stage="load")
     row_mm, col_mm = ref.payload["spacing_mm"]
     if math.isfinite(row_mm) and math.isfinite(col_mm):  # NaN: unknown (no DL_info row), kept

@@ -1,0 +1,226 @@
+"""Run picklable tasks on the workers of the caller's ``joblib.parallel_config``, a bounded
+number at a time, and make sure no worker outlives the process that started it.
+
+Why not ``joblib.Parallel``: the build needs to decide *when* the next task is submitted (so that
+at most a stated number of chunks are held, whatever the build size) and to cancel what is
+queued when it stops. Library code still never picks a backend: :class:`TaskRunner` reads the
+active joblib configuration (``joblib.parallel_config``, set by the CLI) and maps it to an
+executor:
+
+==============================  ==================================================================
+active joblib backend           tasks run on
+==============================  ==================================================================
+none / ``sequential`` / 1 job   this process, one after another, at submit time
+``loky`` / ``multiprocessing``  loky's reusable process pool (``joblib.externals.loky``)
+``threading``                   a :class:`concurrent.futures.ThreadPoolExecutor`
+``dask``                        the ``distributed.Client`` joblib's dask backend holds
+==============================  ==================================================================
+
+Worker lifetime: every worker runs :func:`ensure_parent_watchdog` with the pid of the process
+that submits the tasks: loky workers as their pool initializer (before they import anything a
+task needs, which may take seconds), dask workers through ``Client.run`` when the runner starts,
+and every task again (idempotent) for workers that joined later. In a worker that is a direct
+child of that process (loky workers, the processes of a dask ``LocalCluster``) a daemon thread
+polls ``os.getppid()`` every :data:`WATCHDOG_PERIOD_S` seconds and ends the worker with
+``os._exit`` once the parent is gone (SIGKILL, SIGTERM, a crash: the worker is then
+re-parented). The runner waits for its loky workers to be up before it hands out work; a main
+process killed during those first moments (while loky spawns them) can still leave a worker
+blocked on its start-up pipe. Workers of a remote dask cluster are not our children; their
+queued tasks are cancelled by :meth:`TaskRunner.close` (and by the scheduler when the client's
+connection drops).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import threading
+from typing import Any, Callable, Iterable
+
+__all__ = ["WATCHDOG_PERIOD_S", "TaskRunner", "ensure_parent_watchdog", "active_backend", "prestart"]
+
+#: Seconds between two parent checks in a worker.
+WATCHDOG_PERIOD_S = 0.2
+
+_watchdog_lock = threading.Lock()
+_watched_parent: int | None = None
+
+# Thread pools of numerical libraries inside process workers: the workers are the parallelism.
+_WORKER_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                      "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")}
+
+
+def ensure_parent_watchdog(parent_pid: int) -> bool:
+    """Start (once per process) a daemon thread that exits this process when ``parent_pid`` is
+    no longer its parent. Returns whether a watchdog is running.
+
+    Nothing is started in ``parent_pid`` itself (tasks run in-process) nor in a process whose
+    parent is someone else (a remote dask worker): there the build's death cannot be observed
+    through the process tree.
+    """
+    global _watched_parent
+    if os.getpid() == parent_pid or os.getppid() != parent_pid:
+        return False
+    with _watchdog_lock:
+        if _watched_parent == parent_pid:
+            return True
+        _watched_parent = parent_pid
+
+        def watch() -> None:
+            import time
+
+            while True:
+                if os.getppid() != parent_pid:
+                    # The build's main process is gone: stop now, without flushing anything (the
+                    # shard writer lives in that process, so nothing of ours is half-written here).
+                    os._exit(70)
+                time.sleep(WATCHDOG_PERIOD_S)
+
+        threading.Thread(target=watch, name="softmask-parent-watchdog", daemon=True).start()
+    return True
+
+
+def _started(parent_pid: int) -> int:
+    ensure_parent_watchdog(parent_pid)
+    return os.getpid()
+
+
+def _call(parent_pid: int, fn: Callable, args: tuple) -> Any:
+    ensure_parent_watchdog(parent_pid)
+    return fn(*args)
+
+
+def active_backend() -> tuple[str, int, Any]:
+    """(kind, n_workers, backend object) of the active joblib configuration; kind is one of
+    "inline", "loky", "threads", "dask"."""
+    from joblib import cpu_count
+    from joblib.parallel import get_active_backend
+
+    backend, n_jobs = get_active_backend()
+    name = type(backend).__name__
+    if name == "DaskDistributedBackend":
+        client = backend.client
+        n = sum(client.ncores().values()) if n_jobs in (None, -1) else int(n_jobs)
+        return "dask", max(1, n), backend
+    if n_jobs is None:
+        n_jobs = 1
+    n = int(n_jobs) if n_jobs > 0 else max(1, cpu_count() + 1 + int(n_jobs))
+    if name == "SequentialBackend" or n == 1:
+        return "inline", 1, backend
+    if name == "ThreadingBackend":
+        return "threads", n, backend
+    return "loky", n, backend  # loky, multiprocessing and anything process-based
+
+
+def _loky_pool(n_workers: int, parent: int):
+    # joblib's own flavour of loky's reusable pool: loky keeps one pool per process, and
+    # ``joblib.Parallel`` (used elsewhere in the same process, e.g. by the phantom writer) expects
+    # that pool to be joblib's MemmappingExecutor; a plain loky pool there breaks it.
+    from joblib.executor import get_memmapping_executor
+
+    # The same arguments every time, so that loky hands back the running pool instead of a new one.
+    return get_memmapping_executor(n_workers, timeout=60, env=dict(_WORKER_ENV),
+                                   initializer=ensure_parent_watchdog, initargs=(parent,))
+
+
+def _warm(parent_pid: int, warm: str) -> int:
+    import importlib
+
+    ensure_parent_watchdog(parent_pid)
+    module, _, name = warm.partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    fn()
+    return os.getpid()
+
+
+def prestart(warm: str | None = None) -> None:
+    """Start the active loky backend's workers now, without waiting for them, and have each run
+    ``warm`` (``"module:function"``, e.g. importing the labelling stages and loading their numba
+    kernels) so that the imports overlap with whatever this process does next (planning). A no-op
+    for the other backends (dask workers are started by their cluster; threads need no start)."""
+    kind, n, _ = active_backend()
+    if kind != "loky":
+        return
+    pool = _loky_pool(n, os.getpid())
+    if warm:
+        for _ in range(n):
+            pool.submit(_warm, os.getpid(), warm)
+
+
+class TaskRunner:
+    """Submit tasks to the active joblib backend's workers; wait for any of them; cancel the rest.
+
+    Use as a context manager: on exit (normal, an exception, KeyboardInterrupt or a SIGTERM turned
+    into an exception by the CLI) every task not yet finished is cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.kind, self.n_workers, backend = active_backend()
+        self._parent = os.getpid()
+        self._pending: set = set()
+        self._pool = None
+        self._client = None
+        if self.kind == "loky":
+            self._pool = _loky_pool(self.n_workers, self._parent)
+            # Wait until the workers are up: a worker killed orphan while loky is still sending it
+            # its start-up data can block on that pipe before any of our code runs in it.
+            started = [self._pool.submit(_started, self._parent) for _ in range(self.n_workers)]
+            cf.wait(started)
+        elif self.kind == "threads":
+            self._pool = cf.ThreadPoolExecutor(max_workers=self.n_workers)
+        elif self.kind == "dask":
+            self._client = backend.client
+            self._client.run(ensure_parent_watchdog, self._parent)
+
+    def __enter__(self) -> "TaskRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def submit(self, fn: Callable, *args):
+        """Run ``fn(*args)`` on a worker (in-process for "inline", before returning)."""
+        if self.kind == "inline":
+            fut: cf.Future = cf.Future()
+            try:
+                fut.set_result(fn(*args))
+            except Exception as exc:
+                fut.set_exception(exc)
+            return fut
+        if self.kind == "dask":
+            fut = self._client.submit(_call, self._parent, fn, args, pure=False)
+        else:
+            fut = self._pool.submit(_call, self._parent, fn, args)
+        self._pending.add(fut)
+        return fut
+
+    def wait_any(self, futures: Iterable) -> list:
+        """Block until at least one of ``futures`` is done; return the done ones."""
+        futures = list(futures)
+        done = [f for f in futures if f.done()]
+        if done or not futures:
+            self._pending.difference_update(done)
+            return done
+        if self.kind == "dask":
+            from distributed import wait
+
+            done = list(wait(futures, return_when="FIRST_COMPLETED").done)
+        else:
+            done = list(cf.wait(futures, return_when=cf.FIRST_COMPLETED).done)
+        self._pending.difference_update(done)
+        return done
+
+    def close(self) -> None:
+        """Cancel every task not yet finished (queued tasks never start)."""
+        pending, self._pending = list(self._pending), set()
+        if not pending:
+            if self.kind == "threads":
+                self._pool.shutdown(wait=True)
+            return
+        if self.kind == "dask":
+            self._client.cancel(pending, force=True)
+        else:
+            for fut in pending:
+                fut.cancel()
+            if self.kind == "threads":
+                self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,136 @@
+"""Sample-level parallelism: chunks of samples, not shards, are the unit of work, and the shard
+bytes do not depend on the number of jobs, the chunk size, the backend or the order in which
+chunks come back; the number of chunks held at once is bounded."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import random
+
+import joblib
+import pytest
+
+from softmask_builder import build as build_mod
+from softmask_builder.build import make_plan, plan_chunks, run_build
+
+from .test_build import _hashes, fake_labeller, fake_loader, make_refs, recipe
+
+
+def _plan(n=41, per_shard=7, fail_every=5):
+    return make_plan(recipe(samples_per_shard=per_shard), make_refs(n, fail_every=fail_every))
+
+
+def _build(out, plan, **kw):
+    return run_build(plan, out, loader=fake_loader, labeller=fake_labeller, **kw)
+
+
+def test_plan_chunks_cover_every_ref_once_in_plan_order():
+    plan = _plan()
+    for size in (1, 3, 7, 50):
+        chunks = plan_chunks(plan.shards, size)
+        covered = [(c.shard, i) for c in chunks for i in range(c.start, c.stop)]
+        expected = [(k, i) for k, s in enumerate(plan.shards) for i in range(len(s.refs))]
+        assert covered == expected
+        assert all(0 < c.stop - c.start <= size for c in chunks)
+
+
+@pytest.mark.parametrize("jobs,chunk", [(2, 1), (2, 3), (3, 5)])
+def test_loky_jobs_and_chunking_give_identical_bytes(tmp_path, jobs, chunk):
+    plan = _plan()
+    ref = _build(tmp_path / "one", plan, chunk_samples=64)  # one chunk per shard, in-process
+    with joblib.parallel_config(backend="loky", n_jobs=jobs):
+        got = _build(tmp_path / "par", plan, chunk_samples=chunk)
+    assert _hashes(tmp_path / "one") == _hashes(tmp_path / "par")
+    assert got.rejects == ref.rejects and len(ref.rejects) > 0
+
+
+def test_threads_backend_gives_identical_bytes(tmp_path):
+    plan = _plan()
+    _build(tmp_path / "one", plan)
+    with joblib.parallel_config(backend="threading", n_jobs=3):
+        _build(tmp_path / "thr", plan, chunk_samples=2)
+    assert _hashes(tmp_path / "one") == _hashes(tmp_path / "thr")
+
+
+def test_dask_localcluster_with_small_chunks_gives_identical_bytes(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    plan = _plan(n=23)
+    _build(tmp_path / "one", plan)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster):
+        with joblib.parallel_config(backend="dask"):
+            _build(tmp_path / "dask", plan, chunk_samples=2)
+    assert _hashes(tmp_path / "one") == _hashes(tmp_path / "dask")
+
+
+class _ShuffledRunner:
+    """A stand-in TaskRunner with ``n_workers`` that finishes its submitted tasks in a random
+    order, one per wait, and records how many tasks were submitted and not yet returned."""
+
+    n_workers = 2
+    peak = 0
+
+    def __init__(self):
+        self.rng = random.Random(7)
+        self.pending = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def submit(self, fn, *args):
+        fut = cf.Future()
+        fut.work = (fn, args)
+        self.pending.append(fut)
+        _ShuffledRunner.peak = max(_ShuffledRunner.peak, len(self.pending))
+        return fut
+
+    def wait_any(self, futures):
+        fut = self.pending.pop(self.rng.randrange(len(self.pending)))
+        fn, args = fut.work
+        fut.set_result(fn(*args))
+        return [fut]
+
+
+def test_out_of_order_completion_is_bounded_and_gives_identical_bytes(tmp_path, monkeypatch):
+    plan = _plan(n=60, per_shard=9)
+    _build(tmp_path / "one", plan)
+    monkeypatch.setattr(build_mod, "TaskRunner", _ShuffledRunner)
+    _ShuffledRunner.peak = 0
+    _build(tmp_path / "shuf", plan, chunk_samples=2, max_chunks_in_flight=3)
+    assert _hashes(tmp_path / "one") == _hashes(tmp_path / "shuf")
+    assert _ShuffledRunner.peak == 3  # the window is used, and never exceeded
+
+
+def test_held_chunks_never_exceed_window_plus_one_shard(tmp_path, monkeypatch):
+    """Count, at every submit, the chunks whose shard is not yet written: the bound stated in
+    run_build's docstring (in flight + chunks of the largest shard) must hold."""
+    plan = _plan(n=60, per_shard=9)
+    written: set[str] = set()
+    submitted: list[str] = []
+    peaks = []
+    real_assemble = build_mod.assemble_shard
+
+    class Recording(_ShuffledRunner):
+        def submit(self, fn, refs, split, *rest):
+            name = next(s.name for s in plan.shards if refs[0] in s.refs)
+            submitted.append(name)
+            peaks.append(sum(1 for n in submitted if n not in written))
+            return super().submit(fn, refs, split, *rest)
+
+    def recording_assemble(shard, outcomes, out_dir, rec):
+        written.add(shard.name)
+        return real_assemble(shard, outcomes, out_dir, rec)
+
+    monkeypatch.setattr(build_mod, "TaskRunner", Recording)
+    monkeypatch.setattr(build_mod, "assemble_shard", recording_assemble)
+    _build(tmp_path / "b", plan, chunk_samples=2, max_chunks_in_flight=3)
+    assert max(peaks) <= 3 + 5  # 9 refs per shard in chunks of 2 -> 5 chunks
+    assert len(submitted) == len(plan_chunks(plan.shards, 2))
+
+
+def test_seconds_are_reported(tmp_path):
+    result = _build(tmp_path, _plan(n=8))
+    assert set(result.seconds) == {"build", "release"} and result.seconds["build"] > 0
