@@ -97,6 +97,11 @@ class SegModelConfig:
         head run x``scale``, their maps are area-pooled back to the crop) or "native" (the crop
         is shrunk x``scale`` first, so the teacher's outputs lie on the crop's own grid: 16x
         cheaper, not the paper's setting).
+    drtm_fc : DRTM's Eq. 12 FC: "sk" (Linear(2C->C) + ReLU, then Linear(C->C) heads for v_c and
+        v_d: the paper) or "joint" (one Linear(2C->2C), the earlier form, for an ablation).
+    allow_teacher_overlap : accept a teacher whose training patients include patients of the
+        validation/test splits (or which has no patient list), as the paper does (its SR
+        teacher saw all of DeepLesion). Off by default; recorded in ``run_info.json``.
     """
 
     variant: str = "dsnet"
@@ -106,6 +111,8 @@ class SegModelConfig:
     disc_ndf: int = 64
     teacher: str = ""
     teacher_mode: Literal["upscale", "native"] = "upscale"
+    drtm_fc: Literal["sk", "joint"] = "sk"
+    allow_teacher_overlap: bool = False
 
     def __post_init__(self) -> None:
         from .models.dsnet import VARIANTS
@@ -127,7 +134,11 @@ class SegOptimConfig:
     lr, disc_lr : Adam learning rates of the network and the discriminator (2e-4).
     betas : Adam betas (pix2pix's (0.5, 0.999): the paper gives only the learning rate).
     poly_power : poly decay exponent (0.9).
-    dice_weight, l1_weight, gan_weight : Eq. 19 weights (0.5, 100, 1).
+    dice_weight, l1_weight, gan_weight : Eq. 19 weights (0.5, lambda2 = 100, 1).
+    dice_smooth : added to Eq. 15's numerator and denominator (0: the paper; 1: V-Net's habit).
+    l1_reduction : how Eq. 16's L1 sum is reduced: "pixel_mean" (mean over all pixels of the
+        batch) or "crop_band" (per crop, divided by the crop's lesion-plus-band area, the
+        trimap's non-zero pixels; then the batch mean). See :func:`~dsnet_trainer.losses.soft_l1_loss`.
     """
 
     epochs: int = 100
@@ -138,8 +149,11 @@ class SegOptimConfig:
     dice_weight: float = 0.5
     l1_weight: float = 100.0
     gan_weight: float = 1.0
+    dice_smooth: float = 0.0
+    l1_reduction: Literal["pixel_mean", "crop_band"] = "pixel_mean"
 
     def __post_init__(self) -> None:
+        _check(self.dice_smooth >= 0, "optim.dice_smooth", self.dice_smooth, ">= 0")
         _check(self.epochs >= 1, "optim.epochs", self.epochs, ">= 1")
         _check(self.lr > 0 and self.disc_lr > 0, "optim.lr", (self.lr, self.disc_lr), "> 0")
         _check(all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas, "in [0, 1)")
@@ -293,7 +307,7 @@ def build_from_config(model_cfg: SegModelConfig, *, data_cfg: SegDataConfig | No
     try:
         net = build_seg_model(variant, widths=model_cfg.widths, reduction=model_cfg.cbam_reduction,
                               spatial_kernel=model_cfg.cbam_spatial_kernel, teacher=teacher,
-                              teacher_mode=model_cfg.teacher_mode)
+                              teacher_mode=model_cfg.teacher_mode, drtm_fc=model_cfg.drtm_fc)
     except TrainerError:
         raise
     except ValueError as exc:
@@ -303,7 +317,8 @@ def build_from_config(model_cfg: SegModelConfig, *, data_cfg: SegDataConfig | No
 
 
 def _compat(cfg: SegConfig, net) -> dict[str, Any]:
-    return {"model": {k: v for k, v in to_dict(cfg.model).items() if k != "teacher"},
+    skip = ("teacher", "allow_teacher_overlap")  # may change on resume
+    return {"model": {k: v for k, v in to_dict(cfg.model).items() if k not in skip},
             "crop_px": cfg.data.crop_px, "window_hu": [cfg.data.level_hu, cfg.data.width_hu],
             "scale": net.scale}
 
@@ -468,8 +483,11 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
                     opt_d.zero_grad(set_to_none=True)
                     prec.backward_step(loss_d, opt_d, clip_norm=loop.grad_clip_norm)
                     terms["loss_disc"] = loss_d.detach()
-                dice = dice_loss(prob, mask)
-                l1 = soft_l1_loss(soft, target) if variant.soft_head else None
+                dice = dice_loss(prob, mask, smooth=w.dice_smooth)
+                l1 = None
+                if variant.soft_head:
+                    region = batch["trimap"].to(ctx.device) if w.l1_reduction == "crop_band" else None
+                    l1 = soft_l1_loss(soft, target, reduction=w.l1_reduction, region=region)
                 gan = None
                 if ddp_disc is not None:
                     with prec.autocast():
