@@ -64,7 +64,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from .errors import CheckpointError, DeviceError, InputError
 
 CHECKPOINT_FORMAT = "dsnet-trainer-checkpoint"
-CHECKPOINT_VERSION = 1
+# Version 2 adds ``weights_sha256`` (digest of ``modules``, checked on load); version 1 files are
+# refused with a message saying how to get a new one.
+CHECKPOINT_VERSION = 2
 
 
 # ============================================================================================
@@ -432,19 +434,39 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
+def _first_bytes_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a torch checkpoint, from its size and first bytes (None if it may be)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] != b"PK":  # torch.save writes a zip archive
+        return (f"not a checkpoint file ({size} bytes, starts with {head!r}; torch checkpoints are zip "
+                "archives starting with b'PK')")
+    return None
+
+
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
                     expect_kind: str | tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Load a trainer checkpoint with ``torch.load(weights_only=True)``.
+    """Load a trainer checkpoint with ``torch.load(weights_only=True)`` and check its weights.
 
     Raises
     ------
     CheckpointError
-        Missing file; unreadable, truncated or not weights-only loadable; not a trainer
-        checkpoint; ``kind`` other than ``expect_kind``. The message names the file.
+        Missing, empty, non-zip (e.g. text) file; unreadable, truncated or not weights-only
+        loadable; not a trainer checkpoint; an older checkpoint version (1: no weights digest);
+        weights whose sha256 differs from the recorded ``weights_sha256`` (corrupted or edited);
+        NaN or infinite weights; ``kind`` other than ``expect_kind``. The message names the file.
     """
+    from .digest import nonfinite_entries, weights_sha256
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    problem = _first_bytes_problem(path)
+    if problem:
+        raise CheckpointError(f"cannot read checkpoint {path}: {problem}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zip errors ...
@@ -452,13 +474,26 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise CheckpointError(f"cannot read checkpoint {path}: {first}") from exc
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a dsnet_trainer checkpoint (no format={CHECKPOINT_FORMAT!r})")
-    if int(obj.get("version", -1)) != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {obj.get('version')!r}; this trainer reads "
-                              f"version {CHECKPOINT_VERSION}")
+    version = obj.get("version")
+    if version != CHECKPOINT_VERSION:
+        hint = (" (version 1 predates the weights digest and teacher patient lists: retrain the run, "
+                "e.g. `dsnet train ... --resume none`)" if version == 1 else "")
+        raise CheckpointError(f"{path} has checkpoint version {version!r}; this trainer reads version "
+                              f"{CHECKPOINT_VERSION}{hint}")
     if expect_kind is not None:
         kinds = (expect_kind,) if isinstance(expect_kind, str) else tuple(expect_kind)
         if obj.get("kind") not in kinds:
             raise CheckpointError(f"{path} is a {obj.get('kind')!r} checkpoint, expected {' or '.join(kinds)}")
+    modules = obj.get("modules")
+    if not isinstance(modules, dict):
+        raise CheckpointError(f"{path} has no weights (no 'modules' mapping)")
+    if weights_sha256(modules) != obj.get("weights_sha256"):
+        raise CheckpointError(f"{path}: weights do not match their recorded sha256 digest (the file was "
+                              "corrupted or edited); use another checkpoint or retrain")
+    bad = nonfinite_entries(modules)
+    if bad:
+        raise CheckpointError(f"{path} holds NaN or infinite weights ({', '.join(bad)}); the run diverged "
+                              "before it was saved: use an earlier checkpoint or retrain with a lower optim.lr")
     return obj
 
 
@@ -552,15 +587,19 @@ class TrainState:
         return False
 
     def state_dict(self) -> dict[str, Any]:
+        from .digest import weights_sha256
+
+        modules = {k: unwrap(m).state_dict() for k, m in self.modules.items()}
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
+            "weights_sha256": weights_sha256(modules),
             "kind": self.kind,
             "epoch": self.epoch,
             "step": self.step,
             "best_metric": self.best_metric,
             "compat": self.compat,
-            "modules": {k: unwrap(m).state_dict() for k, m in self.modules.items()},
+            "modules": modules,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.precision.scaler.state_dict() if self.precision is not None else {},

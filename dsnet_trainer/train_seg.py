@@ -237,10 +237,10 @@ class SoftTargetDataset:
 # Model building and loading
 # ============================================================================================
 def _teacher_arch(path: Path) -> dict[str, Any]:
-    import torch
+    from .sr import read_teacher_file
 
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return {"model": obj["model"], "data": obj["data"]}
+    obj = read_teacher_file(path)
+    return {"model": obj["model"], "data": obj["data"], "train_patients": obj.get("train_patients")}
 
 
 def _teacher_from_file(path: str | Path, data_cfg: SegDataConfig | None):
@@ -267,7 +267,7 @@ def _teacher_from_arch(arch: Mapping[str, Any]):
     generator = build_model(arch["model"]["name"], **arch["model"]["kwargs"])
     return SRTeacher(generator, scale=d["scale"], feature_channels=arch["model"]["kwargs"]["n_channels"],
                      window_level_hu=d["window_level_hu"], window_width_hu=d["window_width_hu"],
-                     downsample=d["downsample"])
+                     downsample=d["downsample"], train_patients=arch.get("train_patients"))
 
 
 def build_from_config(model_cfg: SegModelConfig, *, data_cfg: SegDataConfig | None = None, teacher=None,
@@ -373,6 +373,45 @@ def _finite_or_raise(values: Mapping[str, float], *, epoch: int, step: int, last
               "(NaN in a shard?) or try loop.amp=off.")
 
 
+def teacher_leak_check(cfg: SegConfig, teacher_arch: Mapping[str, Any] | None, *, root: str | Path | None = None,
+                       splits: tuple[str, ...] | None = None, teacher_name: str | None = None) -> dict[str, Any]:
+    """Compare the SR teacher's training patients with the patients of ``splits`` (default: the
+    run's validation split and ``test``) of ``root`` (default ``cfg.data.root``).
+
+    Returns the record kept in the run (``{"checked", "splits", "n_teacher_patients",
+    "overlap", "allow_teacher_overlap"}``); variants without a teacher, or a teacher given as a
+    module without a record, give ``{"checked": False}``.
+
+    Raises
+    ------
+    TeacherLeakError : overlap, or a teacher without a patient list, unless
+        ``cfg.model.allow_teacher_overlap``.
+    """
+    from .data import find_shards
+    from .errors import ShardError
+    from .models.dsnet import get_variant
+    from .provenance import check_teacher_patients, shard_patients
+
+    if not get_variant(cfg.model.variant).uses_teacher or not teacher_arch:
+        return {"checked": False}
+    root = cfg.data.root if root is None else root
+    splits = tuple(splits) if splits is not None else tuple(s for s in (cfg.data.val_split, "test") if s)
+    paths = []
+    for split in splits:
+        try:
+            paths.extend(s.path for s in find_shards(root, kind="samples", split=split, option="data.root"))
+        except ShardError:
+            continue  # a split absent from the data has no patients to protect
+    eval_patients = shard_patients(paths) if paths else {}
+    tp = teacher_arch.get("train_patients")
+    name = teacher_name or cfg.model.teacher or "the checkpoint's teacher"
+    overlap = check_teacher_patients(tp, eval_patients, teacher=name, splits="/".join(splits),
+                                     allow=cfg.model.allow_teacher_overlap)
+    return {"checked": True, "splits": list(splits), "allow_teacher_overlap": cfg.model.allow_teacher_overlap,
+            "n_teacher_patients": None if tp is None else sum(len(v) for v in tp.values()),
+            "n_overlap": len(overlap), "overlap": overlap[:20]}
+
+
 def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] | None = None,
               command: str = "") -> Path:
     """Train ``cfg.model.variant`` on ``cfg.data``; return the run folder.
@@ -400,8 +439,6 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
         if loop.num_threads:
             torch.set_num_threads(loop.num_threads)
         engine.seed_everything(loop.seed)
-        out = engine.prepare_run_dir(cfg.out, cfg, ctx=ctx, seed=loop.seed, command=command,
-                                     extra={"variant": variant.to_dict()})
         data_kw = dict(level_hu=cfg.data.level_hu, width_hu=cfg.data.width_hu, image_size_px=cfg.data.crop_px,
                        option="data.root")
         train_ds = SoftTargetDataset(
@@ -415,6 +452,9 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
                                        kats_p=cfg.data.kats_p, softseg_factor=cfg.data.softseg_factor)
 
         net, disc, arch = build_from_config(cfg.model, data_cfg=cfg.data, teacher=teacher, teacher_arch=teacher_arch)
+        teacher_check = teacher_leak_check(cfg, arch)
+        out = engine.prepare_run_dir(cfg.out, cfg, ctx=ctx, seed=loop.seed, command=command,
+                                     extra={"variant": variant.to_dict(), "teacher_check": teacher_check})
         net.to(ctx.device)
         params = [p for p in net.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas)
@@ -431,6 +471,7 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
         state = engine.TrainState(CHECKPOINT_KIND, modules=modules, optimizers=optimizers, schedulers=schedulers,
                                   precision=prec, compat=_compat(cfg, net),
                                   extra={"config": to_dict(cfg), "teacher_arch": arch or {},
+                                         "teacher_check": teacher_check,
                                          "variant": variant.to_dict()})
         checkpoints = engine.CheckpointManager(Path(out) / "checkpoints", every_n_epochs=loop.checkpoint_every_epochs,
                                                enabled=ctx.is_main)

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from dsnet_trainer import engine
+from dsnet_trainer.digest import weights_sha256
 from dsnet_trainer.engine import (CheckpointManager, DistContext, EvalShardSampler, MetricLogger, Precision,
                                   SeededSampler, TrainState, load_checkpoint, save_checkpoint, select_device)
 from dsnet_trainer.errors import CheckpointError, DeviceError
@@ -137,7 +138,7 @@ class _Evil:
 def test_pickled_code_is_refused(tmp_path):
     # weights_only=True refuses arbitrary objects: a checkpoint carrying one is rejected.
     bad = tmp_path / "evil.pt"
-    torch.save({"format": engine.CHECKPOINT_FORMAT, "version": 1, "obj": _Evil()}, bad)
+    torch.save({"format": engine.CHECKPOINT_FORMAT, "version": engine.CHECKPOINT_VERSION, "obj": _Evil()}, bad)
     with pytest.raises(CheckpointError, match="evil.pt"):
         load_checkpoint(bad)
 
@@ -160,7 +161,8 @@ def test_checkpoint_manager_files_and_resume(tmp_path):
     mgr = CheckpointManager(tmp_path / "ck", every_n_epochs=2)
     assert mgr.resolve_resume("auto") is None and mgr.resolve_resume(None) is None
     for epoch, improved in [(1, True), (2, False), (3, True), (4, False)]:
-        mgr.save({"format": engine.CHECKPOINT_FORMAT, "version": 1, "kind": "t", "epoch": epoch},
+        mgr.save({"format": engine.CHECKPOINT_FORMAT, "version": engine.CHECKPOINT_VERSION, "kind": "t",
+                  "epoch": epoch, "modules": {}, "weights_sha256": weights_sha256({})},
                  epoch=epoch, improved=improved)
     names = sorted(p.name for p in (tmp_path / "ck").iterdir())
     assert names == ["best.pt", "epoch_0002.pt", "epoch_0004.pt", "last.pt"]
