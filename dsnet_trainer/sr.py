@@ -636,7 +636,7 @@ class _Stage:
         try:
             engine.fit(state, epochs=epochs, train_epoch=train_epoch, evaluate=lambda e: self.evaluate(generator),
                        checkpoints=self.checkpoints, logger=self.logger, ctx=self.ctx, monitor="psnr", mode="max",
-                       val_every_epochs=self.cfg.loop.val_every_epochs)
+                       val_every_epochs=self.cfg.loop.val_every_epochs, select_k=self.cfg.loop.select_k)
         except BaseException:
             self.logger.close()  # keep what was logged; the resume drops rows after its checkpoint
             raise

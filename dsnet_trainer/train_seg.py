@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
@@ -175,7 +175,7 @@ class SegConfig:
     data: SegDataConfig = field(default_factory=SegDataConfig)
     model: SegModelConfig = field(default_factory=SegModelConfig)
     optim: SegOptimConfig = field(default_factory=SegOptimConfig)
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(batch_size=4))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(batch_size=4, select_k=5))
 
 
 # ============================================================================================
@@ -327,7 +327,8 @@ def load_seg_model(checkpoint: str | Path, *, map_location: str = "cpu"):
     """Rebuild a trained segmentation network from a seg checkpoint alone (eval mode).
 
     Returns ``(net, info)``; ``info`` holds ``config`` (the run's :class:`SegConfig` as a dict),
-    ``variant``, ``crop_px``, ``level_hu``, ``width_hu``, ``epoch``.
+    ``seg_config`` (the same, typed), ``variant``, ``crop_px``, ``level_hu``, ``width_hu``,
+    ``epoch``, ``teacher_arch`` (the teacher record, with its training patients; None without a teacher).
 
     Raises
     ------
@@ -351,7 +352,8 @@ def load_seg_model(checkpoint: str | Path, *, map_location: str = "cpu"):
                               f"{str(exc).splitlines()[0][:300]}") from exc
     net.eval()
     info = {"config": to_dict(cfg), "variant": cfg.model.variant, "crop_px": cfg.data.crop_px,
-            "level_hu": cfg.data.level_hu, "width_hu": cfg.data.width_hu, "epoch": int(ckpt.get("epoch", 0))}
+            "level_hu": cfg.data.level_hu, "width_hu": cfg.data.width_hu, "epoch": int(ckpt.get("epoch", 0)),
+            "teacher_arch": arch, "seg_config": cfg}
     return net, info
 
 
@@ -412,12 +414,30 @@ def teacher_leak_check(cfg: SegConfig, teacher_arch: Mapping[str, Any] | None, *
             "n_overlap": len(overlap), "overlap": overlap[:20]}
 
 
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def format_epoch_line(r) -> str:
+    """One progress line per epoch (an :class:`~dsnet_trainer.engine.EpochReport`)."""
+    parts = [f"epoch {r.epoch}/{r.epochs}", f"loss {r.train.get('loss', float('nan')):.4f}"]
+    if "dice" in r.val:
+        parts.append(f"val Dice {100 * r.val['dice']:.2f}")
+    if r.selected_epoch is not None:
+        parts.append(f"selected epoch {r.selected_epoch} (window mean {100 * r.selected_score:.2f})")
+    parts.append(f"elapsed {_duration(r.elapsed_s)}, ~{_duration(r.remaining_s)} left")
+    return " | ".join(parts)
+
+
 def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] | None = None,
-              command: str = "") -> Path:
+              command: str = "", log: Callable[[str], None] | None = None) -> Path:
     """Train ``cfg.model.variant`` on ``cfg.data``; return the run folder.
 
     ``teacher``/``teacher_arch``: see :func:`build_from_config` (tests pass a module; the CLI
-    passes nothing and ``model.teacher`` names the SR checkpoint).
+    passes nothing and ``model.teacher`` names the SR checkpoint). ``log``: receives human
+    progress lines (resume notice, one line per epoch: validation Dice, the selected epoch so
+    far, elapsed and remaining time); the CLI prints them on stderr. Rank 0 only.
 
     Raises
     ------
@@ -478,6 +498,8 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
         resume = checkpoints.resolve_resume(cfg.resume, option="resume")
         if resume is not None:
             state.load_state_dict(engine.load_checkpoint(resume, expect_kind=CHECKPOINT_KIND), source=resume)
+            if log is not None and ctx.is_main:
+                log(f"resuming from epoch {state.epoch} of {cfg.optim.epochs} (checkpoint {resume})")
             # The schedule follows the *current* optim.epochs / lr (a resumed run may extend it):
             # the optimisers' saved learning rates come from the old schedule.
             poly = _poly(cfg.optim.epochs, cfg.optim.poly_power)
@@ -579,11 +601,14 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
             engine.fit(state, epochs=w.epochs, train_epoch=train_epoch,
                        evaluate=evaluate if val_ds is not None else None, checkpoints=checkpoints, logger=logger,
                        ctx=ctx, monitor="dice" if val_ds is not None else None, mode="max",
-                       val_every_epochs=loop.val_every_epochs)
+                       val_every_epochs=loop.val_every_epochs, select_k=loop.select_k,
+                       on_epoch=(lambda r: log(format_epoch_line(r))) if log is not None else None)
         finally:
             logger.close()
         if ctx.is_main:
-            engine.plot_curves(logger.jsonl_path, Path(out) / "curves.png", title=f"{variant.name}: {variant.row}")
+            engine.plot_curves(logger.jsonl_path, Path(out) / "curves.png", title=f"{variant.name}: {variant.row}",
+                               selected_epoch=state.extra.get("selected_epoch"),
+                               selection_rule=f"mean val Dice of the last {loop.select_k} validations")
         return Path(out)
     finally:
         engine.shutdown_distributed(ctx)
