@@ -214,7 +214,7 @@ def inspect(path: Path, sample_index: int | None) -> None:
         attrs = {k: v for k, v in shard.attrs.items() if k not in ("recipe_json", "rejects_json", "label_params_json")}
         info = {
             "path": str(path), "attrs": attrs,
-            "arrays": {name: {"shape": list(ds.shape), "dtype": str(ds.dtype)} for name, ds in shard.file.items()},
+            "arrays": {name: {"shape": list(ds.shape), "dtype": _dtype_name(ds)} for name, ds in shard.file.items()},
             "sample_ids": shard.sample_ids[:10], "n_rejects": len(shard.rejects()),
         }
         if sample_index is not None:
@@ -222,6 +222,12 @@ def inspect(path: Path, sample_index: int | None) -> None:
             info["sample"] = {k: ({"shape": list(v.shape), "min": float(v.min()), "max": float(v.max())}
                                   if hasattr(v, "shape") and v.ndim == 2 else v) for k, v in sample.items()}
     _emit(info)
+
+
+def _dtype_name(ds) -> str:
+    import h5py
+
+    return "str (variable-length UTF-8)" if h5py.check_string_dtype(ds.dtype) else str(ds.dtype)
 
 
 @main.command()
