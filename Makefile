@@ -14,7 +14,7 @@ STAMP    := $(VENV)/.installed
 
 export SOFTMASK_SHARED_DATA ?= $(SHARED_DATA)
 
-.PHONY: setup test test-all lnsm lidc masks slices release preview bench bench-accuracy bench-build \
+.PHONY: setup test test-all test-export export-nnunet export-monai lnsm lidc masks slices release preview bench bench-accuracy bench-build \
         pretrain-sr train evaluate bench-loader figures clean
 
 setup: $(STAMP)
@@ -31,6 +31,30 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow"
+
+# The `export` extra (nnunetv2, monai, datasets, mlcroissant, nibabel) is heavy: `make test`
+# deselects its tests; this installs it (torch kept at $(TORCH), never a CUDA build) and runs them.
+EXPORT_STAMP := $(VENV)/.installed-export
+$(EXPORT_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet $(TORCH) -e ".[test,train,export]"
+	touch $(EXPORT_STAMP)
+
+test-export: $(EXPORT_STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m export --durations=10
+
+# Exports of a verified build (default build/lnsm): nnU-Net v2 raw dataset, MONAI datalist.
+BUILD_DIR ?= build/lnsm
+NNUNET_RAW ?= build/nnUNet_raw
+NNUNET_PREPROCESSED ?= build/nnUNet_preprocessed
+DATASET_ID ?= 501
+MONAI_OUT ?= build/monai/lnsm
+export-nnunet: $(EXPORT_STAMP)
+	@test -f "$(BUILD_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(BUILD_DIR)"
+	$(BIN)/softmask export nnunet "$(BUILD_DIR)" --dataset-id $(DATASET_ID) --out "$(NNUNET_RAW)" --splits-final --preprocessed "$(NNUNET_PREPROCESSED)" --overwrite $(if $(BAND_AS_IGNORE),--band-as-ignore,)
+
+export-monai: $(EXPORT_STAMP)
+	@test -f "$(BUILD_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(BUILD_DIR)"
+	$(BIN)/softmask export monai "$(BUILD_DIR)" --out "$(MONAI_OUT)" --overwrite
 
 # --- datasets -------------------------------------------------------------------------------
 # Every build target takes OUT= (default build/<dataset>) and JOBS=; see `softmask --help`.

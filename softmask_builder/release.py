@@ -23,7 +23,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError, SoftMaskError
-from .shards import SCHEMA_VERSION, check_shard, open_shard, parse_shard_name, sha256_file
+from .shards import READABLE_VERSIONS, SCHEMA_VERSION, check_shard, open_shard, parse_shard_name, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .build import BuildResult
@@ -298,8 +298,9 @@ def verify(out: str | Path) -> VerifyReport:
     try:
         dataset, shards = manifest["dataset"], manifest["shards"]
         recipe_sha = manifest["recipe_sha256"]
-        if manifest.get("schema_version") != SCHEMA_VERSION:
-            problems.append(f"manifest schema_version {manifest.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        schema_version = manifest.get("schema_version")
+        if schema_version not in READABLE_VERSIONS:
+            problems.append(f"manifest schema_version {schema_version!r}, expected one of {list(READABLE_VERSIONS)}")
         split_samples: dict[str, int] = {}
         split_counts: dict[str, list[tuple[int, int]]] = {}
         patients: dict[str, set[str]] = {}
@@ -323,7 +324,10 @@ def verify(out: str | Path) -> VerifyReport:
                 with open_shard(out / name) as shard:
                     attrs = shard.attrs
                     n = shard.n_samples
-                    shard_patients = {bytes(p).decode() for p in shard.meta["patient"]}
+                    shard_patients = set(shard.meta_column("patient"))
+                    if shard.schema_version != schema_version:
+                        problems.append(f"shard {name}: schema_version {shard.schema_version}, manifest says "
+                                        f"{schema_version}")
             except (SoftMaskError, OSError, RuntimeError, ValueError) as exc:
                 problems.append(f"shard {name}: unreadable ({exc})")
                 continue
