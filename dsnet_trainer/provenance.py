@@ -48,17 +48,20 @@ def shard_namespace(attrs: Mapping) -> str:
 def patients_per_sample(paths: Iterable[str | Path]) -> list[tuple[str, str]]:
     """``(namespace, patient id)`` of every sample of ``paths``, in order (global positions).
 
-    Opened with ``locking=False`` like the trainer's datasets (:mod:`.data`), which may hold the
+    Fields are read with :func:`softmask_builder.shards.read_meta_column` (either schema
+    version); the file is opened with ``locking=False`` like the trainer's datasets (:mod:`.data`), which may hold the
     same files open in this process: HDF5 refuses a second handle with other locking flags."""
     import h5py
+
+    from softmask_builder.shards import read_meta_column
 
     out: list[tuple[str, str]] = []
     for p in paths:
         with h5py.File(p, "r", locking=False) as fh:
             attrs = {k: (v.decode("utf-8") if isinstance(v, bytes) else v) for k, v in fh.attrs.items()}
             ns = shard_namespace(attrs)
-            patients = fh["meta"]["patient"][()]
-        out.extend((ns, bytes(raw).decode("utf-8").rstrip("\x00")) for raw in patients)
+            patients = read_meta_column(fh, "patient")  # either schema version (shards.py owns it)
+        out.extend((ns, str(pid)) for pid in patients)
     return out
 
 

@@ -253,8 +253,10 @@ def _teacher(path: Path, patients: dict[str, list[str]] | None) -> Path:
 
 
 def _patients(ds: Path, split: str) -> list[str]:
-    with h5py.File(_shard(ds, split), "r") as f:
-        return sorted({bytes(p).decode() for p in f["meta"]["patient"][()]})
+    from softmask_builder.shards import open_shard
+
+    with open_shard(_shard(ds, split)) as shard:
+        return sorted({str(p) for p in shard.meta_column("patient")})
 
 
 def test_teacher_that_saw_a_test_patient_is_refused(ds, tmp_path):
@@ -304,8 +306,10 @@ def test_predictions_folder_missing_a_crop(ds, tmp_path):
 def test_predictions_of_the_wrong_shape(ds, tmp_path):
     pred = tmp_path / "pred"
     pred.mkdir()
-    with h5py.File(_shard(ds, "test"), "r") as f:
-        ids = [bytes(s).decode() for s in f["meta"]["sample_id"][()]]
+    from softmask_builder.shards import open_shard
+
+    with open_shard(_shard(ds, "test")) as shard:
+        ids = shard.sample_ids
     for sid in ids:
         np.savez(pred / f"{sid}.npz", probabilities=np.zeros((2, 1, 32, 32), np.float32))
     res = CliRunner().invoke(main, ["evaluate", "--predictions", str(pred), "--data", str(ds)])
