@@ -15,7 +15,7 @@ STAMP    := $(VENV)/.installed
 export SOFTMASK_SHARED_DATA ?= $(SHARED_DATA)
 
 .PHONY: setup test test-all test-export export-nnunet export-monai lnsm lidc masks slices release preview bench bench-accuracy bench-build \
-        pretrain-sr train evaluate bench-loader figures clean
+        pretrain-sr train evaluate tables nnunet-baseline bench-loader figures clean
 
 setup: $(STAMP)
 
@@ -114,10 +114,14 @@ SR_SOURCE ?= build/lnsm/phantom-source
 SR_SLICES ?= build/sample-slices
 SR_CONFIG ?= sr_tiny
 TEACHER  ?= runs/sr-$(SR_CONFIG)/teacher.pt
+# The teacher trains only on slices of patients of LNSM_DIR's train split (--train-patients-from),
+# so no DRTM row's teacher has seen a segmentation val/test patient; TEACHER_OVERLAP=1 reproduces
+# the paper's setting (every slice) instead.
 pretrain-sr: $(STAMP)
+	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
 	$(if $(DEEPLESION),,$(BIN)/softmask phantom --out "$(SR_SOURCE)" > /dev/null)
 	$(BIN)/softmask build slices "$(if $(DEEPLESION),$(DEEPLESION),$(SR_SOURCE))" --recipe slices --out "$(SR_SLICES)" --no-progress > /dev/null
-	$(BIN)/dsnet pretrain-sr --data "$(SR_SLICES)" --out runs/sr-$(SR_CONFIG) --config $(SR_CONFIG) --resume auto
+	$(BIN)/dsnet pretrain-sr --data "$(SR_SLICES)" --out runs/sr-$(SR_CONFIG) --config $(SR_CONFIG) --resume auto $(if $(TEACHER_OVERLAP),,--train-patients-from "$(LNSM_DIR)")
 
 # DSNet on the LNSM shards (`make lnsm` first; it is run if absent). VARIANT= picks a Table
 # III/IV/V row (unet, backbone, sr_input, drtm, drtm_soft, dsnet, dsnet_no_detail, ...).
@@ -131,6 +135,26 @@ train: $(STAMP)
 
 evaluate: $(STAMP)
 	$(BIN)/dsnet evaluate --checkpoint "$(SEG_RUN)/checkpoints/best.pt" --data "$(LNSM_DIR)"
+
+# Tables III-V: every (row, seed) trained and evaluated once (finished runs skipped, so it can be
+# run in several sittings), then TABLES.md with seed spreads, paired per-crop CIs, Dice by size.
+# TABLES_SET= passes config overrides (e.g. TABLES_SET="-s optim.epochs=30"); NNUNET_EVAL= adds
+# `dsnet evaluate --predictions` report folders (nnU-Net runs) as a row.
+TABLES_OUT ?= runs/tables
+TABLES_SET ?=
+NNUNET_EVAL ?=
+tables: $(STAMP)
+	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
+	@test -f "$(TEACHER)" || $(MAKE) pretrain-sr
+	$(PY) scripts/run_tables.py --data "$(LNSM_DIR)" --teacher "$(TEACHER)" --out "$(TABLES_OUT)" --config $(SEG_CONFIG) $(TABLES_SET) $(foreach d,$(NNUNET_EVAL),--nnunet "$(d)")
+
+# nnU-Net v2 2-D baseline through the nnU-Net export, scored by `dsnet evaluate --predictions`.
+NNUNET_WORK ?= runs/nnunet
+NNUNET_TRAINER ?= nnUNetTrainer_5epochs
+NNUNET_RUN ?= 0
+nnunet-baseline: $(EXPORT_STAMP)
+	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
+	BIN=$(BIN) DATASET_ID=$(DATASET_ID) scripts/nnunet_baseline.sh "$(LNSM_DIR)" "$(NNUNET_WORK)" $(NNUNET_TRAINER) $(NNUNET_RUN)
 
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/bench_accuracy.py
