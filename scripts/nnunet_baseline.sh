@@ -43,8 +43,9 @@ if [ ! -f "$WORK/.exported" ]; then
 fi
 if [ ! -f "$WORK/.preprocessed" ]; then
   step "plan and preprocess (2d)"
-  # plan_and_preprocess would overwrite splits_final.json? No: nnU-Net only writes it when absent.
-  "$BIN/nnUNetv2_plan_and_preprocess" -d "$DATASET_ID" -c 2d -np "$NP" --verify_dataset_integrity
+  # nnU-Net writes splits_final.json only when absent: the export's fold 0 (our train / val) stays.
+  # the planner calls torch.set_num_threads(nnUNet_n_proc_DA), which must be >= 1
+  nnUNet_n_proc_DA=1 "$BIN/nnUNetv2_plan_and_preprocess" -d "$DATASET_ID" -c 2d -np "$NP" --verify_dataset_integrity
   touch "$WORK/.preprocessed"
 fi
 MARK="$nnUNet_results/.trained-$TRAINER"
