@@ -1,11 +1,13 @@
-"""The self-supervised x4 super-resolution teacher (DSNet, Sec. III-B3 (1)).
+"""The self-supervised x4 super-resolution teacher (DSNet, Sec. III-B3 (1)):
+SRResNet + adversarial fine-tuning, no VGG content loss.
 
-CT slices are down-sampled x4 (512 -> 128) and an SRGAN learns to restore them; its generator,
-frozen, later gives DSNet's DRTM its detail features. Training runs in two stages, as SRGAN
-must (Ledig et al. 2017):
+CT slices are down-sampled x4 (512 -> 128) and an SR network learns to restore them (the paper
+uses an SRGAN; without its VGG content loss ours is not SRGAN, though stage names and paths keep
+"srgan"); its generator, frozen, later gives DSNet's DRTM its detail features. Training runs in
+two stages, as SRGAN training must (Ledig et al. 2017):
 
 1. **SRResNet** -- the generator alone with a pixel loss (L1 or MSE).
-2. **SRGAN** -- adversarial fine-tuning *starting from stage 1's generator* with a VGG-style
+2. **adversarial fine-tuning** (stage "srgan") -- *starting from stage 1's generator* with a VGG-style
    discriminator: pixel loss + ``adv_weight`` x BCE adversarial loss + optional
    ``feature_weight`` x discriminator feature matching. No pretrained network (VGG) can be
    downloaded here, so the paper's VGG content loss is replaced by these offline terms.
@@ -901,7 +903,7 @@ def format_report(report: dict[str, Any]) -> str:
              f"Teacher exported from: {report.get('teacher', '?')}.", "",
              "| method | PSNR (dB) | SSIM | PSNR gain vs bicubic (dB) |", "|---|---|---|---|"]
     base = report["bicubic"]["psnr"]
-    for name, label in (("bicubic", "bicubic"), ("srresnet", "SRResNet (stage 1)"), ("srgan", "SRGAN (stage 2)")):
+    for name, label in (("bicubic", "bicubic"), ("srresnet", "SRResNet (stage 1)"), ("srgan", "+ adversarial fine-tuning (stage 2)")):
         if name in report:
             m = report[name]
             lines.append(f"| {label} | {m['psnr']:.3f} | {m['ssim']:.4f} | {m['psnr'] - base:+.3f} |")

@@ -22,7 +22,7 @@ def _run(args):
 def test_tiny_run_prints_the_report(tmp_path, slice_shards):
     res = _run(["--data", str(slice_shards), "--out", str(tmp_path / "run"), *QUICK])
     assert res.exit_code == 0, res.output
-    assert "| bicubic |" in res.stdout and "| SRGAN (stage 2) |" in res.stdout
+    assert "| bicubic |" in res.stdout and "| + adversarial fine-tuning (stage 2) |" in res.stdout
     assert f"teacher: {tmp_path / 'run' / 'teacher.pt'}" in res.stdout
     assert "next: dsnet train" in res.stderr.splitlines()[-1]  # the closing human summary
     again = _run(["--data", str(slice_shards), "--out", str(tmp_path / "run"), "--resume", "auto", *QUICK])
