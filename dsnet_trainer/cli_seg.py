@@ -221,14 +221,14 @@ def compare_cmd(reports, names, out):
 
 
 @click.command("predict")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False))
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="best.pt / last.pt of a run.")
 @click.option("--input", "inputs", required=True, multiple=True,
               help="Sample shards (files or a folder of .h5) or a folder of .npy/.png/.dcm crops.")
 @click.option("--out", required=True, help="Output folder.")
 @click.option("--split", default=None, help="With shards: only this split.")
 @click.option("--threshold", default=0.5, show_default=True, type=float, help="Binary mask threshold.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Crops per forward pass.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @_friendly
 def predict_cmd(checkpoint, inputs, out, split, threshold, batch_size, device):
     """Soft Mask and binary mask for every crop of shards or of a folder of crop files."""
@@ -245,12 +245,13 @@ def predict_cmd(checkpoint, inputs, out, split, threshold, batch_size, device):
 
 
 @click.command("export")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False))
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="best.pt / last.pt of a run.")
 @click.option("--out", required=True, help="Output file (.pt for torchscript, .pt2 for exported).")
 @click.option("--format", "fmt", type=click.Choice(["torchscript", "exported"]), default="torchscript",
-              show_default=True)
+              show_default=True, help="torchscript (.pt) or torch.export (.pt2).")
 @click.option("--data", default=None, help="Shards whose crops are added to the eager-vs-exported check.")
-@click.option("--atol", default=1e-5, show_default=True, type=float)
+@click.option("--atol", default=1e-5, show_default=True, type=float,
+              help="Largest allowed difference between eager and exported outputs.")
 @_friendly
 def export_cmd(checkpoint, out, fmt, data, atol):
     """TorchScript (or torch.export) module: HU crop in, (prob, Soft Mask) out; checked against eager."""

@@ -77,3 +77,14 @@ def test_teacher_info(tmp_path, slice_shards):
     assert summary["feature_channels"] == 16 and summary["window_level_hu"] == -600.0
     bad = CliRunner().invoke(main, ["teacher-info", str(tmp_path / "none.pt")])
     assert bad.exit_code == 2 and "none.pt" in bad.output
+
+
+def test_every_dsnet_option_has_help():
+    import click
+
+    missing = []
+    for name, cmd in main.commands.items():
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.help:
+                missing.append(f"dsnet {name} {p.opts[0]}")
+    assert not missing, missing
