@@ -90,8 +90,8 @@ class LoopConfig:
         CPU machine 1 is often several times faster than oversubscribed defaults.
     select_k : int
         Model-selection rule for ``best.pt``: the checkpoint saved at the end of the window of
-        ``select_k`` consecutive validations with the highest mean monitored metric (fewer at the
-        start of a run). 1 = the single best validation (noisy on small validation splits);
+        ``select_k`` consecutive validations with the highest mean monitored metric (only full
+        windows compete; a run with fewer validations is scored at its last epoch). 1 = the single best validation (noisy on small validation splits);
         DSNet configs use 5 (see docs/TRAINING.md, "Model selection").
     """
 

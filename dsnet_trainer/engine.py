@@ -962,8 +962,9 @@ def fit(state: TrainState, *, epochs: int, train_epoch: Callable[[int], Mapping[
     when the selection improves, every N). Returns ``state``.
 
     Selection rule: after each validation, the score is the mean of the monitored metric over
-    the last ``select_k`` validations (fewer while fewer exist); ``best.pt`` is the checkpoint
-    at the end of the window with the best score. ``select_k=1`` is the single best validation.
+    the last ``select_k`` validations, once ``select_k`` exist (a run with fewer validations in
+    all is scored at its last epoch over those it has); ``best.pt`` is the checkpoint at the end
+    of the window with the best score. ``select_k=1`` is the single best validation.
     The history lives in ``state.extra["val_history"]`` so a resumed run selects identically.
     ``on_epoch`` (rank 0) receives an :class:`EpochReport` after each epoch.
     """
@@ -989,7 +990,10 @@ def fit(state: TrainState, *, epochs: int, train_epoch: Callable[[int], Mapping[
         value = val_metrics.get(monitor) if monitor else None
         if value is not None and math.isfinite(float(value)):
             history.append([float(state.epoch), float(value)])
-            score = _window_score(history, select_k)
+            # only full windows compete (an early lucky validation cannot win alone); a run too
+            # short for one full window is scored at its last epoch with what it has
+            if len(history) >= select_k or last:
+                score = _window_score(history, select_k)
         improved = state.update_best(score, mode)
         if improved:
             state.extra["selected_epoch"] = state.epoch

@@ -273,3 +273,28 @@ def test_fit_tracks_best_and_checkpoints(tmp_path):
     assert load_checkpoint(tmp_path / "ck" / "best.pt")["epoch"] == 2
     assert load_checkpoint(tmp_path / "ck" / "last.pt")["epoch"] == 3
     assert sched.last_epoch == 3  # stepped once per epoch
+
+
+def test_selection_rule_mean_of_last_k_validations(tmp_path):
+    # validations 0.9 (lucky, alone), 0.1, 0.5, 0.6, 0.7: with k = 3 the first full window ends at
+    # epoch 3 (mean 0.5), then epoch 4 (0.4), epoch 5 (0.6) -> selected epoch 5, not the lucky epoch 1
+    state, model, opt, _ = _toy_state()
+    vals = iter([0.9, 0.1, 0.5, 0.6, 0.7])
+
+    def train_epoch(epoch):
+        opt.zero_grad()
+        model(torch.ones(2, 3)).sum().backward()
+        opt.step()
+        state.step += 1
+        return {"loss": 1.0}
+
+    ckpts = CheckpointManager(tmp_path / "ck")
+    logger = MetricLogger(tmp_path, tensorboard=False)
+    seen = []
+    engine.fit(state, epochs=5, train_epoch=train_epoch, evaluate=lambda e: {"dice": next(vals)},
+               checkpoints=ckpts, logger=logger, ctx=DistContext(), monitor="dice", select_k=3,
+               on_epoch=lambda r: seen.append(r.selected_epoch))
+    logger.close()
+    assert seen == [None, None, 3, 3, 5]
+    assert state.best_metric == pytest.approx((0.5 + 0.6 + 0.7) / 3)
+    assert load_checkpoint(ckpts.best_path)["epoch"] == 5
