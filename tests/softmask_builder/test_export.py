@@ -225,3 +225,50 @@ def test_docs_monai_example_trains_one_step_on_the_soft_mask(build, tmp_path):
     assert abs(loss.detach().item() - want.item()) < 1e-5
     after = scope["net"](batch["image"])
     assert not torch.equal(after, logits)  # the step changed the network
+
+
+# ---------------------------------------------------------------------------- Hub and Croissant
+def test_datasets_loads_every_field_as_the_card_declares(build, tmp_path):
+    datasets = pytest.importorskip("datasets", reason="the export extra is not installed (datasets)")
+    import yaml
+
+    card = (build / "DATASET_CARD.md").read_text()
+    front = yaml.safe_load(card[4:card.index("\n---\n", 4)])
+    # The Hub reads a folder's README.md: a copy of the build with the card under that name.
+    hub = tmp_path / "hub"
+    shutil.copytree(build, hub)
+    (hub / "README.md").write_text(card)
+    loaded = datasets.load_dataset(str(hub), cache_dir=str(tmp_path / "cache"))
+    declared = datasets.Features._from_yaml_list(front["dataset_info"]["features"])
+    for split in ("train", "val", "test"):
+        ds = loaded[split]
+        assert ds.features == declared
+        samples = shard_samples(build, split)
+        assert ds.num_rows == len(samples) > 0
+        rows = ds.with_format("numpy")
+        for i, sample in enumerate(samples):
+            row = rows[i]
+            assert set(row) == set(sample)
+            for key, value in sample.items():
+                if isinstance(value, str):
+                    assert row[key] == value, key
+                else:
+                    np.testing.assert_array_equal(np.asarray(row[key]), np.asarray(value), err_msg=key)
+
+
+@pytest.mark.filterwarnings("ignore:ConjunctiveGraph is deprecated:DeprecationWarning")  # rdflib inside mlcroissant
+def test_croissant_validates_with_mlcroissant(build):
+    mlc = pytest.importorskip("mlcroissant", reason="the export extra is not installed (mlcroissant)")
+    dataset = mlc.Dataset(jsonld=str(build / "croissant.json"))  # raises ValidationError on any error
+    issues = dataset.metadata.ctx.issues
+    assert not issues.errors
+    # The one warning: datePublished is left out on purpose (no time stamps in a build).
+    assert all("datePublished" in w for w in issues.warnings), issues.warnings
+    fields = {f.name for f in dataset.metadata.record_sets[0].fields}
+    with open_shard(next(build.glob("*-train-*.h5"))) as shard:
+        assert fields == set(shard.file)
+    # Control: a broken reference is an error mlcroissant reports.
+    doc = json.loads((build / "croissant.json").read_text())
+    doc["recordSet"][0]["field"][0]["source"]["fileSet"]["@id"] = "nowhere"
+    with pytest.raises(mlc.ValidationError):
+        mlc.Dataset(jsonld=doc)
