@@ -12,8 +12,8 @@ data folder (``--no-verify`` skips it, saying so on stderr). Two levels:
    against ``SHA256SUMS`` and the manifest, the schema and value domains of every shard, split
    counts, patients in one split only). A success is remembered in a small file under
    ``$XDG_CACHE_HOME/softmask/verified/`` (default ``~/.cache``), never inside the dataset,
-   keyed by the manifest's and ``SHA256SUMS``' bytes and every listed file's size and
-   modification time: a changed file is verified again. (A byte changed behind an unchanged
+   keyed by the manifest's and ``SHA256SUMS``' bytes and the size and modification time of every
+   file they list: a changed file is verified again. (A byte changed behind an unchanged
    size and mtime -- ``touch -r`` -- is not seen until the cache entry is removed.)
 
 A failed level-1 check raises :class:`DatasetMismatchError` (an :class:`InputError`: exit 2),
@@ -150,7 +150,11 @@ def check_dataset(root: str | Path, *, kind: str, verify_hashes: bool = True, op
     check = DatasetCheck(root, "manifest", len(entries))
     if not verify_hashes:
         return check
-    key = _cache_key(root, manifest_bytes, names + [MANIFEST, SUMS, "rejects.csv", "DATASET_CARD.md"])
+    listed = []  # every file SHA256SUMS covers (card, rejects, croissant.json, ...) is part of the key
+    if (root / SUMS).is_file():
+        listed = [ln.split("  ", 1)[1].lstrip("*") for ln in (root / SUMS).read_text(errors="replace").splitlines()
+                  if "  " in ln]
+    key = _cache_key(root, manifest_bytes, names + listed + [MANIFEST, SUMS])
     marker = cache_dir() / f"{key}.json"
     if marker.is_file():
         check.level = "cached"
