@@ -14,8 +14,9 @@ STAMP    := $(VENV)/.installed
 
 export SOFTMASK_SHARED_DATA ?= $(SHARED_DATA)
 
-.PHONY: setup test test-all lnsm lidc masks slices release preview bench bench-accuracy bench-accuracy-hybrid calibrate bench-build \
-        pretrain-sr train evaluate bench-loader figures clean
+.PHONY: setup test test-all test-export export-nnunet export-monai lnsm lidc masks slices release preview bench \
+        bench-accuracy bench-accuracy-hybrid calibrate bench-build pretrain-sr train evaluate tables nnunet-baseline \
+        bench-loader figures clean
 
 setup: $(STAMP)
 
@@ -31,6 +32,30 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow"
+
+# The `export` extra (nnunetv2, monai, datasets, mlcroissant, nibabel) is heavy: `make test`
+# deselects its tests; this installs it (torch kept at $(TORCH), never a CUDA build) and runs them.
+EXPORT_STAMP := $(VENV)/.installed-export
+$(EXPORT_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet $(TORCH) -e ".[test,train,export]"
+	touch $(EXPORT_STAMP)
+
+test-export: $(EXPORT_STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m export --durations=10
+
+# Exports of a verified build (default build/lnsm): nnU-Net v2 raw dataset, MONAI datalist.
+BUILD_DIR ?= build/lnsm
+NNUNET_RAW ?= build/nnUNet_raw
+NNUNET_PREPROCESSED ?= build/nnUNet_preprocessed
+DATASET_ID ?= 501
+MONAI_OUT ?= build/monai/lnsm
+export-nnunet: $(EXPORT_STAMP)
+	@test -f "$(BUILD_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(BUILD_DIR)"
+	$(BIN)/softmask export nnunet "$(BUILD_DIR)" --dataset-id $(DATASET_ID) --out "$(NNUNET_RAW)" --splits-final --preprocessed "$(NNUNET_PREPROCESSED)" --overwrite $(if $(BAND_AS_IGNORE),--band-as-ignore,)
+
+export-monai: $(EXPORT_STAMP)
+	@test -f "$(BUILD_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(BUILD_DIR)"
+	$(BIN)/softmask export monai "$(BUILD_DIR)" --out "$(MONAI_OUT)" --overwrite
 
 # --- datasets -------------------------------------------------------------------------------
 # Every build target takes OUT= (default build/<dataset>) and JOBS=; see `softmask --help`.
@@ -93,10 +118,14 @@ SR_SOURCE ?= build/lnsm/phantom-source
 SR_SLICES ?= build/sample-slices
 SR_CONFIG ?= sr_tiny
 TEACHER  ?= runs/sr-$(SR_CONFIG)/teacher.pt
+# The teacher trains only on slices of patients of LNSM_DIR's train split (--train-patients-from),
+# so no DRTM row's teacher has seen a segmentation val/test patient; TEACHER_OVERLAP=1 reproduces
+# the paper's setting (every slice) instead.
 pretrain-sr: $(STAMP)
-	$(if $(DEEPLESION),,$(BIN)/softmask phantom --kind $(PHANTOM) --out "$(SR_SOURCE)" > /dev/null)
+	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
+	$(if $(DEEPLESION),,$(BIN)/softmask phantom --kind $(PHANTOM) --n $(N) --out "$(SR_SOURCE)" > /dev/null)
 	$(BIN)/softmask build slices "$(if $(DEEPLESION),$(DEEPLESION),$(SR_SOURCE))" --recipe slices --out "$(SR_SLICES)" --no-progress > /dev/null
-	$(BIN)/dsnet pretrain-sr --data "$(SR_SLICES)" --out runs/sr-$(SR_CONFIG) --config $(SR_CONFIG) --resume auto
+	$(BIN)/dsnet pretrain-sr --data "$(SR_SLICES)" --out runs/sr-$(SR_CONFIG) --config $(SR_CONFIG) --resume auto $(if $(TEACHER_OVERLAP),,--train-patients-from "$(LNSM_DIR)")
 
 # DSNet on the LNSM shards (`make lnsm` first; it is run if absent). VARIANT= picks a Table
 # III/IV/V row (unet, backbone, sr_input, drtm, drtm_soft, dsnet, dsnet_no_detail, ...).
@@ -110,6 +139,26 @@ train: $(STAMP)
 
 evaluate: $(STAMP)
 	$(BIN)/dsnet evaluate --checkpoint "$(SEG_RUN)/checkpoints/best.pt" --data "$(LNSM_DIR)"
+
+# Tables III-V: every (row, seed) trained and evaluated once (finished runs skipped, so it can be
+# run in several sittings), then TABLES.md with seed spreads, paired per-crop CIs, Dice by size.
+# TABLES_SET= passes config overrides (e.g. TABLES_SET="-s optim.epochs=30"); NNUNET_EVAL= adds
+# `dsnet evaluate --predictions` report folders (nnU-Net runs) as a row.
+TABLES_OUT ?= runs/tables
+TABLES_SET ?=
+NNUNET_EVAL ?=
+tables: $(STAMP)
+	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
+	@test -f "$(TEACHER)" || $(MAKE) pretrain-sr
+	$(PY) scripts/run_tables.py --data "$(LNSM_DIR)" --teacher "$(TEACHER)" --out "$(TABLES_OUT)" --config $(SEG_CONFIG) $(TABLES_SET) $(foreach d,$(NNUNET_EVAL),--nnunet "$(d)")
+
+# nnU-Net v2 2-D baseline through the nnU-Net export, scored by `dsnet evaluate --predictions`.
+NNUNET_WORK ?= runs/nnunet
+NNUNET_TRAINER ?= nnUNetTrainer_5epochs
+NNUNET_RUN ?= 0
+nnunet-baseline: $(EXPORT_STAMP)
+	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
+	BIN=$(BIN) DATASET_ID=$(DATASET_ID) scripts/nnunet_baseline.sh "$(LNSM_DIR)" "$(NNUNET_WORK)" $(NNUNET_TRAINER) $(NNUNET_RUN)
 
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/bench_accuracy.py

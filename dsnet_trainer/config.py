@@ -88,6 +88,11 @@ class LoopConfig:
     num_threads : int
         ``torch.set_num_threads`` for this process (0 = torch's default). On a shared or small
         CPU machine 1 is often several times faster than oversubscribed defaults.
+    select_k : int
+        Model-selection rule for ``best.pt``: the checkpoint saved at the end of the window of
+        ``select_k`` consecutive validations with the highest mean monitored metric (only full
+        windows compete; a run with fewer validations is scored at its last epoch). 1 = the single best validation (noisy on small validation splits);
+        DSNet configs use 5 (see docs/TRAINING.md, "Model selection").
     """
 
     seed: int = 0
@@ -105,8 +110,10 @@ class LoopConfig:
     tensorboard: bool = True
     grad_clip_norm: float = 0.0
     num_threads: int = 0
+    select_k: int = 1
 
     def __post_init__(self) -> None:
+        _check(self.select_k >= 1, "loop.select_k", self.select_k, ">= 1")
         _check(self.batch_size >= 1, "loop.batch_size", self.batch_size, ">= 1")
         _check(self.num_workers >= 0, "loop.num_workers", self.num_workers, ">= 0")
         _check(self.loader_timeout_s >= 0, "loop.loader_timeout_s", self.loader_timeout_s, ">= 0")

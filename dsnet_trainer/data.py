@@ -1,4 +1,4 @@
-"""Datasets over the builder's HDF5 shards (``docs/FORMAT.md``, schema version 1).
+"""Datasets over the builder's HDF5 shards (``docs/FORMAT.md``, schema versions 1 and 2).
 
 Two datasets, one reading contract:
 
@@ -11,7 +11,8 @@ Two datasets, one reading contract:
 Reading contract
 ----------------
 - Shards are validated when a dataset is built (:func:`inspect_shard`): ``schema_version`` must
-  be 1, ``kind`` must match (``samples`` or ``slices``), datasets, dtypes and shapes must be those
+  be one :mod:`softmask_builder.shards` reads (1 or 2; meta fields are read through its
+  version-independent functions), ``kind`` must match (``samples`` or ``slices``), datasets, dtypes and shapes must be those
   of FORMAT.md. Anything else raises :class:`~dsnet_trainer.errors.ShardError` naming the file.
 - HDF5 files are opened lazily, once per process, on first access (never inherited through
   ``fork``, never pickled for ``spawn``/``forkserver``); workers can be persistent.
@@ -46,19 +47,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from softmask_builder import shards as shard_format
 from softmask_builder.window import window_hu
 
 from .errors import ConfigError, InputError, ShardError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSIONS = shard_format.READABLE_VERSIONS
 DEFAULT_WINDOW_LEVEL_HU = -600.0
 DEFAULT_WINDOW_WIDTH_HU = 1500.0
 
 _SAMPLE_ARRAYS = {"image_hu": np.int16, "soft_mask": np.float32, "binary_mask": np.uint8, "trimap": np.uint8}
 _SLICE_ARRAYS = {"image_hu": np.int16}
-_SAMPLE_META = ("sample_id", "source_key", "patient", "split", "spacing_mm", "origin_px", "scale",
-                "recist_px", "n_readers", "lesion_type")
-_SLICE_META = ("sample_id", "source_key", "patient", "split", "spacing_mm")
 
 
 # ============================================================================================
@@ -173,7 +172,7 @@ def inspect_shard(path: str | Path, *, kind: str | None = None) -> ShardInfo:
     Raises
     ------
     ShardError
-        Missing or unreadable file, ``schema_version`` other than 1, another ``kind``, a missing
+        Missing or unreadable file, a ``schema_version`` other than 1 or 2, another ``kind``, a missing
         dataset, a wrong dtype or shape, a ``meta`` table of another length. Names the file.
     """
     path = Path(path)
@@ -191,9 +190,9 @@ def inspect_shard(path: str | Path, *, kind: str | None = None) -> ShardInfo:
             version = int(attrs["schema_version"])
         except (TypeError, ValueError) as exc:
             raise ShardError(f"shard {path}: schema_version {attrs['schema_version']!r} is not an integer") from exc
-        if version != SCHEMA_VERSION:
-            raise ShardError(f"shard {path} has schema_version {version}; this trainer reads version "
-                             f"{SCHEMA_VERSION} (rebuild the dataset with this toolkit's builder)")
+        if version not in SCHEMA_VERSIONS:
+            raise ShardError(f"shard {path} has schema_version {version}; this trainer reads versions "
+                             f"{', '.join(map(str, SCHEMA_VERSIONS))} (rebuild the dataset with this toolkit's builder)")
         found_kind = _attr_str(attrs.get("kind", "samples"))
         if found_kind not in ("samples", "slices"):
             raise ShardError(f"shard {path} has unknown kind {found_kind!r}")
@@ -201,7 +200,6 @@ def inspect_shard(path: str | Path, *, kind: str | None = None) -> ShardInfo:
             raise ShardError(f"shard {path} holds {found_kind!r}, expected {kind!r} "
                              f"({'sample crops for DSNet' if kind == 'samples' else 'CT slices for the SR teacher'})")
         arrays = _SAMPLE_ARRAYS if found_kind == "samples" else _SLICE_ARRAYS
-        meta_fields = _SAMPLE_META if found_kind == "samples" else _SLICE_META
         shape = None
         for name, dtype in arrays.items():
             if name not in fh or not isinstance(fh[name], h5py.Dataset):
@@ -215,19 +213,15 @@ def inspect_shard(path: str | Path, *, kind: str | None = None) -> ShardInfo:
                 shape = ds.shape
             elif ds.shape != shape:
                 raise ShardError(f"shard {path}: {name} shape {ds.shape} differs from image_hu {shape}")
-        if "meta" not in fh or fh["meta"].dtype.names is None:
-            raise ShardError(f"shard {path} lacks the compound dataset 'meta'")
-        missing = [f for f in meta_fields if f not in fh["meta"].dtype.names]
-        if missing:
-            raise ShardError(f"shard {path}: meta lacks fields {missing}")
-        if fh["meta"].shape != (shape[0],):
-            raise ShardError(f"shard {path}: meta has shape {fh['meta'].shape}, expected ({shape[0]},)")
+        problem = shard_format.meta_problem(fh, shape[0])
+        if problem:
+            raise ShardError(f"shard {path}: {problem}")
         if "n_samples" in attrs and int(attrs["n_samples"]) != shape[0]:
             raise ShardError(f"shard {path}: n_samples attribute {int(attrs['n_samples'])} != {shape[0]} stored")
         if "split" in attrs:
             split = _attr_str(attrs["split"])
         elif shape[0]:
-            split = _attr_str(fh["meta"][0]["split"])
+            split = shard_format.read_meta_column(fh, "split", 0)
         else:
             split = ""
         return ShardInfo(path=path, kind=found_kind, split=split, n_samples=int(shape[0]),
@@ -323,15 +317,19 @@ class _ShardReader:
         except (OSError, KeyError, ValueError) as exc:
             raise ShardError(f"shard {self.shards[s].path}: cannot read {name}[{local}] ({exc})") from exc
 
-    def meta(self, s: int, local: int) -> np.void:
-        return self.read(s, local, "meta")
+    def meta(self, s: int, local: int) -> dict[str, Any]:
+        """Every meta field of one sample (strings decoded), through the shard format's reader."""
+        try:
+            return shard_format.read_meta_row(self.file(s), local)
+        except (OSError, KeyError, ValueError) as exc:
+            raise ShardError(f"shard {self.shards[s].path}: cannot read meta[{local}] ({exc})") from exc
 
     def sample_id(self, s: int, local: int) -> str:
         """``meta["sample_id"]`` of one sample (the column is read once per shard and process)."""
         ids = self._ids.get(s)
         if ids is None:
             try:
-                ids = self._ids[s] = self.file(s)["meta"]["sample_id"]
+                ids = self._ids[s] = shard_format.read_meta_column(self.file(s), "sample_id")
             except (OSError, KeyError, ValueError) as exc:
                 raise ShardError(f"shard {self.shards[s].path}: cannot read meta ({exc})") from exc
         return _decode(ids[local])
@@ -501,7 +499,7 @@ class SliceShardDataset(Dataset):
         """``sample_id``, ``patient``, ``split`` of the ``slice_pos``-th slice of this dataset."""
         s, j = self.reader.locate(self.slice_indices[slice_pos])
         m = self.reader.meta(s, j)
-        return {k: _decode(m[k]) for k in ("sample_id", "patient", "split")}
+        return {k: m[k] for k in ("sample_id", "patient", "split")}
 
     def _hr_region(self, s: int, j: int, index: int, rng: np.random.Generator | None) -> np.ndarray:
         info = self.reader.shards[s]
@@ -552,8 +550,7 @@ def split_by_patient(dataset_shards: Sequence[ShardInfo], *, val_fraction: float
     patients: list[str] = []
     try:
         for s in range(len(reader.shards)):
-            meta = reader.file(s)["meta"]["patient"]
-            patients.extend(_decode(p) for p in meta)
+            patients.extend(shard_format.read_meta_column(reader.file(s), "patient"))
     finally:
         reader.close()
     uniq = sorted(set(patients))

@@ -64,7 +64,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from .errors import CheckpointError, DeviceError, InputError
 
 CHECKPOINT_FORMAT = "dsnet-trainer-checkpoint"
-CHECKPOINT_VERSION = 1
+# Version 2 adds ``weights_sha256`` (digest of ``modules``, checked on load); version 1 files are
+# refused with a message saying how to get a new one.
+CHECKPOINT_VERSION = 2
 
 
 # ============================================================================================
@@ -432,19 +434,39 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
+def _first_bytes_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a torch checkpoint, from its size and first bytes (None if it may be)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] != b"PK":  # torch.save writes a zip archive
+        return (f"not a checkpoint file ({size} bytes, starts with {head!r}; torch checkpoints are zip "
+                "archives starting with b'PK')")
+    return None
+
+
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
                     expect_kind: str | tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Load a trainer checkpoint with ``torch.load(weights_only=True)``.
+    """Load a trainer checkpoint with ``torch.load(weights_only=True)`` and check its weights.
 
     Raises
     ------
     CheckpointError
-        Missing file; unreadable, truncated or not weights-only loadable; not a trainer
-        checkpoint; ``kind`` other than ``expect_kind``. The message names the file.
+        Missing, empty, non-zip (e.g. text) file; unreadable, truncated or not weights-only
+        loadable; not a trainer checkpoint; an older checkpoint version (1: no weights digest);
+        weights whose sha256 differs from the recorded ``weights_sha256`` (corrupted or edited);
+        NaN or infinite weights; ``kind`` other than ``expect_kind``. The message names the file.
     """
+    from .digest import nonfinite_entries, weights_sha256
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    problem = _first_bytes_problem(path)
+    if problem:
+        raise CheckpointError(f"cannot read checkpoint {path}: {problem}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zip errors ...
@@ -452,13 +474,26 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise CheckpointError(f"cannot read checkpoint {path}: {first}") from exc
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a dsnet_trainer checkpoint (no format={CHECKPOINT_FORMAT!r})")
-    if int(obj.get("version", -1)) != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {obj.get('version')!r}; this trainer reads "
-                              f"version {CHECKPOINT_VERSION}")
+    version = obj.get("version")
+    if version != CHECKPOINT_VERSION:
+        hint = (" (version 1 predates the weights digest and teacher patient lists: retrain the run, "
+                "e.g. `dsnet train ... --resume none`)" if version == 1 else "")
+        raise CheckpointError(f"{path} has checkpoint version {version!r}; this trainer reads version "
+                              f"{CHECKPOINT_VERSION}{hint}")
     if expect_kind is not None:
         kinds = (expect_kind,) if isinstance(expect_kind, str) else tuple(expect_kind)
         if obj.get("kind") not in kinds:
             raise CheckpointError(f"{path} is a {obj.get('kind')!r} checkpoint, expected {' or '.join(kinds)}")
+    modules = obj.get("modules")
+    if not isinstance(modules, dict):
+        raise CheckpointError(f"{path} has no weights (no 'modules' mapping)")
+    if weights_sha256(modules) != obj.get("weights_sha256"):
+        raise CheckpointError(f"{path}: weights do not match their recorded sha256 digest (the file was "
+                              "corrupted or edited); use another checkpoint or retrain")
+    bad = nonfinite_entries(modules)
+    if bad:
+        raise CheckpointError(f"{path} holds NaN or infinite weights ({', '.join(bad)}); the run diverged "
+                              "before it was saved: use an earlier checkpoint or retrain with a lower optim.lr")
     return obj
 
 
@@ -552,15 +587,19 @@ class TrainState:
         return False
 
     def state_dict(self) -> dict[str, Any]:
+        from .digest import weights_sha256
+
+        modules = {k: unwrap(m).state_dict() for k, m in self.modules.items()}
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
+            "weights_sha256": weights_sha256(modules),
             "kind": self.kind,
             "epoch": self.epoch,
             "step": self.step,
             "best_metric": self.best_metric,
             "compat": self.compat,
-            "modules": {k: unwrap(m).state_dict() for k, m in self.modules.items()},
+            "modules": modules,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.precision.scaler.state_dict() if self.precision is not None else {},
@@ -736,18 +775,29 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+_PHASE_LABELS = {"train": "every N training steps", "epoch": "epoch mean (val_*: validation split)"}
+
+
 def plot_curves(jsonl_path: str | Path, png_path: str | Path, *, title: str = "",
-                skip: tuple[str, ...] = ("n", "val_n")) -> Path:
+                skip: tuple[str, ...] = ("n", "val_n", "selected_epoch"), selected_epoch: int | None = None,
+                selection_rule: str = "") -> Path:
     """One panel per numeric metric (except ``skip``), x = optimiser step, one line per
-    ``phase``; saved as PNG."""
+    ``phase`` (legend: "every N training steps" / "epoch mean"); saved as PNG.
+
+    ``selected_epoch``: drawn as a dashed vertical line in every panel, labelled with the epoch
+    and ``selection_rule`` (how ``best.pt`` was chosen), so a reader sees which weights the
+    reported numbers come from."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     rows = read_metrics(jsonl_path)
     series: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    selected_step = None
     for r in rows:
         phase = str(r.get("phase", ""))
+        if selected_epoch is not None and phase == "epoch" and r.get("epoch") == selected_epoch:
+            selected_step = float(r.get("step", 0))
         for k, v in r.items():
             if k in ("phase", "epoch", "step", *skip) or not isinstance(v, (int, float)) or isinstance(v, bool):
                 continue
@@ -760,17 +810,22 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path, *, title: str = ""
     n = max(1, len(keys))
     ncol = min(3, n)
     nrow = math.ceil(n / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow + 0.4), squeeze=False)
     for ax, k in zip(axes.flat, keys):
         for phase, (xs, ys) in sorted(series[k].items()):
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, lw=1, label=phase or k)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, lw=1,
+                    label=_PHASE_LABELS.get(phase, phase or k))
+        if selected_step is not None:
+            ax.axvline(selected_step, color="k", ls="--", lw=0.8, label=f"selected epoch {selected_epoch}")
         ax.set_title(k, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel("optimiser step", fontsize=8)
         ax.tick_params(labelsize=7)
-        if len(series[k]) > 1:
-            ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
+    if selected_step is not None:
+        fig.text(0.5, 0.005, f"dashed line: the selected epoch {selected_epoch} (best.pt)"
+                 + (f", chosen by {selection_rule}" if selection_rule else ""), ha="center", va="bottom", fontsize=8)
     return save_figure(fig, png_path, title=title, dpi=100)
 
 
@@ -873,20 +928,55 @@ def prepare_run_dir(out: str | Path, cfg: Any, *, ctx: DistContext, seed: int, c
 # ============================================================================================
 # The loop
 # ============================================================================================
+@dataclass
+class EpochReport:
+    """What :func:`fit` tells its ``on_epoch`` callback after each epoch (for progress lines)."""
+
+    epoch: int                      # completed epochs (1-based)
+    epochs: int
+    train: dict[str, float]
+    val: dict[str, float]
+    selected_epoch: int | None      # epoch of best.pt so far under the selection rule
+    selected_score: float | None    # its window mean of the monitored metric
+    elapsed_s: float                # since fit() started (this process)
+    remaining_s: float              # mean epoch time of this process x epochs left
+
+
+def _window_score(history: list[list[float]], k: int) -> float:
+    vals = [v for _, v in history[-k:]]
+    return sum(vals) / len(vals)
+
+
 def fit(state: TrainState, *, epochs: int, train_epoch: Callable[[int], Mapping[str, float]],
         evaluate: Callable[[int], Mapping[str, float]] | None, checkpoints: CheckpointManager,
         logger: MetricLogger, ctx: DistContext, monitor: str | None = None, mode: str = "max",
-        val_every_epochs: int = 1, phase: str = "epoch") -> TrainState:
+        val_every_epochs: int = 1, phase: str = "epoch", select_k: int = 1,
+        on_epoch: Callable[[EpochReport], None] | None = None) -> TrainState:
     """Run epochs ``state.epoch .. epochs-1``.
 
     Per epoch: ``train_epoch(epoch)`` (must advance ``state.step`` and return mean training
     metrics), every scheduler's ``step()``, ``evaluate(epoch)`` every ``val_every_epochs`` and
-    after the last epoch (returns metrics already reduced over ranks), best-metric update on
-    ``monitor`` (``mode`` max/min), a ``phase`` row in the log (validation keys prefixed ``val_``)
-    and, on rank 0, checkpoints (``last``, ``best`` if improved, every N). Returns ``state``.
+    after the last epoch (returns metrics already reduced over ranks), model selection on
+    ``monitor`` (``mode`` max/min), a ``phase`` row in the log (validation keys prefixed ``val_``,
+    plus ``select_score`` and ``selected_epoch``) and, on rank 0, checkpoints (``last``, ``best``
+    when the selection improves, every N). Returns ``state``.
+
+    Selection rule: after each validation, the score is the mean of the monitored metric over
+    the last ``select_k`` validations, once ``select_k`` exist (a run with fewer validations in
+    all is scored at its last epoch over those it has); ``best.pt`` is the checkpoint at the end
+    of the window with the best score. ``select_k=1`` is the single best validation.
+    The history lives in ``state.extra["val_history"]`` so a resumed run selects identically.
+    ``on_epoch`` (rank 0) receives an :class:`EpochReport` after each epoch.
     """
+    import time
+
     if mode not in ("max", "min"):
         raise InputError(f"mode must be max or min, got {mode!r}")
+    if select_k < 1:
+        raise InputError(f"select_k must be >= 1, got {select_k}")
+    history: list[list[float]] = [list(map(float, h)) for h in state.extra.get("val_history", [])]
+    t0 = time.monotonic()
+    first = state.epoch
     for epoch in range(state.epoch, epochs):
         train_metrics = dict(train_epoch(epoch))
         for sched in state.schedulers.values():
@@ -896,12 +986,31 @@ def fit(state: TrainState, *, epochs: int, train_epoch: Callable[[int], Mapping[
         last = state.epoch == epochs
         if evaluate is not None and (last or (val_every_epochs and state.epoch % val_every_epochs == 0)):
             val_metrics = dict(evaluate(epoch))
-        improved = state.update_best(val_metrics.get(monitor) if monitor else None, mode)
+        score = None
+        value = val_metrics.get(monitor) if monitor else None
+        if value is not None and math.isfinite(float(value)):
+            history.append([float(state.epoch), float(value)])
+            # only full windows compete (an early lucky validation cannot win alone); a run too
+            # short for one full window is scored at its last epoch with what it has
+            if len(history) >= select_k or last:
+                score = _window_score(history, select_k)
+        improved = state.update_best(score, mode)
+        if improved:
+            state.extra["selected_epoch"] = state.epoch
+        state.extra["val_history"] = history
         lrs = {f"lr_{name}": opt.param_groups[0]["lr"] for name, opt in state.optimizers.items()}
+        sel = {"select_score": score, "selected_epoch": state.extra.get("selected_epoch")} if score is not None else {}
         logger.log({"phase": phase, "epoch": state.epoch, "step": state.step, **train_metrics, **lrs,
-                    **{f"val_{k}": v for k, v in val_metrics.items()}})
+                    **{f"val_{k}": v for k, v in val_metrics.items()}, **sel})
         if ctx.is_main:
             checkpoints.save(state.state_dict(), epoch=state.epoch, improved=improved or
                              (monitor is None and last))
+            if on_epoch is not None:
+                elapsed = time.monotonic() - t0
+                per = elapsed / (state.epoch - first)
+                on_epoch(EpochReport(epoch=state.epoch, epochs=epochs, train=train_metrics, val=val_metrics,
+                                     selected_epoch=state.extra.get("selected_epoch"),
+                                     selected_score=state.best_metric, elapsed_s=elapsed,
+                                     remaining_s=per * (epochs - state.epoch)))
         barrier(ctx)
     return state

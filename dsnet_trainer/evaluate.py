@@ -37,7 +37,8 @@ from .errors import InputError
 from .metrics import (DEFAULT_THRESHOLDS, choose_threshold, mean_std, segmentation_metrics,
                       soft_mask_errors)
 
-__all__ = ["EVAL_FORMAT", "summarise_predictions", "evaluate_checkpoint", "predict_dataset", "write_report",
+__all__ = ["EVAL_FORMAT", "summarise_predictions", "evaluate_checkpoint", "evaluate_predictions",
+           "load_probability_maps", "predict_dataset", "write_report",
            "save_overlay_png", "compare_runs", "format_table"]
 
 EVAL_FORMAT = "dsnet-eval"
@@ -108,10 +109,22 @@ def summarise_predictions(prob: np.ndarray, gt: np.ndarray, soft01: np.ndarray, 
     return summary, rows
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float, np.floating)) and bool(np.isfinite(v))
+
+
 def _pct(stat: dict[str, float] | None) -> str:
+    """``mean ± std`` in percent; ``n/a`` for a missing or non-finite value (e.g. a NaN model)."""
     if not stat:
         return "-"
-    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+    m, s = stat.get("mean"), stat.get("std")
+    if not _finite(m):
+        return "n/a"
+    return f"{100 * m:.2f} ± {100 * s:.2f}" if _finite(s) else f"{100 * m:.2f} ± n/a"
+
+
+def _num(v: Any, fmt: str) -> str:
+    return format(v, fmt) if _finite(v) else "n/a"
 
 
 def format_table(reports: Sequence[dict[str, Any]], *, names: Sequence[str] | None = None) -> str:
@@ -123,12 +136,12 @@ def format_table(reports: Sequence[dict[str, Any]], *, names: Sequence[str] | No
     for name, r in zip(names, reports):
         m = r["metrics"]
         fx, tv = m["at_fixed"], m.get("at_val_threshold") or {}
-        thr = "-" if m.get("threshold_val") is None else f"{m['threshold_val']:.2f}"
+        thr = "-" if m.get("threshold_val") is None else _num(m["threshold_val"], ".2f")
         lines.append(
             f"| {name} | {m['n_crops']} | {_pct(fx['dice'])} | {_pct(fx['sen'])} | {_pct(fx['ppv'])} | {thr} | "
             f"{_pct(tv.get('dice'))} | {_pct(tv.get('sen'))} | {_pct(tv.get('ppv'))} | "
-            f"{_pct(m['authors_protocol']['dice_smooth'])} | {m['soft_mask']['sad']['mean']:.2f} | "
-            f"{m['soft_mask']['mse']['mean']:.5f} |")
+            f"{_pct(m['authors_protocol']['dice_smooth'])} | {_num(m['soft_mask']['sad']['mean'], '.2f')} | "
+            f"{_num(m['soft_mask']['mse']['mean'], '.5f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -256,8 +269,15 @@ def predict_dataset(net, dataset, *, batch_size: int = 32, device: str = "cpu") 
 
 def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path, data: str | Path | None = None,
                         split: str = "test", val_split: str | None = None, batch_size: int = 32,
-                        device: str = "cpu", n_preview: int = 6, name: str | None = None) -> dict[str, Any]:
+                        device: str = "cpu", n_preview: int = 6, name: str | None = None,
+                        allow_teacher_overlap: bool | None = None, verify=None) -> dict[str, Any]:
     """Evaluate a seg checkpoint on ``split`` of ``data`` and write the report files into ``out``.
+
+    The checkpoint's SR teacher (DRTM rows) must not have been trained on a patient of ``split``
+    (:func:`~dsnet_trainer.train_seg.teacher_leak_check`); ``allow_teacher_overlap`` (default:
+    the run's ``model.allow_teacher_overlap``) reproduces the paper's setting and is recorded in
+    ``metrics.json`` (``teacher_check``). ``verify``: called with the data folder once it is
+    known (the CLI's dataset check, :func:`~dsnet_trainer.dataset_check.check_dataset`).
 
     Parameters
     ----------
@@ -285,11 +305,22 @@ def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path, data: str | 
     net, info = load_seg_model(checkpoint)
     cfg = info["config"]
     data = Path(data) if data is not None else Path(cfg["data"]["root"])
+    if verify is not None:
+        verify(data)
     if val_split is None:
         val_split = cfg["data"]["val_split"]
     if val_split and val_split == split:
         raise InputError(f"--val-split {val_split!r} must differ from --split {split!r}: the threshold is never "
                          "chosen on the evaluated split")
+    from dataclasses import replace
+
+    from .train_seg import teacher_leak_check
+
+    seg_cfg = info["seg_config"]
+    if allow_teacher_overlap is not None:
+        seg_cfg = replace(seg_cfg, model=replace(seg_cfg.model, allow_teacher_overlap=bool(allow_teacher_overlap)))
+    teacher_check = teacher_leak_check(seg_cfg, info["teacher_arch"], root=data, splits=(split,),
+                                       teacher_name=f"inside {checkpoint}")
     kw = dict(level_hu=info["level_hu"], width_hu=info["width_hu"], image_size_px=info["crop_px"], option="--data")
     test = predict_dataset(net, SampleShardDataset(data, split=split, **kw), batch_size=batch_size, device=str(dev))
     val = None
@@ -307,12 +338,139 @@ def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path, data: str | 
     report = {"format": EVAL_FORMAT, "version": 1, "name": run_name, "variant": variant.name, "row": variant.row,
               "soft_head": variant.soft_head, "checkpoint": str(checkpoint), "epoch": info["epoch"],
               "data": str(data), "split": split, "val_split": val_split if val is not None else None,
-              "crop_px": info["crop_px"], "metrics": summary}
+              "crop_px": info["crop_px"], "teacher_check": teacher_check, "metrics": summary}
     out = Path(out)
     write_report(report, rows, out)
     save_overlay_png(out / "predictions.png", image=test["image"], gt=test["gt"], prob=test["prob"],
                      soft01=test["soft01"], soft_gt01=test["soft_gt01"], sample_ids=test["sample_id"],
                      n_show=n_preview, title=f"{run_name} ({variant.name}), split {split}")
+    return _json_clean(report)
+
+
+# ============================================================================================
+# External predictions (nnU-Net and others)
+# ============================================================================================
+def _read_cases(path: Path) -> dict[str, str]:
+    """sample_id -> case id from an export's ``cases.csv`` (``case_id,sample_id,...``)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise InputError(f"--cases {path}: cannot read ({exc.strerror})") from exc
+    if not rows or not {"case_id", "sample_id"} <= set(rows[0]):
+        raise InputError(f"--cases {path}: expected a CSV with columns case_id, sample_id (the nnU-Net export's "
+                         "cases.csv)")
+    return {r["sample_id"]: r["case_id"] for r in rows}
+
+
+def _load_prob(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """One crop's foreground probability (rows, cols) from an ``.npz``/``.npy`` file.
+
+    ``.npz`` as nnU-Net v2 ``--save_probabilities`` writes it: ``probabilities`` of shape
+    (classes, 1, rows, cols) (nnU-Net's (z, y, x) order for our (col, row, 1) NIfTI crops read by
+    SimpleITK), class 1 = nodule. ``.npy``: a (rows, cols) probability map.
+    """
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if "probabilities" not in z:
+                    raise InputError(f"{path}: no 'probabilities' array (an nnU-Net --save_probabilities .npz?)")
+                p = np.asarray(z["probabilities"], dtype=np.float64)
+            if p.ndim == 4 and p.shape[1] == 1:
+                p = p[:, 0]
+            if p.ndim != 3 or p.shape[0] < 2:
+                raise InputError(f"{path}: probabilities of shape {p.shape}, expected (classes, 1, rows, cols)")
+            p = p[1]
+        else:
+            p = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable probability file ({exc})") from exc
+    if p.shape != shape:
+        raise InputError(f"{path}: probability map of shape {p.shape}, the crop is {shape} (rows, cols)")
+    if not np.isfinite(p).all() or p.min() < -1e-6 or p.max() > 1 + 1e-6:
+        raise InputError(f"{path}: probabilities must be finite and in [0, 1]")
+    return np.clip(p, 0.0, 1.0)
+
+
+def load_probability_maps(pred_dir: str | Path, sample_ids: Sequence[str], *, shape: tuple[int, int],
+                          cases: dict[str, str] | None = None, required: bool = True) -> np.ndarray | None:
+    """Stack the probability maps of ``sample_ids`` found in ``pred_dir`` as (n, rows, cols).
+
+    A crop's file is ``<case>.npz`` (``cases`` maps sample ids to case ids, e.g. nnU-Net's) or
+    ``<sample_id>.npz`` / ``<sample_id>.npy``. With ``required=False`` a missing file returns None.
+
+    Raises
+    ------
+    InputError : a missing file (``required``), a malformed file, a wrong shape.
+    """
+    pred_dir = Path(pred_dir)
+    out = []
+    for sid in sample_ids:
+        stems = ([cases[sid]] if cases and sid in cases else []) + [sid]
+        found = next((pred_dir / f"{st}{ext}" for st in stems for ext in (".npz", ".npy")
+                      if (pred_dir / f"{st}{ext}").is_file()), None)
+        if found is None:
+            if not required:
+                return None
+            raise InputError(f"--predictions {pred_dir}: no prediction for crop {sid!r} (looked for "
+                             f"{', '.join(st + '.npz' for st in stems)})")
+        out.append(_load_prob(found, shape))
+    return np.stack(out) if out else np.zeros((0, *shape))
+
+
+def evaluate_predictions(pred_dir: str | Path, *, data: str | Path, out: str | Path, split: str = "test",
+                         val_split: str | None = "val", cases: str | Path | None = None, name: str = "external",
+                         n_preview: int = 6) -> dict[str, Any]:
+    """Score probability maps made by another tool (e.g. nnU-Net v2) on ``split`` of ``data``, with
+    exactly the metrics and report files of :func:`evaluate_checkpoint`.
+
+    ``cases``: the export's ``cases.csv`` (default ``pred_dir/cases.csv`` if present). The
+    threshold is chosen on ``val_split`` only when a prediction exists for every crop of it; the
+    "Soft Mask" errors compare the probability map with the Soft Mask (no soft head).
+    """
+    from .data import SampleShardDataset, find_shards
+
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise InputError(f"--predictions {pred_dir}: no such folder")
+    if cases is None and (pred_dir / "cases.csv").is_file():
+        cases = pred_dir / "cases.csv"
+    case_map = _read_cases(Path(cases)) if cases is not None else None
+
+    def gather(split_name: str, required: bool):
+        ds = SampleShardDataset(data, split=split_name, option="--data")
+        gt, soft_gt, image, ids = [], [], [], []
+        for i in range(len(ds)):
+            item = ds[i]
+            gt.append(item["binary_mask"][0].numpy() != 0)
+            soft_gt.append(((item["soft_mask"][0] + 1.0) / 2.0).numpy())
+            image.append(item["image"][0].numpy())
+            ids.append(item["sample_id"])
+        shape = gt[0].shape
+        prob = load_probability_maps(pred_dir, ids, shape=shape, cases=case_map, required=required)
+        return {"gt": np.stack(gt), "soft_gt01": np.stack(soft_gt), "image": np.stack(image), "sample_id": ids,
+                "prob": prob}
+
+    test = gather(split, True)
+    val = None
+    available = {s.split for s in find_shards(data, kind="samples", option="--data")}
+    if val_split and val_split != split and val_split in available:
+        val = gather(val_split, False)
+        if val["prob"] is None:
+            val = None
+    summary, rows = summarise_predictions(test["prob"], test["gt"], test["prob"], test["soft_gt01"],
+                                          sample_ids=test["sample_id"],
+                                          prob_val=None if val is None else val["prob"],
+                                          gt_val=None if val is None else val["gt"])
+    report = {"format": EVAL_FORMAT, "version": 1, "name": name, "variant": "external", "row": "external predictions",
+              "soft_head": False, "checkpoint": None, "predictions": str(pred_dir), "epoch": None,
+              "data": str(data), "split": split, "val_split": val_split if val is not None else None,
+              "crop_px": int(test["gt"].shape[-1]), "metrics": summary}
+    out = Path(out)
+    write_report(report, rows, out)
+    save_overlay_png(out / "predictions.png", image=test["image"], gt=test["gt"], prob=test["prob"],
+                     soft01=test["prob"], soft_gt01=test["soft_gt01"], sample_ids=test["sample_id"],
+                     n_show=n_preview, title=f"{name} (external predictions), split {split}")
     return _json_clean(report)
 
 

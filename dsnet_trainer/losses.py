@@ -1,4 +1,4 @@
-"""DSNet losses: Dice (Eq. 15), Soft Mask L1 (Eq. 16), conditional GAN (Eqs. 17-18), total (Eq. 19).
+"""DSNet losses: Dice (Eq. 15, squared denominators), Soft Mask L1 (Eq. 16), conditional GAN (Eqs. 17-18), total (Eq. 19).
 
 Shapes: (B, 1, H, W) everywhere. ``prob`` in [0, 1]; Soft Masks (predicted and target) in
 [-1, 1]; discriminator outputs are logits.
@@ -14,32 +14,78 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dice_loss", "soft_l1_loss", "gan_generator_loss", "gan_discriminator_loss", "total_loss"]
+__all__ = ["dice_loss", "soft_l1_loss", "L1_REDUCTIONS", "gan_generator_loss", "gan_discriminator_loss", "total_loss"]
 
 
-def dice_loss(prob: torch.Tensor, target: torch.Tensor, *, smooth: float = 1.0) -> torch.Tensor:
-    """Soft Dice loss (Eq. 15), averaged over the batch.
+def dice_loss(prob: torch.Tensor, target: torch.Tensor, *, smooth: float = 0.0) -> torch.Tensor:
+    """Soft Dice loss of Eq. 15 (squared denominators), averaged over the batch.
 
-    ``1 - (2 sum(p g) + smooth) / (sum(p) + sum(g) + smooth)`` per sample, sums over (C, H, W).
-    ``smooth`` (1 by default) keeps an empty target defined: an empty target and an all-zero
-    prediction give loss 0, an empty target and a non-empty prediction a loss that grows with
-    the predicted area.
+    Per sample, with sums over (C, H, W)::
+
+        L_Dice = 1 - (2 sum(p g) + smooth) / (sum(p^2) + sum(g^2) + smooth)
+
+    ``smooth`` is 0 by default (the paper has none). When ``sum(p^2) + sum(g^2) + smooth`` is 0
+    (an all-zero prediction of an empty target, smooth 0) the sample's loss is 0: the prediction
+    is perfect and the ratio is 0/0, which the paper leaves undefined. ``smooth > 0`` (e.g. 1, the
+    V-Net code's habit) is an option, not the paper.
+
+    Parameters
+    ----------
+    prob, target : tensors of the same shape (B, C, H, W); ``prob`` in [0, 1], ``target`` in {0, 1}.
+    smooth : float >= 0, added to numerator and denominator.
     """
     if prob.shape != target.shape:
         raise ValueError(f"prob {tuple(prob.shape)} and target {tuple(target.shape)} must have the same shape")
+    if smooth < 0:
+        raise ValueError(f"smooth must be >= 0, got {smooth}")
     p = prob.float().flatten(1)
     g = target.float().flatten(1)
     inter = (p * g).sum(1)
-    dice = (2.0 * inter + smooth) / (p.sum(1) + g.sum(1) + smooth)
+    denom = (p * p).sum(1) + (g * g).sum(1) + smooth
+    # Eq. 15; 0/0 (both empty, no smoothing) -> Dice 1, loss 0. The where keeps the gradient finite.
+    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+    dice = torch.where(denom > 0, (2.0 * inter + smooth) / safe, torch.ones_like(denom))
     return (1.0 - dice).mean()
 
 
-def soft_l1_loss(soft_pred: torch.Tensor, soft_target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error between predicted and target Soft Masks in [-1, 1] (Eq. 16)."""
+L1_REDUCTIONS = ("pixel_mean", "crop_band")
+
+
+def soft_l1_loss(soft_pred: torch.Tensor, soft_target: torch.Tensor, *, reduction: str = "pixel_mean",
+                 region: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Mask L1 term of Eq. 16, between predicted and target Soft Masks in [-1, 1].
+
+    Eq. 16 writes ``||S - S_hat||_1``, literally a sum over pixels; its scale then depends on the
+    crop size, so a reduction is a choice the paper leaves open:
+
+    ``"pixel_mean"`` (default, as pix2pix's L1): the mean of ``|S - S_hat|`` over the batch's
+        B*C*H*W pixels. A 10-pixel nodule in a 64x64 crop weighs 10/4096 of its crop.
+    ``"crop_band"``: per crop, the sum of ``|S - S_hat|`` over *all* pixels divided by the
+        crop's lesion-plus-band area (``region`` != 0: the trimap's sure lesion and unknown band,
+        at least 1 pixel), then the mean over the batch. Every nodule then weighs about the same,
+        whatever its size; errors outside the region still count (in the numerator).
+
+    Parameters
+    ----------
+    soft_pred, soft_target : (B, C, H, W) tensors of the same shape.
+    reduction : "pixel_mean" or "crop_band".
+    region : (B, 1 or C, H, W) tensor, non-zero on the lesion-plus-band area (the trimap);
+        required by ``"crop_band"``.
+    """
     if soft_pred.shape != soft_target.shape:
         raise ValueError(f"soft_pred {tuple(soft_pred.shape)} and soft_target {tuple(soft_target.shape)} "
                          "must have the same shape")
-    return F.l1_loss(soft_pred.float(), soft_target.float())
+    if reduction == "pixel_mean":
+        return F.l1_loss(soft_pred.float(), soft_target.float())
+    if reduction != "crop_band":
+        raise ValueError(f"reduction must be one of {L1_REDUCTIONS}, got {reduction!r}")
+    if region is None:
+        raise ValueError("reduction 'crop_band' needs region (the trimap: lesion plus unknown band)")
+    if region.shape[0] != soft_pred.shape[0] or region.shape[-2:] != soft_pred.shape[-2:]:
+        raise ValueError(f"region {tuple(region.shape)} does not match soft_pred {tuple(soft_pred.shape)}")
+    err = (soft_pred.float() - soft_target.float()).abs().flatten(1).sum(1)
+    area = (region != 0).flatten(1).sum(1).clamp(min=1).to(err.dtype)
+    return (err / area).mean()
 
 
 def gan_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:

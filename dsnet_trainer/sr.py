@@ -1,11 +1,13 @@
-"""The self-supervised x4 super-resolution teacher (DSNet, Sec. III-B3 (1)).
+"""The self-supervised x4 super-resolution teacher (DSNet, Sec. III-B3 (1)):
+SRResNet + adversarial fine-tuning, no VGG content loss.
 
-CT slices are down-sampled x4 (512 -> 128) and an SRGAN learns to restore them; its generator,
-frozen, later gives DSNet's DRTM its detail features. Training runs in two stages, as SRGAN
-must (Ledig et al. 2017):
+CT slices are down-sampled x4 (512 -> 128) and an SR network learns to restore them (the paper
+uses an SRGAN; without its VGG content loss ours is not SRGAN, though stage names and paths keep
+"srgan"); its generator, frozen, later gives DSNet's DRTM its detail features. Training runs in
+two stages, as SRGAN training must (Ledig et al. 2017):
 
 1. **SRResNet** -- the generator alone with a pixel loss (L1 or MSE).
-2. **SRGAN** -- adversarial fine-tuning *starting from stage 1's generator* with a VGG-style
+2. **adversarial fine-tuning** (stage "srgan") -- *starting from stage 1's generator* with a VGG-style
    discriminator: pixel loss + ``adv_weight`` x BCE adversarial loss + optional
    ``feature_weight`` x discriminator feature matching. No pretrained network (VGG) can be
    downloaded here, so the paper's VGG content loss is replaced by these offline terms.
@@ -54,7 +56,8 @@ from .sr_metrics import psnr, shave, ssim
 
 DATA_RANGE = 2.0  # images live in [-1, 1]
 TEACHER_FORMAT = "dsnet-sr-teacher"
-TEACHER_VERSION = 1
+# Version 2 adds ``weights_sha256`` (checked on load) and ``train_patients`` ({namespace: ids}).
+TEACHER_VERSION = 2
 
 
 # ============================================================================================
@@ -69,7 +72,9 @@ class SRDataConfig:
     epoch. ``downsample``: ``bicubic`` (anti-aliased) or ``area``. ``window_level_hu`` /
     ``window_width_hu``: HU window mapped to [-1, 1] (must match DSNet's). ``train_split`` /
     ``val_split``: shard splits; without ``val`` shards, the last ``val_fraction`` of patients
-    (sorted by id) are held out. ``val_patch_px``: 0 = validate on whole slices, else a centred
+    (sorted by id) are held out. ``train_patients_from``: a sample-shard folder (LNSM); when set,
+    only slices of patients of its ``train`` split are trained on, so the teacher never sees a
+    segmentation validation or test patient (empty: every slice of ``train_split``). ``val_patch_px``: 0 = validate on whole slices, else a centred
     crop of at most that side. ``val_max_slices``: 0 = all.
     """
 
@@ -86,6 +91,7 @@ class SRDataConfig:
     val_fraction: float = 0.2
     val_patch_px: int = 0
     val_max_slices: int = 0
+    train_patients_from: str = ""
 
     def __post_init__(self) -> None:
         if self.scale not in (2, 3, 4, 8):
@@ -260,11 +266,29 @@ def build_sr_datasets(cfg: SRConfig, data: str | Path | Sequence[str | Path],
         val_idx = list(range(min(d.val_max_slices, sum(s.n_samples for s in val_shards))))
     elif d.val_max_slices:
         val_idx = val_idx[:d.val_max_slices]
+    if d.train_patients_from:
+        train_idx = _restrict_to_seg_train(train, train_idx, d.train_patients_from)
     train_ds = SliceShardDataset(train, mode="train", hr_patch_px=d.hr_patch_px, patches_per_slice=d.patches_per_slice,
                                  augment=d.augment, min_body_fraction=d.min_body_fraction, indices=train_idx, **common)
     val_ds = SliceShardDataset(val_shards, mode="val", val_patch_px=d.val_patch_px, indices=val_idx, **common)
     n_val = len(val_ds)
     return SRData(train=train_ds, val=val_ds, val_source=f"{source}, {n_val} slices")
+
+
+def _restrict_to_seg_train(train_shards, train_idx: list[int] | None, seg_root: str) -> list[int]:
+    """Slice positions of ``train_shards`` (within ``train_idx``) whose patient is in the ``train``
+    split of the sample shards at ``seg_root`` (patients compared within their namespace)."""
+    from .provenance import patients_per_sample
+
+    seg = find_shards(seg_root, kind="samples", split="train", option="data.train_patients_from")
+    allowed = set(patients_per_sample([s.path for s in seg]))
+    per = patients_per_sample([s.path for s in train_shards])
+    base = range(len(per)) if train_idx is None else train_idx
+    keep = [i for i in base if per[i] in allowed]
+    if not keep:
+        raise ShardError(f"data.train_patients_from {seg_root}: none of the {len(base)} training slices belongs "
+                         "to a patient of its train split (another source, or other patient ids?)")
+    return keep
 
 
 # ============================================================================================
@@ -378,8 +402,11 @@ class SRTeacher(nn.Module):
     """
 
     def __init__(self, generator: nn.Module, *, scale: int, feature_channels: int, window_level_hu: float,
-                 window_width_hu: float, downsample: str, metrics: dict[str, Any] | None = None):
+                 window_width_hu: float, downsample: str, metrics: dict[str, Any] | None = None,
+                 train_patients: dict[str, list[str]] | None = None):
         super().__init__()
+        # {namespace: patient ids} of the slices it was trained on (None: unknown, an old file)
+        self.train_patients = None if train_patients is None else {k: list(v) for k, v in train_patients.items()}
         self.generator = generator
         self.scale = int(scale)
         self.feature_channels = int(feature_channels)
@@ -412,27 +439,74 @@ class SRTeacher(nn.Module):
 
 
 def export_teacher(generator: nn.Module, cfg: SRConfig, path: str | Path, *,
-                   metrics: dict[str, Any] | None = None, stage: str = "srgan") -> Path:
+                   metrics: dict[str, Any] | None = None, stage: str = "srgan",
+                   train_patients: dict[str, list[str]] | None = None) -> Path:
     """Save the generator's weights and everything needed to rebuild it (atomic write).
 
     The file is a plain mapping readable with ``torch.load(weights_only=True)``:
-    ``format="dsnet-sr-teacher"``, ``version``, ``model`` (registry name + kwargs),
+    ``format="dsnet-sr-teacher"``, ``version`` (2), ``model`` (registry name + kwargs),
     ``data`` (scale, HU window, down-sampling), ``generator`` (state dict, CPU),
-    ``metrics``, ``stage``, ``config`` (the whole SRConfig), ``config_sha256``.
+    ``weights_sha256`` (:func:`~dsnet_trainer.digest.weights_sha256` of ``{"generator": ...}``),
+    ``train_patients`` (``{namespace: sorted patient ids}`` of its training slices, see
+    :mod:`~dsnet_trainer.provenance`), ``metrics``, ``stage``, ``config`` (the whole SRConfig),
+    ``config_sha256``.
     """
+    from .digest import weights_sha256
+
+    weights = {k: v.detach().cpu() for k, v in unwrap(generator).state_dict().items()}
     payload = {
         "format": TEACHER_FORMAT,
         "version": TEACHER_VERSION,
+        "weights_sha256": weights_sha256({"generator": weights}),
+        "train_patients": {k: sorted(v) for k, v in (train_patients or {}).items()},
         "stage": stage,
         "model": {"name": cfg.generator.name, "kwargs": cfg.generator_kwargs()},
         "data": {"scale": cfg.data.scale, "window_level_hu": cfg.data.window_level_hu,
                  "window_width_hu": cfg.data.window_width_hu, "downsample": cfg.data.downsample},
-        "generator": {k: v.detach().cpu() for k, v in unwrap(generator).state_dict().items()},
+        "generator": weights,
         "metrics": json.loads(json.dumps(metrics or {})),
         "config": to_dict(cfg),
         "config_sha256": config_sha256(cfg),
     }
     return engine.save_checkpoint(payload, path)
+
+
+def read_teacher_file(path: str | Path) -> dict[str, Any]:
+    """The checked content of a teacher file (see :func:`export_teacher`).
+
+    Raises
+    ------
+    CheckpointError
+        Missing, empty, non-zip or unreadable file; not a teacher file; an older version (1: no
+        weights digest, no patient list); weights that differ from their digest or are not finite.
+    """
+    from .digest import nonfinite_entries, weights_sha256
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"teacher file not found: {path}")
+    problem = engine._first_bytes_problem(path)
+    if problem:
+        raise CheckpointError(f"cannot read teacher {path}: {problem}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read teacher {path}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from exc
+    if not isinstance(obj, dict) or obj.get("format") != TEACHER_FORMAT:
+        raise CheckpointError(f"{path} is not an SR teacher file (format {TEACHER_FORMAT!r} expected)")
+    if obj.get("version") != TEACHER_VERSION:
+        hint = (" (version 1 has no weights digest and no training-patient list: retrain it with "
+                "`make pretrain-sr` or `dsnet pretrain-sr --train-patients-from LNSM_DIR ...`)"
+                if obj.get("version") == 1 else "")
+        raise CheckpointError(f"{path}: teacher version {obj.get('version')!r}, expected {TEACHER_VERSION}{hint}")
+    weights = obj.get("generator")
+    if not isinstance(weights, dict) or weights_sha256({"generator": weights}) != obj.get("weights_sha256"):
+        raise CheckpointError(f"{path}: teacher weights do not match their recorded sha256 digest (the file was "
+                              "corrupted or edited); retrain or copy it again")
+    bad = nonfinite_entries({"generator": weights})
+    if bad:
+        raise CheckpointError(f"{path}: teacher holds NaN or infinite weights ({', '.join(bad)}); retrain it")
+    return obj
 
 
 def load_teacher(path: str | Path, *, device: str | torch.device = "cpu") -> SRTeacher:
@@ -441,20 +515,11 @@ def load_teacher(path: str | Path, *, device: str | torch.device = "cpu") -> SRT
     Raises
     ------
     CheckpointError
-        Missing or unreadable file, not a teacher file, weights that do not fit the recorded
-        architecture (the message names the file).
+        See :func:`read_teacher_file`; also weights that do not fit the recorded architecture
+        (the message names the file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"teacher file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read teacher {path}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from exc
-    if not isinstance(obj, dict) or obj.get("format") != TEACHER_FORMAT:
-        raise CheckpointError(f"{path} is not an SR teacher file (format {TEACHER_FORMAT!r} expected)")
-    if int(obj.get("version", -1)) != TEACHER_VERSION:
-        raise CheckpointError(f"{path}: teacher version {obj.get('version')!r}, expected {TEACHER_VERSION}")
+    obj = read_teacher_file(path)
     try:
         generator = build_model(obj["model"]["name"], **obj["model"]["kwargs"])
     except (KeyError, ConfigError) as exc:
@@ -467,7 +532,8 @@ def load_teacher(path: str | Path, *, device: str | torch.device = "cpu") -> SRT
     d = obj["data"]
     teacher = SRTeacher(generator, scale=d["scale"], feature_channels=obj["model"]["kwargs"]["n_channels"],
                         window_level_hu=d["window_level_hu"], window_width_hu=d["window_width_hu"],
-                        downsample=d["downsample"], metrics=obj.get("metrics"))
+                        downsample=d["downsample"], metrics=obj.get("metrics"),
+                        train_patients=obj.get("train_patients"))
     return teacher.to(device)
 
 
@@ -572,7 +638,7 @@ class _Stage:
         try:
             engine.fit(state, epochs=epochs, train_epoch=train_epoch, evaluate=lambda e: self.evaluate(generator),
                        checkpoints=self.checkpoints, logger=self.logger, ctx=self.ctx, monitor="psnr", mode="max",
-                       val_every_epochs=self.cfg.loop.val_every_epochs)
+                       val_every_epochs=self.cfg.loop.val_every_epochs, select_k=self.cfg.loop.select_k)
         except BaseException:
             self.logger.close()  # keep what was logged; the resume drops rows after its checkpoint
             raise
@@ -798,8 +864,12 @@ def pretrain_sr(cfg: SRConfig, *, data: str | Path | Sequence[str | Path], out: 
         report["teacher"] = teacher_stage
         teacher_path = None
         if ctx.is_main:
+            from .provenance import shard_patients
+
+            train_patients = shard_patients([sh.path for sh in data_sets.train.shards],
+                                            indices=data_sets.train.slice_indices)
             teacher_path = export_teacher(teacher_gen, cfg, out / "teacher.pt", stage=teacher_stage,
-                                          metrics=report.get(teacher_stage, {}))
+                                          metrics=report.get(teacher_stage, {}), train_patients=train_patients)
             engine._atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
             engine._atomic_write_text(out / "report.md", format_report(report))
         barrier(ctx)
@@ -833,7 +903,7 @@ def format_report(report: dict[str, Any]) -> str:
              f"Teacher exported from: {report.get('teacher', '?')}.", "",
              "| method | PSNR (dB) | SSIM | PSNR gain vs bicubic (dB) |", "|---|---|---|---|"]
     base = report["bicubic"]["psnr"]
-    for name, label in (("bicubic", "bicubic"), ("srresnet", "SRResNet (stage 1)"), ("srgan", "SRGAN (stage 2)")):
+    for name, label in (("bicubic", "bicubic"), ("srresnet", "SRResNet (stage 1)"), ("srgan", "+ adversarial fine-tuning (stage 2)")):
         if name in report:
             m = report[name]
             lines.append(f"| {label} | {m['psnr']:.3f} | {m['ssim']:.4f} | {m['psnr'] - base:+.3f} |")
@@ -844,11 +914,12 @@ def teacher_summary(path: str | Path) -> dict[str, Any]:
     """Scale, HU window, feature channels, parameter count and metrics of a teacher file."""
     t = load_teacher(path)
     return {"scale": t.scale, "feature_channels": t.feature_channels, "window_level_hu": t.window_level_hu,
+            "n_train_patients": {k: len(v) for k, v in (t.train_patients or {}).items()},
             "window_width_hu": t.window_width_hu, "downsample": t.downsample, "metrics": t.metrics,
             "n_parameters": int(sum(p.numel() for p in t.parameters()))}
 
 
 __all__ = ["SRConfig", "SRDataConfig", "GeneratorConfig", "DiscriminatorConfig", "Stage1Config", "Stage2Config",
            "SREvalConfig", "SRHooks", "SRRunResult", "SRTeacher", "TeacherOutput", "build_sr_datasets",
-           "bicubic_upsample", "evaluate_sr", "export_teacher", "load_teacher", "pretrain_sr", "format_report",
+           "bicubic_upsample", "evaluate_sr", "export_teacher", "load_teacher", "read_teacher_file", "pretrain_sr", "format_report",
            "save_sr_samples", "teacher_summary"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
@@ -97,6 +97,11 @@ class SegModelConfig:
         head run x``scale``, their maps are area-pooled back to the crop) or "native" (the crop
         is shrunk x``scale`` first, so the teacher's outputs lie on the crop's own grid: 16x
         cheaper, not the paper's setting).
+    drtm_fc : DRTM's Eq. 12 FC: "sk" (Linear(2C->C) + ReLU, then Linear(C->C) heads for v_c and
+        v_d: the paper) or "joint" (one Linear(2C->2C), the earlier form, for an ablation).
+    allow_teacher_overlap : accept a teacher whose training patients include patients of the
+        validation/test splits (or which has no patient list), as the paper does (its SR
+        teacher saw all of DeepLesion). Off by default; recorded in ``run_info.json``.
     """
 
     variant: str = "dsnet"
@@ -106,6 +111,8 @@ class SegModelConfig:
     disc_ndf: int = 64
     teacher: str = ""
     teacher_mode: Literal["upscale", "native"] = "upscale"
+    drtm_fc: Literal["sk", "joint"] = "sk"
+    allow_teacher_overlap: bool = False
 
     def __post_init__(self) -> None:
         from .models.dsnet import VARIANTS
@@ -127,7 +134,11 @@ class SegOptimConfig:
     lr, disc_lr : Adam learning rates of the network and the discriminator (2e-4).
     betas : Adam betas (pix2pix's (0.5, 0.999): the paper gives only the learning rate).
     poly_power : poly decay exponent (0.9).
-    dice_weight, l1_weight, gan_weight : Eq. 19 weights (0.5, 100, 1).
+    dice_weight, l1_weight, gan_weight : Eq. 19 weights (0.5, lambda2 = 100, 1).
+    dice_smooth : added to Eq. 15's numerator and denominator (0: the paper; 1: V-Net's habit).
+    l1_reduction : how Eq. 16's L1 sum is reduced: "pixel_mean" (mean over all pixels of the
+        batch) or "crop_band" (per crop, divided by the crop's lesion-plus-band area, the
+        trimap's non-zero pixels; then the batch mean). See :func:`~dsnet_trainer.losses.soft_l1_loss`.
     """
 
     epochs: int = 100
@@ -138,8 +149,11 @@ class SegOptimConfig:
     dice_weight: float = 0.5
     l1_weight: float = 100.0
     gan_weight: float = 1.0
+    dice_smooth: float = 0.0
+    l1_reduction: Literal["pixel_mean", "crop_band"] = "pixel_mean"
 
     def __post_init__(self) -> None:
+        _check(self.dice_smooth >= 0, "optim.dice_smooth", self.dice_smooth, ">= 0")
         _check(self.epochs >= 1, "optim.epochs", self.epochs, ">= 1")
         _check(self.lr > 0 and self.disc_lr > 0, "optim.lr", (self.lr, self.disc_lr), "> 0")
         _check(all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas, "in [0, 1)")
@@ -161,7 +175,7 @@ class SegConfig:
     data: SegDataConfig = field(default_factory=SegDataConfig)
     model: SegModelConfig = field(default_factory=SegModelConfig)
     optim: SegOptimConfig = field(default_factory=SegOptimConfig)
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(batch_size=4))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(batch_size=4, select_k=5))
 
 
 # ============================================================================================
@@ -223,10 +237,10 @@ class SoftTargetDataset:
 # Model building and loading
 # ============================================================================================
 def _teacher_arch(path: Path) -> dict[str, Any]:
-    import torch
+    from .sr import read_teacher_file
 
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return {"model": obj["model"], "data": obj["data"]}
+    obj = read_teacher_file(path)
+    return {"model": obj["model"], "data": obj["data"], "train_patients": obj.get("train_patients")}
 
 
 def _teacher_from_file(path: str | Path, data_cfg: SegDataConfig | None):
@@ -253,7 +267,7 @@ def _teacher_from_arch(arch: Mapping[str, Any]):
     generator = build_model(arch["model"]["name"], **arch["model"]["kwargs"])
     return SRTeacher(generator, scale=d["scale"], feature_channels=arch["model"]["kwargs"]["n_channels"],
                      window_level_hu=d["window_level_hu"], window_width_hu=d["window_width_hu"],
-                     downsample=d["downsample"])
+                     downsample=d["downsample"], train_patients=arch.get("train_patients"))
 
 
 def build_from_config(model_cfg: SegModelConfig, *, data_cfg: SegDataConfig | None = None, teacher=None,
@@ -293,7 +307,7 @@ def build_from_config(model_cfg: SegModelConfig, *, data_cfg: SegDataConfig | No
     try:
         net = build_seg_model(variant, widths=model_cfg.widths, reduction=model_cfg.cbam_reduction,
                               spatial_kernel=model_cfg.cbam_spatial_kernel, teacher=teacher,
-                              teacher_mode=model_cfg.teacher_mode)
+                              teacher_mode=model_cfg.teacher_mode, drtm_fc=model_cfg.drtm_fc)
     except TrainerError:
         raise
     except ValueError as exc:
@@ -303,7 +317,8 @@ def build_from_config(model_cfg: SegModelConfig, *, data_cfg: SegDataConfig | No
 
 
 def _compat(cfg: SegConfig, net) -> dict[str, Any]:
-    return {"model": {k: v for k, v in to_dict(cfg.model).items() if k != "teacher"},
+    skip = ("teacher", "allow_teacher_overlap")  # may change on resume
+    return {"model": {k: v for k, v in to_dict(cfg.model).items() if k not in skip},
             "crop_px": cfg.data.crop_px, "window_hu": [cfg.data.level_hu, cfg.data.width_hu],
             "scale": net.scale}
 
@@ -312,7 +327,8 @@ def load_seg_model(checkpoint: str | Path, *, map_location: str = "cpu"):
     """Rebuild a trained segmentation network from a seg checkpoint alone (eval mode).
 
     Returns ``(net, info)``; ``info`` holds ``config`` (the run's :class:`SegConfig` as a dict),
-    ``variant``, ``crop_px``, ``level_hu``, ``width_hu``, ``epoch``.
+    ``seg_config`` (the same, typed), ``variant``, ``crop_px``, ``level_hu``, ``width_hu``,
+    ``epoch``, ``teacher_arch`` (the teacher record, with its training patients; None without a teacher).
 
     Raises
     ------
@@ -336,7 +352,8 @@ def load_seg_model(checkpoint: str | Path, *, map_location: str = "cpu"):
                               f"{str(exc).splitlines()[0][:300]}") from exc
     net.eval()
     info = {"config": to_dict(cfg), "variant": cfg.model.variant, "crop_px": cfg.data.crop_px,
-            "level_hu": cfg.data.level_hu, "width_hu": cfg.data.width_hu, "epoch": int(ckpt.get("epoch", 0))}
+            "level_hu": cfg.data.level_hu, "width_hu": cfg.data.width_hu, "epoch": int(ckpt.get("epoch", 0)),
+            "teacher_arch": arch, "seg_config": cfg}
     return net, info
 
 
@@ -358,12 +375,69 @@ def _finite_or_raise(values: Mapping[str, float], *, epoch: int, step: int, last
               "(NaN in a shard?) or try loop.amp=off.")
 
 
+def teacher_leak_check(cfg: SegConfig, teacher_arch: Mapping[str, Any] | None, *, root: str | Path | None = None,
+                       splits: tuple[str, ...] | None = None, teacher_name: str | None = None) -> dict[str, Any]:
+    """Compare the SR teacher's training patients with the patients of ``splits`` (default: the
+    run's validation split and ``test``) of ``root`` (default ``cfg.data.root``).
+
+    Returns the record kept in the run (``{"checked", "splits", "n_teacher_patients",
+    "overlap", "allow_teacher_overlap"}``); variants without a teacher, or a teacher given as a
+    module without a record, give ``{"checked": False}``.
+
+    Raises
+    ------
+    TeacherLeakError : overlap, or a teacher without a patient list, unless
+        ``cfg.model.allow_teacher_overlap``.
+    """
+    from .data import find_shards
+    from .errors import ShardError
+    from .models.dsnet import get_variant
+    from .provenance import check_teacher_patients, shard_patients
+
+    if not get_variant(cfg.model.variant).uses_teacher or not teacher_arch:
+        return {"checked": False}
+    root = cfg.data.root if root is None else root
+    splits = tuple(splits) if splits is not None else tuple(s for s in (cfg.data.val_split, "test") if s)
+    paths = []
+    for split in splits:
+        try:
+            paths.extend(s.path for s in find_shards(root, kind="samples", split=split, option="data.root"))
+        except ShardError:
+            continue  # a split absent from the data has no patients to protect
+    eval_patients = shard_patients(paths) if paths else {}
+    tp = teacher_arch.get("train_patients")
+    name = teacher_name or cfg.model.teacher or "the checkpoint's teacher"
+    overlap = check_teacher_patients(tp, eval_patients, teacher=name, splits="/".join(splits),
+                                     allow=cfg.model.allow_teacher_overlap)
+    return {"checked": True, "splits": list(splits), "allow_teacher_overlap": cfg.model.allow_teacher_overlap,
+            "n_teacher_patients": None if tp is None else sum(len(v) for v in tp.values()),
+            "n_overlap": len(overlap), "overlap": overlap[:20]}
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def format_epoch_line(r) -> str:
+    """One progress line per epoch (an :class:`~dsnet_trainer.engine.EpochReport`)."""
+    parts = [f"epoch {r.epoch}/{r.epochs}", f"loss {r.train.get('loss', float('nan')):.4f}"]
+    if "dice" in r.val:
+        parts.append(f"val Dice {100 * r.val['dice']:.2f}")
+    if r.selected_epoch is not None:
+        parts.append(f"selected epoch {r.selected_epoch} (window mean {100 * r.selected_score:.2f})")
+    parts.append(f"elapsed {_duration(r.elapsed_s)}, ~{_duration(r.remaining_s)} left")
+    return " | ".join(parts)
+
+
 def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] | None = None,
-              command: str = "") -> Path:
+              command: str = "", log: Callable[[str], None] | None = None) -> Path:
     """Train ``cfg.model.variant`` on ``cfg.data``; return the run folder.
 
     ``teacher``/``teacher_arch``: see :func:`build_from_config` (tests pass a module; the CLI
-    passes nothing and ``model.teacher`` names the SR checkpoint).
+    passes nothing and ``model.teacher`` names the SR checkpoint). ``log``: receives human
+    progress lines (resume notice, one line per epoch: validation Dice, the selected epoch so
+    far, elapsed and remaining time); the CLI prints them on stderr. Rank 0 only.
 
     Raises
     ------
@@ -385,8 +459,6 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
         if loop.num_threads:
             torch.set_num_threads(loop.num_threads)
         engine.seed_everything(loop.seed)
-        out = engine.prepare_run_dir(cfg.out, cfg, ctx=ctx, seed=loop.seed, command=command,
-                                     extra={"variant": variant.to_dict()})
         data_kw = dict(level_hu=cfg.data.level_hu, width_hu=cfg.data.width_hu, image_size_px=cfg.data.crop_px,
                        option="data.root")
         train_ds = SoftTargetDataset(
@@ -400,6 +472,9 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
                                        kats_p=cfg.data.kats_p, softseg_factor=cfg.data.softseg_factor)
 
         net, disc, arch = build_from_config(cfg.model, data_cfg=cfg.data, teacher=teacher, teacher_arch=teacher_arch)
+        teacher_check = teacher_leak_check(cfg, arch)
+        out = engine.prepare_run_dir(cfg.out, cfg, ctx=ctx, seed=loop.seed, command=command,
+                                     extra={"variant": variant.to_dict(), "teacher_check": teacher_check})
         net.to(ctx.device)
         params = [p for p in net.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas)
@@ -416,12 +491,15 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
         state = engine.TrainState(CHECKPOINT_KIND, modules=modules, optimizers=optimizers, schedulers=schedulers,
                                   precision=prec, compat=_compat(cfg, net),
                                   extra={"config": to_dict(cfg), "teacher_arch": arch or {},
+                                         "teacher_check": teacher_check,
                                          "variant": variant.to_dict()})
         checkpoints = engine.CheckpointManager(Path(out) / "checkpoints", every_n_epochs=loop.checkpoint_every_epochs,
                                                enabled=ctx.is_main)
         resume = checkpoints.resolve_resume(cfg.resume, option="resume")
         if resume is not None:
             state.load_state_dict(engine.load_checkpoint(resume, expect_kind=CHECKPOINT_KIND), source=resume)
+            if log is not None and ctx.is_main:
+                log(f"resuming from epoch {state.epoch} of {cfg.optim.epochs} (checkpoint {resume})")
             # The schedule follows the *current* optim.epochs / lr (a resumed run may extend it):
             # the optimisers' saved learning rates come from the old schedule.
             poly = _poly(cfg.optim.epochs, cfg.optim.poly_power)
@@ -468,8 +546,11 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
                     opt_d.zero_grad(set_to_none=True)
                     prec.backward_step(loss_d, opt_d, clip_norm=loop.grad_clip_norm)
                     terms["loss_disc"] = loss_d.detach()
-                dice = dice_loss(prob, mask)
-                l1 = soft_l1_loss(soft, target) if variant.soft_head else None
+                dice = dice_loss(prob, mask, smooth=w.dice_smooth)
+                l1 = None
+                if variant.soft_head:
+                    region = batch["trimap"].to(ctx.device) if w.l1_reduction == "crop_band" else None
+                    l1 = soft_l1_loss(soft, target, reduction=w.l1_reduction, region=region)
                 gan = None
                 if ddp_disc is not None:
                     with prec.autocast():
@@ -520,11 +601,14 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
             engine.fit(state, epochs=w.epochs, train_epoch=train_epoch,
                        evaluate=evaluate if val_ds is not None else None, checkpoints=checkpoints, logger=logger,
                        ctx=ctx, monitor="dice" if val_ds is not None else None, mode="max",
-                       val_every_epochs=loop.val_every_epochs)
+                       val_every_epochs=loop.val_every_epochs, select_k=loop.select_k,
+                       on_epoch=(lambda r: log(format_epoch_line(r))) if log is not None else None)
         finally:
             logger.close()
         if ctx.is_main:
-            engine.plot_curves(logger.jsonl_path, Path(out) / "curves.png", title=f"{variant.name}: {variant.row}")
+            engine.plot_curves(logger.jsonl_path, Path(out) / "curves.png", title=f"{variant.name}: {variant.row}",
+                               selected_epoch=state.extra.get("selected_epoch"),
+                               selection_rule=f"mean val Dice of the last {loop.select_k} validations")
         return Path(out)
     finally:
         engine.shutdown_distributed(ctx)

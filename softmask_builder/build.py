@@ -47,8 +47,8 @@ from .locking import out_lock
 from .pipeline import LabelParams, Labels, label_from_mask, label_from_readers, label_from_recist
 from .recipes import SOURCES, SPLITS, Recipe, SplitSpec
 from .relpaths import RootRelativeLoader, relative_rejects
-from .shards import (SAMPLE_META_DTYPE, encode_meta, is_temp_name, layout, open_shard, parse_shard_name,
-                     sha256_file, shard_name, write_shard)
+from .shards import (SAMPLE_META_DTYPE, SCHEMA_VERSION, encode_meta, is_temp_name, layout, open_shard,
+                     parse_shard_name, sha256_file, shard_name, write_shard)
 from .release import write_release
 from .results import BuildResult, ShardResult
 from .sources.base import Reject, SampleRecord, SampleRef, SliceRecord
@@ -513,16 +513,17 @@ def build_shard(shard: ShardPlan, out_dir: str | Path, recipe: Recipe, *, loader
 
 def read_finished(path: Path, shard: ShardPlan) -> ShardResult | None:
     """The result of an already-built shard at ``path``, or None when it is absent, unreadable or
-    built from a different plan (``plan_sha256`` attribute)."""
+    built from a different plan (``plan_sha256`` attribute) or another schema version."""
     if not path.is_file():
         return None
     try:
         with open_shard(path) as f:
-            if f.attrs.get("plan_sha256") != shard.plan_sha256:
+            # a shard of an older schema version is rebuilt, so that a build holds one version
+            if f.attrs.get("plan_sha256") != shard.plan_sha256 or f.schema_version != SCHEMA_VERSION:
                 return None
             n = f.n_samples
             rejects = tuple(Reject(**r) for r in f.rejects())
-            patients = tuple(sorted({bytes(p).decode() for p in f.meta["patient"]}))
+            patients = tuple(sorted(set(f.meta_column("patient"))))
     except (SoftMaskError, OSError, KeyError, ValueError, TypeError):
         return None
     return ShardResult(shard.name, shard.split, shard.index, shard.count, len(shard.refs), n, sha256_file(path),

@@ -258,7 +258,7 @@ def inspect(path: Path, sample_index: int | None) -> None:
         attrs = {k: v for k, v in shard.attrs.items() if k not in ("recipe_json", "rejects_json", "label_params_json")}
         info = {
             "path": str(path), "attrs": attrs,
-            "arrays": {name: {"shape": list(ds.shape), "dtype": str(ds.dtype)} for name, ds in shard.file.items()},
+            "arrays": {name: {"shape": list(ds.shape), "dtype": _dtype_name(ds)} for name, ds in shard.file.items()},
             "sample_ids": shard.sample_ids[:10], "n_rejects": len(shard.rejects()),
         }
         if sample_index is not None:
@@ -266,6 +266,12 @@ def inspect(path: Path, sample_index: int | None) -> None:
             info["sample"] = {k: ({"shape": list(v.shape), "min": float(v.min()), "max": float(v.max())}
                                   if hasattr(v, "shape") and v.ndim == 2 else v) for k, v in sample.items()}
     _emit(info)
+
+
+def _dtype_name(ds) -> str:
+    import h5py
+
+    return "str (variable-length UTF-8)" if h5py.check_string_dtype(ds.dtype) else str(ds.dtype)
 
 
 @main.command()
@@ -407,6 +413,65 @@ def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, sched
         sys.exit(EXIT_VERIFY)
     if summary["build"]["n_samples"] == 0:
         raise _Fail(f"no sample was built (see {out / 'rejects.csv'})", code=EXIT_EMPTY)
+
+
+@main.group()
+def export() -> None:
+    """Hand a verified build to other tools (nnU-Net v2, MONAI); needs the `export` extra."""
+
+
+@contextmanager
+def _export_errors():
+    """Export errors -> their exit code (2 input, 3 the build fails verify, 4 nothing to export)."""
+    from .export import BuildNotVerified, ExportError
+
+    try:
+        yield
+    except BuildNotVerified as exc:
+        for problem in exc.problems:
+            click.echo(f"verify: {problem}", err=True)
+        raise _Fail(str(exc), code=EXIT_VERIFY) from None
+    except ExportError as exc:
+        raise _Fail(str(exc), code=exc.exit_code) from None
+    except SoftMaskError as exc:
+        raise _Fail(str(exc)) from None
+
+
+@export.command(name="nnunet")
+@click.argument("build_dir", metavar="BUILD", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--dataset-id", type=int, required=True, help="nnU-Net dataset id (1..999): DatasetNNN_NAME.")
+@click.option("--name", default="LNSM", show_default=True, help="nnU-Net dataset name (letters, digits, - _).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="nnU-Net raw folder (nnUNet_raw); DatasetNNN_NAME is written inside.")
+@click.option("--band-as-ignore", is_flag=True, help="Label the trimap's unknown band as nnU-Net's ignore label 2.")
+@click.option("--splits-final", is_flag=True,
+              help="Also write PREPROCESSED/DatasetNNN_NAME/splits_final.json: one fold, our train/val split.")
+@click.option("--preprocessed", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="nnU-Net preprocessed folder (nnUNet_preprocessed), with --splits-final.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export.")
+def export_nnunet_command(build_dir: Path, dataset_id: int, name: str, out: Path, band_as_ignore: bool,
+                          splits_final: bool, preprocessed: Path | None, overwrite: bool) -> None:
+    """Export BUILD as an nnU-Net v2 raw dataset (binary labels: nnU-Net has no soft labels)."""
+    from .export import export_nnunet
+
+    with _export_errors():
+        result = export_nnunet(build_dir, out, dataset_id=dataset_id, name=name, band_as_ignore=band_as_ignore,
+                               splits_final=splits_final, preprocessed=preprocessed, overwrite=overwrite)
+    _emit(result.summary())
+
+
+@export.command(name="monai")
+@click.argument("build_dir", metavar="BUILD", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder (NIfTI files + datalist.json).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export.")
+def export_monai_command(build_dir: Path, out: Path, overwrite: bool) -> None:
+    """Export BUILD as NIfTI files + a MONAI datalist (image, label, soft_label)."""
+    from .export import export_monai
+
+    with _export_errors():
+        result = export_monai(build_dir, out, overwrite=overwrite)
+    _emit(result.summary())
 
 
 from .cli_lidc import lidc_agreement  # noqa: E402  (registered after main exists)

@@ -23,7 +23,8 @@ import numpy as np
 
 from . import __version__, counting
 from .errors import InputError, SoftMaskError, SourceError
-from .shards import SCHEMA_VERSION, check_shard, open_shard, parse_shard_name, sha256_file
+from .metadata import croissant, hub_front_matter, source_family
+from .shards import READABLE_VERSIONS, SCHEMA_VERSION, check_shard, open_shard, parse_shard_name, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .results import BuildResult
@@ -33,6 +34,7 @@ SUMS = "SHA256SUMS"
 REJECTS = "rejects.csv"
 CARD = "DATASET_CARD.md"
 UNSELECTED = counting.UNSELECTED_FILE
+CROISSANT = "croissant.json"
 _VERSIONED = ("numpy", "scipy", "scikit-image", "opencv-python-headless", "h5py", "joblib", "numba", "pydicom",
               "pandas")
 
@@ -104,16 +106,18 @@ def manifest_dict(result: "BuildResult") -> dict[str, Any]:
 
 
 def write_release(result: "BuildResult") -> dict[str, Any]:
-    """Write rejects.csv, unselected.csv, manifest.json, DATASET_CARD.md, then SHA256SUMS; return
-    the manifest."""
+    """Write rejects.csv, unselected.csv, manifest.json, DATASET_CARD.md, croissant.json, then
+    SHA256SUMS; return the manifest."""
     out = Path(result.out)
     manifest = manifest_dict(result)
     _write_text_atomic(out / REJECTS, rejects_csv_text(result.rejects))
     _write_text_atomic(out / UNSELECTED, counting.unselected_csv_text(result.plan.unselected))
     _write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     _write_text_atomic(out / CARD, dataset_card(manifest, result.rejects))
+    _write_text_atomic(out / CROISSANT, json.dumps(croissant(manifest, cite_as=citation_text(manifest)), indent=1,
+                                                   sort_keys=True, ensure_ascii=False) + "\n")
     hashes = {s.name: s.sha256 for s in result.shards}
-    for name in (MANIFEST, REJECTS, UNSELECTED, CARD):
+    for name in (MANIFEST, REJECTS, UNSELECTED, CARD, CROISSANT):
         hashes[name] = sha256_file(out / name)
     _write_text_atomic(out / SUMS, "".join(f"{hashes[k]}  {k}\n" for k in sorted(hashes)))
     return manifest
@@ -158,12 +162,26 @@ _HOW = {
 }
 
 
+def _citation_keys(manifest: dict[str, Any]) -> list[str]:
+    family = source_family(manifest)
+    keys = ["lidc"] if family == "lidc" else (["deeplesion"] if family == "deeplesion" else [])
+    if manifest["kind"] == "samples":
+        keys += ["method"] + (["grabcut"] if family == "deeplesion" else [])
+    return keys
+
+
+def citation_text(manifest: dict[str, Any]) -> str:
+    """The card's citations as plain text (Croissant's ``citeAs``)."""
+    return "\n".join(CITATIONS[k].replace("**", "") for k in _citation_keys(manifest))
+
+
 def dataset_card(manifest: dict[str, Any], rejects) -> str:
-    """Markdown dataset card: composition, how labels were made (with parameters), sources, citations."""
+    """Markdown dataset card: the Hub's YAML front matter (licence, per-split ``data_files``,
+    features), composition, how labels were made (with parameters), sources, citations."""
     recipe = manifest["recipe"]
     source = recipe["source"]
-    family = "lidc" if source.startswith("lidc") else ("masks" if source == "masks" else "deeplesion")
-    lines = [f"# {manifest['dataset']} {manifest['dataset_version']}", ""]
+    family = source_family(manifest)
+    lines = [hub_front_matter(manifest) + f"# {manifest['dataset']} {manifest['dataset_version']}", ""]
     if recipe.get("description"):
         lines += [recipe["description"].strip(), ""]
     lines += [
@@ -215,16 +233,17 @@ def dataset_card(manifest: dict[str, Any], rejects) -> str:
                       "(e.g. lung = 5) therefore draws only from the official val/test rows, and this "
                       "dataset's train/val/test split is its own patient split, not DeepLesion's."]
     lines += ["", "## Sources and citations", ""]
-    keys = ["lidc"] if family == "lidc" else (["deeplesion"] if family == "deeplesion" else [])
-    if manifest["kind"] == "samples":
-        keys += ["method"] + (["grabcut"] if family == "deeplesion" else [])
-    lines += [f"- {CITATIONS[k]}" for k in keys]
+    lines += [f"- {CITATIONS[k]}" for k in _citation_keys(manifest)]
     if family == "masks":
         lines += ["- The images and masks come from the user-supplied folder; their licence applies."]
     lines += ["", "## Files and verification", "",
               f"`{MANIFEST}` lists every shard with its SHA-256 and sample count; `{SUMS}` covers the shards and "
               f"the release files (`sha256sum -c {SUMS}`); `softmask verify <folder>` re-hashes and checks the "
-              "schema and counts.", "",
+              "schema and counts. `croissant.json` is the Croissant 1.1 metadata (each shard with its sha256 "
+              "and size, the record fields).", "",
+              "## Loading", "",
+              "`datasets.load_dataset(\"hdf5\", data_files=...)` reads every field (the `configs` above list "
+              "each split's shards); `softmask export nnunet|monai` hands the build to nnU-Net v2 or MONAI.", "",
               "Library versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()) + ".", ""]
     return "\n".join(lines)
 
@@ -304,15 +323,16 @@ def verify(out: str | Path) -> VerifyReport:
             problems.append(f"{name} is listed in {SUMS} but missing")
         elif got != expected:
             problems.append(f"{name}: sha256 {got[:16]}... does not match {SUMS} ({expected[:16]}...)")
-    for name in (MANIFEST, REJECTS, CARD):
+    for name in (MANIFEST, REJECTS, CARD) + ((CROISSANT,) if manifest.get("schema_version", 1) >= 2 else ()):
         if name not in sums:
             problems.append(f"{name} is not listed in {SUMS}")
 
     try:
         dataset, shards = manifest["dataset"], manifest["shards"]
         recipe_sha = manifest["recipe_sha256"]
-        if manifest.get("schema_version") != SCHEMA_VERSION:
-            problems.append(f"manifest schema_version {manifest.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        schema_version = manifest.get("schema_version")
+        if schema_version not in READABLE_VERSIONS:
+            problems.append(f"manifest schema_version {schema_version!r}, expected one of {list(READABLE_VERSIONS)}")
         split_samples: dict[str, int] = {}
         split_counts: dict[str, list[tuple[int, int]]] = {}
         patients: dict[str, set[str]] = {}
@@ -336,7 +356,10 @@ def verify(out: str | Path) -> VerifyReport:
                 with open_shard(out / name) as shard:
                     attrs = shard.attrs
                     n = shard.n_samples
-                    shard_patients = {bytes(p).decode() for p in shard.meta["patient"]}
+                    shard_patients = set(shard.meta_column("patient"))
+                    if shard.schema_version != schema_version:
+                        problems.append(f"shard {name}: schema_version {shard.schema_version}, manifest says "
+                                        f"{schema_version}")
             except (SoftMaskError, OSError, RuntimeError, ValueError) as exc:
                 problems.append(f"shard {name}: unreadable ({exc})")
                 continue

@@ -1,5 +1,13 @@
-"""HDF5 shard I/O: the schema of ``docs/FORMAT.md`` (version 1), an atomic byte-reproducible writer
-and a reader.
+"""HDF5 shard I/O: the schema of ``docs/FORMAT.md`` (version 2; version 1 is still read), an atomic
+byte-reproducible writer and a reader.
+
+Schema 2 stores the per-sample metadata as one root dataset per field (``sample_id``, ``patient``,
+``spacing_mm``, ...), each (N, ...) like the image arrays, strings variable-length UTF-8, so that
+generic HDF5 readers (Hugging Face ``datasets.load_dataset("hdf5", ...)``) read every field: they
+need every dataset to share the first dimension and cannot read version 1's compound ``meta``
+table with fixed-length byte strings and sub-array fields. In memory the metadata is still the
+structured array of :data:`SAMPLE_META_DTYPE` (:func:`encode_meta`); :meth:`Shard.meta` returns it
+for both versions, whose string widths are the schema's maximum lengths in UTF-8 bytes.
 
 Byte reproducibility: HDF5 stores a modification time in every dataset's object header unless told
 not to, so every dataset is created with ``track_times=False``; the file is opened with a fixed
@@ -27,7 +35,9 @@ import numpy as np
 
 from .errors import InputError, SourceError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions :class:`Shard`, :func:`check_shard` and ``softmask verify`` read (the writer writes 2).
+READABLE_VERSIONS = (1, 2)
 LIBVER = ("v110", "v110")
 GZIP_LEVEL = 4
 
@@ -61,6 +71,8 @@ SHARD_NAME_RE = re.compile(
     r"^(?P<dataset>[a-z0-9_]+)-(?:(?P<slices>slices)-)?(?P<split>train|val|test)"
     r"-(?P<index>\d{5})-of-(?P<count>\d{5})\.h5$")
 TEMP_SUFFIX = ".tmp"
+#: Schema 2 on-disk dtype of a string meta field (variable-length UTF-8).
+VLEN_STR = h5py.string_dtype("utf-8")
 
 
 def layout(kind: str) -> tuple[dict[str, np.dtype], np.dtype]:
@@ -210,9 +222,13 @@ def write_shard(path: str | Path, *, arrays: Mapping[str, np.ndarray], meta: np.
                                       chunks=(1, *hw), maxshape=(None, *hw), compression="gzip",
                                       compression_opts=GZIP_LEVEL, shuffle=True, track_times=False)
                 ds.flush()
-            ds = f.create_dataset("meta", data=meta, chunks=(1,), maxshape=(None,), compression="gzip",
-                                  compression_opts=GZIP_LEVEL, shuffle=True, track_times=False)
-            ds.flush()
+            # Schema 2: one (N, ...) dataset per meta field, in the dtype's field order.
+            for name in meta_dtype.names:
+                column = meta_column_to_disk(meta, name)
+                ds = f.create_dataset(name, data=column, chunks=(1, *column.shape[1:]),
+                                      maxshape=(None, *column.shape[1:]), compression="gzip",
+                                      compression_opts=GZIP_LEVEL, shuffle=True, track_times=False)
+                ds.flush()
             del ds
         digest = sha256_file(tmp)
         os.replace(tmp, path)
@@ -220,6 +236,15 @@ def write_shard(path: str | Path, *, arrays: Mapping[str, np.ndarray], meta: np.
         tmp.unlink(missing_ok=True)
         raise
     return digest
+
+
+def meta_column_to_disk(meta: np.ndarray, name: str) -> np.ndarray:
+    """Field ``name`` of a meta table as schema 2 stores it: strings as a variable-length UTF-8
+    array (h5py's object-backed ``string_dtype``), numbers as the field's dtype, shape (N, ...)."""
+    field = meta.dtype[name]
+    if field.kind == "S":
+        return np.array([bytes(v).decode("utf-8") for v in meta[name]], dtype=VLEN_STR).reshape(len(meta))
+    return np.ascontiguousarray(meta[name])
 
 
 def _attr_value(value):
@@ -269,12 +294,21 @@ class Shard:
         return self._file
 
     @property
+    def schema_version(self) -> int | None:
+        return file_schema_version(self._file)
+
+    @property
     def meta(self) -> np.ndarray:
-        return self._file["meta"][()]
+        """The whole meta table as a structured array of the kind's meta dtype (either version)."""
+        return read_meta_table(self._file)
+
+    def meta_column(self, name: str) -> np.ndarray:
+        """One meta field for every sample (strings decoded to ``str``), shape (N, ...)."""
+        return read_meta_column(self._file, name)
 
     @property
     def sample_ids(self) -> list[str]:
-        return [bytes(s).decode("utf-8") for s in self._file["meta"]["sample_id"]]
+        return [str(s) for s in self.meta_column("sample_id")]
 
     def sample(self, i: int) -> dict[str, Any]:
         """Arrays (``image_hu``, and for sample shards ``soft_mask``, ``binary_mask``, ``trimap``)
@@ -285,7 +319,7 @@ class Shard:
         i = i % n
         specs, _ = layout(self.kind)
         out = {name: self._file[name][i] for name in specs}
-        out.update(decode_meta_row(self._file["meta"][i]))
+        out.update(read_meta_row(self._file, i))
         return out
 
     def rejects(self) -> list[dict[str, str]]:
@@ -310,6 +344,90 @@ def _decode_attr(value):
     return value
 
 
+# --- version-independent meta access on an open h5py.File (Shard and the trainer's lazy reader) ---
+
+def file_schema_version(fh: h5py.File) -> int | None:
+    """The ``schema_version`` root attribute as an int (None when absent or not an integer)."""
+    try:
+        return int(fh.attrs["schema_version"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _kind_of(fh: h5py.File) -> str:
+    return str(_decode_attr(fh.attrs.get("kind", "samples")))
+
+
+def read_meta_column(fh: h5py.File, name: str, index: int | slice = slice(None)):
+    """Meta field ``name`` of an open shard of either schema version.
+
+    Version 1 reads the field of the compound ``meta`` table, version 2 the field's own dataset.
+    Strings come back decoded (``str``; an array of ``str`` for a slice), numbers as stored.
+    Raises ``KeyError`` when the field is absent.
+    """
+    if file_schema_version(fh) == 1:
+        values = fh["meta"][index][name] if isinstance(index, int) else fh["meta"][name][index]
+        if values.dtype.kind == "S":
+            return (bytes(values).decode("utf-8") if isinstance(index, int)
+                    else np.array([bytes(v).decode("utf-8") for v in values], dtype=object))
+        return values
+    ds = fh[name]
+    if h5py.check_string_dtype(ds.dtype):
+        values = ds.asstr()[index]
+        return str(values) if isinstance(index, int) else np.asarray(values, dtype=object)
+    return ds[index]
+
+
+def meta_problem(fh: h5py.File, n: int) -> str | None:
+    """A cheap check that an open shard holds every meta field of its kind for ``n`` samples, in
+    its version's layout; the problem as a sentence, or None. (:func:`check_shard` checks more.)"""
+    try:
+        _, meta_dtype = layout(_kind_of(fh))
+    except InputError as exc:
+        return str(exc)
+    if file_schema_version(fh) == 1:
+        if "meta" not in fh or not isinstance(fh["meta"], h5py.Dataset) or fh["meta"].dtype.names is None:
+            return "lacks the compound dataset 'meta' (schema version 1)"
+        missing = [k for k in meta_dtype.names if k not in fh["meta"].dtype.names]
+        if missing:
+            return f"meta lacks fields {missing}"
+        if fh["meta"].shape != (n,):
+            return f"meta has shape {fh['meta'].shape}, expected ({n},)"
+        return None
+    missing = [k for k in meta_dtype.names if k not in fh or not isinstance(fh[k], h5py.Dataset)]
+    if missing:
+        return f"lacks meta datasets {missing} (schema version 2: one dataset per field)"
+    for k in meta_dtype.names:
+        if fh[k].shape[:1] != (n,):
+            return f"meta dataset {k} has shape {fh[k].shape}, expected ({n}, ...)"
+    return None
+
+
+def read_meta_row(fh: h5py.File, i: int) -> dict[str, Any]:
+    """Every meta field of sample ``i`` as a dict (strings decoded, arrays as numpy, scalars as Python)."""
+    _, meta_dtype = layout(_kind_of(fh))
+    if file_schema_version(fh) == 1:
+        return decode_meta_row(fh["meta"][i])
+    out: dict[str, Any] = {}
+    for name in meta_dtype.names:
+        value = read_meta_column(fh, name, i)
+        out[name] = value if isinstance(value, str) else (np.array(value) if np.ndim(value) else value.item())
+    return out
+
+
+def read_meta_table(fh: h5py.File) -> np.ndarray:
+    """The meta table of an open shard as a structured array of its kind's meta dtype."""
+    _, meta_dtype = layout(_kind_of(fh))
+    if file_schema_version(fh) == 1:
+        return fh["meta"][()]
+    n = fh["image_hu"].shape[0]
+    out = np.zeros(n, dtype=meta_dtype)
+    for name in meta_dtype.names:
+        column = read_meta_column(fh, name)
+        out[name] = [v.encode("utf-8") for v in column] if meta_dtype[name].kind == "S" else column
+    return out
+
+
 def open_shard(path: str | Path) -> Shard:
     """Open a shard for reading (raises :class:`SourceError` when missing or not HDF5)."""
     return Shard(path)
@@ -324,9 +442,11 @@ def read_sample(path: str | Path, i: int) -> dict[str, Any]:
 def check_shard(path: str | Path) -> list[str]:
     """Check a shard against the schema; return a list of problems (empty when it conforms).
 
-    Checks: required root attributes and ``schema_version``; every array present with the schema
-    dtype, shape (N, H, W) and chunking (one sample per chunk, gzip + shuffle); ``meta`` dtype and
-    length; ``n_samples``; every row's ``split`` equal to the shard's; value domains (trimap in
+    Checks: required root attributes and a readable ``schema_version`` (1 or 2); every array
+    present with the schema dtype, shape (N, H, W) and chunking (one sample per chunk, gzip +
+    shuffle); the meta fields (version 1: the compound ``meta`` dtype and length; version 2: one
+    (N, ...) dataset per field, strings variable-length UTF-8 within the schema's byte lengths,
+    chunked like the arrays); ``n_samples``; every row's ``split`` equal to the shard's; value domains (trimap in
     {0, 128, 255}, binary mask in {0, 1}, Soft Mask finite in [0, 1]); unique sample ids.
     """
     path = Path(path)
@@ -349,20 +469,38 @@ def _check_open_shard(shard: Shard, name: str) -> list[str]:
     missing = [k for k in REQUIRED_ATTRS if k not in shard.attrs]
     if missing:
         problems.append(f"{name}: missing root attributes {missing}")
-    if shard.attrs.get("schema_version") != SCHEMA_VERSION:
-        problems.append(f"{name}: schema_version {shard.attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    version = shard.attrs.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        problems.append(f"{name}: schema_version {version!r}, expected one of {list(READABLE_VERSIONS)}")
+        return problems
     try:
         specs, meta_dtype = layout(shard.kind)
     except InputError:
         return problems + [f"{name}: unknown kind {shard.kind!r}"]
-    expected = set(specs) | {"meta"}
+    meta_names = {"meta"} if version == 1 else set(meta_dtype.names)
+    expected = set(specs) | meta_names
     if set(f.keys()) != expected:
         problems.append(f"{name}: datasets {sorted(f.keys())}, expected {sorted(expected)}")
         return problems
-    n = f["meta"].shape[0]
-    if f["meta"].dtype != meta_dtype:
-        problems.append(f"{name}: meta dtype {f['meta'].dtype} differs from the schema")
-        return problems
+    n = f["image_hu"].shape[0]
+    if version == 1:
+        if f["meta"].dtype != meta_dtype or f["meta"].shape != (n,):
+            problems.append(f"{name}: meta dtype {f['meta'].dtype} or shape {f['meta'].shape} differs from the schema")
+            return problems
+    else:
+        for key in meta_dtype.names:
+            ds, field = f[key], meta_dtype[key]
+            want_shape = (n, *field.shape)
+            if field.kind == "S":
+                info = h5py.check_string_dtype(ds.dtype)
+                if info is None or info.length is not None or info.encoding != "utf-8":
+                    problems.append(f"{name}: {key} dtype {ds.dtype}, expected variable-length UTF-8 strings")
+            elif ds.dtype != field.base:
+                problems.append(f"{name}: {key} dtype {ds.dtype}, expected {field.base}")
+            if ds.shape != want_shape:
+                problems.append(f"{name}: {key} shape {ds.shape}, expected {want_shape}")
+            elif ds.chunks != (1, *field.shape) or ds.compression != "gzip" or not ds.shuffle:
+                problems.append(f"{name}: {key} is not chunked one sample per chunk with gzip + shuffle")
     hw = f["image_hu"].shape[1:]
     for key, dtype in specs.items():
         ds = f[key]
@@ -376,13 +514,18 @@ def _check_open_shard(shard: Shard, name: str) -> list[str]:
         problems.append(f"{name}: n_samples attribute {shard.attrs.get('n_samples')} but {n} rows")
     if problems:
         return problems
-    meta = f["meta"][()]
     split = str(shard.attrs.get("split"))
-    bad_split = [s for s in np.unique(meta["split"]) if bytes(s).decode() != split]
+    bad_split = sorted({s for s in shard.meta_column("split") if s != split})
     if bad_split:
         problems.append(f"{name}: meta rows with split {bad_split} in a {split!r} shard")
-    if len(np.unique(meta["sample_id"])) != n:
+    if len(set(shard.meta_column("sample_id"))) != n:
         problems.append(f"{name}: duplicate sample ids")
+    if version >= 2:
+        too_long = [f"{key} of {sid}" for key in meta_dtype.names if meta_dtype[key].kind == "S"
+                    for sid, v in zip(shard.meta_column("sample_id"), shard.meta_column(key))
+                    if len(v.encode("utf-8")) > meta_dtype[key].itemsize]
+        if too_long:
+            problems.append(f"{name}: strings longer than the schema allows: {too_long[:3]}")
     if shard.kind == "samples" and n:
         trimap = f["trimap"][()]
         if not np.isin(trimap, (0, 128, 255)).all():

@@ -248,7 +248,8 @@ class SegNet(nn.Module):
 
 def build_seg_model(variant: str | Variant, *, widths: Sequence[int] = (64, 128, 256, 512),
                     reduction: int = 16, spatial_kernel: int = 7,
-                    teacher: nn.Module | None = None, teacher_mode: str = "upscale") -> SegNet:
+                    teacher: nn.Module | None = None, teacher_mode: str = "upscale",
+                    drtm_fc: str = "sk") -> SegNet:
     """Build the network of ``variant``.
 
     Parameters
@@ -263,6 +264,7 @@ def build_seg_model(variant: str | Variant, *, widths: Sequence[int] = (64, 128,
         :func:`probe_teacher`.
     teacher_mode : "upscale" (the paper: SR image and features x``scale`` of the crop, backbone
         and head at that resolution, maps pooled back) or "native" (see :func:`_call_teacher`).
+    drtm_fc : DRTM's Eq. 12 FC: "sk" (the paper's reduction + two heads) or "joint" (ablation).
 
     Raises
     ------
@@ -280,7 +282,7 @@ def build_seg_model(variant: str | Variant, *, widths: Sequence[int] = (64, 128,
         frozen = FrozenTeacher(teacher, mode=teacher_mode)
         if v.input == "drtm":
             drtm = DRTM(feature_channels, scale=scale, detail_enhancement=v.detail_enhancement,
-                        selective_fusion=v.selective_fusion)
+                        selective_fusion=v.selective_fusion, fc=drtm_fc)
             in_channels = feature_channels
     if v.backbone == "unet":
         backbone: nn.Module = UNet(in_channels, out_channels, widths=widths)

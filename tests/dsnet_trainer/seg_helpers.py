@@ -30,7 +30,7 @@ class TinyTeacher(nn.Module):
 
 def write_sample_shard(path, *, split: str, n: int, crop_px: int = 32, seed: int = 0,
                        dataset: str = "tiny", empty_first: bool = False) -> None:
-    """Write one sample shard (docs/FORMAT.md, schema 1, via ``shardkit.write_sample_shard``) of
+    """Write one sample shard (docs/FORMAT.md, schema 2, via ``shardkit.write_sample_shard``) of
     ``n`` synthetic nodules: a bright disc (+40 HU) with a 1-pixel linear edge in lung (-850 HU +
     noise). The Soft Mask is the disc's coverage, the binary mask coverage >= 0.5, the trimap a
     2-pixel band around it. ``empty_first``: sample 0 has no lesion (empty masks), to exercise the

@@ -1,4 +1,6 @@
-"""Test helpers: synthetic CT slices and shards written exactly as docs/FORMAT.md (schema 1).
+"""Test helpers: synthetic CT slices and shards written exactly as docs/FORMAT.md (schema 2 by
+default: one dataset per meta field, variable-length UTF-8 strings; ``schema_version=1`` writes
+version 1's compound ``meta`` table, so that the trainer's reading of old shards stays tested).
 
 Independent of the builder on purpose: these writers follow the format document, so the
 trainer's reader is checked against the spec, not against the code that also writes it.
@@ -21,6 +23,18 @@ SAMPLE_META_DTYPE = np.dtype([
 SLICE_META_DTYPE = np.dtype([
     ("sample_id", "S64"), ("source_key", "S256"), ("patient", "S32"), ("split", "S8"), ("spacing_mm", "<f4", (2,)),
 ])
+
+
+def _write_meta(f: h5py.File, meta: np.ndarray, schema_version: int) -> None:
+    """Version 1: the compound table ``meta``; any other version: one (N, ...) dataset per field."""
+    if schema_version == 1:
+        f.create_dataset("meta", data=meta)
+        return
+    for name in meta.dtype.names:
+        if meta.dtype[name].kind == "S":
+            f.create_dataset(name, data=[bytes(v).decode() for v in meta[name]], dtype=h5py.string_dtype("utf-8"))
+        else:
+            f.create_dataset(name, data=meta[name])
 
 
 def synthetic_ct_slice(rng: np.random.Generator, size_px: int = 128) -> np.ndarray:
@@ -56,7 +70,7 @@ def synthetic_ct_slice(rng: np.random.Generator, size_px: int = 128) -> np.ndarr
 
 
 def write_slice_shard(path: Path, images_hu: np.ndarray, *, split: str = "train", patients: list[str] | None = None,
-                      dataset: str = "synth", schema_version: int = 1, kind: str = "slices") -> Path:
+                      dataset: str = "synth", schema_version: int = 2, kind: str = "slices") -> Path:
     """A slice shard: image_hu int16 (N, H, W) + meta; root attrs kind/split/schema_version."""
     images_hu = np.asarray(images_hu, dtype=np.int16)
     n = images_hu.shape[0]
@@ -70,7 +84,7 @@ def write_slice_shard(path: Path, images_hu: np.ndarray, *, split: str = "train"
         h, w = images_hu.shape[1:]
         f.create_dataset("image_hu", data=images_hu, chunks=(1, h, w), compression="gzip", compression_opts=4,
                          shuffle=True)
-        f.create_dataset("meta", data=meta)
+        _write_meta(f, meta, schema_version)
         f.attrs.update({"schema_version": schema_version, "kind": kind, "dataset": dataset, "split": split,
                         "n_samples": n, "dataset_version": "test", "builder_version": "test"})
     return path
@@ -98,7 +112,7 @@ def make_sample_arrays(rng: np.random.Generator, n: int, size_px: int = 32) -> d
 
 
 def write_sample_shard(path: Path, arrays: dict[str, np.ndarray], *, split: str = "train", dataset: str = "synth",
-                       schema_version: int = 1, kind: str = "samples", patient_prefix: str = "P") -> Path:
+                       schema_version: int = 2, kind: str = "samples", patient_prefix: str = "P") -> Path:
     """A sample shard with the four arrays, meta, and the root attributes of FORMAT.md."""
     n, h, w = arrays["image_hu"].shape
     meta = np.zeros(n, dtype=SAMPLE_META_DTYPE)
@@ -111,7 +125,7 @@ def write_sample_shard(path: Path, arrays: dict[str, np.ndarray], *, split: str 
                             ("trimap", np.uint8)):
             f.create_dataset(name, data=np.asarray(arrays[name], dtype=dtype), chunks=(1, h, w), compression="gzip",
                              compression_opts=4, shuffle=True)
-        f.create_dataset("meta", data=meta)
+        _write_meta(f, meta, schema_version)
         f.attrs.update({"schema_version": schema_version, "kind": kind, "dataset": dataset, "split": split,
                         "n_samples": n, "dataset_version": "test", "builder_version": "test",
                         "recipe_json": "{}", "recipe_sha256": "0" * 64})

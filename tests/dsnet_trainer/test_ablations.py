@@ -54,7 +54,7 @@ def test_variant_builds_its_row(name):
     else:
         assert isinstance(net.drtm, DRTM)
         assert (net.drtm.detail_enhancement, net.drtm.selective_fusion) == drtm
-        assert hasattr(net.drtm, "c_high") == drtm[0] and hasattr(net.drtm, "fc") == drtm[1]
+        assert hasattr(net.drtm, "c_high") == drtm[0] and hasattr(net.drtm, "fc_reduce") == drtm[1]
     assert not any(isinstance(m, PixelDiscriminator) for m in net.modules())
     v = get_variant(name)
     assert v.gan == gan and v.soft_head == (head_ch == 2)

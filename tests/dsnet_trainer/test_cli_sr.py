@@ -22,11 +22,12 @@ def _run(args):
 def test_tiny_run_prints_the_report(tmp_path, slice_shards):
     res = _run(["--data", str(slice_shards), "--out", str(tmp_path / "run"), *QUICK])
     assert res.exit_code == 0, res.output
-    assert "| bicubic |" in res.output and "| SRGAN (stage 2) |" in res.output
-    assert f"teacher: {tmp_path / 'run' / 'teacher.pt'}" in res.output
+    assert "| bicubic |" in res.stdout and "| + adversarial fine-tuning (stage 2) |" in res.stdout
+    assert f"teacher: {tmp_path / 'run' / 'teacher.pt'}" in res.stdout
+    assert "next: dsnet train" in res.stderr.splitlines()[-1]  # the closing human summary
     again = _run(["--data", str(slice_shards), "--out", str(tmp_path / "run"), "--resume", "auto", *QUICK])
     assert again.exit_code == 0, again.output  # everything done: resume trains nothing, same report
-    assert again.output == res.output
+    assert again.stdout == res.stdout
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -43,15 +44,16 @@ def test_errors_are_one_line_and_name_the_culprit(tmp_path, slice_shards, extra,
     extra = [x.replace("{tmp}", str(tmp_path)) for x in extra]
     args = ["--data", str(slice_shards), "--out", str(tmp_path / "run"), *QUICK]
     res = _run(args + extra if extra[0] != "--data" else extra + args[2:])
-    assert res.exit_code == 1, res.output
-    assert res.output.startswith("Error: ") and message.replace("{tmp}", str(tmp_path)) in res.output
+    assert res.exit_code == 2, res.output
+    last = res.stderr.strip().splitlines()[-1]  # notes (e.g. the dataset check) may come before
+    assert last.startswith("Error: ") and message.replace("{tmp}", str(tmp_path)) in last
     assert "Traceback" not in res.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_request_without_cuda(tmp_path, slice_shards):
     res = _run(["--data", str(slice_shards), "--out", str(tmp_path / "run"), "--device", "cuda", *QUICK])
-    assert res.exit_code == 1 and "loop.device='cuda' asks for CUDA" in res.output
+    assert res.exit_code == 2 and "loop.device='cuda' asks for CUDA" in res.output
 
 
 def test_light_modules_do_not_import_torch():
@@ -74,4 +76,15 @@ def test_teacher_info(tmp_path, slice_shards):
     assert summary["metrics"] == report["srresnet"] and summary["scale"] == 4
     assert summary["feature_channels"] == 16 and summary["window_level_hu"] == -600.0
     bad = CliRunner().invoke(main, ["teacher-info", str(tmp_path / "none.pt")])
-    assert bad.exit_code == 1 and "none.pt" in bad.output
+    assert bad.exit_code == 2 and "none.pt" in bad.output
+
+
+def test_every_dsnet_option_has_help():
+    import click
+
+    missing = []
+    for name, cmd in main.commands.items():
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.help:
+                missing.append(f"dsnet {name} {p.opts[0]}")
+    assert not missing, missing

@@ -43,12 +43,18 @@ def test_bad_shards_name_the_file(tmp_path):
     with pytest.raises(ShardError, match="junk.h5.*not a readable HDF5"):
         inspect_shard(junk)
     junk.unlink()
-    v2 = write_sample_shard(tmp_path / "v2.h5", arrays, schema_version=2)
-    with pytest.raises(ShardError, match="v2.h5 has schema_version 2"):
-        SampleShardDataset(v2)
-    with pytest.raises(ShardError, match="v2.h5"):  # also when found inside a folder
+    v3 = write_sample_shard(tmp_path / "v3.h5", arrays, schema_version=3)
+    with pytest.raises(ShardError, match="v3.h5 has schema_version 3"):
+        SampleShardDataset(v3)
+    with pytest.raises(ShardError, match="v3.h5"):  # also when found inside a folder
         find_shards(tmp_path, kind="samples")
-    v2.unlink()
+    v3.unlink()
+    nometa = write_sample_shard(tmp_path / "nometa.h5", arrays)
+    with h5py.File(nometa, "a") as f:
+        del f["patient"]
+    with pytest.raises(ShardError, match=r"nometa.h5: lacks meta datasets \['patient'\]"):
+        inspect_shard(nometa)
+    nometa.unlink()
     slices = write_slice_shard(tmp_path / "slices.h5", np.zeros((1, 8, 8), np.int16))
     with pytest.raises(ShardError, match="slices.h5 holds 'slices', expected 'samples'"):
         SampleShardDataset(slices)
@@ -84,7 +90,7 @@ def test_sample_items_match_the_stored_arrays(sample_shards):
     path = sample_shards / "synth-train-00001-of-00002.h5"
     with h5py.File(path) as f:  # global index 6 = second shard, local 1
         hu, alpha, binary, trimap = (f[k][1] for k in ("image_hu", "soft_mask", "binary_mask", "trimap"))
-        sid = f["meta"][1]["sample_id"].decode()
+        sid = f["sample_id"].asstr()[1]
     item = ds[6]
     assert item["image"].shape == (1, 32, 32) and item["image"].dtype == torch.float32
     np.testing.assert_allclose(item["image"][0].numpy(), _window(hu), atol=1e-6)
@@ -94,6 +100,25 @@ def test_sample_items_match_the_stored_arrays(sample_shards):
     np.testing.assert_array_equal(item["trimap"][0].numpy(), trimap)
     assert item["sample_id"] == sid and item["index"] == 6
     assert float(item["image"].min()) >= -1 and float(item["image"].max()) <= 1
+
+
+def test_version_1_shards_read_like_version_2(tmp_path):
+    """The same crops and meta written as schema 1 (compound meta) and schema 2 give the same items."""
+    arrays = make_sample_arrays(np.random.default_rng(5), 4)
+    old = write_sample_shard(tmp_path / "v1" / "synth-train-00000-of-00001.h5", arrays, schema_version=1)
+    new = write_sample_shard(tmp_path / "v2" / "synth-train-00000-of-00001.h5", arrays, schema_version=2)
+    a, b = SampleShardDataset(old), SampleShardDataset(new)
+    assert len(a) == len(b) == 4
+    for i in range(4):
+        x, y = a[i], b[i]
+        assert x["sample_id"] == y["sample_id"] == f"synth-train-{i}"
+        for key in ("image", "soft_mask", "binary_mask", "trimap"):
+            assert torch.equal(x[key], y[key]), key
+    slices = np.zeros((3, 16, 16), np.int16)
+    s1 = SliceShardDataset(write_slice_shard(tmp_path / "s1.h5", slices, schema_version=1), mode="val")
+    s2 = SliceShardDataset(write_slice_shard(tmp_path / "s2.h5", slices, schema_version=2), mode="val")
+    assert [s1.slice_meta(i) for i in range(3)] == [s2.slice_meta(i) for i in range(3)]
+    assert s2.slice_meta(1) == {"sample_id": "synth-train-1", "patient": "P001", "split": "train"}
 
 
 def _which_symmetry(src, dst):

@@ -56,17 +56,23 @@ def _reference(mod: DRTM, lr, sr, feats):
             out.append(0.5 * (fc + fd))
             continue
         z = np.concatenate([fd, fc]).mean(axis=(1, 2))
-        v = p["fc.weight"] @ z + p["fc.bias"]
-        vd, vc = v[:C], v[C:]
+        if mod.fc_form == "sk":  # Eq. 12: Linear(2C->C) + ReLU, then two Linear(C->C) heads
+            r = np.maximum(p["fc_reduce.weight"] @ z + p["fc_reduce.bias"], 0)
+            vc = p["fc_c.weight"] @ r + p["fc_c.bias"]
+            vd = p["fc_d.weight"] @ r + p["fc_d.bias"]
+        else:
+            v = p["fc.weight"] @ z + p["fc.bias"]
+            vd, vc = v[:C], v[C:]
         a = np.exp(vc) / (np.exp(vc) + np.exp(vd))
         out.append(a[:, None, None] * fc + (1 - a)[:, None, None] * fd)
     return np.stack(out)
 
 
-@pytest.mark.parametrize("detail,fusion", [(True, True), (False, True), (True, False), (False, False)])
-def test_drtm_matches_reference(detail, fusion):
+@pytest.mark.parametrize("detail,fusion,fc", [(True, True, "sk"), (False, True, "sk"), (True, False, "sk"),
+                                               (False, False, "sk"), (True, True, "joint")])
+def test_drtm_matches_reference(detail, fusion, fc):
     torch.manual_seed(0)
-    mod = DRTM(C, scale=S, detail_enhancement=detail, selective_fusion=fusion).eval()
+    mod = DRTM(C, scale=S, detail_enhancement=detail, selective_fusion=fusion, fc=fc).eval()
     with torch.no_grad():  # non-trivial batch-norm statistics
         mod.context[2].running_mean.uniform_(-0.5, 0.5)
         mod.context[2].running_var.uniform_(0.5, 2.0)
@@ -80,11 +86,19 @@ def test_table_v_switches_remove_the_modules():
     full = DRTM(C, scale=S)
     no_detail = DRTM(C, scale=S, detail_enhancement=False)
     no_fusion = DRTM(C, scale=S, selective_fusion=False)
-    assert hasattr(full, "c_high") and hasattr(full, "c_low") and hasattr(full, "fc")
+    assert hasattr(full, "c_high") and hasattr(full, "c_low")
+    # Eq. 12: 2C -> C reduction, two C -> C heads
+    assert (full.fc_reduce.in_features, full.fc_reduce.out_features) == (2 * C, C)
+    assert (full.fc_c.in_features, full.fc_c.out_features) == (C, C) == (full.fc_d.in_features,
+                                                                        full.fc_d.out_features)
+    joint = DRTM(C, scale=S, fc="joint")
+    assert (joint.fc.in_features, joint.fc.out_features) == (2 * C, 2 * C)
+    with pytest.raises(ValueError, match="fc must be"):
+        DRTM(C, scale=S, fc="mlp")
     assert full.c_high.kernel_size == (1, 1)
     assert full.c_low.kernel_size == (3, 3) and full.c_low.dilation == (2, 2)
     assert not hasattr(no_detail, "c_high") and not hasattr(no_detail, "c_low")
-    assert not hasattr(no_fusion, "fc")
+    assert not any(hasattr(no_fusion, k) for k in ("fc", "fc_reduce", "fc_c", "fc_d"))
 
 
 def test_fusion_weights_sum_to_one_per_channel():

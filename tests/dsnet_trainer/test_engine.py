@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from dsnet_trainer import engine
+from dsnet_trainer.digest import weights_sha256
 from dsnet_trainer.engine import (CheckpointManager, DistContext, EvalShardSampler, MetricLogger, Precision,
                                   SeededSampler, TrainState, load_checkpoint, save_checkpoint, select_device)
 from dsnet_trainer.errors import CheckpointError, DeviceError
@@ -137,7 +138,7 @@ class _Evil:
 def test_pickled_code_is_refused(tmp_path):
     # weights_only=True refuses arbitrary objects: a checkpoint carrying one is rejected.
     bad = tmp_path / "evil.pt"
-    torch.save({"format": engine.CHECKPOINT_FORMAT, "version": 1, "obj": _Evil()}, bad)
+    torch.save({"format": engine.CHECKPOINT_FORMAT, "version": engine.CHECKPOINT_VERSION, "obj": _Evil()}, bad)
     with pytest.raises(CheckpointError, match="evil.pt"):
         load_checkpoint(bad)
 
@@ -160,7 +161,8 @@ def test_checkpoint_manager_files_and_resume(tmp_path):
     mgr = CheckpointManager(tmp_path / "ck", every_n_epochs=2)
     assert mgr.resolve_resume("auto") is None and mgr.resolve_resume(None) is None
     for epoch, improved in [(1, True), (2, False), (3, True), (4, False)]:
-        mgr.save({"format": engine.CHECKPOINT_FORMAT, "version": 1, "kind": "t", "epoch": epoch},
+        mgr.save({"format": engine.CHECKPOINT_FORMAT, "version": engine.CHECKPOINT_VERSION, "kind": "t",
+                  "epoch": epoch, "modules": {}, "weights_sha256": weights_sha256({})},
                  epoch=epoch, improved=improved)
     names = sorted(p.name for p in (tmp_path / "ck").iterdir())
     assert names == ["best.pt", "epoch_0002.pt", "epoch_0004.pt", "last.pt"]
@@ -271,3 +273,28 @@ def test_fit_tracks_best_and_checkpoints(tmp_path):
     assert load_checkpoint(tmp_path / "ck" / "best.pt")["epoch"] == 2
     assert load_checkpoint(tmp_path / "ck" / "last.pt")["epoch"] == 3
     assert sched.last_epoch == 3  # stepped once per epoch
+
+
+def test_selection_rule_mean_of_last_k_validations(tmp_path):
+    # validations 0.9 (lucky, alone), 0.1, 0.5, 0.6, 0.7: with k = 3 the first full window ends at
+    # epoch 3 (mean 0.5), then epoch 4 (0.4), epoch 5 (0.6) -> selected epoch 5, not the lucky epoch 1
+    state, model, opt, _ = _toy_state()
+    vals = iter([0.9, 0.1, 0.5, 0.6, 0.7])
+
+    def train_epoch(epoch):
+        opt.zero_grad()
+        model(torch.ones(2, 3)).sum().backward()
+        opt.step()
+        state.step += 1
+        return {"loss": 1.0}
+
+    ckpts = CheckpointManager(tmp_path / "ck")
+    logger = MetricLogger(tmp_path, tensorboard=False)
+    seen = []
+    engine.fit(state, epochs=5, train_epoch=train_epoch, evaluate=lambda e: {"dice": next(vals)},
+               checkpoints=ckpts, logger=logger, ctx=DistContext(), monitor="dice", select_k=3,
+               on_epoch=lambda r: seen.append(r.selected_epoch))
+    logger.close()
+    assert seen == [None, None, 3, 3, 5]
+    assert state.best_metric == pytest.approx((0.5 + 0.6 + 0.7) / 3)
+    assert load_checkpoint(ckpts.best_path)["epoch"] == 5

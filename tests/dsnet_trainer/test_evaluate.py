@@ -113,4 +113,4 @@ def test_cli_evaluate_and_compare(run, tmp_path):
     res = runner.invoke(group, ["compare", str(tmp_path / "ev"), "--name", "only"])
     assert res.exit_code == 0 and "| only |" in res.output
     res = runner.invoke(group, ["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
-    assert res.exit_code == 1 and "checkpoint not found" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "checkpoint not found" in res.output and "Traceback" not in res.output

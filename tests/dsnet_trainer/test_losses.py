@@ -11,13 +11,34 @@ from dsnet_trainer.losses import (dice_loss, gan_discriminator_loss, gan_generat
                                   total_loss)
 
 
-def test_dice_loss_hand_case():
-    prob = torch.tensor([[[[1.0, 0.0], [0.5, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])
-    target = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])
-    # sample 0: inter 1, sums 1.5 + 2 -> dice (2+1)/(3.5+1) = 2/3; sample 1 (both empty): dice 1
-    expected = ((1 - 2 / 3) + 0.0) / 2
-    assert dice_loss(prob, target).item() == pytest.approx(expected, abs=1e-7)
-    assert dice_loss(prob[:1], target[:1], smooth=0.0).item() == pytest.approx(1 - 2 / 3.5, abs=1e-7)
+def test_dice_loss_hand_case_eq15_squared():
+    prob = torch.tensor([[[[1.0, 0.0], [0.5, 0.0]]]])
+    target = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    # Eq. 15: inter 1, sum p^2 = 1.25, sum g^2 = 2 -> dice 2 / 3.25
+    assert dice_loss(prob, target).item() == pytest.approx(1 - 2 / 3.25, abs=1e-7)
+    # smoothing is an option: (2 + 1) / (3.25 + 1)
+    assert dice_loss(prob, target, smooth=1.0).item() == pytest.approx(1 - 3 / 4.25, abs=1e-7)
+
+
+def test_dice_loss_both_empty_is_zero_with_finite_gradient():
+    prob = torch.zeros(2, 1, 3, 3, requires_grad=True)
+    target = torch.zeros(2, 1, 3, 3)
+    loss = dice_loss(prob, target)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(prob.grad).all()
+    # a non-empty prediction of an empty target is a full miss: 1 - 0 / sum(p^2)
+    assert dice_loss(torch.full((1, 1, 2, 2), 0.3), torch.zeros(1, 1, 2, 2)).item() == pytest.approx(1.0)
+
+
+def test_dice_loss_against_numpy_oracle():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    p = rng.random((4, 1, 8, 8)).astype(np.float32)
+    g = (rng.random((4, 1, 8, 8)) > 0.6).astype(np.float32)
+    ref = np.mean([1 - 2 * (a * b).sum() / ((a ** 2).sum() + (b ** 2).sum()) for a, b in zip(p, g)])
+    assert dice_loss(torch.from_numpy(p), torch.from_numpy(g)).item() == pytest.approx(ref, rel=1e-5)
 
 
 def test_dice_loss_gradient_points_to_the_target():
@@ -33,6 +54,27 @@ def test_soft_l1_hand_case():
     assert soft_l1_loss(a, b).item() == pytest.approx(2.0 / 3.0)
     with pytest.raises(ValueError, match="same shape"):
         soft_l1_loss(a, b[..., :2])
+
+
+def test_soft_l1_crop_band_weights_each_crop_by_its_region():
+    pred = torch.zeros(2, 1, 4, 4)
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, 0, 0, 0] = 1.0          # crop 0: error 1 on a 2-pixel region
+    target[1, 0, :2, :2] = 0.5        # crop 1: error 4 * 0.5 = 2 on an 8-pixel region
+    region = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+    region[0, 0, 0, :2] = 255
+    region[1, 0, :2, :] = 128
+    got = soft_l1_loss(pred, target, reduction="crop_band", region=region).item()
+    assert got == pytest.approx((1 / 2 + 2 / 8) / 2)
+    # the pixel mean over all 32 pixels instead
+    assert soft_l1_loss(pred, target).item() == pytest.approx(3 / 32)
+    # an empty region counts as one pixel (no division by zero)
+    assert soft_l1_loss(pred, target, reduction="crop_band", region=torch.zeros_like(region)).item() == \
+        pytest.approx((1 + 2) / 2)
+    with pytest.raises(ValueError, match="needs region"):
+        soft_l1_loss(pred, target, reduction="crop_band")
+    with pytest.raises(ValueError, match="reduction"):
+        soft_l1_loss(pred, target, reduction="sum")
 
 
 def test_gan_losses_hand_case():

@@ -58,4 +58,4 @@ def test_teacher_beats_bicubic_on_the_phantom_sample(phantom_slices, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["bicubic"]["psnr"] == pytest.approx(psnr_bic, abs=1e-3)
     assert report["srgan"]["psnr"] == pytest.approx(psnr_sr, abs=1e-3)
-    assert "| SRGAN (stage 2) |" in res.output
+    assert "| + adversarial fine-tuning (stage 2) |" in res.output

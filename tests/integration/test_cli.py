@@ -78,7 +78,7 @@ def test_inspect_dir_and_shard(built):
     assert result.exit_code == 0, result.output
     shard_info = json.loads(result.stdout)
     with h5py.File(shard, "r") as f:
-        first_id = f["meta"]["sample_id"][0].decode()
+        first_id = f["sample_id"].asstr()[0]
         assert shard_info["arrays"]["soft_mask"]["shape"] == list(f["soft_mask"].shape)
     assert shard_info["sample"]["sample_id"] == first_id == shard_info["sample_ids"][0]
 

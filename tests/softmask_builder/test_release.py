@@ -40,7 +40,7 @@ def test_manifest_counts_match_the_shards(built):
         assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         with h5py.File(path, "r") as f:
             n = f["image_hu"].shape[0]
-            pats = {bytes(p).decode() for p in f["meta"]["patient"]}
+            pats = set(f["patient"].asstr()[()])  # schema 2: one dataset per meta field
         assert entry["n_samples"] == n
         per_split[entry["split"]] = per_split.get(entry["split"], 0) + n
         patients.setdefault(entry["split"], set()).update(pats)
@@ -79,8 +79,58 @@ def test_dataset_card_states_composition_and_parameters(built):
 def test_release_files_are_reproducible(built, tmp_path):
     plan = make_plan(recipe(label={"band_px": 3.5}), make_refs(30, per_patient=2, fail_every=9))
     run_build(plan, tmp_path, loader=fake_loader, labeller=fake_labeller)
-    for name in ("manifest.json", "SHA256SUMS", "rejects.csv", "DATASET_CARD.md"):
+    for name in ("manifest.json", "SHA256SUMS", "rejects.csv", "DATASET_CARD.md", "croissant.json"):
         assert (tmp_path / name).read_bytes() == (built / name).read_bytes(), name
+
+
+def _front_matter(card: str) -> dict:
+    import yaml
+
+    assert card.startswith("---\n")
+    return yaml.safe_load(card[4:card.index("\n---\n", 4)])
+
+
+def test_card_front_matter_lists_each_split_and_the_shard_fields(built):
+    """The Hub YAML parses, lists exactly the manifest's shards per split and one feature per
+    dataset in the shards (names and per-sample shapes checked against the files)."""
+    manifest = json.loads((built / "manifest.json").read_text())
+    meta = _front_matter((built / "DATASET_CARD.md").read_text())
+    source = manifest["recipe"]["source"]
+    licence = {"lidc": ("cc-by-3.0", None), "deeplesion": ("other", "DeepLesion")}.get(source.split("_")[0],
+                                                                                      ("other", "user-supplied"))
+    assert meta["license"] == licence[0] and (licence[1] is None or licence[1] in meta["license_name"]), source
+    (config,) = meta["configs"]
+    files = {d["split"]: d["path"] for d in config["data_files"]}
+    want: dict = {}
+    for e in sorted(manifest["shards"], key=lambda e: e["index"]):
+        want.setdefault(e["split"], []).append(e["file"])
+    assert files == want
+    with h5py.File(built / manifest["shards"][0]["file"], "r") as f:
+        shapes = {name: f[name].shape[1:] for name in f}
+    features = {feat["name"]: feat for feat in meta["dataset_info"]["features"]}
+    assert set(features) == set(shapes)
+    for name, shape in shapes.items():
+        feat = features[name]
+        got = (tuple(feat["dtype"]["array2_d"]["shape"]) if isinstance(feat.get("dtype"), dict)
+               else (feat["length"],) if "list" in feat else ())
+        assert got == shape, name
+
+
+def test_croissant_lists_every_shard_with_its_hash_and_size(built, copy):
+    doc = json.loads((built / "croissant.json").read_text())
+    assert doc["@type"] == "sc:Dataset" and doc["conformsTo"] == "http://mlcommons.org/croissant/1.1"
+    files = {d["@id"]: d for d in doc["distribution"] if d["@type"] == "cr:FileObject"}
+    shards = sorted(p.name for p in built.glob("*.h5"))
+    assert sorted(files) == shards
+    for name in shards:
+        assert files[name]["sha256"] == hashlib.sha256((built / name).read_bytes()).hexdigest()
+        assert files[name]["contentSize"] == f"{(built / name).stat().st_size} B"
+    with h5py.File(built / shards[0], "r") as f:
+        assert {fld["name"] for fld in doc["recordSet"][0]["field"]} == set(f)
+    assert "croissant.json" in (built / "SHA256SUMS").read_text()
+    (copy / "croissant.json").write_text("{}")
+    report = verify(copy)
+    assert any("croissant.json" in p and "sha256" in p for p in report.problems), report.problems
 
 
 def test_verify_passes_on_a_fresh_build(built):
@@ -135,11 +185,9 @@ def test_verify_detects_a_patient_in_two_splits(copy):
     train = sorted(copy.glob("toy-train-*.h5"))[0]
     test = sorted(copy.glob("toy-test-*.h5"))[0]
     with h5py.File(test, "r") as f:
-        other = f["meta"]["patient"][0]
+        other = f["patient"].asstr()[0]
     with h5py.File(train, "r+") as f:
-        meta = f["meta"][()]
-        meta["patient"][0] = other
-        f["meta"][...] = meta
+        f["patient"][0] = other
     manifest = json.loads((copy / "manifest.json").read_text())
     for e in manifest["shards"]:
         e["sha256"] = hashlib.sha256((copy / e["file"]).read_bytes()).hexdigest()
@@ -163,3 +211,16 @@ def test_preview_draws_one_row_per_sample(built, tmp_path):
     assert out.read_bytes() == write_preview(built, tmp_path / "r.png", n=3).read_bytes()
     # Pixels are drawn (not a blank canvas): the sheet has dark and bright regions.
     assert np.ptp(image[..., :3]) > 0.5
+
+
+@pytest.mark.parametrize("source, licence, name", [
+    ("lidc", "cc-by-3.0", None), ("lidc_slices", "cc-by-3.0", None),
+    ("deeplesion", "other", "NIH Clinical Center DeepLesion terms"), ("masks", "other", "licence of the user-supplied source"),
+])
+def test_card_licence_follows_the_source(built, source, licence, name):
+    from softmask_builder.metadata import hub_front_matter
+
+    manifest = json.loads((built / "manifest.json").read_text())
+    manifest["recipe"]["source"] = source
+    meta = _front_matter(hub_front_matter(manifest) + "# x\n")
+    assert meta["license"] == licence and meta.get("license_name") == name

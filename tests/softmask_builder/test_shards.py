@@ -16,9 +16,14 @@ from softmask_builder.shards import (check_shard, encode_meta, open_shard, parse
 
 # The schema as written in docs/FORMAT.md, restated here independently of the module's constants.
 FORMAT_ARRAYS = {"image_hu": "<i2", "soft_mask": "<f4", "binary_mask": "|u1", "trimap": "|u1"}
+# Version 1: the compound meta table.
 FORMAT_META = [("sample_id", "S64"), ("source_key", "S256"), ("patient", "S32"), ("split", "S8"),
                ("spacing_mm", "<f4", (2,)), ("origin_px", "<f4", (2,)), ("scale", "<f4"),
                ("recist_px", "<f4", (4, 2)), ("n_readers", "<i2"), ("lesion_type", "<i2")]
+# Version 2: one root dataset per field, (dtype or "str" for variable-length UTF-8, shape after N).
+FORMAT_V2_META = {"sample_id": ("str", ()), "source_key": ("str", ()), "patient": ("str", ()), "split": ("str", ()),
+                  "spacing_mm": ("<f4", (2,)), "origin_px": ("<f4", (2,)), "scale": ("<f4", ()),
+                  "recist_px": ("<f4", (4, 2)), "n_readers": ("<i2", ()), "lesion_type": ("<i2", ())}
 ATTRS = {"dataset": "toy", "dataset_version": "1.0", "builder_version": "0.1.0", "split": "train",
          "recipe_json": "{}", "recipe_sha256": "0" * 64, "n_planned": 3, "plan_sha256": "1" * 64,
          "rejects_json": "[]"}
@@ -54,9 +59,19 @@ def test_round_trip_and_schema(tmp_path):
             assert ds.dtype == np.dtype(dtype)
             assert ds.chunks == (1, 16, 16) and ds.compression == "gzip" and ds.compression_opts == 4 and ds.shuffle
             np.testing.assert_array_equal(ds[()], arrays[name])
-        assert f["meta"].dtype == np.dtype(FORMAT_META)
-        assert f["meta"].chunks == (1,) and f["meta"].compression == "gzip"
-        assert f.attrs["schema_version"] == 1 and f.attrs["n_samples"] == 3 and f.attrs["kind"] == "samples"
+        assert "meta" not in f
+        assert set(f.keys()) == set(FORMAT_ARRAYS) | set(FORMAT_V2_META)
+        for name, (dtype, shape) in FORMAT_V2_META.items():
+            ds = f[name]
+            assert ds.shape == (3, *shape) and ds.chunks == (1, *shape) and ds.compression == "gzip", name
+            if dtype == "str":
+                info = h5py.check_string_dtype(ds.dtype)
+                assert info.encoding == "utf-8" and info.length is None, name
+                assert ds.asstr()[()].tolist() == [row[name] for row in rows]
+            else:
+                assert ds.dtype == np.dtype(dtype), name
+                np.testing.assert_allclose(ds[()], np.array([row[name] for row in rows], dtype=dtype), rtol=1e-6)
+        assert f.attrs["schema_version"] == 2 and f.attrs["n_samples"] == 3 and f.attrs["kind"] == "samples"
     for i, row in enumerate(rows):
         sample = read_sample(path, i)
         for key in ("sample_id", "source_key", "patient", "split", "n_readers", "lesion_type"):
@@ -66,6 +81,44 @@ def test_round_trip_and_schema(tmp_path):
         np.testing.assert_array_equal(sample["soft_mask"], arrays["soft_mask"][i])
     assert read_sample(path, -1)["sample_id"] == "s2"
     assert check_shard(path) == []
+
+
+def write_v1_shard(path, arrays, rows, attrs):
+    """A schema-1 shard written with raw h5py as docs/FORMAT.md (version 1) describes it."""
+    meta = np.zeros(len(rows), dtype=np.dtype(FORMAT_META))
+    for i, row in enumerate(rows):
+        for name in meta.dtype.names:
+            value = row[name]
+            meta[name][i] = value.encode() if isinstance(value, str) else value
+    h, w = arrays["image_hu"].shape[1:]
+    with h5py.File(path, "w") as f:
+        for name, dtype in FORMAT_ARRAYS.items():
+            f.create_dataset(name, data=arrays[name].astype(dtype), chunks=(1, h, w), maxshape=(None, h, w),
+                             compression="gzip", compression_opts=4, shuffle=True)
+        f.create_dataset("meta", data=meta, chunks=(1,), maxshape=(None,), compression="gzip", shuffle=True)
+        f.attrs.update({**attrs, "schema_version": 1, "kind": "samples", "n_samples": len(rows)})
+
+
+def test_version_1_shards_are_still_read(tmp_path):
+    arrays, rows = _samples(3)
+    v1, v2 = tmp_path / "toy-train-00000-of-00002.h5", tmp_path / "toy-train-00001-of-00002.h5"
+    write_v1_shard(v1, arrays, rows, ATTRS)
+    write_shard(v2, arrays=arrays, meta=encode_meta(rows), attrs=ATTRS)
+    assert check_shard(v1) == [] and check_shard(v2) == []
+    with open_shard(v1) as old, open_shard(v2) as new:
+        assert (old.schema_version, new.schema_version) == (1, 2)
+        assert old.sample_ids == new.sample_ids == [r["sample_id"] for r in rows]
+        assert old.meta.tobytes() == new.meta.tobytes()
+        assert old.meta_column("patient").tolist() == [r["patient"] for r in rows]
+        for i, row in enumerate(rows):
+            a, b = old.sample(i), new.sample(i)
+            assert a.keys() == b.keys()
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+            assert a["source_key"] == row["source_key"] and a["n_readers"] == row["n_readers"]
+    with h5py.File(v1, "r+") as f:
+        f.attrs["schema_version"] = 3
+    assert any("schema_version 3" in p for p in check_shard(v1))
 
 
 def test_missing_meta_fields_take_not_applicable_values():
@@ -102,7 +155,7 @@ def test_bytes_do_not_depend_on_when_python_drops_handles(tmp_path, monkeypatch)
 
     monkeypatch.setattr(h5py.Group, "create_dataset", create_and_hold)
     _write(tmp_path / "held.h5", size=64)
-    assert len(held) == 5
+    assert len(held) == len(FORMAT_ARRAYS) + len(FORMAT_V2_META)
     assert (tmp_path / "held.h5").read_bytes() == (tmp_path / "plain.h5").read_bytes()
 
 
@@ -143,6 +196,10 @@ def test_too_long_string_is_an_error_naming_field_and_sample():
     (lambda f: f.attrs.__setitem__("split", "val"), "split"),
     (lambda f: f.attrs.__delitem__("recipe_sha256"), "missing root attributes"),
     (lambda f: f.__delitem__("trimap"), "datasets"),
+    (lambda f: f.__delitem__("patient"), "datasets"),
+    (lambda f: f["split"].__setitem__(1, "val"), "meta rows with split"),
+    (lambda f: f["sample_id"].__setitem__(1, "s0"), "duplicate sample ids"),
+    (lambda f: f["patient"].__setitem__(0, "p" * 40), "longer than the schema allows"),
 ])
 def test_check_shard_finds_schema_violations(tmp_path, damage, text):
     path = tmp_path / "toy-train-00000-of-00001.h5"

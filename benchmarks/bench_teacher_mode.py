@@ -1,0 +1,73 @@
+"""Training-step time of DSNet-family rows with the SR teacher in the paper's ``upscale`` mode vs
+``native`` (seg_tiny sizes; a randomly initialised sr_tiny teacher: speed only), side by side.
+
+    python benchmarks/bench_teacher_mode.py [--config seg_tiny] [--variants drtm,dsnet] [--steps 10]
+        [-s model.widths=[4,8,16,32]]
+
+One step = forward, losses of the variant (Eq. 19), backward and Adam, batch ``loop.batch_size``
+of 64x64 crops, float32 on CPU, ``torch.set_num_threads(1)``. Prints ms/step per mode and the
+ratio upscale / native.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def step_ms(variant: str, mode: str, config: str, overrides: list[str], steps: int) -> float:
+    from dsnet_trainer.config import load_config
+    from dsnet_trainer.losses import dice_loss, gan_generator_loss, soft_l1_loss, total_loss
+    from dsnet_trainer.models import build_model
+    from dsnet_trainer.models.dsnet import get_variant
+    from dsnet_trainer.sr import SRConfig, SRTeacher
+    from dsnet_trainer.train_seg import SegConfig, build_from_config
+
+    cfg = load_config(SegConfig, config, [f"model.variant={variant}", f"model.teacher_mode={mode}", *overrides])
+    sr = load_config(SRConfig, "sr_tiny")
+    torch.manual_seed(0)
+    teacher = SRTeacher(build_model("srresnet", **sr.generator_kwargs()), scale=sr.data.scale,
+                        feature_channels=sr.generator.n_channels, window_level_hu=cfg.data.level_hu,
+                        window_width_hu=cfg.data.width_hu, downsample=sr.data.downsample)
+    net, disc, _ = build_from_config(cfg.model, data_cfg=cfg.data, teacher=teacher)
+    v = get_variant(variant)
+    params = [p for p in net.parameters() if p.requires_grad] + (list(disc.parameters()) if disc else [])
+    opt = torch.optim.Adam(params, lr=1e-4)
+    b, c = cfg.loop.batch_size, cfg.data.crop_px
+    x = torch.rand(b, 1, c, c) * 2 - 1
+    m = (torch.rand(b, 1, c, c) > 0.7).float()
+    times = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        prob, soft = net(x)
+        gan = gan_generator_loss(disc(x, soft)) if disc is not None else None
+        loss = total_loss(dice=dice_loss(prob, m), l1=soft_l1_loss(soft, 2 * m - 1) if v.soft_head else None, gan=gan)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 2:  # two warm-up steps
+            times.append(time.perf_counter() - t0)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="seg_tiny")
+    ap.add_argument("--variants", default="drtm,dsnet")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("-s", dest="sets", action="append", default=[])
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"config {args.config} {' '.join(args.sets)}; median ms per training step (batch from config)")
+    print("| variant | native (ms) | upscale (ms) | upscale / native |")
+    print("|---|---|---|---|")
+    for v in args.variants.split(","):
+        n = step_ms(v, "native", args.config, args.sets, args.steps)
+        u = step_ms(v, "upscale", args.config, args.sets, args.steps)
+        print(f"| {v} | {n:.1f} | {u:.1f} | {u / n:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

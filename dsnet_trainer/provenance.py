@@ -1,0 +1,116 @@
+"""Which patients a model has seen: patient ids namespaced by source, and the teacher-leak check.
+
+An SR teacher trained on slices of a patient that the segmentation network is later evaluated on
+has seen that patient's anatomy: its features leak test information into every DRTM row. The
+teacher file therefore records its training patients (:func:`shard_patients` over its training
+slices), and ``dsnet train`` / ``dsnet evaluate`` compare them with the evaluated splits
+(:func:`check_teacher_patients`).
+
+Patient ids are namespaced by *source family*, not by dataset name: LNSM crops (dataset ``lnsm``,
+source ``deeplesion``) and DeepLesion full slices (dataset ``dl_slices``, source
+``deeplesion_slices``) share DeepLesion's ``Patient_index``, so both live under ``deeplesion``.
+The family is the recipe's ``source`` with a trailing ``_slices`` removed; a shard without a
+recipe (hand-made test shards) falls back to its ``dataset`` attribute.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+
+from .errors import CheckpointError
+
+__all__ = ["source_family", "shard_namespace", "patients_per_sample", "shard_patients", "check_teacher_patients", "TeacherLeakError"]
+
+
+class TeacherLeakError(CheckpointError):
+    """The SR teacher saw evaluation patients, or does not say which patients it saw."""
+
+
+def source_family(source: str) -> str:
+    """``deeplesion_slices`` -> ``deeplesion``, ``lidc_slices`` -> ``lidc``, others unchanged."""
+    source = str(source)
+    return source[: -len("_slices")] if source.endswith("_slices") else source
+
+
+def shard_namespace(attrs: Mapping) -> str:
+    """The patient namespace of a shard from its root attributes (decoded strings)."""
+    try:
+        recipe = json.loads(attrs.get("recipe_json") or "{}")
+    except (TypeError, ValueError):
+        recipe = {}
+    source = recipe.get("source") if isinstance(recipe, dict) else None
+    return source_family(source) if source else str(attrs.get("dataset", ""))
+
+
+def patients_per_sample(paths: Iterable[str | Path]) -> list[tuple[str, str]]:
+    """``(namespace, patient id)`` of every sample of ``paths``, in order (global positions).
+
+    Fields are read with :func:`softmask_builder.shards.read_meta_column` (either schema
+    version); the file is opened with ``locking=False`` like the trainer's datasets (:mod:`.data`), which may hold the
+    same files open in this process: HDF5 refuses a second handle with other locking flags."""
+    import h5py
+
+    from softmask_builder.shards import read_meta_column
+
+    out: list[tuple[str, str]] = []
+    for p in paths:
+        with h5py.File(p, "r", locking=False) as fh:
+            attrs = {k: (v.decode("utf-8") if isinstance(v, bytes) else v) for k, v in fh.attrs.items()}
+            ns = shard_namespace(attrs)
+            patients = read_meta_column(fh, "patient")  # either schema version (shards.py owns it)
+        out.extend((ns, str(pid)) for pid in patients)
+    return out
+
+
+def shard_patients(paths: Iterable[str | Path], *, indices: Sequence[int] | None = None) -> dict[str, list[str]]:
+    """``{namespace: sorted patient ids}`` of the samples of ``paths``. ``indices``: global sample
+    positions (over the shards in order) to keep; None keeps all."""
+    per = patients_per_sample(paths)
+    chosen = per if indices is None else [per[int(i)] for i in indices]
+    out: dict[str, set[str]] = {}
+    for ns, pid in chosen:
+        out.setdefault(ns, set()).add(pid)
+    return {ns: sorted(v) for ns, v in sorted(out.items())}
+
+
+def check_teacher_patients(teacher_patients: Mapping[str, Sequence[str]] | None,
+                           eval_patients: Mapping[str, Sequence[str]], *, teacher: str, splits: str,
+                           allow: bool) -> list[str]:
+    """Refuse a teacher that saw an evaluation patient or has no patient list.
+
+    Parameters
+    ----------
+    teacher_patients : the teacher file's ``train_patients`` (None: an old teacher without one).
+    eval_patients : ``{namespace: ids}`` of the splits the segmentation run is validated or tested on.
+    teacher : how to name the teacher in messages (a path or "the checkpoint's teacher").
+    splits : the evaluated split names, for the message.
+    allow : the paper's setting (``model.allow_teacher_overlap``): report instead of refusing.
+
+    Returns
+    -------
+    list of str : the overlapping ``namespace:id`` (empty when none; ``["<unknown>"]`` for a
+        teacher without a list), for the run record.
+
+    Raises
+    ------
+    TeacherLeakError : overlap or no list, and ``allow`` is False. The message says how to retrain.
+    """
+    retrain = ("retrain it on the segmentation train split's patients only (`dsnet pretrain-sr --data SLICES "
+               "--train-patients-from LNSM_DIR ...`, which `make pretrain-sr` does), or set "
+               "model.allow_teacher_overlap=true (--allow-teacher-overlap) to reproduce the paper's setting")
+    if teacher_patients is None:
+        if allow:
+            return ["<unknown>"]
+        raise TeacherLeakError(f"SR teacher {teacher} has no list of its training patients (an older teacher "
+                               f"file), so it may have seen {splits} patients; {retrain}")
+    overlap = sorted(f"{ns}:{p}" for ns, ids in eval_patients.items()
+                     for p in set(ids) & set(teacher_patients.get(ns, ())))
+    if overlap and not allow:
+        raise TeacherLeakError(f"SR teacher {teacher} was trained on {len(overlap)} patient(s) of the {splits} "
+                               f"split(s) (e.g. {', '.join(overlap[:3])}); {retrain}")
+    return overlap
+
+

@@ -1,0 +1,79 @@
+"""Export a verified sample build as per-sample NIfTI files plus a MONAI datalist.
+
+Layout::
+
+    OUT/
+      datalist.json        {"training": [...], "validation": [...], "test": [...]}, each entry
+                           {"image", "label", "soft_label", "sample_id", "patient"} with paths
+                           relative to OUT (``monai.data.load_decathlon_datalist`` resolves them)
+      images/<case>.nii.gz       int16 HU, exactly the shard's image_hu
+      labels/<case>.nii.gz       uint8 {0, 1}: binary_mask
+      soft_labels/<case>.nii.gz  float32 [0, 1]: soft_mask (the Soft Mask, for DiceLoss(soft_label=True))
+      export.json, SHA256SUMS
+
+Data contract: the same as the nnU-Net export -- (col, row, 1) arrays, pixdim (col_mm, row_mm,
+1). ``LoadImaged`` + ``EnsureChannelFirstd`` give (1, col, row, 1) tensors; squeeze the last axis
+for 2-D networks (``docs/MONAI.md`` trains one step). Training = our train split, validation =
+val, test = test (with labels, for scoring). Case ids are ``{dataset}_{k:05d}`` in the same order
+as the nnU-Net export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._common import SPLITS, AtomicFolder, load_verified_build, nifti_bytes, pixdim_of, provenance, to_col_row
+
+DATALIST = "datalist.json"
+LIST_KEYS = {"train": "training", "val": "validation", "test": "test"}
+
+
+@dataclass(frozen=True)
+class MonaiExport:
+    folder: Path
+    counts: dict[str, int]
+
+    def summary(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "datalist": str(self.folder / DATALIST), **self.counts}
+
+
+def export_monai(build: str | Path, out: str | Path, *, overwrite: bool = False) -> MonaiExport:
+    """Write ``out`` (see the module docstring) from the verified build ``build``.
+
+    Raises
+    ------
+    BuildNotVerified
+        The build fails ``softmask verify``.
+    ExportError
+        ``out`` exists and ``overwrite`` is False; a slice or empty build; nibabel missing.
+    """
+    verified = load_verified_build(build)
+    out = Path(out)
+    datalist: dict[str, list[dict[str, str]]] = {key: [] for key in LIST_KEYS.values()}
+    prefix = verified.dataset
+    with AtomicFolder(out, overwrite=overwrite) as folder:
+        k = 0
+        for split in SPLITS:
+            for sample in verified.samples(split):
+                case = f"{prefix}_{k:05d}"
+                k += 1
+                pixdim = pixdim_of(sample.spacing_mm)
+                entry = {"image": f"images/{case}.nii.gz", "label": f"labels/{case}.nii.gz",
+                         "soft_label": f"soft_labels/{case}.nii.gz", "sample_id": sample.sample_id,
+                         "patient": sample.patient}
+                folder.write_bytes(entry["image"], nifti_bytes(to_col_row(sample.image_hu), pixdim=pixdim,
+                                                               dtype=np.dtype("<i2")))
+                folder.write_bytes(entry["label"], nifti_bytes(to_col_row((sample.binary_mask != 0)), pixdim=pixdim,
+                                                               dtype=np.dtype("u1")))
+                folder.write_bytes(entry["soft_label"], nifti_bytes(to_col_row(sample.soft_mask), pixdim=pixdim,
+                                                                    dtype=np.dtype("<f4")))
+                datalist[LIST_KEYS[split]].append(entry)
+        folder.write_json(DATALIST, {"name": verified.dataset, "description": (
+            "Soft Mask toolkit export: 2-D lesion crops (HU), binary masks and Soft Masks (alpha in [0, 1])"),
+            "labels": {"0": "background", "1": "nodule"}, **datalist})
+        folder.write_json("export.json", provenance(verified, format="monai"))
+    return MonaiExport(out, {key: len(v) for key, v in datalist.items()})

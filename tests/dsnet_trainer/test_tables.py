@@ -1,0 +1,86 @@
+"""scripts/run_tables.py on a tiny sample: runs trained once and skipped when finished; paired
+per-crop differences and their t intervals against an independent recomputation from per_crop.csv."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from .shardkit import make_sample_arrays, write_sample_shard
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tables_module():
+    spec = importlib.util.spec_from_file_location("run_tables", ROOT / "scripts" / "run_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(1)
+    data = tmp_path / "data"
+    for split, n, prefix in (("train", 6, "T"), ("val", 3, "V"), ("test", 7, "X")):
+        write_sample_shard(data / f"synth-{split}-00000-of-00001.h5", make_sample_arrays(rng, n), split=split,
+                           patient_prefix=prefix)
+    from dsnet_trainer.models import build_model
+    from dsnet_trainer.sr import GeneratorConfig, SRConfig, export_teacher
+
+    cfg = SRConfig(generator=GeneratorConfig(n_channels=4, n_blocks=1))
+    teacher = export_teacher(build_model("srresnet", **cfg.generator_kwargs()), cfg, tmp_path / "teacher.pt",
+                             train_patients={"synth": ["T0", "T1", "T2"]})
+    return data, teacher
+
+
+def _per_crop(folder: Path) -> dict[str, float]:
+    with open(folder / "per_crop.csv", newline="") as fh:
+        return {r["sample_id"]: float(r["dice"]) for r in csv.DictReader(fh)}
+
+
+def test_tables_regenerate_and_skip_finished_runs(tiny, tmp_path, capsys):
+    data, teacher = tiny
+    out = tmp_path / "tables"
+    argv = ["--data", str(data), "--teacher", str(teacher), "--out", str(out), "--rows", "unet,backbone,drtm",
+            "--seeds", "2", "--extra-seeds", "1", "-s", "optim.epochs=1", "-s", "loop.max_steps_per_epoch=2",
+            "-s", "model.widths=[4,8]", "-s", "data.crop_px=32", "-s", "loop.batch_size=2",
+            "-s", "model.teacher_mode=native", "-s", "optim.lr=0.01"]
+    mod = _tables_module()
+    assert mod.main(argv) == 0
+    first = capsys.readouterr()
+    assert first.err.count(": training") == 6  # unet, backbone, drtm are core rows: 2 seeds each
+    result = json.loads((out / "tables.json").read_text())
+    assert result["n_crops"] == 7 and result["n_small"] + result["n_large"] == 7
+
+    # independent recomputation of backbone vs U-Net from the per-crop files
+    def seed_avg(row):
+        runs = [_per_crop(out / f"{row}-s{s}" / "eval-test") for s in (0, 1)]
+        return {k: np.mean([r[k] for r in runs]) for k in runs[0]}
+
+    b, u = seed_avg("backbone"), seed_avg("unet")
+    diff = np.array([b[k] - u[k] for k in sorted(b)])
+    got = result["rows"]["backbone"]["vs_unet"]
+    assert got["mean"] == pytest.approx(diff.mean(), abs=1e-9)
+    if diff.std() > 0:
+        lo, hi = stats.t.interval(0.95, len(diff) - 1, loc=diff.mean(), scale=stats.sem(diff))
+        assert got["ci95"] == pytest.approx([lo, hi], abs=1e-9)
+    assert got["n_better"] == int((diff > 0).sum())
+    seeds = [np.mean(list(_per_crop(out / f"drtm-s{s}" / "eval-test").values())) for s in (0, 1)]
+    assert result["rows"]["drtm"]["dice_std"] == pytest.approx(np.std(seeds, ddof=1), abs=1e-9)
+    md = (out / "TABLES.md").read_text()
+    assert "### Table III" in md and "| backbone | 2 |" in md
+
+    stamp = (out / "unet-s0" / "eval-test" / "metrics.json").stat().st_mtime_ns
+    assert mod.main(argv) == 0
+    again = capsys.readouterr()
+    assert ": training" not in again.err and again.err.count("finished, skipped") == 6
+    assert (out / "unet-s0" / "eval-test" / "metrics.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "tables.json").read_text())["rows"] == result["rows"]
