@@ -60,7 +60,7 @@ slices: $(STAMP)
 	$(BIN)/softmask verify "$(call out_or,build/slices)"
 
 preview: $(STAMP)
-	$(BIN)/softmask preview "$(call out_or,build/lnsm)" --n 8 --out "$(call out_or,build/lnsm)/preview.png"
+	$(BIN)/softmask preview "$(call out_or,build/lnsm)" --n 8 --out "$(call out_or,build/lnsm)-preview.png"
 
 # A release build of LNSM (DEEPLESION= for the real one, else the phantom sample) from a clean,
 # committed tree: rebuilt from scratch, verified, checksums checked with sha256sum.
@@ -86,7 +86,7 @@ figures: $(STAMP)
 
 # --- trainer --------------------------------------------------------------------------------
 # SR teacher on full slices: the phantom sample's slices, or DEEPLESION= slices.
-SR_SOURCE ?= build/lnsm/phantom-source
+SR_SOURCE ?= build/lnsm-phantom-source
 SR_SLICES ?= build/sample-slices
 SR_CONFIG ?= sr_tiny
 TEACHER  ?= runs/sr-$(SR_CONFIG)/teacher.pt

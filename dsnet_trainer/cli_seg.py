@@ -66,8 +66,8 @@ def train_cmd(config, overrides, variant, data, teacher, out, resume, device):
               help="Split used only to choose the threshold (default: the run's data.val_split; '' = none).")
 @click.option("--out", default=None, help="Report folder (default: <run>/eval-<split>).")
 @click.option("--name", default=None, help="Label of the run in tables (default: the run folder's name).")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Crops per forward pass.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--n-preview", default=6, show_default=True, type=click.IntRange(min=1),
               help="Crops shown in predictions.png.")
 @_friendly
@@ -100,14 +100,14 @@ def compare_cmd(reports, names, out):
 
 
 @click.command("predict")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False))
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="best.pt / last.pt of a run.")
 @click.option("--input", "inputs", required=True, multiple=True,
               help="Sample shards (files or a folder of .h5) or a folder of .npy/.png/.dcm crops.")
 @click.option("--out", required=True, help="Output folder.")
 @click.option("--split", default=None, help="With shards: only this split.")
 @click.option("--threshold", default=0.5, show_default=True, type=float, help="Binary mask threshold.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Crops per forward pass.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @_friendly
 def predict_cmd(checkpoint, inputs, out, split, threshold, batch_size, device):
     """Soft Mask and binary mask for every crop of shards or of a folder of crop files."""
@@ -124,12 +124,13 @@ def predict_cmd(checkpoint, inputs, out, split, threshold, batch_size, device):
 
 
 @click.command("export")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False))
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="best.pt / last.pt of a run.")
 @click.option("--out", required=True, help="Output file (.pt for torchscript, .pt2 for exported).")
 @click.option("--format", "fmt", type=click.Choice(["torchscript", "exported"]), default="torchscript",
-              show_default=True)
+              show_default=True, help="torchscript (.pt, torch.jit.load) or exported (.pt2, torch.export.load).")
 @click.option("--data", default=None, help="Shards whose crops are added to the eager-vs-exported check.")
-@click.option("--atol", default=1e-5, show_default=True, type=float)
+@click.option("--atol", default=1e-5, show_default=True, type=float,
+              help="Largest allowed |eager - exported| difference in the check.")
 @_friendly
 def export_cmd(checkpoint, out, fmt, data, atol):
     """TorchScript (or torch.export) module: HU crop in, (prob, Soft Mask) out; checked against eager."""

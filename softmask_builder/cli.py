@@ -35,6 +35,15 @@ BUILD_KINDS = {
     "masks": ("masks", ("masks",)),
     "slices": ("slices", ("deeplesion_slices", "lidc_slices")),
 }
+#: Default ``--out`` of each ``build`` subcommand: the make target's folder (``make lidc`` -> build/lidc).
+DEFAULT_OUT = {"deeplesion": Path("build/lnsm"), "lidc": Path("build/lidc"), "masks": Path("build/masks"),
+               "slices": Path("build/slices")}
+
+
+def _bundled_recipes() -> str:
+    from .recipes import MANIFESTS_DIR
+
+    return ", ".join(sorted(p.stem for p in MANIFESTS_DIR.glob("*.yaml")))
 
 
 class _Fail(click.ClickException):
@@ -114,7 +123,8 @@ def _run_build(recipe, source: Path, out: Path | None, *, jobs: int, backend: st
     """Plan, then (unless ``dry_run``) build; return the summary dict. Raises _Fail on input errors."""
     from .build import plan_build, run_build
 
-    out = out or Path("build") / recipe.dataset
+    if out is None:
+        raise _Fail("--out is required")  # every caller passes its default folder
     with _input_errors():
         plan = plan_build(recipe, source, limit=limit)
     if dry_run:
@@ -131,9 +141,10 @@ def _run_build(recipe, source: Path, out: Path | None, *, jobs: int, backend: st
 def _common_build_options(func):
     options = [
         click.option("--recipe", "recipe_name", default=None,
-                     help="Recipe YAML path or bundled name (lnsm, lidc, sample, masks, slices)."),
+                     help=f"Recipe YAML path or bundled name ({_bundled_recipes()})."),
         click.option("--out", type=click.Path(path_type=Path), default=None,
-                     help="Output folder (default build/<dataset>)."),
+                     help="Output folder (default: the make target's, build/lnsm, build/lidc, build/masks or "
+                          "build/slices)."),
         click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Parallel shard jobs."),
         click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
                      help="joblib backend for the shard jobs."),
@@ -164,14 +175,14 @@ def _build_command(kind: str):
         if recipe.source not in sources:
             raise _Fail(f"recipe {recipe_name or default_recipe!r} builds source {recipe.source!r}; "
                         f"`softmask build {kind}` takes a recipe with source {' or '.join(sources)}")
-        summary = _run_build(recipe, source, out, jobs=jobs, backend=backend, scheduler=scheduler, dry_run=dry_run,
+        summary = _run_build(recipe, source, out or DEFAULT_OUT[kind], jobs=jobs, backend=backend, scheduler=scheduler, dry_run=dry_run,
                              limit=limit, overwrite=overwrite, progress=progress)
         _emit(summary)
         if not dry_run and summary["n_samples"] == 0:
             raise _Fail(f"no sample was built (see {Path(summary['out']) / 'rejects.csv'})", code=EXIT_EMPTY)
 
-    command.help = (f"Build a dataset from a {kind} source folder SOURCE (default recipe: {default_recipe}). "
-                    "Prints a JSON summary on stdout.")
+    command.help = (f"Build a dataset from a {kind} source folder SOURCE (default recipe: {default_recipe}; "
+                    f"default --out {DEFAULT_OUT[kind]}). Prints a JSON summary on stdout.")
     return command
 
 
@@ -243,7 +254,7 @@ def verify(path: Path) -> None:
 @click.option("--n", "n_samples", type=click.IntRange(min=1), default=8, show_default=True,
               help="Samples on the sheet (spread evenly over the dataset).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("preview.png"),
-              show_default=True)
+              show_default=True, help="PNG file to write (atomically).")
 def preview(path: Path, n_samples: int, out: Path) -> None:
     """Contact sheet PNG: image, trimap, Soft Mask and binary mask of N samples."""
     from .release import write_preview
@@ -254,9 +265,10 @@ def preview(path: Path, n_samples: int, out: Path) -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for DL_info.csv, Images_png/ and the truth (reused when it holds the same n and seed).")
 @click.option("--n", "n_cases", type=click.IntRange(min=1), default=60, show_default=True, help="Phantom cases.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Phantom random seed (same seed, same bytes).")
 def phantom(out: Path, n_cases: int, seed: int) -> None:
     """Write the synthetic DeepLesion-layout sample (known truth) to OUT."""
     summary = _write_phantom(out, n_cases, seed)
@@ -278,30 +290,42 @@ def _write_phantom(out: Path, n_cases: int, seed: int) -> dict:
 
 @main.command(name="make-lnsm")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("build/lnsm"),
-              show_default=True)
-@click.option("-j", "--jobs", type=int, default=1, show_default=True)
+              show_default=True, help="Output folder (the dataset; `make lnsm`'s default).")
+@click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Parallel shard jobs.")
 @click.option("--deeplesion", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="DeepLesion root (DL_info.csv + Images_png). Without it, the bundled phantom sample is built.")
-@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True)
-@click.option("--scheduler", default=None)
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
+              help="joblib backend for the shard jobs.")
+@click.option("--scheduler", default=None,
+              help="dask scheduler address (tcp://host:8786, with --backend dask); default: a LocalCluster of "
+                   "--jobs workers.")
 @click.option("--n", "n_cases", type=click.IntRange(min=1), default=60, show_default=True,
               help="Phantom cases (without --deeplesion).")
-@click.option("--limit", type=click.IntRange(min=1), default=None)
-@click.option("--overwrite", is_flag=True)
-@click.option("--progress/--no-progress", default=None)
+@click.option("--seed", type=int, default=0, show_default=True, help="Phantom random seed (without --deeplesion).")
+@click.option("--phantom-source", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the phantom sample is written (without --deeplesion); default OUT-phantom-source, "
+                   "beside OUT, so that OUT holds only what SHA256SUMS covers.")
+@click.option("--preview", "preview_png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Contact sheet PNG; default OUT-preview.png, beside OUT.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use only the first N planned samples (by sample_id): a trial build.")
+@click.option("--overwrite", is_flag=True, help="Rebuild every shard (default: finished shards are kept).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a tty).")
 def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, scheduler: str | None, n_cases: int,
-              limit: int | None, overwrite: bool, progress: bool | None) -> None:
+              seed: int, phantom_source: Path | None, preview_png: Path | None, limit: int | None, overwrite: bool,
+              progress: bool | None) -> None:
     """What `make lnsm` runs: build LNSM from DeepLesion (manifests/lnsm.yaml), or without
-    --deeplesion the phantom sample (written to OUT/phantom-source, manifests/sample.yaml); then
-    verify and write OUT/preview.png."""
+    --deeplesion the phantom sample (written to OUT-phantom-source, manifests/sample.yaml); then
+    verify and write OUT-preview.png. OUT itself holds only the files SHA256SUMS covers."""
     from .recipes import load_recipe
     from .release import verify as verify_dataset
     from .release import write_preview
 
     summary: dict = {}
     if deeplesion is None:
-        summary["phantom"] = _write_phantom(out / "phantom-source", n_cases, 0)
-        source, recipe_name = out / "phantom-source", "sample"
+        phantom_source = phantom_source or out.with_name(f"{out.name}-phantom-source")
+        summary["phantom"] = _write_phantom(phantom_source, n_cases, seed)
+        source, recipe_name = phantom_source, "sample"
     else:
         source, recipe_name = deeplesion, "lnsm"
     with _input_errors():
@@ -311,7 +335,7 @@ def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, sched
     report = verify_dataset(out)
     summary["verify"] = report.summary()
     if summary["build"]["n_samples"]:
-        summary["preview"] = str(write_preview(out, out / "preview.png", n=8))
+        summary["preview"] = str(write_preview(out, preview_png or out.with_name(f"{out.name}-preview.png"), n=8))
     _emit(summary)
     if not report.ok:
         for problem in report.problems:

@@ -192,6 +192,9 @@ def test_make_lnsm_in_a_real_subprocess(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["verify"]["ok"] and summary["build"]["n_samples"] == summary["verify"]["n_samples"] > 0
-    assert (out / "preview.png").is_file() and (out / "phantom-source" / "DL_info.csv").is_file()
+    assert (tmp_path / "lnsm-preview.png").is_file() and (tmp_path / "lnsm-phantom-source" / "DL_info.csv").is_file()
+    # The release folder holds exactly what SHA256SUMS covers (plus SHA256SUMS and the build plan).
+    covered = {line.split(None, 1)[1].strip() for line in (out / "SHA256SUMS").read_text().splitlines()}
+    assert {p.name for p in out.iterdir()} - {"SHA256SUMS", ".plan.json"} == covered
     if shutil.which("sha256sum"):
         subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out, check=True)
