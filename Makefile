@@ -15,7 +15,7 @@ STAMP    := $(VENV)/.installed
 export SOFTMASK_SHARED_DATA ?= $(SHARED_DATA)
 
 .PHONY: setup test test-all lnsm lidc masks slices release preview bench bench-accuracy bench-build \
-        pretrain-sr train evaluate bench-loader figures clean
+        pretrain-sr train evaluate bench-loader figures clean report report-check help
 
 setup: $(STAMP)
 
@@ -61,6 +61,23 @@ slices: $(STAMP)
 
 preview: $(STAMP)
 	$(BIN)/softmask preview "$(call out_or,build/lnsm)" --n 8 --out "$(call out_or,build/lnsm)-preview.png"
+
+# QC report of a dataset (`make lnsm` first; it is run if absent): OUT-report.html, one self-contained page.
+report: $(STAMP)
+	@test -f "$(call out_or,build/lnsm)/manifest.json" || $(MAKE) lnsm OUT="$(call out_or,build/lnsm)"
+	$(BIN)/softmask report "$(call out_or,build/lnsm)" --out "$(call out_or,build/lnsm)-report.html"
+
+# The report rendered in headless Chromium (Debian's `chromium`; skipped, with the reason, when absent);
+# its screenshot goes to docs/img/report.png, the preview of the same build to docs/img/preview.png.
+CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
+ifeq ($(strip $(CHROMIUM)),)
+report-check:
+	@echo "report-check: skipped: chromium not found (Debian: apt-get install -y chromium)" >&2
+else
+report-check: report
+	$(PY) tools/report_check.py "$(call out_or,build/lnsm)-report.html" --chromium "$(CHROMIUM)" --screenshot docs/img/report.png
+	$(BIN)/softmask preview "$(call out_or,build/lnsm)" --n 8 --out docs/img/preview.png > /dev/null
+endif
 
 # A release build of LNSM (DEEPLESION= for the real one, else the phantom sample) from a clean,
 # committed tree: rebuilt from scratch, verified, checksums checked with sha256sum.
@@ -113,3 +130,28 @@ bench-accuracy: $(STAMP)
 
 clean:
 	rm -rf build runs
+
+# `make help` prints the "## " lines below (tests/docs/test_make_help.py checks every target is listed).
+## setup          .venv with the project, its test/train extras and CPU torch (every target runs it)
+## test           the test suite without `slow` tests (< 10 min on 2 cores)
+## test-all       every test, `slow` ones included
+## lnsm           the phantom sample (or DEEPLESION=) -> build/lnsm, verified; N= phantom cases
+## lidc           LIDC-IDRI Soft Masks from LIDC_DICOM= -> build/lidc, verified
+## masks          your image/mask pairs from MASKS= -> build/masks, verified
+## slices         full CT slices for the SR teacher (DEEPLESION= or LIDC_DICOM=) -> build/slices
+## preview        contact sheet of a build -> OUT-preview.png (default build/lnsm-preview.png)
+## report         QC report of a build -> OUT-report.html (default build/lnsm-report.html)
+## report-check   render the report in headless Chromium -> docs/img/report.png, docs/img/preview.png
+## release        clean git tree only: rebuild LNSM from scratch, verify, sha256sum -c
+## bench          matting and trimap speed, new vs reference, ratios printed
+## bench-build    build throughput, jobs 1 vs 2
+## bench-loader   trainer data-loader throughput
+## bench-accuracy Soft Mask accuracy tables on the phantom
+## figures        real-data figures of docs/img from the shared fixtures
+## pretrain-sr    SR teacher on the sample's slices -> runs/sr-sr_tiny/teacher.pt
+## train          DSNet (SEG_CONFIG, VARIANT=) on build/lnsm -> runs/seg_tiny
+## evaluate       Dice / SEN / PPV of the trained run on build/lnsm's test split
+## clean          remove build/ and runs/
+## help           this list
+help:
+	@sed -n 's/^## //p' $(firstword $(MAKEFILE_LIST))

@@ -256,12 +256,29 @@ def verify(path: Path) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("preview.png"),
               show_default=True, help="PNG file to write (atomically).")
 def preview(path: Path, n_samples: int, out: Path) -> None:
-    """Contact sheet PNG: image, trimap, Soft Mask and binary mask of N samples."""
+    """Contact sheet PNG of N samples: the Soft Mask's 0.5 contour and the trimap band over the
+    windowed CT, and the Soft Mask in a colormap with a zoomed inset of one edge."""
     from .release import write_preview
 
     with _input_errors():
         written = write_preview(path, out, n=n_samples)
     _emit({"preview": str(written), "n": n_samples})
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write (default: PATH-report.html, beside the dataset folder).")
+def report(path: Path, out: Path | None) -> None:
+    """QC report: one self-contained HTML page (images embedded) with counts per split, a lesion-size
+    histogram, the rejects and the samples to review first (largest unknown band, largest sure-lesion
+    vs Soft Mask disagreement, smallest lesions) drawn with overlays."""
+    from .report import write_report
+
+    out = out or path.with_name(f"{path.resolve().name}-report.html")
+    with _input_errors():
+        summary = write_report(path, out)
+    _emit(summary)
 
 
 @main.command()

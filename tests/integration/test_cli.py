@@ -198,3 +198,14 @@ def test_make_lnsm_in_a_real_subprocess(tmp_path):
     assert {p.name for p in out.iterdir()} - {"SHA256SUMS", ".plan.json"} == covered
     if shutil.which("sha256sum"):
         subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out, check=True)
+
+
+def test_report_writes_html_beside_the_dataset(built):
+    out, _, _ = built
+    result = invoke("report", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    page = out.with_name(f"{out.name}-report.html")
+    assert summary["report"] == str(page) and page.is_file()
+    assert summary["n_samples"] == json.loads((out / "manifest.json").read_text())["n_samples"]
+    assert invoke("report", out.parent / "missing").exit_code == EXIT_INPUT
