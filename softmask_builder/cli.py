@@ -67,6 +67,11 @@ def _emit(data) -> None:
     click.echo(json.dumps(data, indent=1, sort_keys=True, default=str))
 
 
+def _say(line: str) -> None:
+    """The one human summary line of a long command, on stderr (stdout keeps the JSON)."""
+    click.echo(line, err=True)
+
+
 @contextmanager
 def parallel_setup(backend: str, jobs: int, scheduler: str | None):
     """``joblib.parallel_config`` for the build: loky with ``jobs`` processes, or dask through
@@ -168,8 +173,12 @@ def _build_command(kind: str):
     @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @_common_build_options
     def command(source, recipe_name, out, jobs, backend, scheduler, dry_run, limit, overwrite, progress):
-        from .recipes import load_recipe
+        import time
 
+        from .recipes import load_recipe
+        from .summaries import build_line
+
+        started = time.monotonic()
         with _input_errors():
             recipe = load_recipe(recipe_name or default_recipe)
         if recipe.source not in sources:
@@ -178,6 +187,8 @@ def _build_command(kind: str):
         summary = _run_build(recipe, source, out or DEFAULT_OUT[kind], jobs=jobs, backend=backend, scheduler=scheduler, dry_run=dry_run,
                              limit=limit, overwrite=overwrite, progress=progress)
         _emit(summary)
+        _say(build_line(summary, kind="slices" if kind == "slices" else "samples",
+                        seconds=time.monotonic() - started))
         if not dry_run and summary["n_samples"] == 0:
             raise _Fail(f"no sample was built (see {Path(summary['out']) / 'rejects.csv'})", code=EXIT_EMPTY)
 
@@ -241,11 +252,15 @@ def verify(path: Path) -> None:
     """Re-hash a dataset folder and check its schema and counts (exit 3 on any mismatch)."""
     from .release import verify as verify_dataset
 
+    from .summaries import verify_line
+
     report = verify_dataset(path)
     _emit(report.summary())
     if not report.ok:
         for problem in report.problems:
             click.echo(f"verify: {problem}", err=True)
+    _say(verify_line(report.summary()))
+    if not report.ok:
         sys.exit(EXIT_VERIFY)
 
 
@@ -262,7 +277,10 @@ def preview(path: Path, n_samples: int, out: Path) -> None:
 
     with _input_errors():
         written = write_preview(path, out, n=n_samples)
+    from .summaries import preview_line
+
     _emit({"preview": str(written), "n": n_samples})
+    _say(preview_line({"preview": str(written), "n": n_samples}))
 
 
 @main.command()
@@ -278,7 +296,10 @@ def report(path: Path, out: Path | None) -> None:
     out = out or path.with_name(f"{path.resolve().name}-report.html")
     with _input_errors():
         summary = write_report(path, out)
+    from .summaries import report_line
+
     _emit(summary)
+    _say(report_line(summary))
 
 
 @main.command()
@@ -288,8 +309,11 @@ def report(path: Path, out: Path | None) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Phantom random seed (same seed, same bytes).")
 def phantom(out: Path, n_cases: int, seed: int) -> None:
     """Write the synthetic DeepLesion-layout sample (known truth) to OUT."""
+    from .summaries import phantom_line
+
     summary = _write_phantom(out, n_cases, seed)
     _emit(summary)
+    _say(phantom_line(summary))
 
 
 def _write_phantom(out: Path, n_cases: int, seed: int) -> dict:
@@ -334,10 +358,14 @@ def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, sched
     """What `make lnsm` runs: build LNSM from DeepLesion (manifests/lnsm.yaml), or without
     --deeplesion the phantom sample (written to OUT-phantom-source, manifests/sample.yaml); then
     verify and write OUT-preview.png. OUT itself holds only the files SHA256SUMS covers."""
+    import time
+
     from .recipes import load_recipe
     from .release import verify as verify_dataset
     from .release import write_preview
+    from .summaries import make_lnsm_line
 
+    started = time.monotonic()
     summary: dict = {}
     if deeplesion is None:
         phantom_source = phantom_source or out.with_name(f"{out.name}-phantom-source")
@@ -354,6 +382,7 @@ def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, sched
     if summary["build"]["n_samples"]:
         summary["preview"] = str(write_preview(out, preview_png or out.with_name(f"{out.name}-preview.png"), n=8))
     _emit(summary)
+    _say(make_lnsm_line(summary, seconds=time.monotonic() - started))
     if not report.ok:
         for problem in report.problems:
             click.echo(f"verify: {problem}", err=True)

@@ -209,3 +209,25 @@ def test_report_writes_html_beside_the_dataset(built):
     assert summary["report"] == str(page) and page.is_file()
     assert summary["n_samples"] == json.loads((out / "manifest.json").read_text())["n_samples"]
     assert invoke("report", out.parent / "missing").exit_code == EXIT_INPUT
+
+
+def test_long_commands_end_with_one_human_line_on_stderr(built, phantom_root, tmp_path):
+    """JSON on stdout, then one line on stderr naming what was built, where and what to run next."""
+    out, summary, stderr = built
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"built {summary['n_samples']} samples of {summary['dataset']} into {out}")
+    assert f"Next: softmask verify {out}" in last
+    cases = [
+        (["verify", out], f"verify: {out} OK"),
+        (["preview", out, "--n", 2, "--out", tmp_path / "p.png"], f"to {tmp_path / 'p.png'}"),
+        (["report", out, "--out", tmp_path / "r.html"], f"to {tmp_path / 'r.html'}"),
+        (["phantom", "--out", phantom_root, "--n", 4, "--seed", 2], f"reused the phantom sample (4 cases, seed 2)"),
+        (["build", "deeplesion", phantom_root, "--recipe", "sample", "--out", tmp_path / "d", "--dry-run"],
+         "nothing written"),
+    ]
+    for args, text in cases:
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        json.loads(result.stdout)  # stdout is the JSON alone
+        lines = result.stderr.strip().splitlines()
+        assert lines and text in lines[-1], (args, result.stderr)
