@@ -85,6 +85,8 @@ release: $(STAMP)
 	@test -z "$$(git status --porcelain --untracked-files=no)" || { echo "release: the git tree has uncommitted changes; commit them first" >&2; exit 2; }
 	$(BIN)/softmask make-lnsm --out "$(call out_or,$(RELEASE_OUT))" --jobs $(JOBS) --overwrite $(if $(DEEPLESION),--deeplesion "$(DEEPLESION)",)
 	cd "$(call out_or,$(RELEASE_OUT))" && sha256sum -c --quiet SHA256SUMS
+	@cd "$(call out_or,$(RELEASE_OUT))" && extra="$$(ls -A | grep -v -x -F -e SHA256SUMS -e .plan.json -e "$$(cut -c67- SHA256SUMS)")"; \
+	  test -z "$$extra" || { echo "release: files outside SHA256SUMS: $$extra" >&2; exit 1; }
 	@echo "release: $(call out_or,$(RELEASE_OUT)) built from commit $$(git rev-parse HEAD)"
 
 bench-build: $(STAMP)
