@@ -140,3 +140,66 @@ def test_documented_lidc_agreement_runs():
         args = [w for w in _tokens(cmd.text)[1:]]
         result = CliRunner().invoke(softmask_main, args)
         assert result.exit_code == 0, f"{cmd.where}: {result.output}"
+
+
+# --- dsnet commands on a tiny trained run (slow: trains one) ---------------------------------
+
+DSNET_RUNNABLE = ("evaluate", "predict", "export", "compare", "teacher-info")
+
+
+def dsnet_invocation(cmd: DocCommand, ckpt: Path, data: Path, teacher: Path, evals: list[Path],
+                     scratch: Path) -> list[str] | None:
+    """The documented dsnet command with its paths pointed at the tiny run; None when it cannot run."""
+    words = _tokens(cmd.text)
+    if words[0] != "dsnet" or len(words) < 3 or words[1] not in DSNET_RUNNABLE:
+        return None
+    args, i, n_eval = [words[1]], 2, 0
+    while i < len(words):
+        word = words[i]
+        if word in ("--checkpoint", "--data", "--input", "--out") and i + 1 < len(words):
+            value = {"--checkpoint": ckpt, "--data": data, "--input": data,
+                     "--out": scratch / Path(words[i + 1]).name.replace(PLACEHOLDER, "x")}[word]
+            args += [word, str(value)]
+            i += 2
+            continue
+        if word.startswith("-"):
+            args.append(word)
+        elif re.fullmatch(r"[A-Z]+|\.\.\.|" + PLACEHOLDER, word):
+            return None  # `dsnet compare A B ...`: a pattern, not an invocation
+        elif words[1] == "teacher-info":
+            args.append(str(teacher))
+        elif words[1] == "compare" and "eval" in word:
+            args.append(str(evals[n_eval % len(evals)]))
+            n_eval += 1
+        else:
+            args.append(word)
+        i += 1
+    return args
+
+
+DSNET_RUN = [c for c in COMMANDS if c.program == "dsnet" and c.text.split()[0] == "dsnet"
+             and _tokens(c.text)[1:2] and _tokens(c.text)[1] in DSNET_RUNNABLE and len(c.text.split()) > 2]
+
+
+@pytest.mark.slow
+def test_documented_dsnet_commands_run_on_a_tiny_run(tmp_path):
+    from tests.dsnet_trainer.seg_helpers import trained_run
+
+    data, teacher, run = trained_run(tmp_path / "t", variant="unet", epochs=1)
+    ckpt = Path(run) / "checkpoints" / "best.pt"
+    evals = []
+    for name in ("a", "b"):
+        result = CliRunner().invoke(dsnet_main, ["evaluate", "--checkpoint", str(ckpt), "--data", str(data),
+                                                 "--out", str(tmp_path / name / "eval-test")])
+        assert result.exit_code == 0, result.output
+        evals.append(tmp_path / name / "eval-test")
+    assert DSNET_RUN
+    ran = 0
+    for cmd in DSNET_RUN:
+        args = dsnet_invocation(cmd, ckpt, data, teacher, evals, tmp_path / f"o{ran}")
+        if args is None or (args[0] == "teacher-info" and not teacher.is_file()):
+            continue
+        result = CliRunner().invoke(dsnet_main, args)
+        assert result.exit_code == 0, f"{cmd.where}: dsnet {' '.join(args)}\n{result.output}"
+        ran += 1
+    assert ran >= 4
