@@ -16,7 +16,7 @@ export SOFTMASK_SHARED_DATA ?= $(SHARED_DATA)
 
 .PHONY: setup test test-all test-export export-nnunet export-monai lnsm lidc masks slices release preview bench \
         bench-accuracy bench-accuracy-hybrid calibrate bench-build pretrain-sr train evaluate tables nnunet-baseline \
-        bench-loader figures clean
+        bench-loader figures clean report report-check help
 
 setup: $(STAMP)
 
@@ -88,7 +88,24 @@ slices: $(STAMP)
 	$(BIN)/softmask verify "$(call out_or,build/slices)"
 
 preview: $(STAMP)
-	$(BIN)/softmask preview "$(call out_or,build/lnsm)" --n 8 --out "$(call out_or,build/lnsm)/preview.png"
+	$(BIN)/softmask preview "$(call out_or,build/lnsm)" --n 8 --out "$(call out_or,build/lnsm)-preview.png"
+
+# QC report of a dataset (`make lnsm` first; it is run if absent): OUT-report.html, one self-contained page.
+report: $(STAMP)
+	@test -f "$(call out_or,build/lnsm)/manifest.json" || $(MAKE) lnsm OUT="$(call out_or,build/lnsm)"
+	$(BIN)/softmask report "$(call out_or,build/lnsm)" --out "$(call out_or,build/lnsm)-report.html"
+
+# The report rendered in headless Chromium (Debian's `chromium`; skipped, with the reason, when absent);
+# its screenshot goes to docs/img/report.png, the preview of the same build to docs/img/preview.png.
+CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
+ifeq ($(strip $(CHROMIUM)),)
+report-check:
+	@echo "report-check: skipped: chromium not found (Debian: apt-get install -y chromium)" >&2
+else
+report-check: report
+	$(PY) tools/report_check.py "$(call out_or,build/lnsm)-report.html" --chromium "$(CHROMIUM)" --screenshot docs/img/report.png
+	$(BIN)/softmask preview "$(call out_or,build/lnsm)" --n 8 --out docs/img/preview.png > /dev/null
+endif
 
 # A release build of LNSM (DEEPLESION= for the real one, else the phantom sample) from a clean,
 # committed tree: rebuilt from scratch, verified, checksums checked with sha256sum.
@@ -96,6 +113,8 @@ release: $(STAMP)
 	@test -z "$$(git status --porcelain --untracked-files=no)" || { echo "release: the git tree has uncommitted changes; commit them first" >&2; exit 2; }
 	$(BIN)/softmask make-lnsm --out "$(call out_or,$(RELEASE_OUT))" --jobs $(JOBS) --overwrite $(if $(DEEPLESION),--deeplesion "$(DEEPLESION)",)
 	cd "$(call out_or,$(RELEASE_OUT))" && sha256sum -c --quiet SHA256SUMS
+	@cd "$(call out_or,$(RELEASE_OUT))" && extra="$$(ls -A | grep -v -x -F -e SHA256SUMS -e .plan.json -e .lock -e "$$(cut -c67- SHA256SUMS)")"; \
+	  test -z "$$extra" || { echo "release: files outside SHA256SUMS: $$extra" >&2; exit 1; }
 	@echo "release: $(call out_or,$(RELEASE_OUT)) built from commit $$(git rev-parse HEAD)"
 
 bench-build: $(STAMP)
@@ -114,7 +133,7 @@ figures: $(STAMP)
 
 # --- trainer --------------------------------------------------------------------------------
 # SR teacher on full slices: the phantom sample's slices, or DEEPLESION= slices.
-SR_SOURCE ?= build/lnsm/phantom-source
+SR_SOURCE ?= build/lnsm-phantom-source
 SR_SLICES ?= build/sample-slices
 SR_CONFIG ?= sr_tiny
 TEACHER  ?= runs/sr-$(SR_CONFIG)/teacher.pt
@@ -173,3 +192,35 @@ calibrate: $(STAMP)
 
 clean:
 	rm -rf build runs
+
+# `make help` prints the "## " lines below (tests/docs/test_make_help.py checks every target is listed).
+## setup          .venv with the project, its test/train extras and CPU torch (every target runs it)
+## test           the test suite without `slow` tests (< 10 min on 2 cores)
+## test-all       every test, `slow` ones included
+## test-export    install the `export` extra (nnU-Net, MONAI, datasets, mlcroissant) and run the export tests
+## lnsm           the phantom sample (or DEEPLESION=) -> build/lnsm, verified; N= phantom cases
+## lidc           LIDC-IDRI Soft Masks from LIDC_DICOM= -> build/lidc, verified
+## masks          your image/mask pairs from MASKS= -> build/masks, verified
+## slices         full CT slices for the SR teacher (DEEPLESION= or LIDC_DICOM=) -> build/slices
+## preview        contact sheet of a build -> OUT-preview.png (default build/lnsm-preview.png)
+## report         QC report of a build -> OUT-report.html (default build/lnsm-report.html)
+## report-check   render the report in headless Chromium -> docs/img/report.png, docs/img/preview.png
+## release        clean git tree only: rebuild LNSM from scratch, verify, sha256sum -c
+## bench          matting and trimap speed, new vs reference, ratios printed
+## bench-build    build throughput, jobs 1 vs 2
+## bench-loader   trainer data-loader throughput
+## bench-accuracy Soft Mask accuracy tables on the phantom
+## bench-accuracy-hybrid  Soft Mask accuracy on the hybrid phantom (27 cells, choosing/held-out parts)
+## calibrate      real LIDC fixtures beside hybrid cases from the same outlines (needs ../shared/data)
+## export-nnunet  the build as an nnU-Net v2 raw dataset + splits_final.json (BUILD_DIR=, NNUNET_RAW=)
+## export-monai   the build as NIfTI files + a MONAI datalist (BUILD_DIR=, MONAI_OUT=)
+## figures        real-data figures of docs/img from the shared fixtures
+## pretrain-sr    SR teacher on the sample's slices -> runs/sr-sr_tiny/teacher.pt
+## train          DSNet (SEG_CONFIG, VARIANT=) on build/lnsm -> runs/seg_tiny
+## evaluate       Dice / SEN / PPV of the trained run on build/lnsm's test split
+## tables         Tables III-V runs (finished runs skipped), mean ± std over seeds, paired CIs
+## nnunet-baseline  nnU-Net v2 2-D baseline through the nnU-Net export
+## clean          remove build/ and runs/
+## help           this list
+help:
+	@sed -n 's/^## //p' $(firstword $(MAKEFILE_LIST))

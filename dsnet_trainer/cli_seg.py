@@ -248,10 +248,10 @@ def predict_cmd(checkpoint, inputs, out, split, threshold, batch_size, device):
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="best.pt / last.pt of a run.")
 @click.option("--out", required=True, help="Output file (.pt for torchscript, .pt2 for exported).")
 @click.option("--format", "fmt", type=click.Choice(["torchscript", "exported"]), default="torchscript",
-              show_default=True, help="torchscript (.pt) or torch.export (.pt2).")
+              show_default=True, help="torchscript (.pt, torch.jit.load) or exported (.pt2, torch.export.load).")
 @click.option("--data", default=None, help="Shards whose crops are added to the eager-vs-exported check.")
 @click.option("--atol", default=1e-5, show_default=True, type=float,
-              help="Largest allowed difference between eager and exported outputs.")
+              help="Largest allowed |eager - exported| difference in the check.")
 @_friendly
 def export_cmd(checkpoint, out, fmt, data, atol):
     """TorchScript (or torch.export) module: HU crop in, (prob, Soft Mask) out; checked against eager."""

@@ -2,15 +2,23 @@
 
 The exported module takes crops **in HU** and does the training-time window itself::
 
-    (prob, alpha) = module(image_hu)      image_hu: float32 (B, 1, crop_px, crop_px)
+    (prob, alpha) = module(image_hu)      image_hu: float32 (B, 1, crop_px, crop_px), in HU
     prob  : float32 (B, 1, crop_px, crop_px) in [0, 1], lesion probability (binarise at 0.5 or at
             the validation threshold of ``dsnet evaluate``)
     alpha : float32 (B, 1, crop_px, crop_px) in [0, 1], the Soft Mask
 
+HU outside the training window (``level_hu ± width_hu / 2``, the lung window -600/1500 HU of the
+packaged configs) is clipped to it. Any floating or integer dtype is accepted (cast to float32).
+The module is frozen: eval mode, no parameter requires grad, so ``prob.numpy()`` works without
+``.detach()``. An input of another rank or size raises at once with a message naming the expected
+shape (``torchscript``: a ``torch.jit.Error`` whose text says ``expected image_hu of shape (B, 1,
+64, 64)``; ``exported``: torch.export's shape guard, which names the expected size).
+
 Formats:
 
-* ``torchscript`` (default, the issue's request): ``torch.jit.trace``; load with
-  ``torch.jit.load(path)``. torch 2.13 marks TorchScript deprecated and warns on trace and load.
+* ``torchscript`` (default): the network is ``torch.jit.trace``-d and the HU wrapper around it
+  ``torch.jit.script``-ed (so its input checks survive); load with ``torch.jit.load(path)``.
+  torch 2.13 marks TorchScript deprecated and warns on trace, script and load.
 * ``exported``: ``torch.export`` (ExportedProgram, ``.pt2``) with a dynamic batch dimension; load
   with ``torch.export.load(path).module()``.
 
@@ -45,14 +53,20 @@ class HUInference(nn.Module):
     """Window HU to [-1, 1] (as :func:`dsnet_trainer.data.to_unit_range`), run the network,
     return ``(prob, alpha)`` (see the module docstring)."""
 
-    def __init__(self, net: nn.Module, *, level_hu: float, width_hu: float):
+    def __init__(self, net: nn.Module, *, level_hu: float, width_hu: float, crop_px: int):
         super().__init__()
         self.net = net
         self.low_hu = float(level_hu) - float(width_hu) / 2.0
         self.width_hu = float(width_hu)
+        self.crop_px = int(crop_px)
 
     def forward(self, image_hu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.clamp((image_hu - self.low_hu) / self.width_hu, 0.0, 1.0) * 2.0 - 1.0
+        # Written for torch.jit.script as well as eager and torch.export: string concatenation, no f-string.
+        if (image_hu.dim() != 4 or image_hu.size(1) != 1 or image_hu.size(2) != self.crop_px
+                or image_hu.size(3) != self.crop_px):
+            raise ValueError("expected image_hu of shape (B, 1, " + str(self.crop_px) + ", " + str(self.crop_px)
+                             + ") in HU, got shape " + str(list(image_hu.shape)))
+        x = torch.clamp((image_hu.float() - self.low_hu) / self.width_hu, 0.0, 1.0) * 2.0 - 1.0
         prob, soft = self.net(x)
         return prob, torch.clamp((soft + 1.0) * 0.5, 0.0, 1.0)
 
@@ -103,8 +117,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, fmt: str = "to
     if (fmt == "exported") != (out.suffix == ".pt2"):
         raise InputError(f"--out {out}: use a .pt2 name for --format exported and another suffix for torchscript")
     net, info = load_seg_model(checkpoint)
-    module = HUInference(net, level_hu=info["level_hu"], width_hu=info["width_hu"]).eval()
     crop = int(info["crop_px"])
+    net.eval().requires_grad_(False)  # frozen: outputs never carry grad
+    module = HUInference(net, level_hu=info["level_hu"], width_hu=info["width_hu"], crop_px=crop).eval()
     example = torch.zeros(2, 1, crop, crop)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
@@ -117,8 +132,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, fmt: str = "to
                     warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace(_method)?. is deprecated",
                                             category=DeprecationWarning)
                     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-                    traced = torch.jit.trace(module, example, check_trace=False)
-                traced.save(str(tmp))
+                    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script. is deprecated",
+                                            category=DeprecationWarning)
+                    traced_net = torch.jit.trace(net, example * 0.0, check_trace=False)
+                    scripted = torch.jit.script(HUInference(traced_net, level_hu=info["level_hu"],
+                                                            width_hu=info["width_hu"], crop_px=crop).eval())
+                scripted.save(str(tmp))
             else:
                 batch = torch.export.Dim("batch", min=1, max=4096)
                 program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))

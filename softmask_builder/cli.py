@@ -28,6 +28,15 @@ BUILD_KINDS = {
     "masks": ("masks", ("masks",)),
     "slices": ("slices", ("deeplesion_slices", "lidc_slices")),
 }
+#: Default ``--out`` of each ``build`` subcommand: the make target's folder (``make lidc`` -> build/lidc).
+DEFAULT_OUT = {"deeplesion": Path("build/lnsm"), "lidc": Path("build/lidc"), "masks": Path("build/masks"),
+               "slices": Path("build/slices")}
+
+
+def _bundled_recipes() -> str:
+    from .recipes import MANIFESTS_DIR
+
+    return ", ".join(sorted(p.stem for p in MANIFESTS_DIR.glob("*.yaml")))
 
 
 class _Fail(click.ClickException):
@@ -53,6 +62,11 @@ def _input_errors(io_path=None):
 
 def _emit(data) -> None:
     click.echo(json.dumps(data, indent=1, sort_keys=True, default=str))
+
+
+def _say(line: str) -> None:
+    """The one human summary line of a long command, on stderr (stdout keeps the JSON)."""
+    click.echo(line, err=True)
 
 
 @contextmanager
@@ -139,7 +153,8 @@ def _run_build(recipe, source: Path, out: Path | None, *, jobs: int, backend: st
     from .build import plan_build, run_build
     from .locking import OutLockedError
 
-    out = out or Path("build") / recipe.dataset
+    if out is None:
+        raise _Fail("--out is required")  # every caller passes its default folder
     with _sigterm_as_interrupt(), parallel_setup(backend, jobs, scheduler):
         t0 = time.perf_counter()
         if not dry_run:
@@ -172,9 +187,10 @@ def _echo_warnings(summary: dict) -> None:
 def _common_build_options(func):
     options = [
         click.option("--recipe", "recipe_name", default=None,
-                     help="Recipe YAML path or bundled name (lnsm, lidc, sample, masks, slices)."),
+                     help=f"Recipe YAML path or bundled name ({_bundled_recipes()})."),
         click.option("--out", type=click.Path(path_type=Path), default=None,
-                     help="Output folder (default build/<dataset>)."),
+                     help="Output folder (default: the make target's, build/lnsm, build/lidc, build/masks or "
+                          "build/slices)."),
         click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Parallel shard jobs."),
         click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
                      help="joblib backend for the shard jobs."),
@@ -198,22 +214,29 @@ def _build_command(kind: str):
     @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @_common_build_options
     def command(source, recipe_name, out, jobs, backend, scheduler, dry_run, limit, overwrite, progress):
-        from .recipes import load_recipe
+        import time
 
+        from .recipes import load_recipe
+        from .summaries import build_line
+
+        started = time.monotonic()
         with _input_errors():
             recipe = load_recipe(recipe_name or default_recipe)
         if recipe.source not in sources:
             raise _Fail(f"recipe {recipe_name or default_recipe!r} builds source {recipe.source!r}; "
                         f"`softmask build {kind}` takes a recipe with source {' or '.join(sources)}")
-        summary = _run_build(recipe, source, out, jobs=jobs, backend=backend, scheduler=scheduler, dry_run=dry_run,
+        summary = _run_build(recipe, source, out or DEFAULT_OUT[kind], jobs=jobs, backend=backend, scheduler=scheduler, dry_run=dry_run,
                              limit=limit, overwrite=overwrite, progress=progress)
         _emit(summary)
         _echo_warnings(summary)
+        if dry_run or summary["n_samples"]:  # else the error line below says it
+            _say(build_line(summary, kind="slices" if kind == "slices" else "samples",
+                            seconds=time.monotonic() - started))
         if not dry_run and summary["n_samples"] == 0:
             raise _Fail(f"no sample was built (see {Path(summary['out']) / 'rejects.csv'})", code=EXIT_EMPTY)
 
-    command.help = (f"Build a dataset from a {kind} source folder SOURCE (default recipe: {default_recipe}). "
-                    "Prints a JSON summary on stdout.")
+    command.help = (f"Build a dataset from a {kind} source folder SOURCE (default recipe: {default_recipe}; "
+                    f"default --out {DEFAULT_OUT[kind]}). Prints a JSON summary on stdout.")
     return command
 
 
@@ -280,11 +303,15 @@ def verify(path: Path) -> None:
     """Re-hash a dataset folder and check its schema and counts (exit 3 on any mismatch)."""
     from .release import verify as verify_dataset
 
+    from .summaries import verify_line
+
     report = verify_dataset(path)
     _emit(report.summary())
     if not report.ok:
         for problem in report.problems:
             click.echo(f"verify: {problem}", err=True)
+    _say(verify_line(report.summary()))
+    if not report.ok:
         sys.exit(EXIT_VERIFY)
 
 
@@ -293,10 +320,12 @@ def verify(path: Path) -> None:
 @click.option("--n", "n_samples", type=click.IntRange(min=1), default=8, show_default=True,
               help="Samples on the sheet (spread evenly over the dataset).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("preview.png"),
-              show_default=True)
+              show_default=True, help="PNG file to write (atomically).")
 def preview(path: Path, n_samples: int, out: Path) -> None:
-    """Contact sheet PNG: image, trimap, Soft Mask and binary mask of N samples."""
+    """Contact sheet PNG of N samples: the Soft Mask's 0.5 contour and the trimap band over the
+    windowed CT, and the Soft Mask in a colormap with a zoomed inset of one edge."""
     from .release import preview_report
+    from .summaries import preview_line
 
     with _input_errors(out):
         report = preview_report(path, out, n=n_samples)
@@ -304,25 +333,49 @@ def preview(path: Path, n_samples: int, out: Path) -> None:
     if report["n"] < n_samples:
         click.echo(f"preview: drew {report['n']} of the {n_samples} samples asked for (the dataset holds "
                    f"{report['n_available']})", err=True)
+    _say(preview_line(report))
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write (default: PATH-report.html, beside the dataset folder).")
+def report(path: Path, out: Path | None) -> None:
+    """QC report: one self-contained HTML page (images embedded) with counts per split, a lesion-size
+    histogram, the rejects and the samples to review first (largest unknown band, largest sure-lesion
+    vs Soft Mask disagreement, smallest lesions) drawn with overlays."""
+    from .report import write_report
+
+    out = out or path.with_name(f"{path.resolve().name}-report.html")
+    with _input_errors():
+        summary = write_report(path, out)
+    from .summaries import report_line
+
+    _emit(summary)
+    _say(report_line(summary))
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for DL_info.csv, Images_png/ and the truth (reused when it holds the same n and seed).")
 @click.option("--n", "n_cases", type=click.IntRange(min=1), default=60, show_default=True, help="Phantom cases.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Phantom random seed (same seed, same bytes).")
 @click.option("--kind", "phantom_kind", type=click.Choice(["hybrid", "analytic"]), default="hybrid", show_default=True,
               help="hybrid: real LIDC nodule shapes in synthetic (or --backgrounds) slices; analytic: the old "
                    "analytic shapes (softmask_builder.phantom).")
 @click.option("--backgrounds", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Hybrid only: a LIDC DICOM root or a DeepLesion root whose slices take the lesions.")
-@click.option("-j", "--jobs", type=int, default=1, show_default=True)
+@click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Parallel rendering jobs.")
 def phantom(out: Path, n_cases: int, seed: int, phantom_kind: str, backgrounds: Path | None, jobs: int) -> None:
     """Write the synthetic DeepLesion-layout sample (known truth) to OUT."""
     from joblib import parallel_config
 
+    from .summaries import phantom_line
+
     with parallel_config(n_jobs=jobs):
         summary = _write_phantom(out, n_cases, seed, kind=phantom_kind, backgrounds=backgrounds)
     _emit(summary)
+    _say(phantom_line(summary))
 
 
 def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid",
@@ -361,40 +414,55 @@ def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid",
 
 @main.command(name="make-lnsm")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("build/lnsm"),
-              show_default=True)
-@click.option("-j", "--jobs", type=int, default=1, show_default=True)
+              show_default=True, help="Output folder (the dataset; `make lnsm`'s default).")
+@click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Parallel shard jobs.")
 @click.option("--deeplesion", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="DeepLesion root (DL_info.csv + Images_png). Without it, the bundled phantom sample is built.")
-@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True)
-@click.option("--scheduler", default=None)
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
+              help="joblib backend for the shard jobs.")
+@click.option("--scheduler", default=None,
+              help="dask scheduler address (tcp://host:8786, with --backend dask); default: a LocalCluster of "
+                   "--jobs workers.")
 @click.option("--n", "n_cases", type=click.IntRange(min=1), default=60, show_default=True,
               help="Phantom cases (without --deeplesion).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Phantom random seed (without --deeplesion).")
+@click.option("--phantom-source", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the phantom sample is written (without --deeplesion); default OUT-phantom-source, "
+                   "beside OUT, so that OUT holds only what SHA256SUMS covers.")
+@click.option("--preview", "preview_png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Contact sheet PNG; default OUT-preview.png, beside OUT.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use only the first N planned samples (by sample_id): a trial build.")
+@click.option("--overwrite", is_flag=True, help="Rebuild every shard (default: finished shards are kept).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a tty).")
 @click.option("--phantom", "phantom_kind", type=click.Choice(["hybrid", "analytic"]), default="hybrid",
               show_default=True, help="Without --deeplesion: which phantom makes the sample.")
 @click.option("--backgrounds", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Hybrid sample only: LIDC DICOM or DeepLesion root whose slices take the lesions.")
-@click.option("--limit", type=click.IntRange(min=1), default=None)
-@click.option("--overwrite", is_flag=True)
-@click.option("--progress/--no-progress", default=None)
 def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, scheduler: str | None, n_cases: int,
-              phantom_kind: str, backgrounds: Path | None, limit: int | None, overwrite: bool,
-              progress: bool | None) -> None:
+              seed: int, phantom_source: Path | None, preview_png: Path | None, limit: int | None, overwrite: bool,
+              progress: bool | None, phantom_kind: str, backgrounds: Path | None) -> None:
     """What `make lnsm` runs: build LNSM from DeepLesion (manifests/lnsm.yaml), or without
-    --deeplesion the phantom sample (written to OUT/phantom-source; --phantom hybrid: manifests/sample.yaml,
-    analytic: manifests/sample_analytic.yaml); then
-    verify and write OUT/preview.png."""
+    --deeplesion the phantom sample (written to OUT-phantom-source; --phantom hybrid:
+    manifests/sample.yaml, analytic: manifests/sample_analytic.yaml); then verify and write
+    OUT-preview.png. OUT itself holds only the files SHA256SUMS covers."""
+    import time
+
     from .recipes import load_recipe
     from .release import verify as verify_dataset
     from .release import write_preview
+    from .summaries import make_lnsm_line
 
+    started = time.monotonic()
     summary: dict = {}
     if deeplesion is None:
         from joblib import parallel_config
 
+        phantom_source = phantom_source or out.with_name(f"{out.name}-phantom-source")
         with parallel_config(n_jobs=jobs):
-            summary["phantom"] = _write_phantom(out / "phantom-source", n_cases, 0, kind=phantom_kind,
+            summary["phantom"] = _write_phantom(phantom_source, n_cases, seed, kind=phantom_kind,
                                                 backgrounds=backgrounds)
-        source, recipe_name = out / "phantom-source", ("sample" if phantom_kind == "hybrid" else "sample_analytic")
+        source, recipe_name = phantom_source, ("sample" if phantom_kind == "hybrid" else "sample_analytic")
     else:
         source, recipe_name = deeplesion, "lnsm"
     with _input_errors():
@@ -404,9 +472,10 @@ def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, sched
     report = verify_dataset(out)
     summary["verify"] = report.summary()
     if summary["build"]["n_samples"]:
-        summary["preview"] = str(write_preview(out, out / "preview.png", n=8))
+        summary["preview"] = str(write_preview(out, preview_png or out.with_name(f"{out.name}-preview.png"), n=8))
     _emit(summary)
     _echo_warnings(summary["build"])
+    _say(make_lnsm_line(summary, seconds=time.monotonic() - started))
     if not report.ok:
         for problem in report.problems:
             click.echo(f"verify: {problem}", err=True)

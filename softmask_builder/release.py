@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__, counting
-from .errors import InputError, SoftMaskError, SourceError
+from .errors import InputError, SoftMaskError
 from .metadata import croissant, hub_front_matter, source_family
 from .shards import READABLE_VERSIONS, SCHEMA_VERSION, check_shard, open_shard, parse_shard_name, sha256_file
 
@@ -420,99 +420,20 @@ def verify(out: str | Path) -> VerifyReport:
 
 # --- preview -----------------------------------------------------------------------------------
 
-def _shard_paths(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    manifest = path / MANIFEST
-    if manifest.is_file():
-        return [path / e["file"] for e in json.loads(manifest.read_text())["shards"]]
-    found = sorted(p for p in path.glob("*.h5") if parse_shard_name(p.name) is not None)
-    if not found:
-        raise InputError(f"no shards in {path}")
-    return found
-
-
 def write_preview(path: str | Path, out_png: str | Path, *, n: int = 8) -> Path:
-    """Contact sheet of ``n`` samples spread evenly over a dataset folder (or one shard): one row
-    per sample with the windowed image, the trimap, the Soft Mask and the binary mask (slice
-    shards: the image only). Drawn with matplotlib's Agg canvas (no display needed).
+    """Contact sheet of ``n`` samples (kept here for callers of the release API; drawn by
+    :func:`softmask_builder.figures.write_preview`, which sits above this module)."""
+    from .figures import write_preview as draw
 
-    Returns the PNG's path; :func:`preview_report` also says what was drawn."""
-    return Path(preview_report(path, out_png, n=n)["preview"])
+    return draw(path, out_png, n=n)
 
 
 def preview_report(path: str | Path, out_png: str | Path, *, n: int = 8) -> dict[str, Any]:
-    """Write the contact sheet of :func:`write_preview` and return what it drew:
-    ``{"preview": path, "n_requested": n, "n": samples drawn, "n_available": samples in the
-    dataset, "sample_ids": [...]}`` (a 5-sample shard asked for 20 draws 5).
+    """The contact sheet of :func:`write_preview` and what it drew (see
+    :func:`softmask_builder.figures.preview_report`)."""
+    from .figures import preview_report as draw
 
-    Raises
-    ------
-    InputError
-        ``n < 1``, no shard, or no sample.
-    SourceError
-        A shard is unreadable or a sample's chunk is corrupt (the message names the shard and the
-        sample index).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if n < 1:
-        raise InputError(f"n must be >= 1, got {n}")
-    paths = _shard_paths(Path(path))
-    sizes = []
-    for p in paths:
-        with open_shard(p) as s:
-            try:
-                sizes.append(s.n_samples)
-                kind = s.kind
-                recipe = json.loads(s.attrs.get("recipe_json", "{}"))
-            except (OSError, KeyError, ValueError) as exc:
-                raise SourceError(f"{p.name} is not a readable shard: {' '.join(str(exc).split())}") from None
-    total = sum(sizes)
-    if total == 0:
-        raise InputError(f"{path} holds no sample to preview")
-    picks = sorted(set(np.linspace(0, total - 1, min(n, total)).round().astype(int).tolist()))
-    offsets = np.cumsum([0] + sizes)
-    label = recipe.get("label", {})
-    level, width = label.get("window_level_hu", -600.0), label.get("window_width_hu", 1500.0)
-    columns = ["image", "trimap", "soft mask", "binary mask"] if kind == "samples" else ["image"]
-    fig = Figure(figsize=(1.8 * len(columns), 1.9 * len(picks)), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(picks), len(columns), squeeze=False)
-    drawn = []
-    for row, k in enumerate(picks):
-        j = int(np.searchsorted(offsets, k, side="right") - 1)
-        with open_shard(paths[j]) as s:
-            try:
-                sample = s.sample(int(k - offsets[j]))
-            except (OSError, KeyError, ValueError) as exc:  # h5py: a corrupt chunk (bad checksum, inflate)
-                raise SourceError(f"{paths[j].name}: sample {int(k - offsets[j])} is unreadable "
-                                  f"({' '.join(str(exc).split())})") from None
-        drawn.append(sample["sample_id"])
-        image = np.clip((sample["image_hu"].astype(np.float32) - (level - width / 2)) / width, 0, 1)
-        panels = [image]
-        if kind == "samples":
-            panels += [sample["trimap"], sample["soft_mask"], sample["binary_mask"]]
-        for col, (ax, panel) in enumerate(zip(axes[row], panels)):
-            ax.imshow(panel, cmap="gray", vmin=0, vmax=255 if col == 1 else 1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(columns[col], fontsize=8)
-        axes[row][0].set_ylabel(sample["sample_id"][:24], fontsize=6)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-        os.replace(tmp, out_png)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return {"preview": str(out_png), "n_requested": int(n), "n": len(drawn), "n_available": int(total),
-            "sample_ids": drawn}
+    return draw(path, out_png, n=n)
 
 
 __all__ = ["write_release", "verify", "VerifyReport", "write_preview", "preview_report", "dataset_card", "manifest_dict",

@@ -58,3 +58,46 @@ def test_mismatch_leaves_no_file_and_bad_options(run, tmp_path):
         export_checkpoint(ckpt, tmp_path / "m.pt", fmt="exported")
     with pytest.raises(InputError, match="--format"):
         export_checkpoint(ckpt, tmp_path / "m.onnx", fmt="onnx")
+
+
+def test_exported_module_is_frozen_and_checks_its_input(run, tmp_path):
+    data, _, run_dir = run
+    info = export_checkpoint(run_dir / "checkpoints" / "best.pt", tmp_path / "dsnet.pt")
+    crop = info["crop_px"]
+    module = load_exported(tmp_path / "dsnet.pt")
+    assert not module.training
+    assert all(not p.requires_grad for p in module.parameters()) and len(list(module.parameters())) > 0
+    prob, alpha = module(torch.full((2, 1, crop, crop), -600.0))
+    assert prob.numpy().shape == alpha.numpy().shape == (2, 1, crop, crop)  # .numpy() needs no .detach()
+    for bad in [(crop, crop), (1, crop, crop), (2, 3, crop, crop), (1, 1, crop, crop + 1)]:
+        with pytest.raises(Exception, match=rf"expected image_hu of shape \(B, 1, {crop}, {crop}\).*got shape"):
+            module(torch.zeros(bad))
+
+
+def test_torchscript_loads_in_an_isolated_interpreter_without_the_packages(run, tmp_path):
+    """`python -I` from an empty folder (no PYTHONPATH, no cwd on sys.path): the file needs torch only."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    data, _, run_dir = run
+    info = export_checkpoint(run_dir / "checkpoints" / "best.pt", tmp_path / "dsnet.pt")
+    work = tmp_path / "empty"
+    work.mkdir()
+    script = (
+        "import json, sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "import torch\n"
+        f"m = torch.jit.load({str(tmp_path / 'dsnet.pt')!r})\n"
+        f"prob, alpha = m(torch.full((3, 1, {info['crop_px']}, {info['crop_px']}), -600.0))\n"
+        "print(json.dumps({'shape': list(prob.shape), 'alpha_max': float(alpha.numpy().max()),\n"
+        "  'loaded': sorted(k for k in sys.modules if k.split('.')[0] in ('softmask_builder', 'dsnet_trainer'))}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    proc = subprocess.run([sys.executable, "-I", "-c", script], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["shape"] == [3, 1, info["crop_px"], info["crop_px"]] and 0.0 <= out["alpha_max"] <= 1.0
+    assert out["loaded"] == []

@@ -192,6 +192,42 @@ def test_make_lnsm_in_a_real_subprocess(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["verify"]["ok"] and summary["build"]["n_samples"] == summary["verify"]["n_samples"] > 0
-    assert (out / "preview.png").is_file() and (out / "phantom-source" / "DL_info.csv").is_file()
+    assert (tmp_path / "lnsm-preview.png").is_file() and (tmp_path / "lnsm-phantom-source" / "DL_info.csv").is_file()
+    # The release folder holds exactly what SHA256SUMS covers (plus SHA256SUMS and the build plan).
+    covered = {line.split(None, 1)[1].strip() for line in (out / "SHA256SUMS").read_text().splitlines()}
+    assert {p.name for p in out.iterdir()} - {"SHA256SUMS", ".plan.json", ".lock"} == covered
     if shutil.which("sha256sum"):
         subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out, check=True)
+
+
+def test_report_writes_html_beside_the_dataset(built):
+    out, _, _ = built
+    result = invoke("report", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    page = out.with_name(f"{out.name}-report.html")
+    assert summary["report"] == str(page) and page.is_file()
+    assert summary["n_samples"] == json.loads((out / "manifest.json").read_text())["n_samples"]
+    assert invoke("report", out.parent / "missing").exit_code == EXIT_INPUT
+
+
+def test_long_commands_end_with_one_human_line_on_stderr(built, phantom_root, tmp_path):
+    """JSON on stdout, then one line on stderr naming what was built, where and what to run next."""
+    out, summary, stderr = built
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"built {summary['n_samples']} samples of {summary['dataset']} into {out}")
+    assert f"Next: softmask verify {out}" in last
+    cases = [
+        (["verify", out], f"verify: {out} OK"),
+        (["preview", out, "--n", 2, "--out", tmp_path / "p.png"], f"to {tmp_path / 'p.png'}"),
+        (["report", out, "--out", tmp_path / "r.html"], f"to {tmp_path / 'r.html'}"),
+        (["phantom", "--out", phantom_root, "--n", 4, "--seed", 2], f"reused the phantom sample (4 cases, seed 2)"),
+        (["build", "deeplesion", phantom_root, "--recipe", "sample", "--out", tmp_path / "d", "--dry-run"],
+         "nothing written"),
+    ]
+    for args, text in cases:
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        json.loads(result.stdout)  # stdout is the JSON alone
+        lines = result.stderr.strip().splitlines()
+        assert lines and text in lines[-1], (args, result.stderr)

@@ -27,7 +27,7 @@ def test_hybrid_marker_records_shapes_backgrounds_and_licences(tmp_path):
     assert all(t["shape_id"].startswith("LIDC-IDRI-") for t in truth.values())
     # same options again: reused, not rewritten
     again = invoke("phantom", "--out", out, "--n", 3, "--seed", 1)
-    assert json.loads(again.output)["reused"] is True
+    assert json.loads(again.stdout)["reused"] is True
 
 
 def test_analytic_kind_is_the_old_phantom(tmp_path):

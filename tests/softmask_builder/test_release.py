@@ -199,16 +199,17 @@ def test_verify_detects_a_patient_in_two_splits(copy):
     assert any("patients in both" in p for p in report.problems), report.problems
 
 
-def test_preview_draws_one_row_per_sample(built, tmp_path):
+def test_preview_draws_four_samples_a_row(built, tmp_path):
     import matplotlib.image as mpimg
 
-    out = write_preview(built, tmp_path / "p.png", n=3)
+    out = write_preview(built, tmp_path / "p.png", n=4)
     image = mpimg.imread(out)
-    again = write_preview(built, tmp_path / "q.png", n=6)
+    again = write_preview(built, tmp_path / "q.png", n=8)
     taller = mpimg.imread(again)
-    assert image.shape[1] == taller.shape[1]  # four panels wide either way
-    assert taller.shape[0] == pytest.approx(2 * image.shape[0], rel=0.02)
-    assert out.read_bytes() == write_preview(built, tmp_path / "r.png", n=3).read_bytes()
+    assert image.shape[1] == taller.shape[1]  # four samples wide either way
+    # two rows of (overlay + Soft Mask) panels instead of one, under the same title and legend
+    assert 1.6 * image.shape[0] < taller.shape[0] < 2 * image.shape[0]
+    assert out.read_bytes() == write_preview(built, tmp_path / "r.png", n=4).read_bytes()
     # Pixels are drawn (not a blank canvas): the sheet has dark and bright regions.
     assert np.ptp(image[..., :3]) > 0.5
 
