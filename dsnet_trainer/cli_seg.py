@@ -20,17 +20,9 @@ from pathlib import Path
 import click
 
 from softmask_builder.errors import SoftMaskError
+from softmask_builder.exitcodes import EXIT_INPUT, EXIT_INTERNAL, EXIT_IO, EXIT_OK, EXIT_VERIFY  # noqa: F401 (one table for both CLIs)
 
 __all__ = ["register"]
-
-
-# The shared exit-code table (softmask_builder/exitcodes.py on the reliability branch); local
-# constants of the same names until the import is unified.
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_INPUT = 2
-EXIT_VERIFY = 3
-EXIT_IO = 5
 
 
 class CliError(click.ClickException):
