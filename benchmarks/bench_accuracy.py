@@ -235,6 +235,16 @@ def _score(results) -> dict:
     }
 
 
+def choose_params(cands):
+    """The written re-choice rule over ``[(params, scores), ...]``: among candidates whose Soft Mask
+    beats its binary mask on SAD (``sad_target``; all of them if none does), those within 0.001 of
+    the best RECIST Dice tie, and the tie with the lowest mean SAD wins."""
+    ok = [c for c in cands if c[1]["sad_target"]] or cands
+    top = max(c[1]["recist_dice"] for c in ok)
+    tied = [c for c in ok if c[1]["recist_dice"] >= top - 1e-3]
+    return min(tied, key=lambda c: c[1]["mean_sad_soft"])[0]
+
+
 def sweep(crops, base: LabelParams, *, bands, epss, windows) -> tuple[LabelParams, str]:
     """band_px x eps at the base window, then the windows at the best (band, eps).
 
@@ -256,22 +266,16 @@ def sweep(crops, base: LabelParams, *, bands, epss, windows) -> tuple[LabelParam
               f"RECIST Dice {sc['recist_dice']:.4f}, mean SAD soft {sc['mean_sad_soft']:.2f}", file=sys.stderr)
         return sc
 
-    def best_of(cands):
-        ok = [c for c in cands if c[1]["sad_target"]] or cands
-        top = max(c[1]["recist_dice"] for c in ok)
-        tied = [c for c in ok if c[1]["recist_dice"] >= top - 1e-3]
-        return min(tied, key=lambda c: c[1]["mean_sad_soft"])[0]
-
     for b in bands:
         for e in epss:
             run(dataclasses.replace(base, band_px=float(b), eps=float(e)))
-    best = best_of(rows)
+    best = choose_params(rows)
     first = len(rows)
     for level, width in windows:
         if (level, width) == (best.window_level_hu, best.window_width_hu):
             continue
         run(dataclasses.replace(best, window_level_hu=float(level), window_width_hu=float(width)))
-    best = best_of(rows)
+    best = choose_params(rows)
     lines = ["| band_px | eps | window (level, width) HU | RECIST Dice | mean Dice | SAD soft: mask / readers / "
              "RECIST | mean SAD soft | mean SAD binary | soft < binary: mask / readers / RECIST "
              "| mean SAD soft vs apparent |",

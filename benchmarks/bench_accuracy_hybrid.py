@@ -280,20 +280,14 @@ def sweep(crops, base: LabelParams, *, bands, epss, windows, log=print):
         log(f"  band {p.band_px:g} eps {p.eps:g} window ({p.window_level_hu:g}, {p.window_width_hu:g}): "
             f"RECIST Dice {sc['recist_dice']:.4f}, mean SAD soft {sc['mean_sad_soft']:.2f}")
 
-    def best_of(cands):
-        ok = [c for c in cands if c[1]["sad_target"]] or cands
-        top = max(c[1]["recist_dice"] for c in ok)
-        tied = [c for c in ok if c[1]["recist_dice"] >= top - 1e-3]
-        return min(tied, key=lambda c: c[1]["mean_sad_soft"])[0]
-
     for b in bands:
         for e in epss:
             run(dataclasses.replace(base, band_px=float(b), eps=float(e)))
-    best = best_of(rows)
+    best = ba.choose_params(rows)
     for level, width in windows:
         if (level, width) != (best.window_level_hu, best.window_width_hu):
             run(dataclasses.replace(best, window_level_hu=float(level), window_width_hu=float(width)))
-    best = best_of(rows)
+    best = ba.choose_params(rows)
     lines = ["| band_px | eps | window (level, width) HU | RECIST Dice | SAD soft: mask / readers / RECIST "
              "| SAD binary: mask / readers / RECIST | mean SAD soft | soft < binary in all 3 |", "|" + "---|" * 8]
     for p, sc in rows:
