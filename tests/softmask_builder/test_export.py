@@ -62,8 +62,8 @@ def check_sums(folder: Path) -> None:
 def build(tmp_path_factory) -> Path:
     pytest.importorskip("nibabel", reason="the export extra is not installed (nibabel)")
     root = tmp_path_factory.mktemp("exp")
-    assert invoke("phantom", "--out", root / "ph", "--n", 12, "--seed", 1).exit_code == 0
-    result = invoke("build", "deeplesion", root / "ph", "--recipe", "sample", "--out", root / "build", "--no-progress")
+    assert invoke("phantom", "--kind", "analytic", "--out", root / "ph", "--n", 12, "--seed", 1).exit_code == 0
+    result = invoke("build", "deeplesion", root / "ph", "--recipe", "sample_analytic", "--out", root / "build", "--no-progress")
     assert result.exit_code == 0, result.output
     return root / "build"
 
