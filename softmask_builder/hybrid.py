@@ -39,7 +39,7 @@ Image model (per slice; the background ``B`` already carries its scanner blur an
   std 40; part-solid = ground-glass with a solid core ``f_core``: the points deeper inside the
   solid than ``(1 - 0.3^(1/3)) x`` its largest depth, i.e. 30 % of the volume for a sphere
   (:data:`SOLID_CORE_FRACTION`), at U(-20, 40) HU;
-* ``PSF``: Gaussian of ``psf_sigma_mm`` (synthetic: the background's own, 0.5-1 px; real:
+* ``PSF``: Gaussian of ``psf_sigma_mm`` (synthetic: the background's own, 0.9-1.5 px; real:
   U(0.35, 0.6) mm), truncated at 4 sigma (the radius beyond which pixels are untouched);
 * truth: ``true_fraction = f`` of the key slice (``true_mask = f >= 0.5``), its neighbours'
   likewise, ``apparent_fraction = PSF * f``; RECIST measured on ``true_mask`` as a radiologist
@@ -103,6 +103,17 @@ class HybridParams:
     recist_jitter_mm: float = 0.0
     supersample: int = 4
     n_readers: int = 4
+
+
+# The synthetic background's scanner model, drawn per background (uniform in each range).
+# Re-calibrated against the real LIDC fixture slices (``benchmarks/calibrate_real.py --hybrid``,
+# docs/ACCURACY.md "Calibration against real data"): each range is centred so that the hybrid's
+# measured mean falls inside the real value's bootstrap interval, and kept a range (one real
+# patient is a weak reference). Before (PHANTOM_VERSION 2): PSF 0.5-1 px, noise 10-25 HU, noise
+# correlation blur 0.6 px.
+SYNTHETIC_PSF_SIGMA_PX: tuple[float, float] = (0.9, 1.5)
+SYNTHETIC_NOISE_HU: tuple[float, float] = (20.0, 35.0)
+SYNTHETIC_NOISE_CORR_PX: tuple[float, float] = (0.9, 1.2)
 
 
 @dataclass(frozen=True, eq=False)
@@ -253,12 +264,16 @@ def _fissure_band(rng, x, y, lung_ell, px: float) -> np.ndarray:
 def synthetic_background(rng_or_seed, *, shape: tuple[int, int] = (512, 512), spacing_mm: float | None = None,
                          slice_thickness_mm: float | None = None, n_neighbors: int = 1,
                          psf_sigma_px: float | None = None, noise_hu: float | None = None,
+                         noise_corr_px: float | None = None,
                          background_id: str = "synthetic") -> Background:
     """A synthetic chest stack (the analytic phantom's anatomy plus fissures and fine texture),
     blurred by a Gaussian PSF and with correlated noise, deterministic for a seed.
 
-    spacing_mm drawn in [0.6, 0.8], thickness from {1, 1.25, 1.5, 2, 2.5}, PSF 0.5-1 px and noise
-    10-25 HU (white noise blurred by 0.6 px) when None, as :func:`.phantom.generate_case`.
+    spacing_mm drawn in [0.6, 0.8], thickness from {1, 1.25, 1.5, 2, 2.5}, PSF
+    :data:`SYNTHETIC_PSF_SIGMA_PX` (0.9-1.5 px) and noise :data:`SYNTHETIC_NOISE_HU` (20-35 HU;
+    white noise blurred by :data:`SYNTHETIC_NOISE_CORR_PX`, 0.9-1.2 px) when None; calibrated
+    against the real LIDC fixture slices (before PHANTOM_VERSION 3: 0.5-1 px, 10-25 HU, 0.6 px, as
+    the analytic :func:`.phantom.generate_case` still draws).
     """
     rng = _as_rng(rng_or_seed)
     rows, cols = (int(v) for v in shape)
@@ -266,8 +281,9 @@ def synthetic_background(rng_or_seed, *, shape: tuple[int, int] = (512, 512), sp
         raise InputError(f"shape must be at least (128, 128), got {shape}")
     px = float(spacing_mm) if spacing_mm is not None else round(float(rng.uniform(0.6, 0.8)), 4)
     t = float(slice_thickness_mm) if slice_thickness_mm is not None else float(rng.choice([1.0, 1.25, 1.5, 2.0, 2.5]))
-    psf = float(psf_sigma_px) if psf_sigma_px is not None else float(rng.uniform(0.5, 1.0))
-    noise = float(noise_hu) if noise_hu is not None else float(rng.uniform(10.0, 25.0))
+    psf = float(psf_sigma_px) if psf_sigma_px is not None else float(rng.uniform(*SYNTHETIC_PSF_SIGMA_PX))
+    noise = float(noise_hu) if noise_hu is not None else float(rng.uniform(*SYNTHETIC_NOISE_HU))
+    noise_corr = float(noise_corr_px) if noise_corr_px is not None else float(rng.uniform(*SYNTHETIC_NOISE_CORR_PX))
     offsets = list(range(-n_neighbors, n_neighbors + 1))
     z_centres = [k * t for k in offsets]
     anat = _draw_anatomy(rng, rows, cols, px, z_span_mm=40.0)
@@ -286,7 +302,7 @@ def synthetic_background(rng_or_seed, *, shape: tuple[int, int] = (512, 512), sp
     fissure *= lung_cov
     impulse = np.zeros((31, 31))
     impulse[15, 15] = 1.0
-    noise_gain = float(np.sqrt((_blur(impulse, 0.6) ** 2).sum()))
+    noise_gain = float(np.sqrt((_blur(impulse, noise_corr) ** 2).sum()))
     fov = (x - cols * px / 2 + px / 2) ** 2 + (y - rows * px / 2 + px / 2) ** 2 > (min(rows, cols) * px / 2) ** 2
     clean, noisy, lungs = [], [], []
     for k, z in enumerate(z_centres):
@@ -300,7 +316,7 @@ def synthetic_background(rng_or_seed, *, shape: tuple[int, int] = (512, 512), sp
         sharp[fov] = HU_OUTSIDE_FOV
         img = _blur(sharp, psf)
         img[fov] = HU_OUTSIDE_FOV
-        n_img = img + _blur(rng.standard_normal((rows, cols), dtype=np.float32), 0.6) * np.float32(noise / noise_gain)
+        n_img = img + _blur(rng.standard_normal((rows, cols), dtype=np.float32), noise_corr) * np.float32(noise / noise_gain)
         n_img = np.clip(n_img, HU_MIN, HU_MAX)
         n_img[fov] = HU_OUTSIDE_FOV
         clean.append(sharp)
