@@ -121,7 +121,8 @@ RUN = [c for c in COMMANDS if c.program == "softmask" and _tokens(c.text)[1:2] a
 
 
 @pytest.mark.parametrize("cmd", RUN, ids=[f"{c.where} {c.text[:50]}" for c in RUN])
-def test_documented_command_runs_on_the_sample(cmd, sample, tmp_path):
+def test_documented_command_runs_on_the_sample(cmd, sample, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative outputs (e.g. build/lnsm60) must not land in the checkout
     runs = runnable_invocations(cmd, sample, tmp_path)
     if not runs:
         pytest.skip(f"{cmd.where}: needs data the sample does not have ({cmd.text!r}); options checked above")
