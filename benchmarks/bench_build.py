@@ -23,7 +23,6 @@ scaling curve on a bigger machine (ratios are against the first entry).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import statistics
@@ -35,33 +34,12 @@ from pathlib import Path
 
 import yaml
 
-from softmask_builder.phantom import write_sample
+from softmask_builder.phantom import write_replicated_sample
 
 
 def make_source(root: Path, n: int, unique: int, seed: int) -> Path:
     """A DeepLesion-layout folder with ``n`` lesions (key slices only) from ``unique`` phantom cases."""
-    cases = root / "cases"
-    write_sample(cases, n=min(unique, n), seed=seed, n_neighbors=0)
-    with open(cases / "DL_info.csv", newline="") as fh:
-        reader = csv.DictReader(fh)
-        header, rows = reader.fieldnames, list(reader)
-    source = root / "source"
-    (source / "Images_png").mkdir(parents=True)
-    out_rows = []
-    for i in range(n):
-        row = dict(rows[i % len(rows)])
-        series, key = row["File_name"].rsplit("_", 1)
-        new_series = f"{i + 1:06d}_01_01"
-        folder = source / "Images_png" / new_series
-        folder.mkdir()
-        shutil.copyfile(cases / "Images_png" / series / key, folder / key)
-        row.update(File_name=f"{new_series}_{key}", Patient_index=str(i + 1), Study_index="1", Series_ID="1")
-        out_rows.append(row)
-    with open(source / "DL_info.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(out_rows)
-    return source
+    return write_replicated_sample(root, n=n, unique=unique, seed=seed)
 
 
 RECIPE = {

@@ -24,6 +24,11 @@ from softmask_builder.exitcodes import EXIT_INPUT, EXIT_INTERNAL, EXIT_IO, EXIT_
 
 __all__ = ["register"]
 
+#: The dataset check's opt-out, shared by every command that reads shards.
+_no_verify_option = click.option(
+    "--no-verify", is_flag=True, default=False,
+    help="Skip the dataset check (manifest counts and sizes; hashes on first use); says so on stderr.")
+
 
 class CliError(click.ClickException):
     """A one-line ``Error: ...`` with an exit code of the shared table."""
@@ -95,8 +100,7 @@ def check_data(root, *, kind: str, no_verify: bool, option: str = "--data") -> N
 @click.option("--threads", type=int, default=None, help="torch CPU threads (loop.num_threads; 0 = torch's default).")
 @click.option("--workers", type=int, default=None, help="DataLoader worker processes (loop.num_workers).")
 @click.option("--progress/--no-progress", default=None, help="Per-step progress bar (loop.progress).")
-@click.option("--no-verify", is_flag=True, default=False,
-              help="Skip the dataset check (manifest counts and sizes; hashes on first use); says so on stderr.")
+@_no_verify_option
 @click.option("--allow-teacher-overlap", is_flag=True, default=False,
               help="Accept an SR teacher that saw validation/test patients (the paper's setting; recorded in "
                    "run_info.json). Sets model.allow_teacher_overlap=true.")
@@ -152,8 +156,7 @@ def train_cmd(config, overrides, variant, data, teacher, out, resume, device, se
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--n-preview", default=6, show_default=True, type=click.IntRange(min=1),
               help="Crops shown in predictions.png.")
-@click.option("--no-verify", is_flag=True, default=False,
-              help="Skip the dataset check (manifest counts and sizes; hashes on first use); says so on stderr.")
+@_no_verify_option
 @click.option("--allow-teacher-overlap", is_flag=True, default=None,
               help="Accept a teacher that saw patients of --split (the paper's setting; recorded in metrics.json). "
                    "Default: the run's model.allow_teacher_overlap.")

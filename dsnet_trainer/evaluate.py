@@ -339,12 +339,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path, data: str | 
               "soft_head": variant.soft_head, "checkpoint": str(checkpoint), "epoch": info["epoch"],
               "data": str(data), "split": split, "val_split": val_split if val is not None else None,
               "crop_px": info["crop_px"], "teacher_check": teacher_check, "metrics": summary}
-    out = Path(out)
-    write_report(report, rows, out)
-    save_overlay_png(out / "predictions.png", image=test["image"], gt=test["gt"], prob=test["prob"],
-                     soft01=test["soft01"], soft_gt01=test["soft_gt01"], sample_ids=test["sample_id"],
-                     n_show=n_preview, title=f"{run_name} ({variant.name}), split {split}")
-    return _json_clean(report)
+    return _finish(report, rows, out, test, soft01=test["soft01"], n_preview=n_preview,
+                   title=f"{run_name} ({variant.name}), split {split}")
 
 
 # ============================================================================================
@@ -466,11 +462,18 @@ def evaluate_predictions(pred_dir: str | Path, *, data: str | Path, out: str | P
               "soft_head": False, "checkpoint": None, "predictions": str(pred_dir), "epoch": None,
               "data": str(data), "split": split, "val_split": val_split if val is not None else None,
               "crop_px": int(test["gt"].shape[-1]), "metrics": summary}
+    # External predictions have no Soft Mask head: the probability map stands in for it.
+    return _finish(report, rows, out, test, soft01=test["prob"], n_preview=n_preview,
+                   title=f"{name} (external predictions), split {split}")
+
+
+def _finish(report: dict, rows, out, test: dict, *, soft01, n_preview: int, title: str) -> dict:
+    """Write the report files (metrics.json, per_crop.csv, summary.md) and predictions.png."""
     out = Path(out)
     write_report(report, rows, out)
     save_overlay_png(out / "predictions.png", image=test["image"], gt=test["gt"], prob=test["prob"],
-                     soft01=test["prob"], soft_gt01=test["soft_gt01"], sample_ids=test["sample_id"],
-                     n_show=n_preview, title=f"{name} (external predictions), split {split}")
+                     soft01=soft01, soft_gt01=test["soft_gt01"], sample_ids=test["sample_id"],
+                     n_show=n_preview, title=title)
     return _json_clean(report)
 
 

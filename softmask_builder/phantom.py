@@ -1206,3 +1206,34 @@ def write_sample(root, *, n: int = 60, seed: int = 0, label_train_rows: bool = F
     60 cases take ~10 s on one core (rendering ~0.15 s and PNG encoding ~0.02 s per case).
     """
     return write_deeplesion(root, iter_cases(n, seed=seed, **case_kwargs), label_train_rows=label_train_rows)
+
+
+def write_replicated_sample(root, *, n: int, unique: int, seed: int = 0) -> Path:
+    """A DeepLesion-layout source with ``n`` lesions (key slices only) made from ``unique``
+    phantom cases, each copy a new patient/series: cheap many-lesion sources for build benchmarks
+    and process tests. ``root/cases`` holds the phantom cases, ``root/source`` (returned) the source;
+    its DL_info rows keep the cases' marks. Deterministic for (n, unique, seed)."""
+    import shutil
+
+    root = Path(root)
+    cases = root / "cases"
+    write_sample(cases, n=min(unique, n), seed=seed, n_neighbors=0)
+    with open(cases / "DL_info.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        header, rows = reader.fieldnames, list(reader)
+    source = root / "source"
+    out_rows = []
+    for i in range(n):
+        row = dict(rows[i % len(rows)])
+        series, key = row["File_name"].rsplit("_", 1)
+        new_series = f"{i + 1:06d}_01_01"
+        folder = source / "Images_png" / new_series
+        folder.mkdir(parents=True)
+        shutil.copyfile(cases / "Images_png" / series / key, folder / key)
+        row.update(File_name=f"{new_series}_{key}", Patient_index=str(i + 1), Study_index="1", Series_ID="1")
+        out_rows.append(row)
+    with open(source / "DL_info.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(out_rows)
+    return source

@@ -4,10 +4,8 @@ holder's pid). Every build here is a real ``softmask`` subprocess."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,28 +31,10 @@ split: {method: patient, seed: 0, fractions: {train: 0.75, test: 0.25}}
 def slow_source(tmp_path_factory) -> Path:
     """A DeepLesion-layout source of 192 lesions made from 3 phantom cases (key slices copied to
     new patients), so that a 2-job build runs for a few seconds."""
-    from softmask_builder.phantom import write_sample
+    from softmask_builder.phantom import write_replicated_sample
 
     work = tmp_path_factory.mktemp("procsrc")
-    cases = work / "cases"
-    write_sample(cases, n=3, seed=5, n_neighbors=0)
-    with open(cases / "DL_info.csv", newline="") as fh:
-        reader = csv.DictReader(fh)
-        header, rows = reader.fieldnames, list(reader)
-    source = work / "source"
-    out_rows = []
-    for i in range(192):
-        row = dict(rows[i % len(rows)])
-        series, key = row["File_name"].rsplit("_", 1)
-        new_series = f"{i + 1:06d}_01_01"
-        (source / "Images_png" / new_series).mkdir(parents=True)
-        shutil.copyfile(cases / "Images_png" / series / key, source / "Images_png" / new_series / key)
-        row.update(File_name=f"{new_series}_{key}", Patient_index=str(i + 1), Study_index="1", Series_ID="1")
-        out_rows.append(row)
-    with open(source / "DL_info.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(out_rows)
+    source = write_replicated_sample(work, n=192, unique=3, seed=5)
     (work / "proc.yaml").write_text(RECIPE)
     return source
 

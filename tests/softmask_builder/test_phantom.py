@@ -338,3 +338,21 @@ def test_write_is_byte_deterministic(tmp_path):
 def test_write_rejects_two_cases_in_one_series(tmp_path, small_cases):
     with pytest.raises(InputError, match="series"):
         P.write_deeplesion(tmp_path, [small_cases[0], small_cases[0]])
+
+
+def test_replicated_sample_copies_key_slices_to_new_patients(tmp_path):
+    source = P.write_replicated_sample(tmp_path, n=5, unique=2, seed=3)
+    with open(source / "DL_info.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(tmp_path / "cases" / "DL_info.csv", newline="") as fh:
+        cases = list(csv.DictReader(fh))
+    assert len(cases) == 2 and len(rows) == 5
+    assert [r["Patient_index"] for r in rows] == ["1", "2", "3", "4", "5"]
+    for i, row in enumerate(rows):
+        case = cases[i % 2]
+        assert row["Measurement_coordinates"] == case["Measurement_coordinates"]
+        new_series, key = row["File_name"].rsplit("_", 1)
+        old_series, old_key = case["File_name"].rsplit("_", 1)
+        assert key == old_key
+        assert ((source / "Images_png" / new_series / key).read_bytes()
+                == (tmp_path / "cases" / "Images_png" / old_series / key).read_bytes())
