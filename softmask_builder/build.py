@@ -24,6 +24,7 @@ at the end, so a killed build never looks finished (``verify`` fails on it).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -645,8 +646,9 @@ def run_build(plan: BuildPlan, out: str | Path, *, overwrite: bool = False, load
     whatever the size of the build. The shard bytes depend only on the plan: not on the number
     of workers, the chunk size or the backend.
 
-    ``BuildResult.seconds`` gives ``build`` (first chunk submitted -> last shard written) and
-    ``release`` times.
+    ``BuildResult.seconds`` gives ``workers`` (start the workers; for a sequential or forked
+    build, load the labelling kernels here first: :func:`warm_worker`), ``build`` (first chunk
+    submitted -> last shard written: the parallel phase) and ``release`` times.
     """
     import time
 
@@ -671,23 +673,33 @@ def run_build(plan: BuildPlan, out: str | Path, *, overwrite: bool = False, load
                 results[shard.name] = done
                 if progress is not None:
                     progress(done)
-        t0 = time.perf_counter()
-        for result in _build_shards(todo, out, recipe, loader, labeller, chunk_samples, max_chunks_in_flight):
-            results[result.name] = result
-            if progress is not None:
-                progress(result)
-        t1 = time.perf_counter()
+        t_start = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            # Workers are started (forked after this process loaded the labelling kernels, or
+            # loky's, warmed while we planned) before the parallel phase's clock starts: like the
+            # imports, this is a fixed cost that does not grow with the build.
+            runner = stack.enter_context(TaskRunner(warm=warm_worker)) if todo else None
+            t0 = time.perf_counter()
+            for result in _build_shards(todo, out, recipe, loader, labeller, chunk_samples, max_chunks_in_flight,
+                                        runner):
+                results[result.name] = result
+                if progress is not None:
+                    progress(result)
+            t1 = time.perf_counter()
         ordered = tuple(results[s.name] for s in plan.shards)
         result = BuildResult(out, plan, ordered)
         if write_release_files:
             write_release(result)
-        result.seconds.update(build=round(t1 - t0, 3), release=round(time.perf_counter() - t1, 3))
+        result.seconds.update(workers=round(t0 - t_start, 3), build=round(t1 - t0, 3),
+                              release=round(time.perf_counter() - t1, 3))
     return result
 
 
 def _build_shards(todo: Sequence[ShardPlan], out: Path, recipe: Recipe, loader: Loader,
-                  labeller: Labeller | None, chunk_samples: int, max_in_flight: int | None):
-    """Yield the :class:`ShardResult` of every shard of ``todo`` as it is written."""
+                  labeller: Labeller | None, chunk_samples: int, max_in_flight: int | None,
+                  runner: TaskRunner | None):
+    """Yield the :class:`ShardResult` of every shard of ``todo`` as it is written (on ``runner``'s
+    workers)."""
     if not todo:
         return
     chunks = plan_chunks(todo, chunk_samples)
@@ -696,31 +708,30 @@ def _build_shards(todo: Sequence[ShardPlan], out: Path, recipe: Recipe, loader: 
     for i, s in enumerate(todo):
         if not s.refs:  # every sample of the shard was planned away: an empty shard
             yield assemble_shard(s, [], out, recipe)
-    with TaskRunner() as runner:
-        max_in_flight = max_in_flight or 2 * runner.n_workers
-        per_shard = max(math.ceil(len(s.refs) / chunk_samples) for s in todo)
-        max_held = max_in_flight + per_shard
-        pending: dict = {}
-        held = 0  # chunks submitted whose shard is not yet written
-        next_chunk = 0
-        while next_chunk < len(chunks) or pending:
-            while next_chunk < len(chunks) and len(pending) < max_in_flight and held < max_held:
-                c = chunks[next_chunk]
+    max_in_flight = max_in_flight or 2 * runner.n_workers
+    per_shard = max(math.ceil(len(s.refs) / chunk_samples) for s in todo)
+    max_held = max_in_flight + per_shard
+    pending: dict = {}
+    held = 0  # chunks submitted whose shard is not yet written
+    next_chunk = 0
+    while next_chunk < len(chunks) or pending:
+        while next_chunk < len(chunks) and len(pending) < max_in_flight and held < max_held:
+            c = chunks[next_chunk]
+            shard = todo[c.shard]
+            fut = runner.submit(build_chunk, shard.refs[c.start:c.stop], shard.split, recipe, loader, labeller)
+            pending[fut] = c
+            held += 1
+            next_chunk += 1
+        for fut in runner.wait_any(pending):
+            c = pending.pop(fut)
+            outcomes[c.shard][c.start:c.stop] = fut.result()
+            missing[c.shard] -= c.stop - c.start
+            if missing[c.shard] == 0:
                 shard = todo[c.shard]
-                fut = runner.submit(build_chunk, shard.refs[c.start:c.stop], shard.split, recipe, loader, labeller)
-                pending[fut] = c
-                held += 1
-                next_chunk += 1
-            for fut in runner.wait_any(pending):
-                c = pending.pop(fut)
-                outcomes[c.shard][c.start:c.stop] = fut.result()
-                missing[c.shard] -= c.stop - c.start
-                if missing[c.shard] == 0:
-                    shard = todo[c.shard]
-                    held -= math.ceil(len(shard.refs) / chunk_samples)
-                    result = assemble_shard(shard, outcomes[c.shard], out, recipe)
-                    outcomes[c.shard] = None  # free the arrays
-                    yield result
+                held -= math.ceil(len(shard.refs) / chunk_samples)
+                result = assemble_shard(shard, outcomes[c.shard], out, recipe)
+                outcomes[c.shard] = None  # free the arrays
+                yield result
 
 
 def build_dataset(recipe: Recipe, source: str | Path, out: str | Path, *, limit: int | None = None,

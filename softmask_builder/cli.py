@@ -20,6 +20,7 @@ from . import __version__
 from .errors import SoftMaskError
 from .exitcodes import EXIT_EMPTY, EXIT_INPUT, EXIT_INTERNAL, EXIT_IO, EXIT_LOCKED, EXIT_OK, EXIT_VERIFY  # noqa: F401
 from .exitcodes import io_error_message
+from .executor import fork_available
 
 #: Default recipe and the recipe sources each ``build`` subcommand accepts.
 BUILD_KINDS = {
@@ -69,19 +70,33 @@ def _say(line: str) -> None:
     click.echo(line, err=True)
 
 
+#: --backend choices; "multiprocessing" (forked workers) only where the platform forks safely.
+BACKENDS = (["multiprocessing"] if fork_available() else []) + ["loky", "dask"]
+DEFAULT_BACKEND = BACKENDS[0]
+BACKEND_HELP = ("Where the jobs run: multiprocessing = worker processes forked from this one, which inherit its "
+                "imports and loaded kernels (the cheapest start; Linux), loky = fresh worker processes, dask = a "
+                "dask cluster (--scheduler, or a LocalCluster of --jobs workers).")
+
+
 @contextmanager
 def parallel_setup(backend: str, jobs: int, scheduler: str | None):
-    """``joblib.parallel_config`` for the build: loky with ``jobs`` processes, or dask through
+    """``joblib.parallel_config`` for the build: ``jobs`` processes forked from this one
+    ("multiprocessing", see :mod:`.executor`) or started fresh by loky, or dask through
     ``scheduler`` (a ``tcp://`` address) or a LocalCluster of ``jobs`` single-threaded workers."""
     import joblib
 
     if jobs < 1:
         raise _Fail(f"--jobs must be >= 1, got {jobs}")
-    if backend == "loky":
+    if backend in ("loky", "multiprocessing"):
         if scheduler:
             raise _Fail("--scheduler needs --backend dask")
-        with joblib.parallel_config(backend="loky", n_jobs=jobs):
-            yield
+        from .executor import shutdown_prestarted
+
+        with joblib.parallel_config(backend=backend, n_jobs=jobs):
+            try:
+                yield
+            finally:
+                shutdown_prestarted()  # forked workers end with the command
         return
     try:
         from dask.distributed import Client, LocalCluster
@@ -110,6 +125,9 @@ def parallel_setup(backend: str, jobs: int, scheduler: str | None):
 def _progress_bar(total: int, enabled: bool | None):
     from tqdm import tqdm
 
+    # No monitor thread: forked workers are started after the bar exists (executor: fork with no
+    # thread running).
+    tqdm.monitor_interval = 0
     bar = tqdm(total=total, unit="sample", file=sys.stderr, disable=None if enabled is None else not enabled,
                dynamic_ncols=True)
     rejected = [0]
@@ -192,8 +210,8 @@ def _common_build_options(func):
                      help="Output folder (default: the make target's, build/lnsm, build/lidc, build/masks or "
                           "build/slices)."),
         click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Parallel shard jobs."),
-        click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
-                     help="joblib backend for the shard jobs."),
+        click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULT_BACKEND, show_default=True,
+                     help=BACKEND_HELP),
         click.option("--scheduler", default=None,
                      help="dask scheduler address (tcp://host:8786); default: a LocalCluster of --jobs workers."),
         click.option("--dry-run", is_flag=True, help="Plan only: print the splits and shard counts, write nothing."),
@@ -418,8 +436,8 @@ def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid",
 @click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Parallel shard jobs.")
 @click.option("--deeplesion", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="DeepLesion root (DL_info.csv + Images_png). Without it, the bundled phantom sample is built.")
-@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
-              help="joblib backend for the shard jobs.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULT_BACKEND, show_default=True,
+              help=BACKEND_HELP)
 @click.option("--scheduler", default=None,
               help="dask scheduler address (tcp://host:8786, with --backend dask); default: a LocalCluster of "
                    "--jobs workers.")

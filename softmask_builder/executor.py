@@ -11,10 +11,24 @@ executor:
 active joblib backend           tasks run on
 ==============================  ==================================================================
 none / ``sequential`` / 1 job   this process, one after another, at submit time
-``loky`` / ``multiprocessing``  loky's reusable process pool (``joblib.externals.loky``)
+``multiprocessing``             a :class:`concurrent.futures.ProcessPoolExecutor` whose workers
+                                are *forked* from this process when the runner starts (POSIX;
+                                elsewhere loky): they inherit its imports and loaded kernels
+``loky``                        loky's reusable process pool (``joblib.externals.loky``)
 ``threading``                   a :class:`concurrent.futures.ThreadPoolExecutor`
 ``dask``                        the ``distributed.Client`` joblib's dask backend holds
 ==============================  ==================================================================
+
+Why fork: on a 2-core machine a loky worker spends ~1.3 s of CPU importing the labelling stages
+and loading their numba kernels before its first sample (``benchmarks/bench_build.py``), and
+each of the N workers pays it, while a sequential build pays it once. Forked workers inherit the
+imports; :func:`prestart` forks them before planning and each loads the kernels while this
+process plans (off the critical path), or a runner of kind "fork" with none prestarted runs
+``warm`` (e.g. :func:`softmask_builder.build.warm_worker`) once here and then forks. Workers are
+forked all at once, before any thread of the pool exists (so no lock of a helper thread is
+copied held). The fork happens before
+any HDF5 file is opened by the build (shards are written here, after the workers exist) and
+workers open their own files (zips, DICOMs, PNGs) lazily.
 
 Worker lifetime: every worker runs :func:`ensure_parent_watchdog` with the pid of the process
 that submits the tasks: loky workers as their pool initializer (before they import anything a
@@ -37,7 +51,8 @@ import os
 import threading
 from typing import Any, Callable, Iterable
 
-__all__ = ["WATCHDOG_PERIOD_S", "TaskRunner", "ensure_parent_watchdog", "active_backend", "prestart"]
+__all__ = ["WATCHDOG_PERIOD_S", "TaskRunner", "ensure_parent_watchdog", "active_backend", "fork_available", "prestart",
+           "shutdown_prestarted"]
 
 #: Seconds between two parent checks in a worker.
 WATCHDOG_PERIOD_S = 0.2
@@ -92,7 +107,7 @@ def _call(parent_pid: int, fn: Callable, args: tuple) -> Any:
 
 def active_backend() -> tuple[str, int, Any]:
     """(kind, n_workers, backend object) of the active joblib configuration; kind is one of
-    "inline", "loky", "threads", "dask"."""
+    "inline", "fork", "loky", "threads", "dask"."""
     from joblib import cpu_count
     from joblib.parallel import get_active_backend
 
@@ -109,7 +124,18 @@ def active_backend() -> tuple[str, int, Any]:
         return "inline", 1, backend
     if name == "ThreadingBackend":
         return "threads", n, backend
+    if name == "MultiprocessingBackend" and fork_available():
+        return "fork", n, backend
     return "loky", n, backend  # loky, multiprocessing and anything process-based
+
+
+def fork_available() -> bool:
+    """Whether this platform can fork worker processes (Linux and the BSDs; not Windows; macOS is
+    treated as not, as CPython itself does since 3.8: system libraries there are not fork-safe)."""
+    import multiprocessing as mp
+    import sys
+
+    return "fork" in mp.get_all_start_methods() and sys.platform != "darwin"
 
 
 def _loky_pool(n_workers: int, parent: int):
@@ -123,22 +149,108 @@ def _loky_pool(n_workers: int, parent: int):
                                    initializer=ensure_parent_watchdog, initargs=(parent,))
 
 
-def _warm(parent_pid: int, warm: str) -> int:
+def _resolve(warm: str) -> Callable[[], Any]:
     import importlib
 
-    ensure_parent_watchdog(parent_pid)
     module, _, name = warm.partition(":")
-    fn = getattr(importlib.import_module(module), name)
-    fn()
+    return getattr(importlib.import_module(module), name)
+
+
+def _warm(parent_pid: int, warm: str) -> int:
+    ensure_parent_watchdog(parent_pid)
+    _resolve(warm)()
     return os.getpid()
 
 
+def _fork_worker_init(parent_pid: int, warm: str | None, ready) -> None:
+    ensure_parent_watchdog(parent_pid)
+    if warm:
+        _resolve(warm)()
+    ready.put(os.getpid())  # this worker has warmed: TaskRunner waits for all of them
+
+
+# The pool :func:`prestart` forked for this process: (pool, n_workers, parent pid, ready queue, warmed
+# worker count), reused by every TaskRunner of kind "fork" with the same number of workers until
+# :func:`shutdown_prestarted`.
+_prestarted: list | None = None
+
+#: Seconds a TaskRunner waits for forked workers to report that they have warmed.
+WARM_TIMEOUT_S = 300
+
+
+def _fork_pool(n_workers: int, parent: int, warm: str | None):
+    """(pool, ready queue): a fork-context pool whose workers all exist when this returns, each
+    running ``warm`` and then putting its pid on the queue."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    ready = ctx.SimpleQueue()
+    pool = cf.ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_fork_worker_init,
+                                  initargs=(parent, warm, ready))
+    # With the fork context the pool forks all its workers at the first submit, before its manager
+    # thread starts: no helper thread of ours exists in the child.
+    pool.submit(os.getpid)
+    return pool, ready
+
+
+def _wait_ready(ready, n: int) -> None:
+    """Block until ``n`` workers have put their pid on ``ready`` (they have warmed)."""
+    import time
+
+    deadline = time.monotonic() + WARM_TIMEOUT_S
+    got = 0
+    while got < n:
+        if ready.empty():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{n - got} of {n} forked workers did not start within {WARM_TIMEOUT_S} s")
+            time.sleep(0.002)
+            continue
+        ready.get()
+        got += 1
+
+
+def _reusable_fork_pool(n_workers: int, parent: int):
+    if _prestarted is None:
+        return None
+    pool, n, pid, ready, waited = _prestarted
+    if (n, pid) != (n_workers, parent) or getattr(pool, "_broken", False):
+        return None
+    if not waited:
+        _wait_ready(ready, n)
+        _prestarted[4] = True
+    return pool
+
+
+def shutdown_prestarted() -> None:
+    """End the workers :func:`prestart` forked (a no-op when there are none); queued tasks are
+    dropped, running ones finish first."""
+    global _prestarted
+    if _prestarted is not None:
+        pool, _prestarted = _prestarted[0], None
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def prestart(warm: str | None = None) -> None:
-    """Start the active loky backend's workers now, without waiting for them, and have each run
-    ``warm`` (``"module:function"``, e.g. importing the labelling stages and loading their numba
-    kernels) so that the imports overlap with whatever this process does next (planning). A no-op
-    for the other backends (dask workers are started by their cluster; threads need no start)."""
+    """Start the active backend's workers now, without waiting for them, and have each run
+    ``warm`` (``"module:function"``, e.g. loading the labelling stages' numba kernels) so that
+    their start-up overlaps with whatever this process does next (planning).
+
+    "fork": the workers are forked now (inheriting this process's imports) and run ``warm`` as
+    they start, in parallel; every :class:`TaskRunner` of this process with the same number of
+    workers reuses them until :func:`shutdown_prestarted` (the caller's job: the CLI does it when
+    its parallel setup ends). "loky": loky's reusable pool is started and each worker imports and
+    runs ``warm``. A no-op for the other backends (dask workers are started by their cluster;
+    threads need no start).
+    """
+    global _prestarted
     kind, n, _ = active_backend()
+    if kind == "fork":
+        current = _prestarted
+        if current is None or current[1:3] != [n, os.getpid()] or getattr(current[0], "_broken", False):
+            shutdown_prestarted()
+            pool, ready = _fork_pool(n, os.getpid(), warm)
+            _prestarted = [pool, n, os.getpid(), ready, False]
+        return
     if kind != "loky":
         return
     pool = _loky_pool(n, os.getpid())
@@ -152,15 +264,30 @@ class TaskRunner:
 
     Use as a context manager: on exit (normal, an exception, KeyboardInterrupt or a SIGTERM turned
     into an exception by the CLI) every task not yet finished is cancelled.
+
+    ``warm``: a callable run once in this process when the kind is "inline", or "fork" with no
+    workers :func:`prestart` ed (before the workers are forked, so that they inherit what it
+    loaded); prestarted workers (fork, loky) warm themselves.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, warm: Callable[[], Any] | None = None) -> None:
         self.kind, self.n_workers, backend = active_backend()
         self._parent = os.getpid()
         self._pending: set = set()
         self._pool = None
         self._client = None
-        if self.kind == "loky":
+        self._owns_pool = False
+        if self.kind == "fork":
+            self._pool = _reusable_fork_pool(self.n_workers, self._parent)  # prestarted: waits until warm
+            if self._pool is None:
+                if warm is not None:
+                    warm()  # here, once: the workers forked next inherit what it loaded
+                self._pool, ready = _fork_pool(self.n_workers, self._parent, None)
+                self._owns_pool = True
+                _wait_ready(ready, self.n_workers)
+        elif self.kind == "inline" and warm is not None:
+            warm()
+        elif self.kind == "loky":
             self._pool = _loky_pool(self.n_workers, self._parent)
             # Wait until the workers are up: a worker killed orphan while loky is still sending it
             # its start-up data can block on that pipe before any of our code runs in it.
@@ -211,8 +338,15 @@ class TaskRunner:
         return done
 
     def close(self) -> None:
-        """Cancel every task not yet finished (queued tasks never start)."""
+        """Cancel every task not yet finished (queued tasks never start). Forked workers and
+        threads end here; loky's pool is kept for reuse (its workers end after an idle minute)."""
         pending, self._pending = list(self._pending), set()
+        if self.kind == "fork":
+            for fut in pending:
+                fut.cancel()  # queued tasks never start; a running one finishes in its worker
+            if self._owns_pool:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+            return
         if not pending:
             if self.kind == "threads":
                 self._pool.shutdown(wait=True)

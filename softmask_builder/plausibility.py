@@ -72,18 +72,28 @@ def check_image_hu(image_hu: np.ndarray, *, sample_id: str | None = None, stage:
     low, high = float(values.min()), float(values.max())
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ImplausibleError("implausible image: NaN/inf pixels", sample_id=sample_id, stage=stage)
-    top_count, top_value = _most_common(values, low, high)
+    counts = _integer_counts(values, low, high)
+    top_count, top_value = _most_common(values, low, counts)
     top_fraction = top_count / values.size
     if top_fraction > MAX_ONE_VALUE_FRACTION:
         raise ImplausibleError(f"implausible image: {100 * top_fraction:.1f} % of the pixels equal {top_value:g} HU "
                                f"(more than {100 * MAX_ONE_VALUE_FRACTION:g} %: blank or saturated)",
                                sample_id=sample_id, stage=stage)
-    tissue = values[values >= PADDING_BELOW_HU]
-    if tissue.size < MIN_TISSUE_FRACTION * values.size:
-        raise ImplausibleError(f"implausible image: only {100 * tissue.size / values.size:.1f} % of the pixels "
+    if counts is not None:  # CT stored as integers: percentiles from the histogram, O(n)
+        first = max(0, math.ceil(PADDING_BELOW_HU - low))
+        tissue_counts = counts[first:]
+        n_tissue = int(tissue_counts.sum())
+    else:
+        tissue = values[values >= PADDING_BELOW_HU]
+        n_tissue = tissue.size
+    if n_tissue < MIN_TISSUE_FRACTION * values.size:
+        raise ImplausibleError(f"implausible image: only {100 * n_tissue / values.size:.1f} % of the pixels "
                                f"are >= {PADDING_BELOW_HU:g} HU (the rest is below air: padding)",
                                sample_id=sample_id, stage=stage)
-    p1, p50, p99 = np.percentile(tissue, [1, 50, 99])
+    if counts is not None:
+        p1, p50, p99 = percentiles_from_counts(tissue_counts, low + first, (1, 50, 99))
+    else:
+        p1, p50, p99 = np.percentile(tissue, [1, 50, 99])
     if p99 - p1 < MIN_P1_P99_RANGE_HU:
         raise ImplausibleError(f"implausible image: 1st-99th percentile range {p99 - p1:.1f} HU is below "
                                f"{MIN_P1_P99_RANGE_HU:g} HU (no contrast)", sample_id=sample_id, stage=stage)
@@ -93,11 +103,18 @@ def check_image_hu(image_hu: np.ndarray, *, sample_id: str | None = None, stage:
                                "or not CT in HU?)", sample_id=sample_id, stage=stage)
 
 
-def _most_common(values: np.ndarray, low: float, high: float) -> tuple[int, float]:
-    """(count, value) of the most common pixel value: a bincount for integer-valued images (CT
-    is stored as integers; O(n)), else the longest run of the sorted values."""
+def _integer_counts(values: np.ndarray, low: float, high: float) -> np.ndarray | None:
+    """``counts[k]`` = how many pixels equal ``low + k``, for integer-valued images (CT is stored
+    as integers) spanning < 2**20 values; None otherwise."""
     if high - low < 1 << 20 and np.array_equal(values, np.rint(values)):
-        counts = np.bincount((values - np.float32(low)).astype(np.int64))
+        return np.bincount((values - np.float32(low)).astype(np.int64))
+    return None
+
+
+def _most_common(values: np.ndarray, low: float, counts: np.ndarray | None) -> tuple[int, float]:
+    """(count, value) of the most common pixel value: from ``counts`` (:func:`_integer_counts`) when
+    given (O(n)), else the longest run of the sorted values."""
+    if counts is not None:
         k = int(counts.argmax())
         return int(counts[k]), low + k
     ordered = np.sort(values)
@@ -105,6 +122,23 @@ def _most_common(values: np.ndarray, low: float, high: float) -> tuple[int, floa
     runs = np.diff(np.concatenate(([0], edges, [ordered.size])))
     top = int(runs.argmax())
     return int(runs[top]), float(ordered[0 if top == 0 else edges[top - 1]])
+
+
+def percentiles_from_counts(counts: np.ndarray, first_value: float, q_percent) -> list[float]:
+    """``np.percentile(x, q_percent)`` (its default "linear" method) of the integer-valued ``x``
+    whose histogram is ``counts`` (``counts[k]`` values equal ``first_value + k``), without
+    sorting ``x``: the order statistics at ranks floor/ceil of ``(n - 1) * q`` are read off the
+    cumulative counts. ``counts`` must hold at least one value."""
+    cum = np.cumsum(counts)
+    n = int(cum[-1])
+    out = []
+    for q in q_percent:
+        h = (n - 1) * (float(q) / 100.0)
+        lo = math.floor(h)
+        hi = min(lo + 1, n - 1)
+        v_lo, v_hi = (first_value + float(np.searchsorted(cum, k, side="right")) for k in (lo, hi))
+        out.append(v_lo + (h - lo) * (v_hi - v_lo))
+    return out
 
 
 def check_spacing_mm(spacing_mm, *, what: str = "pixel spacing", sample_id: str | None = None,

@@ -302,3 +302,20 @@ def test_masks_flat_image_is_rejected(masks_source, tmp_path):
     out = tmp_path / "out"
     build(masks_recipe(), masks_source, out)
     assert "implausible image" in rejects_of(out)["case1_a"]["reason"]
+
+
+def test_histogram_percentiles_equal_numpys_on_integer_images():
+    """check_image_hu reads its percentiles off the integer histogram (no sort); the oracle is
+    np.percentile's default (linear) method, for odd/even counts, ties, one value, wide ranges."""
+    from softmask_builder.plausibility import percentiles_from_counts
+
+    rng = np.random.default_rng(3)
+    qs = (0, 1, 12.5, 50, 99, 100)
+    cases = [np.array([7.0]), np.array([3.0, 3.0]), np.array([-5.0, 9.0])]
+    cases += [rng.integers(-1024, rng.integers(-1000, 4000), rng.integers(1, 3000)).astype(np.float32)
+              for _ in range(100)]
+    for x in cases:
+        low = float(x.min())
+        counts = np.bincount((x - np.float32(low)).astype(np.int64))
+        np.testing.assert_allclose(percentiles_from_counts(counts, low, qs), np.percentile(x.astype(np.float64), qs),
+                                   rtol=0, atol=1e-9)

@@ -84,7 +84,9 @@ def reference(slow_source, tmp_path_factory) -> str:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to list worker processes")
 @pytest.mark.parametrize("sig,backend", [
+    (signal.SIGKILL, "multiprocessing"),
     (signal.SIGKILL, "loky"),
+    pytest.param(signal.SIGTERM, "multiprocessing", marks=pytest.mark.slow),
     pytest.param(signal.SIGTERM, "loky", marks=pytest.mark.slow),
     pytest.param(signal.SIGINT, "loky", marks=pytest.mark.slow),
     pytest.param(signal.SIGKILL, "dask", marks=pytest.mark.slow),

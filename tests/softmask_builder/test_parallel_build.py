@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import random
+from pathlib import Path
 
 import joblib
 import pytest
@@ -34,11 +35,12 @@ def test_plan_chunks_cover_every_ref_once_in_plan_order():
         assert all(0 < c.stop - c.start <= size for c in chunks)
 
 
-@pytest.mark.parametrize("jobs,chunk", [(2, 1), (2, 3), (3, 5)])
-def test_loky_jobs_and_chunking_give_identical_bytes(tmp_path, jobs, chunk):
+@pytest.mark.parametrize("backend,jobs,chunk", [("loky", 2, 1), ("loky", 2, 3), ("loky", 3, 5),
+                                               ("multiprocessing", 2, 1), ("multiprocessing", 3, 5)])
+def test_process_jobs_and_chunking_give_identical_bytes(tmp_path, backend, jobs, chunk):
     plan = _plan()
     ref = _build(tmp_path / "one", plan, chunk_samples=64)  # one chunk per shard, in-process
-    with joblib.parallel_config(backend="loky", n_jobs=jobs):
+    with joblib.parallel_config(backend=backend, n_jobs=jobs):
         got = _build(tmp_path / "par", plan, chunk_samples=chunk)
     assert _hashes(tmp_path / "one") == _hashes(tmp_path / "par")
     assert got.rejects == ref.rejects and len(ref.rejects) > 0
@@ -70,7 +72,7 @@ class _ShuffledRunner:
     n_workers = 2
     peak = 0
 
-    def __init__(self):
+    def __init__(self, warm=None):
         self.rng = random.Random(7)
         self.pending = []
 
@@ -133,4 +135,69 @@ def test_held_chunks_never_exceed_window_plus_one_shard(tmp_path, monkeypatch):
 
 def test_seconds_are_reported(tmp_path):
     result = _build(tmp_path, _plan(n=8))
-    assert set(result.seconds) == {"build", "release"} and result.seconds["build"] > 0
+    assert set(result.seconds) == {"workers", "build", "release"} and result.seconds["build"] > 0
+
+
+def test_forked_workers_inherit_what_the_warm_step_loaded(tmp_path):
+    """The "multiprocessing" kind forks after ``warm`` ran here: a module-level flag set by the warm
+    step is seen by every worker (a loky worker, started fresh, would see it unset), and the
+    workers are children of this process that end when the runner closes."""
+    import os
+
+    from softmask_builder import executor
+
+    _WARMED.clear()
+    with joblib.parallel_config(backend="multiprocessing", n_jobs=2):
+        with executor.TaskRunner(warm=lambda: _WARMED.append(os.getpid())) as runner:
+            assert runner.kind == "fork" and _WARMED == [os.getpid()]
+            futs = [runner.submit(_seen_warm) for _ in range(6)]
+            seen = [f.result() for f in futs]
+            workers = {pid for pid, _ in seen}
+            pool_pids = set(runner._pool._processes)
+    assert all(flag == [os.getpid()] for _, flag in seen)
+    assert workers and workers <= pool_pids and os.getpid() not in workers
+    # close() ended and reaped them: no orphan, no zombie.
+    assert not [pid for pid in pool_pids if Path(f"/proc/{pid}").exists()]
+
+
+_WARMED: list = []
+
+
+def _seen_warm():
+    import os
+    import time
+
+    time.sleep(0.05)
+    return os.getpid(), list(_WARMED)
+
+
+def _mark_warm():
+    _WARMED.append(("worker", __import__("os").getpid()))
+
+
+def test_prestarted_forked_workers_warm_themselves_and_are_reused_until_shut_down():
+    """prestart forks the workers at once (they warm in parallel while the caller plans); a later
+    TaskRunner with the same number of workers runs on exactly those processes, leaves them up
+    when it closes, and shutdown_prestarted ends them."""
+    import os
+
+    from softmask_builder import executor
+
+    _WARMED.clear()
+    with joblib.parallel_config(backend="multiprocessing", n_jobs=2):
+        executor.prestart(f"{__name__}:_mark_warm")
+        try:
+            pool = executor._prestarted[0]
+            with executor.TaskRunner(warm=lambda: _WARMED.append("main")) as runner:
+                assert runner._pool is pool
+                seen = [f.result() for f in [runner.submit(_seen_warm) for _ in range(8)]]
+            assert _WARMED == []  # the main process did not warm: the prestarted workers did
+            for pid, flags in seen:
+                assert flags == [("worker", pid)]  # each worker ran the warm step itself, once
+            pids = set(pool._processes)
+            assert {pid for pid, _ in seen} <= pids and all(Path(f"/proc/{p}").exists() for p in pids)
+        finally:
+            executor.shutdown_prestarted()
+    assert executor._prestarted is None
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()]
+    assert os.getpid() not in pids
