@@ -441,7 +441,10 @@ def build_chunk(refs: Sequence[SampleRef], split: str, recipe: Recipe, loader: L
     written: the main process assembles and writes the shard (:func:`assemble_shard`). Runs
     single-threaded (see :func:`_single_threaded`).
     """
+    from .executor import keep_freed_memory
+
     labeller = labeller or label_record
+    keep_freed_memory()  # once per process (dask and thread workers are not warmed by us)
     with _single_threaded():
         return [_build_one(ref, split, recipe, loader, labeller) for ref in refs]
 
@@ -598,9 +601,13 @@ class _Chunk:
 
 def warm_worker() -> None:
     """Import the labelling stages and load their compiled kernels by labelling a tiny synthetic
-    disk (run in each worker before the first chunk: :func:`.executor.prestart`)."""
+    disk, and tune this process's malloc (:func:`.executor.keep_freed_memory`); run in each
+    worker before the first chunk (:func:`.executor.prestart`) and in the main process of a
+    sequential or forked build."""
+    from .executor import keep_freed_memory
     from .pipeline import LabelParams, label_from_mask
 
+    keep_freed_memory()  # a build process: reuse freed arrays instead of faulting in fresh pages
     rr, cc = np.mgrid[:24, :24]
     mask = (rr - 12) ** 2 + (cc - 12) ** 2 < 36
     with _single_threaded():

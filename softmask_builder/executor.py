@@ -51,7 +51,7 @@ import os
 import threading
 from typing import Any, Callable, Iterable
 
-__all__ = ["WATCHDOG_PERIOD_S", "TaskRunner", "ensure_parent_watchdog", "active_backend", "fork_available", "prestart",
+__all__ = ["WATCHDOG_PERIOD_S", "MALLOC_TUNING", "keep_freed_memory", "TaskRunner", "ensure_parent_watchdog", "active_backend", "fork_available", "prestart",
            "shutdown_prestarted"]
 
 #: Seconds between two parent checks in a worker.
@@ -63,6 +63,46 @@ _watched_parent: int | None = None
 # Thread pools of numerical libraries inside process workers: the workers are the parallelism.
 _WORKER_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                       "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")}
+
+
+#: glibc malloc settings of a build process (:func:`keep_freed_memory`): allocations below
+#: ``mmap_threshold`` bytes come from the heap, and up to ``trim_threshold`` bytes of freed heap
+#: are kept for reuse instead of being returned to the kernel.
+MALLOC_TUNING = {"mmap_threshold": 64 << 20, "trim_threshold": 256 << 20}
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+_malloc_tuned = False
+
+
+def keep_freed_memory() -> bool:
+    """Tune glibc's malloc of this process for the labelling loop (once; returns whether it
+    applied: False off glibc, e.g. musl, macOS, Windows).
+
+    Each sample allocates and frees a few arrays of 1-4 MB (a 512² slice in float32/float64,
+    GrabCut's models). Above glibc's default mmap threshold (128 KiB, raised dynamically only
+    after such blocks are freed) every one of them is a fresh ``mmap`` whose pages the kernel
+    must zero on first touch: ~1300 page faults a sample, ~30 % of a sample's time on this
+    project's 2-core machine, and more when two workers fault at once (``benchmarks/bench_build.py``
+    shows the system time). With :data:`MALLOC_TUNING` the blocks are reused from the heap. The
+    cost: a process keeps up to ``trim_threshold`` of freed memory (it is reused by the next
+    sample). Results are unchanged (only where memory comes from).
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = (libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_TUNING["mmap_threshold"]) == 1
+              and libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TUNING["trim_threshold"]) == 1)
+    except (OSError, AttributeError):
+        return False
+    _malloc_tuned = ok
+    return ok
 
 
 def ensure_parent_watchdog(parent_pid: int) -> bool:
