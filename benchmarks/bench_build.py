@@ -1,6 +1,7 @@
 """Build throughput: the same N phantom lesions (512x512 DeepLesion-layout PNGs) built with
-`softmask build deeplesion -j 1` and `-j 2` (loky), each ``--repeats`` times, for every N of
-``--n``; prints medians, the 1 -> 2 job ratios of the parallel phase and end to end, the serial
+`softmask build deeplesion -j 1` and `-j 2` with each ``--backends`` value (forked workers, the
+default, and loky, the reference it replaced, side by side), each ``--repeats`` times, for every N
+of ``--n``; prints medians, the 1 -> 2 job ratios of the parallel phase and end to end, the serial
 part, and checks that every build is byte-identical (with --dask, a dask LocalCluster build too).
 
 Targets (issue 11): parallel phase (plan done -> last shard written, the build's own
