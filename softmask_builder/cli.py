@@ -295,18 +295,42 @@ def inspect(path: Path, sample_index: int | None) -> None:
               | {k: m[k] for k in ("unselected_by_filter", "warnings") if k in m}
               | {"shards": [{k: e[k] for k in ("file", "split", "n_samples")} for e in m["shards"]]})
         return
+    from .shards import layout
+
     with _input_errors(), open_shard(path) as shard:
         attrs = {k: v for k, v in shard.attrs.items() if k not in ("recipe_json", "rejects_json", "label_params_json")}
+        ids = shard.sample_ids
         info = {
             "path": str(path), "attrs": attrs,
             "arrays": {name: {"shape": list(ds.shape), "dtype": _dtype_name(ds)} for name, ds in shard.file.items()},
-            "sample_ids": shard.sample_ids[:10], "n_rejects": len(shard.rejects()),
+            "n_samples": len(ids), "sample_ids": ids[:INSPECT_IDS], "n_rejects": len(shard.rejects()),
         }
+        if len(ids) > INSPECT_IDS:
+            info["sample_ids_note"] = f"first {INSPECT_IDS} of {len(ids)} sample ids (sample_id field: all of them)"
         if sample_index is not None:
             sample = shard.sample(sample_index)
-            info["sample"] = {k: ({"shape": list(v.shape), "min": float(v.min()), "max": float(v.max())}
-                                  if hasattr(v, "shape") and v.ndim == 2 else v) for k, v in sample.items()}
+            images = set(layout(shard.kind)[0])
+            info["sample"] = {k: (_image_summary(k, v) if k in images else
+                                  v.tolist() if hasattr(v, "tolist") else v) for k, v in sample.items()}
     _emit(info)
+
+
+#: Sample ids listed by `softmask inspect SHARD` (the count is always given).
+INSPECT_IDS = 10
+
+
+def _image_summary(name: str, image) -> dict:
+    """What `inspect --sample` says of one image array: shape, dtype, range; the trimap's value
+    counts; the Soft Mask's share of fractional (0 < alpha < 1) pixels."""
+    import numpy as np
+
+    out = {"shape": list(image.shape), "dtype": str(image.dtype), "min": float(image.min()), "max": float(image.max())}
+    if name == "trimap":
+        values, counts = np.unique(image, return_counts=True)
+        out["counts"] = {str(int(v)): int(c) for v, c in zip(values, counts)}
+    elif name == "soft_mask":
+        out["fraction_between_0_and_1"] = round(float(((image > 0) & (image < 1)).mean()), 4)
+    return out
 
 
 def _dtype_name(ds) -> str:

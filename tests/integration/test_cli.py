@@ -81,6 +81,31 @@ def test_inspect_dir_and_shard(built):
         first_id = f["sample_id"].asstr()[0]
         assert shard_info["arrays"]["soft_mask"]["shape"] == list(f["soft_mask"].shape)
     assert shard_info["sample"]["sample_id"] == first_id == shard_info["sample_ids"][0]
+    # Images get a range (and the trimap its value counts); coordinates are printed as values.
+    sample = shard_info["sample"]
+    with h5py.File(shard, "r") as f:
+        trimap = f["trimap"][0]
+        np.testing.assert_allclose(sample["recist_px"], f["recist_px"][0], rtol=1e-6)
+    assert isinstance(sample["recist_px"], list) and "min" not in sample["recist_px"]
+    values, counts = np.unique(trimap, return_counts=True)
+    assert sample["trimap"]["counts"] == {str(int(v)): int(c) for v, c in zip(values, counts)}
+    assert sample["image_hu"]["min"] <= sample["image_hu"]["max"]
+    assert shard_info["n_samples"] == len(shard_info["sample_ids"])  # <= 10 ids: all shown, no note
+
+
+def test_inspect_says_when_it_cuts_the_id_list(tmp_path):
+    """A shard of 12 samples: 10 ids are listed and a note says 10 of 12."""
+    from softmask_builder.build import make_plan, run_build
+
+    from ..softmask_builder.test_build import fake_labeller, fake_loader, make_refs, recipe
+
+    plan = make_plan(recipe(samples_per_shard=64, split={"method": "patient", "counts": {"test": 12}}),
+                     make_refs(12, per_patient=1))
+    run_build(plan, tmp_path / "b", loader=fake_loader, labeller=fake_labeller)
+    shard = sorted((tmp_path / "b").glob("*.h5"))[0]
+    info = json.loads(invoke("inspect", shard).stdout)
+    assert info["n_samples"] == 12 and len(info["sample_ids"]) == 10
+    assert "10 of 12" in info["sample_ids_note"]
 
 
 def test_verify_exit_codes(built, tmp_path):

@@ -29,17 +29,33 @@ def built(tmp_path_factory):
 
 
 def oracle(refs):
-    """Per built sample: (unknown px, 1 - IoU(sure, alpha >= 0.5), lesion px), from the fake
+    """Per built sample: (unknown px, |edge offset|, lesion px), from the fake
     loader and labeller directly (no shard read)."""
     out = {}
     for ref in refs:
         if ref.payload["fail"]:
             continue
         labels = fake_labeller(fake_loader(ref), None)
-        sure, soft = labels.trimap == 255, labels.soft_mask >= 0.5
-        out[ref.sample_id] = (int((labels.trimap == 128).sum()), 1 - (sure & soft).sum() / (sure | soft).sum(),
+        out[ref.sample_id] = (int((labels.trimap == 128).sum()), abs(_brute_edge_offset(labels.trimap, labels.soft_mask)),
                               int(labels.binary_mask.sum()))
     return out
+
+
+def _brute_edge_offset(trimap, alpha):
+    """edge_offset by brute force: every unknown pixel's distance to every sure pixel (no
+    distance transform)."""
+    rr, cc = np.indices(trimap.shape)
+    pts = np.stack([rr.ravel(), cc.ravel()], 1).astype(float)
+    flat = trimap.ravel()
+    sure, bg, unk = pts[flat == 255], pts[flat == 0], pts[flat == 128]
+    if not len(unk) or not len(sure) or not len(bg):
+        return 0.0
+    d_sure = np.sqrt(((unk[:, None] - sure[None]) ** 2).sum(-1)).min(1)
+    d_bg = np.sqrt(((unk[:, None] - bg[None]) ** 2).sum(-1)).min(1)
+    inner = int((d_sure / (d_sure + d_bg) < 0.5).sum())
+    moved = int((alpha >= 0.5).sum()) - (len(sure) + inner)
+    room = inner if moved < 0 else len(unk) - inner
+    return min(1.0, max(-1.0, moved / room)) if room else 0.0
 
 
 def top(values, key, reverse):
@@ -118,3 +134,19 @@ def test_preview_draws_the_contour_and_is_reproducible(built, tmp_path):
     bgr = cv2.imread(str(a), cv2.IMREAD_COLOR).astype(int)
     red = (np.abs(bgr[..., 2] - 255) < 40) & (bgr[..., 1] < 90) & (np.abs(bgr[..., 0] - 85) < 50)
     assert red.sum() > 50, "no Soft Mask 0.5 contour (red) drawn"
+
+
+def test_edge_offset_ends_and_middle():
+    """A disk core, a ring band, background: alpha = 1 on the core only gives -1, on core + band
+    +1, and on the disk up to the band's mid-line about 0; no band or no core gives 0."""
+    from softmask_builder.report import edge_offset
+
+    rr, cc = np.indices((41, 41))
+    r = np.hypot(rr - 20, cc - 20)
+    trimap = np.where(r <= 6, 255, np.where(r <= 12, 128, 0)).astype(np.uint8)
+    assert edge_offset(trimap, (r <= 6).astype(np.float32)) == pytest.approx(-1.0)
+    assert edge_offset(trimap, (r <= 12).astype(np.float32)) == pytest.approx(1.0)
+    assert abs(edge_offset(trimap, (r <= 9).astype(np.float32))) < 0.1  # the mid-line radius
+    assert edge_offset(trimap, (r <= 8).astype(np.float32)) < edge_offset(trimap, (r <= 10).astype(np.float32))
+    assert edge_offset(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.float32)) == 0.0
+    assert edge_offset(np.where(r <= 12, 128, 0).astype(np.uint8), (r <= 9).astype(np.float32)) == 0.0
