@@ -63,7 +63,7 @@ out_or    = $(if $(OUT),$(OUT),$(1))
 RECIPE   ?=
 RELEASE_OUT ?= build/release/lnsm
 
-# N= phantom cases for the sample without DEEPLESION (default 60 -> 40/5/15 train/val/test crops).
+# N= phantom cases for the sample without DEEPLESION (default 60 -> 40/4/15 train/val/test crops, 30 patients).
 # PHANTOM=hybrid (default: real LIDC nodule shapes) or analytic (the old phantom); BACKGROUNDS=DIR
 # puts the hybrid lesions into real slices (a LIDC DICOM or DeepLesion root).
 N        ?= 60
@@ -143,7 +143,7 @@ TEACHER  ?= runs/sr-$(SR_CONFIG)/teacher.pt
 pretrain-sr: $(STAMP)
 	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
 	$(if $(DEEPLESION),,$(BIN)/softmask phantom --kind $(PHANTOM) --n $(N) --out "$(SR_SOURCE)" > /dev/null)
-	$(BIN)/softmask build slices "$(if $(DEEPLESION),$(DEEPLESION),$(SR_SOURCE))" --recipe slices --out "$(SR_SLICES)" --no-progress > /dev/null
+	$(BIN)/softmask build slices "$(if $(DEEPLESION),$(DEEPLESION),$(SR_SOURCE))" --recipe slices --out "$(SR_SLICES)" --no-progress $(if $(DEEPLESION),,--overwrite) > /dev/null
 	$(BIN)/dsnet pretrain-sr --data "$(SR_SLICES)" --out runs/sr-$(SR_CONFIG) --config $(SR_CONFIG) --resume auto $(if $(TEACHER_OVERLAP),,--train-patients-from "$(LNSM_DIR)")
 
 # DSNet on the LNSM shards (`make lnsm` first; it is run if absent). VARIANT= picks a Table
@@ -175,9 +175,21 @@ tables: $(STAMP)
 NNUNET_WORK ?= runs/nnunet
 NNUNET_TRAINER ?= nnUNetTrainer_5epochs
 NNUNET_RUN ?= 0
-nnunet-baseline: $(EXPORT_STAMP)
+# nnU-Net imports torchvision, and PyPI's torchvision does not load beside the CPU torch wheel of
+# .venv ("operator torchvision::nms does not exist"): nnU-Net gets its own venv with a matching pair
+# (NNUNET_TORCH; on this project's x86_64 machines a CUDA build of ~5.5 GB that runs on the CPU).
+NNUNET_VENV ?= .venv-nnunet
+NNUNET_TORCH ?= torch==2.14.1 torchvision==0.29.1
+NNUNET_STAMP := $(NNUNET_VENV)/.installed
+$(NNUNET_STAMP):
+	test -x $(NNUNET_VENV)/bin/python || $(PYTHON) -m venv $(NNUNET_VENV)
+	$(NNUNET_VENV)/bin/python -m pip install --quiet $(NNUNET_TORCH)
+	$(NNUNET_VENV)/bin/python -m pip install --quiet "nnunetv2>=2.5"
+	touch $(NNUNET_STAMP)
+
+nnunet-baseline: $(EXPORT_STAMP) $(NNUNET_STAMP)
 	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
-	BIN=$(BIN) DATASET_ID=$(DATASET_ID) scripts/nnunet_baseline.sh "$(LNSM_DIR)" "$(NNUNET_WORK)" $(NNUNET_TRAINER) $(NNUNET_RUN)
+	BIN=$(BIN) NNUNET_BIN=$(NNUNET_VENV)/bin DATASET_ID=$(DATASET_ID) scripts/nnunet_baseline.sh "$(LNSM_DIR)" "$(NNUNET_WORK)" $(NNUNET_TRAINER) $(NNUNET_RUN)
 
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/bench_accuracy.py

@@ -7,6 +7,10 @@
 One step = forward, losses of the variant (Eq. 19), backward and Adam, batch ``loop.batch_size``
 of 64x64 crops, float32 on CPU, ``torch.set_num_threads(1)``. Prints ms/step per mode and the
 ratio upscale / native.
+
+``--malloc both`` instead times the upscale step in two fresh processes side by side, one with
+glibc's malloc defaults and one after ``keep_freed_memory(**TRAINING_MALLOC_TUNING)`` (what
+every `dsnet` command does), and prints the ratio (malloc settings are per process and sticky).
 """
 
 from __future__ import annotations
@@ -52,14 +56,45 @@ def step_ms(variant: str, mode: str, config: str, overrides: list[str], steps: i
     return 1000 * sorted(times)[len(times) // 2]
 
 
+def _malloc_side_by_side(args) -> None:
+    import subprocess
+    import sys
+
+    print(f"config {args.config}, upscale mode, median ms per training step: glibc malloc defaults vs "
+          "keep_freed_memory(**TRAINING_MALLOC_TUNING), each in a fresh process, alternating")
+    print("| variant | defaults (ms) | kept freed memory (ms) | speed-up |")
+    print("|---|---|---|---|")
+    for v in args.variants.split(","):
+        ms = {}
+        for mode in ("default", "tuned", "default", "tuned"):
+            cmd = [sys.executable, __file__, "--config", args.config, "--variants", v, "--steps", str(args.steps),
+                   "--malloc", mode, "--upscale-only", *[x for s in args.sets for x in ("-s", s)]]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+            ms.setdefault(mode, []).append(float(out[-1]))
+        d, t = min(ms["default"]), min(ms["tuned"])
+        print(f"| {v} | {d:.1f} | {t:.1f} | {d / t:.2f}x |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="seg_tiny")
     ap.add_argument("--variants", default="drtm,dsnet")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("-s", dest="sets", action="append", default=[])
+    ap.add_argument("--malloc", choices=["default", "tuned", "both"], default="default",
+                    help="both: side by side in fresh processes (see the module docstring)")
+    ap.add_argument("--upscale-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.malloc == "both":
+        return _malloc_side_by_side(args)
+    if args.malloc == "tuned":
+        from softmask_builder.executor import TRAINING_MALLOC_TUNING, keep_freed_memory
+
+        assert keep_freed_memory(**TRAINING_MALLOC_TUNING)
     torch.set_num_threads(1)
+    if args.upscale_only:
+        print(f"{step_ms(args.variants, 'upscale', args.config, args.sets, args.steps):.1f}")
+        return
     print(f"config {args.config} {' '.join(args.sets)}; median ms per training step (batch from config)")
     print("| variant | native (ms) | upscale (ms) | upscale / native |")
     print("|---|---|---|---|")

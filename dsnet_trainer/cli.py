@@ -23,6 +23,10 @@ def main() -> None:
 
     Exit status: 0 ok, 1 internal error, 2 usage or bad input, 3 dataset fails verification,
     5 I/O error."""
+    from softmask_builder.executor import TRAINING_MALLOC_TUNING, keep_freed_memory
+
+    # Reuse freed activations instead of faulting in fresh pages every step (~20 % of a CPU step).
+    keep_freed_memory(**TRAINING_MALLOC_TUNING)
 
 
 def _overrides(sets: tuple[str, ...], **options: object) -> list[str]:

@@ -15,7 +15,9 @@
 # threshold chosen on nothing: nnU-Net's validation probabilities are not exported here).
 # Finished steps are skipped (marker files), so the script can be re-run after an interruption.
 # Environment: DEVICE (default cpu), DATASET_ID (default 501), NP (processes, default 1), BIN
-# (folder of the console scripts, default .venv/bin).
+# (folder of the softmask/dsnet console scripts, default .venv/bin), NNUNET_BIN (folder of the
+# nnUNetv2_* scripts, default $BIN; `make nnunet-baseline` uses .venv-nnunet/bin: nnU-Net needs a
+# torchvision that matches its torch, which the CPU torch wheel of .venv has none of).
 set -euo pipefail
 BUILD=${1:?usage: scripts/nnunet_baseline.sh BUILD WORK [TRAINER] [RUN]}
 WORK=${2:?usage: scripts/nnunet_baseline.sh BUILD WORK [TRAINER] [RUN]}
@@ -25,6 +27,7 @@ DEVICE=${DEVICE:-cpu}
 DATASET_ID=${DATASET_ID:-501}
 NP=${NP:-1}
 BIN=${BIN:-.venv/bin}
+NNUNET_BIN=${NNUNET_BIN:-$BIN}
 NAME=LNSM
 DS=$(printf 'Dataset%03d_%s' "$DATASET_ID" "$NAME")
 
@@ -45,19 +48,19 @@ if [ ! -f "$WORK/.preprocessed" ]; then
   step "plan and preprocess (2d)"
   # nnU-Net writes splits_final.json only when absent: the export's fold 0 (our train / val) stays.
   # the planner calls torch.set_num_threads(nnUNet_n_proc_DA), which must be >= 1
-  nnUNet_n_proc_DA=1 "$BIN/nnUNetv2_plan_and_preprocess" -d "$DATASET_ID" -c 2d -np "$NP" --verify_dataset_integrity
+  nnUNet_n_proc_DA=1 "$NNUNET_BIN/nnUNetv2_plan_and_preprocess" -d "$DATASET_ID" -c 2d -np "$NP" --verify_dataset_integrity
   touch "$WORK/.preprocessed"
 fi
 MARK="$nnUNet_results/.trained-$TRAINER"
 if [ ! -f "$MARK" ]; then
   step "train fold 0 with $TRAINER on $DEVICE (run $RUN)"
-  "$BIN/nnUNetv2_train" "$DATASET_ID" 2d 0 -tr "$TRAINER" -device "$DEVICE"
+  "$NNUNET_BIN/nnUNetv2_train" "$DATASET_ID" 2d 0 -tr "$TRAINER" -device "$DEVICE"
   touch "$MARK"
 fi
 PRED="$WORK/predictions/run$RUN-$TRAINER"
 if [ ! -f "$PRED/.done" ]; then
   step "predict the test crops -> $PRED"
-  "$BIN/nnUNetv2_predict" -i "$nnUNet_raw/$DS/imagesTs" -o "$PRED" -d "$DATASET_ID" -c 2d -f 0 -tr "$TRAINER" \
+  "$NNUNET_BIN/nnUNetv2_predict" -i "$nnUNet_raw/$DS/imagesTs" -o "$PRED" -d "$DATASET_ID" -c 2d -f 0 -tr "$TRAINER" \
       --save_probabilities -device "$DEVICE" -npp "$NP" -nps "$NP"
   touch "$PRED/.done"
 fi

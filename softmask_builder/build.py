@@ -573,9 +573,13 @@ def _prepare_out(out: Path, plan: BuildPlan, overwrite: bool) -> None:
             previous = None
     if not overwrite:
         if previous is not None and previous != plan.record():
-            raise InputError(f"{out} holds a build of a different plan (recipe sha256 "
-                             f"{str(previous.get('recipe_sha256'))[:12]}, now {plan.recipe.sha256()[:12]}); "
-                             f"pass --overwrite or choose another output folder")
+            now = plan.recipe.sha256()
+            if previous.get("recipe_sha256") != now:
+                why = f"another recipe: sha256 {str(previous.get('recipe_sha256'))[:12]}, now {now[:12]}"
+            else:
+                why = "the same recipe on a changed source: other samples or shards were planned"
+            raise InputError(f"{out} holds a build of a different plan ({why}); pass --overwrite to rebuild it "
+                             f"or choose another output folder")
         if previous is None and (shards or any(p.name in RELEASE_FILES for p in release)):
             raise InputError(f"{out} already holds {plan.recipe.dataset} shards or release files with no "
                              f"{PLAN_FILE}; pass --overwrite or choose another output folder")

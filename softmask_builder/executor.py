@@ -51,7 +51,7 @@ import os
 import threading
 from typing import Any, Callable, Iterable
 
-__all__ = ["WATCHDOG_PERIOD_S", "MALLOC_TUNING", "keep_freed_memory", "TaskRunner", "ensure_parent_watchdog", "active_backend", "fork_available", "prestart",
+__all__ = ["WATCHDOG_PERIOD_S", "MALLOC_TUNING", "TRAINING_MALLOC_TUNING", "keep_freed_memory", "TaskRunner", "ensure_parent_watchdog", "active_backend", "fork_available", "prestart",
            "shutdown_prestarted"]
 
 #: Seconds between two parent checks in a worker.
@@ -69,25 +69,31 @@ _WORKER_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 #: ``mmap_threshold`` bytes come from the heap, and up to ``trim_threshold`` bytes of freed heap
 #: are kept for reuse instead of being returned to the kernel.
 MALLOC_TUNING = {"mmap_threshold": 64 << 20, "trim_threshold": 256 << 20}
+#: The same for a training process (`dsnet`): its activations at 256² are tens of MB each.
+TRAINING_MALLOC_TUNING = {"mmap_threshold": 1 << 30, "trim_threshold": (2 << 30) - 1}
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
-_malloc_tuned = False
+_malloc_tuned: dict | None = None
 
 
-def keep_freed_memory() -> bool:
-    """Tune glibc's malloc of this process for the labelling loop (once; returns whether it
-    applied: False off glibc, e.g. musl, macOS, Windows).
+def keep_freed_memory(mmap_threshold: int = MALLOC_TUNING["mmap_threshold"],
+                      trim_threshold: int = MALLOC_TUNING["trim_threshold"]) -> bool:
+    """Tune glibc's malloc of this process for a loop that allocates and frees the same big
+    arrays over and over; returns whether it applied (False off glibc: musl, macOS, Windows).
+    A second call with the same or smaller thresholds changes nothing.
 
-    Each sample allocates and frees a few arrays of 1-4 MB (a 512² slice in float32/float64,
-    GrabCut's models). Above glibc's default mmap threshold (128 KiB, raised dynamically only
-    after such blocks are freed) every one of them is a fresh ``mmap`` whose pages the kernel
-    must zero on first touch: ~1300 page faults a sample, ~30 % of a sample's time on this
-    project's 2-core machine, and more when two workers fault at once (``benchmarks/bench_build.py``
-    shows the system time). With :data:`MALLOC_TUNING` the blocks are reused from the heap. The
-    cost: a process keeps up to ``trim_threshold`` of freed memory (it is reused by the next
-    sample). Results are unchanged (only where memory comes from).
+    Each sample of a build allocates and frees a few arrays of 1-4 MB (a 512² slice in
+    float32/float64, GrabCut's models); a training step, activations of tens of MB. With glibc's
+    defaults (mmap above 128 KiB, raised dynamically to at most 32 MiB; freed heap above twice
+    that trimmed) they keep coming back as fresh pages that the kernel zeroes on first touch:
+    ~1300 page faults a build sample, ~30 % of its time on this project's 2-core machine, more
+    when two workers fault at once (``benchmarks/bench_build.py`` shows the system time), and
+    ~20 % of a `seg_tiny` upscale training step (``benchmarks/bench_teacher_mode.py``). After this
+    call freed blocks below the thresholds are reused. The cost: the process keeps up to
+    ``trim_threshold`` of freed memory for its next allocation. Results are unchanged.
     """
     global _malloc_tuned
-    if _malloc_tuned:
+    if _malloc_tuned is not None and _malloc_tuned["mmap_threshold"] >= mmap_threshold \
+            and _malloc_tuned["trim_threshold"] >= trim_threshold:
         return True
     import ctypes
     import ctypes.util
@@ -97,11 +103,12 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = (libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_TUNING["mmap_threshold"]) == 1
-              and libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TUNING["trim_threshold"]) == 1)
+        ok = (libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(int(mmap_threshold))) == 1
+              and libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(int(trim_threshold))) == 1)
     except (OSError, AttributeError):
         return False
-    _malloc_tuned = ok
+    if ok:
+        _malloc_tuned = {"mmap_threshold": int(mmap_threshold), "trim_threshold": int(trim_threshold)}
     return ok
 
 

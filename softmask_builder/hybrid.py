@@ -71,7 +71,8 @@ from .phantom_shapes import TEXTURE_CLASSES, LesionShape, fraction_maps
 
 __all__ = ["PLACEMENTS", "SOLID_CORE_FRACTION", "READER_MODEL", "HybridParams", "Background", "HybridCase",
            "CaseSpec", "BackgroundSpec", "lung_mask", "measure_noise_hu", "synthetic_background", "render_case",
-           "simulate_readers", "plan_hybrid_cases", "iter_hybrid_cases", "sample_patients", "write_hybrid_sample"]
+           "simulate_readers", "plan_hybrid_cases", "iter_hybrid_cases", "sample_patients", "write_hybrid_sample",
+           "default_cases_per_background", "MAX_CASES_PER_BACKGROUND", "MIN_BACKGROUNDS"]
 
 PLACEMENTS = ("free", "pleura", "vessel")
 #: Volume share of the solid core of a part-solid nodule (exact for a sphere; see the module doc).
@@ -637,8 +638,25 @@ class BackgroundSpec:
     shape: tuple[int, int] = (512, 512)
 
 
+#: At most this many cases share one synthetic background (one DeepLesion "patient").
+MAX_CASES_PER_BACKGROUND = 20
+#: Backgrounds (patients) a sample gets at least, when it has that many cases.
+MIN_BACKGROUNDS = 30
+
+
+def default_cases_per_background(n: int) -> int:
+    """Cases per background for an ``n``-case sample: ``clip(n // 30, 1, 20)``.
+
+    A background is one DeepLesion patient, and the recipes split by patient: at a fixed 20 a
+    background the 60-case sample had 5 patients and no validation patient (`make train` failed
+    on it). With this rule a sample has >= 30 patients whenever n >= 30 (60 cases: 30 patients
+    of 2; 1500 cases: 75 patients of 20, as before), and rendering still shares each
+    background's cached maps between its cases."""
+    return int(min(MAX_CASES_PER_BACKGROUND, max(1, n // MIN_BACKGROUNDS)))
+
+
 def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
-                      placements: Sequence[str] = PLACEMENTS, cases_per_background: int = 20,
+                      placements: Sequence[str] = PLACEMENTS, cases_per_background: int | None = None,
                       split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
                       real_backgrounds: Sequence[Background] | None = None,
                       slice_shape: tuple[int, int] = (512, 512),
@@ -648,7 +666,8 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
     Policy: each LIDC patient's shapes belong to one split (:func:`.phantom_shapes.assign_splits`,
     seed 0: the same patient is in the same split in every sample); each background belongs to
     one split and one DeepLesion "patient" (its index + 1) and holds up to
-    ``cases_per_background`` cases, each its own study (series folder). Cases get splits in
+    ``cases_per_background`` cases, each its own study (series folder; default
+    :func:`default_cases_per_background`). Cases get splits in
     ``split_fractions`` proportions (largest remainder), placements round robin; within a split
     the cases cycle over the texture classes whose shapes are not used up yet
     (``texture_balance``; else shapes are drawn regardless of class), each class's shapes in a
@@ -669,6 +688,8 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
     bad = [p for p in placements if p not in PLACEMENTS]
     if bad or not placements:
         raise InputError(f"placements must be a non-empty subset of {PLACEMENTS}, got {list(placements)}")
+    if cases_per_background is None:
+        cases_per_background = default_cases_per_background(n)
     if cases_per_background < 1 or cases_per_background > 99:
         raise InputError(f"cases_per_background must be in [1, 99], got {cases_per_background}")
     ss = np.random.SeedSequence(seed)
@@ -808,7 +829,8 @@ def sample_patients(n: int, db_path=None) -> list[str] | None:
 def write_hybrid_sample(root, *, n: int = 60, seed: int = 0, shapes: Sequence[LesionShape] | None = None,
                         real_backgrounds: Sequence[Background] | None = None, db_path=None,
                         label_train_rows: bool = False, params: HybridParams = HybridParams(),
-                        cases_per_background: int = 20, slice_shape: tuple[int, int] = (512, 512)) -> dict:
+                        cases_per_background: int | None = None,
+                        slice_shape: tuple[int, int] = (512, 512)) -> dict:
     """Write ``n`` hybrid cases in the DeepLesion layout under ``root`` (images, DL_info.csv,
     phantom_truth.npz with the hybrid extras) by :func:`.phantom.write_deeplesion`, streaming.
 

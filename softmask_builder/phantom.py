@@ -64,7 +64,7 @@ from .sources.deeplesion import DL_INFO_COLUMNS, PNG_HU_OFFSET
 from .sources.deeplesion import SPLIT_CODES as _DL_SPLIT_NAMES
 
 #: Bumped whenever the same seed would render different images or truth (cache keys may use it).
-PHANTOM_VERSION = 3
+PHANTOM_VERSION = 4
 
 KINDS: tuple[str, ...] = ("solid", "lobulated", "spiculated", "ground_glass", "juxta_pleural", "vessel_attached")
 

@@ -284,8 +284,11 @@ def test_killed_build_leaves_nothing_finished_and_recovers(tmp_path):
 def test_a_different_plan_is_refused_unless_overwrite(tmp_path):
     fake_build(tmp_path, make_plan(recipe(), make_refs(10)))
     other = make_plan(recipe(label={"band_px": 3.0}), make_refs(10))
-    with pytest.raises(InputError, match="different plan"):
+    with pytest.raises(InputError, match="different plan .another recipe"):
         fake_build(tmp_path, other)
+    # The same recipe on a changed source (other samples): the message says so, not two equal shas.
+    with pytest.raises(InputError, match="same recipe on a changed source"):
+        fake_build(tmp_path, make_plan(recipe(), make_refs(12)))
     (tmp_path / PLAN_FILE).unlink()
     with pytest.raises(InputError, match="overwrite"):
         fake_build(tmp_path, other)

@@ -177,3 +177,22 @@ def test_recist_jitter_moves_endpoints_along_their_axes(background):
         u, v = p[b] - p[a], q[b] - q[a]
         assert abs(u[0] * v[1] - u[1] * v[0]) < 1e-6 * np.hypot(*u) * np.hypot(*v)  # same direction
         assert np.dot(u, v) > 0
+
+
+def test_default_sample_has_a_validation_patient_under_the_sample_recipe(few_db_shapes):
+    """The bundled sample (60 cases) is split by DeepLesion patient = background: it must have
+    enough backgrounds for the sample recipe's 66.7/6.7/26.6 % patient split to give every split
+    a patient (at 20 cases a background it had 5 patients and no validation split)."""
+    from softmask_builder.hybrid import default_cases_per_background
+    from softmask_builder.build import split_refs
+    from softmask_builder.recipes import load_recipe
+    from softmask_builder.sources.base import SampleRef
+
+    for n, per_bg in [(60, 2), (1500, 20), (10, 1), (3000, 20)]:
+        assert default_cases_per_background(n) == per_bg
+    cases, bgs, policy = plan_hybrid_cases(60, shapes=few_db_shapes, seed=0)
+    patients = sorted({c.patient_index for c in cases})
+    assert len(patients) == len(bgs) >= 30 and policy["cases_per_background"] == 2  # a split may end a background early
+    refs = [SampleRef(f"c{c.index:03d}", f"k{c.index}", str(c.patient_index)) for c in cases]
+    by_split = split_refs(refs, load_recipe("sample").split)[0]
+    assert all(len(by_split[s]) > 0 for s in ("train", "val", "test"))
