@@ -239,8 +239,9 @@ def render_html(data: ReportData) -> str:
         level, width = recipe_window_hu(m.get("recipe", {}))
         parts.append("<h2>Samples to review first</h2><p class=\"note\">Overlay: CT in the recipe's window, trimap "
                      "unknown band filled, sure-lesion edge dashed, Soft Mask 0.5 contour solid; below, the Soft "
-                     "Mask with a zoomed inset of one edge. Disagreement = 1 - IoU(trimap sure lesion, Soft Mask "
-                     "&ge; 0.5).</p>")
+                     "Mask with a zoomed inset of one edge. Edge offset: where the Soft Mask's 0.5 edge lies in "
+                     "the unknown band (0 on the band's mid-line, -1 at the sure lesion, +1 at the band's outer "
+                     "edge); the disagreement ranking sorts by its size.</p>")
         for name, picked in review.items():
             parts.append(f"<h3>{html.escape(name)}</h3>")
             parts.append(_table(
