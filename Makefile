@@ -177,7 +177,7 @@ NNUNET_TRAINER ?= nnUNetTrainer_5epochs
 NNUNET_RUN ?= 0
 # nnU-Net imports torchvision, and PyPI's torchvision does not load beside the CPU torch wheel of
 # .venv ("operator torchvision::nms does not exist"): nnU-Net gets its own venv with a matching pair
-# (NNUNET_TORCH; on this project's x86_64 machines a CUDA build of ~5.5 GB that runs on the CPU).
+# (NNUNET_TORCH; on this project's x86_64 machines a CUDA build, 6.4 GB in the venv, that runs on the CPU).
 NNUNET_VENV ?= .venv-nnunet
 NNUNET_TORCH ?= torch==2.14.1 torchvision==0.29.1
 NNUNET_STAMP := $(NNUNET_VENV)/.installed

@@ -102,6 +102,13 @@ def cpu_ceiling(n: int = 10_000_000) -> float:
 
 
 def _label_refs(args) -> float:
+    return _label_refs_counted(args)[0]
+
+
+def _label_refs_counted(args) -> tuple[float, int]:
+    """(seconds, minor page faults) to load and label the first ``n_refs`` planned samples here."""
+    import resource
+
     source, recipe_path, n_refs = args
     from softmask_builder.build import build_chunk, plan_build, warm_worker
     from softmask_builder.recipes import load_recipe
@@ -110,16 +117,44 @@ def _label_refs(args) -> float:
     plan = plan_build(load_recipe(recipe_path), source)
     refs = [r for s in plan.shards for r in s.refs][:n_refs]
     warm_worker()
+    build_chunk(refs[:2], "train", plan.recipe, load_deeplesion)  # first-use allocations outside the count
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     build_chunk(refs, "train", plan.recipe, load_deeplesion)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
+
+def malloc_effect(source: Path, recipe: Path, n_refs: int = 200) -> None:
+    """Print ms and page faults per sample of the same labelling loop in fresh processes with
+    glibc's malloc defaults (``SOFTMASK_KEEP_FREED_MEMORY=0``) and with the build's tuning
+    (:func:`softmask_builder.executor.keep_freed_memory`), alternating, twice each."""
+    import multiprocessing as mp
+    import os
+
+    got: dict[str, list[tuple[float, int]]] = {"0": [], "1": []}
+    for flag in ("0", "1", "0", "1"):
+        old = os.environ.get("SOFTMASK_KEEP_FREED_MEMORY")
+        os.environ["SOFTMASK_KEEP_FREED_MEMORY"] = flag  # read by the spawned process
+        try:
+            with mp.get_context("spawn").Pool(1) as pool:
+                got[flag].append(pool.apply(_label_refs_counted, ((source, recipe, n_refs),)))
+        finally:
+            if old is None:
+                os.environ.pop("SOFTMASK_KEEP_FREED_MEMORY")
+            else:
+                os.environ["SOFTMASK_KEEP_FREED_MEMORY"] = old
+    (t0, f0), (t1, f1) = (min(got[k]) for k in ("0", "1"))
+    print(f"malloc, {n_refs} samples in one process (best of 2): glibc defaults {1000 * t0 / n_refs:.2f} ms and "
+          f"{f0 / n_refs:.0f} page faults a sample; keep_freed_memory {1000 * t1 / n_refs:.2f} ms and "
+          f"{f1 / n_refs:.0f}; speed-up {t0 / t1:.2f}x")
 
 
 def work_ceiling(source: Path, recipe: Path, n_refs: int = 96) -> float:
     """What 2 processes get over 1 on *this build's own work* right now: the same ``n_refs``
     samples loaded and labelled twice in one process vs. once in each of 2 processes at the same
     time (no shards, no hand-off). Memory-bound work (512² PNG decode, GrabCut) can scale worse
-    than the pure-Python loop; the parallel phase cannot beat this."""
+    than the pure-Python loop. About a second of work, so on a shared machine it is a rough
+    reference that the parallel phase may exceed, not a bound."""
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(2) as pool:
@@ -141,6 +176,10 @@ def bench_size(work: Path, n: int, args) -> bool:
     recipe.write_text(yaml.safe_dump({**RECIPE, "samples_per_shard": args.samples_per_shard}))
     # Untimed: fills numba's on-disk kernel cache so that no timed run compiles.
     timed_build(source, recipe, work / "warmup", 1)
+    malloc_effect(source, recipe)
+    if args.malloc_only:
+        shutil.rmtree(work / f"n{n}", ignore_errors=True)
+        return True
     # One row per (jobs, backend); at 1 job every backend runs in-process, so it runs once.
     configs = [(j, b) for j in args.jobs for b in (args.backends[:1] if j == 1 else args.backends)]
     runs: dict[tuple[int, str], list[tuple[float, float, float, float, float]]] = {c: [] for c in configs}
@@ -204,6 +243,8 @@ def main(argv=None) -> int:
                     help="comma-separated `softmask build --backend` values run at every job count > 1 "
                          "(first = the default; loky is the reference it replaced)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--malloc-only", action="store_true",
+                    help="only the malloc comparison (glibc defaults vs keep_freed_memory), no builds")
     ap.add_argument("--unique", type=int, default=12, help="distinct phantom cases rendered")
     ap.add_argument("--samples-per-shard", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)

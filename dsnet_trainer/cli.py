@@ -25,7 +25,8 @@ def main() -> None:
     5 I/O error."""
     from softmask_builder.executor import TRAINING_MALLOC_TUNING, keep_freed_memory
 
-    # Reuse freed activations instead of faulting in fresh pages every step (~20 % of a CPU step).
+    # Reuse freed activations instead of faulting in fresh pages every step (1.1-1.2x a CPU step:
+    # benchmarks/bench_teacher_mode.py --malloc both).
     keep_freed_memory(**TRAINING_MALLOC_TUNING)
 
 

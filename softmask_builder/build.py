@@ -444,7 +444,7 @@ def build_chunk(refs: Sequence[SampleRef], split: str, recipe: Recipe, loader: L
     from .executor import keep_freed_memory
 
     labeller = labeller or label_record
-    keep_freed_memory()  # once per process (dask and thread workers are not warmed by us)
+    keep_freed_memory()  # every process that labels, whatever started it (a no-op after the first call)
     with _single_threaded():
         return [_build_one(ref, split, recipe, loader, labeller) for ref in refs]
 
@@ -605,13 +605,10 @@ class _Chunk:
 
 def warm_worker() -> None:
     """Import the labelling stages and load their compiled kernels by labelling a tiny synthetic
-    disk, and tune this process's malloc (:func:`.executor.keep_freed_memory`); run in each
-    worker before the first chunk (:func:`.executor.prestart`) and in the main process of a
-    sequential or forked build."""
-    from .executor import keep_freed_memory
+    disk; run in each worker before the first chunk (:func:`.executor.prestart`) and in the main
+    process of a sequential or forked build."""
     from .pipeline import LabelParams, label_from_mask
 
-    keep_freed_memory()  # a build process: reuse freed arrays instead of faulting in fresh pages
     rr, cc = np.mgrid[:24, :24]
     mask = (rr - 12) ** 2 + (cc - 12) ** 2 < 36
     with _single_threaded():
@@ -685,11 +682,10 @@ def run_build(plan: BuildPlan, out: str | Path, *, overwrite: bool = False, load
                 if progress is not None:
                     progress(done)
         t_start = time.perf_counter()
-        with contextlib.ExitStack() as stack:
-            # Workers are started (forked after this process loaded the labelling kernels, or
-            # loky's, warmed while we planned) before the parallel phase's clock starts: like the
-            # imports, this is a fixed cost that does not grow with the build.
-            runner = stack.enter_context(TaskRunner(warm=warm_worker)) if todo else None
+        # Workers are started (forked after this process loaded the labelling kernels, or
+        # prestarted and warmed while we planned) before the parallel phase's clock starts: like
+        # the imports, this is a fixed cost that does not grow with the build.
+        with TaskRunner(warm=warm_worker) if todo else contextlib.nullcontext() as runner:
             t0 = time.perf_counter()
             for result in _build_shards(todo, out, recipe, loader, labeller, chunk_samples, max_chunks_in_flight,
                                         runner):

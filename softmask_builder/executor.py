@@ -49,6 +49,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 __all__ = ["WATCHDOG_PERIOD_S", "MALLOC_TUNING", "TRAINING_MALLOC_TUNING", "keep_freed_memory", "TaskRunner", "ensure_parent_watchdog", "active_backend", "fork_available", "prestart",
@@ -85,13 +86,15 @@ def keep_freed_memory(mmap_threshold: int = MALLOC_TUNING["mmap_threshold"],
     float32/float64, GrabCut's models); a training step, activations of tens of MB. With glibc's
     defaults (mmap above 128 KiB, raised dynamically to at most 32 MiB; freed heap above twice
     that trimmed) they keep coming back as fresh pages that the kernel zeroes on first touch:
-    ~1300 page faults a build sample, ~30 % of its time on this project's 2-core machine, more
-    when two workers fault at once (``benchmarks/bench_build.py`` shows the system time), and
-    ~20 % of a `seg_tiny` upscale training step (``benchmarks/bench_teacher_mode.py``). After this
+    ``benchmarks/bench_build.py --malloc-only`` prints the page faults and time per build sample
+    with and without, ``benchmarks/bench_teacher_mode.py --malloc both`` a training step's. After this
     call freed blocks below the thresholds are reused. The cost: the process keeps up to
     ``trim_threshold`` of freed memory for its next allocation. Results are unchanged.
+    ``SOFTMASK_KEEP_FREED_MEMORY=0`` in the environment turns it off (returns False).
     """
     global _malloc_tuned
+    if os.environ.get("SOFTMASK_KEEP_FREED_MEMORY", "1") == "0":
+        return False  # the user's choice: glibc's defaults (less memory kept, more page faults)
     if _malloc_tuned is not None and _malloc_tuned["mmap_threshold"] >= mmap_threshold \
             and _malloc_tuned["trim_threshold"] >= trim_threshold:
         return True
@@ -216,10 +219,22 @@ def _fork_worker_init(parent_pid: int, warm: str | None, ready) -> None:
     ready.put(os.getpid())  # this worker has warmed: TaskRunner waits for all of them
 
 
-# The pool :func:`prestart` forked for this process: (pool, n_workers, parent pid, ready queue, warmed
-# worker count), reused by every TaskRunner of kind "fork" with the same number of workers until
-# :func:`shutdown_prestarted`.
-_prestarted: list | None = None
+@dataclass
+class _Prestarted:
+    """The pool :func:`prestart` forked for this process, reused by every TaskRunner of kind
+    "fork" with the same number of workers until :func:`shutdown_prestarted`."""
+
+    pool: cf.ProcessPoolExecutor
+    n_workers: int
+    parent: int
+    ready: Any  # the queue each worker puts its pid on once warm
+    waited: bool = False
+
+    def serves(self, n_workers: int, parent: int) -> bool:
+        return (self.n_workers, self.parent) == (n_workers, parent) and not getattr(self.pool, "_broken", False)
+
+
+_prestarted: _Prestarted | None = None
 
 #: Seconds a TaskRunner waits for forked workers to report that they have warmed.
 WARM_TIMEOUT_S = 300
@@ -231,7 +246,7 @@ def _fork_pool(n_workers: int, parent: int, warm: str | None):
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
-    ready = ctx.SimpleQueue()
+    ready = ctx.Queue()
     pool = cf.ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_fork_worker_init,
                                   initargs=(parent, warm, ready))
     # With the fork context the pool forks all its workers at the first submit, before its manager
@@ -242,30 +257,25 @@ def _fork_pool(n_workers: int, parent: int, warm: str | None):
 
 def _wait_ready(ready, n: int) -> None:
     """Block until ``n`` workers have put their pid on ``ready`` (they have warmed)."""
+    import queue
     import time
 
     deadline = time.monotonic() + WARM_TIMEOUT_S
-    got = 0
-    while got < n:
-        if ready.empty():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{n - got} of {n} forked workers did not start within {WARM_TIMEOUT_S} s")
-            time.sleep(0.002)
-            continue
-        ready.get()
-        got += 1
+    for got in range(n):
+        try:
+            ready.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise RuntimeError(f"{n - got} of {n} forked workers did not start within {WARM_TIMEOUT_S} s") from None
 
 
 def _reusable_fork_pool(n_workers: int, parent: int):
-    if _prestarted is None:
+    """The prestarted pool if it serves this runner (after waiting, once, until it is warm)."""
+    if _prestarted is None or not _prestarted.serves(n_workers, parent):
         return None
-    pool, n, pid, ready, waited = _prestarted
-    if (n, pid) != (n_workers, parent) or getattr(pool, "_broken", False):
-        return None
-    if not waited:
-        _wait_ready(ready, n)
-        _prestarted[4] = True
-    return pool
+    if not _prestarted.waited:
+        _wait_ready(_prestarted.ready, n_workers)
+        _prestarted.waited = True
+    return _prestarted.pool
 
 
 def shutdown_prestarted() -> None:
@@ -273,7 +283,7 @@ def shutdown_prestarted() -> None:
     dropped, running ones finish first."""
     global _prestarted
     if _prestarted is not None:
-        pool, _prestarted = _prestarted[0], None
+        pool, _prestarted = _prestarted.pool, None
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -292,11 +302,10 @@ def prestart(warm: str | None = None) -> None:
     global _prestarted
     kind, n, _ = active_backend()
     if kind == "fork":
-        current = _prestarted
-        if current is None or current[1:3] != [n, os.getpid()] or getattr(current[0], "_broken", False):
+        if _prestarted is None or not _prestarted.serves(n, os.getpid()):
             shutdown_prestarted()
             pool, ready = _fork_pool(n, os.getpid(), warm)
-            _prestarted = [pool, n, os.getpid(), ready, False]
+            _prestarted = _Prestarted(pool, n, os.getpid(), ready)
         return
     if kind != "loky":
         return
@@ -388,20 +397,13 @@ class TaskRunner:
         """Cancel every task not yet finished (queued tasks never start). Forked workers and
         threads end here; loky's pool is kept for reuse (its workers end after an idle minute)."""
         pending, self._pending = list(self._pending), set()
-        if self.kind == "fork":
-            for fut in pending:
-                fut.cancel()  # queued tasks never start; a running one finishes in its worker
-            if self._owns_pool:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-            return
-        if not pending:
-            if self.kind == "threads":
-                self._pool.shutdown(wait=True)
-            return
         if self.kind == "dask":
-            self._client.cancel(pending, force=True)
-        else:
-            for fut in pending:
-                fut.cancel()
-            if self.kind == "threads":
-                self._pool.shutdown(wait=False, cancel_futures=True)
+            if pending:
+                self._client.cancel(pending, force=True)
+            return
+        for fut in pending:
+            fut.cancel()  # queued tasks never start; a running one finishes in its worker
+        if self.kind == "threads":
+            self._pool.shutdown(wait=not pending, cancel_futures=True)
+        elif self.kind == "fork" and self._owns_pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -79,21 +79,11 @@ def check_image_hu(image_hu: np.ndarray, *, sample_id: str | None = None, stage:
         raise ImplausibleError(f"implausible image: {100 * top_fraction:.1f} % of the pixels equal {top_value:g} HU "
                                f"(more than {100 * MAX_ONE_VALUE_FRACTION:g} %: blank or saturated)",
                                sample_id=sample_id, stage=stage)
-    if counts is not None:  # CT stored as integers: percentiles from the histogram, O(n)
-        first = max(0, math.ceil(PADDING_BELOW_HU - low))
-        tissue_counts = counts[first:]
-        n_tissue = int(tissue_counts.sum())
-    else:
-        tissue = values[values >= PADDING_BELOW_HU]
-        n_tissue = tissue.size
+    n_tissue, (p1, p50, p99) = _tissue_percentiles(values, low, counts, (1, 50, 99))
     if n_tissue < MIN_TISSUE_FRACTION * values.size:
         raise ImplausibleError(f"implausible image: only {100 * n_tissue / values.size:.1f} % of the pixels "
                                f"are >= {PADDING_BELOW_HU:g} HU (the rest is below air: padding)",
                                sample_id=sample_id, stage=stage)
-    if counts is not None:
-        p1, p50, p99 = percentiles_from_counts(tissue_counts, low + first, (1, 50, 99))
-    else:
-        p1, p50, p99 = np.percentile(tissue, [1, 50, 99])
     if p99 - p1 < MIN_P1_P99_RANGE_HU:
         raise ImplausibleError(f"implausible image: 1st-99th percentile range {p99 - p1:.1f} HU is below "
                                f"{MIN_P1_P99_RANGE_HU:g} HU (no contrast)", sample_id=sample_id, stage=stage)
@@ -109,6 +99,18 @@ def _integer_counts(values: np.ndarray, low: float, high: float) -> np.ndarray |
     if high - low < 1 << 20 and np.array_equal(values, np.rint(values)):
         return np.bincount((values - np.float32(low)).astype(np.int64))
     return None
+
+
+def _tissue_percentiles(values: np.ndarray, low: float, counts: np.ndarray | None, q_percent):
+    """(count, percentiles) of the non-padding pixels (>= PADDING_BELOW_HU); percentiles are NaN
+    when there is none. From ``counts`` (integer CT: no sort) when given, else np.percentile."""
+    if counts is not None:
+        first = max(0, math.ceil(PADDING_BELOW_HU - low))
+        tissue_counts = counts[first:]
+        n = int(tissue_counts.sum())
+        return n, (percentiles_from_counts(tissue_counts, low + first, q_percent) if n else [math.nan] * len(q_percent))
+    tissue = values[values >= PADDING_BELOW_HU]
+    return tissue.size, (np.percentile(tissue, q_percent) if tissue.size else [math.nan] * len(q_percent))
 
 
 def _most_common(values: np.ndarray, low: float, counts: np.ndarray | None) -> tuple[int, float]:

@@ -187,7 +187,7 @@ def test_prestarted_forked_workers_warm_themselves_and_are_reused_until_shut_dow
     with joblib.parallel_config(backend="multiprocessing", n_jobs=2):
         executor.prestart(f"{__name__}:_mark_warm")
         try:
-            pool = executor._prestarted[0]
+            pool = executor._prestarted.pool
             with executor.TaskRunner(warm=lambda: _WARMED.append("main")) as runner:
                 assert runner._pool is pool
                 seen = [f.result() for f in [runner.submit(_seen_warm) for _ in range(8)]]
@@ -227,13 +227,18 @@ def test_keep_freed_memory_stops_the_page_faults_of_freed_multi_mb_arrays():
     import subprocess
     import sys
 
-    def run(mode):
-        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+    import os
+
+    def run(mode, **env):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True,
+                             env={**os.environ, **env})
         n, applied = out.stdout.split()
         return int(n), applied
 
     default, _ = run("default")
     tuned, applied = run("tuned")
     assert applied == "True"
+    off, applied_off = run("tuned", SOFTMASK_KEEP_FREED_MEMORY="0")  # the user's switch
+    assert applied_off == "False" and off > default / 2
     assert default > 20 * 10 * 100  # the oracle: the kernel's own fault count (up to 1024 per array; ~90-100k here)
     assert tuned < default / 10  # measured here: 101960 vs 4617 (the first round only)
