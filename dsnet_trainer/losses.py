@@ -60,10 +60,15 @@ def soft_l1_loss(soft_pred: torch.Tensor, soft_target: torch.Tensor, *, reductio
 
     ``"pixel_mean"`` (default, as pix2pix's L1): the mean of ``|S - S_hat|`` over the batch's
         B*C*H*W pixels. A 10-pixel nodule in a 64x64 crop weighs 10/4096 of its crop.
-    ``"crop_band"``: per crop, the sum of ``|S - S_hat|`` over *all* pixels divided by the
-        crop's lesion-plus-band area (``region`` != 0: the trimap's sure lesion and unknown band,
-        at least 1 pixel), then the mean over the batch. Every nodule then weighs about the same,
-        whatever its size; errors outside the region still count (in the numerator).
+    ``"crop_band"``: per crop, the region-balanced mean ``0.5 * (mean of |S - S_hat| over the
+        lesion-plus-band pixels + mean over the other pixels)`` (``region`` != 0: the trimap's sure
+        lesion and unknown band), then the mean over the batch. The nodule's region weighs half of
+        its crop's term whatever its size (a 10-pixel nodule's pixels weigh 1/20 each instead of
+        1/4096), and the background half still penalises soft responses away from the nodule. The
+        term stays in [0, 2], the range of the pixel mean, so lambda2 keeps its scale. A crop with
+        an empty region (or a region covering it) uses the mean over its pixels.
+        (An earlier form divided the sum over *all* pixels by the region's area; its background
+        term grew as 4096 / area and it trained far worse: docs/TRAINING.md.)
 
     Parameters
     ----------
@@ -83,9 +88,16 @@ def soft_l1_loss(soft_pred: torch.Tensor, soft_target: torch.Tensor, *, reductio
         raise ValueError("reduction 'crop_band' needs region (the trimap: lesion plus unknown band)")
     if region.shape[0] != soft_pred.shape[0] or region.shape[-2:] != soft_pred.shape[-2:]:
         raise ValueError(f"region {tuple(region.shape)} does not match soft_pred {tuple(soft_pred.shape)}")
-    err = (soft_pred.float() - soft_target.float()).abs().flatten(1).sum(1)
-    area = (region != 0).flatten(1).sum(1).clamp(min=1).to(err.dtype)
-    return (err / area).mean()
+    err = (soft_pred.float() - soft_target.float()).abs()
+    inside = (region != 0).expand_as(err).flatten(1).to(err.dtype)
+    err = err.flatten(1)
+    n_in = inside.sum(1)
+    n_out = err.shape[1] - n_in
+    mean_in = (err * inside).sum(1) / n_in.clamp(min=1)
+    mean_out = (err * (1 - inside)).sum(1) / n_out.clamp(min=1)
+    both = (n_in > 0) & (n_out > 0)
+    per_crop = torch.where(both, 0.5 * (mean_in + mean_out), torch.where(n_in > 0, mean_in, mean_out))
+    return per_crop.mean()
 
 
 def gan_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:

@@ -137,8 +137,8 @@ class SegOptimConfig:
     dice_weight, l1_weight, gan_weight : Eq. 19 weights (0.5, lambda2 = 100, 1).
     dice_smooth : added to Eq. 15's numerator and denominator (0: the paper; 1: V-Net's habit).
     l1_reduction : how Eq. 16's L1 sum is reduced: "pixel_mean" (mean over all pixels of the
-        batch) or "crop_band" (per crop, divided by the crop's lesion-plus-band area, the
-        trimap's non-zero pixels; then the batch mean). See :func:`~dsnet_trainer.losses.soft_l1_loss`.
+        batch) or "crop_band" (per crop, the mean of the lesion-plus-band pixels' mean -- the
+        trimap's non-zero pixels -- and the other pixels' mean; then the batch mean). See :func:`~dsnet_trainer.losses.soft_l1_loss`.
     """
 
     epochs: int = 100

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,21 +57,29 @@ def test_soft_l1_hand_case():
         soft_l1_loss(a, b[..., :2])
 
 
-def test_soft_l1_crop_band_weights_each_crop_by_its_region():
-    pred = torch.zeros(2, 1, 4, 4)
-    target = torch.zeros(2, 1, 4, 4)
-    target[0, 0, 0, 0] = 1.0          # crop 0: error 1 on a 2-pixel region
-    target[1, 0, :2, :2] = 0.5        # crop 1: error 4 * 0.5 = 2 on an 8-pixel region
-    region = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
-    region[0, 0, 0, :2] = 255
-    region[1, 0, :2, :] = 128
+def test_soft_l1_crop_band_balances_each_crops_region_and_background():
+    rng = np.random.default_rng(3)
+    pred = torch.from_numpy(rng.uniform(-1, 1, (3, 1, 6, 5)).astype(np.float32))
+    target = torch.from_numpy(rng.uniform(-1, 1, (3, 1, 6, 5)).astype(np.float32))
+    region = torch.zeros(3, 1, 6, 5, dtype=torch.uint8)
+    region[0, 0, 1, 1] = 255                 # crop 0: a 1-pixel region
+    region[1, 0, :4, :] = 128                # crop 1: 20 of 30 pixels
+    region[2] = 255                          # crop 2: region covers the crop (no background)
     got = soft_l1_loss(pred, target, reduction="crop_band", region=region).item()
-    assert got == pytest.approx((1 / 2 + 2 / 8) / 2)
-    # the pixel mean over all 32 pixels instead
-    assert soft_l1_loss(pred, target).item() == pytest.approx(3 / 32)
-    # an empty region counts as one pixel (no division by zero)
-    assert soft_l1_loss(pred, target, reduction="crop_band", region=torch.zeros_like(region)).item() == \
-        pytest.approx((1 + 2) / 2)
+    err = np.abs(pred.numpy() - target.numpy()).reshape(3, -1)
+    inside = region.numpy().reshape(3, -1) != 0
+    want = [0.5 * (err[0][inside[0]].mean() + err[0][~inside[0]].mean()),
+            0.5 * (err[1][inside[1]].mean() + err[1][~inside[1]].mean()),
+            err[2].mean()]
+    assert got == pytest.approx(float(np.mean(want)), rel=1e-6)
+    # a one-pixel nodule weighs half its crop's term; in the pixel mean it weighs 1/30
+    assert soft_l1_loss(pred, target).item() == pytest.approx(float(err.mean()), rel=1e-6)
+    # an empty region: the crop's plain mean (no division by zero)
+    empty = soft_l1_loss(pred, target, reduction="crop_band", region=torch.zeros_like(region)).item()
+    assert empty == pytest.approx(float(err.mean(1).mean()), rel=1e-6)
+    # bounded like the pixel mean
+    assert soft_l1_loss(-torch.ones_like(pred), torch.ones_like(pred), reduction="crop_band",
+                        region=region).item() == pytest.approx(2.0)
     with pytest.raises(ValueError, match="needs region"):
         soft_l1_loss(pred, target, reduction="crop_band")
     with pytest.raises(ValueError, match="reduction"):
