@@ -1,17 +1,33 @@
-"""Regenerate Tables III, IV and V: train every (row, seed), evaluate it, and write the tables.
+"""Regenerate Tables III, IV and V (and the Soft Mask L1 study): train every (row, seed), evaluate it,
+and write the tables.
 
     python scripts/run_tables.py --data build/lnsm1500 --teacher runs/sr-sr_tiny/teacher.pt \
-        --out runs/tables [--seeds 3 --extra-seeds 2] [--rows unet,backbone,...] [-s optim.epochs=30]
+        --out runs/tables [--seeds 3 --extra-seeds 2] [--rows unet,backbone,...] [--study l1]
+        [-s optim.epochs=30] [--jobs 2] [--record docs/results/NAME] [--no-train]
         [--nnunet runs/nnunet/eval/run0-nnUNetTrainer_5epochs ...]
 
-Finished runs are skipped: a (row, seed) whose ``OUT/<row>-s<seed>/eval-test/metrics.json`` exists
-is not trained again, so the tables can be built in several sittings (re-run the same command).
+Rows are ``model.variant`` names, or Soft Mask L1 study cells ``VARIANT.l1wW.REDUCTION`` (e.g.
+``drtm_soft.l1w10.crop_band`` = the variant with ``optim.l1_weight=10`` and
+``optim.l1_reduction=crop_band``); ``--study l1`` adds the six ``drtm_soft`` cells (lambda2 1, 10,
+100 x pixel_mean, crop_band) with ``--extra-seeds`` seeds each.
 
-Statistics (written to ``OUT/TABLES.md`` and ``OUT/tables.json``):
+Runs go seed by seed (seed 0 of every row, then seed 1, ...), so a partial build has every row.
+``--jobs N`` trains N runs at once in separate processes (give each ``-s loop.num_threads=K``).
+Finished runs are skipped: a (row, seed) whose ``OUT/<row>-s<seed>/eval-test/metrics.json`` (or,
+with ``--record``, whose record) exists is not trained again, so the tables can be built in
+several sittings (re-run the same command). Every run writes ``table_run.json`` (row, seed, the
+``-s`` overrides, wall time, the validation history and the selected epoch, versions); a call
+whose overrides differ from a finished run's is refused, so one table never mixes schedules.
+``--record DIR`` copies each finished run's small files (``per_crop.csv``, ``metrics.json``,
+``table_run.json``) and the tables into DIR, a folder meant to be committed: the tables can be
+rebuilt from it alone (``--no-train`` only summarises what is finished and lists what is not).
+
+Statistics (written to ``TABLES.md`` and ``tables.json``):
 
 * per row, the test Dice at 0.5 of ``best.pt`` (the trainer's selection rule: the best mean
-  validation Dice over ``loop.select_k`` consecutive validations), **mean ± std over seeds**
-  (std with ddof 1; one seed gives no std);
+  validation Dice over ``loop.select_k`` consecutive validations; a run with fewer validations
+  is taken at its last epoch), **mean ± std over seeds** (std with ddof 1; one seed gives no std),
+  and the selection's mean validation Dice (what the L1 study's rule reads; never test);
 * **paired per-crop differences** against the U-Net row and against the backbone row: for each
   test crop, the row's Dice averaged over its seeds minus the reference's, then the mean over
   crops with a **95 % t confidence interval** (n crops - 1 degrees of freedom). The pairing is
@@ -30,6 +46,9 @@ import argparse
 import csv
 import json
 import math
+import os
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,6 +59,45 @@ TABLE_III = ["unet", "backbone", "sr_input", "drtm", "drtm_soft", "dsnet"]
 TABLE_IV = ["dsnet_binary", "dsnet_kats", "dsnet_softseg"]
 TABLE_V = ["dsnet_no_detail", "dsnet_no_fusion"]
 CORE = {"unet", "backbone", "drtm", "drtm_soft", "dsnet"}  # >= 3 seeds (issue 12); others >= 2
+L1_STUDY = [f"drtm_soft.l1w{w}.{r}" for r in ("pixel_mean", "crop_band") for w in (1, 10, 100)]
+PAPER_L1_CELL = "drtm_soft.l1w100.pixel_mean"       # the paper's lambda2 = 100 with pix2pix's pixel mean
+_CELL = re.compile(r"^(?P<variant>[a-z_]+)\.l1w(?P<weight>[0-9]+(?:\.[0-9]+)?)\.(?P<reduction>pixel_mean|crop_band)$")
+# overrides that do not change what a run computes (a finished run is not refused over them)
+_NEUTRAL = ("loop.num_threads=", "loop.progress=", "loop.num_workers=")
+RECORD_FILES = ("per_crop.csv", "metrics.json", "table_run.json")
+
+
+def row_overrides(row: str) -> list[str]:
+    """Config overrides of a table row: ``model.variant=row``, or for a study cell
+    ``VARIANT.l1wW.REDUCTION`` the variant plus ``optim.l1_weight`` and ``optim.l1_reduction``."""
+    m = _CELL.match(row)
+    if m:
+        return [f"model.variant={m['variant']}", f"optim.l1_weight={m['weight']}",
+                f"optim.l1_reduction={m['reduction']}"]
+    if not re.fullmatch(r"[a-z_]+", row):
+        raise SystemExit(f"--rows: {row!r} is neither a variant name nor a study cell VARIANT.l1wW.REDUCTION")
+    return [f"model.variant={row}"]
+
+
+def plan_runs(rows: list[str], seeds: int, extra_seeds: int) -> list[tuple[str, int]]:
+    """(row, seed) pairs, seed-major: seed 0 of every row first, then seed 1, ..."""
+    n = {r: (seeds if r in CORE else extra_seeds) for r in rows}
+    return [(r, s) for s in range(max(n.values(), default=0)) for r in rows if s < n[r]]
+
+
+def _significant(sets: list[str]) -> list[str]:
+    return sorted(x for x in sets if not x.startswith(_NEUTRAL))
+
+
+def _validation_summary(run_dir: Path) -> dict:
+    """From a run's metrics.jsonl: the validation Dice history, the selection score of best.pt
+    (the best window score: the trainer keeps the maximum) and its epoch."""
+    epochs = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
+              if r.get("phase") == "epoch"]
+    scores = [r["select_score"] for r in epochs if r.get("select_score") is not None]
+    return {"val_dice_history": [[r["epoch"], r["val_dice"]] for r in epochs if r.get("val_dice") is not None],
+            "select_score": max(scores) if scores else None,
+            "selected_epoch": epochs[-1].get("selected_epoch") if epochs else None}
 
 
 def _read_per_crop(eval_dir: Path) -> dict[str, tuple[float, int]]:
@@ -60,8 +118,9 @@ def t_interval(diffs: np.ndarray, level: float = 0.95) -> tuple[float, float, fl
     return mean, mean - half, mean + half
 
 
-def summarise(runs: dict[str, list[Path]]) -> dict:
-    """Statistics of the evaluated runs ``{row: [eval folders, one per seed]}`` (see the module doc)."""
+def summarise(runs: dict[str, list[Path]], select: dict[str, list[float]] | None = None) -> dict:
+    """Statistics of the evaluated runs ``{row: [eval folders, one per seed]}`` (see the module doc);
+    ``select``: per row, each seed's selection score (mean validation Dice of its selection window)."""
     per_row: dict[str, dict[str, float]] = {}   # row -> crop -> Dice averaged over seeds
     seed_means: dict[str, list[float]] = {}
     sizes: dict[str, int] = {}
@@ -86,7 +145,10 @@ def summarise(runs: dict[str, list[Path]]) -> dict:
     for row, d in per_row.items():
         dice = np.array([d[i] for i in ids])
         sm = seed_means[row]
+        sel = [v for v in (select or {}).get(row, []) if v is not None]
         entry = {"n_seeds": len(sm), "dice_seed_means": sm, "dice_mean": float(np.mean(sm)),
+                 "val_select_mean": float(np.mean(sel)) if sel else None,
+                 "val_select_std": float(np.std(sel, ddof=1)) if len(sel) > 1 else None,
                  "dice_std": float(np.std(sm, ddof=1)) if len(sm) > 1 else None,
                  "dice_small": float(dice[small].mean()) if small.any() else None,
                  "dice_large": float(dice[~small].mean()) if (~small).any() else None}
@@ -98,6 +160,22 @@ def summarise(runs: dict[str, list[Path]]) -> dict:
                                       "n_worse": int((diff < 0).sum())}
         out["rows"][row] = entry
     return out
+
+
+def choose_l1_default(stats: dict) -> dict | None:
+    """The written rule for the Soft Mask L1 default (docs/TRAINING.md): among the study cells,
+    the highest mean validation Dice of the selection (never test); cells within one seed std of
+    that best cell count as ties, and a tie goes to the paper's lambda2 = 100, pixel_mean."""
+    cells = {r: e for r, e in stats["rows"].items() if _CELL.match(r) and e.get("val_select_mean") is not None}
+    if not cells:
+        return None
+    best = max(cells, key=lambda r: cells[r]["val_select_mean"])
+    margin = cells[best].get("val_select_std") or 0.0
+    ties = sorted(r for r, e in cells.items() if e["val_select_mean"] >= cells[best]["val_select_mean"] - margin)
+    chosen = PAPER_L1_CELL if PAPER_L1_CELL in ties else best
+    return {"chosen": chosen, "best": best, "ties": ties, "margin": margin,
+            "rule": "highest mean validation Dice; within one seed std of it = tie; a tie goes to "
+                    "lambda2 = 100, pixel_mean"}
 
 
 def _pp(v: float | None, signed: bool = False) -> str:
@@ -113,7 +191,10 @@ def format_tables(stats: dict, times: dict[str, float]) -> str:
              "mean over crops with a 95 % t interval; better/worse = crops where the row's Dice is higher/lower.", ""]
     groups = [("Table III (components)", TABLE_III), ("Table IV (soft labels)", ["dsnet", *TABLE_IV]),
               ("Table V (DRTM ablations)", ["dsnet", *TABLE_V])]
-    extra = [r for r in stats["rows"] if r not in set(TABLE_III + TABLE_IV + TABLE_V)]
+    cells = [r for r in stats["rows"] if _CELL.match(r)]
+    if cells:
+        groups.append(("Soft Mask L1 study (lambda2 x reduction)", ["drtm", *cells]))
+    extra = [r for r in stats["rows"] if r not in set(TABLE_III + TABLE_IV + TABLE_V) and not _CELL.match(r)]
     if extra:
         groups.append(("External baselines", ["unet", *extra]))
     for title, rows in groups:
@@ -121,8 +202,8 @@ def format_tables(stats: dict, times: dict[str, float]) -> str:
         if not rows:
             continue
         lines += [f"### {title}", "", "| row | seeds | Dice mean ± std over seeds | vs U-Net (95 % CI) | "
-                  "better/worse | vs backbone (95 % CI) | Dice small half | Dice large half |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "better/worse | vs backbone (95 % CI) | Dice small half | Dice large half | val Dice (selection) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             e = stats["rows"][r]
             std = "-" if e["dice_std"] is None else _pp(e["dice_std"])
@@ -133,72 +214,217 @@ def format_tables(stats: dict, times: dict[str, float]) -> str:
                              f"{_pp(v['mean'], True)} [{_pp(v['ci95'][0], True)}, {_pp(v['ci95'][1], True)}]")
             u = e.get("vs_unet")
             bw = "-" if u is None else f"{u['n_better']}/{u['n_worse']}"
+            vs = e.get("val_select_mean")
+            val = "-" if vs is None else (_pp(vs) + ("" if e.get("val_select_std") is None
+                                                     else f" ± {_pp(e['val_select_std'])}"))
             lines.append(f"| {r} | {e['n_seeds']} | {_pp(e['dice_mean'])} ± {std} | {cells[0]} | {bw} | {cells[1]} | "
-                         f"{_pp(e['dice_small'])} | {_pp(e['dice_large'])} |")
+                         f"{_pp(e['dice_small'])} | {_pp(e['dice_large'])} | {val} |")
         lines.append("")
+        if title.startswith("Soft Mask L1") and stats.get("l1_default"):
+            d = stats["l1_default"]
+            lines += [f"Default by the written rule ({d['rule']}): **{d['chosen']}** (best on validation: "
+                      f"{d['best']}; ties: {', '.join(d['ties'])}).", ""]
     total = sum(times.values())
     lines.append(f"Wall time of the runs measured in this folder: {total / 3600:.2f} h over {len(times)} runs "
                  "(runs skipped as finished keep the time recorded when they ran).")
     return "\n".join(lines) + "\n"
 
 
+def _finished(run_dir: Path, record: Path | None, name: str) -> Path | None:
+    """The folder holding a finished run's per_crop.csv and metrics.json, or None."""
+    if (run_dir / "eval-test" / "metrics.json").is_file():
+        return run_dir / "eval-test"
+    if record is not None and (record / name / "metrics.json").is_file():
+        return record / name
+    return None
+
+
+def _run_info(run_dir: Path, record: Path | None, name: str) -> dict | None:
+    for folder in (run_dir, None if record is None else record / name):
+        if folder is not None and (folder / "table_run.json").is_file():
+            return json.loads((folder / "table_run.json").read_text(encoding="utf-8"))
+    return None
+
+
+def train_and_evaluate(name: str, row: str, seed: int, args_dict: dict) -> dict:
+    """Train and evaluate one (row, seed) into ``OUT/name``; write ``table_run.json``; return it.
+    A module-level function so that ``--jobs`` can run it in a spawned process."""
+    from dsnet_trainer.config import load_config
+    from dsnet_trainer.evaluate import evaluate_checkpoint
+    from dsnet_trainer.train_seg import SegConfig, train_seg
+
+    out = Path(args_dict["out"])
+    run_dir = out / name
+    t0 = time.monotonic()
+    overrides = [*row_overrides(row), f"data.root={args_dict['data']}", f"out={run_dir}",
+                 f"loop.seed={seed}", "loop.progress=false", *args_dict["sets"]]
+    if args_dict["teacher"]:
+        overrides.append(f"model.teacher={args_dict['teacher']}")
+    cfg = load_config(SegConfig, args_dict["config"], overrides)
+    print(f"[tables] {name}: training", file=sys.stderr, flush=True)
+    train_seg(cfg, command=" ".join(args_dict["argv"]),
+              log=lambda m: print(f"[tables] {name}: {m}", file=sys.stderr, flush=True))
+    evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", out=run_dir / "eval-test", data=args_dict["data"],
+                        name=name, n_preview=2)
+    info = {"row": row, "seed": seed, "config": args_dict["config"], "sets": _significant(args_dict["sets"]),
+            "wall_s": round(time.monotonic() - t0, 1), **_validation_summary(run_dir)}
+    _write_run_info(run_dir, info)
+    return info
+
+
+def _write_run_info(run_dir: Path, info: dict) -> None:
+    prov = run_dir / "run_info.json"
+    if prov.is_file():
+        p = json.loads(prov.read_text(encoding="utf-8"))
+        info.update({k: p.get(k) for k in ("git_commit", "git_dirty", "versions", "started_utc")})
+    tmp = run_dir / "table_run.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / "table_run.json")
+
+
+def _record(run_dir: Path, record: Path, name: str) -> None:
+    dest = record / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in RECORD_FILES:
+        src = (run_dir / "eval-test" / f) if f != "table_run.json" else (run_dir / f)
+        if src.is_file():
+            tmp = dest / (f + ".tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest / f)
+
+
+def _run_parallel(todo: list[tuple[str, str, int]], jobs: int, argv: list[str], out: Path,
+                  record: Path | None) -> None:
+    """Train ``todo`` with ``jobs`` child processes of this script (``--one ROW@SEED``), in order."""
+    import subprocess
+
+    base = [sys.executable, str(Path(__file__).resolve()), *argv, "--no-verify"]
+    pending, running, failed = list(todo), {}, []
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, row, seed = pending.pop(0)
+            running[name] = subprocess.Popen([*base, "--one", f"{row}@{seed}"])
+        time.sleep(0.2)
+        for name, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            if proc.returncode != 0:
+                failed.append(name)
+            elif record is not None:
+                _record(out / name, record, name)
+    if failed:
+        raise SystemExit(f"runs failed: {', '.join(failed)} (their logs are above; finished runs are kept)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="sample build (make lnsm N=1500 for the LNSM-size tables)")
     ap.add_argument("--teacher", default="", help="SR teacher.pt (needed by every DRTM row)")
     ap.add_argument("--out", required=True, help="folder of the runs and tables")
     ap.add_argument("--config", default="seg_tiny")
-    ap.add_argument("--rows", default=",".join(TABLE_III + TABLE_IV + TABLE_V))
+    ap.add_argument("--rows", default=",".join(TABLE_III + TABLE_IV + TABLE_V),
+                    help="comma-separated variants and study cells VARIANT.l1wW.REDUCTION")
+    ap.add_argument("--study", choices=["l1"], action="append", default=[],
+                    help="add a study's rows (l1: drtm_soft x lambda2 1, 10, 100 x pixel_mean, crop_band)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the core rows (U-Net ... DSNet)")
-    ap.add_argument("--extra-seeds", type=int, default=2, help="seeds of the other rows")
+    ap.add_argument("--extra-seeds", type=int, default=2, help="seeds of the other rows and study cells")
     ap.add_argument("-s", "--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once (separate processes)")
+    ap.add_argument("--record", default="", help="folder (to commit) for each finished run's small files and the tables")
+    ap.add_argument("--no-train", action="store_true", help="only summarise finished runs; list the missing ones")
     ap.add_argument("--nnunet", action="append", default=[], help="`dsnet evaluate --predictions` report folder")
     ap.add_argument("--no-verify", action="store_true", help="skip the dataset check")
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: one ROW@SEED of --jobs
     args = ap.parse_args(argv)
-
-    from dsnet_trainer.config import load_config
-    from dsnet_trainer.dataset_check import check_dataset
-    from dsnet_trainer.evaluate import evaluate_checkpoint
-    from dsnet_trainer.train_seg import SegConfig, train_seg
+    if args.jobs < 1:
+        ap.error("--jobs must be >= 1")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not args.no_verify:
+    record = Path(args.record) if args.record else None
+    if args.one:
+        row, seed = args.one.rsplit("@", 1)
+        train_and_evaluate(f"{row}-s{seed}", row, int(seed), {
+            "out": str(out), "data": args.data, "teacher": args.teacher, "config": args.config,
+            "sets": list(args.sets), "argv": ["scripts/run_tables.py", *argv]})
+        return 0
+    rows = [r for r in args.rows.split(",") if r]
+    for study in args.study:
+        rows += [c for c in (L1_STUDY if study == "l1" else []) if c not in rows]
+    for r in rows:
+        row_overrides(r)
+    plan = plan_runs(rows, args.seeds, args.extra_seeds)
+    sets = _significant(args.sets)
+    todo: list[tuple[str, str, int]] = []
+    for row, seed in plan:
+        name = f"{row}-s{seed}"
+        info = _run_info(out / name, record, name)
+        if _finished(out / name, record, name) is None:
+            todo.append((name, row, seed))
+        elif info is not None and info.get("sets") != sets:
+            raise SystemExit(f"run {name} was trained with -s {' -s '.join(info['sets']) or '(none)'}; this call "
+                             f"passes -s {' -s '.join(sets) or '(none)'}: use another --out (and --record) for "
+                             "another schedule, so one table never mixes them")
+        else:
+            print(f"[tables] {name}: finished, skipped", file=sys.stderr)
+    if todo and args.no_train:
+        print(f"[tables] not finished ({len(todo)}): {', '.join(t[0] for t in todo)}", file=sys.stderr)
+        todo = []
+    if todo and not args.no_verify:
+        from dsnet_trainer.dataset_check import check_dataset
+
         for note in check_dataset(args.data, kind="samples").notes:
             print(note, file=sys.stderr)
-    times_path = out / "times.json"
-    times: dict[str, float] = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    args_dict = {"out": str(out), "data": args.data, "teacher": args.teacher, "config": args.config,
+                 "sets": list(args.sets), "argv": ["scripts/run_tables.py", *argv]}
+    if args.jobs == 1:
+        for name, row, seed in todo:
+            train_and_evaluate(name, row, seed, args_dict)
+            if record is not None:
+                _record(out / name, record, name)
+    elif todo:
+        _run_parallel(todo, args.jobs, argv, out, record)
     runs: dict[str, list[Path]] = {}
-    for row in [r for r in args.rows.split(",") if r]:
-        n_seeds = args.seeds if row in CORE else args.extra_seeds
-        for seed in range(n_seeds):
-            name = f"{row}-s{seed}"
-            run_dir = out / name
-            eval_dir = run_dir / "eval-test"
-            if not (eval_dir / "metrics.json").is_file():
-                print(f"[tables] {name}: training", file=sys.stderr)
-                t0 = time.monotonic()
-                overrides = [f"model.variant={row}", f"data.root={args.data}", f"out={run_dir}",
-                             f"loop.seed={seed}", "loop.progress=false", *args.sets]
-                if args.teacher:
-                    overrides.append(f"model.teacher={args.teacher}")
-                cfg = load_config(SegConfig, args.config, overrides)
-                train_seg(cfg, command=" ".join(sys.argv), log=lambda m: print(f"[tables] {name}: {m}",
-                                                                                  file=sys.stderr))
-                evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", out=eval_dir, data=args.data, name=name,
-                                    n_preview=2)
-                times[name] = time.monotonic() - t0
-                times_path.write_text(json.dumps(times, indent=1, sort_keys=True) + "\n")
-            else:
-                print(f"[tables] {name}: finished, skipped", file=sys.stderr)
-            runs.setdefault(row, []).append(eval_dir)
+    select: dict[str, list[float]] = {}
+    times: dict[str, float] = {}
+    legacy = json.loads((out / "times.json").read_text()) if (out / "times.json").is_file() else {}
+    for row, seed in plan:
+        name = f"{row}-s{seed}"
+        folder = _finished(out / name, record, name)
+        if folder is None:
+            continue
+        if record is not None and folder.parent == out / name:
+            _record(out / name, record, name)
+        info = _run_info(out / name, record, name)
+        if info is None and (out / name / "metrics.jsonl").is_file():
+            # a run of an earlier version of this script: its overrides are taken to be this call's
+            info = {"row": row, "seed": seed, "config": args.config, "sets": sets, "sets_assumed": True,
+                    "wall_s": legacy.get(name), **_validation_summary(out / name)}
+            _write_run_info(out / name, info)
+            if record is not None:
+                _record(out / name, record, name)
+        info = info or {}
+        runs.setdefault(row, []).append(folder)
+        select.setdefault(row, []).append(info.get("select_score"))
+        wall = info.get("wall_s") if info.get("wall_s") is not None else legacy.get(name)
+        if wall is not None:
+            times[name] = float(wall)
     for folder in args.nnunet:
         runs.setdefault("nnunet_2d", []).append(Path(folder))
-    stats = summarise(runs)
+    if not runs:
+        print("[tables] no finished run yet", file=sys.stderr)
+        return 0
+    stats = summarise(runs, select)
     stats["times_s"] = times
-    (out / "tables.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
-    md = format_tables(stats, {k: v for k, v in times.items() if k.rsplit("-s", 1)[0] in runs})
-    (out / "TABLES.md").write_text(md)
+    stats["sets"] = sets
+    stats["l1_default"] = choose_l1_default(stats)
+    md = format_tables(stats, times)
+    for folder in [out] + ([record] if record is not None else []):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tables.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
+        (folder / "TABLES.md").write_text(md)
     print(md)
     print(f"[tables] written {out / 'TABLES.md'} and tables.json", file=sys.stderr)
     return 0

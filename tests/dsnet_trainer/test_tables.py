@@ -84,3 +84,61 @@ def test_tables_regenerate_and_skip_finished_runs(tiny, tmp_path, capsys):
     assert ": training" not in again.err and again.err.count("finished, skipped") == 6
     assert (out / "unet-s0" / "eval-test" / "metrics.json").stat().st_mtime_ns == stamp
     assert json.loads((out / "tables.json").read_text())["rows"] == result["rows"]
+
+
+def test_study_cells_record_parallel_jobs_and_rebuild_from_the_record(tiny, tmp_path, capsys):
+    data, teacher = tiny
+    out, record = tmp_path / "runs", tmp_path / "record"
+    sets = ["-s", "optim.epochs=1", "-s", "loop.max_steps_per_epoch=2", "-s", "model.widths=[4,8]",
+            "-s", "data.crop_px=32", "-s", "loop.batch_size=2", "-s", "model.teacher_mode=native",
+            "-s", "loop.num_threads=1"]
+    rows = "unet,drtm_soft.l1w10.crop_band,drtm_soft.l1w100.pixel_mean"
+    argv = ["--data", str(data), "--teacher", str(teacher), "--out", str(out), "--rows", rows, "--seeds", "1",
+            "--extra-seeds", "2", "--record", str(record), "--jobs", "2", *sets]
+    mod = _tables_module()
+    assert mod.plan_runs(rows.split(","), 1, 2) == [
+        ("unet", 0), ("drtm_soft.l1w10.crop_band", 0), ("drtm_soft.l1w100.pixel_mean", 0),
+        ("drtm_soft.l1w10.crop_band", 1), ("drtm_soft.l1w100.pixel_mean", 1)]
+    assert mod.main(argv) == 0
+    capsys.readouterr()
+    info = json.loads((out / "drtm_soft.l1w10.crop_band-s1" / "table_run.json").read_text())
+    assert info["seed"] == 1 and info["row"] == "drtm_soft.l1w10.crop_band"
+    assert "optim.epochs=1" in info["sets"] and not any(x.startswith("loop.num_threads") for x in info["sets"])
+    cfg = (out / "drtm_soft.l1w10.crop_band-s1" / "config.yaml").read_text()
+    assert "l1_reduction: crop_band" in cfg and "l1_weight: 10" in cfg and "loop" in cfg
+    # the selection score is the validation history's best window (select_k 5 > 1 epoch: the last one)
+    assert info["select_score"] == pytest.approx(info["val_dice_history"][-1][1])
+    result = json.loads((out / "tables.json").read_text())
+    assert set(result["rows"]) == {"unet", "drtm_soft.l1w10.crop_band", "drtm_soft.l1w100.pixel_mean"}
+    assert "Soft Mask L1 study" in (record / "TABLES.md").read_text()
+    for name in ("unet-s0", "drtm_soft.l1w100.pixel_mean-s1"):
+        assert sorted(p.name for p in (record / name).iterdir()) == sorted(mod.RECORD_FILES)
+
+    # the committed record alone rebuilds the same tables
+    only = tmp_path / "rebuilt"
+    assert mod.main(["--data", str(data), "--out", str(only), "--rows", rows, "--seeds", "1", "--extra-seeds", "2",
+                     "--record", str(record), "--no-train", *sets]) == 0
+    assert ": training" not in capsys.readouterr().err
+    assert json.loads((only / "tables.json").read_text())["rows"] == result["rows"]
+    # --no-train lists what is missing instead of training it
+    mod.main(["--data", str(data), "--out", str(only), "--rows", "backbone", "--seeds", "1", "--no-train", *sets])
+    assert "not finished (1): backbone-s0" in capsys.readouterr().err
+    # another schedule is refused, naming the run
+    with pytest.raises(SystemExit, match="unet-s0 was trained with"):
+        mod.main([*argv[:-2], "-s", "optim.epochs=2"])
+    with pytest.raises(SystemExit, match="neither a variant"):
+        mod.main(["--data", str(data), "--out", str(only), "--rows", "drtm_soft.l1wX", "--no-train"])
+
+
+def test_l1_default_rule_prefers_the_paper_cell_only_within_one_seed_std():
+    mod = _tables_module()
+
+    def stats(cells):
+        return {"rows": {r: {"val_select_mean": m, "val_select_std": s} for r, (m, s) in cells.items()}}
+
+    paper, other = mod.PAPER_L1_CELL, "drtm_soft.l1w1.crop_band"
+    tie = mod.choose_l1_default(stats({paper: (0.80, 0.01), other: (0.805, 0.01)}))
+    assert tie["best"] == other and tie["chosen"] == paper and set(tie["ties"]) == {paper, other}
+    clear = mod.choose_l1_default(stats({paper: (0.80, 0.01), other: (0.83, 0.01)}))
+    assert clear["chosen"] == other and clear["ties"] == [other]
+    assert mod.choose_l1_default({"rows": {"unet": {"val_select_mean": 0.9}}}) is None
