@@ -65,6 +65,7 @@ _CELL = re.compile(r"^(?P<variant>[a-z_]+)\.l1w(?P<weight>[0-9]+(?:\.[0-9]+)?)\.
 # overrides that do not change what a run computes (a finished run is not refused over them)
 _NEUTRAL = ("loop.num_threads=", "loop.progress=", "loop.num_workers=")
 RECORD_FILES = ("per_crop.csv", "metrics.json", "table_run.json")
+RECORD_COLUMNS = ("sample_id", "gt_px", "pred_px", "dice", "sen", "ppv", "sad")  # per_crop.csv as recorded
 
 
 def row_overrides(row: str) -> list[str]:
@@ -287,20 +288,32 @@ def _record(run_dir: Path, record: Path, name: str) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for f in RECORD_FILES:
         src = (run_dir / "eval-test" / f) if f != "table_run.json" else (run_dir / f)
-        if src.is_file():
-            tmp = dest / (f + ".tmp")
+        if not src.is_file():
+            continue
+        tmp = dest / (f + ".tmp")
+        if f == "per_crop.csv":   # the columns the tables and a reader need, not the whole report
+            with open(src, newline="", encoding="utf-8") as fi, open(tmp, "w", newline="", encoding="utf-8") as fo:
+                reader = csv.DictReader(fi)
+                cols = [c for c in RECORD_COLUMNS if c in (reader.fieldnames or [])]
+                writer = csv.DictWriter(fo, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(reader)
+        else:
             shutil.copyfile(src, tmp)
-            os.replace(tmp, dest / f)
+        os.replace(tmp, dest / f)
 
 
 def _run_parallel(todo: list[tuple[str, str, int]], jobs: int, argv: list[str], out: Path,
-                  record: Path | None) -> None:
+                  record: Path | None, deadline: float = math.inf) -> None:
     """Train ``todo`` with ``jobs`` child processes of this script (``--one ROW@SEED``), in order."""
     import subprocess
 
     base = [sys.executable, str(Path(__file__).resolve()), *argv, "--no-verify"]
     pending, running, failed = list(todo), {}, []
     while pending or running:
+        if pending and time.monotonic() > deadline:
+            print(f"[tables] --stop-after reached: {len(pending)} runs not started", file=sys.stderr)
+            pending = []
         while pending and len(running) < jobs:
             name, row, seed = pending.pop(0)
             running[name] = subprocess.Popen([*base, "--one", f"{row}@{seed}"])
@@ -336,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-train", action="store_true", help="only summarise finished runs; list the missing ones")
     ap.add_argument("--nnunet", action="append", default=[], help="`dsnet evaluate --predictions` report folder")
     ap.add_argument("--no-verify", action="store_true", help="skip the dataset check")
+    ap.add_argument("--stop-after", type=float, default=0.0,
+                    help="start no new run after this many seconds (runs in flight finish; 0 = no limit)")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: one ROW@SEED of --jobs
     args = ap.parse_args(argv)
     if args.jobs < 1:
@@ -379,13 +394,17 @@ def main(argv: list[str] | None = None) -> int:
             print(note, file=sys.stderr)
     args_dict = {"out": str(out), "data": args.data, "teacher": args.teacher, "config": args.config,
                  "sets": list(args.sets), "argv": ["scripts/run_tables.py", *argv]}
+    deadline = time.monotonic() + args.stop_after if args.stop_after > 0 else math.inf
     if args.jobs == 1:
         for name, row, seed in todo:
+            if time.monotonic() > deadline:
+                print(f"[tables] --stop-after reached: {name} and later runs not started", file=sys.stderr)
+                break
             train_and_evaluate(name, row, seed, args_dict)
             if record is not None:
                 _record(out / name, record, name)
     elif todo:
-        _run_parallel(todo, args.jobs, argv, out, record)
+        _run_parallel(todo, args.jobs, argv, out, record, deadline)
     runs: dict[str, list[Path]] = {}
     select: dict[str, list[float]] = {}
     times: dict[str, float] = {}
