@@ -161,15 +161,18 @@ evaluate: $(STAMP)
 
 # Tables III-V: every (row, seed) trained and evaluated once (finished runs skipped, so it can be
 # run in several sittings), then TABLES.md with seed spreads, paired per-crop CIs, Dice by size.
-# TABLES_SET= passes config overrides (e.g. TABLES_SET="-s optim.epochs=30"); NNUNET_EVAL= adds
+# TABLES_SET= passes config overrides (e.g. TABLES_SET="-s optim.epochs=30"); TABLES_JOBS= runs at
+# once; TABLES_RECORD= a folder to commit (each finished run's small files + the tables); NNUNET_EVAL= adds
 # `dsnet evaluate --predictions` report folders (nnU-Net runs) as a row.
 TABLES_OUT ?= runs/tables
 TABLES_SET ?=
+TABLES_JOBS ?= 1
+TABLES_RECORD ?=
 NNUNET_EVAL ?=
 tables: $(STAMP)
 	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
 	@test -f "$(TEACHER)" || $(MAKE) pretrain-sr
-	$(PY) scripts/run_tables.py --data "$(LNSM_DIR)" --teacher "$(TEACHER)" --out "$(TABLES_OUT)" --config $(SEG_CONFIG) $(TABLES_SET) $(foreach d,$(NNUNET_EVAL),--nnunet "$(d)")
+	$(PY) scripts/run_tables.py --data "$(LNSM_DIR)" --teacher "$(TEACHER)" --out "$(TABLES_OUT)" --config $(SEG_CONFIG) --jobs $(TABLES_JOBS) $(if $(TABLES_RECORD),--record "$(TABLES_RECORD)",) $(TABLES_SET) $(foreach d,$(NNUNET_EVAL),--nnunet "$(d)")
 
 # nnU-Net v2 2-D baseline through the nnU-Net export, scored by `dsnet evaluate --predictions`.
 NNUNET_WORK ?= runs/nnunet

@@ -17,7 +17,8 @@ Finished runs are skipped: a (row, seed) whose ``OUT/<row>-s<seed>/eval-test/met
 with ``--record``, whose record) exists is not trained again, so the tables can be built in
 several sittings (re-run the same command). Every run writes ``table_run.json`` (row, seed, the
 ``-s`` overrides, wall time, the validation history and the selected epoch, versions); a call
-whose overrides differ from a finished run's is refused, so one table never mixes schedules.
+whose resolved config (paths, seed, threads and logging aside) differs from a finished run's is
+refused, naming the keys, so one table never mixes schedules.
 ``--record DIR`` copies each finished run's small files (``per_crop.csv``, ``metrics.json``,
 ``table_run.json``) and the tables into DIR, a folder meant to be committed: the tables can be
 rebuilt from it alone (``--no-train`` only summarises what is finished and lists what is not).
@@ -88,6 +89,55 @@ def plan_runs(rows: list[str], seeds: int, extra_seeds: int) -> list[tuple[str, 
 
 def _significant(sets: list[str]) -> list[str]:
     return sorted(x for x in sets if not x.startswith(_NEUTRAL))
+
+
+# config keys that name where things are or how a run is executed, not what it computes
+_PLACE_KEYS = {("out",), ("resume",), ("data", "root"), ("model", "teacher"), ("loop", "seed"),
+               ("loop", "num_threads"), ("loop", "progress"), ("loop", "num_workers"), ("loop", "log_every_steps"),
+               ("loop", "tensorboard")}
+
+
+def effective_config(cfg_dict: dict) -> dict:
+    """A run's resolved config without the keys of :data:`_PLACE_KEYS` (paths, seed, threads,
+    logging): two runs of one table row must agree on everything else."""
+    out = {}
+    for k, v in cfg_dict.items():
+        if (k,) in _PLACE_KEYS:
+            continue
+        out[k] = {kk: vv for kk, vv in v.items() if (k, kk) not in _PLACE_KEYS} if isinstance(v, dict) else v
+    return json.loads(json.dumps(out, sort_keys=True))
+
+
+def _row_effective(row: str, config: str, sets: list[str]) -> dict:
+    from dsnet_trainer.config import load_config, to_dict
+    from dsnet_trainer.train_seg import SegConfig
+
+    return effective_config(to_dict(load_config(SegConfig, config, [*row_overrides(row), *sets])))
+
+
+def _run_effective(run_dir: Path, info: dict | None) -> dict | None:
+    """The effective config a finished run was trained with: from its table_run.json, else from
+    its config.yaml (runs of an earlier version of this script); None when neither is there."""
+    if info is not None and info.get("effective") is not None:
+        return info["effective"]
+    if (run_dir / "config.yaml").is_file():
+        from dsnet_trainer.config import load_config, to_dict
+        from dsnet_trainer.train_seg import SegConfig
+
+        return effective_config(to_dict(load_config(SegConfig, run_dir / "config.yaml")))
+    return None
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} there, {vb!r} here")
+    return out
 
 
 def _validation_summary(run_dir: Path) -> dict:
@@ -267,7 +317,10 @@ def train_and_evaluate(name: str, row: str, seed: int, args_dict: dict) -> dict:
               log=lambda m: print(f"[tables] {name}: {m}", file=sys.stderr, flush=True))
     evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", out=run_dir / "eval-test", data=args_dict["data"],
                         name=name, n_preview=2)
+    from dsnet_trainer.config import to_dict
+
     info = {"row": row, "seed": seed, "config": args_dict["config"], "sets": _significant(args_dict["sets"]),
+            "effective": effective_config(to_dict(cfg)),
             "wall_s": round(time.monotonic() - t0, 1), **_validation_summary(run_dir)}
     _write_run_info(run_dir, info)
     return info
@@ -378,11 +431,14 @@ def main(argv: list[str] | None = None) -> int:
         info = _run_info(out / name, record, name)
         if _finished(out / name, record, name) is None:
             todo.append((name, row, seed))
-        elif info is not None and info.get("sets") != sets:
-            raise SystemExit(f"run {name} was trained with -s {' -s '.join(info['sets']) or '(none)'}; this call "
-                             f"passes -s {' -s '.join(sets) or '(none)'}: use another --out (and --record) for "
-                             "another schedule, so one table never mixes them")
         else:
+            done = _run_effective(out / name, info)
+            want = _row_effective(row, args.config, args.sets)
+            diff = [] if done is None else _differences(done, want)
+            if diff:
+                raise SystemExit(f"run {name} was trained with another config than this call gives ({'; '.join(diff[:3])}"
+                                 f"{'; ...' if len(diff) > 3 else ''}): use another --out (and --record) for another "
+                                 "schedule, so one table never mixes them")
             print(f"[tables] {name}: finished, skipped", file=sys.stderr)
     if todo and args.no_train:
         print(f"[tables] not finished ({len(todo)}): {', '.join(t[0] for t in todo)}", file=sys.stderr)
@@ -420,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         if info is None and (out / name / "metrics.jsonl").is_file():
             # a run of an earlier version of this script: its overrides are taken to be this call's
             info = {"row": row, "seed": seed, "config": args.config, "sets": sets, "sets_assumed": True,
+                    "effective": _run_effective(out / name, None),
                     "wall_s": legacy.get(name), **_validation_summary(out / name)}
             _write_run_info(out / name, info)
             if record is not None:

@@ -124,8 +124,11 @@ def test_study_cells_record_parallel_jobs_and_rebuild_from_the_record(tiny, tmp_
     mod.main(["--data", str(data), "--out", str(only), "--rows", "backbone", "--seeds", "1", "--no-train", *sets])
     assert "not finished (1): backbone-s0" in capsys.readouterr().err
     # another schedule is refused, naming the run
-    with pytest.raises(SystemExit, match="unet-s0 was trained with"):
+    with pytest.raises(SystemExit, match="unet-s0 was trained with another config.*optim.epochs: 1 there, 2 here"):
         mod.main([*argv[:-2], "-s", "optim.epochs=2"])
+    # an override that only restates a default is the same config: not refused
+    assert mod.main([*argv, "-s", "optim.dice_weight=0.5"]) == 0
+    assert ": training" not in capsys.readouterr().err
     with pytest.raises(SystemExit, match="neither a variant"):
         mod.main(["--data", str(data), "--out", str(only), "--rows", "drtm_soft.l1wX", "--no-train"])
 
