@@ -108,6 +108,27 @@ def effective_config(cfg_dict: dict) -> dict:
     return json.loads(json.dumps(out, sort_keys=True))
 
 
+def relevant(effective: dict) -> dict:
+    """``effective`` without the keys its variant never reads (a U-Net does not read lambda2, a
+    variant without a GAN no discriminator setting), so a changed default of such a key does not
+    make its finished runs look different."""
+    from dsnet_trainer.models.dsnet import get_variant
+
+    v = get_variant(effective["model"]["variant"])
+    drop = set()
+    if not v.soft_head:
+        drop |= {("optim", "l1_weight"), ("optim", "l1_reduction"), ("data", "kats_ring_px"), ("data", "kats_p"),
+                 ("data", "softseg_factor")}
+    if not v.gan:
+        drop |= {("optim", "gan_weight"), ("optim", "disc_lr"), ("model", "disc_ndf")}
+    if not v.uses_teacher:
+        drop |= {("model", "teacher_mode"), ("model", "drtm_fc"), ("model", "allow_teacher_overlap")}
+    if v.backbone == "unet":
+        drop |= {("model", "cbam_reduction"), ("model", "cbam_spatial_kernel")}
+    return {k: ({kk: vv for kk, vv in val.items() if (k, kk) not in drop} if isinstance(val, dict) else val)
+            for k, val in effective.items()}
+
+
 def _row_effective(row: str, config: str, sets: list[str]) -> dict:
     from dsnet_trainer.config import load_config, to_dict
     from dsnet_trainer.train_seg import SegConfig
@@ -434,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             done = _run_effective(out / name, info)
             want = _row_effective(row, args.config, args.sets)
-            diff = [] if done is None else _differences(done, want)
+            diff = [] if done is None else _differences(relevant(done), relevant(want))
             if diff:
                 raise SystemExit(f"run {name} was trained with another config than this call gives ({'; '.join(diff[:3])}"
                                  f"{'; ...' if len(diff) > 3 else ''}): use another --out (and --record) for another "

@@ -126,9 +126,13 @@ def test_study_cells_record_parallel_jobs_and_rebuild_from_the_record(tiny, tmp_
     # another schedule is refused, naming the run
     with pytest.raises(SystemExit, match="unet-s0 was trained with another config.*optim.epochs: 1 there, 2 here"):
         mod.main([*argv[:-2], "-s", "optim.epochs=2"])
-    # an override that only restates a default is the same config: not refused
+    # an override that only restates a default is the same config, and a key the variant never
+    # reads (lambda2 for the U-Net) does not count: not refused
     assert mod.main([*argv, "-s", "optim.dice_weight=0.5"]) == 0
     assert ": training" not in capsys.readouterr().err
+    assert mod.main(["--data", str(data), "--out", str(out), "--rows", "unet", "--seeds", "1", "--no-train",
+                     *sets, "-s", "optim.l1_weight=3"]) == 0
+    assert "unet-s0: finished, skipped" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="neither a variant"):
         mod.main(["--data", str(data), "--out", str(only), "--rows", "drtm_soft.l1wX", "--no-train"])
 
