@@ -198,8 +198,8 @@ def summarise(runs: dict[str, list[Path]], select: dict[str, list[float]] | None
     sizes: dict[str, int] = {}
     for row, folders in runs.items():
         crops = [_read_per_crop(f) for f in folders]
-        ids = set(crops[0])
-        if any(set(c) != ids for c in crops):
+        ids = sorted(crops[0])   # sorted: sums in one order, so the tables are byte-identical on rebuild
+        if any(set(c) != set(ids) for c in crops):
             raise SystemExit(f"row {row}: its seeds were evaluated on different crops")
         seed_means[row] = [float(np.mean([c[i][0] for i in ids])) for c in crops]
         per_row[row] = {i: float(np.mean([c[i][0] for c in crops])) for i in ids}

@@ -39,7 +39,6 @@ def test_record_rebuilds_its_tables(record, tmp_path, capsys):
     assert mod.main(argv) == 0
     capsys.readouterr()
     rebuilt = json.loads((tmp_path / "rec" / "tables.json").read_text())
-    # same numbers up to summation order (crops are iterated from a set)
     assert set(rebuilt["rows"]) == set(saved["rows"])
     for row, entry in saved["rows"].items():
         for key, value in entry.items():
