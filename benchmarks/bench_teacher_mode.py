@@ -1,12 +1,18 @@
 """Training-step time of DSNet-family rows with the SR teacher in the paper's ``upscale`` mode vs
 ``native`` (seg_tiny sizes; a randomly initialised sr_tiny teacher: speed only), side by side.
 
-    python benchmarks/bench_teacher_mode.py [--config seg_tiny] [--variants drtm,dsnet] [--steps 10]
+    python benchmarks/bench_teacher_mode.py [--config seg_tiny] [--variants drtm,dsnet] [--steps 10] [--sweep]
         [-s model.widths=[4,8,16,32]]
 
 One step = forward, losses of the variant (Eq. 19), backward and Adam, batch ``loop.batch_size``
 of 64x64 crops, float32 on CPU, ``torch.set_num_threads(1)``. Prints ms/step per mode and the
 ratio upscale / native.
+
+``--sweep`` times the upscale step of one variant over backbone widths x teacher feature
+channels (the SR generator's ``n_channels``, which is also DRTM's C), each next to seg_tiny's
+own sizes in the same process, and projects the CPU-hours of one run (``--epochs`` x
+``ceil(--train-crops / batch)`` steps) and of every DSNet-family row of Tables III-V at the
+seed counts of ``scripts/run_tables.py`` (21 runs): what "shrink widths, not the mode" can buy.
 
 ``--malloc both`` instead times the upscale step in two fresh processes side by side, one with
 glibc's malloc defaults and one after ``keep_freed_memory(**TRAINING_MALLOC_TUNING)`` (what
@@ -21,7 +27,8 @@ import time
 import torch
 
 
-def step_ms(variant: str, mode: str, config: str, overrides: list[str], steps: int) -> float:
+def step_ms(variant: str, mode: str, config: str, overrides: list[str], steps: int,
+            teacher_overrides: tuple[str, ...] = ()) -> float:
     from dsnet_trainer.config import load_config
     from dsnet_trainer.losses import dice_loss, gan_generator_loss, soft_l1_loss, total_loss
     from dsnet_trainer.models import build_model
@@ -30,7 +37,7 @@ def step_ms(variant: str, mode: str, config: str, overrides: list[str], steps: i
     from dsnet_trainer.train_seg import SegConfig, build_from_config
 
     cfg = load_config(SegConfig, config, [f"model.variant={variant}", f"model.teacher_mode={mode}", *overrides])
-    sr = load_config(SRConfig, "sr_tiny")
+    sr = load_config(SRConfig, "sr_tiny", list(teacher_overrides))
     torch.manual_seed(0)
     teacher = SRTeacher(build_model("srresnet", **sr.generator_kwargs()), scale=sr.data.scale,
                         feature_channels=sr.generator.n_channels, window_level_hu=cfg.data.level_hu,
@@ -75,6 +82,32 @@ def _malloc_side_by_side(args) -> None:
         print(f"| {v} | {d:.1f} | {t:.1f} | {d / t:.2f}x |", flush=True)
 
 
+SWEEP_WIDTHS = ("[8,16,32,64]", "[4,8,16,32]")
+SWEEP_TEACHER_CHANNELS = (16, 8, 4)
+# DSNet-family runs of Tables III-V at run_tables.py's seed counts: Table III sr_input x2, drtm,
+# drtm_soft, dsnet x3; Table IV three rows x2; Table V two rows x2.
+TABLE_DSNET_RUNS = 2 + 3 * 3 + 3 * 2 + 2 * 2
+
+
+def _sweep(args) -> None:
+    import math
+
+    steps_per_run = args.epochs * math.ceil(args.train_crops / 8)
+    print(f"config {args.config}, variant {args.variants}, upscale mode, median ms per training step "
+          f"(batch 8, one thread); a run = {args.epochs} epochs x {math.ceil(args.train_crops / 8)} steps; "
+          f"the table = {TABLE_DSNET_RUNS} DSNet-family runs")
+    print("| backbone widths | teacher channels (= DRTM C) | ms/step | vs seg_tiny | CPU-h per run | CPU-h for the table |")
+    print("|---|---|---|---|---|---|")
+    ref = None
+    for w in SWEEP_WIDTHS:
+        for c in SWEEP_TEACHER_CHANNELS:
+            ms = step_ms(args.variants.split(",")[0], "upscale", args.config, [*args.sets, f"model.widths={w}"],
+                         args.steps, (f"generator.n_channels={c}",))
+            ref = ms if ref is None else ref
+            h = ms * steps_per_run / 3.6e6
+            print(f"| {w} | {c} | {ms:.0f} | {ms / ref:.2f} | {h:.2f} | {h * TABLE_DSNET_RUNS:.1f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="seg_tiny")
@@ -84,6 +117,9 @@ def main() -> None:
     ap.add_argument("--malloc", choices=["default", "tuned", "both"], default="default",
                     help="both: side by side in fresh processes (see the module docstring)")
     ap.add_argument("--upscale-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--sweep", action="store_true", help="upscale step over widths x teacher channels")
+    ap.add_argument("--epochs", type=int, default=30, help="--sweep: epochs of a projected run")
+    ap.add_argument("--train-crops", type=int, default=1001, help="--sweep: training crops of a run")
     args = ap.parse_args()
     if args.malloc == "both":
         return _malloc_side_by_side(args)
@@ -92,6 +128,8 @@ def main() -> None:
 
         assert keep_freed_memory(**TRAINING_MALLOC_TUNING)
     torch.set_num_threads(1)
+    if args.sweep:
+        return _sweep(args)
     if args.upscale_only:
         print(f"{step_ms(args.variants, 'upscale', args.config, args.sets, args.steps):.1f}")
         return
