@@ -18,7 +18,11 @@ with ``--record``, whose record) exists is not trained again, so the tables can 
 several sittings (re-run the same command). Every run writes ``table_run.json`` (row, seed, the
 ``-s`` overrides, wall time, the validation history and the selected epoch, versions); a call
 whose resolved config (paths, seed, threads and logging aside) differs from a finished run's is
-refused, naming the keys, so one table never mixes schedules.
+refused, naming the keys, so one table never mixes schedules. Runs also record the sample build
+(``data_manifest_sha256``) and, for DRTM rows, the SR teacher's weights digest
+(``teacher_weights_sha256``); a finished run of another build or teacher is refused the same way,
+the tables list the teacher digests with their runs, and runs whose per-crop ground-truth areas
+disagree (different builds, also for runs that recorded no digest) are never put in one table.
 ``--record DIR`` copies each finished run's small files (``per_crop.csv``, ``metrics.json``,
 ``table_run.json``) and the tables into DIR, a folder meant to be committed: the tables can be
 rebuilt from it alone (``--no-train`` only summarises what is finished and lists what is not).
@@ -149,6 +153,31 @@ def _run_effective(run_dir: Path, info: dict | None) -> dict | None:
     return None
 
 
+def teacher_digest(path: str) -> str | None:
+    """The teacher file's recorded weights digest (``weights_sha256``, checked against the weights
+    whenever the file is loaded), or None without a teacher file."""
+    if not path or not Path(path).is_file():
+        return None
+    from dsnet_trainer.sr import read_teacher_file
+
+    return read_teacher_file(Path(path)).get("weights_sha256")
+
+
+def data_digest(root: str) -> str | None:
+    """sha256 of the sample build's ``manifest.json`` (it lists every shard's checksum, and a build
+    is byte-reproducible), or None without one: the identity of the data a run saw."""
+    import hashlib
+
+    path = Path(root) / "manifest.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _uses_teacher(row: str) -> bool:
+    from dsnet_trainer.models.dsnet import get_variant
+
+    return get_variant(row.split(".")[0]).uses_teacher
+
+
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     keys = sorted(set(a) | set(b))
     out = []
@@ -196,6 +225,7 @@ def summarise(runs: dict[str, list[Path]], select: dict[str, list[float]] | None
     per_row: dict[str, dict[str, float]] = {}   # row -> crop -> Dice averaged over seeds
     seed_means: dict[str, list[float]] = {}
     sizes: dict[str, int] = {}
+    seen: dict[str, Path] = {}   # crop -> the first folder that gave its ground-truth area
     for row, folders in runs.items():
         crops = [_read_per_crop(f) for f in folders]
         ids = sorted(crops[0])   # sorted: sums in one order, so the tables are byte-identical on rebuild
@@ -203,8 +233,14 @@ def summarise(runs: dict[str, list[Path]], select: dict[str, list[float]] | None
             raise SystemExit(f"row {row}: its seeds were evaluated on different crops")
         seed_means[row] = [float(np.mean([c[i][0] for i in ids])) for c in crops]
         per_row[row] = {i: float(np.mean([c[i][0] for c in crops])) for i in ids}
-        for c in crops:
-            sizes.update({i: v[1] for i, v in c.items()})
+        for folder, c in zip(folders, crops):
+            for i, v in c.items():
+                if i in sizes and sizes[i] != v[1]:
+                    raise SystemExit(
+                        f"{folder} and {seen[i]} were evaluated on different ground truth (crop {i}: "
+                        f"{v[1]} vs {sizes[i]} px): runs of different sample builds; keep each build in its own "
+                        "--out and --record")
+                sizes[i], seen[i] = v[1], folder
     ids = sorted(sizes)
     for row, d in per_row.items():
         if set(d) != set(ids):
@@ -296,6 +332,12 @@ def format_tables(stats: dict, times: dict[str, float]) -> str:
             d = stats["l1_default"]
             lines += [f"Default by the written rule ({d['rule']}): **{d['chosen']}** (best on validation: "
                       f"{d['best']}; ties: {', '.join(d['ties'])}).", ""]
+    for digest, names in sorted(stats.get("teachers", {}).items()):
+        what = ("SR teacher not recorded (trained before runs recorded the teacher's weights digest)"
+                if digest == "not recorded" else f"SR teacher weights sha256 {digest}")
+        lines.append(f"{what}: {len(names)} runs ({', '.join(names)}).")
+    if stats.get("teachers"):
+        lines.append("")
     total = sum(times.values())
     lines.append(f"Wall time of the runs measured in this folder: {total / 3600:.2f} h over {len(times)} runs "
                  "(runs skipped as finished keep the time recorded when they ran).")
@@ -343,6 +385,9 @@ def train_and_evaluate(name: str, row: str, seed: int, args_dict: dict) -> dict:
     info = {"row": row, "seed": seed, "config": args_dict["config"], "sets": _significant(args_dict["sets"]),
             "effective": effective_config(to_dict(cfg)),
             "wall_s": round(time.monotonic() - t0, 1), **_validation_summary(run_dir)}
+    info["data_manifest_sha256"] = data_digest(args_dict["data"])
+    if _uses_teacher(row):
+        info["teacher_weights_sha256"] = teacher_digest(args_dict["teacher"])
     _write_run_info(run_dir, info)
     return info
 
@@ -447,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_runs(rows, args.seeds, args.extra_seeds)
     sets = _significant(args.sets)
     todo: list[tuple[str, str, int]] = []
+    my_teacher = teacher_digest(args.teacher)
+    my_data = data_digest(args.data)
     for row, seed in plan:
         name = f"{row}-s{seed}"
         info = _run_info(out / name, record, name)
@@ -460,6 +507,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"run {name} was trained with another config than this call gives ({'; '.join(diff[:3])}"
                                  f"{'; ...' if len(diff) > 3 else ''}): use another --out (and --record) for another "
                                  "schedule, so one table never mixes them")
+            had_data = (info or {}).get("data_manifest_sha256")
+            if had_data and my_data and had_data != my_data:
+                raise SystemExit(f"run {name} was trained on another sample build (manifest sha256 {had_data[:12]}...) "
+                                 f"than --data {args.data} ({my_data[:12]}...): use another --out (and --record)")
+            had = (info or {}).get("teacher_weights_sha256")
+            if _uses_teacher(row) and had and my_teacher and had != my_teacher:
+                raise SystemExit(f"run {name} was trained with another SR teacher (weights sha256 {had[:12]}...) than "
+                                 f"--teacher {args.teacher} ({my_teacher[:12]}...): use another --out (and --record), "
+                                 "so one table never mixes teachers")
             print(f"[tables] {name}: finished, skipped", file=sys.stderr)
     if todo and args.no_train:
         print(f"[tables] not finished ({len(todo)}): {', '.join(t[0] for t in todo)}", file=sys.stderr)
@@ -485,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[Path]] = {}
     select: dict[str, list[float]] = {}
     times: dict[str, float] = {}
+    teachers: dict[str, list[str]] = {}
     legacy = json.loads((out / "times.json").read_text()) if (out / "times.json").is_file() else {}
     for row, seed in plan:
         name = f"{row}-s{seed}"
@@ -503,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
             if record is not None:
                 _record(out / name, record, name)
         info = info or {}
+        if _uses_teacher(row):
+            teachers.setdefault(info.get("teacher_weights_sha256") or "not recorded", []).append(name)
         runs.setdefault(row, []).append(folder)
         select.setdefault(row, []).append(info.get("select_score"))
         wall = info.get("wall_s") if info.get("wall_s") is not None else legacy.get(name)
@@ -515,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stats = summarise(runs, select)
     stats["times_s"] = times
+    stats["teachers"] = teachers
     stats["sets"] = sets
     stats["l1_default"] = choose_l1_default(stats)
     md = format_tables(stats, times)

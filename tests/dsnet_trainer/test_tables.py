@@ -136,6 +136,58 @@ def test_study_cells_record_parallel_jobs_and_rebuild_from_the_record(tiny, tmp_
     with pytest.raises(SystemExit, match="neither a variant"):
         mod.main(["--data", str(data), "--out", str(only), "--rows", "drtm_soft.l1wX", "--no-train"])
 
+    # every teacher-using run records the teacher's weights digest, the tables name it, and another
+    # teacher (other weights) is refused for a finished run
+    from dsnet_trainer.sr import read_teacher_file
+
+    digest = read_teacher_file(teacher)["weights_sha256"]
+    assert info["teacher_weights_sha256"] == digest
+    assert "teacher_weights_sha256" not in json.loads((out / "unet-s0" / "table_run.json").read_text())
+    md = (record / "TABLES.md").read_text()
+    assert f"SR teacher weights sha256 {digest}: 4 runs (" in md and "unet-s0" not in md.split("sha256")[-1]
+    from dsnet_trainer.models import build_model
+    from dsnet_trainer.sr import GeneratorConfig, SRConfig, export_teacher
+
+    import torch
+
+    torch.manual_seed(123)
+    c2 = SRConfig(generator=GeneratorConfig(n_channels=4, n_blocks=1))
+    other = export_teacher(build_model("srresnet", **c2.generator_kwargs()), c2, tmp_path / "other.pt",
+                           train_patients={"synth": ["T0"]})
+    assert read_teacher_file(other)["weights_sha256"] != digest
+    with pytest.raises(SystemExit, match="drtm_soft.l1w10.crop_band-s0 was trained with another SR teacher"):
+        mod.main(["--data", str(data), "--teacher", str(other), *argv[4:]])
+    # a run without a recorded digest (an earlier version of the script) is listed as such
+    for name in ("drtm_soft.l1w10.crop_band-s0", "drtm_soft.l1w10.crop_band-s1"):
+        t = json.loads((record / name / "table_run.json").read_text())
+        del t["teacher_weights_sha256"]
+        (record / name / "table_run.json").write_text(json.dumps(t))
+    assert mod.main(["--data", str(data), "--out", str(tmp_path / "r2"), "--rows", rows, "--seeds", "1",
+                     "--extra-seeds", "2", "--record", str(record), "--no-train", *sets]) == 0
+    md = (record / "TABLES.md").read_text()
+    assert "SR teacher not recorded (trained before" in md and f"sha256 {digest}: 2 runs (" in md
+
+    # the build is recorded, another build is refused, and runs whose ground truth disagrees are
+    # never put in one table (also when they recorded no digest)
+    assert "data_manifest_sha256" in info   # None here: the tiny sample has no manifest
+    (data / "manifest.json").write_text("{}")
+    assert mod.data_digest(str(data)) == __import__("hashlib").sha256(b"{}").hexdigest()
+    for folder in (out, record):
+        t = json.loads((folder / "unet-s0" / "table_run.json").read_text())
+        t["data_manifest_sha256"] = "f" * 64
+        (folder / "unet-s0" / "table_run.json").write_text(json.dumps(t))
+    with pytest.raises(SystemExit, match="unet-s0 was trained on another sample build"):
+        mod.main(argv)
+    (data / "manifest.json").unlink()
+    crop_csv = record / "drtm_soft.l1w100.pixel_mean-s1" / "per_crop.csv"
+    lines = crop_csv.read_text().splitlines()
+    head, first = lines[0].split(","), lines[1].split(",")
+    first[head.index("gt_px")] = str(int(first[head.index("gt_px")]) + 1)
+    crop_csv.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    with pytest.raises(SystemExit, match="evaluated on different ground truth"):
+        mod.main(["--data", str(data), "--out", str(tmp_path / "r3"), "--rows", rows, "--seeds", "1",
+                  "--extra-seeds", "2", "--record", str(record), "--no-train", *sets])
+
 
 def test_l1_default_rule_prefers_the_paper_cell_only_within_one_seed_std():
     mod = _tables_module()
