@@ -96,7 +96,8 @@ def _sweep(args) -> None:
     print(f"config {args.config}, variant {args.variants}, upscale mode, median ms per training step "
           f"(batch 8, one thread); a run = {args.epochs} epochs x {math.ceil(args.train_crops / 8)} steps; "
           f"the table = {TABLE_DSNET_RUNS} DSNet-family runs")
-    print("| backbone widths | teacher channels (= DRTM C) | ms/step | vs seg_tiny | CPU-h per run | CPU-h for the table |")
+    print("| backbone widths | teacher channels (= DRTM C) | ms/step | vs seg_tiny | CPU-h per run "
+          "| CPU-h for the table |")
     print("|---|---|---|---|---|---|")
     ref = None
     for w in SWEEP_WIDTHS:

@@ -164,18 +164,39 @@ def teacher_digest(path: str) -> str | None:
 
 
 def data_digest(root: str) -> str | None:
-    """sha256 of the sample build's ``manifest.json`` (it lists every shard's checksum, and a build
-    is byte-reproducible), or None without one: the identity of the data a run saw."""
-    import hashlib
+    """sha256 of the sample build's manifest (it lists every shard's checksum, and a build is
+    byte-reproducible; the exports record the same digest), or None without one: the identity of
+    the data a run saw."""
+    from softmask_builder.release import MANIFEST
+    from softmask_builder.shards import sha256_file
 
-    path = Path(root) / "manifest.json"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    path = Path(root) / MANIFEST
+    return sha256_file(path) if path.is_file() else None
 
 
 def _uses_teacher(row: str) -> bool:
     from dsnet_trainer.models.dsnet import get_variant
 
-    return get_variant(row.split(".")[0]).uses_teacher
+    m = _CELL.match(row)
+    return get_variant(m["variant"] if m else row).uses_teacher
+
+
+def _refusal(name: str, row: str, info: dict | None, done: dict | None, want: dict,
+             data: str | None, teacher: str | None) -> str | None:
+    """Why the finished run ``name`` cannot stand in one table with this call (another resolved
+    config, sample build or SR teacher), or None. A digest the run did not record is not compared."""
+    diff = [] if done is None else _differences(relevant(done), relevant(want))
+    info = info or {}
+    had_data, had_teacher = info.get("data_manifest_sha256"), info.get("teacher_weights_sha256")
+    if had_data and data and had_data != data:
+        diff.append(f"sample build (manifest sha256): {had_data[:12]}... there, {data[:12]}... here")
+    if _uses_teacher(row) and had_teacher and teacher and had_teacher != teacher:
+        diff.append(f"SR teacher (weights sha256): {had_teacher[:12]}... there, {teacher[:12]}... here")
+    if not diff:
+        return None
+    return (f"run {name} was trained with another config than this call gives ({'; '.join(diff[:3])}"
+            f"{'; ...' if len(diff) > 3 else ''}): use another --out (and --record) for another schedule, "
+            "build or teacher, so one table never mixes them")
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -500,22 +521,10 @@ def main(argv: list[str] | None = None) -> int:
         if _finished(out / name, record, name) is None:
             todo.append((name, row, seed))
         else:
-            done = _run_effective(out / name, info)
-            want = _row_effective(row, args.config, args.sets)
-            diff = [] if done is None else _differences(relevant(done), relevant(want))
-            if diff:
-                raise SystemExit(f"run {name} was trained with another config than this call gives ({'; '.join(diff[:3])}"
-                                 f"{'; ...' if len(diff) > 3 else ''}): use another --out (and --record) for another "
-                                 "schedule, so one table never mixes them")
-            had_data = (info or {}).get("data_manifest_sha256")
-            if had_data and my_data and had_data != my_data:
-                raise SystemExit(f"run {name} was trained on another sample build (manifest sha256 {had_data[:12]}...) "
-                                 f"than --data {args.data} ({my_data[:12]}...): use another --out (and --record)")
-            had = (info or {}).get("teacher_weights_sha256")
-            if _uses_teacher(row) and had and my_teacher and had != my_teacher:
-                raise SystemExit(f"run {name} was trained with another SR teacher (weights sha256 {had[:12]}...) than "
-                                 f"--teacher {args.teacher} ({my_teacher[:12]}...): use another --out (and --record), "
-                                 "so one table never mixes teachers")
+            why = _refusal(name, row, info, _run_effective(out / name, info),
+                           _row_effective(row, args.config, args.sets), my_data, my_teacher)
+            if why:
+                raise SystemExit(why)
             print(f"[tables] {name}: finished, skipped", file=sys.stderr)
     if todo and args.no_train:
         print(f"[tables] not finished ({len(todo)}): {', '.join(t[0] for t in todo)}", file=sys.stderr)

@@ -4,6 +4,7 @@ per-crop differences and their t intervals against an independent recomputation 
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -155,7 +156,8 @@ def test_study_cells_record_parallel_jobs_and_rebuild_from_the_record(tiny, tmp_
     other = export_teacher(build_model("srresnet", **c2.generator_kwargs()), c2, tmp_path / "other.pt",
                            train_patients={"synth": ["T0"]})
     assert read_teacher_file(other)["weights_sha256"] != digest
-    with pytest.raises(SystemExit, match="drtm_soft.l1w10.crop_band-s0 was trained with another SR teacher"):
+    other_teacher = r"drtm_soft.l1w10.crop_band-s0 was trained with another config.*SR teacher \(weights sha256\)"
+    with pytest.raises(SystemExit, match=other_teacher):
         mod.main(["--data", str(data), "--teacher", str(other), *argv[4:]])
     # a run without a recorded digest (an earlier version of the script) is listed as such
     for name in ("drtm_soft.l1w10.crop_band-s0", "drtm_soft.l1w10.crop_band-s1"):
@@ -171,12 +173,13 @@ def test_study_cells_record_parallel_jobs_and_rebuild_from_the_record(tiny, tmp_
     # never put in one table (also when they recorded no digest)
     assert "data_manifest_sha256" in info   # None here: the tiny sample has no manifest
     (data / "manifest.json").write_text("{}")
-    assert mod.data_digest(str(data)) == __import__("hashlib").sha256(b"{}").hexdigest()
+    assert mod.data_digest(str(data)) == hashlib.sha256(b"{}").hexdigest()
     for folder in (out, record):
         t = json.loads((folder / "unet-s0" / "table_run.json").read_text())
         t["data_manifest_sha256"] = "f" * 64
         (folder / "unet-s0" / "table_run.json").write_text(json.dumps(t))
-    with pytest.raises(SystemExit, match="unet-s0 was trained on another sample build"):
+    other_build = r"unet-s0 was trained with another config.*sample build \(manifest sha256\): f{12}"
+    with pytest.raises(SystemExit, match=other_build):
         mod.main(argv)
     (data / "manifest.json").unlink()
     crop_csv = record / "drtm_soft.l1w100.pixel_mean-s1" / "per_crop.csv"
