@@ -64,7 +64,7 @@ from .sources.deeplesion import DL_INFO_COLUMNS, PNG_HU_OFFSET
 from .sources.deeplesion import SPLIT_CODES as _DL_SPLIT_NAMES
 
 #: Bumped whenever the same seed would render different images or truth (cache keys may use it).
-PHANTOM_VERSION = 4
+PHANTOM_VERSION = 5
 
 KINDS: tuple[str, ...] = ("solid", "lobulated", "spiculated", "ground_glass", "juxta_pleural", "vessel_attached")
 
@@ -113,33 +113,50 @@ def _long_axis(pts: np.ndarray) -> tuple[int, int]:
 
 def _short_axis(pts: np.ndarray, a: np.ndarray, b: np.ndarray, tol_deg: float) -> tuple[int, int] | None:
     """Longest pair whose direction is within ``tol_deg`` of perpendicular to a->b and whose
-    segment crosses the segment a-b (both closed). None when no pair qualifies."""
-    length = float(np.hypot(*(b - a)))
-    u = (b - a) / length
-    w = np.array([-u[1], u[0]])
-    pu = (pts - a) @ u  # along the long axis, 0 at a, `length` at b
-    pw = (pts - a) @ w  # signed distance from the long axis line
-    tan_tol = math.tan(math.radians(tol_deg))
-    best, best_pair = -1.0, None
+    segment crosses the segment a-b (both closed). None when no pair qualifies.
+
+    Exact: pixel centres are integers, so every test is done on integer dot and cross products
+    (|coordinates| < 2**15 keeps them far inside int64) and the one float comparison,
+    |d.L| <= tan(tol) |d x L|, is a single IEEE multiply. Ties in length go to the first pair in
+    index order. The tangent gets a 1e-12 slack (tan(45 degrees) rounds below 1). Before
+    PHANTOM_VERSION 5 the projections were float matrix-vector products, whose rounding depends
+    on the CPU's BLAS kernel, so equal-length chords were resolved differently on an AVX-512 Xeon
+    and an AVX2 EPYC.
+    """
+    p = np.asarray(pts).astype(np.int64)
+    if not np.array_equal(p, pts):
+        raise InputError("RECIST points must be integer pixel centres")
+    a_i, b_i = np.asarray(a).astype(np.int64), np.asarray(b).astype(np.int64)
+    lr, lc = int(b_i[0] - a_i[0]), int(b_i[1] - a_i[1])
+    len2 = lr * lr + lc * lc
+    rel = p - a_i
+    along = rel[:, 0] * lr + rel[:, 1] * lc  # (p - a) . L
+    side = rel[:, 0] * lc - rel[:, 1] * lr  # (p - a) x L: signed side of the long-axis line
+    # + 1e-12: math.tan(math.radians(45.0)) is 0.9999999999999999, and a 45-degree chord must pass
+    tan_tol = math.tan(math.radians(tol_deg)) + 1e-12
+    best, best_pair = 0, None
     chunk = 256
-    for start in range(0, len(pts), chunk):
-        su, sw = pu[start:start + chunk, None], pw[start:start + chunk, None]
-        du, dw = pu[None, :] - su, pw[None, :] - sw
-        ok = np.abs(du) <= tan_tol * np.abs(dw) + 1e-12
-        ok &= (sw * pw[None, :]) <= 0  # on opposite sides of (or on) the long-axis line
-        ok &= dw != 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(dw != 0, -sw / dw, 0.0)
-        cross_u = su + t * du
-        ok &= (cross_u >= -1e-9) & (cross_u <= length + 1e-9)
+    for start in range(0, len(p), chunk):
+        s_al, s_sd = along[start:start + chunk, None], side[start:start + chunk, None]
+        dot = along[None, :] - s_al  # d . L for d = q - p
+        crs = side[None, :] - s_sd  # d x L
+        ok = np.abs(dot).astype(np.float64) <= tan_tol * np.abs(crs).astype(np.float64)
+        ok &= (np.sign(s_sd) * np.sign(side[None, :])) <= 0  # opposite sides of (or on) the line
+        ok &= crs != 0
+        # the crossing point's position along a->b, times |L|^2 * crs: in [0, |L|^2] after dividing
+        num = s_al * crs - s_sd * dot
+        sgn = np.sign(crs)
+        ok &= (num * sgn >= 0) & (num * sgn <= len2 * np.abs(crs))
         if not ok.any():
             continue
-        d2 = np.where(ok, du * du + dw * dw, -1.0)
+        dr = p[None, :, 0] - p[start:start + chunk, None, 0]
+        dc = p[None, :, 1] - p[start:start + chunk, None, 1]
+        d2 = np.where(ok, dr * dr + dc * dc, -1)
         k = int(np.argmax(d2))
-        i, j = divmod(k, len(pts))
+        i, j = divmod(k, len(p))
         if d2[i, j] > best:
-            best, best_pair = float(d2[i, j]), (start + i, j)
-    if best_pair is None or best <= 0:
+            best, best_pair = int(d2[i, j]), (start + i, j)
+    if best_pair is None:
         return None
     return tuple(sorted(best_pair))
 

@@ -221,7 +221,10 @@ class _Frame:
         self.center = np.array(rec.center_rc)
         e_long = (b - a) / np.hypot(*(b - a))
         e_short = (d - c_) / np.hypot(*(d - c_))
-        self.inv = np.linalg.inv(np.column_stack([e_long, e_short]))
+        # the 2x2 inverse written out: LAPACK's (np.linalg.inv) rounds per CPU kernel, and these
+        # coefficients decide pixels on the shape's edge
+        det = float(e_long[0] * e_short[1] - e_short[0] * e_long[1])
+        self.inv = np.array([[e_short[1], -e_short[0]], [-e_long[1], e_long[0]]]) / det
         # Half-axes from the crossing to each endpoint; a crossing at an endpoint (a "T" mark)
         # would give 0, which would make the shape degenerate on that side.
         self.half = tuple(max(float(np.hypot(*(p - self.center))), MIN_AXIS_PX / 2) for p in (a, b, c_, d))
@@ -255,7 +258,9 @@ class _Bounds:
         self.length = float(np.hypot(*(b - self.a)))
         self.u = (b - self.a) / self.length
         self.v = np.array([-self.u[1], self.u[0]])
-        ws = [float((np.array(p) - self.a) @ self.v) for p in (rec.short_a, rec.short_b)]
+        # elementwise, not `@`: a BLAS dot rounds per CPU kernel (see phantom._short_axis)
+        ws = [float((p[0] - self.a[0]) * self.v[0] + (p[1] - self.a[1]) * self.v[1])
+              for p in (rec.short_a, rec.short_b)]
         self.w_plus = max(max(ws), 0.0)     # how far the short axis reaches on the +v side
         self.w_minus = max(-min(ws), 0.0)   # ... and on the -v side
         self.short = rec.short_px
@@ -767,8 +772,9 @@ def measure_axes_px(mask) -> tuple[float, float]:
     if long_px == 0:
         return 0.0, 0.0
     u = (hull[j] - hull[i]) / long_px
-    s = (pts - hull[i]) @ u
-    t = (pts - hull[i]) @ np.array([-u[1], u[0]])
+    dr, dc = pts[:, 0] - hull[i][0], pts[:, 1] - hull[i][1]
+    s = dr * u[0] + dc * u[1]  # elementwise, not `@` (BLAS rounds per CPU kernel)
+    t = dc * u[0] - dr * u[1]
     bins = np.round(s).astype(np.int64)
     order = np.argsort(bins, kind="stable")
     b_sorted, t_sorted = bins[order], t[order]
