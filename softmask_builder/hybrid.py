@@ -614,7 +614,9 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
 @dataclass(frozen=True)
 class CaseSpec:
     """One planned case: which shape, which background (index into the plan's list), placement,
-    split, DeepLesion ids and the case's own seed."""
+    split, DeepLesion ids and the case's own seed; ``alternates``: the next shapes of the same split
+    and texture, tried in order (same seed) when the shape cannot be placed, so a sample keeps
+    its planned size and split counts."""
 
     index: int
     shape_id: str
@@ -624,6 +626,7 @@ class CaseSpec:
     patient_index: int
     study_index: int
     seed: np.random.SeedSequence = field(repr=False, compare=False)
+    alternates: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -653,6 +656,10 @@ def default_cases_per_background(n: int) -> int:
     of 2; 1500 cases: 75 patients of 20, as before), and rendering still shares each
     background's cached maps between its cases."""
     return int(min(MAX_CASES_PER_BACKGROUND, max(1, n // MIN_BACKGROUNDS)))
+
+
+#: shapes tried in turn when a case's own shape cannot be placed (PHANTOM_VERSION 5)
+N_ALTERNATES = 8
 
 
 def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
@@ -728,12 +735,16 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
         n_in_split[split] += 1
         key = (split, tc) if tc is not None else None
         if key is None:
-            pool = [x for x in order_all[split]]
-            sid = pool[used_all[split] % len(pool)]
+            pool = order_all[split]
+            k0 = used_all[split]
             used_all[split] += 1
         else:
-            sid = order[key][used[key] % len(order[key])]
+            pool = order[key]
+            k0 = used[key]
             used[key] += 1
+        sid = pool[k0 % len(pool)]
+        alternates = tuple(dict.fromkeys(pool[(k0 + k) % len(pool)] for k in range(1, N_ALTERNATES + 1)
+                                         if pool[(k0 + k) % len(pool)] != sid))
         cur = open_bg.get(split)
         if cur is None or cur[1] >= cases_per_background:
             j = len(bgs)
@@ -744,7 +755,7 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
             cur = (j, 0)
         open_bg[split] = (cur[0], cur[1] + 1)
         cases.append(CaseSpec(i, sid, cur[0], placements[i % len(placements)], split, cur[0] + 1, cur[1] + 1,
-                              child[i]))
+                              child[i], alternates))
     policy = {
         "texture_balance": bool(texture_balance),
         "shapes_split": "by LIDC patient, sha256(0:patient_id) (assign_splits); a patient's shapes never "
@@ -760,19 +771,26 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
 
 def _render_group(bg_spec: BackgroundSpec, specs: Sequence[CaseSpec], shapes: dict, params: HybridParams,
                   real_background) -> list:
-    """Render the cases of one background (worker side). Failures become (spec, reason) rows."""
+    """Render the cases of one background (worker side). A shape that cannot be placed is
+    replaced by the spec's alternates in order (same seed); only when every one fails does the
+    case become a (spec, reason) row."""
     if bg_spec.real is not None:
         bg = real_background
     else:
         bg = synthetic_background(bg_spec.seed, shape=bg_spec.shape, background_id=f"synthetic-{bg_spec.index:05d}")
     out = []
     for spec in specs:
-        try:
-            out.append(render_case(shapes[spec.shape_id], bg, spec.seed, placement=spec.placement, params=params,
-                                   patient_index=spec.patient_index, study_index=spec.study_index,
-                                   split=spec.split))
-        except InputError as exc:
-            out.append((spec, str(exc)))
+        first = None
+        for sid in (spec.shape_id, *spec.alternates):
+            try:
+                out.append(render_case(shapes[sid], bg, spec.seed, placement=spec.placement, params=params,
+                                       patient_index=spec.patient_index, study_index=spec.study_index,
+                                       split=spec.split))
+                break
+            except InputError as exc:
+                first = first or str(exc)
+        else:
+            out.append((spec, first))
     return out
 
 
@@ -781,8 +799,9 @@ def iter_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0, p
                       **plan_kwargs):
     """Yield the rendered :class:`HybridCase` of :func:`plan_hybrid_cases` in plan order, one
     background group at a time (``joblib.Parallel`` with the caller's ``parallel_config``; the
-    output does not depend on the number of workers). Cases that cannot be placed are left out
-    and appended to ``rejects`` as ``{"case": i, "shape_id", "reason"}``."""
+    output does not depend on the number of workers). A case whose shape and every alternate
+    (:attr:`CaseSpec.alternates`) cannot be placed is left out and appended to ``rejects`` as
+    ``{"case": i, "shape_id", "reason"}``."""
     from joblib import Parallel, delayed
 
     cases, bgs, _ = plan_hybrid_cases(n, shapes=shapes, seed=seed, real_backgrounds=real_backgrounds, **plan_kwargs)
@@ -790,7 +809,8 @@ def iter_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0, p
     groups: dict[int, list[CaseSpec]] = {}
     for c in cases:
         groups.setdefault(c.background, []).append(c)
-    jobs = (delayed(_render_group)(bgs[j], specs, {s.shape_id: by_id[s.shape_id] for s in specs}, params,
+    jobs = (delayed(_render_group)(bgs[j], specs,
+                                   {sid: by_id[sid] for s in specs for sid in (s.shape_id, *s.alternates)}, params,
                                    real_backgrounds[bgs[j].real] if bgs[j].real is not None else None)
             for j, specs in groups.items())
     for result in Parallel(return_as="generator")(jobs):

@@ -196,3 +196,43 @@ def test_default_sample_has_a_validation_patient_under_the_sample_recipe(few_db_
     refs = [SampleRef(f"c{c.index:03d}", f"k{c.index}", str(c.patient_index)) for c in cases]
     by_split = split_refs(refs, load_recipe("sample").split)[0]
     assert all(len(by_split[s]) > 0 for s in ("train", "val", "test"))
+
+
+def test_alternates_share_the_cases_split_and_texture(few_db_shapes):
+    cases, _, _ = plan_hybrid_cases(40, shapes=few_db_shapes, seed=1, cases_per_background=3)
+    by_id = {s.shape_id: s for s in few_db_shapes}
+    split_of = {c.shape_id: c.split for c in cases}
+    assert any(c.alternates for c in cases)
+    for c in cases:
+        assert c.shape_id not in c.alternates and len(set(c.alternates)) == len(c.alternates)
+        for a in c.alternates:
+            assert by_id[a].texture_class == by_id[c.shape_id].texture_class
+            assert split_of.get(a, c.split) == c.split  # never a shape another split uses
+
+
+def test_a_shape_that_cannot_be_placed_is_replaced_by_its_alternates(monkeypatch, few_db_shapes):
+    import softmask_builder.hybrid as H
+
+    cases, bgs, _ = plan_hybrid_cases(40, shapes=few_db_shapes, seed=1, cases_per_background=3)
+    spec = next(c for c in cases if len(c.alternates) >= 2)
+    bad = {spec.shape_id, spec.alternates[0]}
+    tried = []
+
+    def fake_render(shape, bg, seed, **kw):
+        tried.append(shape.shape_id)
+        if shape.shape_id in bad:
+            raise InputError(f"shape {shape.shape_id}: no room")
+        return ("rendered", shape.shape_id, seed)
+
+    monkeypatch.setattr(H, "render_case", fake_render)
+    monkeypatch.setattr(H, "synthetic_background", lambda *a, **k: None)
+    shapes = {s.shape_id: s for s in few_db_shapes}
+    out = H._render_group(bgs[spec.background], [spec], shapes, HybridParams(), None)
+    assert out == [("rendered", spec.alternates[1], spec.seed)]
+    assert tried == [spec.shape_id, *spec.alternates[:2]]
+    # every alternate failing: one reject row with the case's own shape's reason
+    bad.update(spec.alternates)
+    tried.clear()
+    out = H._render_group(bgs[spec.background], [spec], shapes, HybridParams(), None)
+    assert out == [(spec, f"shape {spec.shape_id}: no room")]
+    assert tried == [spec.shape_id, *spec.alternates]
