@@ -3,10 +3,6 @@ mark allows against random lesions measured by brute force, GrabCut masks and tr
 synthetic lesions of known truth (the mark measured from the truth in this file)."""
 
 import math
-import os
-import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -23,6 +19,8 @@ from softmask_builder.recist import (Recist, _Bounds, mask_from_recist, recist_e
                                      trimap_from_recist, trimap_from_recist_mask, validate_recist)
 from softmask_builder.trimap import trimap_from_mask
 from softmask_builder.window import window_hu
+
+from ._cpu_kernels import needs_x86, stdout_under_each_kernel
 
 
 # ---- helpers -----------------------------------------------------------------------------
@@ -513,24 +511,17 @@ def test_degenerate_marks_raise_in_every_entry_point(points, message):
 # ---- the same geometry on every CPU -------------------------------------------------------
 
 _GEOMETRY_CODE = """
-import hashlib, math, sys
+import hashlib, sys
 import numpy as np
 from softmask_builder import recist as R
 from softmask_builder.phantom import recist_from_mask
-rng = np.random.default_rng(0)
-yy, xx = np.mgrid[:64, :64]
+from tests.softmask_builder._cpu_kernels import random_ellipses
 grids = []
 for f in (1, 2, 3, 4):  # mask_from_recist evaluates the geometry on up-sampled working grids
     g = (np.arange(64 * f) + 0.5) / f - 0.5
     grids.append(np.meshgrid(g, g, indexing="ij"))
 h = hashlib.sha256()
-for _ in range(int(sys.argv[1])):
-    cy, cx = rng.uniform(28, 36, 2); ry, rx = rng.uniform(1.5, 20, 2); th = rng.uniform(0, math.pi)
-    c, s = math.cos(th), math.sin(th)
-    u, v = c * (xx - cx) + s * (yy - cy), -s * (xx - cx) + c * (yy - cy)
-    m = (u / rx) ** 2 + (v / ry) ** 2 <= 1.0
-    if m.sum() < 3:
-        continue
+for m in random_ellipses(int(sys.argv[1]), seed=0, radius_px=(1.5, 20.0), size=64, center_jitter_px=4.0):
     rec = recist_from_mask(m)
     b, fr = R._Bounds(rec), R._Frame(rec)
     for rr, cc in grids:
@@ -540,21 +531,13 @@ print(h.hexdigest())
 """
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="OPENBLAS_CORETYPE names x86 kernels")
+@needs_x86
 def test_region_and_ellipse_do_not_depend_on_the_cpus_blas_kernel():
     # Marks measured on the pixel grid put many working-grid points exactly on the region's and
     # the ellipse's edges; a BLAS dot or LAPACK inverse (rounded per CPU kernel: SkylakeX on an
     # AVX-512 Xeon, Haswell/Zen on an EPYC) used to move some of them across, and GrabCut's
     # seeds with them (3 of 1485 phantom crops labelled differently).
-    digests = set()
-    for core in (None, "Prescott", "Haswell"):
-        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
-        if core:
-            env["OPENBLAS_CORETYPE"] = core
-        out = subprocess.run([sys.executable, "-c", _GEOMETRY_CODE, "300"], env=env, check=True,
-                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
-        digests.add(out.stdout.strip())
-    assert len(digests) == 1
+    assert len(set(stdout_under_each_kernel(_GEOMETRY_CODE, "300"))) == 1
 
 
 def test_frame_inverse_is_the_inverse():
