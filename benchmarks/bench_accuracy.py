@@ -1,9 +1,9 @@
 """Accuracy of the Soft Mask against the known truth of the synthetic chest-CT phantom.
 
-For ``--n`` phantom nodules (every kind of :data:`softmask_builder.phantom.KINDS`, 3-30 mm) the
+For ``--n`` phantom nodules (every kind of :data:`softmask_builder.phantom.cases.KINDS`, 3-30 mm) the
 key slice is cropped to 64x64 exactly as the DeepLesion adapter does (centre of the RECIST
 endpoints' box, extent = long axis, lesions longer than 0.75 * 64 px down-scaled by
-:func:`softmask_builder.crop.crop_image`; the true fraction goes through the same crop, so a
+:func:`softmask_builder.labelling.crop.crop_image`; the true fraction goes through the same crop, so a
 down-scaled crop's truth is the area-like average of the fine fractions). Then, per strategy:
 
 1. ``mask``    from the true binary mask (fraction >= 0.5) -> erode/dilate trimap -> matting;
@@ -12,7 +12,7 @@ down-scaled crop's truth is the area-like average of the fine fractions). Then, 
    matting; its binary mask is the 50 % consensus;
 3. ``recist``  from the RECIST mark measured on the true mask -> GrabCut -> trimap (strategy 1's
    band, the axes' inner part as lesion, background outside the region the mark allows:
-   :func:`softmask_builder.recist.trimap_from_recist_mask`) -> matting. The mean GrabCut time
+   :func:`softmask_builder.labelling.recist.trimap_from_recist_mask`) -> matting. The mean GrabCut time
    per lesion (``mask_from_recist``) is printed.
 
 Reported per strategy (means over cases): Dice of the binarized Soft Mask (alpha >= 0.5) and of
@@ -24,7 +24,7 @@ the binary mask's on average and in most cases.
 
 The stages are composed here (window -> trimap -> closed_form_alpha) so that the sweep can reuse
 GrabCut masks across band/eps; the default configuration is checked to give exactly the arrays of
-:mod:`softmask_builder.pipeline` (``label_from_mask`` / ``label_from_readers`` /
+:mod:`softmask_builder.labelling.pipeline` (``label_from_mask`` / ``label_from_readers`` /
 ``label_from_recist``).
 
 Run (about 1 min; the sweep adds ~2-4 min)::
@@ -45,15 +45,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from softmask_builder import phantom
-from softmask_builder.crop import crop_image, crop_plan
-from softmask_builder.matting import closed_form_alpha
-from softmask_builder.metrics import dice, mse, sad
-from softmask_builder.pipeline import LabelParams, label_from_mask, label_from_readers, label_from_recist
-from softmask_builder.recist import Recist, mask_from_recist, trimap_from_recist_mask
-from softmask_builder.soft_labels import kats_soft_label, softseg_soft_label
-from softmask_builder.trimap import consensus_mask, trimap_from_mask, trimap_from_readers
-from softmask_builder.window import window_hu
+from softmask_builder.phantom import cases as phantom
+from softmask_builder.labelling.crop import crop_image, crop_plan
+from softmask_builder.labelling.matting import closed_form_alpha
+from softmask_builder.labelling.metrics import dice, mse, sad
+from softmask_builder.labelling.pipeline import LabelParams, label_from_mask, label_from_readers, label_from_recist
+from softmask_builder.labelling.recist import Recist, mask_from_recist, trimap_from_recist_mask
+from softmask_builder.labelling.soft_labels import kats_soft_label, softseg_soft_label
+from softmask_builder.labelling.trimap import consensus_mask, trimap_from_mask, trimap_from_readers
+from softmask_builder.labelling.window import window_hu
 
 STRATEGIES = ("mask", "readers", "recist")
 READER_LEVELS = (0.2, 0.4, 0.6, 0.8)

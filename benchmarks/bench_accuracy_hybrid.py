@@ -9,7 +9,7 @@ diameter, ``LesionShape.max_axial_diameter_mm``), ``--n-per-cell`` cases per cel
 disjoint parts: **choosing** and **held-out**, split by LIDC patient (a patient's shapes are all in
 one part: ``sha256(patient_id)`` parity), with backgrounds fixed per part (``--backgrounds`` synthetic
 chest stacks per part, seeds disjoint between parts). A case = shape + background + placement + slice
-offset + in-plane rotation (drawn by :func:`softmask_builder.hybrid.render_case` from the case's seed);
+offset + in-plane rotation (drawn by :func:`softmask_builder.phantom.hybrid.render_case` from the case's seed);
 a cell with fewer distinct shapes than cases reuses shapes (the tables give the distinct count).
 
 Each key slice is cropped to 64x64 as the DeepLesion adapter does (centre of the RECIST endpoints'
@@ -17,7 +17,7 @@ box, extent = long axis, down-scaled when longer than 48 px; truth and simulated
 the same crop). Strategies (``benchmarks/bench_accuracy.py``'s metrics):
 
 1. ``mask``     the true binary mask (fraction >= 0.5) -> erode/dilate trimap -> matting;
-2. ``readers``  the hybrid's 4 simulated readers (:func:`softmask_builder.hybrid.simulate_readers`,
+2. ``readers``  the hybrid's 4 simulated readers (:func:`softmask_builder.phantom.hybrid.simulate_readers`,
    calibrated on the database) -> Eqs. 2-4 trimap -> matting; binary = their 50 % consensus;
 3. ``recist``   RECIST measured on the true mask -> region-bounded GrabCut (``recist_method`` "region")
    -> trimap -> matting;
@@ -54,14 +54,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_accuracy as ba  # noqa: E402
 
-from softmask_builder.crop import crop_image, crop_plan  # noqa: E402
+from softmask_builder.labelling.crop import crop_image, crop_plan  # noqa: E402
 from softmask_builder.errors import InputError  # noqa: E402
-from softmask_builder.image_stats import bootstrap_ci  # noqa: E402
-from softmask_builder.matting import closed_form_alpha  # noqa: E402
-from softmask_builder.pipeline import LabelParams  # noqa: E402
-from softmask_builder.recist import mask_from_recist, mask_from_recist_uls23, trimap_from_recist_mask  # noqa: E402
-from softmask_builder.trimap import consensus_mask, trimap_from_mask, trimap_from_readers  # noqa: E402
-from softmask_builder.window import window_hu  # noqa: E402
+from softmask_builder.reports.image_stats import bootstrap_ci  # noqa: E402
+from softmask_builder.labelling.matting import closed_form_alpha  # noqa: E402
+from softmask_builder.labelling.pipeline import LabelParams  # noqa: E402
+from softmask_builder.labelling.recist import mask_from_recist, mask_from_recist_uls23, trimap_from_recist_mask  # noqa: E402
+from softmask_builder.labelling.trimap import consensus_mask, trimap_from_mask, trimap_from_readers  # noqa: E402
+from softmask_builder.labelling.window import window_hu  # noqa: E402
 
 TEXTURES = ("ground_glass", "part_solid", "solid")
 PLACEMENTS = ("free", "pleura", "vessel")
@@ -84,7 +84,7 @@ def part_of(patient_id: str) -> str:
 
 
 def load_shapes_cached(cache: Path | None):
-    from softmask_builder.phantom_shapes import load_shapes
+    from softmask_builder.phantom.shapes import load_shapes
 
     if cache is not None and cache.exists():
         with open(cache, "rb") as fh:
@@ -128,7 +128,7 @@ def _crop_case(case, name: str, part: str, cell, size_px: int = 64) -> HybridCro
 
 def build_cases(shapes, *, n_per_cell: int, n_backgrounds: int, seed: int, log=print):
     """Render the cases of both parts; returns (crops, distinct shapes per (part, cell), rejects)."""
-    from softmask_builder.hybrid import render_case, synthetic_background
+    from softmask_builder.phantom.hybrid import render_case, synthetic_background
 
     pools: dict = {}
     for s in shapes:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from softmask_builder.phantom import write_replicated_sample
+from softmask_builder.phantom.cases import write_replicated_sample
 
 
 def make_source(root: Path, n: int, unique: int, seed: int) -> Path:
@@ -110,8 +110,8 @@ def _label_refs_counted(args) -> tuple[float, int]:
     import resource
 
     source, recipe_path, n_refs = args
-    from softmask_builder.build import build_chunk, plan_build, warm_worker
-    from softmask_builder.recipes import load_recipe
+    from softmask_builder.dataset.build import build_chunk, plan_build, warm_worker
+    from softmask_builder.formats.recipes import load_recipe
     from softmask_builder.sources.deeplesion import load_deeplesion
 
     plan = plan_build(load_recipe(recipe_path), source)
@@ -127,7 +127,7 @@ def _label_refs_counted(args) -> tuple[float, int]:
 def malloc_effect(source: Path, recipe: Path, n_refs: int = 200) -> None:
     """Print ms and page faults per sample of the same labelling loop in fresh processes with
     glibc's malloc defaults (``SOFTMASK_KEEP_FREED_MEMORY=0``) and with the build's tuning
-    (:func:`softmask_builder.executor.keep_freed_memory`), alternating, twice each."""
+    (:func:`softmask_builder.core.executor.keep_freed_memory`), alternating, twice each."""
     import multiprocessing as mp
     import os
 

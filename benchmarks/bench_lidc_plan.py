@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     args = ap.parse_args(argv)
 
-    from softmask_builder.sources._lidc_db import read_lidc_db
+    from softmask_builder.sources.lidc_db import read_lidc_db
 
     all_scans = read_lidc_db()
     scans = all_scans[:args.scans]

@@ -1,4 +1,4 @@
-"""Speed of softmask_builder.matting.closed_form_alpha against pymatting, side by side.
+"""Speed of softmask_builder.labelling.matting.closed_form_alpha against pymatting, side by side.
 
 Builds synthetic CT nodule crops (a blurred, noisy, lobulated blob of diameter 3..30 mm at
 0.7 mm/px on a textured lung background), trimaps by erode/dilate of the true mask, and times
@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from softmask_builder.matting import closed_form_alpha, closed_form_alpha_batch
+from softmask_builder.labelling.matting import closed_form_alpha, closed_form_alpha_batch
 
 SPACING_MM = 0.7
 EPS = 1e-7

@@ -2,9 +2,9 @@
 
 Times, for N cases at J joblib workers (loky):
 
-* hybrid: ``softmask_builder.hybrid.iter_hybrid_cases`` (synthetic backgrounds, one per 20 cases,
+* hybrid: ``softmask_builder.phantom.hybrid.iter_hybrid_cases`` (synthetic backgrounds, one per 20 cases,
   real LIDC shapes) and the PNG encoding/writing of every slice (key + 2 neighbours, 512 x 512);
-* analytic (reference): ``softmask_builder.phantom.generate_case`` for the same N, same PNG work,
+* analytic (reference): ``softmask_builder.phantom.cases.generate_case`` for the same N, same PNG work,
   over the same J workers (cases spread over the workers in chunks);
 * separately: loading the shapes from the annotation database (done once per sample) and the
   truth file (``phantom_truth.npz``, written by the main process).
@@ -29,7 +29,7 @@ from joblib import Parallel, delayed, parallel_config
 
 
 def _write_pngs(case, folder: Path) -> int:
-    from softmask_builder.phantom import encode_png_hu
+    from softmask_builder.phantom.cases import encode_png_hu
 
     d = folder / case.series_dir
     d.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def _write_pngs(case, folder: Path) -> int:
 
 
 def _analytic_chunk(seeds, folder: str) -> int:
-    from softmask_builder.phantom import KINDS, generate_case
+    from softmask_builder.phantom.cases import KINDS, generate_case
 
     n = 0
     for i, s in seeds:
@@ -51,7 +51,7 @@ def _analytic_chunk(seeds, folder: str) -> int:
 
 
 def _hybrid_group_and_pngs(bg_spec, specs, shapes, params, folder: str) -> int:
-    from softmask_builder.hybrid import _render_group
+    from softmask_builder.phantom.hybrid import _render_group
 
     n = 0
     for case in _render_group(bg_spec, specs, shapes, params, None):
@@ -66,8 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--skip-analytic", action="store_true")
     args = ap.parse_args(argv)
-    from softmask_builder.hybrid import HybridParams, plan_hybrid_cases
-    from softmask_builder.phantom_shapes import load_shapes
+    from softmask_builder.phantom.hybrid import HybridParams, plan_hybrid_cases
+    from softmask_builder.phantom.shapes import load_shapes
 
     print(f"N={args.n} cases, jobs={args.jobs}, cpus={os.cpu_count()}, load avg {os.getloadavg()[0]:.2f} "
           "(shared machine: other jobs may be running)")

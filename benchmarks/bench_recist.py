@@ -1,13 +1,13 @@
 """Time and score the RECIST strategy against its previous version, side by side in one run.
 
 On the phantom crops of ``bench_accuracy.py`` (same generator, same seed), each lesion is labelled
-by the current :func:`softmask_builder.recist.mask_from_recist` and by ``reference_mask``, a
+by the current :func:`softmask_builder.labelling.recist.mask_from_recist` and by ``reference_mask``, a
 frozen copy of the previous version (GrabCut on a window of twice the axes' ellipse, small lesions
 up-sampled to a 16-px long axis, output limited to the ellipse scaled by 1.5 plus 1 px), the two
 calls interleaved so that machine load hits both alike. Printed: GrabCut ms/lesion (median and
 mean) of each and the speed-up; the Dice with the true mask of each GrabCut mask and of each
-binarized Soft Mask (current: :func:`~softmask_builder.recist.trimap_from_recist_mask`; previous:
-:func:`~softmask_builder.trimap.trimap_from_mask`), overall and per kind.
+binarized Soft Mask (current: :func:`~softmask_builder.labelling.recist.trimap_from_recist_mask`; previous:
+:func:`~softmask_builder.labelling.trimap.trimap_from_mask`), overall and per kind.
 
     .venv/bin/python benchmarks/bench_recist.py [--seed 0] [--n 60] [--iterations 5] [--repeat 3]
 """
@@ -28,14 +28,14 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import make_crops  # noqa: E402
 
-from softmask_builder import phantom  # noqa: E402
-from softmask_builder.matting import closed_form_alpha  # noqa: E402
-from softmask_builder.metrics import dice  # noqa: E402
-from softmask_builder.pipeline import LabelParams  # noqa: E402
-from softmask_builder.recist import (Recist, mask_from_recist, trimap_from_recist_mask,  # noqa: E402
+from softmask_builder.phantom import cases as phantom  # noqa: E402
+from softmask_builder.labelling.matting import closed_form_alpha  # noqa: E402
+from softmask_builder.labelling.metrics import dice  # noqa: E402
+from softmask_builder.labelling.pipeline import LabelParams  # noqa: E402
+from softmask_builder.labelling.recist import (Recist, mask_from_recist, trimap_from_recist_mask,  # noqa: E402
                                      validate_recist)
-from softmask_builder.trimap import band_footprint, trimap_from_mask  # noqa: E402
-from softmask_builder.window import window_hu  # noqa: E402
+from softmask_builder.labelling.trimap import band_footprint, trimap_from_mask  # noqa: E402
+from softmask_builder.labelling.window import window_hu  # noqa: E402
 
 
 # ---- the previous version, frozen (helpers included, so later edits of recist.py cannot leak in) --

@@ -125,7 +125,7 @@ def main() -> None:
     if args.malloc == "both":
         return _malloc_side_by_side(args)
     if args.malloc == "tuned":
-        from softmask_builder.executor import TRAINING_MALLOC_TUNING, keep_freed_memory
+        from softmask_builder.core.executor import TRAINING_MALLOC_TUNING, keep_freed_memory
 
         assert keep_freed_memory(**TRAINING_MALLOC_TUNING)
     torch.set_num_threads(1)

@@ -15,8 +15,8 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from softmask_builder._validate import TRIMAP_BACKGROUND, TRIMAP_LESION, TRIMAP_UNKNOWN
-from softmask_builder.trimap import trimap_from_mask
+from softmask_builder.core.validate import TRIMAP_BACKGROUND, TRIMAP_LESION, TRIMAP_UNKNOWN
+from softmask_builder.labelling.trimap import trimap_from_mask
 
 
 def disk(radius: int) -> np.ndarray:

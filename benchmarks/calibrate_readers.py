@@ -1,9 +1,9 @@
 """Calibrate the simulated readers of the hybrid phantom on the LIDC annotation database alone.
 
 For every nodule with exactly four readers (``softmask lidc-agreement --cohort eq4``), on its
-central slice: the real readers' pairwise Dice (softmask_builder.agreement.nodule_agreement) and,
+central slice: the real readers' pairwise Dice (softmask_builder.reports.agreement.nodule_agreement) and,
 for each candidate (bias_sd_mm, bias_rel, wobble_mm), the pairwise Dice of four simulated readers drawn
-around the readers' 50 % consensus (softmask_builder.hybrid.simulate_readers). Size buckets by
+around the readers' 50 % consensus (softmask_builder.phantom.hybrid.simulate_readers). Size buckets by
 the consensus' long axis on that slice (pixel centres + 1 px): 3-6, 6-12, 12-30 mm (and > 30).
 Prints the real figures per bucket, the grid, and the candidate of least squared error over
 the buckets (each bucket weighted by its nodule count). Seeded: same database -> same table.
@@ -21,10 +21,10 @@ import time
 
 import numpy as np
 
-from softmask_builder.agreement import nodule_agreement, pairwise_dice
-from softmask_builder.hybrid import simulate_readers
-from softmask_builder.phantom import _long_axis
-from softmask_builder.sources._lidc_db import cluster_annotations, read_lidc_db
+from softmask_builder.reports.agreement import nodule_agreement, pairwise_dice
+from softmask_builder.phantom.hybrid import simulate_readers
+from softmask_builder.phantom.cases import _long_axis
+from softmask_builder.sources.lidc_db import cluster_annotations, read_lidc_db
 
 BUCKETS = ((3.0, 6.0), (6.0, 12.0), (12.0, 30.0), (30.0, 1e9))
 

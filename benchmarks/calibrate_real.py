@@ -12,7 +12,7 @@ where >= 3 readers drew a contour):
   by the ULS23 recipe (``uls23``), and of the GrabCut masks those two start from; beside each
   reader against the 50 % consensus of the *other* readers (``reader_vs_others``, one value per
   reader who drew on the slice);
-* image statistics (:mod:`softmask_builder.image_stats`): noise std and autocorrelation HWHM in
+* image statistics (:mod:`softmask_builder.reports.image_stats`): noise std and autocorrelation HWHM in
   soft-tissue patches (16 px, all pixels in [-200, 200] HU) of the full slice; the 10-90 % edge
   width across the consensus boundary; the HU percentiles inside the consensus (eroded 1 px).
 
@@ -35,13 +35,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from softmask_builder import image_stats
-from softmask_builder.metrics import dice
-from softmask_builder.phantom import recist_from_mask
-from softmask_builder.pipeline import LabelParams, label_from_mask, label_from_readers, label_from_recist
-from softmask_builder.recist import mask_from_recist, mask_from_recist_uls23
-from softmask_builder.trimap import consensus_mask
-from softmask_builder.window import window_hu
+from softmask_builder.reports import image_stats
+from softmask_builder.labelling.metrics import dice
+from softmask_builder.phantom.cases import recist_from_mask
+from softmask_builder.labelling.pipeline import LabelParams, label_from_mask, label_from_readers, label_from_recist
+from softmask_builder.labelling.recist import mask_from_recist, mask_from_recist_uls23
+from softmask_builder.labelling.trimap import consensus_mask
+from softmask_builder.labelling.window import window_hu
 
 DICE_KEYS = ("mask", "readers", "recist_region", "recist_uls23", "grabcut_region", "grabcut_uls23")
 STAT_KEYS = ("noise_std_hu", "noise_acf_hwhm_mm", "edge_width_mm", "lesion_p50_hu", "lesion_iqr_hu")
@@ -99,14 +99,14 @@ def hybrid_cases(data_root: Path, real: list[CalibCase], *, seed: int = 0, place
     """Hybrid cases built from the real nodules' outlines in the same slice geometry.
 
     For each real slice: the nodule's database shape (same annotation ids), rendered by
-    :func:`softmask_builder.hybrid.render_case` at the slice's z relative to the shape's centroid,
+    :func:`softmask_builder.phantom.hybrid.render_case` at the slice's z relative to the shape's centroid,
     without rotation, touching the pleura as the fixture's nodule does (``placement``), into a synthetic background of the scan's pixel spacing and slice thickness
     (its own seed per slice, noise and PSF drawn as in the benchmark), with the hybrid's 4
     simulated readers; cropped as the benchmark crops. Returns (cases, true fractions, renders).
     """
-    from softmask_builder.crop import crop_image, crop_plan
-    from softmask_builder.hybrid import render_case, synthetic_background
-    from softmask_builder.phantom_shapes import load_shapes
+    from softmask_builder.labelling.crop import crop_image, crop_plan
+    from softmask_builder.phantom.hybrid import render_case, synthetic_background
+    from softmask_builder.phantom.shapes import load_shapes
     from softmask_builder.sources.lidc import plan_lidc
     import pydicom
 

@@ -23,11 +23,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from softmask_builder.pipeline import LabelParams, label_from_mask, label_from_readers, label_from_recist  # noqa: E402
+from softmask_builder.labelling.pipeline import LabelParams, label_from_mask, label_from_readers, label_from_recist  # noqa: E402
 from softmask_builder.sources.deeplesion import load_deeplesion, plan_deeplesion  # noqa: E402
 from softmask_builder.sources.lidc import load_lidc, plan_lidc  # noqa: E402
-from softmask_builder.trimap import consensus_mask  # noqa: E402
-from softmask_builder.window import window_hu  # noqa: E402
+from softmask_builder.labelling.trimap import consensus_mask  # noqa: E402
+from softmask_builder.labelling.window import window_hu  # noqa: E402
 
 
 def _row(axes, title, image01, labels, overlay=None):

@@ -23,7 +23,7 @@ def main() -> None:
 
     Exit status: 0 ok, 1 internal error, 2 usage or bad input, 3 dataset fails verification,
     5 I/O error."""
-    from softmask_builder.executor import TRAINING_MALLOC_TUNING, keep_freed_memory
+    from softmask_builder.core.executor import TRAINING_MALLOC_TUNING, keep_freed_memory
 
     # Reuse freed activations instead of faulting in fresh pages every step (1.1-1.2x a CPU step:
     # benchmarks/bench_teacher_mode.py --malloc both).

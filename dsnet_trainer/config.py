@@ -17,7 +17,7 @@ Generic API (reused by every command: SR teacher, DSNet, baselines)
 - :class:`LoopConfig`: the training-loop settings both stages and DSNet share (device, AMP,
   batch size, workers, checkpoints, logging, seed). Embed it in a command's config as ``loop``.
 
-Supported field annotations (see :mod:`softmask_builder._typed`): ``int``, ``float`` (ints and
+Supported field annotations (see :mod:`softmask_builder.core.typed`): ``int``, ``float`` (ints and
 YAML 1.1 strings such as ``1e-3`` accepted, finite only), ``bool``, ``str``, ``Literal[...]``,
 ``tuple[T, ...]``, ``tuple[T1, T2]``, ``dict[K, V]``, ``X | None`` and nested dataclasses.
 Validation of values (ranges, cross-field rules) belongs in each dataclass's ``__post_init__``,
@@ -36,7 +36,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from softmask_builder._typed import from_mapping
+from softmask_builder.core.typed import from_mapping
 
 from .errors import ConfigError
 
@@ -143,7 +143,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "") 
     Missing keys take the dataclass defaults; unknown keys, wrong types and values rejected by
     a ``__post_init__`` raise :class:`ConfigError` naming the dotted key (``where`` is the
     prefix used in messages, e.g. ``"stage1"``). The checks are
-    :func:`softmask_builder._typed.from_mapping`'s (shared with the build recipes).
+    :func:`softmask_builder.core.typed.from_mapping`'s (shared with the build recipes).
     """
     return from_mapping(cls, data, error=ConfigError, where=where, noun="config key")
 

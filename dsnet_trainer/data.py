@@ -11,7 +11,7 @@ Two datasets, one reading contract:
 Reading contract
 ----------------
 - Shards are validated when a dataset is built (:func:`inspect_shard`): ``schema_version`` must
-  be one :mod:`softmask_builder.shards` reads (1 or 2; meta fields are read through its
+  be one :mod:`softmask_builder.formats.shards` reads (1 or 2; meta fields are read through its
   version-independent functions), ``kind`` must match (``samples`` or ``slices``), datasets, dtypes and shapes must be those
   of FORMAT.md. Anything else raises :class:`~dsnet_trainer.errors.ShardError` naming the file.
 - HDF5 files are opened lazily, once per process, on first access (never inherited through
@@ -28,7 +28,7 @@ sample's augmentation depends on nothing else (worker count, start method, resum
 Intensity conventions (the paper's tanh heads, Sec. III-B)
 ------------------------------------------------------------
 ``image = 2 * window_hu(image_hu, level_hu, width_hu) - 1`` in [-1, 1] (the builder's clipped
-linear window, :func:`softmask_builder.window.window_hu`; default lung window level -600 HU,
+linear window, :func:`softmask_builder.labelling.window.window_hu`; default lung window level -600 HU,
 width 1500 HU); ``soft_mask = 2 * alpha - 1`` in [-1, 1]; ``binary_mask`` in {0, 1}.
 All tensors are float32 (1, H, W), axes (row, col).
 """
@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from softmask_builder import shards as shard_format
-from softmask_builder.window import window_hu
+from softmask_builder.formats import shards as shard_format
+from softmask_builder.labelling.window import window_hu
 
 from .errors import ConfigError, InputError, ShardError
 

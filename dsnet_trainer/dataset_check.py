@@ -8,7 +8,7 @@ data folder (``--no-verify`` skips it, saying so on stderr). Two levels:
    and the expected ``kind`` attribute; no other ``*.h5`` lies in the folder (a duplicated or
    foreign shard would silently change the data). In a folder without a manifest (hand-made
    shards), every ``*.h5`` must still be of the expected kind.
-2. **On first use**: the full :func:`softmask_builder.release.verify` (every file re-hashed
+2. **On first use**: the full :func:`softmask_builder.dataset.release.verify` (every file re-hashed
    against ``SHA256SUMS`` and the manifest, the schema and value domains of every shard, split
    counts, patients in one split only). A success is remembered in a small file under
    ``$XDG_CACHE_HOME/softmask/verified/`` (default ``~/.cache``), never inside the dataset,
@@ -159,7 +159,7 @@ def check_dataset(root: str | Path, *, kind: str, verify_hashes: bool = True, op
     if marker.is_file():
         check.level = "cached"
         return check
-    from softmask_builder.release import verify
+    from softmask_builder.dataset.release import verify
 
     report = verify(root)
     if not report.ok:

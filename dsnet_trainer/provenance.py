@@ -48,12 +48,12 @@ def shard_namespace(attrs: Mapping) -> str:
 def patients_per_sample(paths: Iterable[str | Path]) -> list[tuple[str, str]]:
     """``(namespace, patient id)`` of every sample of ``paths``, in order (global positions).
 
-    Fields are read with :func:`softmask_builder.shards.read_meta_column` (either schema
+    Fields are read with :func:`softmask_builder.formats.shards.read_meta_column` (either schema
     version); the file is opened with ``locking=False`` like the trainer's datasets (:mod:`.data`), which may hold the
     same files open in this process: HDF5 refuses a second handle with other locking flags."""
     import h5py
 
-    from softmask_builder.shards import read_meta_column
+    from softmask_builder.formats.shards import read_meta_column
 
     out: list[tuple[str, str]] = []
     for p in paths:

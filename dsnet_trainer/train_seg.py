@@ -186,12 +186,12 @@ def soft_target(name: str, *, soft_mask: np.ndarray, binary_mask: np.ndarray, ka
     """The soft head's target in [-1, 1] (float32, (rows, cols)) for soft label ``name``.
 
     ``soft_mask`` is the Soft Mask already in [-1, 1]; ``binary_mask`` is {0, 1}. "binary" maps
-    the mask to {-1, 1}; "kats" and "softseg" map :func:`softmask_builder.soft_labels.kats_soft_label`
+    the mask to {-1, 1}; "kats" and "softseg" map :func:`softmask_builder.labelling.soft_labels.kats_soft_label`
     and ``softseg_soft_label`` of the binary mask from [0, 1] to [-1, 1].
     """
     if name == "soft_mask":
         return np.asarray(soft_mask, dtype=np.float32)
-    from softmask_builder.soft_labels import kats_soft_label, softseg_soft_label
+    from softmask_builder.labelling.soft_labels import kats_soft_label, softseg_soft_label
 
     m = np.asarray(binary_mask) != 0
     if name == "binary":

@@ -1,4 +1,4 @@
-"""What every export shares: the verified build it reads (through :mod:`softmask_builder.shards`),
+"""What every export shares: the verified build it reads (through :mod:`softmask_builder.formats.shards`),
 deterministic NIfTI bytes, an atomic output folder and its SHA256SUMS.
 
 Determinism: a NIfTI file is the nibabel header + data serialised in memory
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, SoftMaskError
-from ..shards import open_shard, sha256_file
+from softmask_builder.errors import InputError, SoftMaskError
+from softmask_builder.formats.shards import open_shard, sha256_file
 
 SPLITS = ("train", "val", "test")
 SUMS = "SHA256SUMS"
@@ -73,7 +73,7 @@ class ExportSample:
 
 @dataclass(frozen=True)
 class VerifiedBuild:
-    """A finished sample build that passed :func:`softmask_builder.release.verify`."""
+    """A finished sample build that passed :func:`softmask_builder.dataset.release.verify`."""
 
     path: Path
     manifest: dict[str, Any]
@@ -108,7 +108,7 @@ def load_verified_build(build: str | Path) -> VerifiedBuild:
     ExportError
         The build holds slices (no labels to export) or no sample (exit code 4).
     """
-    from ..release import MANIFEST, verify
+    from softmask_builder.dataset.release import MANIFEST, verify
 
     build = Path(build)
     report = verify(build)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import SPLITS, AtomicFolder, load_verified_build, nifti_bytes, pixdim_of, provenance, to_col_row
+from softmask_builder.export._common import SPLITS, AtomicFolder, load_verified_build, nifti_bytes, pixdim_of, provenance, to_col_row
 
 DATALIST = "datalist.json"
 LIST_KEYS = {"train": "training", "val": "validation", "test": "test"}

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ._common import (SPLITS, AtomicFolder, ExportError, VerifiedBuild, check_name, load_verified_build,
+from softmask_builder.errors import InputError
+from softmask_builder.export._common import (SPLITS, AtomicFolder, ExportError, VerifiedBuild, check_name, load_verified_build,
                       nifti_bytes, pixdim_of, provenance, to_col_row)
 
 FILE_ENDING = ".nii.gz"

@@ -46,7 +46,7 @@ class SampleRecord:
     """One loaded sample, cropped and ready for labelling.
 
     image_hu : (rows, cols) float32 crop in Hounsfield units.
-    prior_kind : "recist" (prior = :class:`~softmask_builder.recist.Recist` in crop (row, col)
+    prior_kind : "recist" (prior = :class:`~softmask_builder.labelling.recist.Recist` in crop (row, col)
         pixels), "readers" (prior = (R, rows, cols) bool array, one mask per reader, R >= 2), or
         "mask" (prior = (rows, cols) bool array).
     spacing_mm : (row_mm, col_mm) of the crop pixels (after any rescale).

@@ -11,7 +11,7 @@ Source layout (the official one; the bundled phantom sample uses it too)::
 Data contract of what this adapter returns (see :class:`~softmask_builder.sources.base.SampleRecord`):
 
 * ``image_hu``: float32 (crop_px, crop_px) crop in HU around the lesion (see :func:`load_deeplesion`).
-* ``prior``: a :class:`~softmask_builder.recist.Recist` in crop (row, col) pixels.
+* ``prior``: a :class:`~softmask_builder.labelling.recist.Recist` in crop (row, col) pixels.
 * ``spacing_mm``: (row_mm, col_mm) of the crop pixels, i.e. the source spacing divided by ``scale``.
 
 DL_info quirks handled here, and nowhere else:
@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import cv2
 import numpy as np
 
-from ..crop import crop_image, crop_plan
-from ..errors import InputError, RecistError, SoftMaskError, SourceError
-from ..plausibility import ImplausibleError, check_image_hu, check_spacing_mm, spacing_differs
-from ..recist import Recist, validate_recist
-from .base import Reject, SampleRecord, SampleRef, unselected_row
+from softmask_builder.labelling.crop import crop_image, crop_plan
+from softmask_builder.errors import InputError, RecistError, SoftMaskError, SourceError
+from softmask_builder.sources.plausibility import ImplausibleError, check_image_hu, check_spacing_mm, spacing_differs
+from softmask_builder.labelling.recist import Recist, validate_recist
+from softmask_builder.sources.base import Reject, SampleRecord, SampleRef, unselected_row
 
 if TYPE_CHECKING:  # pandas is imported lazily: build workers only load samples, never the CSV
     import pandas as pd
@@ -389,7 +389,7 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
         in_zip = None
         if not image_path.is_file():
             if zips is None:
-                from .dlzip import zip_member_index
+                from softmask_builder.sources.dlzip import zip_member_index
 
                 zips = zip_member_index(root)
             member = f"Images_png/{series}/{slice_file}"
@@ -475,7 +475,7 @@ def read_key_slice_hu(payload, *, sample_id: str | None = None, stage: str = _ST
         return read_png_hu(path, sample_id=sample_id, stage=stage)
     import zipfile
 
-    from .dlzip import read_member
+    from softmask_builder.sources.dlzip import read_member
 
     member = payload["image_member"]
     name = f"{os.path.basename(zip_path)}:{member}"
@@ -501,11 +501,11 @@ def load_deeplesion(ref: SampleRef) -> SampleRecord:
     """Load one planned DeepLesion lesion as a cropped :class:`SampleRecord` (prior_kind "recist").
 
     Steps: read the key slice (:func:`read_png_hu`: uint16 - 32768 -> float32 HU); validate the
-    RECIST mark against the slice (:func:`softmask_builder.recist.validate_recist`: finite, both
+    RECIST mark against the slice (:func:`softmask_builder.labelling.recist.validate_recist`: finite, both
     axes >= 0.5 px, every endpoint inside the image, axes crossing); crop ``crop_px`` x ``crop_px``
-    around the centre of the endpoints' bounding box with :func:`softmask_builder.crop.crop_plan`
+    around the centre of the endpoints' bounding box with :func:`softmask_builder.labelling.crop.crop_plan`
     (extent = long axis in px: a lesion longer than 0.75 * crop_px is down-scaled to fit, never
-    up-scaled) and :func:`~softmask_builder.crop.crop_image` (pixels beyond the slice border are
+    up-scaled) and :func:`~softmask_builder.labelling.crop.crop_image` (pixels beyond the slice border are
     edge replicated, so lesions at the border work).
 
     Returns
@@ -513,7 +513,7 @@ def load_deeplesion(ref: SampleRef) -> SampleRecord:
     SampleRecord
         ``image_hu`` float32 (crop_px, crop_px); ``prior`` the mark in crop pixels
         (``recist.shifted(-origin).scaled(scale)``); ``spacing_mm`` = source spacing / scale;
-        ``origin_px``, ``scale`` as in :mod:`softmask_builder.crop`; ``lesion_type`` from DL_info.
+        ``origin_px``, ``scale`` as in :mod:`softmask_builder.labelling.crop`; ``lesion_type`` from DL_info.
 
     Raises
     ------

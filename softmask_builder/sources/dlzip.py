@@ -28,7 +28,7 @@ import threading
 import zipfile
 from pathlib import Path
 
-from ..errors import SourceError
+from softmask_builder.errors import SourceError
 
 __all__ = ["ZIP_NAME_RE", "MEMBER_PREFIX", "softmask_cache_dir", "find_zips", "zip_member_index", "read_member",
            "ZipIndex"]

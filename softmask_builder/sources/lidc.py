@@ -28,7 +28,7 @@ Data contract of a :class:`~.base.SampleRecord` from :func:`load_lidc`
   (between rows), column spacing (between columns)]**, divided by ``scale``.
 * crop: centred on the centroid of the readers' consensus on the slice (at ``consensus``,
   default 50 %), extent = diagonal of the bounding box of the readers' union on the slice, via
-  :func:`~softmask_builder.crop.crop_plan` / :func:`~softmask_builder.crop.crop_image`.
+  :func:`~softmask_builder.labelling.crop.crop_plan` / :func:`~softmask_builder.labelling.crop.crop_image`.
 * ids: ``patient`` is the dataset's case id ``LIDC-IDRI-XXXX`` (the folder name, checked against
   the database); ``source_key`` is ``LIDC-IDRI-XXXX/nodule-K/z=<z mm, 3 decimals>`` and
   ``sample_id`` ``LIDC-IDRI-XXXX_nKK_z<z>``. Nodules are numbered 1, 2, ... per patient in
@@ -53,11 +53,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..crop import crop_image, crop_plan
-from ..errors import InputError, SourceError
-from ..plausibility import check_ct_header, check_image_hu, check_series_spacing, check_spacing_mm
-from ._lidc_db import LidcScan, cluster_annotations, contours_mask, nodule_volume, read_lidc_db, resolve_db_path
-from .base import UNSELECTED, Reject, SampleRecord, SampleRef, SliceRecord, unselected_row
+from softmask_builder.labelling.crop import crop_image, crop_plan
+from softmask_builder.errors import InputError, SourceError
+from softmask_builder.sources.plausibility import check_ct_header, check_image_hu, check_series_spacing, check_spacing_mm
+from softmask_builder.sources.lidc_db import LidcScan, cluster_annotations, contours_mask, nodule_volume, read_lidc_db, resolve_db_path
+from softmask_builder.sources.base import UNSELECTED, Reject, SampleRecord, SampleRef, SliceRecord, unselected_row
 
 __all__ = ["Z_TOL_MM", "plan_lidc", "load_lidc", "plan_lidc_slices", "load_lidc_slice", "scan_dicom_headers"]
 
@@ -145,7 +145,7 @@ SCAN_CHUNK_FILES = 256
 def _header_cache_path(root: Path) -> Path:
     import hashlib
 
-    from .dlzip import softmask_cache_dir
+    from softmask_builder.sources.dlzip import softmask_cache_dir
 
     key = hashlib.sha256(f"lidc-headers-v1\0{root.resolve()}".encode()).hexdigest()
     return softmask_cache_dir() / "lidc-headers" / f"{key}.json"
@@ -181,14 +181,14 @@ def scan_dicom_headers(root: Path, cases: list[str], listing=None) -> dict[str, 
     folders (sorted walk), with headers read in parallel and cached.
 
     Headers are read on the workers of the caller's ``joblib.parallel_config`` (chunks of
-    :data:`SCAN_CHUNK_FILES` files, :class:`~softmask_builder.executor.TaskRunner`). Each file's
+    :data:`SCAN_CHUNK_FILES` files, :class:`~softmask_builder.core.executor.TaskRunner`). Each file's
     record is cached outside the source, in ``<cache>/lidc-headers/<sha256 of the root>.json``
     (``<cache>`` as :func:`.dlzip.softmask_cache_dir`), keyed by its relative path, size and
     mtime: a rerun reads only files that changed. An unwritable cache only costs time.
     """
     import json
 
-    from ..executor import TaskRunner
+    from softmask_builder.core.executor import TaskRunner
 
     listing = listing if listing is not None else {case: _list_case(root, case) for case in cases}
     listing = {case: listing[case] for case in cases}
@@ -449,8 +449,8 @@ class _PlanCache:
         import hashlib
         import json
 
-        from .. import __version__
-        from .dlzip import softmask_cache_dir
+        from softmask_builder import __version__
+        from softmask_builder.sources.dlzip import softmask_cache_dir
 
         st = db.stat()
         # "v": bumped whenever the planner's refs or rejects change shape (v2: neighbour_paths, unselected rows).

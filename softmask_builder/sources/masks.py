@@ -25,14 +25,14 @@ Pixel values -> ``image_hu`` (float32):
 * 8-bit: a display window, not HU. Refused unless ``window_hu=(level, width)`` says how it was
   windowed; then ``HU = level - width / 2 + value / 255 * width``.
 * anything else (signed, float): the values as they are (assumed to be HU already).
-* every image then passes :func:`softmask_builder.plausibility.check_image_hu` (a blank,
+* every image then passes :func:`softmask_builder.sources.plausibility.check_image_hu` (a blank,
   saturated or offset-less image is a reject with the reason); DICOM must be ``Modality`` CT
   with a non-zero ``RescaleSlope``.
 * colour PNG / TIFF whose colour channels are equal are read as greyscale (an alpha channel is
   dropped); real colour images are rejected.
 
 Masks are read the same way (without rescale or offset) and must be binary: {0, 1} or {0, 255}
-(:func:`softmask_builder._validate.as_mask2d`), non-empty, and of the image's shape. One pair is
+(:func:`softmask_builder.core.validate.as_mask2d`), non-empty, and of the image's shape. One pair is
 one sample: a mask with several blobs gives one sample around all of them.
 
 Spacing: ``spacing_mm`` (a float, or (row_mm, col_mm)) when given, for every sample; otherwise
@@ -52,11 +52,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .._validate import as_mask2d
-from ..crop import crop_image, crop_plan
-from ..errors import InputError, SoftMaskError, SourceError
-from ..plausibility import check_ct_header, check_image_hu, check_spacing_mm
-from .base import Reject, SampleRecord, SampleRef
+from softmask_builder.core.validate import as_mask2d
+from softmask_builder.labelling.crop import crop_image, crop_plan
+from softmask_builder.errors import InputError, SoftMaskError, SourceError
+from softmask_builder.sources.plausibility import check_ct_header, check_image_hu, check_spacing_mm
+from softmask_builder.sources.base import Reject, SampleRecord, SampleRef
 
 __all__ = ["SUPPORTED_EXTS", "MASK_SUFFIX", "pair_files", "read_pixels", "plan_masks", "load_mask_sample"]
 
@@ -356,7 +356,7 @@ def load_mask_sample(ref: SampleRef) -> SampleRecord:
 
     With an int ``crop_px`` the crop is centred on the centre of the mask's bounding box, with
     extent = the box's diagonal (pixel edges, so one pixel has extent sqrt(2)); a mask whose
-    diagonal exceeds 0.75 * crop_px is down-scaled to fit (:func:`softmask_builder.crop.crop_plan`;
+    diagonal exceeds 0.75 * crop_px is down-scaled to fit (:func:`softmask_builder.labelling.crop.crop_plan`;
     image by area-like interpolation, mask by nearest neighbour); pixels beyond the border are
     edge replicated. With ``crop_px=None`` the whole image is kept (origin (0, 0), scale 1).
 

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, SourceError
-from ..plausibility import check_image_hu, check_spacing_mm
-from .base import Reject, SampleRef, SliceRecord
-from .deeplesion import SPLIT_CODES, parse_file_name, parse_spacing, read_dl_info, read_key_slice_hu
+from softmask_builder.errors import InputError, SourceError
+from softmask_builder.sources.plausibility import check_image_hu, check_spacing_mm
+from softmask_builder.sources.base import Reject, SampleRef, SliceRecord
+from softmask_builder.sources.deeplesion import SPLIT_CODES, parse_file_name, parse_spacing, read_dl_info, read_key_slice_hu
 
 __all__ = ["plan_deeplesion_slices", "load_slice"]
 
@@ -64,7 +64,7 @@ def _dl_info_lookup(path: Path):
 def _slice_files(root: Path, images_dir: Path) -> dict[str, dict[str, dict]]:
     """series -> slice file name -> payload fields, from extracted ``Images_png/`` folders and the
     official ``Images_png_NN.zip`` files under ``root`` (extracted slices win)."""
-    from .dlzip import zip_member_index
+    from softmask_builder.sources.dlzip import zip_member_index
 
     zips = zip_member_index(root)
     if not images_dir.is_dir() and not zips:

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 from click.testing import CliRunner
 
-from softmask_builder.build import build_dataset
+from softmask_builder.dataset.build import build_dataset
 from softmask_builder.cli import main
-from softmask_builder.recipes import recipe_from_dict
+from softmask_builder.formats.recipes import recipe_from_dict
 
 
 def dl_recipe(**over):

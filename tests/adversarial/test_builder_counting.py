@@ -11,10 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from softmask_builder.build import plan_build
+from softmask_builder.dataset.build import plan_build
 from softmask_builder.exitcodes import EXIT_INPUT, EXIT_VERIFY
-from softmask_builder.recipes import load_recipe
-from softmask_builder.release import verify
+from softmask_builder.formats.recipes import load_recipe
+from softmask_builder.dataset.release import verify
 from tests.adversarial.kit import (assert_one_line_error, build, dl_recipe, dl_rows, invoke, key_png, manifest_of,
                                    read_csv_rows, write_dl_rows)
 

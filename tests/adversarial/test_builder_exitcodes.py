@@ -14,8 +14,9 @@ from pathlib import Path
 import h5py
 import pytest
 
-from softmask_builder import exitcodes, shards
-from softmask_builder.release import verify
+from softmask_builder import exitcodes
+from softmask_builder.formats import shards
+from softmask_builder.dataset.release import verify
 from tests.adversarial.kit import assert_one_line_error, final_files, invoke
 
 REPO = Path(__file__).resolve().parents[2]

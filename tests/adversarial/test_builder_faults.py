@@ -12,10 +12,10 @@ import shutil
 
 import pytest
 
-from softmask_builder import release
-from softmask_builder.build import plan_build, run_build
+from softmask_builder.dataset import release
+from softmask_builder.dataset.build import plan_build, run_build
 from softmask_builder.exitcodes import EXIT_EMPTY, EXIT_INPUT, EXIT_IO
-from softmask_builder.release import verify
+from softmask_builder.dataset.release import verify
 from tests.adversarial.kit import (assert_one_line_error, build, dl_recipe, dl_rows, final_files, invoke, key_png,
                                    rejects_of)
 
@@ -68,7 +68,7 @@ def test_out_is_a_file(dl_source, tmp_path):
 
 
 def test_permission_denied_on_rename_is_exit_5(dl_source, tmp_path, monkeypatch):
-    from softmask_builder import shards
+    from softmask_builder.formats import shards
 
     real = os.replace
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from softmask_builder.shards import open_shard
+from softmask_builder.formats.shards import open_shard
 from tests.adversarial.kit import build, masks_recipe, rejects_of, synthetic_ct, write_png16
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from softmask_builder.relpaths import relative_text
-from softmask_builder.shards import open_shard
+from softmask_builder.sources.relpaths import relative_text
+from softmask_builder.formats.shards import open_shard
 from tests.adversarial.kit import build, dl_recipe, dl_rows, key_png, masks_recipe, write_dl_rows
 
 

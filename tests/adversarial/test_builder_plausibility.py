@@ -15,10 +15,10 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from softmask_builder.exitcodes import EXIT_INPUT
-from softmask_builder.plausibility import ImplausibleError, check_image_hu
-from softmask_builder.recipes import load_recipe, recipe_from_dict
-from softmask_builder.release import verify
-from softmask_builder.shards import open_shard
+from softmask_builder.sources.plausibility import ImplausibleError, check_image_hu
+from softmask_builder.formats.recipes import load_recipe, recipe_from_dict
+from softmask_builder.dataset.release import verify
+from softmask_builder.formats.shards import open_shard
 from tests.adversarial.kit import (assert_one_line_error, build, dl_recipe, dl_rows, invoke, key_png, masks_recipe,
                                    rejects_of, slices_recipe, write_dl_rows, write_png16)
 
@@ -307,7 +307,7 @@ def test_masks_flat_image_is_rejected(masks_source, tmp_path):
 def test_histogram_percentiles_equal_numpys_on_integer_images():
     """check_image_hu reads its percentiles off the integer histogram (no sort); the oracle is
     np.percentile's default (linear) method, for odd/even counts, ties, one value, wide ranges."""
-    from softmask_builder.plausibility import percentiles_from_counts
+    from softmask_builder.sources.plausibility import percentiles_from_counts
 
     rng = np.random.default_rng(3)
     qs = (0, 1, 12.5, 50, 99, 100)

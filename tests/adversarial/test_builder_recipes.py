@@ -8,7 +8,7 @@ import pytest
 
 from softmask_builder.errors import InputError
 from softmask_builder.exitcodes import EXIT_INPUT
-from softmask_builder.recipes import MANIFESTS_DIR, load_recipe
+from softmask_builder.formats.recipes import MANIFESTS_DIR, load_recipe
 from tests.adversarial.kit import assert_one_line_error, invoke
 
 BASE = """dataset: adv

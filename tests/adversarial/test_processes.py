@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from softmask_builder.locking import LOCK_FILE, OutLockedError, out_lock
+from softmask_builder.dataset.locking import LOCK_FILE, OutLockedError, out_lock
 
 EXIT_LOCKED = 6
 SOFTMASK = [str(Path(sys.executable).parent / "softmask")]
@@ -31,7 +31,7 @@ split: {method: patient, seed: 0, fractions: {train: 0.75, test: 0.25}}
 def slow_source(tmp_path_factory) -> Path:
     """A DeepLesion-layout source of 192 lesions made from 3 phantom cases (key slices copied to
     new patients), so that a 2-job build runs for a few seconds."""
-    from softmask_builder.phantom import write_replicated_sample
+    from softmask_builder.phantom.cases import write_replicated_sample
 
     work = tmp_path_factory.mktemp("procsrc")
     source = write_replicated_sample(work, n=192, unique=3, seed=5)
@@ -140,7 +140,7 @@ def test_workers_end_with_the_main_process_and_a_rerun_is_identical(slow_source,
 def test_second_build_into_a_locked_out_exits_6_naming_the_holder(slow_source, tmp_path):
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom softmask_builder.locking import out_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom softmask_builder.dataset.locking import out_lock\n"
          "with out_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n", str(out)],
         stdout=subprocess.PIPE, text=True)
     try:

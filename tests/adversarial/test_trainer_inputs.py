@@ -94,7 +94,7 @@ def test_clean_dataset_is_verified_once_then_cached(ds, tmp_path, monkeypatch):
     markers = list((tmp_path / "cache" / "softmask" / "verified").glob("*.json"))
     assert len(markers) == 1
     assert sorted(p.name for p in ds.iterdir()) == before  # nothing written into the dataset
-    import softmask_builder.release as release
+    import softmask_builder.dataset.release as release
 
     def no_second_hashing(root):
         raise AssertionError("verify() called again on an unchanged dataset")
@@ -253,7 +253,7 @@ def _teacher(path: Path, patients: dict[str, list[str]] | None) -> Path:
 
 
 def _patients(ds: Path, split: str) -> list[str]:
-    from softmask_builder.shards import open_shard
+    from softmask_builder.formats.shards import open_shard
 
     with open_shard(_shard(ds, split)) as shard:
         return sorted({str(p) for p in shard.meta_column("patient")})
@@ -306,7 +306,7 @@ def test_predictions_folder_missing_a_crop(ds, tmp_path):
 def test_predictions_of_the_wrong_shape(ds, tmp_path):
     pred = tmp_path / "pred"
     pred.mkdir()
-    from softmask_builder.shards import open_shard
+    from softmask_builder.formats.shards import open_shard
 
     with open_shard(_shard(ds, "test")) as shard:
         ids = shard.sample_ids

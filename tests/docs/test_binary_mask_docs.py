@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from softmask_builder import release
-from softmask_builder.pipeline import LabelParams, label_from_mask, label_from_readers, label_from_recist
+from softmask_builder.dataset import release
+from softmask_builder.labelling.pipeline import LabelParams, label_from_mask, label_from_readers, label_from_recist
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("deeplesion", "lidc", "masks")
@@ -74,8 +74,8 @@ def card_meanings() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def code_meanings() -> dict[str, str]:
     """What the pipeline does, found by comparing its binary mask with each candidate."""
-    from softmask_builder.phantom import generate_case
-    from softmask_builder.trimap import consensus_mask
+    from softmask_builder.phantom.cases import generate_case
+    from softmask_builder.labelling.trimap import consensus_mask
 
     case = generate_case(0, kind="lobulated", diameter_mm=12.0, shape=(128, 128))
     params = LabelParams()

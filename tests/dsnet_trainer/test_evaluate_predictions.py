@@ -10,7 +10,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from dsnet_trainer.cli import main
-from softmask_builder.shards import open_shard
+from softmask_builder.formats.shards import open_shard
 
 from .shardkit import make_sample_arrays, write_sample_shard
 

@@ -14,7 +14,7 @@ from dsnet_trainer.engine import load_checkpoint, read_metrics
 from dsnet_trainer.errors import CheckpointError, ConfigError, ShardError
 from dsnet_trainer.train_seg import (NonFiniteLossError, SoftTargetDataset, build_from_config, load_seg_model,
                                      soft_target, train_seg)
-from softmask_builder.soft_labels import kats_soft_label, softseg_soft_label
+from softmask_builder.labelling.soft_labels import kats_soft_label, softseg_soft_label
 
 from .seg_helpers import tiny_config, write_sample_dataset, write_sample_shard, write_tiny_teacher
 

@@ -1,7 +1,7 @@
 """The trainer reads what the builder writes: a phantom dataset built by `softmask make-lnsm` is
 loaded by dsnet_trainer's SampleShardDataset, and each item equals the shard's arrays mapped as
 the paper states (image windowed to [-1, 1], Soft Mask 2*alpha - 1, binary mask {0, 1}), computed
-here by hand from the raw HDF5 read through softmask_builder.shards."""
+here by hand from the raw HDF5 read through softmask_builder.formats.shards."""
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch", reason="the trainer needs torch (extra `tra
 def test_trainer_reads_builder_shards(tmp_path):
     from dsnet_trainer.data import SampleShardDataset
     from softmask_builder.cli import main as softmask
-    from softmask_builder.shards import open_shard
+    from softmask_builder.formats.shards import open_shard
 
     out = tmp_path / "lnsm"
     res = CliRunner().invoke(softmask, ["make-lnsm", "--out", str(out), "--n", "6", "--jobs", "1", "--no-progress"])

