@@ -167,7 +167,7 @@ def data_digest(root: str) -> str | None:
     """sha256 of the sample build's manifest (it lists every shard's checksum, and a build is
     byte-reproducible; the exports record the same digest), or None without one: the identity of
     the data a run saw."""
-    from softmask_builder.dataset.release import MANIFEST
+    from softmask_builder.formats.release_folder import MANIFEST
     from softmask_builder.formats.shards import sha256_file
 
     path = Path(root) / MANIFEST

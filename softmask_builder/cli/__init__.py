@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from softmask_builder import __version__
+from softmask_builder.core import atomic
 from softmask_builder.errors import SoftMaskError
 from softmask_builder.exitcodes import EXIT_EMPTY, EXIT_INPUT, EXIT_INTERNAL, EXIT_IO, EXIT_LOCKED, EXIT_OK, EXIT_VERIFY  # noqa: F401
 from softmask_builder.exitcodes import io_error_message
@@ -285,10 +286,10 @@ def inspect(path: Path, sample_index: int | None) -> None:
     from softmask_builder.formats.shards import open_shard
 
     if path.is_dir():
-        manifest = path / "manifest.json"
-        if not manifest.is_file():
-            raise _Fail(f"{path} has no manifest.json (not a finished build)")
-        m = json.loads(manifest.read_text())
+        from softmask_builder.formats.release_folder import read_manifest
+
+        with _input_errors():
+            m = read_manifest(path)
         _emit({k: m[k] for k in ("dataset", "dataset_version", "kind", "builder_version", "schema_version",
                                  "recipe_sha256", "n_samples", "n_planned", "n_rejects", "rejects_by_stage",
                                  "n_unselected", "splits")}
@@ -422,7 +423,8 @@ def phantom(out: Path, n_cases: int, seed: int, phantom_kind: str, backgrounds: 
 
 def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid",
                    backgrounds: Path | None = None) -> dict:
-    from softmask_builder.phantom.cases import PHANTOM_VERSION, write_sample
+    from softmask_builder.phantom.cases import PHANTOM_VERSION
+    from softmask_builder.phantom.deeplesion_writer import write_sample
 
     marker = out / "phantom.json"
     wanted = {"n": n_cases, "seed": seed, "builder_version": __version__, "phantom_version": PHANTOM_VERSION,
@@ -448,9 +450,7 @@ def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid",
                        f"(first: {info['rejects'][0]['reason']})", err=True)
         record = {**wanted, **info}
     out.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(f".{marker.name}.tmp")
-    tmp.write_text(json.dumps(record, sort_keys=True, indent=1) + "\n")
-    tmp.replace(marker)
+    atomic.write_text(marker, json.dumps(record, sort_keys=True, indent=1) + "\n")
     return {"out": str(out), **wanted, "truth": str(truth), "reused": False}
 
 

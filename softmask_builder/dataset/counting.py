@@ -12,10 +12,9 @@ import io
 from collections import Counter
 from typing import Iterable, Mapping
 
+from softmask_builder.formats.release_folder import UNSELECTED_HEADER
 from softmask_builder.sources.base import UNSELECTED, Reject, unselected_row
 
-UNSELECTED_FILE = "unselected.csv"
-UNSELECTED_HEADER = ["sample_id", "filter", "detail"]
 
 
 def filter_of(row: Reject) -> str:

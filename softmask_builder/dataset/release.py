@@ -12,30 +12,27 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from softmask_builder import __version__
 from softmask_builder.dataset import counting
-from softmask_builder.errors import InputError, SoftMaskError
+from softmask_builder.core import atomic
+from softmask_builder.errors import SoftMaskError
 from softmask_builder.formats.metadata import croissant, hub_front_matter, source_family
 from softmask_builder.formats.shards import READABLE_VERSIONS, SCHEMA_VERSION, check_shard, open_shard, parse_shard_name, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from softmask_builder.dataset.results import BuildResult
 
-MANIFEST = "manifest.json"
-SUMS = "SHA256SUMS"
-REJECTS = "rejects.csv"
-CARD = "DATASET_CARD.md"
-UNSELECTED = counting.UNSELECTED_FILE
-CROISSANT = "croissant.json"
+from softmask_builder.formats.release_folder import (CARD, CROISSANT, MANIFEST, REJECTS,  # noqa: F401 (release API)
+                                                     REJECTS_HEADER, SUMS, UNSELECTED, UNSELECTED_HEADER,
+                                                     ManifestError, parse_sums, read_manifest, sums_text)
+from softmask_builder.reports.figures import preview_report, write_preview  # noqa: F401 (release API)
+
 _VERSIONED = ("numpy", "scipy", "scikit-image", "opencv-python-headless", "h5py", "joblib", "numba", "pydicom",
               "pandas")
 
@@ -54,21 +51,10 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: leave no temporary behind
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def rejects_csv_text(rejects) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["sample_id", "stage", "reason"])
+    writer.writerow(REJECTS_HEADER)
     for r in rejects:
         writer.writerow([r.sample_id, r.stage, r.reason])
     return buf.getvalue()
@@ -111,16 +97,16 @@ def write_release(result: "BuildResult") -> dict[str, Any]:
     SHA256SUMS; return the manifest."""
     out = Path(result.out)
     manifest = manifest_dict(result)
-    _write_text_atomic(out / REJECTS, rejects_csv_text(result.rejects))
-    _write_text_atomic(out / UNSELECTED, counting.unselected_csv_text(result.plan.unselected))
-    _write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    _write_text_atomic(out / CARD, dataset_card(manifest, result.rejects))
-    _write_text_atomic(out / CROISSANT, json.dumps(croissant(manifest, cite_as=citation_text(manifest)), indent=1,
+    atomic.write_text(out / REJECTS, rejects_csv_text(result.rejects))
+    atomic.write_text(out / UNSELECTED, counting.unselected_csv_text(result.plan.unselected))
+    atomic.write_text(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    atomic.write_text(out / CARD, dataset_card(manifest, result.rejects))
+    atomic.write_text(out / CROISSANT, json.dumps(croissant(manifest, cite_as=citation_text(manifest)), indent=1,
                                                    sort_keys=True, ensure_ascii=False) + "\n")
     hashes = {s.name: s.sha256 for s in result.shards}
     for name in (MANIFEST, REJECTS, UNSELECTED, CARD, CROISSANT):
         hashes[name] = sha256_file(out / name)
-    _write_text_atomic(out / SUMS, "".join(f"{hashes[k]}  {k}\n" for k in sorted(hashes)))
+    atomic.write_text(out / SUMS, sums_text(hashes))
     return manifest
 
 
@@ -269,17 +255,6 @@ class VerifyReport:
                 "problems": list(self.problems)}
 
 
-def _parse_sums(text: str) -> tuple[dict[str, str], list[str]]:
-    entries, bad = {}, []
-    for i, line in enumerate(text.splitlines(), 1):
-        parts = line.split("  ", 1)
-        if len(parts) != 2 or len(parts[0]) != 64 or not all(c in "0123456789abcdef" for c in parts[0]):
-            bad.append(f"{SUMS} line {i} is not '<sha256>  <file>': {line[:80]!r}")
-            continue
-        entries[parts[1].lstrip("*")] = parts[0]
-    return entries, bad
-
-
 def verify(out: str | Path) -> VerifyReport:
     """Re-hash and check a built dataset folder.
 
@@ -297,15 +272,12 @@ def verify(out: str | Path) -> VerifyReport:
         problems.append(f"{out} is not a folder")
         return report
     try:
-        manifest = json.loads((out / MANIFEST).read_text())
-    except FileNotFoundError:
-        problems.append(f"{MANIFEST} is missing (an unfinished build?)")
-        return report
-    except (OSError, json.JSONDecodeError) as exc:
-        problems.append(f"{MANIFEST} is not valid JSON: {exc}")
+        manifest = read_manifest(out)
+    except ManifestError as exc:
+        problems.append(str(exc))
         return report
     try:
-        sums, bad = _parse_sums((out / SUMS).read_text())
+        sums, bad = parse_sums((out / SUMS).read_text())
         problems.extend(bad)
     except FileNotFoundError:
         problems.append(f"{SUMS} is missing")
@@ -401,7 +373,7 @@ def verify(out: str | Path) -> VerifyReport:
         try:
             with open(out / REJECTS, newline="", encoding="utf-8") as fh:
                 rows = list(csv.reader(fh))
-            if not rows or rows[0] != ["sample_id", "stage", "reason"]:
+            if not rows or rows[0] != REJECTS_HEADER:
                 problems.append(f"{REJECTS} lacks the header sample_id,stage,reason")
             elif len(rows) - 1 != manifest["n_rejects"]:
                 problems.append(f"{REJECTS} has {len(rows) - 1} rows, manifest says {manifest['n_rejects']}")
@@ -410,31 +382,13 @@ def verify(out: str | Path) -> VerifyReport:
         if UNSELECTED in sums and (out / UNSELECTED).is_file():  # older datasets have none
             with open(out / UNSELECTED, newline="", encoding="utf-8") as fh:
                 rows = list(csv.reader(fh))
-            if not rows or rows[0] != counting.UNSELECTED_HEADER:
-                problems.append(f"{UNSELECTED} lacks the header {','.join(counting.UNSELECTED_HEADER)}")
+            if not rows or rows[0] != UNSELECTED_HEADER:
+                problems.append(f"{UNSELECTED} lacks the header {','.join(UNSELECTED_HEADER)}")
             elif len(rows) - 1 != manifest["n_unselected"]:
                 problems.append(f"{UNSELECTED} has {len(rows) - 1} rows, manifest says {manifest['n_unselected']}")
     except (KeyError, TypeError) as exc:
         problems.append(f"{MANIFEST} lacks or mistypes a field: {exc!r}")
     return report
-
-
-# --- preview -----------------------------------------------------------------------------------
-
-def write_preview(path: str | Path, out_png: str | Path, *, n: int = 8) -> Path:
-    """Contact sheet of ``n`` samples (kept here for callers of the release API; drawn by
-    :func:`softmask_builder.reports.figures.write_preview`, which sits above this module)."""
-    from softmask_builder.reports.figures import write_preview as draw
-
-    return draw(path, out_png, n=n)
-
-
-def preview_report(path: str | Path, out_png: str | Path, *, n: int = 8) -> dict[str, Any]:
-    """The contact sheet of :func:`write_preview` and what it drew (see
-    :func:`softmask_builder.reports.figures.preview_report`)."""
-    from softmask_builder.reports.figures import preview_report as draw
-
-    return draw(path, out_png, n=n)
 
 
 __all__ = ["write_release", "verify", "VerifyReport", "write_preview", "preview_report", "dataset_card", "manifest_dict",

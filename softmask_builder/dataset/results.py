@@ -1,8 +1,9 @@
 """What a build produced: :class:`ShardResult` per shard and :class:`BuildResult` for the build.
 
-These types sit below both :mod:`softmask_builder.dataset.build` (which makes them) and :mod:`softmask_builder.dataset.release` (which writes the
-release files from them), so neither imports the other's internals and the import graph reads
-top to bottom: ``results`` <- ``release`` <- ``build``.
+These types sit below both :mod:`softmask_builder.dataset.build` (which makes them) and
+:mod:`softmask_builder.dataset.release` (which writes the release files from them), and above
+:mod:`softmask_builder.dataset.plan`, so the import graph reads top to bottom:
+``build`` -> ``release`` -> ``results`` -> ``plan``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from softmask_builder.formats.recipes import SPLITS
 from softmask_builder.sources.base import Reject
 
 if TYPE_CHECKING:  # pragma: no cover
-    from softmask_builder.dataset.build import BuildPlan
+    from softmask_builder.dataset.plan import BuildPlan
 
 __all__ = ["ShardResult", "BuildResult"]
 

@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from softmask_builder.core import atomic
 from softmask_builder.errors import InputError, SoftMaskError
+from softmask_builder.formats.release_folder import MANIFEST, SUMS, read_manifest, sums_text
 from softmask_builder.formats.shards import open_shard, sha256_file
 
 SPLITS = ("train", "val", "test")
-SUMS = "SHA256SUMS"
 
 
 class ExportError(SoftMaskError):
@@ -108,14 +109,14 @@ def load_verified_build(build: str | Path) -> VerifiedBuild:
     ExportError
         The build holds slices (no labels to export) or no sample (exit code 4).
     """
-    from softmask_builder.dataset.release import MANIFEST, verify
+    from softmask_builder.dataset.release import verify
 
     build = Path(build)
     report = verify(build)
     if not report.ok:
         raise BuildNotVerified(f"{build} fails `softmask verify` ({len(report.problems)} problem(s)); "
                                "exports read only verified builds", report.problems)
-    manifest = json.loads((build / MANIFEST).read_text())
+    manifest = read_manifest(build)
     if manifest.get("kind") != "samples":
         raise ExportError(f"{build} is a {manifest.get('kind')!r} build; exports take sample builds (crops + labels)")
     if not manifest["n_samples"]:
@@ -162,7 +163,7 @@ class AtomicFolder:
             raise ExportError(f"{option} {self.final} already exists; pass --overwrite to replace it")
         if self.final.exists() and not self.final.is_dir():
             raise ExportError(f"{option} {self.final} exists and is not a folder")
-        self.tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.tmp")
+        self.tmp = atomic.temp_path(self.final)
         self.files: list[str] = []
 
     def __enter__(self) -> "AtomicFolder":
@@ -187,8 +188,8 @@ class AtomicFolder:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        lines = [f"{sha256_file(self.tmp / rel)}  {rel}\n" for rel in sorted(self.files)]
-        (self.tmp / SUMS).write_text("".join(lines), encoding="utf-8")
+        (self.tmp / SUMS).write_text(sums_text({rel: sha256_file(self.tmp / rel) for rel in self.files}),
+                                     encoding="utf-8")
         if self.final.exists():
             old = self.final.with_name(f".{self.final.name}.{os.getpid()}.old")
             os.replace(self.final, old)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from softmask_builder.core import atomic
 from softmask_builder.errors import InputError
 from softmask_builder.export._common import (SPLITS, AtomicFolder, ExportError, VerifiedBuild, check_name, load_verified_build,
                       nifti_bytes, pixdim_of, provenance, to_col_row)
@@ -173,7 +174,6 @@ def export_nnunet(build: str | Path, out: str | Path, *, dataset_id: int, name: 
                                                     splits_final=bool(splits_final)))
     if splits_path is not None:
         splits_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = splits_path.with_name(f".{splits_path.name}.tmp")
-        tmp.write_text(json.dumps([{"train": by_split["train"], "val": by_split["val"]}], indent=1) + "\n")
-        tmp.replace(splits_path)
+        atomic.write_text(splits_path, json.dumps([{"train": by_split["train"], "val": by_split["val"]}], indent=1)
+                          + "\n")
     return NnunetExport(final, n_training, len(by_split["test"]), splits_path)

@@ -64,7 +64,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:
-        raise ManifestError(f"{Path(folder)} has no {MANIFEST} (not a finished build)") from None
+        raise ManifestError(f"{MANIFEST} is missing in {Path(folder)} (an unfinished build, or not a build "
+                            "folder)") from None
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ManifestError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from softmask_builder.core import atomic
 from softmask_builder.core.validate import TRIMAP_LESION, TRIMAP_UNKNOWN
 from softmask_builder.errors import InputError, SourceError
-from softmask_builder.dataset.release import MANIFEST
+from softmask_builder.formats.release_folder import MANIFEST, manifest_shard_files, read_manifest
 from softmask_builder.formats.shards import open_shard, parse_shard_name
 
 ALPHA_CMAP = "viridis"
@@ -51,9 +51,8 @@ def shard_paths(path: str | Path) -> list[Path]:
     path = Path(path)
     if path.is_file():
         return [path]
-    manifest = path / MANIFEST
-    if manifest.is_file():
-        return [path / e["file"] for e in json.loads(manifest.read_text())["shards"]]
+    if (path / MANIFEST).is_file():
+        return [path / name for name in manifest_shard_files(read_manifest(path))]
     found = sorted(p for p in path.glob("*.h5") if parse_shard_name(p.name) is not None)
     if not found:
         raise InputError(f"no shards in {path}")
@@ -227,9 +226,7 @@ def png_bytes(fig) -> bytes:
 def write_png_atomic(fig, out_png: str | Path) -> Path:
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(png_bytes(fig))
-    os.replace(tmp, out_png)
+    atomic.write_bytes(out_png, png_bytes(fig))
     return out_png
 
 

@@ -28,19 +28,17 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from softmask_builder.core import atomic
 from softmask_builder.core.validate import TRIMAP_LESION, TRIMAP_UNKNOWN
-from softmask_builder.errors import InputError
 from softmask_builder.reports.figures import (SampleRef, new_figure, png_bytes, read_samples, recipe_window_hu, samples_figure,
                       shard_paths)
-from softmask_builder.dataset.release import MANIFEST, REJECTS
+from softmask_builder.formats.release_folder import REJECTS, read_manifest
 from softmask_builder.formats.shards import open_shard
 
 SPLITS = ("train", "val", "test")
@@ -148,10 +146,7 @@ class ReportData:
 def collect(folder: str | Path) -> ReportData:
     """Read a finished dataset folder: manifest, rejects and per-sample statistics."""
     folder = Path(folder)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise InputError(f"{folder} has no {MANIFEST} (not a finished build; run `softmask build` first)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(folder)
     rejects: list[dict[str, str]] = []
     if (folder / REJECTS).is_file():
         with open(folder / REJECTS, newline="") as fh:
@@ -265,9 +260,7 @@ def write_report(folder: str | Path, out_html: str | Path) -> dict[str, Any]:
     text = render_html(data)
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_html.with_name(f".{out_html.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out_html)
+    atomic.write_text(out_html, text)
     return {"report": str(out_html), "bytes": len(text.encode("utf-8")), "n_samples": len(data.stats),
             "n_rejects": len(data.rejects),
             "review": {k: [s.sample_id for s in v] for k, v in data.review().items()}}

@@ -28,6 +28,7 @@ import threading
 import zipfile
 from pathlib import Path
 
+from softmask_builder.core import atomic
 from softmask_builder.errors import SourceError
 
 __all__ = ["ZIP_NAME_RE", "MEMBER_PREFIX", "softmask_cache_dir", "find_zips", "zip_member_index", "read_member",
@@ -59,9 +60,7 @@ def find_zips(root) -> list[Path]:
 
 def _write_json_atomic(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, separators=(",", ":")))
 
 
 def _zip_members(path: Path) -> list[str]:

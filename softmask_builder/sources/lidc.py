@@ -53,6 +53,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from softmask_builder.core import atomic
 from softmask_builder.labelling.crop import crop_image, crop_plan
 from softmask_builder.errors import InputError, SourceError
 from softmask_builder.sources.plausibility import check_ct_header, check_image_hu, check_series_spacing, check_spacing_mm
@@ -226,9 +227,7 @@ def scan_dicom_headers(root: Path, cases: list[str], listing=None) -> dict[str, 
         fresh = {rel: [stats[rel].st_size, stats[rel].st_mtime_ns, list(records[rel])] for rel in stats}
         try:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**cache, **fresh}, separators=(",", ":")))
-            os.replace(tmp, cache_path)
+            atomic.write_text(cache_path, json.dumps({**cache, **fresh}, separators=(",", ":")))
         except OSError:
             pass
     return {case: [(rel, records[rel]) for rel, _ in entries] for case, entries in listing.items()}
@@ -497,9 +496,7 @@ class _PlanCache:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.entries, separators=(",", ":")))
-            os.replace(tmp, self.path)
+            atomic.write_text(self.path, json.dumps(self.entries, separators=(",", ":")))
         except OSError:
             pass  # an unwritable cache only costs time
 

@@ -86,20 +86,20 @@ def test_permission_denied_on_rename_is_exit_5(dl_source, tmp_path, monkeypatch)
 
 
 def test_disk_full_while_writing_release_files(dl_source, tmp_path, monkeypatch):
-    real = release._write_text_atomic
+    real = release.atomic.write_text
 
-    def full(path, text):
+    def full(path, text, **kwargs):
         if path.name == release.MANIFEST:
             raise OSError(errno.ENOSPC, "No space left on device", str(path.with_name(".tmp")))
-        return real(path, text)
+        return real(path, text, **kwargs)
 
-    monkeypatch.setattr(release, "_write_text_atomic", full)
+    monkeypatch.setattr(release.atomic, "write_text", full)
     out = tmp_path / "out"
     result = invoke("build", "deeplesion", dl_source, "--recipe", "sample", "--out", out)
     assert_one_line_error(result, EXIT_IO, "disk full", str(out))
     assert "manifest.json" not in final_files(out) and "SHA256SUMS" not in final_files(out)
     assert not verify(out).ok  # an unfinished build never looks finished
-    monkeypatch.setattr(release, "_write_text_atomic", real)
+    monkeypatch.setattr(release.atomic, "write_text", real)
     assert invoke("build", "deeplesion", dl_source, "--recipe", "sample", "--out", out).exit_code == 0
     assert verify(out).ok
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from softmask_builder.dataset.build import (PLAN_FILE, BuildPlan, label_record, make_plan, plan_build, run_build,
+from softmask_builder.formats.release_folder import PLAN_FILE
+from softmask_builder.dataset.build import (BuildPlan, label_record, make_plan, plan_build, run_build,
                                     split_refs)
 from softmask_builder.errors import InputError, SourceError
 from softmask_builder.labelling.pipeline import Labels, label_from_recist
@@ -302,7 +303,7 @@ def test_a_different_plan_is_refused_unless_overwrite(tmp_path):
 
 @pytest.fixture(scope="module")
 def phantom_root(tmp_path_factory):
-    from softmask_builder.phantom.cases import write_sample
+    from softmask_builder.phantom.deeplesion_writer import write_sample
 
     root = tmp_path_factory.mktemp("phantom")
     write_sample(root, n=5, seed=11, n_neighbors=0)
