@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from softmask_builder.phantom.cases import write_replicated_sample
+from softmask_builder.phantom.deeplesion_writer import write_replicated_sample
 
 
 def make_source(root: Path, n: int, unique: int, seed: int) -> Path:

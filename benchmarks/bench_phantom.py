@@ -29,7 +29,7 @@ from joblib import Parallel, delayed, parallel_config
 
 
 def _write_pngs(case, folder: Path) -> int:
-    from softmask_builder.phantom.cases import encode_png_hu
+    from softmask_builder.phantom.deeplesion_writer import encode_png_hu
 
     d = folder / case.series_dir
     d.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import numpy as np
 
 from softmask_builder.reports.agreement import nodule_agreement, pairwise_dice
 from softmask_builder.phantom.hybrid import simulate_readers
-from softmask_builder.phantom.cases import _long_axis
+from softmask_builder.phantom.recist_marks import long_axis as _long_axis
 from softmask_builder.sources.lidc_db import cluster_annotations, read_lidc_db
 
 BUCKETS = ((3.0, 6.0), (6.0, 12.0), (12.0, 30.0), (30.0, 1e9))

@@ -37,7 +37,7 @@ import numpy as np
 
 from softmask_builder.reports import image_stats
 from softmask_builder.labelling.metrics import dice
-from softmask_builder.phantom.cases import recist_from_mask
+from softmask_builder.phantom.recist_marks import recist_from_mask
 from softmask_builder.labelling.pipeline import LabelParams, label_from_mask, label_from_readers, label_from_recist
 from softmask_builder.labelling.recist import mask_from_recist, mask_from_recist_uls23
 from softmask_builder.labelling.trimap import consensus_mask

@@ -405,7 +405,7 @@ def report(path: Path, out: Path | None) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Phantom random seed (same seed, same bytes).")
 @click.option("--kind", "phantom_kind", type=click.Choice(["hybrid", "analytic"]), default="hybrid", show_default=True,
               help="hybrid: real LIDC nodule shapes in synthetic (or --backgrounds) slices; analytic: the old "
-                   "analytic shapes (softmask_builder.phantom.cases).")
+                   "analytic shapes (softmask_builder.phantom).")
 @click.option("--backgrounds", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Hybrid only: a LIDC DICOM root or a DeepLesion root whose slices take the lesions.")
 @click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Parallel rendering jobs.")
@@ -436,7 +436,7 @@ def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid",
     if kind == "analytic":
         with _input_errors(out):
             truth = write_sample(out, n=n_cases, seed=seed)
-        record = {**wanted, "shapes": "analytic (softmask_builder.phantom.cases)", "backgrounds": "synthetic"}
+        record = {**wanted, "shapes": "analytic (softmask_builder.phantom)", "backgrounds": "synthetic"}
     else:
         from softmask_builder.phantom.hybrid import write_hybrid_sample
         from softmask_builder.phantom.backgrounds import load_backgrounds

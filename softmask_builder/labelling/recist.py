@@ -258,7 +258,7 @@ class _Bounds:
         self.length = float(np.hypot(*(b - self.a)))
         self.u = (b - self.a) / self.length
         self.v = np.array([-self.u[1], self.u[0]])
-        # elementwise, not `@`: a BLAS dot rounds per CPU kernel (see phantom._short_axis)
+        # elementwise, not `@`: a BLAS dot rounds per CPU kernel (see phantom.recist_marks._short_axis)
         ws = [float((p[0] - self.a[0]) * self.v[0] + (p[1] - self.a[1]) * self.v[1])
               for p in (rec.short_a, rec.short_b)]
         self.w_plus = max(max(ws), 0.0)     # how far the short axis reaches on the +v side
@@ -759,7 +759,15 @@ def uls23_windows_hu(image_hu, seeds) -> tuple[tuple[float, float], ...]:
 def measure_axes_px(mask) -> tuple[float, float]:
     """(long, short) axis lengths in pixels of a mask, measured between pixel centres as a
     reader draws them: long = the farthest pair of pixel centres; short = the widest extent
-    perpendicular to it among 1-px bins along the long axis. (0, 0) for an empty mask."""
+    perpendicular to it among 1-px bins along the long axis. (0, 0) for an empty mask.
+
+    The phantom's truth marks use another longest-chord search on purpose
+    (:func:`softmask_builder.phantom.recist_marks.long_axis`): the same length, but this one keeps
+    the first farthest pair in ``cv2.convexHull`` order and bins along it, so among equal-length
+    chords (common on the pixel grid) the two pick different pairs. Merging them would change
+    either this function's short axis (the ULS23 candidate choice) or the phantom's marks
+    (PHANTOM_VERSION); see :mod:`softmask_builder.phantom.recist_marks`.
+    """
     pts = np.argwhere(np.asarray(mask, dtype=bool)).astype(np.float64)
     if len(pts) == 0:
         return 0.0, 0.0

@@ -1,5 +1,6 @@
 """Hybrid phantom: real LIDC nodule shapes (:mod:`softmask_builder.phantom.shapes`) rendered into CT slices with
-a stated image model; known truth, written in the DeepLesion layout like :mod:`softmask_builder.phantom.cases`.
+a stated image model; known truth, written in the DeepLesion layout like :mod:`softmask_builder.phantom.cases`
+(by :mod:`softmask_builder.phantom.deeplesion_writer`).
 
 API (stable; the calibration benchmark builds on it)::
 
@@ -17,9 +18,10 @@ API (stable; the calibration benchmark builds on it)::
     info = write_hybrid_sample(root, n=60, seed=0, shapes=None, real_backgrounds=None)  # DeepLesion layout
     # parallelism: the caller's joblib.parallel_config (the output does not depend on it)
 
-``HybridCase`` is a :class:`softmask_builder.phantom.cases.PhantomCase` (so :func:`softmask_builder.phantom.cases.write_deeplesion`
-writes it unchanged) with the hybrid's own fields added (shape id, LIDC patient, texture class,
-placement, core fraction, simulated reader masks, the lesion-free background).
+``HybridCase`` is a :class:`softmask_builder.phantom.cases.PhantomCase` (so
+:func:`softmask_builder.phantom.deeplesion_writer.write_deeplesion` writes it unchanged) with the hybrid's own fields
+added (shape id, LIDC patient, texture class, placement, core fraction, simulated reader masks, the lesion-free
+background).
 
 Image model (per slice; the background ``B`` already carries its scanner blur and noise)::
 
@@ -43,9 +45,9 @@ Image model (per slice; the background ``B`` already carries its scanner blur an
   U(0.35, 0.6) mm), truncated at 4 sigma (the radius beyond which pixels are untouched);
 * truth: ``true_fraction = f`` of the key slice (``true_mask = f >= 0.5``), its neighbours'
   likewise, ``apparent_fraction = PSF * f``; RECIST measured on ``true_mask`` as a radiologist
-  does (:func:`softmask_builder.phantom.cases.recist_from_mask`), optionally moved by an observer jitter (mm).
+  does (:func:`softmask_builder.phantom.recist_marks.recist_from_mask`), optionally moved by an observer jitter (mm).
 
-Synthetic backgrounds are the analytic phantom's chest (:mod:`softmask_builder.phantom.cases`: body, ribs, spine,
+Synthetic backgrounds are the analytic phantom's chest (:mod:`softmask_builder.phantom.anatomy`: body, ribs, spine,
 trachea, lungs with 3-D vessel trees) improved cheaply: a fine parenchymal texture (a second
 random field of 2 px cells) and one oblique fissure per lung (a 0.5 mm soft-tissue sheet, partial
 volume over the pixel). Licences: shapes LIDC-IDRI CC BY 3.0 (:data:`softmask_builder.phantom.shapes.SHAPES_LICENSE`);
@@ -54,7 +56,6 @@ synthetic backgrounds are the project's own.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -65,8 +66,11 @@ import numpy as np
 from scipy import ndimage
 
 from softmask_builder.errors import InputError
-from softmask_builder.phantom.cases import (HU_LUNG, HU_MAX, HU_MIN, HU_OUTSIDE_FOV, HU_SOFT, HU_VESSEL, PhantomCase, _as_rng, _blur,
-                      _draw_anatomy, _smooth_field, _static_background, _vessel_fraction, recist_from_mask)
+from softmask_builder.phantom.anatomy import (HU_LUNG, HU_MAX, HU_MIN, HU_OUTSIDE_FOV, HU_SOFT, HU_VESSEL, blur,
+                                              draw_anatomy, smooth_field, static_background, vessel_fraction)
+from softmask_builder.phantom.cases import SPLIT_CODES, PhantomCase, as_rng
+from softmask_builder.phantom.deeplesion_writer import write_deeplesion
+from softmask_builder.phantom.recist_marks import recist_from_mask
 from softmask_builder.phantom.shapes import TEXTURE_CLASSES, LesionShape, fraction_maps
 
 __all__ = ["PLACEMENTS", "SOLID_CORE_FRACTION", "READER_MODEL", "HybridParams", "Background", "HybridCase",
@@ -191,7 +195,8 @@ class HybridCase(PhantomCase):
     core_fraction: np.ndarray | None = None
 
     def truth_extra(self) -> dict:
-        """Per-case arrays and strings for ``phantom_truth.npz`` (see :func:`softmask_builder.phantom.cases.write_deeplesion`)."""
+        """Per-case arrays and strings for ``phantom_truth.npz``
+        (see :func:`softmask_builder.phantom.deeplesion_writer.write_deeplesion`)."""
         return {"scalars": {"shape_id": self.shape_id, "lidc_patient_id": self.lidc_patient_id,
                             "placement": self.placement, "background_id": self.background_id,
                             "z_offset_mm": self.z_offset_mm, "rotation_deg": self.rotation_deg,
@@ -276,7 +281,7 @@ def synthetic_background(rng_or_seed, *, shape: tuple[int, int] = (512, 512), sp
     against the real LIDC fixture slices (before PHANTOM_VERSION 3: 0.5-1 px, 10-25 HU, 0.6 px, as
     the analytic :func:`softmask_builder.phantom.cases.generate_case` still draws).
     """
-    rng = _as_rng(rng_or_seed)
+    rng = as_rng(rng_or_seed)
     rows, cols = (int(v) for v in shape)
     if rows < 128 or cols < 128:
         raise InputError(f"shape must be at least (128, 128), got {shape}")
@@ -287,13 +292,13 @@ def synthetic_background(rng_or_seed, *, shape: tuple[int, int] = (512, 512), sp
     noise_corr = float(noise_corr_px) if noise_corr_px is not None else float(rng.uniform(*SYNTHETIC_NOISE_CORR_PX))
     offsets = list(range(-n_neighbors, n_neighbors + 1))
     z_centres = [k * t for k in offsets]
-    anat = _draw_anatomy(rng, rows, cols, px, z_span_mm=40.0)
+    anat = draw_anatomy(rng, rows, cols, px, z_span_mm=40.0)
     x = (np.arange(cols) * px)[None, :]
     y = (np.arange(rows) * px)[:, None]
-    static, lung_cov = _static_background(anat, rows, cols, px, x, y)
-    vessels = _vessel_fraction(anat.segments, rows, cols, px, z_centres, t)
-    tex_a, tex_b = _smooth_field(rng, rows, cols, 16), _smooth_field(rng, rows, cols, 16)
-    fine_a, fine_b = _smooth_field(rng, rows, cols, 2), _smooth_field(rng, rows, cols, 2)
+    static, lung_cov = static_background(anat, rows, cols, px, x, y)
+    vessels = vessel_fraction(anat.segments, rows, cols, px, z_centres, t)
+    tex_a, tex_b = smooth_field(rng, rows, cols, 16), smooth_field(rng, rows, cols, 16)
+    fine_a, fine_b = smooth_field(rng, rows, cols, 2), smooth_field(rng, rows, cols, 2)
     tex_amp, fine_amp = float(rng.uniform(15.0, 30.0)), float(rng.uniform(8.0, 15.0))
     omega = 2 * math.pi / float(rng.uniform(15.0, 30.0))
     omega_f = 2 * math.pi / float(rng.uniform(3.0, 6.0))
@@ -303,7 +308,7 @@ def synthetic_background(rng_or_seed, *, shape: tuple[int, int] = (512, 512), sp
     fissure *= lung_cov
     impulse = np.zeros((31, 31))
     impulse[15, 15] = 1.0
-    noise_gain = float(np.sqrt((_blur(impulse, noise_corr) ** 2).sum()))
+    noise_gain = float(np.sqrt((blur(impulse, noise_corr) ** 2).sum()))
     fov = (x - cols * px / 2 + px / 2) ** 2 + (y - rows * px / 2 + px / 2) ** 2 > (min(rows, cols) * px / 2) ** 2
     clean, noisy, lungs = [], [], []
     for k, z in enumerate(z_centres):
@@ -315,9 +320,9 @@ def synthetic_background(rng_or_seed, *, shape: tuple[int, int] = (512, 512), sp
         img = img * (1 - fv) + HU_VESSEL * fv
         sharp = img.astype(np.float32)
         sharp[fov] = HU_OUTSIDE_FOV
-        img = _blur(sharp, psf)
+        img = blur(sharp, psf)
         img[fov] = HU_OUTSIDE_FOV
-        n_img = img + _blur(rng.standard_normal((rows, cols), dtype=np.float32), noise_corr) * np.float32(noise / noise_gain)
+        n_img = img + blur(rng.standard_normal((rows, cols), dtype=np.float32), noise_corr) * np.float32(noise / noise_gain)
         n_img = np.clip(n_img, HU_MIN, HU_MAX)
         n_img[fov] = HU_OUTSIDE_FOV
         clean.append(sharp)
@@ -404,14 +409,12 @@ def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_rea
     numpy.ndarray
         bool (n_readers, rows, cols); a reader's mask may be empty for a tiny lesion.
     """
-    from softmask_builder.phantom.shapes import _signed_distance
-
     m = READER_MODEL
     b_sd = m["bias_sd_mm"] if bias_sd_mm is None else float(bias_sd_mm)
     b_rel = m["bias_rel"] if bias_rel is None else float(bias_rel)
     wob = m["wobble_mm"] if wobble_mm is None else float(wobble_mm)
     corr = m["corr_mm"] if corr_mm is None else float(corr_mm)
-    rng = _as_rng(rng)
+    rng = as_rng(rng)
     truth = np.asarray(true_fraction) >= 0.5
     out = np.zeros((n_readers,) + truth.shape, dtype=bool)
     if not truth.any():
@@ -495,13 +498,11 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
     InputError
         Unknown placement, no room for it, or no z offset giving a RECIST-measurable section.
     """
-    from softmask_builder.phantom.cases import SPLIT_CODES
-
     if placement not in PLACEMENTS:
         raise InputError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if split not in SPLIT_CODES:
         raise InputError(f"split must be one of {tuple(SPLIT_CODES)}, got {split!r}")
-    rng = _as_rng(rng_or_seed)
+    rng = as_rng(rng_or_seed)
     bg = background
     S, rows, cols = bg.slices_hu.shape
     sp, t = bg.spacing_mm, bg.slice_thickness_mm
@@ -579,7 +580,7 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
 
     true_fraction = fr[bg.key].astype(np.float32)
     true_mask = true_fraction >= 0.5
-    apparent = np.clip(_blur(true_fraction, psf_px), 0.0, 1.0).astype(np.float32)
+    apparent = np.clip(blur(true_fraction, psf_px), 0.0, 1.0).astype(np.float32)
     recist = _jitter_recist(recist_from_mask(true_mask, sample_id=shape.shape_id), rng, params.recist_jitter_mm, sp)
     readers = simulate_readers(true_fraction, spacing_mm=sp, rng=rng, n_readers=params.n_readers)
     if key_slice_index is None:
@@ -852,7 +853,8 @@ def write_hybrid_sample(root, *, n: int = 60, seed: int = 0, shapes: Sequence[Le
                         cases_per_background: int | None = None,
                         slice_shape: tuple[int, int] = (512, 512)) -> dict:
     """Write ``n`` hybrid cases in the DeepLesion layout under ``root`` (images, DL_info.csv,
-    phantom_truth.npz with the hybrid extras) by :func:`softmask_builder.phantom.cases.write_deeplesion`, streaming.
+    phantom_truth.npz with the hybrid extras) by
+    :func:`softmask_builder.phantom.deeplesion_writer.write_deeplesion`, streaming.
 
     Shapes: ``shapes`` if given, else :func:`softmask_builder.phantom.shapes.load_shapes` on
     :func:`sample_patients`. Returns a summary dict (truth path, shapes/backgrounds provenance and
@@ -865,7 +867,6 @@ def write_hybrid_sample(root, *, n: int = 60, seed: int = 0, shapes: Sequence[Le
     """
     from pathlib import Path
 
-    from softmask_builder.phantom.cases import write_deeplesion
     from softmask_builder.phantom.shapes import SHAPES_LICENSE, load_shapes
 
     report = None

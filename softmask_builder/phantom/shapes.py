@@ -286,12 +286,12 @@ def _finish(shape_id, patient_id, n_readers, texture, tclass, phis, z, spacing, 
 
 def _consensus_diameter(cons: np.ndarray, spacing_mm: float) -> float:
     """Farthest pair of consensus pixel centres on the plane of largest area, plus one pixel."""
-    from softmask_builder.phantom.cases import _long_axis
+    from softmask_builder.phantom.recist_marks import long_axis
 
     area = cons.sum(axis=(1, 2))
     pts = np.argwhere(cons[int(np.argmax(area))]).astype(np.float64) * spacing_mm
     if len(pts) >= 2:
-        i, j = _long_axis(pts)
+        i, j = long_axis(pts)
         return float(np.hypot(*(pts[i] - pts[j]))) + spacing_mm
     return float(spacing_mm)
 
@@ -302,7 +302,7 @@ def _measure(shape: "LesionShape") -> tuple[float, float]:
     to one, so the sum of fractions x voxel volume is the volume). Chord: the farthest pair of
     pixel centres with f >= 0.5 (+ one lattice step) on an ideal plane through the thickest
     slab, on a 0.2 mm lattice."""
-    from softmask_builder.phantom.cases import _long_axis
+    from softmask_builder.phantom.recist_marks import long_axis
 
     h, t = 0.35, 0.5
     rb = shape.radius_bound_mm
@@ -323,7 +323,7 @@ def _measure(shape: "LesionShape") -> tuple[float, float]:
                      z_mm=best[1], slice_thickness_mm=0.0, supersample=1)
     pts = np.argwhere(f >= 0.5).astype(np.float64) * h2
     if len(pts) >= 2:
-        i, j = _long_axis(pts)
+        i, j = long_axis(pts)
         diam = float(np.hypot(*(pts[i] - pts[j]))) + h2
     else:
         diam = h2 * len(pts)

@@ -25,7 +25,7 @@ from tests.adversarial.kit import synthetic_ct
 def phantom3(tmp_path_factory) -> Path:
     """A 3-case phantom source in the DeepLesion layout (3 patients, key slice + 2 neighbours
     each). Read-only: copy it (``dl_source``) before changing anything."""
-    from softmask_builder.phantom.cases import write_sample
+    from softmask_builder.phantom.deeplesion_writer import write_sample
 
     root = tmp_path_factory.mktemp("phantom3")
     write_sample(root, n=3, seed=0)

@@ -31,7 +31,7 @@ split: {method: patient, seed: 0, fractions: {train: 0.75, test: 0.25}}
 def slow_source(tmp_path_factory) -> Path:
     """A DeepLesion-layout source of 192 lesions made from 3 phantom cases (key slices copied to
     new patients), so that a 2-job build runs for a few seconds."""
-    from softmask_builder.phantom.cases import write_replicated_sample
+    from softmask_builder.phantom.deeplesion_writer import write_replicated_sample
 
     work = tmp_path_factory.mktemp("procsrc")
     source = write_replicated_sample(work, n=192, unique=3, seed=5)

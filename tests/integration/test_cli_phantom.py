@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 
 from softmask_builder.cli import main
-from softmask_builder.phantom.cases import read_truth
+from softmask_builder.phantom.deeplesion_writer import read_truth
 
 
 def invoke(*args):

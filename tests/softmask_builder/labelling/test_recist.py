@@ -514,7 +514,7 @@ _GEOMETRY_CODE = """
 import hashlib, sys
 import numpy as np
 from softmask_builder.labelling import recist as R
-from softmask_builder.phantom.cases import recist_from_mask
+from softmask_builder.phantom.recist_marks import recist_from_mask
 from tests.softmask_builder._cpu_kernels import random_ellipses
 grids = []
 for f in (1, 2, 3, 4):  # mask_from_recist evaluates the geometry on up-sampled working grids

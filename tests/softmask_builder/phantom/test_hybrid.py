@@ -11,7 +11,7 @@ from scipy import ndimage
 from softmask_builder.errors import InputError
 from softmask_builder.phantom.hybrid import (HybridParams, lung_mask, measure_noise_hu, plan_hybrid_cases, render_case,
                                      simulate_readers, synthetic_background, write_hybrid_sample)
-from softmask_builder.phantom.cases import read_truth
+from softmask_builder.phantom.deeplesion_writer import read_truth
 from softmask_builder.phantom.shapes import load_shapes, sphere_shape
 
 SMALL = (192, 192)

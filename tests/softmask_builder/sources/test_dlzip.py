@@ -54,7 +54,7 @@ def _recipe():
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
-    from softmask_builder.phantom.cases import write_sample
+    from softmask_builder.phantom.deeplesion_writer import write_sample
 
     root = tmp_path_factory.mktemp("dzph")
     write_sample(root, n=6, seed=2, n_neighbors=1)
