@@ -34,8 +34,9 @@ import torch
 from dsnet_trainer.config import load_config
 from dsnet_trainer.models.dsnet import build_seg_model
 from dsnet_trainer.models.srresnet import SRResNet
-from dsnet_trainer.sr import SRConfig, SRTeacher, load_teacher
-from dsnet_trainer.train_seg import SegConfig
+from dsnet_trainer.models.teacher import SRTeacher, load_teacher
+from dsnet_trainer.seg_config import SegConfig
+from dsnet_trainer.sr.config import SRConfig
 
 
 def _teacher(preset: str, path: str | None):

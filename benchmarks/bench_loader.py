@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dsnet_trainer.data import SampleShardDataset, SliceShardDataset  # noqa: E402
-from dsnet_trainer.engine import SeededSampler, make_loader  # noqa: E402
 from dsnet_trainer.models import build_model  # noqa: E402
+from dsnet_trainer.sampling import SeededSampler, make_loader  # noqa: E402
 
 
 def _synthetic(folder: Path) -> tuple[Path, Path]:

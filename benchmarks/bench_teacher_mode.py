@@ -33,8 +33,10 @@ def step_ms(variant: str, mode: str, config: str, overrides: list[str], steps: i
     from dsnet_trainer.losses import dice_loss, gan_generator_loss, soft_l1_loss, total_loss
     from dsnet_trainer.models import build_model
     from dsnet_trainer.models.dsnet import get_variant
-    from dsnet_trainer.sr import SRConfig, SRTeacher
-    from dsnet_trainer.train_seg import SegConfig, build_from_config
+    from dsnet_trainer.models.loading import build_from_config
+    from dsnet_trainer.models.teacher import SRTeacher
+    from dsnet_trainer.seg_config import SegConfig
+    from dsnet_trainer.sr.config import SRConfig
 
     cfg = load_config(SegConfig, config, [f"model.variant={variant}", f"model.teacher_mode={mode}", *overrides])
     sr = load_config(SRConfig, "sr_tiny", list(teacher_overrides))

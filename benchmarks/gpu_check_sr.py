@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dsnet_trainer.config import load_config  # noqa: E402
-from dsnet_trainer.engine import Precision  # noqa: E402
 from dsnet_trainer.models import build_model  # noqa: E402
+from dsnet_trainer.runtime import Precision  # noqa: E402
 from dsnet_trainer.sr import SRConfig, format_report, pretrain_sr  # noqa: E402
 
 

@@ -61,7 +61,9 @@ def main() -> None:
 
     from dsnet_trainer.config import load_config
     from dsnet_trainer.data import SampleShardDataset
-    from dsnet_trainer.train_seg import SegConfig, SoftTargetDataset, build_from_config, load_seg_model
+    from dsnet_trainer.models.loading import build_from_config, load_seg_model
+    from dsnet_trainer.seg_config import SegConfig
+    from dsnet_trainer.train_seg import SoftTargetDataset
 
     cfg = load_config(SegConfig, "seg_tiny", ["model.variant=drtm_soft", f"model.teacher={args.teacher}",
                                               f"model.teacher_mode={args.mode}", f"data.root={args.data}"])

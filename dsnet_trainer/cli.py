@@ -119,7 +119,7 @@ def teacher_info_cmd(teacher):
     import json
 
     from .cli_seg import friendly
-    from .sr import teacher_summary
+    from .models.teacher import teacher_summary
 
     click.echo(json.dumps(friendly(teacher_summary)(teacher), indent=1, sort_keys=True))
 

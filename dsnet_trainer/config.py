@@ -56,7 +56,7 @@ class LoopConfig:
     ----------
     seed : int
         Seeds torch/numpy/python RNGs and every per-sample augmentation (see
-        :class:`dsnet_trainer.engine.SeededSampler`). Same seed + same data -> same weights on CPU.
+        :class:`dsnet_trainer.sampling.SeededSampler`). Same seed + same data -> same weights on CPU.
     device : str
         ``auto`` (CUDA ``cuda:LOCAL_RANK`` when available, else CPU), ``cpu``, ``cuda`` or
         ``cuda:N``. Asking for CUDA on a machine without it is an error naming ``loop.device``.

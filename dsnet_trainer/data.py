@@ -10,18 +10,22 @@ Two datasets, one reading contract:
 
 Reading contract
 ----------------
+The shard schema and its reading belong to :mod:`softmask_builder.formats.shards`; this module
+only turns what it reads into tensors and raises the trainer's error type.
+
 - Shards are validated when a dataset is built (:func:`inspect_shard`): ``schema_version`` must
   be one :mod:`softmask_builder.formats.shards` reads (1 or 2; meta fields are read through its
   version-independent functions), ``kind`` must match (``samples`` or ``slices``), datasets, dtypes and shapes must be those
   of FORMAT.md. Anything else raises :class:`~dsnet_trainer.errors.ShardError` naming the file.
 - HDF5 files are opened lazily, once per process, on first access (never inherited through
-  ``fork``, never pickled for ``spawn``/``forkserver``); workers can be persistent.
+  ``fork``, never pickled for ``spawn``/``forkserver``); workers can be persistent
+  (:class:`ShardReader`, the builder's per-worker reader).
 - A read error in a worker (corrupt chunk) raises ``ShardError`` naming the file and sample.
 
 Item keys
 ---------
 ``dataset[i]`` with an ``int`` is deterministic (no augmentation; for slices, a fixed patch).
-``dataset[(i, seed, epoch)]`` -- the keys :class:`dsnet_trainer.engine.SeededSampler` yields --
+``dataset[(i, seed, epoch)]`` -- the keys :class:`dsnet_trainer.sampling.SeededSampler` yields --
 draws augmentation and crop position from ``numpy.random.default_rng([seed, epoch, i])``, so a
 sample's augmentation depends on nothing else (worker count, start method, resume).
 
@@ -35,13 +39,10 @@ All tensors are float32 (1, H, W), axes (row, col).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -55,9 +56,6 @@ from .errors import ConfigError, InputError, ShardError
 SCHEMA_VERSIONS = shard_format.READABLE_VERSIONS
 DEFAULT_WINDOW_LEVEL_HU = -600.0
 DEFAULT_WINDOW_WIDTH_HU = 1500.0
-
-_SAMPLE_ARRAYS = {"image_hu": np.int16, "soft_mask": np.float32, "binary_mask": np.uint8, "trimap": np.uint8}
-_SLICE_ARRAYS = {"image_hu": np.int16}
 
 
 # ============================================================================================
@@ -138,31 +136,15 @@ def resolve_key(key: Any) -> tuple[int, np.random.Generator | None]:
 
 
 # ============================================================================================
-# Shard inspection
+# Shards: through the builder's format owner, raising the trainer's ShardError
 # ============================================================================================
-@dataclass(frozen=True)
-class ShardInfo:
-    """What :func:`inspect_shard` found in one valid shard."""
-
-    path: Path
-    kind: str
-    split: str
-    n_samples: int
-    height_px: int
-    width_px: int
-    dataset: str
-
-
-def _attr_str(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.ndarray) and value.shape == ():
-        return _attr_str(value.item())
-    return str(value)
+ShardInfo = shard_format.ShardInfo
 
 
 def inspect_shard(path: str | Path, *, kind: str | None = None) -> ShardInfo:
     """Open ``path``, validate it against FORMAT.md and describe it (closes the file).
+
+    :func:`softmask_builder.formats.shards.inspect_shard` (the schema's owner) does the work.
 
     Parameters
     ----------
@@ -175,57 +157,7 @@ def inspect_shard(path: str | Path, *, kind: str | None = None) -> ShardInfo:
         Missing or unreadable file, a ``schema_version`` other than 1 or 2, another ``kind``, a missing
         dataset, a wrong dtype or shape, a ``meta`` table of another length. Names the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ShardError(f"shard not found: {path}")
-    try:
-        fh = h5py.File(path, "r", locking=False)
-    except OSError as exc:
-        raise ShardError(f"cannot open shard {path}: not a readable HDF5 file ({exc})") from exc
-    with fh:
-        attrs = fh.attrs
-        if "schema_version" not in attrs:
-            raise ShardError(f"shard {path} has no schema_version attribute (not a Soft Mask shard)")
-        try:
-            version = int(attrs["schema_version"])
-        except (TypeError, ValueError) as exc:
-            raise ShardError(f"shard {path}: schema_version {attrs['schema_version']!r} is not an integer") from exc
-        if version not in SCHEMA_VERSIONS:
-            raise ShardError(f"shard {path} has schema_version {version}; this trainer reads versions "
-                             f"{', '.join(map(str, SCHEMA_VERSIONS))} (rebuild the dataset with this toolkit's builder)")
-        found_kind = _attr_str(attrs.get("kind", "samples"))
-        if found_kind not in ("samples", "slices"):
-            raise ShardError(f"shard {path} has unknown kind {found_kind!r}")
-        if kind is not None and found_kind != kind:
-            raise ShardError(f"shard {path} holds {found_kind!r}, expected {kind!r} "
-                             f"({'sample crops for DSNet' if kind == 'samples' else 'CT slices for the SR teacher'})")
-        arrays = _SAMPLE_ARRAYS if found_kind == "samples" else _SLICE_ARRAYS
-        shape = None
-        for name, dtype in arrays.items():
-            if name not in fh or not isinstance(fh[name], h5py.Dataset):
-                raise ShardError(f"shard {path} lacks dataset {name!r}")
-            ds = fh[name]
-            if ds.dtype != np.dtype(dtype):
-                raise ShardError(f"shard {path}: {name} has dtype {ds.dtype}, expected {np.dtype(dtype)}")
-            if ds.ndim != 3:
-                raise ShardError(f"shard {path}: {name} must be (N, H, W), got shape {ds.shape}")
-            if shape is None:
-                shape = ds.shape
-            elif ds.shape != shape:
-                raise ShardError(f"shard {path}: {name} shape {ds.shape} differs from image_hu {shape}")
-        problem = shard_format.meta_problem(fh, shape[0])
-        if problem:
-            raise ShardError(f"shard {path}: {problem}")
-        if "n_samples" in attrs and int(attrs["n_samples"]) != shape[0]:
-            raise ShardError(f"shard {path}: n_samples attribute {int(attrs['n_samples'])} != {shape[0]} stored")
-        if "split" in attrs:
-            split = _attr_str(attrs["split"])
-        elif shape[0]:
-            split = shard_format.read_meta_column(fh, "split", 0)
-        else:
-            split = ""
-        return ShardInfo(path=path, kind=found_kind, split=split, n_samples=int(shape[0]),
-                         height_px=int(shape[1]), width_px=int(shape[2]), dataset=_attr_str(attrs.get("dataset", "")))
+    return shard_format.inspect_shard(path, kind=kind, error=ShardError)
 
 
 def find_shards(data: str | Path | Sequence[str | Path], *, kind: str, split: str | None = None,
@@ -264,87 +196,11 @@ def find_shards(data: str | Path | Sequence[str | Path], *, kind: str, split: st
     return out
 
 
-# ============================================================================================
-# Lazy, fork/spawn-safe reader
-# ============================================================================================
-class _ShardReader:
-    """Global index -> (shard, local index), HDF5 handles opened lazily once per process."""
+class ShardReader(shard_format.ShardReader):
+    """The builder's lazy, per-worker reader (:class:`softmask_builder.formats.shards.ShardReader`)
+    raising :class:`~dsnet_trainer.errors.ShardError`."""
 
-    def __init__(self, shards: Sequence[ShardInfo]):
-        self.shards = list(shards)
-        self.offsets = np.cumsum([0] + [s.n_samples for s in self.shards])
-        self._files: dict[int, h5py.File] = {}
-        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}
-        self._ids: dict[int, np.ndarray] = {}
-        self._pid = os.getpid()
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_files"], state["_datasets"], state["_ids"] = {}, {}, {}
-        return state
-
-    def locate(self, index: int) -> tuple[int, int]:
-        n = len(self)
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for {n} samples")
-        s = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        return s, int(index - self.offsets[s])
-
-    def file(self, s: int) -> h5py.File:
-        if self._pid != os.getpid():  # inherited through fork: never reuse the parent's handles
-            self._files, self._datasets, self._ids = {}, {}, {}
-            self._pid = os.getpid()
-        fh = self._files.get(s)
-        if fh is None:
-            path = self.shards[s].path
-            try:
-                fh = h5py.File(path, "r", locking=False)
-            except OSError as exc:
-                raise ShardError(f"cannot open shard {path}: {exc}") from exc
-            self._files[s] = fh
-        return fh
-
-    def read(self, s: int, local: int, name: str, region: tuple[slice, slice] | None = None) -> np.ndarray:
-        try:
-            fh = self.file(s)
-            ds = self._datasets.get((s, name))
-            if ds is None:  # h5py's name lookup costs about as much as reading a 64x64 crop
-                ds = self._datasets[(s, name)] = fh[name]
-            return ds[local] if region is None else ds[(local, *region)]
-        except (OSError, KeyError, ValueError) as exc:
-            raise ShardError(f"shard {self.shards[s].path}: cannot read {name}[{local}] ({exc})") from exc
-
-    def meta(self, s: int, local: int) -> dict[str, Any]:
-        """Every meta field of one sample (strings decoded), through the shard format's reader."""
-        try:
-            return shard_format.read_meta_row(self.file(s), local)
-        except (OSError, KeyError, ValueError) as exc:
-            raise ShardError(f"shard {self.shards[s].path}: cannot read meta[{local}] ({exc})") from exc
-
-    def sample_id(self, s: int, local: int) -> str:
-        """``meta["sample_id"]`` of one sample (the column is read once per shard and process)."""
-        ids = self._ids.get(s)
-        if ids is None:
-            try:
-                ids = self._ids[s] = shard_format.read_meta_column(self.file(s), "sample_id")
-            except (OSError, KeyError, ValueError) as exc:
-                raise ShardError(f"shard {self.shards[s].path}: cannot read meta ({exc})") from exc
-        return _decode(ids[local])
-
-    def close(self) -> None:
-        for fh in self._files.values():
-            try:
-                fh.close()
-            except Exception:  # closing during interpreter shutdown may fail harmlessly
-                pass
-        self._files, self._datasets, self._ids = {}, {}, {}
-
-
-def _decode(b: Any) -> str:
-    return b.decode("utf-8", "replace").rstrip("\x00") if isinstance(b, bytes) else str(b)
+    error = ShardError
 
 
 # ============================================================================================
@@ -387,7 +243,7 @@ class SampleShardDataset(Dataset):
                                      f"expects {want[0]}x{want[1]} (rebuild with that crop size or change the model)")
         if not (np.isfinite(level_hu) and np.isfinite(width_hu) and width_hu > 0):
             raise ConfigError(f"HU window must be finite with width > 0, got level {level_hu}, width {width_hu}")
-        self.reader = _ShardReader(shards)
+        self.reader = ShardReader(shards)
         self.augment = augment
         self.level_hu = float(level_hu)
         self.width_hu = float(width_hu)
@@ -475,7 +331,7 @@ class SliceShardDataset(Dataset):
             if min(s.height_px, s.width_px) < need:
                 raise ShardError(f"shard {s.path} holds {s.height_px}x{s.width_px} slices, smaller than the "
                                  f"{need}px {'HR patch (data.hr_patch_px)' if mode == 'train' else 'scale'}")
-        self.reader = _ShardReader(shards)
+        self.reader = ShardReader(shards)
         self.slice_indices = list(range(len(self.reader))) if indices is None else [int(i) for i in indices]
         self.mode = mode
         self.scale = int(scale)
@@ -546,7 +402,7 @@ def split_by_patient(dataset_shards: Sequence[ShardInfo], *, val_fraction: float
     """Split slice indices of ``dataset_shards`` into (train, val) by patient, deterministically:
     patients sorted by id, the last ``ceil(val_fraction * n_patients)`` (at least 1, at most
     n-1) go to validation. Used when no ``val`` split shards exist."""
-    reader = _ShardReader(dataset_shards)
+    reader = ShardReader(dataset_shards)
     patients: list[str] = []
     try:
         for s in range(len(reader.shards)):

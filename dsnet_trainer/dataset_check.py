@@ -28,12 +28,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from softmask_builder.core import atomic
+from softmask_builder.formats.release_folder import (MANIFEST, SUMS, ManifestError, manifest_shard_files,
+                                                     parse_sums, read_manifest)
+
 from .errors import ShardError
 
 __all__ = ["DatasetCheck", "DatasetMismatchError", "DatasetVerifyError", "check_dataset", "cache_dir"]
-
-MANIFEST = "manifest.json"
-SUMS = "SHA256SUMS"
 
 
 class DatasetMismatchError(ShardError):
@@ -120,11 +121,11 @@ def check_dataset(root: str | Path, *, kind: str, verify_hashes: bool = True, op
                                                       "`softmask build` output): counts and hashes not checked"])
     manifest_bytes = manifest_path.read_bytes()
     try:
-        manifest = json.loads(manifest_bytes)
-        entries = manifest["shards"]
-        names = [e["file"] for e in entries]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DatasetMismatchError(f"{option} {root}: {MANIFEST} is not a valid manifest ({exc!r})") from exc
+        manifest = read_manifest(root)
+        names = manifest_shard_files(manifest)
+    except ManifestError as exc:
+        raise DatasetMismatchError(f"{option} {root}: {MANIFEST} is not a valid manifest ({exc.reason})") from exc
+    entries = manifest["shards"]
     if manifest.get("kind", kind) != kind:
         raise DatasetMismatchError(f"{option} {root} is a {manifest.get('kind')!r} dataset, this command needs "
                                    f"{kind!r} shards")
@@ -152,8 +153,7 @@ def check_dataset(root: str | Path, *, kind: str, verify_hashes: bool = True, op
         return check
     listed = []  # every file SHA256SUMS covers (card, rejects, croissant.json, ...) is part of the key
     if (root / SUMS).is_file():
-        listed = [ln.split("  ", 1)[1].lstrip("*") for ln in (root / SUMS).read_text(errors="replace").splitlines()
-                  if "  " in ln]
+        listed = list(parse_sums((root / SUMS).read_text(errors="replace"))[0])
     key = _cache_key(root, manifest_bytes, names + listed + [MANIFEST, SUMS])
     marker = cache_dir() / f"{key}.json"
     if marker.is_file():
@@ -166,10 +166,8 @@ def check_dataset(root: str | Path, *, kind: str, verify_hashes: bool = True, op
         raise DatasetVerifyError(f"{option} {root} fails verification: {_problems_text(root, report.problems)}")
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_name(f".{marker.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"root": str(root.resolve()), "n_shards": report.n_shards,
-                                   "n_samples": report.n_samples}) + "\n", encoding="utf-8")
-        os.replace(tmp, marker)
+        atomic.write_text(marker, json.dumps({"root": str(root.resolve()), "n_shards": report.n_shards,
+                                              "n_samples": report.n_samples}) + "\n")
     except OSError as exc:  # a read-only cache only costs a re-verify next time
         check.notes.append(f"dataset check: could not record the verification in {marker.parent} ({exc.strerror})")
     check.level = "verified"

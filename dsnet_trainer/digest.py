@@ -1,9 +1,9 @@
 """Weight digests and sanity checks shared by checkpoints and SR teacher files.
 
-A checkpoint (:mod:`.engine`) or teacher file (:mod:`.sr`) stores ``weights_sha256``, the digest
-of its weights computed by :func:`weights_sha256`, and is refused on load when the digest of what
-was read differs (one flipped byte is enough) or when a floating weight is NaN or infinite. This
-module sits below both so neither imports the other for it.
+A checkpoint (:mod:`.checkpoint`) or teacher file (:mod:`.models.teacher`) stores
+``weights_sha256``, the digest of its weights computed by :func:`weights_sha256`, and is refused on
+load when the digest of what was read differs (one flipped byte is enough) or when a floating
+weight is NaN or infinite. This module sits below both file formats.
 """
 
 from __future__ import annotations

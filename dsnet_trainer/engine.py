@@ -1,27 +1,14 @@
-"""Training-loop machinery shared by every trainer command (SR teacher stages, DSNet, baselines).
+"""The training loop shared by every trainer command (SR teacher stages, DSNet, baselines), and
+what it writes: run state, checkpoints of a run, metric logs, curves, the run folder.
 
-Nothing here knows about a particular model. The pieces, in the order a command uses them:
+Nothing here knows about a particular model. The pieces, in the order a command uses them
+(device, precision, RNG and DDP are in :mod:`.runtime`; data order in :mod:`.sampling`; the
+checkpoint file format in :mod:`.checkpoint`):
 
-Device and precision
-    :func:`select_device` (``auto``/``cpu``/``cuda[:N]``; CUDA asked for but absent -> error naming
-    the option), :class:`Precision` (autocast context + GradScaler for fp16; float32 on CPU).
-Reproducibility
-    :func:`seed_everything`, :func:`capture_rng_state`, :func:`restore_rng_state`.
-Distributed (``torchrun``)
-    :func:`init_distributed` -> :class:`DistContext` (rank, world size, device; gloo on CPU, nccl
-    on CUDA), :func:`wrap_ddp`, :func:`unwrap`, :func:`barrier`, :func:`all_reduce_sums`,
-    :func:`sync_buffers`, :func:`shutdown_distributed`. Side effects (files, logs, progress bars) belong to
-    ``ctx.is_main`` only.
-Data order
-    :class:`SeededSampler` (shuffled, rank-disjoint, padded like ``DistributedSampler``, yields
-    ``(index, seed, epoch)`` keys so each sample's augmentation depends only on those three numbers,
-    never on worker count or start method), :class:`EvalShardSampler` (rank-disjoint, *no*
-    padding, so summed metrics are exact), :func:`make_loader`.
 State and checkpoints
-    :class:`TrainState` (models, optimisers, schedulers, AMP scaler, epoch, step, best metric, RNG),
-    :func:`save_checkpoint` (atomic), :func:`load_checkpoint` (``torch.load(weights_only=True)``,
-    clear errors naming the file), :class:`CheckpointManager` (``last.pt``, ``best.pt``,
-    ``epoch_XXXX.pt``; ``--resume auto|PATH``).
+    :class:`TrainState` (models, optimisers, schedulers, AMP scaler, epoch, step, best metric, RNG;
+    ``state_dict`` is a :func:`~dsnet_trainer.checkpoint.make_checkpoint` mapping),
+    :class:`CheckpointManager` (``last.pt``, ``best.pt``, ``epoch_XXXX.pt``; ``--resume auto|PATH``).
 Logging
     :class:`MetricLogger` (``metrics.jsonl`` + ``metrics.csv`` + TensorBoard when installed),
     :func:`plot_curves` (PNG), :func:`progress` (tqdm on rank 0), :func:`prepare_run_dir`
@@ -35,11 +22,14 @@ Resume contract: checkpoints are taken at epoch ends. A run killed at any point 
 ``resume="auto"`` restores everything saved at the last completed epoch and replays the following
 epochs identically (same sampler order, same per-sample augmentation, same RNG streams), so on CPU
 it reaches bit-identical weights (``tests/dsnet_trainer/test_resume.py``).
+
+The names that lived here before the runtime, sampling, checkpoint and figure helpers got modules of
+their own (``engine.select_device``, ``engine.SeededSampler``, ``engine.load_checkpoint``, ...) are
+still importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as _dt
 import io
@@ -47,456 +37,41 @@ import json
 import math
 import os
 import platform
-import random
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from .errors import CheckpointError, DeviceError, InputError
+from softmask_builder.core import atomic
 
-CHECKPOINT_FORMAT = "dsnet-trainer-checkpoint"
-# Version 2 adds ``weights_sha256`` (digest of ``modules``, checked on load); version 1 files are
-# refused with a message saying how to get a new one.
-CHECKPOINT_VERSION = 2
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, make_checkpoint, save_checkpoint
+from .errors import CheckpointError, InputError
+from .figures import save_figure
+from .runtime import (DistContext, Precision, all_reduce_sums, barrier, capture_rng_state,
+                      init_distributed, restore_rng_state, seed_everything, select_device, shutdown_distributed,
+                      sync_buffers, unwrap, wrap_ddp)
+from .sampling import EvalShardSampler, SeededSampler, make_loader
 
-
-# ============================================================================================
-# Device and precision
-# ============================================================================================
-def select_device(request: str = "auto", *, local_rank: int = 0, option: str = "loop.device") -> torch.device:
-    """Resolve a device request.
-
-    Parameters
-    ----------
-    request : str
-        ``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; ``cpu``;
-        ``cuda`` -> ``cuda:<local_rank>``; ``cuda:N``.
-    local_rank : int
-        This process's rank on its node (``LOCAL_RANK`` under torchrun).
-    option : str
-        Name of the option in error messages (``--device``, ``loop.device``).
-
-    Raises
-    ------
-    DeviceError
-        CUDA requested on a machine without CUDA, or an index beyond the visible devices.
-    """
-    req = str(request).strip().lower()
-    if req == "auto":
-        req = "cuda" if torch.cuda.is_available() else "cpu"
-    if req == "cpu":
-        return torch.device("cpu")
-    if req == "cuda" or (req.startswith("cuda:") and req[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise DeviceError(f"{option}={request!r} asks for CUDA but torch {torch.__version__} sees no CUDA "
-                              "device on this machine; use --device cpu or auto")
-        index = local_rank if req == "cuda" else int(req[5:])
-        if index >= torch.cuda.device_count():
-            raise DeviceError(f"{option}={request!r}: CUDA device {index} does not exist "
-                              f"({torch.cuda.device_count()} visible)")
-        return torch.device("cuda", index)
-    raise DeviceError(f"{option}={request!r} is not a device (auto, cpu, cuda, cuda:N)")
-
-
-class Precision:
-    """Mixed-precision policy for one device: an autocast context and a GradScaler.
-
-    ``mode``: ``auto`` (CUDA: bf16 if supported else fp16; CPU: float32), ``off`` (float32),
-    ``bf16``, ``fp16`` (CUDA only; on CPU they raise :class:`DeviceError` naming ``option``).
-    The scaler is active only for fp16; with it disabled every call is a plain pass-through, so
-    code written against this class runs unchanged in float32.
-
-    Usage::
-
-        prec = Precision(cfg.loop.amp, device)
-        with prec.autocast():
-            loss = criterion(model(x), y)
-        prec.backward_step(loss, optimizer, clip_norm=1.0)   # scale, backward, (unscale+clip), step
-        prec.update()                                        # once per iteration, after all steps
-    """
-
-    def __init__(self, mode: str, device: torch.device, *, option: str = "loop.amp"):
-        mode = str(mode).lower()
-        if mode not in ("auto", "off", "bf16", "fp16"):
-            raise DeviceError(f"{option}={mode!r} must be auto, off, bf16 or fp16")
-        self.device = torch.device(device)
-        dtype: torch.dtype | None = None
-        if self.device.type == "cuda":
-            if mode == "auto":
-                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            elif mode == "bf16":
-                if not torch.cuda.is_bf16_supported():
-                    raise DeviceError(f"{option}=bf16 but {torch.cuda.get_device_name(self.device)} has no bf16; "
-                                      "use fp16 or off")
-                dtype = torch.bfloat16
-            elif mode == "fp16":
-                dtype = torch.float16
-        elif mode in ("bf16", "fp16"):
-            raise DeviceError(f"{option}={mode} needs a CUDA device; this run is on {self.device} "
-                              "(use amp=auto or off)")
-        self.mode = mode
-        self.dtype = dtype
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
-
-    @property
-    def name(self) -> str:
-        return {None: "float32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast context for forward passes (a no-op in float32)."""
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-
-    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *,
-                      clip_norm: float = 0.0) -> None:
-        """Backward of ``loss`` (scaled under fp16), optional global-norm clipping, optimiser step."""
-        self.scaler.scale(loss).backward()
-        if clip_norm > 0:
-            self.scaler.unscale_(optimizer)
-            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, clip_norm)
-        self.scaler.step(optimizer)
-
-    def update(self) -> None:
-        """Update the loss scale once per iteration (after every optimiser's step)."""
-        self.scaler.update()
+__all__ = [
+    "TrainState", "CheckpointManager", "MetricLogger", "read_metrics", "plot_curves", "progress", "run_info",
+    "prepare_run_dir", "EpochReport", "fit",
+    # at home in .runtime, .sampling, .checkpoint and .figures, importable from here as before
+    "select_device", "Precision", "seed_everything", "capture_rng_state", "restore_rng_state", "DistContext",
+    "init_distributed", "shutdown_distributed", "barrier", "wrap_ddp", "unwrap", "sync_buffers",
+    "all_reduce_sums", "SeededSampler", "EvalShardSampler", "make_loader", "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "save_figure",
+]
 
 
 # ============================================================================================
-# Reproducibility
+# Run state and checkpoint files of a run
 # ============================================================================================
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and every CUDA device)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Every global RNG's state, in a form ``torch.load(weights_only=True)`` accepts."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state` (CUDA states are restored only where CUDA exists)."""
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-# ============================================================================================
-# Distributed
-# ============================================================================================
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process stands: rank, world size, local rank, device and process-group backend.
-
-    ``backend`` is None for a single process (no process group). ``is_main`` is rank 0: only it
-    writes files, logs and progress bars.
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    backend: str | None = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise InputError(f"environment variable {name}={raw!r} is not an integer") from exc
-
-
-def init_distributed(device_request: str = "auto", *, option: str = "loop.device",
-                     timeout_s: float = 1800.0) -> DistContext:
-    """Set up this process from ``torchrun``'s environment, or as a single process.
-
-    Reads ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT`` through
-    ``env://``). With ``WORLD_SIZE > 1`` a process group is created: ``nccl`` on CUDA, ``gloo``
-    on CPU. An already initialised group is reused. The device follows ``device_request``
-    (:func:`select_device`) with ``cuda`` meaning ``cuda:LOCAL_RANK``.
-    """
-    world = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", rank if world > 1 else 0)
-    device = select_device(device_request, local_rank=local_rank, option=option)
-    if world <= 1:
-        return DistContext(device=device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
-                                timeout=_dt.timedelta(seconds=timeout_s))
-    else:
-        backend = dist.get_backend()
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
-
-
-def shutdown_distributed(ctx: DistContext) -> None:
-    """Destroy the process group this context created (no-op for a single process)."""
-    if ctx.is_distributed and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier(ctx: DistContext) -> None:
-    """Wait for every rank (no-op for a single process)."""
-    if ctx.is_distributed:
-        if ctx.backend == "nccl":
-            dist.barrier(device_ids=[ctx.device.index])
-        else:
-            dist.barrier()
-
-
-def wrap_ddp(model: nn.Module, ctx: DistContext, **kwargs: Any) -> nn.Module:
-    """``DistributedDataParallel(model)`` under DDP (the model must already be on ``ctx.device``),
-    else the model itself. Extra keyword arguments go to DDP."""
-    if not ctx.is_distributed:
-        return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    if ctx.device.type == "cuda":
-        return DDP(model, device_ids=[ctx.device.index], output_device=ctx.device.index, **kwargs)
-    return DDP(model, **kwargs)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare module inside a DDP (or ``torch.compile``) wrapper."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
-def sync_buffers(module: nn.Module, ctx: DistContext, *, src: int = 0) -> None:
-    """Copy every buffer (e.g. BatchNorm running statistics) of ``module`` from rank ``src`` to all
-    ranks. DDP broadcasts buffers only at the start of each forward, so the last forward of an
-    epoch (or a forward through the unwrapped module) leaves rank-local statistics; call this
-    before evaluating or checkpointing so every rank holds identical state."""
-    if not ctx.is_distributed:
-        return
-    for buf in unwrap(module).buffers():
-        if ctx.backend == "nccl" or buf.device.type == "cpu":
-            dist.broadcast(buf.data, src=src)
-        else:
-            tmp = buf.data.cpu()
-            dist.broadcast(tmp, src=src)
-            buf.data.copy_(tmp)
-
-
-def all_reduce_sums(values: Mapping[str, float], ctx: DistContext) -> dict[str, float]:
-    """Sum each value over ranks (float64); identity for a single process.
-
-    Average metrics by reducing sums and counts, then dividing: with :class:`EvalShardSampler`
-    every sample is counted exactly once, so the result equals the single-process one.
-    """
-    keys = sorted(values)
-    if not ctx.is_distributed:
-        return {k: float(values[k]) for k in keys}
-    dev = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=dev)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return {k: float(v) for k, v in zip(keys, t.cpu().tolist())}
-
-
-# ============================================================================================
-# Data order
-# ============================================================================================
-class SeededSampler(Sampler):
-    """Epoch-shuffled, rank-disjoint sample order that carries a seed to the dataset.
-
-    Order and rank split are exactly those of :class:`torch.utils.data.DistributedSampler`
-    (shuffled with ``seed + epoch``; padded by repeating indices so every rank gets the same
-    count, or trimmed with ``drop_last``). Each item is a key ``(index, seed, epoch)``; a dataset
-    that accepts such keys (:func:`dsnet_trainer.data.resolve_key`) draws its augmentation from
-    ``numpy.random.default_rng([seed, epoch, index])``. Augmentation thus depends only on those
-    numbers, not on the number of workers, their start method or a resume.
-
-    Call :meth:`set_epoch` before each epoch.
-    """
-
-    def __init__(self, n_samples: int, *, seed: int, shuffle: bool = True, drop_last: bool = False,
-                 ctx: DistContext | None = None):
-        if n_samples < 1:
-            raise InputError(f"cannot sample from an empty dataset (n_samples={n_samples})")
-        ctx = ctx or DistContext()
-        self.seed = int(seed)
-        self.epoch = 0
-        self._inner = DistributedSampler(range(n_samples), num_replicas=ctx.world_size, rank=ctx.rank,
-                                         shuffle=shuffle, seed=self.seed, drop_last=drop_last)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self._inner.set_epoch(self.epoch)
-
-    def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        for i in self._inner:
-            yield (int(i), self.seed, self.epoch)
-
-    def __len__(self) -> int:
-        return len(self._inner)
-
-
-class EvalShardSampler(Sampler):
-    """Rank ``r`` of ``w`` gets indices ``r, r+w, r+2w, ...``: disjoint, complete, no padding.
-
-    Use for evaluation: metrics summed over ranks (:func:`all_reduce_sums`) then count every
-    sample exactly once, unlike ``DistributedSampler`` whose padding repeats samples.
-    Yields plain ``int`` indices (deterministic, no augmentation).
-    """
-
-    def __init__(self, n_samples: int, *, ctx: DistContext | None = None):
-        ctx = ctx or DistContext()
-        self.indices = list(range(ctx.rank, n_samples, ctx.world_size))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def make_loader(dataset: Dataset, sampler: Sampler, *, batch_size: int, num_workers: int = 0,
-                mp_context: str = "default", timeout_s: float = 0.0, drop_last: bool = False,
-                pin_memory: bool = False, persistent_workers: bool = True, seed: int = 0) -> DataLoader:
-    """A DataLoader with the project's settings.
-
-    - ``persistent_workers`` when ``num_workers > 0`` (workers keep their open HDF5 handles).
-    - ``mp_context``: ``default``, ``fork``, ``spawn`` or ``forkserver``.
-    - ``timeout_s``: a worker silent that long raises (never a silent stall); ignored with 0 workers.
-    - its own ``torch.Generator`` seeded with ``seed``, so creating iterators never consumes
-      the global torch RNG (which a resume would otherwise replay differently).
-    """
-    if mp_context not in ("default", "fork", "spawn", "forkserver"):
-        raise InputError(f"mp_context must be default, fork, spawn or forkserver, got {mp_context!r}")
-    kwargs: dict[str, Any] = {}
-    if num_workers > 0:
-        kwargs["persistent_workers"] = persistent_workers
-        kwargs["timeout"] = float(timeout_s)
-        if mp_context != "default":
-            kwargs["multiprocessing_context"] = mp_context
-    gen = torch.Generator()
-    gen.manual_seed(int(seed))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=drop_last, pin_memory=pin_memory, generator=gen, **kwargs)
-
-
-# ============================================================================================
-# Checkpoints
-# ============================================================================================
-def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
-    """``torch.save`` to a temporary name in the same folder, then ``os.replace``: a crash never
-    leaves a half-written file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(dict(obj), tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def _first_bytes_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be a torch checkpoint, from its size and first bytes (None if it may be)."""
-    size = path.stat().st_size
-    if size == 0:
-        return "the file is empty (0 bytes)"
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head[:2] != b"PK":  # torch.save writes a zip archive
-        return (f"not a checkpoint file ({size} bytes, starts with {head!r}; torch checkpoints are zip "
-                "archives starting with b'PK')")
-    return None
-
-
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
-                    expect_kind: str | tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Load a trainer checkpoint with ``torch.load(weights_only=True)`` and check its weights.
-
-    Raises
-    ------
-    CheckpointError
-        Missing, empty, non-zip (e.g. text) file; unreadable, truncated or not weights-only
-        loadable; not a trainer checkpoint; an older checkpoint version (1: no weights digest);
-        weights whose sha256 differs from the recorded ``weights_sha256`` (corrupted or edited);
-        NaN or infinite weights; ``kind`` other than ``expect_kind``. The message names the file.
-    """
-    from .digest import nonfinite_entries, weights_sha256
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    problem = _first_bytes_problem(path)
-    if problem:
-        raise CheckpointError(f"cannot read checkpoint {path}: {problem}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zip errors ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from exc
-    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a dsnet_trainer checkpoint (no format={CHECKPOINT_FORMAT!r})")
-    version = obj.get("version")
-    if version != CHECKPOINT_VERSION:
-        hint = (" (version 1 predates the weights digest and teacher patient lists: retrain the run, "
-                "e.g. `dsnet train ... --resume none`)" if version == 1 else "")
-        raise CheckpointError(f"{path} has checkpoint version {version!r}; this trainer reads version "
-                              f"{CHECKPOINT_VERSION}{hint}")
-    if expect_kind is not None:
-        kinds = (expect_kind,) if isinstance(expect_kind, str) else tuple(expect_kind)
-        if obj.get("kind") not in kinds:
-            raise CheckpointError(f"{path} is a {obj.get('kind')!r} checkpoint, expected {' or '.join(kinds)}")
-    modules = obj.get("modules")
-    if not isinstance(modules, dict):
-        raise CheckpointError(f"{path} has no weights (no 'modules' mapping)")
-    if weights_sha256(modules) != obj.get("weights_sha256"):
-        raise CheckpointError(f"{path}: weights do not match their recorded sha256 digest (the file was "
-                              "corrupted or edited); use another checkpoint or retrain")
-    bad = nonfinite_entries(modules)
-    if bad:
-        raise CheckpointError(f"{path} holds NaN or infinite weights ({', '.join(bad)}); the run diverged "
-                              "before it was saved: use an earlier checkpoint or retrain with a lower optim.lr")
-    return obj
-
-
 class CheckpointManager:
     """Writes ``last.pt`` every epoch, ``best.pt`` when the monitored metric improves and
     ``epoch_XXXX.pt`` every ``every_n_epochs`` into ``directory``; resolves ``--resume``.
@@ -587,25 +162,14 @@ class TrainState:
         return False
 
     def state_dict(self) -> dict[str, Any]:
-        from .digest import weights_sha256
-
-        modules = {k: unwrap(m).state_dict() for k, m in self.modules.items()}
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "weights_sha256": weights_sha256(modules),
-            "kind": self.kind,
-            "epoch": self.epoch,
-            "step": self.step,
-            "best_metric": self.best_metric,
-            "compat": self.compat,
-            "modules": modules,
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-            "scaler": self.precision.scaler.state_dict() if self.precision is not None else {},
-            "rng": capture_rng_state(),
-            "extra": self.extra,
-        }
+        """The checkpoint mapping of this state (:func:`~dsnet_trainer.checkpoint.make_checkpoint`)."""
+        return make_checkpoint(
+            kind=self.kind, modules={k: unwrap(m).state_dict() for k, m in self.modules.items()},
+            epoch=self.epoch, step=self.step, best_metric=self.best_metric, compat=self.compat,
+            optimizers={k: o.state_dict() for k, o in self.optimizers.items()},
+            schedulers={k: s.state_dict() for k, s in self.schedulers.items()},
+            scaler=self.precision.scaler.state_dict() if self.precision is not None else {},
+            rng=capture_rng_state(), extra=self.extra)
 
     def load_state_dict(self, ckpt: Mapping[str, Any], *, source: str | Path = "<checkpoint>",
                         restore_rng: bool = True) -> None:
@@ -696,7 +260,7 @@ class MetricLogger:
             keep = rows if resume_step is not None else []
             if resume_step is not None:
                 keep = [r for r in rows if int(r.get("step", 0)) <= resume_step]
-            _atomic_write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in keep))
+            _write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in keep))
         self._fh = open(self.jsonl_path, "a", encoding="utf-8")
         if tensorboard:
             try:
@@ -732,7 +296,7 @@ class MetricLogger:
         w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-        _atomic_write_text(self.csv_path, buf.getvalue())
+        _write_text(self.csv_path, buf.getvalue())
         return self.csv_path
 
     def close(self) -> None:
@@ -829,23 +393,6 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path, *, title: str = ""
     return save_figure(fig, png_path, title=title, dpi=100)
 
 
-def save_figure(fig, path, *, title: str | None = None, dpi: int = 100) -> Path:
-    """Lay out, title and write a matplotlib figure as PNG atomically (temp name, then rename),
-    without the "Software" metadata (so the same figure gives the same bytes); closes it."""
-    import matplotlib.pyplot as plt
-
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=dpi, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
 def progress(iterable: Iterable, *, enabled: bool, desc: str = "", total: int | None = None,
              leave: bool = False) -> Iterable:
     """A tqdm bar when ``enabled`` (rank 0 and ``loop.progress``), else the iterable itself."""
@@ -855,11 +402,10 @@ def progress(iterable: Iterable, *, enabled: bool, desc: str = "", total: int | 
     return tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def _write_text(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically (:mod:`softmask_builder.core.atomic`), creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 # ============================================================================================
@@ -920,7 +466,7 @@ def prepare_run_dir(out: str | Path, cfg: Any, *, ctx: DistContext, seed: int, c
             p = out / name
             if p.exists():
                 os.replace(p, p.with_name(p.stem + ".prev" + p.suffix))
-            _atomic_write_text(p, text)
+            _write_text(p, text)
     barrier(ctx)
     return out
 

@@ -27,15 +27,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from softmask_builder.core import atomic
+
 from .errors import InputError
 from .metrics import (DEFAULT_THRESHOLDS, choose_threshold, mean_std, segmentation_metrics,
                       soft_mask_errors)
+from .predict import predict_dataset
 
 __all__ = ["EVAL_FORMAT", "summarise_predictions", "evaluate_checkpoint", "evaluate_predictions",
            "load_probability_maps", "predict_dataset", "write_report",
@@ -145,14 +147,10 @@ def format_table(reports: Sequence[dict[str, Any]], *, names: Sequence[str] | No
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, data: bytes | str) -> None:
+def _atomic_write(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically (:mod:`softmask_builder.core.atomic`), creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
@@ -234,39 +232,14 @@ def save_overlay_png(path: str | Path, *, image: np.ndarray, gt: np.ndarray, pro
     axes[0, 0].set_ylabel("GT green / pred red", fontsize=7)
     axes[1, 0].set_ylabel("predicted Soft Mask", fontsize=7)
     axes[2, 0].set_ylabel("ground-truth Soft Mask", fontsize=7)
-    from .engine import save_figure
+    from .figures import save_figure
 
     return save_figure(fig, path, title=title, dpi=90)
 
 
 # ============================================================================================
-# Prediction over shards
+# Evaluation of a checkpoint
 # ============================================================================================
-def predict_dataset(net, dataset, *, batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
-    """Run ``net`` over every item of a :class:`~dsnet_trainer.data.SampleShardDataset` (no
-    augmentation), in order. Returns numpy arrays (n, H, W): ``image`` ([-1, 1]), ``prob``,
-    ``soft01`` (predicted alpha), ``gt`` (bool), ``soft_gt01``; and ``sample_id`` (list)."""
-    import torch
-    from torch.utils.data import DataLoader, SequentialSampler
-
-    dev = torch.device(device)
-    net = net.to(dev).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=SequentialSampler(range(len(dataset))))
-    out: dict[str, list] = {k: [] for k in ("image", "prob", "soft01", "gt", "soft_gt01", "sample_id")}
-    with torch.no_grad():
-        for batch in loader:
-            prob, soft = net(batch["image"].to(dev))
-            out["image"].append(batch["image"][:, 0].numpy())
-            out["prob"].append(prob.float().cpu()[:, 0].numpy())
-            out["soft01"].append(((soft.float().cpu()[:, 0] + 1.0) / 2.0).clamp(0, 1).numpy())
-            out["gt"].append(batch["binary_mask"][:, 0].numpy() != 0)
-            out["soft_gt01"].append(((batch["soft_mask"][:, 0] + 1.0) / 2.0).numpy())
-            out["sample_id"].extend(batch["sample_id"])
-    arrays = {k: np.concatenate(v) for k, v in out.items() if k != "sample_id"}
-    arrays["sample_id"] = out["sample_id"]
-    return arrays
-
-
 def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path, data: str | Path | None = None,
                         split: str = "test", val_split: str | None = None, batch_size: int = 32,
                         device: str = "cpu", n_preview: int = 6, name: str | None = None,
@@ -274,7 +247,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path, data: str | 
     """Evaluate a seg checkpoint on ``split`` of ``data`` and write the report files into ``out``.
 
     The checkpoint's SR teacher (DRTM rows) must not have been trained on a patient of ``split``
-    (:func:`~dsnet_trainer.train_seg.teacher_leak_check`); ``allow_teacher_overlap`` (default:
+    (:func:`~dsnet_trainer.provenance.teacher_leak_check`); ``allow_teacher_overlap`` (default:
     the run's ``model.allow_teacher_overlap``) reproduces the paper's setting and is recorded in
     ``metrics.json`` (``teacher_check``). ``verify``: called with the data folder once it is
     known (the CLI's dataset check, :func:`~dsnet_trainer.dataset_check.check_dataset`).
@@ -296,9 +269,10 @@ def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path, data: str | 
         crops of another size than the model's, ``val_split == split``.
     """
     from .data import SampleShardDataset, find_shards
-    from .engine import select_device
     from .models.dsnet import get_variant
-    from .train_seg import load_seg_model
+    from .models.loading import load_seg_model
+    from .provenance import teacher_leak_check
+    from .runtime import select_device
 
     checkpoint = Path(checkpoint)
     dev = select_device(device, option="--device")
@@ -313,8 +287,6 @@ def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path, data: str | 
         raise InputError(f"--val-split {val_split!r} must differ from --split {split!r}: the threshold is never "
                          "chosen on the evaluated split")
     from dataclasses import replace
-
-    from .train_seg import teacher_leak_check
 
     seg_cfg = info["seg_config"]
     if allow_teacher_overlap is not None:

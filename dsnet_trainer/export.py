@@ -29,7 +29,6 @@ above ``atol`` raises :class:`ExportMismatchError` and nothing is left under the
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from softmask_builder.core import atomic
 
 from .errors import InputError, TrainerError
 
@@ -109,7 +110,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, fmt: str = "to
     CheckpointError : unreadable checkpoint.
     ExportMismatchError : exported outputs differ from eager outputs by more than ``atol``.
     """
-    from .train_seg import load_seg_model
+    from .models.loading import load_seg_model
 
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {FORMATS}, got {fmt!r}")
@@ -122,8 +123,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, fmt: str = "to
     module = HUInference(net, level_hu=info["level_hu"], width_hu=info["width_hu"], crop_px=crop).eval()
     example = torch.zeros(2, 1, crop, crop)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
-    try:
+    with atomic.replacing(out, keep_suffix=True) as tmp:  # torch.export picks the format by suffix
         with torch.no_grad():
             if fmt == "torchscript":
                 with warnings.catch_warnings():
@@ -158,9 +158,5 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, fmt: str = "to
         if not worst <= atol:
             raise ExportMismatchError(f"exported outputs differ from eager outputs by {worst:.3g} > atol {atol:g}; "
                                       f"{out} not written")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return {"path": str(out), "format": fmt, "variant": info["variant"], "crop_px": crop, "max_abs_diff": worst,
             "checked_batches": [len(b) for b in batches]}

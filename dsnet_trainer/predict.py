@@ -24,15 +24,16 @@ on the validation split in ``metrics.json`` -> ``metrics.threshold_val``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from softmask_builder.core import atomic
+
 from .errors import InputError
 
-__all__ = ["CROP_SUFFIXES", "read_crop_hu", "predict_arrays", "predict_folder", "predict_shards"]
+__all__ = ["CROP_SUFFIXES", "read_crop_hu", "predict_arrays", "predict_dataset", "predict_folder", "predict_shards"]
 
 CROP_SUFFIXES = (".npy", ".png", ".dcm")
 
@@ -118,15 +119,38 @@ def predict_arrays(net, images_hu: np.ndarray, *, level_hu: float, width_hu: flo
     return np.concatenate(probs).astype(np.float32), np.concatenate(alphas).astype(np.float32)
 
 
+def predict_dataset(net, dataset, *, batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
+    """Run ``net`` over every item of a :class:`~dsnet_trainer.data.SampleShardDataset` (no
+    augmentation), in order. Returns numpy arrays (n, H, W): ``image`` ([-1, 1]), ``prob``,
+    ``soft01`` (predicted alpha), ``gt`` (bool), ``soft_gt01``; and ``sample_id`` (list)."""
+    import torch
+    from torch.utils.data import DataLoader, SequentialSampler
+
+    dev = torch.device(device)
+    net = net.to(dev).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=SequentialSampler(range(len(dataset))))
+    out: dict[str, list] = {k: [] for k in ("image", "prob", "soft01", "gt", "soft_gt01", "sample_id")}
+    with torch.no_grad():
+        for batch in loader:
+            prob, soft = net(batch["image"].to(dev))
+            out["image"].append(batch["image"][:, 0].numpy())
+            out["prob"].append(prob.float().cpu()[:, 0].numpy())
+            out["soft01"].append(((soft.float().cpu()[:, 0] + 1.0) / 2.0).clamp(0, 1).numpy())
+            out["gt"].append(batch["binary_mask"][:, 0].numpy() != 0)
+            out["soft_gt01"].append(((batch["soft_mask"][:, 0] + 1.0) / 2.0).numpy())
+            out["sample_id"].extend(batch["sample_id"])
+    arrays = {k: np.concatenate(v) for k, v in out.items() if k != "sample_id"}
+    arrays["sample_id"] = out["sample_id"]
+    return arrays
+
+
+
+
 def _check_threshold(threshold: float) -> float:
     t = float(threshold)
     if not 0.0 <= t <= 1.0:
         raise InputError(f"--threshold must be in [0, 1], got {threshold}")
     return t
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
 
 
 def predict_folder(checkpoint: str | Path, folder: str | Path, out: str | Path, *, threshold: float = 0.5,
@@ -138,8 +162,8 @@ def predict_folder(checkpoint: str | Path, folder: str | Path, out: str | Path, 
     """
     import cv2
 
-    from .engine import select_device
-    from .train_seg import load_seg_model
+    from .models.loading import load_seg_model
+    from .runtime import select_device
 
     threshold = _check_threshold(threshold)
     folder = Path(folder)
@@ -172,13 +196,12 @@ def predict_folder(checkpoint: str | Path, folder: str | Path, out: str | Path, 
             out / f"{stem}_mask.png": np.where(p >= threshold, 255, 0).astype(np.uint8),
         }
         for path, img in targets.items():
-            tmp = _tmp(path)
-            if img is None:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, a.astype(np.float32))
-            elif not cv2.imwrite(str(tmp), img):
-                raise InputError(f"cannot write {path}")
-            os.replace(tmp, path)
+            with atomic.replacing(path, keep_suffix=True) as tmp:  # cv2 picks the format by suffix
+                if img is None:
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, a.astype(np.float32))
+                elif not cv2.imwrite(str(tmp), img):
+                    raise InputError(f"cannot write {path}")
             written.append(path)
     return written
 
@@ -195,9 +218,8 @@ def predict_shards(checkpoint: str | Path, data: str | Path | Sequence[str | Pat
     import h5py
 
     from .data import SampleShardDataset, find_shards
-    from .engine import select_device
-    from .evaluate import predict_dataset
-    from .train_seg import load_seg_model
+    from .models.loading import load_seg_model
+    from .runtime import select_device
 
     threshold = _check_threshold(threshold)
     net, info = load_seg_model(checkpoint)
@@ -210,19 +232,18 @@ def predict_shards(checkpoint: str | Path, data: str | Path | Sequence[str | Pat
                                 image_size_px=info["crop_px"], option="--input")
         res = predict_dataset(net, ds, batch_size=batch_size, device=dev)
         path = out / f"{shard.path.stem}-pred.h5"
-        tmp = _tmp(path)
-        with h5py.File(tmp, "w", track_order=False) as fh:
-            kw: dict[str, Any] = dict(chunks=(1,) + res["prob"].shape[1:], compression="gzip", compression_opts=4,
-                                      shuffle=True, track_times=False)
-            fh.create_dataset("soft_mask", data=res["soft01"].astype(np.float32), **kw)
-            fh.create_dataset("prob", data=res["prob"].astype(np.float32), **kw)
-            fh.create_dataset("binary_mask", data=(res["prob"] >= threshold).astype(np.uint8), **kw)
-            fh.create_dataset("sample_id", data=np.array([s.encode() for s in res["sample_id"]], dtype="S64"),
-                              track_times=False)
-            fh.attrs["checkpoint"] = str(checkpoint)
-            fh.attrs["variant"] = info["variant"]
-            fh.attrs["threshold"] = threshold
-            fh.attrs["source"] = str(shard.path)
-        os.replace(tmp, path)
+        with atomic.replacing(path, keep_suffix=True) as tmp:
+            with h5py.File(tmp, "w", track_order=False) as fh:
+                kw: dict[str, Any] = dict(chunks=(1,) + res["prob"].shape[1:], compression="gzip", compression_opts=4,
+                                          shuffle=True, track_times=False)
+                fh.create_dataset("soft_mask", data=res["soft01"].astype(np.float32), **kw)
+                fh.create_dataset("prob", data=res["prob"].astype(np.float32), **kw)
+                fh.create_dataset("binary_mask", data=(res["prob"] >= threshold).astype(np.uint8), **kw)
+                fh.create_dataset("sample_id", data=np.array([s.encode() for s in res["sample_id"]], dtype="S64"),
+                                  track_times=False)
+                fh.attrs["checkpoint"] = str(checkpoint)
+                fh.attrs["variant"] = info["variant"]
+                fh.attrs["threshold"] = threshold
+                fh.attrs["source"] = str(shard.path)
         written.append(path)
     return written

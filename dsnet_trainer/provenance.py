@@ -4,7 +4,7 @@ An SR teacher trained on slices of a patient that the segmentation network is la
 has seen that patient's anatomy: its features leak test information into every DRTM row. The
 teacher file therefore records its training patients (:func:`shard_patients` over its training
 slices), and ``dsnet train`` / ``dsnet evaluate`` compare them with the evaluated splits
-(:func:`check_teacher_patients`).
+(:func:`teacher_leak_check`, through :func:`check_teacher_patients`).
 
 Patient ids are namespaced by *source family*, not by dataset name: LNSM crops (dataset ``lnsm``,
 source ``deeplesion``) and DeepLesion full slices (dataset ``dl_slices``, source
@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-
+from typing import Any
 
 from .errors import CheckpointError
 
-__all__ = ["source_family", "shard_namespace", "patients_per_sample", "shard_patients", "check_teacher_patients", "TeacherLeakError"]
+__all__ = ["source_family", "shard_namespace", "patients_per_sample", "shard_patients", "check_teacher_patients",
+           "teacher_leak_check", "TeacherLeakError"]
 
 
 class TeacherLeakError(CheckpointError):
@@ -49,18 +50,16 @@ def patients_per_sample(paths: Iterable[str | Path]) -> list[tuple[str, str]]:
     """``(namespace, patient id)`` of every sample of ``paths``, in order (global positions).
 
     Fields are read with :func:`softmask_builder.formats.shards.read_meta_column` (either schema
-    version); the file is opened with ``locking=False`` like the trainer's datasets (:mod:`.data`), which may hold the
-    same files open in this process: HDF5 refuses a second handle with other locking flags."""
-    import h5py
-
-    from softmask_builder.formats.shards import read_meta_column
+    version); the file is opened by :func:`softmask_builder.formats.shards.open_for_reading`
+    (``locking=False``) like the trainer's datasets (:mod:`.data`), which may hold the same files
+    open in this process: HDF5 refuses a second handle with other locking flags."""
+    from softmask_builder.formats import shards as shard_format
 
     out: list[tuple[str, str]] = []
     for p in paths:
-        with h5py.File(p, "r", locking=False) as fh:
-            attrs = {k: (v.decode("utf-8") if isinstance(v, bytes) else v) for k, v in fh.attrs.items()}
-            ns = shard_namespace(attrs)
-            patients = read_meta_column(fh, "patient")  # either schema version (shards.py owns it)
+        with shard_format.open_for_reading(p) as fh:
+            ns = shard_namespace(shard_format.root_attrs(fh))
+            patients = shard_format.read_meta_column(fh, "patient")  # either schema version
         out.extend((ns, str(pid)) for pid in patients)
     return out
 
@@ -114,3 +113,42 @@ def check_teacher_patients(teacher_patients: Mapping[str, Sequence[str]] | None,
     return overlap
 
 
+def teacher_leak_check(cfg, teacher_arch: Mapping[str, Any] | None, *, root: str | Path | None = None,
+                       splits: tuple[str, ...] | None = None, teacher_name: str | None = None) -> dict[str, Any]:
+    """Compare the SR teacher's training patients with the patients of ``splits`` (default: the
+    run's validation split and ``test``) of ``root`` (default ``cfg.data.root``).
+
+    ``cfg`` is the run's :class:`~dsnet_trainer.seg_config.SegConfig`; ``teacher_arch`` the teacher
+    record (:func:`~dsnet_trainer.models.teacher.read_teacher_arch`, or the one a seg checkpoint keeps).
+
+    Returns the record kept in the run (``{"checked", "splits", "n_teacher_patients",
+    "overlap", "allow_teacher_overlap"}``); variants without a teacher, or a teacher given as a
+    module without a record, give ``{"checked": False}``.
+
+    Raises
+    ------
+    TeacherLeakError : overlap, or a teacher without a patient list, unless
+        ``cfg.model.allow_teacher_overlap``.
+    """
+    from .data import find_shards
+    from .errors import ShardError
+    from .models.dsnet import get_variant
+
+    if not get_variant(cfg.model.variant).uses_teacher or not teacher_arch:
+        return {"checked": False}
+    root = cfg.data.root if root is None else root
+    splits = tuple(splits) if splits is not None else tuple(s for s in (cfg.data.val_split, "test") if s)
+    paths = []
+    for split in splits:
+        try:
+            paths.extend(s.path for s in find_shards(root, kind="samples", split=split, option="data.root"))
+        except ShardError:
+            continue  # a split absent from the data has no patients to protect
+    eval_patients = shard_patients(paths) if paths else {}
+    tp = teacher_arch.get("train_patients")
+    name = teacher_name or cfg.model.teacher or "the checkpoint's teacher"
+    overlap = check_teacher_patients(tp, eval_patients, teacher=name, splits="/".join(splits),
+                                     allow=cfg.model.allow_teacher_overlap)
+    return {"checked": True, "splits": list(splits), "allow_teacher_overlap": cfg.model.allow_teacher_overlap,
+            "n_teacher_patients": None if tp is None else sum(len(v) for v in tp.values()),
+            "n_overlap": len(overlap), "overlap": overlap[:20]}

@@ -135,7 +135,7 @@ def relevant(effective: dict) -> dict:
 
 def _row_effective(row: str, config: str, sets: list[str]) -> dict:
     from dsnet_trainer.config import load_config, to_dict
-    from dsnet_trainer.train_seg import SegConfig
+    from dsnet_trainer.seg_config import SegConfig
 
     return effective_config(to_dict(load_config(SegConfig, config, [*row_overrides(row), *sets])))
 
@@ -147,7 +147,7 @@ def _run_effective(run_dir: Path, info: dict | None) -> dict | None:
         return info["effective"]
     if (run_dir / "config.yaml").is_file():
         from dsnet_trainer.config import load_config, to_dict
-        from dsnet_trainer.train_seg import SegConfig
+        from dsnet_trainer.seg_config import SegConfig
 
         return effective_config(to_dict(load_config(SegConfig, run_dir / "config.yaml")))
     return None
@@ -158,7 +158,7 @@ def teacher_digest(path: str) -> str | None:
     whenever the file is loaded), or None without a teacher file."""
     if not path or not Path(path).is_file():
         return None
-    from dsnet_trainer.sr import read_teacher_file
+    from dsnet_trainer.models.teacher import read_teacher_file
 
     return read_teacher_file(Path(path)).get("weights_sha256")
 
@@ -386,7 +386,8 @@ def train_and_evaluate(name: str, row: str, seed: int, args_dict: dict) -> dict:
     A module-level function so that ``--jobs`` can run it in a spawned process."""
     from dsnet_trainer.config import load_config
     from dsnet_trainer.evaluate import evaluate_checkpoint
-    from dsnet_trainer.train_seg import SegConfig, train_seg
+    from dsnet_trainer.seg_config import SegConfig
+    from dsnet_trainer.train_seg import train_seg
 
     out = Path(args_dict["out"])
     run_dir = out / name

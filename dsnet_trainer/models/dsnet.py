@@ -139,7 +139,7 @@ def _call_teacher(teacher: nn.Module, lr: torch.Tensor, mode: str = "upscale"):
 
     ``mode="upscale"`` (the paper): the crop is the teacher's LR input; outputs are x``scale``.
     Uses ``teacher.forward_features(lr)`` when present (a bare SRResNet), else ``teacher(lr)``.
-    ``mode="native"``: ``teacher.forward_native(crop)`` (:class:`~dsnet_trainer.sr.SRTeacher`)
+    ``mode="native"``: ``teacher.forward_native(crop)`` (:class:`~dsnet_trainer.models.teacher.SRTeacher`)
     first shrinks the crop x``scale`` the way the teacher's training LR was made, so the outputs
     lie on the crop's own grid (a cheaper variant: the backbone runs at the crop's resolution).
     """

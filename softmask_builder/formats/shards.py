@@ -16,8 +16,15 @@ depends on the clock, the process or the file name. Writing the same arrays and 
 gives the same bytes (``tests/softmask_builder/test_shards.py`` checks it).
 
 Atomicity: a shard is written to a hidden temporary name in the destination folder
-(``.<name>.<pid>.tmp``) and then :func:`os.replace`-d onto its final name, so a killed build never
-leaves a partial file under a final name.
+(``.<name>.<pid>.tmp``, :mod:`softmask_builder.core.atomic`) and then :func:`os.replace`-d onto its
+final name, so a killed build never leaves a partial file under a final name.
+
+Readers: :class:`Shard` (one file, everything; ``softmask verify``/``inspect``, the exports),
+:func:`check_shard` (every rule of the schema), and for training, where many processes read
+samples at random: :func:`inspect_shard` (a cheap validation of one file, no pixel read) and
+:class:`ShardReader` (a global sample index over several shards; HDF5 handles opened lazily, once
+per process, never inherited through ``fork`` nor pickled for ``spawn``). Both raise
+:class:`ShardReadError` naming the file (a reader of another package may set its own type).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
+from softmask_builder.core import atomic
+from softmask_builder.core.atomic import TEMP_SUFFIX, is_temp_name, temp_path  # noqa: F401 (shards.* names)
 from softmask_builder.errors import InputError, SourceError
 
 SCHEMA_VERSION = 2
@@ -70,7 +79,6 @@ REQUIRED_ATTRS = ("schema_version", "kind", "dataset", "dataset_version", "build
 SHARD_NAME_RE = re.compile(
     r"^(?P<dataset>[a-z0-9_]+)-(?:(?P<slices>slices)-)?(?P<split>train|val|test)"
     r"-(?P<index>\d{5})-of-(?P<count>\d{5})\.h5$")
-TEMP_SUFFIX = ".tmp"
 #: Schema 2 on-disk dtype of a string meta field (variable-length UTF-8).
 VLEN_STR = h5py.string_dtype("utf-8")
 
@@ -108,15 +116,6 @@ def parse_shard_name(name: str) -> ShardName | None:
         return None
     return ShardName(m["dataset"], "slices" if m["slices"] else "samples", m["split"], int(m["index"]),
                      int(m["count"]))
-
-
-def temp_path(path: Path) -> Path:
-    """The hidden temporary name a shard is written under before :func:`os.replace`."""
-    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
 def sha256_file(path: str | Path, *, block: int = 1 << 20) -> str:
@@ -208,8 +207,7 @@ def write_shard(path: str | Path, *, arrays: Mapping[str, np.ndarray], meta: np.
     all_attrs = dict(attrs)
     all_attrs.update(schema_version=SCHEMA_VERSION, kind=kind, n_samples=n)
 
-    tmp = temp_path(path)
-    try:
+    with atomic.replacing(path) as tmp:
         # rdcc_nbytes=0: no chunk cache, so every chunk is compressed and placed in the file during
         # its write call, in index order. With a cache, chunks reach the file when the dataset
         # handle is closed, i.e. when Python happens to drop it, and the file layout (not the
@@ -231,10 +229,6 @@ def write_shard(path: str | Path, *, arrays: Mapping[str, np.ndarray], meta: np.
                 ds.flush()
             del ds
         digest = sha256_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return digest
 
 
@@ -541,3 +535,223 @@ def _check_open_shard(shard: Shard, name: str) -> list[str]:
     except (json.JSONDecodeError, TypeError):
         problems.append(f"{name}: recipe_json/rejects_json is not valid JSON")
     return problems
+
+
+# ============================================================================================
+# Readers for training: validation of one file, and a lazy, per-worker reader of many
+# ============================================================================================
+class ShardReadError(SourceError):
+    """A shard is missing, unreadable, of another schema version or kind, or does not hold the
+    schema's datasets (the message names the file; for a sample, its index)."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What :func:`inspect_shard` found in one valid shard."""
+
+    path: Path
+    kind: str
+    split: str
+    n_samples: int
+    height_px: int
+    width_px: int
+    dataset: str
+
+
+def open_for_reading(path: str | Path) -> h5py.File:
+    """Open a shard read-only without HDF5 file locking.
+
+    Every reader that may hold several handles on one file in one process (a dataset's workers,
+    the patient lists of :mod:`dsnet_trainer.provenance`) must open it this way: HDF5 refuses a
+    second handle with other locking flags. Raises ``OSError`` for a missing or non-HDF5 file.
+    """
+    return h5py.File(path, "r", locking=False)
+
+
+def root_attrs(fh: h5py.File) -> dict[str, Any]:
+    """The root attributes of an open shard (strings decoded, numpy scalars as Python)."""
+    return {k: _decode_attr(v) for k, v in fh.attrs.items()}
+
+
+def _attr_str(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _attr_str(value.item())
+    return str(value)
+
+
+def inspect_shard(path: str | Path, *, kind: str | None = None, error: type[Exception] = ShardReadError) -> ShardInfo:
+    """Open ``path``, validate it against FORMAT.md without reading a pixel, describe it, close it.
+
+    Checks: ``schema_version`` one of :data:`READABLE_VERSIONS`; ``kind`` ``samples`` or
+    ``slices`` (and equal to ``kind`` when given); every array of the kind present, (N, H, W), of
+    the schema dtype and one shape; every meta field present for N samples in the version's
+    layout; ``n_samples`` equal to N. :func:`check_shard` checks more (value domains, chunking).
+
+    Parameters
+    ----------
+    kind : {"samples", "slices"} or None
+        Required ``kind`` attribute (None accepts either).
+    error : exception type
+        Raised with the message (default :class:`ShardReadError`; a reader of another package
+        passes its own).
+
+    Raises
+    ------
+    ShardReadError
+        Missing or unreadable file, another schema version or ``kind``, a missing dataset, a wrong
+        dtype or shape, meta fields of another length. Names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"shard not found: {path}")
+    try:
+        fh = open_for_reading(path)
+    except OSError as exc:
+        raise error(f"cannot open shard {path}: not a readable HDF5 file ({exc})") from exc
+    with fh:
+        attrs = fh.attrs
+        if "schema_version" not in attrs:
+            raise error(f"shard {path} has no schema_version attribute (not a Soft Mask shard)")
+        try:
+            version = int(attrs["schema_version"])
+        except (TypeError, ValueError) as exc:
+            raise error(f"shard {path}: schema_version {attrs['schema_version']!r} is not an integer") from exc
+        if version not in READABLE_VERSIONS:
+            raise error(f"shard {path} has schema_version {version}; this toolkit reads versions "
+                        f"{', '.join(map(str, READABLE_VERSIONS))} (rebuild the dataset with this toolkit's builder)")
+        found_kind = _attr_str(attrs.get("kind", "samples"))
+        if found_kind not in ("samples", "slices"):
+            raise error(f"shard {path} has unknown kind {found_kind!r}")
+        if kind is not None and found_kind != kind:
+            raise error(f"shard {path} holds {found_kind!r}, expected {kind!r} "
+                        f"({'sample crops for DSNet' if kind == 'samples' else 'CT slices for the SR teacher'})")
+        arrays, _ = layout(found_kind)
+        shape = None
+        for name, dtype in arrays.items():
+            if name not in fh or not isinstance(fh[name], h5py.Dataset):
+                raise error(f"shard {path} lacks dataset {name!r}")
+            ds = fh[name]
+            if ds.dtype != dtype:
+                raise error(f"shard {path}: {name} has dtype {ds.dtype}, expected {dtype}")
+            if ds.ndim != 3:
+                raise error(f"shard {path}: {name} must be (N, H, W), got shape {ds.shape}")
+            if shape is None:
+                shape = ds.shape
+            elif ds.shape != shape:
+                raise error(f"shard {path}: {name} shape {ds.shape} differs from image_hu {shape}")
+        problem = meta_problem(fh, shape[0])
+        if problem:
+            raise error(f"shard {path}: {problem}")
+        if "n_samples" in attrs and int(attrs["n_samples"]) != shape[0]:
+            raise error(f"shard {path}: n_samples attribute {int(attrs['n_samples'])} != {shape[0]} stored")
+        if "split" in attrs:
+            split = _attr_str(attrs["split"])
+        elif shape[0]:
+            split = read_meta_column(fh, "split", 0)
+        else:
+            split = ""
+        return ShardInfo(path=path, kind=found_kind, split=split, n_samples=int(shape[0]),
+                         height_px=int(shape[1]), width_px=int(shape[2]), dataset=_attr_str(attrs.get("dataset", "")))
+
+
+class ShardReader:
+    """Samples of several shards under one global index, read lazily (a per-worker reader).
+
+    Global index ``i`` is sample ``i - offset[s]`` of shard ``s`` (shards in the given order).
+    Each process opens a shard on its first read of it (:func:`open_for_reading`) and keeps the
+    handle: handles are never inherited through ``fork`` (a changed pid drops them) nor pickled
+    for ``spawn``/``forkserver`` (:meth:`__getstate__` leaves them out), so DataLoader workers,
+    persistent or not, each hold their own. A read error raises :attr:`error` naming the file and
+    the sample.
+
+    Parameters
+    ----------
+    shards : sequence of ShardInfo
+        Validated shards (:func:`inspect_shard`).
+    """
+
+    #: Exception type raised (with the message) for an unreadable file or sample; a reader of
+    #: another package sets its own in a subclass.
+    error: type[Exception] = ShardReadError
+
+    def __init__(self, shards: Sequence[ShardInfo]):
+        self.shards = list(shards)
+        self.offsets = np.cumsum([0] + [s.n_samples for s in self.shards])
+        self._files: dict[int, h5py.File] = {}
+        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}
+        self._ids: dict[int, np.ndarray] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_files"], state["_datasets"], state["_ids"] = {}, {}, {}
+        return state
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(shard position, index inside it)`` of global ``index`` (IndexError outside)."""
+        n = len(self)
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} samples")
+        s = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return s, int(index - self.offsets[s])
+
+    def file(self, s: int) -> h5py.File:
+        """This process's open handle of shard ``s`` (opened on first use)."""
+        if self._pid != os.getpid():  # inherited through fork: never reuse the parent's handles
+            self._files, self._datasets, self._ids = {}, {}, {}
+            self._pid = os.getpid()
+        fh = self._files.get(s)
+        if fh is None:
+            path = self.shards[s].path
+            try:
+                fh = open_for_reading(path)
+            except OSError as exc:
+                raise self.error(f"cannot open shard {path}: {exc}") from exc
+            self._files[s] = fh
+        return fh
+
+    def read(self, s: int, local: int, name: str, region: tuple[slice, slice] | None = None) -> np.ndarray:
+        """Array ``name`` of sample ``local`` of shard ``s`` (its (row, col) ``region`` if given)."""
+        try:
+            fh = self.file(s)
+            ds = self._datasets.get((s, name))
+            if ds is None:  # h5py's name lookup costs about as much as reading a 64x64 crop
+                ds = self._datasets[(s, name)] = fh[name]
+            return ds[local] if region is None else ds[(local, *region)]
+        except (OSError, KeyError, ValueError) as exc:
+            raise self.error(f"shard {self.shards[s].path}: cannot read {name}[{local}] ({exc})") from exc
+
+    def meta(self, s: int, local: int) -> dict[str, Any]:
+        """Every meta field of one sample (strings decoded), either schema version."""
+        try:
+            return read_meta_row(self.file(s), local)
+        except (OSError, KeyError, ValueError) as exc:
+            raise self.error(f"shard {self.shards[s].path}: cannot read meta[{local}] ({exc})") from exc
+
+    def sample_id(self, s: int, local: int) -> str:
+        """``sample_id`` of one sample (the column is read once per shard and process)."""
+        ids = self._ids.get(s)
+        if ids is None:
+            try:
+                ids = self._ids[s] = read_meta_column(self.file(s), "sample_id")
+            except (OSError, KeyError, ValueError) as exc:
+                raise self.error(f"shard {self.shards[s].path}: cannot read meta ({exc})") from exc
+        return _decode_id(ids[local])
+
+    def close(self) -> None:
+        """Close this process's handles (they reopen on the next read)."""
+        for fh in self._files.values():
+            try:
+                fh.close()
+            except Exception:  # closing during interpreter shutdown may fail harmlessly
+                pass
+        self._files, self._datasets, self._ids = {}, {}, {}
+
+
+def _decode_id(b: Any) -> str:
+    return b.decode("utf-8", "replace").rstrip("\x00") if isinstance(b, bytes) else str(b)

@@ -245,7 +245,8 @@ def test_old_checkpoint_version(trained, ds, tmp_path):
 # ---------------------------------------------------------------------------- SR teacher
 def _teacher(path: Path, patients: dict[str, list[str]] | None) -> Path:
     from dsnet_trainer.models import build_model
-    from dsnet_trainer.sr import GeneratorConfig, SRConfig, export_teacher
+    from dsnet_trainer.models.teacher import export_teacher
+    from dsnet_trainer.sr.config import GeneratorConfig, SRConfig
 
     cfg = SRConfig(generator=GeneratorConfig(n_channels=4, n_blocks=1))
     gen = build_model("srresnet", **cfg.generator_kwargs())

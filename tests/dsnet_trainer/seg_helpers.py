@@ -81,7 +81,8 @@ def write_tiny_teacher(path, *, n_channels: int = 4, scale: int = 4, level_hu: f
     teacher file, as ``dsnet pretrain-sr`` writes it). Its last conv starts at zero, so give it
     random weights there to make the SR image differ from bicubic."""
     from dsnet_trainer.models.srresnet import SRResNet
-    from dsnet_trainer.sr import GeneratorConfig, SRConfig, SRDataConfig, export_teacher
+    from dsnet_trainer.models.teacher import export_teacher
+    from dsnet_trainer.sr.config import GeneratorConfig, SRConfig, SRDataConfig
 
     torch.manual_seed(seed)
     cfg = SRConfig(data=SRDataConfig(scale=scale, window_level_hu=level_hu, window_width_hu=width_hu),
@@ -96,7 +97,7 @@ def tiny_config(root, out, *, variant: str = "dsnet", teacher: str = "", epochs:
                 teacher_mode: str = "native", crop_px: int = 32, seed: int = 0, **loop_kw):
     """A :class:`SegConfig` small enough for a unit test (widths 4-8-16, 2 steps per epoch)."""
     from dsnet_trainer.config import LoopConfig
-    from dsnet_trainer.train_seg import SegConfig, SegDataConfig, SegModelConfig, SegOptimConfig
+    from dsnet_trainer.seg_config import SegConfig, SegDataConfig, SegModelConfig, SegOptimConfig
 
     loop = dict(batch_size=4, num_workers=0, progress=False, tensorboard=False, device="cpu", seed=seed,
                 max_steps_per_epoch=steps, log_every_steps=1)

@@ -57,7 +57,8 @@ def test_cuda_request_without_cuda(tmp_path, slice_shards):
 
 
 def test_light_modules_do_not_import_torch():
-    code = ("import sys, dsnet_trainer.cli, dsnet_trainer.config, dsnet_trainer.models, dsnet_trainer.errors; "
+    code = ("import sys, dsnet_trainer.cli, dsnet_trainer.config, dsnet_trainer.models, dsnet_trainer.errors, "
+            "dsnet_trainer.seg_config, dsnet_trainer.models.loading, dsnet_trainer.provenance; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

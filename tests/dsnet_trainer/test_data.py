@@ -11,8 +11,9 @@ from PIL import Image
 
 from dsnet_trainer.data import (SampleShardDataset, SliceShardDataset, dihedral, downsample, find_shards,
                                 inspect_shard, to_unit_range)
-from dsnet_trainer.engine import DistContext, SeededSampler, make_loader
 from dsnet_trainer.errors import ShardError
+from dsnet_trainer.runtime import DistContext
+from dsnet_trainer.sampling import SeededSampler, make_loader
 
 from .shardkit import make_sample_arrays, synthetic_ct_slice, write_sample_shard, write_slice_shard
 

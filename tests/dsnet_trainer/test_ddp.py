@@ -16,8 +16,10 @@ import torch.multiprocessing as mp
 
 from dsnet_trainer.config import load_config
 from dsnet_trainer.data import SliceShardDataset
-from dsnet_trainer.engine import DistContext, make_loader, EvalShardSampler
-from dsnet_trainer.sr import SRConfig, evaluate_sr, load_teacher
+from dsnet_trainer.models.teacher import load_teacher
+from dsnet_trainer.runtime import DistContext
+from dsnet_trainer.sampling import EvalShardSampler, make_loader
+from dsnet_trainer.sr import SRConfig, evaluate_sr
 
 from .ddp_worker import run_rank
 from .shardkit import synthetic_ct_slice, write_slice_shard

@@ -1,82 +1,24 @@
-"""Loop machinery: devices, precision, checkpoints, RNG state, samplers, logging."""
+"""The training loop and what it writes (:mod:`dsnet_trainer.engine`): run state and resume,
+checkpoint files of a run, metric logs, curves, the run folder, model selection."""
 
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DistributedSampler
 
 from dsnet_trainer import engine
+from dsnet_trainer.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from dsnet_trainer.digest import weights_sha256
-from dsnet_trainer.engine import (CheckpointManager, DistContext, EvalShardSampler, MetricLogger, Precision,
-                                  SeededSampler, TrainState, load_checkpoint, save_checkpoint, select_device)
-from dsnet_trainer.errors import CheckpointError, DeviceError
+from dsnet_trainer.engine import CheckpointManager, MetricLogger, TrainState
+from dsnet_trainer.errors import CheckpointError
+from dsnet_trainer.runtime import DistContext, Precision
 
 
-# ---------------------------------------------------------------------------- device, precision
-def test_cpu_and_auto_device():
-    assert select_device("cpu") == torch.device("cpu")
-    want = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    assert select_device("auto") == want
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-@pytest.mark.parametrize("request_", ["cuda", "cuda:1"])
-def test_cuda_request_without_cuda_names_the_option(request_):
-    with pytest.raises(DeviceError, match=r"--device.*CUDA"):
-        select_device(request_, option="--device")
-
-
-def test_bad_device_string():
-    with pytest.raises(DeviceError, match="loop.device"):
-        select_device("tpu")
-
-
-@pytest.mark.parametrize("mode", ["bf16", "fp16"])
-def test_half_precision_on_cpu_is_an_error(mode):
-    with pytest.raises(DeviceError, match=f"loop.amp={mode}"):
-        Precision(mode, torch.device("cpu"))
-
-
-def test_cpu_precision_is_float32_passthrough():
-    prec = Precision("auto", torch.device("cpu"))
-    assert prec.dtype is None and prec.name == "float32" and not prec.scaler.is_enabled()
-    # A step through Precision equals a plain SGD step computed by hand.
-    w = nn.Parameter(torch.tensor([1.0, -2.0]))
-    opt = torch.optim.SGD([w], lr=0.1)
-    with prec.autocast():
-        loss = (w ** 2).sum()
-    prec.backward_step(loss, opt)
-    prec.update()
-    assert torch.allclose(w.detach(), torch.tensor([1.0, -2.0]) * (1 - 0.2))
-
-
-def test_gradient_clipping_bounds_the_step():
-    prec = Precision("off", torch.device("cpu"))
-    w = nn.Parameter(torch.tensor([3.0, 4.0]))
-    opt = torch.optim.SGD([w], lr=1.0)
-    loss = (w * torch.tensor([30.0, 40.0])).sum()  # grad (30, 40), norm 50
-    prec.backward_step(loss, opt, clip_norm=5.0)
-    assert torch.allclose(w.detach(), torch.tensor([3.0 - 3.0, 4.0 - 4.0]), atol=1e-6)
-
-
-# ---------------------------------------------------------------------------- RNG
-def test_rng_capture_restore_replays_every_stream():
-    engine.seed_everything(123)
-    state = engine.capture_rng_state()
-    first = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
-    engine.seed_everything(999)
-    engine.restore_rng_state(state)
-    second = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
-    assert first == second
-
-
-# ---------------------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------------------- run state, checkpoints
 def _toy_state(kind="toy", hidden=4):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, hidden), nn.ReLU(), nn.Linear(hidden, 1))
@@ -85,62 +27,6 @@ def _toy_state(kind="toy", hidden=4):
     state = TrainState(kind, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched},
                        precision=Precision("off", torch.device("cpu")), compat={"hidden": hidden})
     return state, model, opt, sched
-
-
-def test_checkpoint_roundtrip_weights_only(tmp_path):
-    state, model, opt, sched = _toy_state()
-    x = torch.randn(8, 3)
-    for _ in range(3):
-        loss = model(x).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    state.epoch, state.step, state.best_metric = 3, 30, 0.75
-    path = save_checkpoint(state.state_dict(), tmp_path / "ck" / "last.pt")
-    assert not any(p.name.startswith(".") for p in path.parent.iterdir())  # no temp file left
-    # weights_only=True is what load_checkpoint uses; MultiStepLR's Counter must pass it.
-    ck = load_checkpoint(path, expect_kind="toy")
-    fresh, fmodel, fopt, fsched = _toy_state()
-    fresh.load_state_dict(ck, source=path)
-    assert (fresh.epoch, fresh.step, fresh.best_metric) == (3, 30, 0.75)
-    for a, b in zip(model.state_dict().values(), fmodel.state_dict().values()):
-        assert torch.equal(a, b)
-    assert fsched.state_dict() == sched.state_dict()
-    assert fopt.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
-
-
-def test_checkpoint_errors_name_the_file(tmp_path):
-    with pytest.raises(CheckpointError, match="nope.pt"):
-        load_checkpoint(tmp_path / "nope.pt")
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a zip archive at all" * 10)
-    with pytest.raises(CheckpointError, match="garbage.pt"):
-        load_checkpoint(garbage)
-    state, *_ = _toy_state()
-    good = save_checkpoint(state.state_dict(), tmp_path / "good.pt")
-    truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="truncated.pt"):
-        load_checkpoint(truncated)
-    plain = tmp_path / "plain.pt"
-    torch.save({"weights": torch.zeros(2)}, plain)
-    with pytest.raises(CheckpointError, match="plain.pt.*not a dsnet_trainer checkpoint"):
-        load_checkpoint(plain)
-    with pytest.raises(CheckpointError, match="good.pt.*'toy'.*expected other"):
-        load_checkpoint(good, expect_kind="other")
-
-
-class _Evil:
-    pass
-
-
-def test_pickled_code_is_refused(tmp_path):
-    # weights_only=True refuses arbitrary objects: a checkpoint carrying one is rejected.
-    bad = tmp_path / "evil.pt"
-    torch.save({"format": engine.CHECKPOINT_FORMAT, "version": engine.CHECKPOINT_VERSION, "obj": _Evil()}, bad)
-    with pytest.raises(CheckpointError, match="evil.pt"):
-        load_checkpoint(bad)
 
 
 def test_mismatched_checkpoint_is_refused(tmp_path):
@@ -161,7 +47,7 @@ def test_checkpoint_manager_files_and_resume(tmp_path):
     mgr = CheckpointManager(tmp_path / "ck", every_n_epochs=2)
     assert mgr.resolve_resume("auto") is None and mgr.resolve_resume(None) is None
     for epoch, improved in [(1, True), (2, False), (3, True), (4, False)]:
-        mgr.save({"format": engine.CHECKPOINT_FORMAT, "version": engine.CHECKPOINT_VERSION, "kind": "t",
+        mgr.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": "t",
                   "epoch": epoch, "modules": {}, "weights_sha256": weights_sha256({})},
                  epoch=epoch, improved=improved)
     names = sorted(p.name for p in (tmp_path / "ck").iterdir())
@@ -174,36 +60,6 @@ def test_checkpoint_manager_files_and_resume(tmp_path):
     off = CheckpointManager(tmp_path / "off", enabled=False)
     off.save({"x": 1}, epoch=1, improved=True)
     assert not (tmp_path / "off").exists()
-
-
-# ---------------------------------------------------------------------------- samplers
-@pytest.mark.parametrize("n, world, drop_last", [(10, 2, False), (11, 3, False), (11, 3, True), (5, 1, False)])
-def test_seeded_sampler_matches_distributed_sampler(n, world, drop_last):
-    seen = []
-    for rank in range(world):
-        ctx = DistContext(rank=rank, world_size=world)
-        s = SeededSampler(n, seed=7, ctx=ctx, drop_last=drop_last)
-        s.set_epoch(3)
-        ref = DistributedSampler(range(n), num_replicas=world, rank=rank, seed=7, drop_last=drop_last)
-        ref.set_epoch(3)
-        keys = list(s)
-        assert [k[0] for k in keys] == list(ref) and len(s) == len(ref)
-        assert all(k[1:] == (7, 3) for k in keys)
-        seen.append([k[0] for k in keys])
-    if world > 1 and n % world == 0:
-        assert not set(seen[0]) & set(seen[1])  # disjoint shares without padding
-    s = SeededSampler(n, seed=7)
-    s.set_epoch(0)
-    e0 = [k[0] for k in s]
-    s.set_epoch(1)
-    assert sorted(e0) == list(range(n)) and [k[0] for k in s] != e0  # reshuffled per epoch
-
-
-@pytest.mark.parametrize("n, world", [(10, 3), (2, 4), (7, 1)])
-def test_eval_sampler_counts_each_sample_once(n, world):
-    shares = [list(EvalShardSampler(n, ctx=DistContext(rank=r, world_size=world))) for r in range(world)]
-    flat = sorted(i for s in shares for i in s)
-    assert flat == list(range(n))
 
 
 # ---------------------------------------------------------------------------- logging

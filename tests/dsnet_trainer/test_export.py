@@ -9,7 +9,7 @@ import torch
 from dsnet_trainer.data import SampleShardDataset
 from dsnet_trainer.errors import InputError
 from dsnet_trainer.export import ExportMismatchError, export_checkpoint, load_exported
-from dsnet_trainer.train_seg import load_seg_model
+from dsnet_trainer.models.loading import load_seg_model
 
 from .seg_helpers import trained_run
 

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
+from dsnet_trainer.checkpoint import load_checkpoint
 from dsnet_trainer.config import load_config
-from dsnet_trainer.engine import load_checkpoint
 from dsnet_trainer.errors import CheckpointError
 from dsnet_trainer.sr import SRConfig, SRHooks, pretrain_sr
 

@@ -14,7 +14,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from dsnet_trainer.config import load_config
 from dsnet_trainer.data import SliceShardDataset
 from dsnet_trainer.errors import CheckpointError, ConfigError, ShardError
-from dsnet_trainer.sr import SRConfig, load_teacher, pretrain_sr
+from dsnet_trainer.models.teacher import load_teacher
+from dsnet_trainer.sr import SRConfig, pretrain_sr
 
 from .shardkit import synthetic_ct_slice, write_slice_shard
 

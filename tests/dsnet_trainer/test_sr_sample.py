@@ -15,7 +15,8 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from dsnet_trainer.cli import main as dsnet
 from dsnet_trainer.config import load_config
-from dsnet_trainer.sr import SRConfig, build_sr_datasets, load_teacher
+from dsnet_trainer.models.teacher import load_teacher
+from dsnet_trainer.sr import SRConfig, build_sr_datasets
 
 # Shorter than sr_tiny's defaults (fewer slices per epoch, validation only at the end).
 QUICK = ["-s", "stage1.epochs=6", "-s", "stage1.milestones=[5]", "-s", "stage2.epochs=1",

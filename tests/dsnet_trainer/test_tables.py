@@ -34,7 +34,8 @@ def tiny(tmp_path, monkeypatch):
         write_sample_shard(data / f"synth-{split}-00000-of-00001.h5", make_sample_arrays(rng, n), split=split,
                            patient_prefix=prefix)
     from dsnet_trainer.models import build_model
-    from dsnet_trainer.sr import GeneratorConfig, SRConfig, export_teacher
+    from dsnet_trainer.models.teacher import export_teacher
+    from dsnet_trainer.sr.config import GeneratorConfig, SRConfig
 
     cfg = SRConfig(generator=GeneratorConfig(n_channels=4, n_blocks=1))
     teacher = export_teacher(build_model("srresnet", **cfg.generator_kwargs()), cfg, tmp_path / "teacher.pt",
@@ -139,7 +140,7 @@ def test_study_cells_record_parallel_jobs_and_rebuild_from_the_record(tiny, tmp_
 
     # every teacher-using run records the teacher's weights digest, the tables name it, and another
     # teacher (other weights) is refused for a finished run
-    from dsnet_trainer.sr import read_teacher_file
+    from dsnet_trainer.models.teacher import read_teacher_file
 
     digest = read_teacher_file(teacher)["weights_sha256"]
     assert info["teacher_weights_sha256"] == digest
@@ -147,7 +148,8 @@ def test_study_cells_record_parallel_jobs_and_rebuild_from_the_record(tiny, tmp_
     md = (record / "TABLES.md").read_text()
     assert f"SR teacher weights sha256 {digest}: 4 runs (" in md and "unet-s0" not in md.split("sha256")[-1]
     from dsnet_trainer.models import build_model
-    from dsnet_trainer.sr import GeneratorConfig, SRConfig, export_teacher
+    from dsnet_trainer.models.teacher import export_teacher
+    from dsnet_trainer.sr.config import GeneratorConfig, SRConfig
 
     import torch
 

@@ -1,19 +1,19 @@
 """The segmentation training loop: determinism, frozen teacher, resume, NaN stop, bad inputs,
-soft targets (Table IV) and the poly schedule."""
+soft targets (Table IV) and the poly schedule. (Model building: ``test_loading.py``; the config:
+``test_seg_config.py``.)"""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 import torch
 
+from dsnet_trainer.checkpoint import load_checkpoint
 from dsnet_trainer.data import SampleShardDataset, dihedral
-from dsnet_trainer.engine import load_checkpoint, read_metrics
-from dsnet_trainer.errors import CheckpointError, ConfigError, ShardError
-from dsnet_trainer.train_seg import (NonFiniteLossError, SoftTargetDataset, build_from_config, load_seg_model,
-                                     soft_target, train_seg)
+from dsnet_trainer.engine import read_metrics
+from dsnet_trainer.errors import ConfigError, ShardError
+from dsnet_trainer.models.loading import load_seg_model
+from dsnet_trainer.train_seg import NonFiniteLossError, SoftTargetDataset, soft_target, train_seg
 from softmask_builder.labelling.soft_labels import kats_soft_label, softseg_soft_label
 
 from .seg_helpers import tiny_config, write_sample_dataset, write_sample_shard, write_tiny_teacher
@@ -92,25 +92,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path):
     assert last.read_bytes() == before
 
 
-def test_teacher_problems_are_named(assets, tmp_path):
-    data, teacher = assets
-    cfg = tiny_config(data, tmp_path / "x", teacher="")
-    with pytest.raises(ConfigError, match="needs the SR teacher"):
-        build_from_config(cfg.model, data_cfg=cfg.data)
-    other_window = write_tiny_teacher(tmp_path / "t-mediastinal.pt", level_hu=40.0, width_hu=400.0)
-    cfg = tiny_config(data, tmp_path / "x", teacher=other_window)
-    with pytest.raises(CheckpointError, match="t-mediastinal.pt was trained on images windowed at level 40.0"):
-        build_from_config(cfg.model, data_cfg=cfg.data)
-    run = train_seg(tiny_config(data, tmp_path / "u", variant="unet", epochs=1, steps=1))
-    cfg = tiny_config(data, tmp_path / "x", teacher=run / "checkpoints" / "last.pt")
-    with pytest.raises(CheckpointError, match="not an SR teacher file"):
-        build_from_config(cfg.model, data_cfg=cfg.data)
-    # an LR variant never opens the teacher file
-    cfg = tiny_config(data, tmp_path / "x", variant="backbone", teacher=tmp_path / "missing.pt")
-    net, disc, _ = build_from_config(cfg.model, data_cfg=cfg.data)
-    assert net.teacher is None and disc is None
-
-
 def test_wrong_crop_size_is_refused(assets, tmp_path):
     data, _ = assets
     with pytest.raises(ShardError, match=r"holds 32x32 crops but the model expects 48x48"):
@@ -143,13 +124,3 @@ def test_soft_targets_follow_the_augmentation(assets, label):
 def test_unknown_soft_label():
     with pytest.raises(ConfigError, match="unknown soft label 'fuzzy'"):
         soft_target("fuzzy", soft_mask=np.zeros((2, 2)), binary_mask=np.zeros((2, 2)))
-
-
-def test_config_rejects_unknown_variant():
-    from dsnet_trainer.config import from_dict
-    from dsnet_trainer.train_seg import SegConfig
-
-    with pytest.raises(ConfigError, match="model.variant"):
-        from_dict(SegConfig, {"model": {"variant": "dsnet2"}})
-    cfg = from_dict(SegConfig, json.loads(json.dumps({"model": {"variant": "unet", "widths": [8, 16]}})))
-    assert cfg.model.widths == (8, 16)

@@ -4,6 +4,7 @@ reproducibility, atomic writes, the schema checker."""
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 
 import h5py
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 
 from softmask_builder.errors import InputError, SourceError
-from softmask_builder.formats.shards import (check_shard, encode_meta, open_shard, parse_shard_name, read_sample,
-                                     shard_name, write_shard)
+from softmask_builder.formats.shards import (TEMP_SUFFIX, ShardInfo, ShardReader, ShardReadError, check_shard,
+                                             encode_meta, inspect_shard, is_temp_name, open_shard, parse_shard_name,
+                                             read_sample, shard_name, temp_path, write_shard)
 
 # The schema as written in docs/FORMAT.md, restated here independently of the module's constants.
 FORMAT_ARRAYS = {"image_hu": "<i2", "soft_mask": "<f4", "binary_mask": "|u1", "trimap": "|u1"}
@@ -228,3 +230,70 @@ def test_shard_names_round_trip():
         assert parse_shard_name(bad) is None
     with pytest.raises(InputError):
         shard_name("lnsm", "train", 3, 3)
+
+
+# ---- readers for training: inspect_shard and the lazy, per-worker ShardReader ---------------
+def test_inspect_describes_valid_shards_of_both_versions(tmp_path):
+    arrays, rows = _samples(3, size=12)
+    v1, v2 = tmp_path / "toy-train-00000-of-00002.h5", tmp_path / "toy-train-00001-of-00002.h5"
+    write_v1_shard(v1, arrays, rows, ATTRS)
+    write_shard(v2, arrays=arrays, meta=encode_meta(rows), attrs=ATTRS)
+    for path in (v1, v2):
+        assert inspect_shard(path, kind="samples") == ShardInfo(path=path, kind="samples", split="train", n_samples=3,
+                                                                height_px=12, width_px=12, dataset="toy")
+
+
+@pytest.mark.parametrize("damage, text", [
+    (lambda f: f.attrs.__setitem__("schema_version", 3), "has schema_version 3; this toolkit reads versions 1, 2"),
+    (lambda f: f.__delitem__("trimap"), "lacks dataset 'trimap'"),
+    (lambda f: f.__delitem__("patient"), r"lacks meta datasets \['patient'\]"),
+    (lambda f: f.attrs.__setitem__("n_samples", 7), "n_samples attribute 7 != 3 stored"),
+])
+def test_inspect_names_the_file_and_the_problem(tmp_path, damage, text):
+    path = tmp_path / "toy-train-00000-of-00001.h5"
+    _write(path)
+    with h5py.File(path, "r+") as f:
+        damage(f)
+    with pytest.raises(ShardReadError, match=f"toy-train-00000-of-00001.h5.*{text}"):
+        inspect_shard(path)
+    _write(path)  # intact again
+    with pytest.raises(ShardReadError, match="holds 'samples', expected 'slices'"):
+        inspect_shard(path, kind="slices")
+
+    class Mine(ValueError):
+        pass
+
+    with pytest.raises(Mine, match="absent.h5"):  # a reader of another package raises its own type
+        inspect_shard(tmp_path / "absent.h5", error=Mine)
+
+
+def test_reader_indexes_shards_and_reopens_per_process(tmp_path):
+    import pickle
+
+    paths = [tmp_path / f"toy-train-0000{i}-of-00002.h5" for i in range(2)]
+    stored = [_write(p, n=n, seed=i)[1:] for i, (p, n) in enumerate(zip(paths, (3, 2)))]
+    reader = ShardReader([inspect_shard(p) for p in paths])
+    assert len(reader) == 5 and reader.locate(4) == (1, 1)
+    (arrays, rows) = stored[1]
+    np.testing.assert_array_equal(reader.read(1, 1, "soft_mask"), arrays["soft_mask"][1])
+    np.testing.assert_array_equal(reader.read(1, 1, "image_hu", (slice(2, 5), slice(0, 3))),
+                                  arrays["image_hu"][1, 2:5, 0:3])
+    assert reader.sample_id(1, 1) == rows[1]["sample_id"] and reader.meta(1, 0)["patient"] == rows[0]["patient"]
+    clone = pickle.loads(pickle.dumps(reader))  # spawn: handles are never pickled ...
+    assert clone._files == {} and clone.sample_id(0, 2) == stored[0][1][2]["sample_id"]
+    reader._pid = -1  # ... nor reused after a fork (another pid)
+    assert reader.sample_id(0, 0) == stored[0][1][0]["sample_id"] and reader._pid == os.getpid()
+    with pytest.raises(IndexError):
+        reader.locate(5)
+    with pytest.raises(ShardReadError, match=r"toy-train-00000-of-00002.h5: cannot read nothing\[0\]"):
+        reader.read(0, 0, "nothing")
+    reader.close()
+    clone.close()
+
+
+def test_temporary_names_are_those_of_core_atomic(tmp_path):
+    from softmask_builder.core import atomic
+
+    assert (temp_path, is_temp_name, TEMP_SUFFIX) == (atomic.temp_path, atomic.is_temp_name, atomic.TEMP_SUFFIX)
+    path = tmp_path / "toy-train-00000-of-00001.h5"
+    assert is_temp_name(temp_path(path).name) and not is_temp_name(path.name)

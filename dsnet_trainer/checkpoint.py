@@ -1,0 +1,146 @@
+"""The trainer's checkpoint file: its layout, version, weights digest, atomic save and checked load.
+
+A checkpoint is a plain mapping written by ``torch.save`` and read back with
+``torch.load(weights_only=True)`` (no pickled code runs on load). Its keys, in this order:
+
+``format``           ``"dsnet-trainer-checkpoint"`` (:data:`CHECKPOINT_FORMAT`)
+``version``          :data:`CHECKPOINT_VERSION` (2)
+``weights_sha256``   :func:`~dsnet_trainer.digest.weights_sha256` of ``modules``, checked on load
+``kind``             what was trained (``"sr-srresnet"``, ``"sr-srgan"``, ``"seg"``)
+``epoch``, ``step``  completed epochs, optimiser steps
+``best_metric``      best monitored value so far (None before the first validation)
+``compat``           settings a resume must match
+``modules``          ``{name: state dict}`` of the bare (un-wrapped) modules
+``optimizers``, ``schedulers``, ``scaler``, ``rng``, ``extra``
+                     everything else a resume restores (:class:`~dsnet_trainer.engine.TrainState`)
+
+:func:`make_checkpoint` builds the mapping, :func:`save_checkpoint` writes it (any ``torch.save``
+payload; the SR teacher file of :mod:`dsnet_trainer.models.teacher` uses it too) and
+:func:`load_checkpoint` reads and checks it; every problem is a
+:class:`~dsnet_trainer.errors.CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softmask_builder.core import atomic
+
+from .digest import nonfinite_entries, weights_sha256
+from .errors import CheckpointError
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "make_checkpoint", "save_checkpoint",
+           "load_checkpoint", "first_bytes_problem"]
+
+CHECKPOINT_FORMAT = "dsnet-trainer-checkpoint"
+# Version 2 adds ``weights_sha256`` (digest of ``modules``, checked on load); version 1 files are
+# refused with a message saying how to get a new one.
+CHECKPOINT_VERSION = 2
+
+
+def make_checkpoint(*, kind: str, modules: Mapping[str, Any], epoch: int, step: int, best_metric: float | None,
+                    compat: Mapping[str, Any], optimizers: Mapping[str, Any], schedulers: Mapping[str, Any],
+                    scaler: Mapping[str, Any], rng: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint mapping (keys in the module docstring's order) with its weights digest."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "weights_sha256": weights_sha256(modules),
+        "kind": kind,
+        "epoch": epoch,
+        "step": step,
+        "best_metric": best_metric,
+        "compat": compat,
+        "modules": modules,
+        "optimizers": optimizers,
+        "schedulers": schedulers,
+        "scaler": scaler,
+        "rng": rng,
+        "extra": extra,
+    }
+
+
+def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
+    """``torch.save`` atomically (:func:`softmask_builder.core.atomic.replacing`): a crash never
+    leaves a half-written file under the final name. Creates the folder.
+
+    ``torch.save`` names the zip's inner folder after the file it writes (its name up to the last
+    dot), so it writes to ``.<name>.<pid>`` (folder ``.<name>``, whatever the pid) and that file
+    becomes the temporary: the same payload gives the same bytes in every process.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.replacing(path) as tmp:
+        scratch = tmp.with_name(tmp.stem)  # .<name>.<pid>
+        try:
+            torch.save(dict(obj), scratch)
+            os.replace(scratch, tmp)
+        finally:
+            scratch.unlink(missing_ok=True)
+    return path
+
+
+def first_bytes_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a torch file, from its size and first bytes (None if it may be)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] != b"PK":  # torch.save writes a zip archive
+        return (f"not a checkpoint file ({size} bytes, starts with {head!r}; torch checkpoints are zip "
+                "archives starting with b'PK')")
+    return None
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
+                    expect_kind: str | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Load a trainer checkpoint with ``torch.load(weights_only=True)`` and check its weights.
+
+    Raises
+    ------
+    CheckpointError
+        Missing, empty, non-zip (e.g. text) file; unreadable, truncated or not weights-only
+        loadable; not a trainer checkpoint; an older checkpoint version (1: no weights digest);
+        weights whose sha256 differs from the recorded ``weights_sha256`` (corrupted or edited);
+        NaN or infinite weights; ``kind`` other than ``expect_kind``. The message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    problem = first_bytes_problem(path)
+    if problem:
+        raise CheckpointError(f"cannot read checkpoint {path}: {problem}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zip errors ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from exc
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a dsnet_trainer checkpoint (no format={CHECKPOINT_FORMAT!r})")
+    version = obj.get("version")
+    if version != CHECKPOINT_VERSION:
+        hint = (" (version 1 predates the weights digest and teacher patient lists: retrain the run, "
+                "e.g. `dsnet train ... --resume none`)" if version == 1 else "")
+        raise CheckpointError(f"{path} has checkpoint version {version!r}; this trainer reads version "
+                              f"{CHECKPOINT_VERSION}{hint}")
+    if expect_kind is not None:
+        kinds = (expect_kind,) if isinstance(expect_kind, str) else tuple(expect_kind)
+        if obj.get("kind") not in kinds:
+            raise CheckpointError(f"{path} is a {obj.get('kind')!r} checkpoint, expected {' or '.join(kinds)}")
+    modules = obj.get("modules")
+    if not isinstance(modules, dict):
+        raise CheckpointError(f"{path} has no weights (no 'modules' mapping)")
+    if weights_sha256(modules) != obj.get("weights_sha256"):
+        raise CheckpointError(f"{path}: weights do not match their recorded sha256 digest (the file was "
+                              "corrupted or edited); use another checkpoint or retrain")
+    bad = nonfinite_entries(modules)
+    if bad:
+        raise CheckpointError(f"{path} holds NaN or infinite weights ({', '.join(bad)}); the run diverged "
+                              "before it was saved: use an earlier checkpoint or retrain with a lower optim.lr")
+    return obj

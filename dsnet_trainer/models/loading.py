@@ -1,0 +1,121 @@
+"""Segmentation networks from their config or from a seg checkpoint, for training and inference.
+
+:func:`build_from_config` builds ``(net, discriminator, teacher_arch)`` for a
+:class:`~dsnet_trainer.seg_config.SegModelConfig`, the frozen SR teacher coming from a module, a
+teacher record or a teacher file (:mod:`.teacher`). :func:`load_seg_model` rebuilds a trained
+network from a seg checkpoint alone: this is how ``dsnet evaluate``, ``predict`` and ``export`` get
+their model, without importing the training code.
+
+torch and the networks are imported when a model is built, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..config import from_dict, to_dict
+from ..errors import CheckpointError, ConfigError, TrainerError
+from ..seg_config import SegConfig, SegDataConfig, SegModelConfig
+
+__all__ = ["CHECKPOINT_KIND", "build_from_config", "load_seg_model"]
+
+#: ``kind`` of the checkpoints ``dsnet train`` writes (:mod:`dsnet_trainer.checkpoint`).
+CHECKPOINT_KIND = "seg"
+
+
+def _teacher_from_file(path: str | Path, data_cfg: SegDataConfig | None):
+    """Load the frozen SR teacher (:func:`~dsnet_trainer.models.teacher.load_teacher`) and its
+    architecture record; refuse a teacher trained with another HU window than ``data_cfg``'s."""
+    from .teacher import load_teacher, read_teacher_arch
+
+    path = Path(path)
+    teacher = load_teacher(path)  # CheckpointError names the file
+    if data_cfg is not None and (teacher.window_level_hu, teacher.window_width_hu) != (data_cfg.level_hu,
+                                                                                         data_cfg.width_hu):
+        raise CheckpointError(
+            f"model.teacher {path} was trained on images windowed at level {teacher.window_level_hu} / width "
+            f"{teacher.window_width_hu} HU but data uses {data_cfg.level_hu} / {data_cfg.width_hu} HU; "
+            "retrain the teacher or set data.level_hu / data.width_hu to match")
+    return teacher, read_teacher_arch(path)
+
+
+def build_from_config(model_cfg: SegModelConfig, *, data_cfg: SegDataConfig | None = None, teacher=None,
+                      teacher_arch: Mapping[str, Any] | None = None):
+    """Build ``(net, discriminator_or_None, teacher_arch)`` for ``model_cfg``.
+
+    The teacher comes from, in order: ``teacher`` (a module, e.g. a test stand-in), ``teacher_arch``
+    (an :class:`~dsnet_trainer.models.teacher.SRTeacher` rebuilt from the record a seg checkpoint
+    keeps; its weights come with the checkpoint), ``model_cfg.teacher`` (a teacher file). Variants
+    without a teacher ignore all three.
+
+    Raises
+    ------
+    ConfigError : the variant needs a teacher and none is given.
+    CheckpointError : the teacher file is unreadable, was trained on another HU window, or its
+        outputs do not fit DSNet (wrong shapes).
+    """
+    from .discriminator import PixelDiscriminator
+    from .dsnet import build_seg_model, get_variant
+
+    variant = get_variant(model_cfg.variant)
+    arch: dict[str, Any] | None = None
+    source = "<given module>"
+    if variant.uses_teacher:
+        if teacher is not None:
+            arch = dict(teacher_arch) if teacher_arch else None
+        elif teacher_arch:
+            from .teacher import teacher_from_arch
+
+            arch = dict(teacher_arch)
+            teacher = teacher_from_arch(arch)
+            source = "the checkpoint's teacher record"
+        elif model_cfg.teacher:
+            teacher, arch = _teacher_from_file(model_cfg.teacher, data_cfg)
+            source = model_cfg.teacher
+        else:
+            raise ConfigError(f"variant {variant.name!r} needs the SR teacher: set model.teacher to a teacher "
+                              "file (dsnet pretrain-sr writes teacher.pt) or pick an LR variant (unet, backbone)")
+    try:
+        net = build_seg_model(variant, widths=model_cfg.widths, reduction=model_cfg.cbam_reduction,
+                              spatial_kernel=model_cfg.cbam_spatial_kernel, teacher=teacher,
+                              teacher_mode=model_cfg.teacher_mode, drtm_fc=model_cfg.drtm_fc)
+    except TrainerError:
+        raise
+    except ValueError as exc:
+        raise CheckpointError(f"model.teacher {source} does not fit DSNet: {exc}") from exc
+    disc = PixelDiscriminator(ndf=model_cfg.disc_ndf) if variant.gan else None
+    return net, disc, arch
+
+
+def load_seg_model(checkpoint: str | Path, *, map_location: str = "cpu"):
+    """Rebuild a trained segmentation network from a seg checkpoint alone (eval mode).
+
+    Returns ``(net, info)``; ``info`` holds ``config`` (the run's :class:`SegConfig` as a dict),
+    ``seg_config`` (the same, typed), ``variant``, ``crop_px``, ``level_hu``, ``width_hu``,
+    ``epoch``, ``teacher_arch`` (the teacher record, with its training patients; None without a teacher).
+
+    Raises
+    ------
+    CheckpointError : missing/unreadable file, not a seg checkpoint, weights that do not fit.
+    """
+    from ..checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint, map_location=map_location, expect_kind=CHECKPOINT_KIND)
+    extra = ckpt.get("extra", {})
+    try:
+        cfg = from_dict(SegConfig, extra["config"])
+    except (KeyError, ConfigError) as exc:
+        raise CheckpointError(f"{checkpoint}: no usable run config inside ({exc})") from exc
+    arch = extra.get("teacher_arch") or None
+    net, _, _ = build_from_config(cfg.model, teacher_arch=arch)
+    try:
+        net.load_state_dict(ckpt["modules"]["model"], strict=True)
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{checkpoint}: weights do not fit variant {cfg.model.variant!r}: "
+                              f"{str(exc).splitlines()[0][:300]}") from exc
+    net.eval()
+    info = {"config": to_dict(cfg), "variant": cfg.model.variant, "crop_px": cfg.data.crop_px,
+            "level_hu": cfg.data.level_hu, "width_hu": cfg.data.width_hu, "epoch": int(ckpt.get("epoch", 0)),
+            "teacher_arch": arch, "seg_config": cfg}
+    return net, info
