@@ -35,7 +35,7 @@ from .digest import nonfinite_entries, weights_sha256
 from .errors import CheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "make_checkpoint", "save_checkpoint",
-           "load_checkpoint", "first_bytes_problem"]
+           "load_checkpoint", "load_weights_only", "first_bytes_problem"]
 
 CHECKPOINT_FORMAT = "dsnet-trainer-checkpoint"
 # Version 2 adds ``weights_sha256`` (digest of ``modules``, checked on load); version 1 files are
@@ -98,6 +98,24 @@ def first_bytes_problem(path: Path) -> str | None:
     return None
 
 
+def load_weights_only(path: str | Path, *, what: str = "checkpoint",
+                      map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` of a file this module wrote (a checkpoint or an SR
+    teacher file), with every failure one :class:`CheckpointError` naming ``what`` and the file:
+    missing, empty, not a zip archive, unreadable or not weights-only loadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    problem = first_bytes_problem(path)
+    if problem:
+        raise CheckpointError(f"cannot read {what} {path}: {problem}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zip errors ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read {what} {path}: {first}") from exc
+
+
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
                     expect_kind: str | tuple[str, ...] | None = None) -> dict[str, Any]:
     """Load a trainer checkpoint with ``torch.load(weights_only=True)`` and check its weights.
@@ -111,16 +129,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         NaN or infinite weights; ``kind`` other than ``expect_kind``. The message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    problem = first_bytes_problem(path)
-    if problem:
-        raise CheckpointError(f"cannot read checkpoint {path}: {problem}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zip errors ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from exc
+    obj = load_weights_only(path, what="checkpoint", map_location=map_location)
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a dsnet_trainer checkpoint (no format={CHECKPOINT_FORMAT!r})")
     version = obj.get("version")

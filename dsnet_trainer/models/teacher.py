@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import first_bytes_problem, save_checkpoint
+from ..checkpoint import load_weights_only, save_checkpoint
 from ..config import config_sha256, to_dict
 from ..digest import nonfinite_entries, weights_sha256
 from ..errors import CheckpointError, ConfigError, InputError
@@ -137,13 +137,7 @@ def read_teacher_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"teacher file not found: {path}")
-    problem = first_bytes_problem(path)
-    if problem:
-        raise CheckpointError(f"cannot read teacher {path}: {problem}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read teacher {path}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from exc
+    obj = load_weights_only(path, what="teacher", map_location="cpu")
     if not isinstance(obj, dict) or obj.get("format") != TEACHER_FORMAT:
         raise CheckpointError(f"{path} is not an SR teacher file (format {TEACHER_FORMAT!r} expected)")
     if obj.get("version") != TEACHER_VERSION:

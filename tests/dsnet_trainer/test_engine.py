@@ -8,27 +8,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from dsnet_trainer import engine
 from dsnet_trainer.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from dsnet_trainer.digest import weights_sha256
-from dsnet_trainer.engine import CheckpointManager, MetricLogger, TrainState
+from dsnet_trainer.engine import CheckpointManager, MetricLogger
 from dsnet_trainer.errors import CheckpointError
-from dsnet_trainer.runtime import DistContext, Precision
+from dsnet_trainer.runtime import DistContext
+from tests.dsnet_trainer.test_checkpoint import _toy_state
 
 
 # ---------------------------------------------------------------------------- run state, checkpoints
-def _toy_state(kind="toy", hidden=4):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2, 5], gamma=0.5)
-    state = TrainState(kind, modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched},
-                       precision=Precision("off", torch.device("cpu")), compat={"hidden": hidden})
-    return state, model, opt, sched
-
-
 def test_mismatched_checkpoint_is_refused(tmp_path):
     state, *_ = _toy_state(hidden=4)
     path = save_checkpoint(state.state_dict(), tmp_path / "h4.pt")
