@@ -500,7 +500,7 @@ def main(argv=None) -> int:
     best = defaults
     if not args.no_sweep:
         log("sweep on the choosing part:")
-        best, table, rows = sweep(parts["choosing"], defaults, bands=(1, 1.5, 2), recist_bands=(1, 1.5, 2, 3),
+        best, table, rows = sweep(parts["choosing"], defaults, bands=(1, 1.5, 2), recist_bands=(1, 2, 3, 4),
                                   epss=(1e-5, 1e-3), deblurs=(0, 1, 2, 3),
                                   windows=((-600, 1500), (-500, 1000), (-700, 1000), (-400, 1200)), log=log)
         print("## Re-choice on the choosing part\n")

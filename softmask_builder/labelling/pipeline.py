@@ -35,7 +35,11 @@ RECIST_METHODS = ("region", "uls23")
 
 @dataclass(frozen=True)
 class LabelParams:
-    """Tunables of the labelling stages (chosen by ``benchmarks/bench_accuracy.py``).
+    """Tunables of the labelling stages.
+
+    Defaults chosen by the written rule (``benchmarks/bench_accuracy.choose_params``) on the choosing
+    part of ``benchmarks/bench_accuracy_hybrid.py`` (issue 27: band_px 1, recist_band_px 3, eps 1e-3,
+    deblur_iterations 1, window (-700, 1000) HU; docs/ACCURACY.md).
 
     band_px : half-width of the unknown band for strategy 1, in pixels (erode and dilate the mask
         by this many pixels; the band is ~2*band_px wide).
@@ -67,15 +71,15 @@ class LabelParams:
     """
 
     band_px: float = 1.0
-    recist_band_px: float = 1.0
+    recist_band_px: float = 3.0
     eps: float = 1e-3
     radius: int = 1
-    window_level_hu: float = -600.0
-    window_width_hu: float = 1500.0
+    window_level_hu: float = -700.0
+    window_width_hu: float = 1000.0
     grabcut_iterations: int = 5
     consensus: float = 0.5
     recist_method: Literal["region", "uls23"] = "region"
-    deblur_iterations: int = 0
+    deblur_iterations: int = 1
     psf_sigma_px: float = 0.0
     psf_sigma_fallback_px: float = 1.35
 
