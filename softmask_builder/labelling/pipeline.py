@@ -38,7 +38,7 @@ class LabelParams:
     """Tunables of the labelling stages.
 
     Defaults chosen by the written rule (``benchmarks/bench_accuracy.choose_params``) on the choosing
-    part of ``benchmarks/bench_accuracy_hybrid.py`` (issue 27: band_px 1, recist_band_px 3, eps 1e-3,
+    part of ``benchmarks/bench_accuracy_hybrid.py`` (issue 27: band_px 1, recist_band_px 5, eps 1e-5,
     deblur_iterations 1, window (-700, 1000) HU; docs/ACCURACY.md).
 
     band_px : half-width of the unknown band for strategy 1, in pixels (erode and dilate the mask
@@ -71,8 +71,8 @@ class LabelParams:
     """
 
     band_px: float = 1.0
-    recist_band_px: float = 3.0
-    eps: float = 1e-3
+    recist_band_px: float = 5.0
+    eps: float = 1e-5
     radius: int = 1
     window_level_hu: float = -700.0
     window_width_hu: float = 1000.0
