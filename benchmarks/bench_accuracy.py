@@ -144,8 +144,8 @@ def evaluate(crops: list[CropCase], params: LabelParams, grabcut_cache: dict | N
         image01 = window_hu(case.image_hu, level_hu=params.window_level_hu, width_hu=params.window_width_hu)
 
         def alpha_of(trimap, recist=None):
-            alpha = deblur_soft_mask(image01, closed_form_alpha(image01, trimap, eps=params.eps, radius=params.radius),
-                                     params)
+            alpha = deblur_soft_mask(case.image_hu, closed_form_alpha(image01, trimap, eps=params.eps,
+                                                                      radius=params.radius), params)
             if recist is not None and params.deblur_iterations:
                 alpha = np.where(recist_region(recist, alpha.shape), alpha, np.float32(0.0))
             return alpha

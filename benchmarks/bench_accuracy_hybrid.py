@@ -239,7 +239,7 @@ def evaluate(crops, params: LabelParams, cache: dict, *, strategies=STRATEGIES) 
             key = ("alpha", strategy, case.name) + _relevant(strategy, dataclasses.replace(p, deblur_iterations=0))
             if key not in cache:
                 cache[key] = closed_form_alpha(windowed(), make_trimap(), eps=p.eps, radius=p.radius)
-            alpha = deblur_soft_mask(windowed(), cache[key], p, sample_id=case.name)
+            alpha = deblur_soft_mask(case.image_hu, cache[key], p, sample_id=case.name)
             if recist is not None and p.deblur_iterations:
                 alpha = np.where(recist_region(recist, alpha.shape), alpha, np.float32(0.0))
             return alpha
@@ -457,10 +457,10 @@ def band_figure(rows, base: LabelParams, path: Path, n_cases: int) -> None:
         pts = curves[k]
         ax.plot([b for b, _ in pts], [sc[f"sad_{k}"] for _, sc in pts], "o-", color=colour, label=f"Soft Mask, {k}")
         ax.axhline(pts[0][1][f"sad_binary_{k}"], color=colour, ls="--", lw=0.8, label=f"binary mask, {k}")
-    ax.set_xlabel("band_px (mask, readers) / recist_band_px (recist): trimap half-width, px")
+    ax.set_xlabel("trimap half-width, px (mask: band_px; recist: recist_band_px)")
     ax.set_ylabel("mean SAD vs true fraction (px)")
-    ax.set_title(f"Hybrid phantom, choosing part (n={n_cases} cases; eps {base.eps:g}, deblur "
-                 f"{base.deblur_iterations}, window ({base.window_level_hu:g}, {base.window_width_hu:g}))", fontsize=8)
+    ax.set_title(f"Hybrid phantom, choosing part (n={n_cases}; eps {base.eps:g}, deblur "
+                 f"{base.deblur_iterations}, window ({base.window_level_hu:g}, {base.window_width_hu:g}))", fontsize=7)
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -75,18 +75,45 @@ def stage_rows(case, old: LabelParams, new: LabelParams) -> dict:
     miss = t & ~(a >= 0.5)
     out["region: share of T outside it, share of the missed pixels outside it"] = (
         float(np.mean(~reg[t])), float(np.mean(~reg[miss])) if miss.any() else 0.0)
-    d1 = deblur_soft_mask(im, a1, dataclasses.replace(new, window_level_hu=old.window_level_hu,
-                                                      window_width_hu=old.window_width_hu))
+    d1 = deblur_soft_mask(case.image_hu, a1, new)
     out["T's own trimap, deblurred"] = (dice(d1 >= 0.5, t), _area(d1 >= 0.5, t))
     im_new = window_hu(case.image_hu, level_hu=new.window_level_hu, width_hu=new.window_width_hu)
     gc_new = mask_from_recist(im_new, case.recist, iterations=new.grabcut_iterations)
+    out[f"new: GrabCut mask, window ({new.window_level_hu:g}, {new.window_width_hu:g})"] = (dice(gc_new, t),
+                                                                                      _area(gc_new, t))
     a_new = closed_form_alpha(im_new, trimap_from_recist_mask(gc_new, case.recist, band_px=new.recist_band_px),
                               eps=new.eps, radius=new.radius)
     out[f"new: RECIST band {new.recist_band_px:g}, matting (no deblur)"] = (dice(a_new >= 0.5, t), _area(a_new >= 0.5, t))
-    d_new = np.where(reg, deblur_soft_mask(im_new, a_new, new), 0.0)
+    d_new = np.where(reg, deblur_soft_mask(case.image_hu, a_new, new), 0.0)
     out[f"new: RECIST band {new.recist_band_px:g}, deblurred {new.deblur_iterations} steps (the new label)"] = (
         dice(d_new >= 0.5, t), _area(d_new >= 0.5, t))
     return out
+
+
+def sigma_table(crops, new: LabelParams) -> str:
+    """The blur estimate the pipeline makes (on HU, across the new RECIST alpha's 0.5 contour)
+    against the rendering's PSF sigma (crop px): median ratio [quartiles] and the share of crops
+    where nothing could be measured (the fallback sigma is used)."""
+    from softmask_builder.labelling.blur import MIN_EDGE_CONTRAST_HU, estimate_psf_sigma_px
+
+    ratios = []
+    for c in crops:
+        im = window_hu(c.image_hu, level_hu=new.window_level_hu, width_hu=new.window_width_hu)
+        gc = mask_from_recist(im, c.recist, iterations=new.grabcut_iterations)
+        a = closed_form_alpha(im, trimap_from_recist_mask(gc, c.recist, band_px=new.recist_band_px),
+                              eps=new.eps, radius=new.radius)
+        est = estimate_psf_sigma_px(c.image_hu, a >= 0.5, min_contrast=MIN_EDGE_CONTRAST_HU)
+        ratios.append(est / c.psf_sigma_px)
+    lines = ["| group | n | estimate / rendering sigma: median [quartiles] | no estimate (fallback) |", "|---|---|---|---|"]
+    groups = GROUPS + tuple((t, lambda c, t=t: c.texture == t) for t in bh.TEXTURES)
+    for name, pred in groups:
+        v = np.array([r for r, c in zip(ratios, crops) if pred(c)], dtype=np.float64)
+        ok = np.isfinite(v)
+        if not ok.any():
+            continue
+        q = np.percentile(v[ok], [25, 50, 75])
+        lines.append(f"| {name} | {len(v)} | {q[1]:.2f} [{q[0]:.2f}, {q[2]:.2f}] | {100 * (1 - ok.mean()):.0f} % |")
+    return "\n".join(lines)
 
 
 def table(crops, old, new) -> str:
@@ -129,6 +156,8 @@ def main(argv=None) -> int:
     held = [c for c in crops if c.part == "held_out"]
     print(f"## Held-out cells ({args.n_per_cell} per cell, {len(held)} crops)\n")
     print(table(held, old, new))
+    print("\nThe blur estimate of the pipeline (held-out cells):\n")
+    print(sigma_table(held, new))
     if args.natural:
         nat = [c for c in bh.natural_cases(args.natural, seed=args.seed, log=log) if c.part == "held_out"]
         print(f"\n## Natural mix of `make lnsm N={args.natural}`, held-out patients ({len(nat)} crops)\n")

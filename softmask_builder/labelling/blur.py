@@ -23,13 +23,15 @@ from softmask_builder.core.validate import as_image2d, as_mask2d
 from softmask_builder.errors import InputError
 
 __all__ = ["estimate_psf_sigma_px", "deblur_alpha", "psf_sigma_for_deblur", "EDGE_WIDTH_PER_SIGMA",
-           "PSF_SIGMA_RANGE_PX"]
+           "PSF_SIGMA_RANGE_PX", "MIN_EDGE_CONTRAST_HU"]
 
 #: 10-90 % rise distance of a Gaussian-blurred step in units of its sigma: 2 * 1.2816 (probit of 0.9).
 EDGE_WIDTH_PER_SIGMA = 2.0 * 1.2815515655446004
 #: An estimate is clipped to this range (px): below it the edge is sharper than a pixel's own
 #: partial volume, above it the "edge" is a density gradient of the lesion or its surroundings.
 PSF_SIGMA_RANGE_PX = (0.3, 3.0)
+#: Smallest lesion-background contrast (HU) of an edge profile the pipeline measures the blur on.
+MIN_EDGE_CONTRAST_HU = 75.0
 
 
 def _finite(value, name: str, sample_id, *, low: float, high: float, low_open: bool = False) -> float:
@@ -198,21 +200,24 @@ def deblur_alpha(alpha, *, psf_sigma_px: float, iterations: int, sample_id: str 
     return f.astype(np.float32)
 
 
-def psf_sigma_for_deblur(image, soft_mask, *, psf_sigma_px: float, fallback_sigma_px: float,
-                         sample_id: str | None = None) -> float:
+def psf_sigma_for_deblur(image_hu, soft_mask, *, psf_sigma_px: float, fallback_sigma_px: float,
+                         min_contrast_hu: float = MIN_EDGE_CONTRAST_HU, sample_id: str | None = None) -> float:
     """The sigma (px) :func:`deblur_alpha` uses for one crop (``LabelParams.psf_sigma_px`` /
     ``psf_sigma_fallback_px``).
 
-    ``psf_sigma_px`` > 0 is used as given. 0 means "measure it": :func:`estimate_psf_sigma_px`
-    across the boundary of ``soft_mask >= 0.5``, clipped to :data:`PSF_SIGMA_RANGE_PX`;
-    ``fallback_sigma_px`` when nothing can be measured (empty mask, no contrast, too few
-    profiles: a tiny nodule or one buried in a wall).
+    ``psf_sigma_px`` > 0 is used as given. 0 means "measure it": :func:`estimate_psf_sigma_px` on
+    the image in HU (not the windowed image: a window that clips a solid lesion's plateau makes its
+    edge look sharper), across the boundary of ``soft_mask >= 0.5``, profiles of at least
+    ``min_contrast_hu``, clipped to :data:`PSF_SIGMA_RANGE_PX`; ``fallback_sigma_px`` when nothing
+    can be measured (empty mask, no contrast, too few profiles: a tiny nodule or one buried in a
+    wall).
     """
     sigma = _finite(psf_sigma_px, "psf_sigma_px", sample_id, low=0.0, high=32.0)
     if sigma > 0.0:
         return sigma
     fallback = _finite(fallback_sigma_px, "fallback_sigma_px", sample_id, low=0.0, high=32.0)
-    est = estimate_psf_sigma_px(image, np.asarray(soft_mask) >= 0.5, sample_id=sample_id)
+    est = estimate_psf_sigma_px(image_hu, np.asarray(soft_mask) >= 0.5, min_contrast=min_contrast_hu,
+                                sample_id=sample_id)
     if not math.isfinite(est):
         return fallback
     return float(min(max(est, PSF_SIGMA_RANGE_PX[0]), PSF_SIGMA_RANGE_PX[1]))

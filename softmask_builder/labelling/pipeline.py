@@ -134,23 +134,24 @@ def _windowed(image_hu, params: LabelParams, sample_id):
     return window_hu(image, level_hu=params.window_level_hu, width_hu=params.window_width_hu)
 
 
-def _alpha(image01, trimap, params: LabelParams, sample_id=None) -> np.ndarray:
+def _alpha(image_hu, image01, trimap, params: LabelParams, sample_id=None) -> np.ndarray:
     """Matting, then (``params.deblur_iterations`` > 0) the scanner blur taken out of it."""
     from softmask_builder.labelling.matting import closed_form_alpha
 
     alpha = closed_form_alpha(image01, trimap, eps=params.eps, radius=params.radius)
-    return deblur_soft_mask(image01, alpha, params, sample_id=sample_id)
+    return deblur_soft_mask(image_hu, alpha, params, sample_id=sample_id)
 
 
-def deblur_soft_mask(image01, alpha, params: LabelParams, *, sample_id=None) -> np.ndarray:
+def deblur_soft_mask(image_hu, alpha, params: LabelParams, *, sample_id=None) -> np.ndarray:
     """The Soft Mask from the matting's alpha: ``alpha`` itself when ``params.deblur_iterations``
     is 0, else :func:`softmask_builder.labelling.blur.deblur_alpha` with the sigma of
-    :func:`softmask_builder.labelling.blur.psf_sigma_for_deblur` (float32 (rows, cols) in [0, 1])."""
+    :func:`softmask_builder.labelling.blur.psf_sigma_for_deblur` measured on ``image_hu`` (the crop
+    in HU) (float32 (rows, cols) in [0, 1])."""
     from softmask_builder.labelling.blur import deblur_alpha, psf_sigma_for_deblur
 
     if params.deblur_iterations == 0:
         return alpha
-    sigma = psf_sigma_for_deblur(image01, alpha, psf_sigma_px=params.psf_sigma_px,
+    sigma = psf_sigma_for_deblur(image_hu, alpha, psf_sigma_px=params.psf_sigma_px,
                                  fallback_sigma_px=params.psf_sigma_fallback_px, sample_id=sample_id)
     return deblur_alpha(alpha, psf_sigma_px=sigma, iterations=params.deblur_iterations, sample_id=sample_id)
 
@@ -164,7 +165,7 @@ def label_from_mask(image_hu, mask, params: LabelParams = LabelParams(), *, samp
     if mask.shape != image01.shape:
         raise InputError(f"mask shape {mask.shape} does not match image shape {image01.shape}", sample_id=sample_id)
     trimap = trimap_from_mask(mask, band_px=params.band_px, sample_id=sample_id)
-    return Labels(trimap, _alpha(image01, trimap, params, sample_id), mask)
+    return Labels(trimap, _alpha(image_hu, image01, trimap, params, sample_id), mask)
 
 
 def label_from_readers(image_hu, reader_masks: Sequence[np.ndarray], params: LabelParams = LabelParams(), *,
@@ -179,7 +180,7 @@ def label_from_readers(image_hu, reader_masks: Sequence[np.ndarray], params: Lab
         raise InputError(f"reader masks shape {trimap.shape} does not match image shape {image01.shape}",
                          sample_id=sample_id)
     binary = consensus_mask(reader_masks, level=params.consensus, sample_id=sample_id)
-    return Labels(trimap, _alpha(image01, trimap, params, sample_id), binary)
+    return Labels(trimap, _alpha(image_hu, image01, trimap, params, sample_id), binary)
 
 
 def label_from_recist(image_hu, recist, params: LabelParams = LabelParams(), *, sample_id=None) -> Labels:
@@ -198,7 +199,7 @@ def label_from_recist(image_hu, recist, params: LabelParams = LabelParams(), *, 
     else:
         trimap, _ = trimap_from_recist(image01, recist, band_px=params.recist_band_px,
                                        iterations=params.grabcut_iterations, sample_id=sample_id)
-    alpha = _alpha(image01, trimap, params, sample_id)
+    alpha = _alpha(image_hu, image01, trimap, params, sample_id)
     if params.deblur_iterations:
         # The deblurred edge moves outward; the mark still rules out lesion outside its region.
         alpha = np.where(recist_region(recist, alpha.shape, sample_id=sample_id), alpha, np.float32(0.0))

@@ -65,15 +65,29 @@ def test_estimate_is_nan_without_an_edge():
 
 def test_sigma_for_deblur_uses_the_given_value_the_estimate_or_the_fallback():
     f = _disk_fraction(64, 18.0)
-    image = 0.1 + 0.6 * ndimage.gaussian_filter(f, 1.2, mode="nearest")
-    assert psf_sigma_for_deblur(image, f, psf_sigma_px=0.7, fallback_sigma_px=9.0) == 0.7
-    est = estimate_psf_sigma_px(image, f >= 0.5)
-    assert psf_sigma_for_deblur(image, f, psf_sigma_px=0.0, fallback_sigma_px=9.0) == pytest.approx(est)
-    flat = np.full((64, 64), 0.3)
+    image_hu = -850.0 + 850.0 * ndimage.gaussian_filter(f, 1.2, mode="nearest")
+    assert psf_sigma_for_deblur(image_hu, f, psf_sigma_px=0.7, fallback_sigma_px=9.0) == 0.7
+    est = estimate_psf_sigma_px(image_hu, f >= 0.5, min_contrast=75.0)
+    assert psf_sigma_for_deblur(image_hu, f, psf_sigma_px=0.0, fallback_sigma_px=9.0) == pytest.approx(est)
+    flat = np.full((64, 64), -800.0)
     assert psf_sigma_for_deblur(flat, f, psf_sigma_px=0.0, fallback_sigma_px=1.35) == 1.35
+    # A faint edge (50 HU, below the 75 HU minimum contrast) is not measured either.
+    faint = -850.0 + 50.0 * ndimage.gaussian_filter(f, 1.2, mode="nearest")
+    assert psf_sigma_for_deblur(faint, f, psf_sigma_px=0.0, fallback_sigma_px=1.35) == 1.35
     # A blur wider than the range is clipped to it.
-    wide = 0.1 + 0.6 * ndimage.gaussian_filter(f, 5.0, mode="nearest")
+    wide = -850.0 + 850.0 * ndimage.gaussian_filter(f, 5.0, mode="nearest")
     assert psf_sigma_for_deblur(wide, f, psf_sigma_px=0.0, fallback_sigma_px=1.0) <= PSF_SIGMA_RANGE_PX[1]
+
+
+def test_sigma_is_measured_on_hu_not_on_a_clipping_window():
+    # A solid lesion (0 HU) in lung (-850 HU): the -700/1000 window clips the lesion's plateau at
+    # -200 HU, which would make the edge look sharper; the pipeline measures on HU.
+    f = _disk_fraction(64, 14.0)
+    image_hu = -850.0 + 850.0 * ndimage.gaussian_filter(f, 1.4, mode="nearest")
+    clipped = window_hu(image_hu, level_hu=-700.0, width_hu=1000.0)
+    on_hu = psf_sigma_for_deblur(image_hu, f, psf_sigma_px=0.0, fallback_sigma_px=9.0)
+    assert on_hu == pytest.approx(math.sqrt(1.4 ** 2 + 1 / 12), rel=0.15)
+    assert estimate_psf_sigma_px(clipped, f >= 0.5) < 0.9 * on_hu
 
 
 @pytest.mark.parametrize("radius", [2.5, 4.0, 8.0])
@@ -128,7 +142,7 @@ def test_pipeline_composes_matting_and_deblur():
     image01 = window_hu(image, level_hu=off.window_level_hu, width_hu=off.window_width_hu)
     alpha = closed_form_alpha(image01, trimap_from_mask(mask, band_px=off.band_px), eps=off.eps, radius=off.radius)
     np.testing.assert_array_equal(label_from_mask(image, mask, off).soft_mask, alpha)
-    sigma = psf_sigma_for_deblur(image01, alpha, psf_sigma_px=0.0, fallback_sigma_px=on.psf_sigma_fallback_px)
+    sigma = psf_sigma_for_deblur(image, alpha, psf_sigma_px=0.0, fallback_sigma_px=on.psf_sigma_fallback_px)
     np.testing.assert_array_equal(label_from_mask(image, mask, on).soft_mask,
                                   deblur_alpha(alpha, psf_sigma_px=sigma, iterations=2))
 
