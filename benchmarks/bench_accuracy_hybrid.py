@@ -43,6 +43,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import pickle
 import sys
 import time
@@ -479,6 +480,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--figure", type=Path, default=Path("docs/img/hybrid_band_sad.png"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("SOFTMASK_SHARED_DATA", "../shared/data")),
+                    help="real fixtures (LIDC) for the real-data figure beside the table; skipped when absent")
     ap.add_argument("--natural", type=int, default=300,
                     help="also score the cases of `make lnsm N=...` (natural mix; 0 = skip)")
     args = ap.parse_args(argv)
@@ -551,6 +554,19 @@ def main(argv=None) -> int:
         print(target_table(allres, allbefore))
         print()
         out["natural"] = {"held_out": res, "held_out_previous": before}
+    if (args.data / "lidc").is_dir():
+        import calibrate_real as cr
+
+        print("## Real LIDC fixture: RECIST -> Soft Mask against the readers' 50 % consensus "
+              "(`benchmarks/calibrate_real.py`)\n")
+        real = {}
+        for min_readers in (3, 2):
+            table, real[min_readers] = cr.label_table(cr.real_cases(args.data, min_readers=min_readers),
+                                                      {"previous defaults": PREVIOUS_DEFAULTS, "defaults": defaults})
+            print(f"Slices with >= {min_readers} readers:\n\n{table}\n")
+        out["real_lidc"] = {str(k): v for k, v in real.items()}
+    else:
+        log(f"no LIDC fixtures under {args.data}: the real-data figure is left out (set --data or SOFTMASK_SHARED_DATA)")
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(out, default=float))
