@@ -49,8 +49,9 @@ from softmask_builder.phantom import cases as phantom
 from softmask_builder.labelling.crop import crop_image, crop_plan
 from softmask_builder.labelling.matting import closed_form_alpha
 from softmask_builder.labelling.metrics import dice, mse, sad
-from softmask_builder.labelling.pipeline import LabelParams, label_from_mask, label_from_readers, label_from_recist
-from softmask_builder.labelling.recist import Recist, mask_from_recist, trimap_from_recist_mask
+from softmask_builder.labelling.pipeline import (LabelParams, deblur_soft_mask, label_from_mask, label_from_readers,
+                                                 label_from_recist)
+from softmask_builder.labelling.recist import Recist, mask_from_recist, recist_region, trimap_from_recist_mask
 from softmask_builder.labelling.soft_labels import kats_soft_label, softseg_soft_label
 from softmask_builder.labelling.trimap import consensus_mask, trimap_from_mask, trimap_from_readers
 from softmask_builder.labelling.window import window_hu
@@ -123,6 +124,9 @@ def _metrics(alpha, binary, case: CropCase) -> dict:
         "sad_soft_app": sad(alpha, g), "sad_binary_app": sad(binary.astype(np.float32), g),
         "sad_kats_app": sad(kats, g), "sad_softseg_app": sad(softseg, g),
         "dice_soft": dice(soft_bin, case.mask), "dice_binary": dice(binary, case.mask),
+        "area_soft": float(soft_bin.sum()) / max(float(case.mask.sum()), 1.0),
+        "area_binary": float(np.asarray(binary, dtype=bool).sum()) / max(float(case.mask.sum()), 1.0),
+        "true_area_px": float(case.mask.sum()), "soft_area_px": float(soft_bin.sum()),
         "sad_soft": sad(alpha, f), "sad_binary": sad(binary.astype(np.float32), f),
         "sad_kats": sad(kats, f), "sad_softseg": sad(softseg, f),
         "mse_soft": mse(alpha, f), "mse_binary": mse(binary.astype(np.float32), f),
@@ -139,8 +143,12 @@ def evaluate(crops: list[CropCase], params: LabelParams, grabcut_cache: dict | N
     for case in crops:
         image01 = window_hu(case.image_hu, level_hu=params.window_level_hu, width_hu=params.window_width_hu)
 
-        def alpha_of(trimap):
-            return closed_form_alpha(image01, trimap, eps=params.eps, radius=params.radius)
+        def alpha_of(trimap, recist=None):
+            alpha = deblur_soft_mask(case.image_hu, closed_form_alpha(image01, trimap, eps=params.eps,
+                                                                      radius=params.radius), params)
+            if recist is not None and params.deblur_iterations:
+                alpha = np.where(recist_region(recist, alpha.shape), alpha, np.float32(0.0))
+            return alpha
 
         key = (case.name, params.window_level_hu, params.window_width_hu, params.grabcut_iterations)
         if key not in grabcut_cache:
@@ -154,7 +162,7 @@ def evaluate(crops: list[CropCase], params: LabelParams, grabcut_cache: dict | N
             "mask": (alpha_of(trimap_from_mask(case.mask, band_px=params.band_px)), case.mask),
             "readers": (alpha_of(trimap_from_readers(case.readers)),
                         consensus_mask(case.readers, level=params.consensus)),
-            "recist": (alpha_of(trimap_from_recist_mask(gc, case.recist, band_px=params.band_px)), gc),
+            "recist": (alpha_of(trimap_from_recist_mask(gc, case.recist, band_px=params.recist_band_px), case.recist), gc),
         }
         if check_pipeline:
             ref = {"mask": label_from_mask(case.image_hu, case.mask, params).soft_mask,
@@ -268,7 +276,7 @@ def sweep(crops, base: LabelParams, *, bands, epss, windows) -> tuple[LabelParam
 
     for b in bands:
         for e in epss:
-            run(dataclasses.replace(base, band_px=float(b), eps=float(e)))
+            run(dataclasses.replace(base, band_px=float(b), recist_band_px=float(b), eps=float(e)))
     best = choose_params(rows)
     first = len(rows)
     for level, width in windows:
@@ -299,7 +307,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reader-jitter", type=float, default=1.0, help="std of the readers' boundary offset, px")
     ap.add_argument("--psf", type=float, default=None,
                     help="render every phantom with this PSF sigma (px) instead of drawing it in [0.5, 1]")
-    ap.add_argument("--band-px", type=float, default=None, help="override LabelParams.band_px")
+    ap.add_argument("--band-px", type=float, default=None, help="override LabelParams.band_px and recist_band_px")
     ap.add_argument("--eps", type=float, default=None, help="override LabelParams.eps")
     ap.add_argument("--window", type=float, nargs=2, metavar=("LEVEL", "WIDTH"), default=None,
                     help="override LabelParams.window_level_hu / window_width_hu")
@@ -313,7 +321,7 @@ def main(argv=None) -> int:
     t1 = time.perf_counter()
     params = LabelParams()
     if args.band_px is not None:
-        params = dataclasses.replace(params, band_px=args.band_px)
+        params = dataclasses.replace(params, band_px=args.band_px, recist_band_px=args.band_px)
     if args.eps is not None:
         params = dataclasses.replace(params, eps=args.eps)
     if args.window is not None:

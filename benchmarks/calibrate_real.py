@@ -44,8 +44,12 @@ from softmask_builder.labelling.trimap import consensus_mask
 from softmask_builder.labelling.window import window_hu
 
 DICE_KEYS = ("mask", "readers", "recist_region", "recist_uls23", "grabcut_region", "grabcut_uls23")
+AREA_KEYS = tuple(k + "_area" for k in DICE_KEYS) + ("reader_area",)
 STAT_KEYS = ("noise_std_hu", "noise_acf_hwhm_mm", "edge_width_mm", "lesion_p50_hu", "lesion_iqr_hu")
 N_BOOT = 2000
+#: The label defaults before issue 27 (the Soft Mask = the matting's alpha, no deblurring).
+PREVIOUS_DEFAULTS = LabelParams(band_px=1.0, recist_band_px=1.0, eps=1e-3, deblur_iterations=0,
+                                window_level_hu=-600.0, window_width_hu=1500.0)
 
 
 @dataclass
@@ -191,7 +195,8 @@ def reader_vs_others(readers: np.ndarray) -> list[float]:
     return out
 
 
-def score_case(case: CalibCase, params: LabelParams = LabelParams(), *, truth_fraction=None) -> dict:
+def score_case(case: CalibCase, params: LabelParams = LabelParams(), *, truth_fraction=None,
+               stats: bool = True) -> dict:
     """Dice of every pipeline against the readers' consensus, and the image statistics.
 
     With ``truth_fraction`` (hybrid cases) the Dice against the truth (fraction >= 0.5) is added
@@ -221,10 +226,15 @@ def score_case(case: CalibCase, params: LabelParams = LabelParams(), *, truth_fr
     for key, m in binaries.items():
         for suffix, ref in refs.items():
             out[key + suffix] = dice(m, ref)
+            # Area of the label over the reference's (issue 27: the RECIST label was 0.84 of it).
+            out[key + "_area" + suffix] = float(np.count_nonzero(m)) / float(np.count_nonzero(ref))
     out["reader_vs_others"] = reader_vs_others(case.readers) if len(case.readers) >= 3 else []
+    out["reader_area"] = [float(np.count_nonzero(r)) / float(np.count_nonzero(cons)) for r in case.readers]
     if truth_fraction is not None:
         out["reader_vs_truth"] = [dice(r, refs["_vs_truth"]) for r in case.readers]
         out["consensus_vs_truth"] = dice(cons, refs["_vs_truth"])
+    if not stats:
+        return out
     # Image statistics.
     if case.slice_hu is not None:
         noise = image_stats.noise_stats(case.slice_hu, case.spacing_mm, exclude=case.exclude, n_boot=200)
@@ -267,6 +277,25 @@ def fmt(entry, digits: int = 3) -> str:
     return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] (n={n})"
 
 
+def label_table(cases: list[CalibCase], params_by_name: dict) -> tuple[str, dict]:
+    """Issue 27's real-data check: per label setting, the Dice and the area ratio (label area /
+    consensus area) against the readers' 50 % consensus of strategies 1-3 (RECIST: region and
+    ULS23), means with 95 % bootstrap intervals over slices; beside them each reader's own area
+    ratio (one value per reader and slice)."""
+    keys = ("recist_region", "recist_uls23", "mask", "readers")
+    lines = ["| label parameters | slices | " + " | ".join(f"{k}: Dice / area ratio" for k in keys) + " |",
+             "|" + "---|" * (len(keys) + 2)]
+    out = {}
+    for name, params in params_by_name.items():
+        rows = [score_case(c, params, stats=False) for c in cases]
+        summ = summarize(rows, tuple(keys) + tuple(k + "_area" for k in keys) + ("reader_area",))
+        out[name] = {"params": json.loads(params.to_json()), "summary": summ}
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(f"{fmt(summ[k])} / {fmt(summ[k + '_area'])}"
+                                                              for k in keys) + " |")
+    lines.append(f"\neach reader's own outline / consensus area: {fmt(summ['reader_area'])}")
+    return "\n".join(lines), out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("SOFTMASK_SHARED_DATA", "../shared/data")))
@@ -279,6 +308,12 @@ def main() -> int:
         print(f"calibrate_real: no LIDC fixtures under {args.data} (set --data or SOFTMASK_SHARED_DATA)",
               file=sys.stderr)
         return 2
+    print("## RECIST -> Soft Mask against the readers' consensus (issue 27)\n")
+    for min_readers in (3, 2):
+        sel = real_cases(args.data, min_readers=min_readers)
+        table, lab = label_table(sel, {"previous defaults (no deblurring)": PREVIOUS_DEFAULTS,
+                                       "defaults": LabelParams()})
+        print(f"slices with >= {min_readers} readers:\n\n{table}\n")
     cases = real_cases(args.data)
     rows = [score_case(c) for c in cases]
     keys = DICE_KEYS + ("reader_vs_others",) + STAT_KEYS

@@ -217,8 +217,10 @@ class Recipe:
             if 2 * self.label.radius + 1 > self.crop_px:
                 raise InputError(f"label.radius {self.label.radius} needs a (2*radius+1)-pixel window, larger "
                                  f"than crop_px {self.crop_px}")
-            if 2 * self.label.band_px >= self.crop_px:
-                raise InputError(f"label.band_px {self.label.band_px:g} leaves no room in crop_px {self.crop_px}")
+            for name in ("band_px", "recist_band_px"):
+                if 2 * getattr(self.label, name) >= self.crop_px:
+                    raise InputError(f"label.{name} {getattr(self.label, name):g} leaves no room in crop_px "
+                                     f"{self.crop_px}")
         options_type = SOURCES[self.source].options
         if self.source_options is None:
             object.__setattr__(self, "source_options", options_type())

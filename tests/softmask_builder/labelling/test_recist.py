@@ -464,8 +464,9 @@ def test_trimap_from_recist():
     r, c = (int(round(v)) for v in rec.center_rc)
     assert trimap[r, c] == TRIMAP_LESION
     assert (trimap == TRIMAP_UNKNOWN).any()
-    # The pipeline uses it: alpha is 0 outside the region, so is the binary mask.
-    labels = label_from_recist(window_inverse(image), rec, LabelParams(band_px=1.0))
+    # The pipeline uses it: alpha is 0 outside the region (after the deblurring too), so is the binary mask.
+    labels = label_from_recist(window_inverse(image), rec, LabelParams(recist_band_px=1.0, window_level_hu=-600.0,
+                                                                       window_width_hu=1500.0))
     np.testing.assert_array_equal(labels.trimap, trimap)
     assert not labels.soft_mask[~region].any() and not labels.binary_mask[~region].any()
 

@@ -92,7 +92,7 @@ def test_pipeline_and_hash():
     params = LabelParams(recist_method="uls23")
     labels = label_from_recist(image_hu, rec, params)
     mask = mask_from_recist_uls23(image_hu, rec)
-    np.testing.assert_array_equal(labels.trimap, trimap_from_recist_mask(mask, rec, band_px=params.band_px))
+    np.testing.assert_array_equal(labels.trimap, trimap_from_recist_mask(mask, rec, band_px=params.recist_band_px))
     region = label_from_recist(image_hu, rec, LabelParams())
     assert not np.array_equal(labels.trimap, region.trimap)
     assert params.sha256() != LabelParams().sha256()
