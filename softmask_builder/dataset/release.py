@@ -134,18 +134,20 @@ _HOW = {
         "Each sample is a {crop}x{crop} crop around a DeepLesion RECIST mark (key slice, HU = PNG value - "
         "32768). The CT is windowed (level {window_level_hu} HU, width {window_width_hu} HU) to [0, 1]; GrabCut "
         "({grabcut_iterations} iterations) seeded by the RECIST axes gives a lesion mask; eroding and dilating "
-        "it by {band_px} px gives the trimap (strategy 3); closed-form matting (epsilon {eps}, window radius "
-        "{radius}) solves the unknown band for the Soft Mask. `binary_mask` is the Soft Mask thresholded at 0.5."),
+        "it by {recist_band_px} px gives the trimap (strategy 3); closed-form matting (epsilon {eps}, window radius "
+        "{radius}) solves the unknown band for the Soft Mask{deblur}. `binary_mask` is the Soft Mask "
+        "thresholded at 0.5."),
     "lidc": (
         "Each sample is a {crop}x{crop} crop around an LIDC-IDRI nodule slice marked by several readers. The "
         "trimap's lesion region is the readers' intersection and its background the outside of their union "
         "(strategy 2, Eqs. 2-4); the CT is windowed (level {window_level_hu} HU, width {window_width_hu} HU) and "
-        "closed-form matting (epsilon {eps}, radius {radius}) gives the Soft Mask. `binary_mask` is the "
+        "closed-form matting (epsilon {eps}, radius {radius}) gives the Soft Mask{deblur}. `binary_mask` is the "
         "{consensus_pct:g} % reader consensus; `n_readers` counts the readers."),
     "masks": (
         "Each sample is a {crop}x{crop} crop with a given binary mask; eroding and dilating the mask by {band_px} "
         "px gives the trimap (strategy 1), and closed-form matting (epsilon {eps}, radius {radius}, window level "
-        "{window_level_hu} HU, width {window_width_hu} HU) gives the Soft Mask. `binary_mask` is the given mask."),
+        "{window_level_hu} HU, width {window_width_hu} HU) gives the Soft Mask{deblur}. `binary_mask` is the given "
+        "mask."),
 }
 
 
@@ -211,6 +213,13 @@ def dataset_card(manifest: dict[str, Any], rejects) -> str:
     else:
         p = dict(manifest["label_params"])
         p["consensus_pct"] = 100.0 * p.get("consensus", 0.5)
+        p.setdefault("recist_band_px", p.get("band_px"))  # label parameters from before issue 27
+        n_deblur = int(p.get("deblur_iterations", 0) or 0)
+        p["deblur"] = "" if not n_deblur else (
+            f", from which {n_deblur} projected Van Cittert step(s) take out the scanner blur (a Gaussian whose "
+            "sigma is " + (f"{p['psf_sigma_px']:g} px" if p.get("psf_sigma_px") else
+                           f"measured on each crop from the image's edge, {p.get('psf_sigma_fallback_px'):g} px "
+                           "where it cannot be") + "; docs/ACCURACY.md)")
         lines += ["", "## How the labels were made", "", _HOW[family].format(crop=recipe["crop_px"], **p), "",
                   "Label parameters (LabelParams, stored in every shard as `label_params_json`):", "", "```json",
                   json.dumps(manifest["label_params"], indent=1, sort_keys=True), "```"]
