@@ -164,6 +164,21 @@ def citation_text(manifest: dict[str, Any]) -> str:
     return "\n".join(CITATIONS[k].replace("**", "") for k in _citation_keys(manifest))
 
 
+def how_labels_were_made(family: str, crop_px: int, label_params: dict[str, Any]) -> str:
+    """The card's paragraph on how the labels of a ``family`` source were made, from its label
+    parameters (those of builds before issue 27 lack ``recist_band_px`` and the deblurring)."""
+    p = dict(label_params)
+    p["consensus_pct"] = 100.0 * p.get("consensus", 0.5)
+    p.setdefault("recist_band_px", p.get("band_px"))
+    n_deblur = int(p.get("deblur_iterations", 0) or 0)
+    p["deblur"] = "" if not n_deblur else (
+        f", from which {n_deblur} projected Van Cittert step(s) take out the scanner blur (a Gaussian whose "
+        "sigma is " + (f"{p['psf_sigma_px']:g} px" if p.get("psf_sigma_px") else
+                       f"measured on each crop from the image's edge, {p.get('psf_sigma_fallback_px'):g} px "
+                       "where it cannot be") + "; docs/ACCURACY.md)")
+    return _HOW[family].format(crop=crop_px, **p)
+
+
 def dataset_card(manifest: dict[str, Any], rejects) -> str:
     """Markdown dataset card: the Hub's YAML front matter (licence, per-split ``data_files``,
     features), composition, how labels were made (with parameters), sources, citations."""
@@ -211,16 +226,8 @@ def dataset_card(manifest: dict[str, Any], rejects) -> str:
         lines += ["", "## Content", "",
                   "Full axial CT slices in HU (int16) for the super-resolution teacher; no labels."]
     else:
-        p = dict(manifest["label_params"])
-        p["consensus_pct"] = 100.0 * p.get("consensus", 0.5)
-        p.setdefault("recist_band_px", p.get("band_px"))  # label parameters from before issue 27
-        n_deblur = int(p.get("deblur_iterations", 0) or 0)
-        p["deblur"] = "" if not n_deblur else (
-            f", from which {n_deblur} projected Van Cittert step(s) take out the scanner blur (a Gaussian whose "
-            "sigma is " + (f"{p['psf_sigma_px']:g} px" if p.get("psf_sigma_px") else
-                           f"measured on each crop from the image's edge, {p.get('psf_sigma_fallback_px'):g} px "
-                           "where it cannot be") + "; docs/ACCURACY.md)")
-        lines += ["", "## How the labels were made", "", _HOW[family].format(crop=recipe["crop_px"], **p), "",
+        lines += ["", "## How the labels were made", "",
+                  how_labels_were_made(family, recipe["crop_px"], manifest["label_params"]), "",
                   "Label parameters (LabelParams, stored in every shard as `label_params_json`):", "", "```json",
                   json.dumps(manifest["label_params"], indent=1, sort_keys=True), "```"]
     if family == "deeplesion" and manifest["kind"] == "samples":

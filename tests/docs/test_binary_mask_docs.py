@@ -63,10 +63,9 @@ def readme_meanings() -> dict[str, str]:
 
 
 def card_meanings() -> dict[str, str]:
-    params = LabelParams().__dict__ | {"consensus_pct": 50.0}
     out = {}
     for source in SOURCES:
-        text = release._HOW[source].format(crop=64, **params)
+        text = release.how_labels_were_made(source, 64, LabelParams().__dict__)
         out[source] = classify(text.split("`binary_mask` is ", 1)[1])
     return out
 
