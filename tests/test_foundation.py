@@ -16,6 +16,13 @@ def test_cli_help(module):
     assert "Usage" in result.output
 
 
+@pytest.mark.parametrize("module, name", [("softmask_builder.cli", "softmask"), ("dsnet_trainer.cli", "dsnet")])
+def test_python_dash_m_runs_each_cli(module, name):
+    """``python -m softmask_builder.cli`` (scripts/gpu_tables.sh) and ``torchrun -m dsnet_trainer.cli``."""
+    out = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, check=True)
+    assert name in out.stdout
+
+
 def test_console_scripts_installed():
     bindir = Path(sys.executable).parent
     for name in ("softmask", "dsnet"):
