@@ -256,3 +256,17 @@ def test_long_commands_end_with_one_human_line_on_stderr(built, phantom_root, tm
         json.loads(result.stdout)  # stdout is the JSON alone
         lines = result.stderr.strip().splitlines()
         assert lines and text in lines[-1], (args, result.stderr)
+
+
+def test_the_phantom_sample_is_licensed_as_its_lidc_shapes(built):
+    """The bundled sample (hybrid phantom: LIDC-IDRI shapes, synthetic backgrounds, read by the
+    DeepLesion adapter) is CC BY 3.0 in the card and croissant.json, not DeepLesion's terms."""
+    out, _, _ = built
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["provenance"] == {"phantom": "hybrid", "shapes": "lidc", "backgrounds": ["synthetic"]}
+    card = (out / "DATASET_CARD.md").read_text()
+    front = card[:card.index("\n---\n", 4)]
+    assert "license: cc-by-3.0" in front and "DeepLesion" not in front
+    doc = json.loads((out / "croissant.json").read_text())
+    assert doc["license"] == "https://creativecommons.org/licenses/by/3.0/"
+    assert "DeepLesion terms" not in doc["description"] and "Armato" in doc["citeAs"]

@@ -82,6 +82,11 @@ def test_nnunet_export_round_trip(build, nnunet_export):
     ds = json.loads((folder / "dataset.json").read_text())
     assert ds["channel_names"] == {"0": "CT"} and ds["file_ending"] == ".nii.gz"
     assert ds["labels"] == {"background": 0, "nodule": 1, "ignore": 2}
+    # The analytic phantom is synthetic throughout: this project's licence, not DeepLesion's (issue 24).
+    prov = json.loads((folder / "export.json").read_text())
+    for text in (ds["licence"], prov["license"]):
+        assert "Apache-2.0" in text and "DeepLesion" not in text
+    assert "Synthetic phantom" in ds["reference"] and "Synthetic phantom" in prov["citation"]
     with open(folder / "cases.csv", newline="") as fh:
         cases = list(csv.DictReader(fh))
     by_split = {s: [c for c in cases if c["split"] == s] for s in ("train", "val", "test")}
