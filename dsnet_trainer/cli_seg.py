@@ -156,8 +156,10 @@ def train_cmd(config, overrides, variant, data, teacher, out, resume, device, se
     t0 = time.monotonic()
     run = train_seg(cfg, command=" ".join(sys.argv), log=echo_err)
     click.echo(str(run))
-    echo_err(f"done in {time.monotonic() - t0:.0f} s: {run} (checkpoints/best.pt, metrics.csv, curves.png); "
-             f"next: dsnet evaluate --checkpoint {run}/checkpoints/best.pt")
+    from softmask_builder.cli.summaries import hints_on, tool
+
+    nxt = f"; next: {tool('dsnet')} evaluate --checkpoint {run}/checkpoints/best.pt" if hints_on() else ""
+    echo_err(f"done in {time.monotonic() - t0:.0f} s: {run} (checkpoints/best.pt, metrics.csv, curves.png){nxt}")
 
 
 @click.command("evaluate")

@@ -236,7 +236,7 @@ def _build_command(kind: str):
         import time
 
         from softmask_builder.formats.recipes import load_recipe
-        from softmask_builder.cli.summaries import build_line
+        from softmask_builder.cli.summaries import build_line, nothing_built_error
 
         started = time.monotonic()
         with _input_errors():
@@ -252,7 +252,7 @@ def _build_command(kind: str):
             _say(build_line(summary, kind="slices" if kind == "slices" else "samples",
                             seconds=time.monotonic() - started))
         if not dry_run and summary["n_samples"] == 0:
-            raise _Fail(f"no sample was built (see {Path(summary['out']) / 'rejects.csv'})", code=EXIT_EMPTY)
+            raise _Fail(nothing_built_error(summary), code=EXIT_EMPTY)
 
     command.help = (f"Build a dataset from a {kind} source folder SOURCE (default recipe: {default_recipe}; "
                     f"default --out {DEFAULT_OUT[kind]}). Prints a JSON summary on stdout.")
@@ -353,7 +353,12 @@ def verify(path: Path) -> None:
     if not report.ok:
         for problem in report.problems:
             click.echo(f"verify: {problem}", err=True)
-    _say(verify_line(report.summary()))
+    manifest = {}
+    if report.ok:
+        from softmask_builder.formats.release_folder import read_manifest
+
+        manifest = read_manifest(path)
+    _say(verify_line(report.summary(), manifest=manifest))
     if not report.ok:
         sys.exit(EXIT_VERIFY)
 
@@ -493,7 +498,7 @@ def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, sched
     from softmask_builder.formats.recipes import load_recipe
     from softmask_builder.dataset.release import verify as verify_dataset
     from softmask_builder.dataset.release import write_preview
-    from softmask_builder.cli.summaries import make_lnsm_line
+    from softmask_builder.cli.summaries import make_lnsm_line, nothing_built_error
 
     started = time.monotonic()
     summary: dict = {}
@@ -507,6 +512,7 @@ def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, sched
         source, recipe_name = phantom_source, ("sample" if phantom_kind == "hybrid" else "sample_analytic")
     else:
         source, recipe_name = deeplesion, "lnsm"
+        summary["deeplesion"] = str(deeplesion)
     with _input_errors():
         recipe = load_recipe(recipe_name)
     summary["build"] = _run_build(recipe, source, out, jobs=jobs, backend=backend, scheduler=scheduler,
@@ -523,7 +529,7 @@ def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, sched
             click.echo(f"verify: {problem}", err=True)
         sys.exit(EXIT_VERIFY)
     if summary["build"]["n_samples"] == 0:
-        raise _Fail(f"no sample was built (see {out / 'rejects.csv'})", code=EXIT_EMPTY)
+        raise _Fail(nothing_built_error(summary["build"]), code=EXIT_EMPTY)
 
 
 @main.group()
