@@ -178,3 +178,29 @@ def test_page_shows_left_out_rows_by_their_filter_and_the_warnings(tmp_path):
         assert f"<td>{r['sample_id']}</td><td>{r['filter']}</td><td>{r['detail']}</td>" in text
     warnings = json.loads((out / "manifest.json").read_text())["warnings"]
     assert warnings and all(w.replace("'", "&#x27;") in text for w in warnings)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_figure_text_stays_inside_the_figure(built, n):
+    """Titles, legend and colour-bar label lie inside the canvas for narrow and wide sheets (a
+    one-sample preview used to cut its title and legend; issue 24). Checked on the drawn artists'
+    pixel extents against the figure's."""
+    from matplotlib.text import Text
+
+    from softmask_builder.reports.figures import SampleRef, read_samples, samples_figure
+    from softmask_builder.formats.release_folder import read_manifest
+
+    out, _ = built
+    entry = read_manifest(out)["shards"][0]
+    refs = [SampleRef(out / entry["file"], i % entry["n_samples"]) for i in range(n)]
+    fig = samples_figure(read_samples(refs), level_hu=-600, width_hu=1500,
+                         title="lnsm_sample: 1 of 60 samples (a long title as the preview writes it)")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    assert len(texts) > 5
+    for t in texts:
+        ext = t.get_window_extent(renderer)
+        assert ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1 and ext.y0 >= box.y0 - 1 and ext.y1 <= box.y1 + 1, \
+            (t.get_text(), ext, box)
