@@ -103,7 +103,8 @@ def runnable_invocations(cmd: DocCommand, dataset: Path, scratch: Path) -> list[
     fresh = words[1] in ("phantom", "make-lnsm")
     subs = {"DIR": scratch / "new" if fresh else dataset, "OUT": dataset, "SHARD": shard, "N": "1",
             "p.png": scratch / "p.png", "preview.png": scratch / "preview.png", "report.html": scratch / "r.html",
-            "DIR-report.html": scratch / "dir-report.html", "I": "0"}
+            "DIR-report.html": scratch / "dir-report.html", "I": "0",
+            "build/lnsm": scratch / "new" if fresh else dataset}  # `make lnsm`'s folder: the sample
     variants: list[list[str]] = [[]]
     for i, word in enumerate(words[1:], 1):
         alts = word.split("|")
