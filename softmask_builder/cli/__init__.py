@@ -124,18 +124,16 @@ def parallel_setup(backend: str, jobs: int, scheduler: str | None):
 
 
 def _progress_bar(total: int, enabled: bool | None):
-    from tqdm import tqdm
+    """The build's progress: a bar on a terminal, a line every 10 % elsewhere (CI logs, `make | tee`);
+    see :mod:`softmask_builder.core.progress`."""
+    from softmask_builder.core.progress import progress
 
-    # No monitor thread: forked workers are started after the bar exists (executor: fork with no
-    # thread running).
-    tqdm.monitor_interval = 0
-    bar = tqdm(total=total, unit="sample", file=sys.stderr, disable=None if enabled is None else not enabled,
-               dynamic_ncols=True)
+    bar = progress(total, desc="build", unit="sample", enabled=enabled)
     rejected = [0]
 
     def update(result) -> None:
         rejected[0] += len(result.rejects)
-        bar.set_postfix(rejects=rejected[0], refresh=False)
+        bar.set_postfix(rejects=rejected[0])
         bar.update(result.n_planned)
 
     return bar, update
@@ -446,9 +444,11 @@ def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid",
         from softmask_builder.phantom.hybrid import write_hybrid_sample
         from softmask_builder.phantom.backgrounds import load_backgrounds
 
-        with _input_errors(out):
+        from softmask_builder.core.progress import progress
+
+        with _input_errors(out), progress(n_cases, desc="phantom", unit="case") as bar:
             real = load_backgrounds(backgrounds) if backgrounds is not None else None
-            info = write_hybrid_sample(out, n=n_cases, seed=seed, real_backgrounds=real)
+            info = write_hybrid_sample(out, n=n_cases, seed=seed, real_backgrounds=real, progress=bar.update)
         truth = info.pop("truth")
         if info["rejects"]:
             click.echo(f"phantom: {info['n_rejected']} case(s) could not be placed and were left out "
@@ -574,7 +574,10 @@ def export_nnunet_command(build_dir: Path, dataset_id: int, name: str, out: Path
     with _export_errors():
         result = export_nnunet(build_dir, out, dataset_id=dataset_id, name=name, band_as_ignore=band_as_ignore,
                                splits_final=splits_final, preprocessed=preprocessed, overwrite=overwrite)
+    from softmask_builder.cli.summaries import export_nnunet_line
+
     _emit(result.summary())
+    _say(export_nnunet_line(result.summary()))
 
 
 @export.command(name="monai")
@@ -588,7 +591,10 @@ def export_monai_command(build_dir: Path, out: Path, overwrite: bool) -> None:
 
     with _export_errors():
         result = export_monai(build_dir, out, overwrite=overwrite)
+    from softmask_builder.cli.summaries import export_monai_line
+
     _emit(result.summary())
+    _say(export_monai_line(result.summary()))
 
 
 from softmask_builder.cli.lidc import lidc_agreement  # noqa: E402  (registered after main exists)

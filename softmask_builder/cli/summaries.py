@@ -157,6 +157,20 @@ def report_line(summary: Mapping[str, Any]) -> str:
             f"{summary['report']}; open it in a browser (one self-contained file).")
 
 
+def export_nnunet_line(summary: Mapping[str, Any]) -> str:
+    """After ``softmask export nnunet``: what was written, where, and nnU-Net's next step."""
+    splits = f"; splits_final.json in {summary['splits_final']}" if summary.get("splits_final") else ""
+    return (f"exported {summary['numTraining']} training and {summary['n_test']} test cases for nnU-Net v2 to "
+            f"{summary['folder']} (binary labels; licence and citations in dataset.json){splits}.")
+
+
+def export_monai_line(summary: Mapping[str, Any]) -> str:
+    """After ``softmask export monai``: the counts per split and the datalist's path."""
+    counts = ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("folder", "datalist"))
+    return (f"exported {counts} samples as NIfTI (image, label, soft_label) to {summary['folder']}; MONAI datalist "
+            f"{summary['datalist']} (load_decathlon_datalist; docs/MONAI.md).")
+
+
 def verify_line(summary: Mapping[str, Any], *, manifest: Mapping[str, Any] | None = None) -> str:
     """After ``softmask verify``; with the verified build's ``manifest``, the next step that can
     work on it (the QC report and training for sample builds, the SR teacher for slice builds)."""
@@ -175,5 +189,5 @@ def verify_line(summary: Mapping[str, Any], *, manifest: Mapping[str, Any] | Non
     return f"verify: {summary['out']} FAILED: {len(summary.get('problems', []))} problems (listed above)."
 
 
-__all__ = ["build_line", "make_lnsm_line", "phantom_line", "preview_line", "report_line", "verify_line", "tool",
+__all__ = ["export_nnunet_line", "export_monai_line", "build_line", "make_lnsm_line", "phantom_line", "preview_line", "report_line", "verify_line", "tool",
            "nothing_built_error", "hints_on", "NO_HINTS_ENV"]

@@ -292,3 +292,10 @@ def test_the_phantom_sample_is_licensed_as_its_lidc_shapes(built):
     doc = json.loads((out / "croissant.json").read_text())
     assert doc["license"] == "https://creativecommons.org/licenses/by/3.0/"
     assert "DeepLesion terms" not in doc["description"] and "Armato" in doc["citeAs"]
+
+
+def test_progress_off_a_terminal_is_periodic_lines(built):
+    """`--progress` without a terminal (CliRunner's stderr, like CI or `make | tee`) prints lines."""
+    out, summary, stderr = built
+    lines = [l for l in stderr.splitlines() if l.startswith("build: ")]
+    assert lines and lines[-1].startswith(f"build: {summary['n_planned']}/{summary['n_planned']} samples (100 %)")
