@@ -446,6 +446,9 @@ def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid",
 
         from softmask_builder.core.progress import progress
 
+        # Loading the LIDC shapes takes seconds before the first case: say what is coming.
+        click.echo(f"phantom: rendering {n_cases} hybrid cases into {out} (LIDC-IDRI nodule shapes load first)",
+                   err=True)
         with _input_errors(out), progress(n_cases, desc="phantom", unit="case") as bar:
             real = load_backgrounds(backgrounds) if backgrounds is not None else None
             info = write_hybrid_sample(out, n=n_cases, seed=seed, real_backgrounds=real, progress=bar.update)
