@@ -20,12 +20,16 @@ export SOFTMASK_SHARED_DATA ?= $(SHARED_DATA)
 
 setup: $(STAMP)
 
+# The first run says what it installs and shows pip's own progress (a few minutes, ~2.6 GB in .venv).
 $(STAMP): pyproject.toml Makefile
+	@echo "setup: creating $(VENV) (~2.6 GB): pip, $(TORCH) (CPU), then this project with its" >&2
+	@echo "setup: test and train extras (numpy, scipy, scikit-image, opencv, h5py, numba, pydicom, pylidc, pytest...)" >&2
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[test,train]"
+	$(PY) -m pip install --progress-bar on $(TORCH)
+	$(PY) -m pip install --progress-bar on -e ".[test,train]"
 	touch $(STAMP)
+	@echo "setup: done; the commands are $(BIN)/softmask and $(BIN)/dsnet (or run 'source $(BIN)/activate' once)" >&2
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -50,11 +54,11 @@ NNUNET_PREPROCESSED ?= build/nnUNet_preprocessed
 DATASET_ID ?= 501
 MONAI_OUT ?= build/monai/lnsm
 export-nnunet: $(EXPORT_STAMP)
-	@test -f "$(BUILD_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(BUILD_DIR)"
+	@test -f "$(BUILD_DIR)/manifest.json" || SOFTMASK_NO_HINTS=1 $(MAKE) lnsm OUT="$(BUILD_DIR)"
 	$(BIN)/softmask export nnunet "$(BUILD_DIR)" --dataset-id $(DATASET_ID) --out "$(NNUNET_RAW)" --splits-final --preprocessed "$(NNUNET_PREPROCESSED)" --overwrite $(if $(BAND_AS_IGNORE),--band-as-ignore,)
 
 export-monai: $(EXPORT_STAMP)
-	@test -f "$(BUILD_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(BUILD_DIR)"
+	@test -f "$(BUILD_DIR)/manifest.json" || SOFTMASK_NO_HINTS=1 $(MAKE) lnsm OUT="$(BUILD_DIR)"
 	$(BIN)/softmask export monai "$(BUILD_DIR)" --out "$(MONAI_OUT)" --overwrite
 
 # --- datasets -------------------------------------------------------------------------------
@@ -73,18 +77,18 @@ lnsm: $(STAMP)
 
 lidc: $(STAMP)
 	@test -n "$(LIDC_DICOM)" || { echo "usage: make lidc LIDC_DICOM=/path/to/LIDC-IDRI [OUT=build/lidc] [JOBS=2]" >&2; exit 2; }
-	$(BIN)/softmask build lidc "$(LIDC_DICOM)" --recipe $(if $(RECIPE),$(RECIPE),lidc) --out "$(call out_or,build/lidc)" --jobs $(JOBS)
+	SOFTMASK_NO_HINTS=1 $(BIN)/softmask build lidc "$(LIDC_DICOM)" --recipe $(if $(RECIPE),$(RECIPE),lidc) --out "$(call out_or,build/lidc)" --jobs $(JOBS)
 	$(BIN)/softmask verify "$(call out_or,build/lidc)"
 
 masks: $(STAMP)
 	@test -n "$(MASKS)" || { echo "usage: make masks MASKS=/path/to/pairs [RECIPE=masks] [OUT=build/masks] [JOBS=2]" >&2; exit 2; }
-	$(BIN)/softmask build masks "$(MASKS)" --recipe $(if $(RECIPE),$(RECIPE),masks) --out "$(call out_or,build/masks)" --jobs $(JOBS)
+	SOFTMASK_NO_HINTS=1 $(BIN)/softmask build masks "$(MASKS)" --recipe $(if $(RECIPE),$(RECIPE),masks) --out "$(call out_or,build/masks)" --jobs $(JOBS)
 	$(BIN)/softmask verify "$(call out_or,build/masks)"
 
 # Full slices for the SR teacher, from DEEPLESION= (recipe slices) or else LIDC_DICOM= (lidc_slices).
 slices: $(STAMP)
 	@test -n "$(DEEPLESION)$(LIDC_DICOM)" || { echo "usage: make slices DEEPLESION=/path | LIDC_DICOM=/path [OUT=build/slices] [JOBS=2]" >&2; exit 2; }
-	$(BIN)/softmask build slices "$(if $(DEEPLESION),$(DEEPLESION),$(LIDC_DICOM))" --recipe $(if $(RECIPE),$(RECIPE),$(if $(DEEPLESION),slices,lidc_slices)) --out "$(call out_or,build/slices)" --jobs $(JOBS)
+	SOFTMASK_NO_HINTS=1 $(BIN)/softmask build slices "$(if $(DEEPLESION),$(DEEPLESION),$(LIDC_DICOM))" --recipe $(if $(RECIPE),$(RECIPE),$(if $(DEEPLESION),slices,lidc_slices)) --out "$(call out_or,build/slices)" --jobs $(JOBS)
 	$(BIN)/softmask verify "$(call out_or,build/slices)"
 
 preview: $(STAMP)
@@ -92,7 +96,7 @@ preview: $(STAMP)
 
 # QC report of a dataset (`make lnsm` first; it is run if absent): OUT-report.html, one self-contained page.
 report: $(STAMP)
-	@test -f "$(call out_or,build/lnsm)/manifest.json" || $(MAKE) lnsm OUT="$(call out_or,build/lnsm)"
+	@test -f "$(call out_or,build/lnsm)/manifest.json" || SOFTMASK_NO_HINTS=1 $(MAKE) lnsm OUT="$(call out_or,build/lnsm)"
 	$(BIN)/softmask report "$(call out_or,build/lnsm)" --out "$(call out_or,build/lnsm)-report.html"
 
 # The report rendered in headless Chromium (Debian's `chromium`; skipped, with the reason, when absent);
@@ -141,9 +145,9 @@ TEACHER  ?= runs/sr-$(SR_CONFIG)/teacher.pt
 # so no DRTM row's teacher has seen a segmentation val/test patient; TEACHER_OVERLAP=1 reproduces
 # the paper's setting (every slice) instead.
 pretrain-sr: $(STAMP)
-	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
-	$(if $(DEEPLESION),,$(BIN)/softmask phantom --kind $(PHANTOM) --n $(N) --out "$(SR_SOURCE)" > /dev/null)
-	$(BIN)/softmask build slices "$(if $(DEEPLESION),$(DEEPLESION),$(SR_SOURCE))" --recipe slices --out "$(SR_SLICES)" --no-progress $(if $(DEEPLESION),,--overwrite) > /dev/null
+	@test -f "$(LNSM_DIR)/manifest.json" || SOFTMASK_NO_HINTS=1 $(MAKE) lnsm OUT="$(LNSM_DIR)"
+	$(if $(DEEPLESION),,SOFTMASK_NO_HINTS=1 $(BIN)/softmask phantom --kind $(PHANTOM) --n $(N) --out "$(SR_SOURCE)" > /dev/null)
+	SOFTMASK_NO_HINTS=1 $(BIN)/softmask build slices "$(if $(DEEPLESION),$(DEEPLESION),$(SR_SOURCE))" --recipe slices --out "$(SR_SLICES)" --no-progress $(if $(DEEPLESION),,--overwrite) > /dev/null
 	$(BIN)/dsnet pretrain-sr --data "$(SR_SLICES)" --out runs/sr-$(SR_CONFIG) --config $(SR_CONFIG) --resume auto $(if $(TEACHER_OVERLAP),,--train-patients-from "$(LNSM_DIR)")
 
 # DSNet on the LNSM shards (`make lnsm` first; it is run if absent). VARIANT= picks a Table
@@ -152,8 +156,8 @@ SEG_CONFIG ?= seg_tiny
 LNSM_DIR   ?= build/lnsm
 SEG_RUN    ?= runs/$(SEG_CONFIG)$(if $(VARIANT),-$(VARIANT),)
 train: $(STAMP)
-	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
-	$(if $(filter unet backbone,$(VARIANT)),,@test -f "$(TEACHER)" || $(MAKE) pretrain-sr)
+	@test -f "$(LNSM_DIR)/manifest.json" || SOFTMASK_NO_HINTS=1 $(MAKE) lnsm OUT="$(LNSM_DIR)"
+	$(if $(filter unet backbone,$(VARIANT)),,@test -f "$(TEACHER)" || SOFTMASK_NO_HINTS=1 $(MAKE) pretrain-sr)
 	$(BIN)/dsnet train --config $(SEG_CONFIG) --data "$(LNSM_DIR)" --teacher "$(TEACHER)" --out "$(SEG_RUN)" $(if $(VARIANT),--variant $(VARIANT),)
 
 evaluate: $(STAMP)
@@ -170,8 +174,8 @@ TABLES_JOBS ?= 1
 TABLES_RECORD ?=
 NNUNET_EVAL ?=
 tables: $(STAMP)
-	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
-	@test -f "$(TEACHER)" || $(MAKE) pretrain-sr
+	@test -f "$(LNSM_DIR)/manifest.json" || SOFTMASK_NO_HINTS=1 $(MAKE) lnsm OUT="$(LNSM_DIR)"
+	@test -f "$(TEACHER)" || SOFTMASK_NO_HINTS=1 $(MAKE) pretrain-sr
 	$(PY) scripts/run_tables.py --data "$(LNSM_DIR)" --teacher "$(TEACHER)" --out "$(TABLES_OUT)" --config $(SEG_CONFIG) --jobs $(TABLES_JOBS) $(if $(TABLES_RECORD),--record "$(TABLES_RECORD)",) $(TABLES_SET) $(foreach d,$(NNUNET_EVAL),--nnunet "$(d)")
 
 # nnU-Net v2 2-D baseline through the nnU-Net export, scored by `dsnet evaluate --predictions`.
@@ -191,7 +195,7 @@ $(NNUNET_STAMP):
 	touch $(NNUNET_STAMP)
 
 nnunet-baseline: $(EXPORT_STAMP) $(NNUNET_STAMP)
-	@test -f "$(LNSM_DIR)/manifest.json" || $(MAKE) lnsm OUT="$(LNSM_DIR)"
+	@test -f "$(LNSM_DIR)/manifest.json" || SOFTMASK_NO_HINTS=1 $(MAKE) lnsm OUT="$(LNSM_DIR)"
 	BIN=$(BIN) NNUNET_BIN=$(NNUNET_VENV)/bin DATASET_ID=$(DATASET_ID) scripts/nnunet_baseline.sh "$(LNSM_DIR)" "$(NNUNET_WORK)" $(NNUNET_TRAINER) $(NNUNET_RUN)
 
 bench-accuracy: $(STAMP)

@@ -107,8 +107,10 @@ def pretrain_sr_cmd(data, val_data, out, config, sets, resume, device, amp, work
         click.echo(format_report(result.report), nl=False)
         click.echo(f"teacher: {result.teacher_path}")
         click.echo(f"run folder: {result.out}")
-        echo_err(f"done in {time.monotonic() - t0:.0f} s: teacher {result.teacher_path}; next: dsnet train "
-                 f"--teacher {result.teacher_path} --data build/lnsm")
+        from softmask_builder.cli.summaries import hints_on, tool
+
+        nxt = (f"; next: {tool('dsnet')} train --teacher {result.teacher_path} --data build/lnsm" if hints_on() else "")
+        echo_err(f"done in {time.monotonic() - t0:.0f} s: teacher {result.teacher_path}{nxt}")
 
 
 @main.command("teacher-info")

@@ -85,6 +85,26 @@ def check_data(root, *, kind: str, no_verify: bool, option: str = "--data") -> N
         echo_err(note)
 
 
+def check_teacher(cfg, variant) -> None:
+    """The SR teacher is named explicitly (``--teacher`` / ``model.teacher``), never found in the
+    current folder by a default; a missing file names the folder it was looked for in. A teacher
+    trained on phantom slices used on a real-source dataset gets a loud warning on stderr."""
+    from .provenance import phantom_teacher_warning
+
+    if not variant.uses_teacher:
+        return
+    hint = ("`make pretrain-sr` writes runs/sr-sr_tiny/teacher.pt, `dsnet pretrain-sr --out DIR` writes "
+            "DIR/teacher.pt; or train a variant without a teacher (--variant unet)")
+    if not cfg.model.teacher:
+        raise CliError(f"variant {variant.name} needs an SR teacher: pass --teacher PATH ({hint})", EXIT_INPUT)
+    path = Path(cfg.model.teacher)
+    if not path.is_file():
+        raise CliError(f"--teacher {path}: no such file (looked for {path.resolve()}); {hint}", EXIT_INPUT)
+    warning = phantom_teacher_warning(path, cfg.data.root)
+    if warning:
+        echo_err(warning)
+
+
 @click.command("train")
 @click.option("--config", "config", default="seg_tiny", show_default=True,
               help="YAML/JSON file or packaged name (seg_tiny: CPU, 3 min 40 s for `make train` on the sample, 2 vCPUs; seg_paper: GPU).")
@@ -92,7 +112,9 @@ def check_data(root, *, kind: str, no_verify: bool, option: str = "--data") -> N
               help="Override a config key, e.g. --set model.variant=unet --set optim.epochs=3 (repeatable).")
 @click.option("--variant", default=None, help="Table row to train (shortcut for --set model.variant=NAME).")
 @click.option("--data", default=None, help="Sample-shard folder (shortcut for --set data.root=PATH).")
-@click.option("--teacher", default=None, help="SR teacher.pt of `dsnet pretrain-sr` (shortcut for --set model.teacher=PATH).")
+@click.option("--teacher", default=None,
+              help="SR teacher.pt of `dsnet pretrain-sr` (shortcut for --set model.teacher=PATH); needed by the "
+                   "variants that use one (`make pretrain-sr` writes runs/sr-sr_tiny/teacher.pt). Never guessed.")
 @click.option("--out", default=None, help="Run folder (shortcut for --set out=DIR).")
 @click.option("--resume", default=None, help="auto (the configs' default: continue from last.pt), none, or a checkpoint path.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (shortcut for --set loop.device=DEV).")
@@ -129,12 +151,15 @@ def train_cmd(config, overrides, variant, data, teacher, out, resume, device, se
     cfg = load_config(SegConfig, config, list(overrides) + extra)
     check_data(cfg.data.root, kind="samples", no_verify=no_verify, option="data.root")
     v = get_variant(cfg.model.variant)
+    check_teacher(cfg, v)
     echo_err(f"training {v.name} ({v.row}) on {cfg.data.root} -> {cfg.out}")
     t0 = time.monotonic()
     run = train_seg(cfg, command=" ".join(sys.argv), log=echo_err)
     click.echo(str(run))
-    echo_err(f"done in {time.monotonic() - t0:.0f} s: {run} (checkpoints/best.pt, metrics.csv, curves.png); "
-             f"next: dsnet evaluate --checkpoint {run}/checkpoints/best.pt")
+    from softmask_builder.cli.summaries import hints_on, tool
+
+    nxt = f"; next: {tool('dsnet')} evaluate --checkpoint {run}/checkpoints/best.pt" if hints_on() else ""
+    echo_err(f"done in {time.monotonic() - t0:.0f} s: {run} (checkpoints/best.pt, metrics.csv, curves.png){nxt}")
 
 
 @click.command("evaluate")

@@ -395,8 +395,10 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path, *, title: str = ""
 
 def progress(iterable: Iterable, *, enabled: bool, desc: str = "", total: int | None = None,
              leave: bool = False) -> Iterable:
-    """A tqdm bar when ``enabled`` (rank 0 and ``loop.progress``), else the iterable itself."""
-    if not enabled:
+    """A tqdm bar when ``enabled`` (rank 0 and ``loop.progress``) and stderr is a terminal, else the
+    iterable itself: off a terminal (CI logs, `make | tee`) a bar is a wall of carriage returns, and
+    the loops already print one line per epoch (issue 24)."""
+    if not enabled or not sys.stderr.isatty():
         return iterable
     from tqdm.auto import tqdm
     return tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True)

@@ -92,8 +92,9 @@ def read_crop_hu(path: str | Path) -> np.ndarray:
 
 
 def predict_arrays(net, images_hu: np.ndarray, *, level_hu: float, width_hu: float, batch_size: int = 64,
-                   device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+                   device: str = "cpu", on_batch=None) -> tuple[np.ndarray, np.ndarray]:
     """Run ``net`` on crops in HU, (n, H, W); return ``(prob, alpha)``, float32 (n, H, W) in [0, 1].
+    ``on_batch``: called with the batch's crop count after each forward pass (progress).
 
     Crops are windowed exactly as in training (:func:`dsnet_trainer.data.to_unit_range`).
     """
@@ -114,15 +115,18 @@ def predict_arrays(net, images_hu: np.ndarray, *, level_hu: float, width_hu: flo
             prob, soft = net(torch.from_numpy(chunk)[:, None].to(dev))
             probs.append(prob.float().cpu()[:, 0].numpy())
             alphas.append(((soft.float().cpu()[:, 0] + 1.0) / 2.0).clamp(0, 1).numpy())
+            if on_batch is not None:
+                on_batch(len(chunk))
     if not probs:
         return np.zeros((0,) + images_hu.shape[1:], np.float32), np.zeros((0,) + images_hu.shape[1:], np.float32)
     return np.concatenate(probs).astype(np.float32), np.concatenate(alphas).astype(np.float32)
 
 
-def predict_dataset(net, dataset, *, batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
+def predict_dataset(net, dataset, *, batch_size: int = 32, device: str = "cpu", on_batch=None) -> dict[str, Any]:
     """Run ``net`` over every item of a :class:`~dsnet_trainer.data.SampleShardDataset` (no
     augmentation), in order. Returns numpy arrays (n, H, W): ``image`` ([-1, 1]), ``prob``,
-    ``soft01`` (predicted alpha), ``gt`` (bool), ``soft_gt01``; and ``sample_id`` (list)."""
+    ``soft01`` (predicted alpha), ``gt`` (bool), ``soft_gt01``; and ``sample_id`` (list).
+    ``on_batch``: called with the batch's item count after each forward pass (progress)."""
     import torch
     from torch.utils.data import DataLoader, SequentialSampler
 
@@ -139,6 +143,8 @@ def predict_dataset(net, dataset, *, batch_size: int = 32, device: str = "cpu") 
             out["gt"].append(batch["binary_mask"][:, 0].numpy() != 0)
             out["soft_gt01"].append(((batch["soft_mask"][:, 0] + 1.0) / 2.0).numpy())
             out["sample_id"].extend(batch["sample_id"])
+            if on_batch is not None:
+                on_batch(len(batch["sample_id"]))
     arrays = {k: np.concatenate(v) for k, v in out.items() if k != "sample_id"}
     arrays["sample_id"] = out["sample_id"]
     return arrays
@@ -181,8 +187,12 @@ def predict_folder(checkpoint: str | Path, folder: str | Path, out: str | Path, 
             raise InputError(f"{f}: crop is {hu.shape[0]}x{hu.shape[1]} but the model was trained on "
                              f"{size[0]}x{size[1]} crops")
         crops.append(hu)
-    prob, alpha = predict_arrays(net, np.stack(crops), level_hu=info["level_hu"], width_hu=info["width_hu"],
-                                 batch_size=batch_size, device=str(select_device(device, option="--device")))
+    from softmask_builder.core.progress import progress
+
+    with progress(len(crops), desc="predict", unit="crop") as bar:
+        prob, alpha = predict_arrays(net, np.stack(crops), level_hu=info["level_hu"], width_hu=info["width_hu"],
+                                     batch_size=batch_size, device=str(select_device(device, option="--device")),
+                                     on_batch=bar.update)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stems = [f.stem for f in files]
@@ -203,6 +213,7 @@ def predict_folder(checkpoint: str | Path, folder: str | Path, out: str | Path, 
                 elif not cv2.imwrite(str(tmp), img):
                     raise InputError(f"cannot write {path}")
             written.append(path)
+    bar.close()
     return written
 
 
@@ -227,10 +238,14 @@ def predict_shards(checkpoint: str | Path, data: str | Path | Sequence[str | Pat
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for shard in find_shards(data, kind="samples", split=split, option="--input"):
-        ds = SampleShardDataset(shard.path, level_hu=info["level_hu"], width_hu=info["width_hu"],
-                                image_size_px=info["crop_px"], option="--input")
-        res = predict_dataset(net, ds, batch_size=batch_size, device=dev)
+    from softmask_builder.core.progress import progress
+
+    sets = [(shard, SampleShardDataset(shard.path, level_hu=info["level_hu"], width_hu=info["width_hu"],
+                                       image_size_px=info["crop_px"], option="--input"))
+            for shard in find_shards(data, kind="samples", split=split, option="--input")]
+    bar = progress(sum(len(ds) for _, ds in sets), desc="predict", unit="crop")
+    for shard, ds in sets:
+        res = predict_dataset(net, ds, batch_size=batch_size, device=dev, on_batch=bar.update)
         path = out / f"{shard.path.stem}-pred.h5"
         with atomic.replacing(path, keep_suffix=True) as tmp:
             with h5py.File(tmp, "w", track_order=False) as fh:
@@ -246,4 +261,5 @@ def predict_shards(checkpoint: str | Path, data: str | Path | Sequence[str | Pat
                 fh.attrs["threshold"] = threshold
                 fh.attrs["source"] = str(shard.path)
         written.append(path)
+    bar.close()
     return written

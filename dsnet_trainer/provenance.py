@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import CheckpointError
 
-__all__ = ["source_family", "shard_namespace", "patients_per_sample", "shard_patients", "check_teacher_patients",
+__all__ = ["data_provenance", "teacher_data_provenance", "phantom_teacher_warning", "source_family", "shard_namespace", "patients_per_sample", "shard_patients", "check_teacher_patients",
            "teacher_leak_check", "TeacherLeakError"]
 
 
@@ -152,3 +152,44 @@ def teacher_leak_check(cfg, teacher_arch: Mapping[str, Any] | None, *, root: str
     return {"checked": True, "splits": list(splits), "allow_teacher_overlap": cfg.model.allow_teacher_overlap,
             "n_teacher_patients": None if tp is None else sum(len(v) for v in tp.values()),
             "n_overlap": len(overlap), "overlap": overlap[:20]}
+
+
+def data_provenance(root: str | Path) -> dict[str, Any] | None:
+    """The build's ``provenance`` (what a phantom sample is made of, written by softmask_builder
+    into ``manifest.json``); None for a real source, or when ``root`` has no readable manifest."""
+    from softmask_builder.formats.release_folder import ManifestError, read_manifest
+
+    try:
+        manifest = read_manifest(Path(root))
+    except (ManifestError, OSError, ValueError):
+        return None
+    prov = manifest.get("provenance")
+    return dict(prov) if isinstance(prov, dict) and prov else None
+
+
+def teacher_data_provenance(path: str | Path) -> tuple[bool, dict[str, Any] | None]:
+    """``(known, provenance)`` of the slices an SR teacher file was trained on: ``known`` is False
+    for teacher files written before the record existed (then nothing can be said)."""
+    import torch
+
+    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or "data_provenance" not in obj:
+        return False, None
+    prov = obj["data_provenance"]
+    return True, (dict(prov) if isinstance(prov, dict) and prov else None)
+
+
+def phantom_teacher_warning(teacher: str | Path, root: str | Path) -> str | None:
+    """The loud warning for a teacher trained on phantom slices used on a real-source dataset
+    (``root``'s manifest has no ``provenance``); None when they agree or the teacher predates the
+    record. A phantom teacher's DRTM features describe rendered anatomy, not real CT."""
+    known, teacher_prov = teacher_data_provenance(teacher)
+    if not known or teacher_prov is None or not Path(root, "manifest.json").is_file():
+        return None
+    if data_provenance(root) is not None:
+        return None
+    return (f"WARNING: SR teacher {teacher} was trained on PHANTOM slices ({teacher_prov.get('phantom')} phantom, "
+            f"shapes {teacher_prov.get('shapes')}, backgrounds {', '.join(teacher_prov.get('backgrounds') or [])}), "
+            f"but {root} is built from a REAL source: its features will not describe real CT. Train a teacher "
+            "on real slices first (make pretrain-sr DEEPLESION=/path/to/DeepLesion, or dsnet pretrain-sr --data "
+            "SLICES_OF_THE_SAME_SOURCE) and pass it with --teacher.")

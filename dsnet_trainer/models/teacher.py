@@ -93,7 +93,8 @@ class SRTeacher(nn.Module):
 
 def export_teacher(generator: nn.Module, cfg, path: str | Path, *,
                    metrics: dict[str, Any] | None = None, stage: str = "srgan",
-                   train_patients: dict[str, list[str]] | None = None) -> Path:
+                   train_patients: dict[str, list[str]] | None = None,
+                   data_provenance: dict[str, Any] | None = None) -> Path:
     """Save the generator's weights and everything needed to rebuild it (atomic write).
 
     ``cfg`` is the run's :class:`~dsnet_trainer.sr.SRConfig` (its generator, data and whole config
@@ -104,8 +105,9 @@ def export_teacher(generator: nn.Module, cfg, path: str | Path, *,
     ``data`` (scale, HU window, down-sampling), ``generator`` (state dict, CPU),
     ``weights_sha256`` (:func:`~dsnet_trainer.digest.weights_sha256` of ``{"generator": ...}``),
     ``train_patients`` (``{namespace: sorted patient ids}`` of its training slices, see
-    :mod:`~dsnet_trainer.provenance`), ``metrics``, ``stage``, ``config`` (the whole SRConfig),
-    ``config_sha256``.
+    :mod:`~dsnet_trainer.provenance`), ``data_provenance`` (the training slices' build
+    ``provenance``: what a phantom is made of; None for real slices), ``metrics``, ``stage``,
+    ``config`` (the whole SRConfig), ``config_sha256``.
     """
     weights = {k: v.detach().cpu() for k, v in unwrap(generator).state_dict().items()}
     payload = {
@@ -113,6 +115,7 @@ def export_teacher(generator: nn.Module, cfg, path: str | Path, *,
         "version": TEACHER_VERSION,
         "weights_sha256": weights_sha256({"generator": weights}),
         "train_patients": {k: sorted(v) for k, v in (train_patients or {}).items()},
+        "data_provenance": json.loads(json.dumps(data_provenance)) if data_provenance else None,
         "stage": stage,
         "model": {"name": cfg.generator.name, "kwargs": cfg.generator_kwargs()},
         "data": {"scale": cfg.data.scale, "window_level_hu": cfg.data.window_level_hu,

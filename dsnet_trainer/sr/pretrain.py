@@ -125,12 +125,16 @@ def pretrain_sr(cfg: SRConfig, *, data: str | Path | Sequence[str | Path], out: 
         report["teacher"] = teacher_stage
         teacher_path = None
         if ctx.is_main:
-            from ..provenance import shard_patients
+            from ..provenance import data_provenance, shard_patients
 
             train_patients = shard_patients([sh.path for sh in data_sets.train.shards],
                                             indices=data_sets.train.slice_indices)
+            # What the slices are made of (a phantom's record, None for real data): `dsnet train`
+            # warns when a phantom teacher meets a real-source dataset.
+            provs = [data_provenance(Path(sh.path).parent) for sh in data_sets.train.shards]
             teacher_path = export_teacher(teacher_gen, cfg, out / "teacher.pt", stage=teacher_stage,
-                                          metrics=report.get(teacher_stage, {}), train_patients=train_patients)
+                                          metrics=report.get(teacher_stage, {}), train_patients=train_patients,
+                                          data_provenance=next((p for p in provs if p), None))
             atomic.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
             atomic.write_text(out / "report.md", format_report(report))
         barrier(ctx)

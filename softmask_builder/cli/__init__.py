@@ -124,18 +124,16 @@ def parallel_setup(backend: str, jobs: int, scheduler: str | None):
 
 
 def _progress_bar(total: int, enabled: bool | None):
-    from tqdm import tqdm
+    """The build's progress: a bar on a terminal, a line every 10 % elsewhere (CI logs, `make | tee`);
+    see :mod:`softmask_builder.core.progress`."""
+    from softmask_builder.core.progress import progress
 
-    # No monitor thread: forked workers are started after the bar exists (executor: fork with no
-    # thread running).
-    tqdm.monitor_interval = 0
-    bar = tqdm(total=total, unit="sample", file=sys.stderr, disable=None if enabled is None else not enabled,
-               dynamic_ncols=True)
+    bar = progress(total, desc="build", unit="sample", enabled=enabled)
     rejected = [0]
 
     def update(result) -> None:
         rejected[0] += len(result.rejects)
-        bar.set_postfix(rejects=rejected[0], refresh=False)
+        bar.set_postfix(rejects=rejected[0])
         bar.update(result.n_planned)
 
     return bar, update
@@ -236,7 +234,7 @@ def _build_command(kind: str):
         import time
 
         from softmask_builder.formats.recipes import load_recipe
-        from softmask_builder.cli.summaries import build_line
+        from softmask_builder.cli.summaries import build_line, nothing_built_error
 
         started = time.monotonic()
         with _input_errors():
@@ -252,7 +250,7 @@ def _build_command(kind: str):
             _say(build_line(summary, kind="slices" if kind == "slices" else "samples",
                             seconds=time.monotonic() - started))
         if not dry_run and summary["n_samples"] == 0:
-            raise _Fail(f"no sample was built (see {Path(summary['out']) / 'rejects.csv'})", code=EXIT_EMPTY)
+            raise _Fail(nothing_built_error(summary), code=EXIT_EMPTY)
 
     command.help = (f"Build a dataset from a {kind} source folder SOURCE (default recipe: {default_recipe}; "
                     f"default --out {DEFAULT_OUT[kind]}). Prints a JSON summary on stdout.")
@@ -353,7 +351,12 @@ def verify(path: Path) -> None:
     if not report.ok:
         for problem in report.problems:
             click.echo(f"verify: {problem}", err=True)
-    _say(verify_line(report.summary()))
+    manifest = {}
+    if report.ok:
+        from softmask_builder.formats.release_folder import read_manifest
+
+        manifest = read_manifest(path)
+    _say(verify_line(report.summary(), manifest=manifest))
     if not report.ok:
         sys.exit(EXIT_VERIFY)
 
@@ -441,9 +444,14 @@ def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid",
         from softmask_builder.phantom.hybrid import write_hybrid_sample
         from softmask_builder.phantom.backgrounds import load_backgrounds
 
-        with _input_errors(out):
+        from softmask_builder.core.progress import progress
+
+        # Loading the LIDC shapes takes seconds before the first case: say what is coming.
+        click.echo(f"phantom: rendering {n_cases} hybrid cases into {out} (LIDC-IDRI nodule shapes load first)",
+                   err=True)
+        with _input_errors(out), progress(n_cases, desc="phantom", unit="case") as bar:
             real = load_backgrounds(backgrounds) if backgrounds is not None else None
-            info = write_hybrid_sample(out, n=n_cases, seed=seed, real_backgrounds=real)
+            info = write_hybrid_sample(out, n=n_cases, seed=seed, real_backgrounds=real, progress=bar.update)
         truth = info.pop("truth")
         if info["rejects"]:
             click.echo(f"phantom: {info['n_rejected']} case(s) could not be placed and were left out "
@@ -493,7 +501,7 @@ def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, sched
     from softmask_builder.formats.recipes import load_recipe
     from softmask_builder.dataset.release import verify as verify_dataset
     from softmask_builder.dataset.release import write_preview
-    from softmask_builder.cli.summaries import make_lnsm_line
+    from softmask_builder.cli.summaries import make_lnsm_line, nothing_built_error
 
     started = time.monotonic()
     summary: dict = {}
@@ -507,6 +515,7 @@ def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, sched
         source, recipe_name = phantom_source, ("sample" if phantom_kind == "hybrid" else "sample_analytic")
     else:
         source, recipe_name = deeplesion, "lnsm"
+        summary["deeplesion"] = str(deeplesion)
     with _input_errors():
         recipe = load_recipe(recipe_name)
     summary["build"] = _run_build(recipe, source, out, jobs=jobs, backend=backend, scheduler=scheduler,
@@ -523,7 +532,7 @@ def make_lnsm(out: Path, jobs: int, deeplesion: Path | None, backend: str, sched
             click.echo(f"verify: {problem}", err=True)
         sys.exit(EXIT_VERIFY)
     if summary["build"]["n_samples"] == 0:
-        raise _Fail(f"no sample was built (see {out / 'rejects.csv'})", code=EXIT_EMPTY)
+        raise _Fail(nothing_built_error(summary["build"]), code=EXIT_EMPTY)
 
 
 @main.group()
@@ -568,7 +577,10 @@ def export_nnunet_command(build_dir: Path, dataset_id: int, name: str, out: Path
     with _export_errors():
         result = export_nnunet(build_dir, out, dataset_id=dataset_id, name=name, band_as_ignore=band_as_ignore,
                                splits_final=splits_final, preprocessed=preprocessed, overwrite=overwrite)
+    from softmask_builder.cli.summaries import export_nnunet_line
+
     _emit(result.summary())
+    _say(export_nnunet_line(result.summary()))
 
 
 @export.command(name="monai")
@@ -582,7 +594,10 @@ def export_monai_command(build_dir: Path, out: Path, overwrite: bool) -> None:
 
     with _export_errors():
         result = export_monai(build_dir, out, overwrite=overwrite)
+    from softmask_builder.cli.summaries import export_monai_line
+
     _emit(result.summary())
+    _say(export_monai_line(result.summary()))
 
 
 from softmask_builder.cli.lidc import lidc_agreement  # noqa: E402  (registered after main exists)

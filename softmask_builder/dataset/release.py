@@ -22,7 +22,8 @@ from softmask_builder import __version__
 from softmask_builder.dataset import counting
 from softmask_builder.core import atomic
 from softmask_builder.errors import SoftMaskError
-from softmask_builder.formats.metadata import croissant, hub_front_matter, source_family
+from softmask_builder.formats.metadata import (CITATIONS, citation_keys, citation_text, croissant,  # noqa: F401
+                                              hub_front_matter, licence, read_source_provenance, source_family)
 from softmask_builder.formats.shards import READABLE_VERSIONS, SCHEMA_VERSION, check_shard, open_shard, parse_shard_name, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,6 +90,8 @@ def manifest_dict(result: "BuildResult") -> dict[str, Any]:
                     "n_samples": s.n_samples, "n_planned": s.n_planned, "sha256": s.sha256, "bytes": s.bytes}
                    for s in result.shards],
         "versions": library_versions(),
+        # What a phantom source is made of (licence and citations follow it); absent for real sources.
+        **({"provenance": prov} if (prov := read_source_provenance(result.plan.source)) else {}),
     }
 
 
@@ -111,23 +114,6 @@ def write_release(result: "BuildResult") -> dict[str, Any]:
 
 
 # --- dataset card -------------------------------------------------------------------------------
-
-CITATIONS = {
-    "deeplesion": (
-        "**DeepLesion** (NIH Clinical Center). Acknowledge the NIH Clinical Center and cite: Yan K., Wang X., "
-        "Lu L., Summers R. M., \"DeepLesion: automated mining of large-scale lesion annotations and universal "
-        "lesion detection with deep learning\", J. Med. Imaging 5(3):036501 (2018). Use follows the NIH "
-        "Clinical Center's DeepLesion terms."),
-    "lidc": (
-        "**LIDC-IDRI** (The Cancer Imaging Archive), licence CC BY 3.0. Cite: Armato III S. G. et al., Data From "
-        "LIDC-IDRI, TCIA, doi:10.7937/K9/TCIA.2015.LO9QL9SX; Armato III S. G. et al., Med. Phys. 38:915-931 "
-        "(2011); Clark K. et al., \"The Cancer Imaging Archive (TCIA)\", J. Digit. Imaging 26:1045-1057 (2013)."),
-    "method": (
-        "**Soft Mask labels**: Wang, Xu et al., DSNet, IEEE Transactions on Neural Networks and Learning "
-        "Systems (TNNLS), 2023, Sec. III-A; closed-form matting: Levin A., Lischinski D., Weiss Y., \"A "
-        "closed-form solution to natural image matting\", IEEE TPAMI 30(2):228-242 (2008)."),
-    "grabcut": "**GrabCut** (RECIST priors): Rother C., Kolmogorov V., Blake A., ACM TOG 23(3):309-314 (2004).",
-}
 
 _HOW = {
     "deeplesion": (
@@ -152,16 +138,9 @@ _HOW = {
 
 
 def _citation_keys(manifest: dict[str, Any]) -> list[str]:
-    family = source_family(manifest)
-    keys = ["lidc"] if family == "lidc" else (["deeplesion"] if family == "deeplesion" else [])
-    if manifest["kind"] == "samples":
-        keys += ["method"] + (["grabcut"] if family == "deeplesion" else [])
-    return keys
-
-
-def citation_text(manifest: dict[str, Any]) -> str:
-    """The card's citations as plain text (Croissant's ``citeAs``)."""
-    return "\n".join(CITATIONS[k].replace("**", "") for k in _citation_keys(manifest))
+    """The card's citation keys (:func:`~softmask_builder.formats.metadata.citation_keys`: from what
+    the build used, a phantom's LIDC shapes and real or synthetic backgrounds included)."""
+    return citation_keys(manifest)
 
 
 def how_labels_were_made(family: str, crop_px: int, label_params: dict[str, Any]) -> str:
@@ -237,6 +216,7 @@ def dataset_card(manifest: dict[str, Any], rejects) -> str:
                       "dataset's train/val/test split is its own patient split, not DeepLesion's."]
     lines += ["", "## Sources and citations", ""]
     lines += [f"- {CITATIONS[k]}" for k in _citation_keys(manifest)]
+    lines += [f"- Licence of this build: {licence(manifest)[3]}."]
     if family == "masks":
         lines += ["- The images and masks come from the user-supplied folder; their licence applies."]
     lines += ["", "## Files and verification", "",

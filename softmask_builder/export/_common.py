@@ -200,9 +200,12 @@ class AtomicFolder:
 
 
 def provenance(build: VerifiedBuild, **options: Any) -> dict[str, Any]:
-    """What an export was made from: the build's dataset, versions, manifest hash and the options."""
+    """What an export was made from: the build's dataset, versions, manifest hash, the options, and
+    the build's licence and citations (derived from what it used: :func:`~softmask_builder.formats.metadata.licence`)."""
+    from softmask_builder.formats.metadata import citation_text, licence
+
     m = build.manifest
-    return {"dataset": m["dataset"], "dataset_version": m["dataset_version"], "builder_version": m["builder_version"],
+    return {"license": licence(m)[3], "citation": citation_text(m), "dataset": m["dataset"], "dataset_version": m["dataset_version"], "builder_version": m["builder_version"],
             "schema_version": m["schema_version"], "recipe_sha256": m["recipe_sha256"],
             "build_manifest_sha256": build.manifest_sha256, "n_samples": m["n_samples"],
             "splits": {k: v["n_samples"] for k, v in m["splits"].items()}, "options": options}

@@ -88,7 +88,7 @@ def dataset_json(build: VerifiedBuild, *, name: str, n_training: int, band_as_ig
                         "2-D lesion crops in HU, binary nodule masks"
                         + ("; the trimap's unknown band is the ignore label" if band_as_ignore else "")
                         + ". The Soft Mask (soft labels) is not part of this export."),
-        "reference": "Wang, Xu et al., DSNet, IEEE TNNLS 2023 (Soft Mask labels)",
+        "reference": _citation(m),
         "licence": _licence(m),
         "tensorImageSize": "3D",
         "softmask_build": {"dataset": m["dataset"], "recipe_sha256": m["recipe_sha256"],
@@ -96,13 +96,17 @@ def dataset_json(build: VerifiedBuild, *, name: str, n_training: int, band_as_ig
     }
 
 
+def _citation(manifest: dict[str, Any]) -> str:
+    from softmask_builder.formats.metadata import citation_text
+
+    return citation_text(manifest)
+
+
 def _licence(manifest: dict[str, Any]) -> str:
-    source = manifest["recipe"]["source"]
-    if source.startswith("lidc"):
-        return "CC BY 3.0 (LIDC-IDRI, TCIA)"
-    if source.startswith("deeplesion"):
-        return "NIH Clinical Center DeepLesion terms of use"
-    return "as the user-supplied source"
+    """The build's licence statement, from what it used (a phantom's LIDC shapes and backgrounds included)."""
+    from softmask_builder.formats.metadata import licence
+
+    return licence(manifest)[3]
 
 
 def export_nnunet(build: str | Path, out: str | Path, *, dataset_id: int, name: str = "LNSM",

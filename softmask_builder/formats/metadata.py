@@ -10,13 +10,15 @@ schema change shows here without a second copy of the field list.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from softmask_builder.formats.shards import layout
 
-#: Licence of each source family: (Hub licence id, licence name, link, one-line statement).
+#: Licence of each part a build can draw on: (Hub licence id, licence name, link, one-line statement).
+#: "synthetic" is this project's own phantom anatomy (Apache-2.0, as the toolkit).
 LICENCES = {
     "lidc": ("cc-by-3.0", "CC BY 3.0", "https://creativecommons.org/licenses/by/3.0/",
              "LIDC-IDRI (The Cancer Imaging Archive): Creative Commons Attribution 3.0 Unported"),
@@ -24,15 +26,116 @@ LICENCES = {
                    "DeepLesion (NIH Clinical Center): use under the NIH Clinical Center's DeepLesion terms"),
     "masks": ("other", "licence of the user-supplied source", None,
               "the user-supplied images and masks: their own licence applies"),
+    "synthetic": ("apache-2.0", "Apache-2.0", "https://www.apache.org/licenses/LICENSE-2.0",
+                  "synthetic images of the Soft Mask toolkit's phantom: Apache-2.0, as the toolkit"),
 }
+
+#: Citations of each part, and of the method; markdown (``**``) as the dataset card shows them.
+CITATIONS = {
+    "deeplesion": (
+        "**DeepLesion** (NIH Clinical Center). Acknowledge the NIH Clinical Center and cite: Yan K., Wang X., "
+        "Lu L., Summers R. M., \"DeepLesion: automated mining of large-scale lesion annotations and universal "
+        "lesion detection with deep learning\", J. Med. Imaging 5(3):036501 (2018). Use follows the NIH "
+        "Clinical Center's DeepLesion terms."),
+    "lidc": (
+        "**LIDC-IDRI** (The Cancer Imaging Archive), licence CC BY 3.0. Cite: Armato III S. G. et al., Data From "
+        "LIDC-IDRI, TCIA, doi:10.7937/K9/TCIA.2015.LO9QL9SX; Armato III S. G. et al., Med. Phys. 38:915-931 "
+        "(2011); Clark K. et al., \"The Cancer Imaging Archive (TCIA)\", J. Digit. Imaging 26:1045-1057 (2013)."),
+    "synthetic": (
+        "**Synthetic phantom** (the Soft Mask toolkit's `softmask phantom`, Apache-2.0): the images are "
+        "rendered, not scanned; no patient data."),
+    "method": (
+        "**Soft Mask labels**: Wang, Xu et al., DSNet, IEEE Transactions on Neural Networks and Learning "
+        "Systems (TNNLS), 2023, Sec. III-A; closed-form matting: Levin A., Lischinski D., Weiss Y., \"A "
+        "closed-form solution to natural image matting\", IEEE TPAMI 30(2):228-242 (2008)."),
+    "grabcut": "**GrabCut** (RECIST priors): Rother C., Kolmogorov V., Blake A., ACM TOG 23(3):309-314 (2004).",
+}
+
+#: The marker file ``softmask phantom`` writes into a phantom source folder.
+PHANTOM_MARKER = "phantom.json"
 
 _HF_DTYPE = {"i2": "int16", "u1": "uint8", "f4": "float32"}
 _CR_DTYPE = {"i2": "cr:Int16", "u1": "cr:UInt8", "f4": "cr:Float32", "S": "sc:Text"}
 
 
 def source_family(manifest: dict[str, Any]) -> str:
+    """The source adapter's family ("lidc", "masks" or "deeplesion"): how the labels were made.
+    A phantom sample is read by the DeepLesion adapter, so its family is "deeplesion"; what its
+    pixels are made of is :func:`data_parts`."""
     source = manifest["recipe"]["source"]
     return "lidc" if source.startswith("lidc") else ("masks" if source == "masks" else "deeplesion")
+
+
+def phantom_provenance(record: dict[str, Any]) -> dict[str, Any]:
+    """What a phantom source is made of, from its ``phantom.json`` record (pure; no path kept, so the
+    manifest stays the same wherever the source lies).
+
+    Returns ``{"phantom": "hybrid"|"analytic", "shapes": "lidc"|"analytic", "backgrounds": [...]}``,
+    backgrounds a sorted list of "synthetic", "lidc", "deeplesion" (the real slices' sources).
+    """
+    kind = str(record.get("kind") or "analytic")
+    if kind != "hybrid":
+        return {"phantom": kind, "shapes": "analytic", "backgrounds": ["synthetic"]}
+    bg = record.get("backgrounds") or {}
+    if isinstance(bg, dict) and bg.get("kind") == "real":
+        parts = sorted({str(s.get("source")) for s in bg.get("sources", []) if s.get("source") in ("lidc", "deeplesion")})
+        backgrounds = parts or ["synthetic"]
+    else:
+        backgrounds = ["synthetic"]
+    return {"phantom": "hybrid", "shapes": "lidc", "backgrounds": backgrounds}
+
+
+def read_source_provenance(source: str | Path) -> dict[str, Any] | None:
+    """:func:`phantom_provenance` of ``source/phantom.json`` when ``source`` is a phantom sample
+    folder; None for a real source (or an unreadable marker: then the source is taken as real)."""
+    if not source:
+        return None
+    marker = Path(source) / PHANTOM_MARKER
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return phantom_provenance(record) if isinstance(record, dict) else None
+
+
+def data_parts(manifest: dict[str, Any]) -> list[str]:
+    """Which licensed parts the build's pixels and outlines come from, in a fixed order: a real
+    source's family, or for a phantom (``manifest["provenance"]``) its shapes' and backgrounds'
+    sources ("lidc", "deeplesion", "synthetic"). Manifests without ``provenance`` (older builds)
+    are taken as real."""
+    prov = manifest.get("provenance")
+    if not prov:
+        return [source_family(manifest)]
+    used = set(prov.get("backgrounds") or ["synthetic"])
+    used.add("lidc" if prov.get("shapes") == "lidc" else "synthetic")
+    return [p for p in ("lidc", "deeplesion", "masks", "synthetic") if p in used]
+
+
+def licence(manifest: dict[str, Any]) -> tuple[str, str, str | None, str]:
+    """(Hub licence id, name, link, statement) of the build, from :func:`data_parts`. Synthetic
+    parts (Apache-2.0) add no condition beside a real part, so they only join the statement; two
+    real parts give licence "other" named after both."""
+    parts = data_parts(manifest)
+    real = [p for p in parts if p != "synthetic"] or ["synthetic"]
+    statement = "; ".join(LICENCES[p][3] for p in parts)
+    if len(real) == 1:
+        hub_id, name, link, _ = LICENCES[real[0]]
+        return hub_id, name, link, statement
+    return "other", " and ".join(LICENCES[p][1] for p in real), None, statement
+
+
+def citation_keys(manifest: dict[str, Any]) -> list[str]:
+    """Keys of :data:`CITATIONS` that the build must cite: its data parts, then (sample builds) the
+    Soft Mask method and, where RECIST marks seed the labels (DeepLesion adapter), GrabCut."""
+    keys = [p for p in data_parts(manifest) if p in ("lidc", "deeplesion", "synthetic")]
+    if manifest["kind"] == "samples":
+        keys += ["method"] + (["grabcut"] if source_family(manifest) == "deeplesion" else [])
+    return keys
+
+
+def citation_text(manifest: dict[str, Any]) -> str:
+    """The build's citations as plain text (Croissant's ``citeAs``, the exports' metadata)."""
+    return "\n".join(CITATIONS[k].replace("**", "") for k in citation_keys(manifest))
 
 
 def _fields(manifest: dict[str, Any]) -> list[tuple[str, np.dtype, tuple[int, ...] | None]]:
@@ -77,7 +180,7 @@ def hub_front_matter(manifest: dict[str, Any]) -> str:
     """YAML front matter of the dataset card, as the Hugging Face Hub reads it: licence, one
     ``default`` config whose ``data_files`` list each split's shards (loaded by the ``hdf5``
     builder), the features, tags. Written by hand (no YAML library), keys in a fixed order."""
-    hub_id, name, link, _ = LICENCES[source_family(manifest)]
+    hub_id, name, link, _ = licence(manifest)
     lines = ["---", f"pretty_name: {json.dumps(manifest['dataset'] + ' ' + str(manifest['dataset_version']))}",
              f"license: {hub_id}"]
     if hub_id == "other":
@@ -114,8 +217,7 @@ def croissant(manifest: dict[str, Any], *, cite_as: str) -> dict[str, Any]:
     ``isArray``/``arrayShape``). Croissant 1.1; validated with ``mlcroissant`` in the tests
     (mlcroissant has no HDF5 reader, so records themselves are not read through it).
     ``cite_as`` is the plain-text citation (the card's "Sources and citations")."""
-    family = source_family(manifest)
-    _, licence_name, link, statement = LICENCES[family]
+    _, licence_name, link, statement = licence(manifest)
     dataset = manifest["dataset"]
     distribution: list[dict[str, Any]] = []
     for e in sorted(manifest["shards"], key=lambda e: e["file"]):

@@ -851,10 +851,11 @@ def write_hybrid_sample(root, *, n: int = 60, seed: int = 0, shapes: Sequence[Le
                         real_backgrounds: Sequence[Background] | None = None, db_path=None,
                         label_train_rows: bool = False, params: HybridParams = HybridParams(),
                         cases_per_background: int | None = None,
-                        slice_shape: tuple[int, int] = (512, 512)) -> dict:
+                        slice_shape: tuple[int, int] = (512, 512), progress=None) -> dict:
     """Write ``n`` hybrid cases in the DeepLesion layout under ``root`` (images, DL_info.csv,
     phantom_truth.npz with the hybrid extras) by
     :func:`softmask_builder.phantom.deeplesion_writer.write_deeplesion`, streaming.
+    ``progress``: called with 1 after each case is rendered (the CLI's progress; None: silent).
 
     Shapes: ``shapes`` if given, else :func:`softmask_builder.phantom.shapes.load_shapes` on
     :func:`sample_patients`. Returns a summary dict (truth path, shapes/backgrounds provenance and
@@ -882,6 +883,8 @@ def write_hybrid_sample(root, *, n: int = 60, seed: int = 0, shapes: Sequence[Le
     def tracked():
         for c in cases_iter:
             seen.append((c.shape_id, c.lidc_patient_id, c.split, c.placement, c.texture_class, c.background_id))
+            if progress is not None:
+                progress(1)
             yield c
 
     _, _, policy = plan_hybrid_cases(n, shapes=shapes, seed=seed, real_backgrounds=real_backgrounds,

@@ -18,6 +18,7 @@ Slice shards (no labels) get the windowed image only.
 from __future__ import annotations
 
 import io
+import textwrap
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,9 +209,14 @@ def samples_figure(samples: Sequence[dict[str, Any]], *, level_hu: float, width_
         for p in range(panels):
             axes[r * panels + p][c].set_axis_off()
     window = f"window level {level_hu:g} HU, width {width_hu:g} HU"
-    fig.suptitle(f"{title + ' - ' if title else ''}{window}", fontsize=10)
+    # Text never wider than the figure: the title wrapped to its width (about 13 characters an inch
+    # at 10 pt), the legend in as many columns as fit (about 2.4 in a column at 8 pt).
+    width_in = fig.get_figwidth()
+    fig.suptitle(textwrap.fill(f"{title + ' - ' if title else ''}{window}", width=max(20, int(width_in * 13))),
+                 fontsize=10)
     if labelled:
-        fig.legend(handles=legend_handles(), loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+        fig.legend(handles=legend_handles(), loc="outside lower center", ncols=max(1, min(3, int(width_in / 2.4))),
+                   fontsize=8, frameon=False)
         bar = fig.colorbar(im, ax=axes[1::2, :].ravel().tolist(), shrink=0.6, pad=0.01)
         bar.set_label("Soft Mask alpha (0 background, 1 lesion)", fontsize=8)
         bar.ax.tick_params(labelsize=7)

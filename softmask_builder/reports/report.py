@@ -38,7 +38,7 @@ from softmask_builder.core import atomic
 from softmask_builder.core.validate import TRIMAP_LESION, TRIMAP_UNKNOWN
 from softmask_builder.reports.figures import (SampleRef, new_figure, png_bytes, read_samples, recipe_window_hu, samples_figure,
                       shard_paths)
-from softmask_builder.formats.release_folder import REJECTS, read_manifest
+from softmask_builder.formats.release_folder import REJECTS, UNSELECTED, read_manifest
 from softmask_builder.formats.shards import open_shard
 
 SPLITS = ("train", "val", "test")
@@ -123,6 +123,7 @@ class ReportData:
     manifest: dict[str, Any]
     rejects: list[dict[str, str]]
     stats: list[SampleStats] = field(default_factory=list)
+    unselected: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -151,7 +152,11 @@ def collect(folder: str | Path) -> ReportData:
     if (folder / REJECTS).is_file():
         with open(folder / REJECTS, newline="") as fh:
             rejects = list(csv.DictReader(fh))
-    data = ReportData(folder, manifest, rejects)
+    unselected: list[dict[str, str]] = []
+    if (folder / UNSELECTED).is_file():
+        with open(folder / UNSELECTED, newline="") as fh:
+            unselected = list(csv.DictReader(fh))
+    data = ReportData(folder, manifest, rejects, unselected=unselected)
     if data.kind != "samples":
         return data
     for path in shard_paths(folder):
@@ -208,11 +213,17 @@ def render_html(data: ReportData) -> str:
     title = f"{m.get('dataset', '?')} {m.get('dataset_version', '')}: QC report"
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    by_filter = m.get("unselected_by_filter") or {}
+    causes = ", ".join(f"{html.escape(str(k))} {v}" for k, v in by_filter.items())
     parts.append(f"<p class=\"note\">{html.escape(data.folder.name)}: {m.get('n_samples', 0)} samples built of "
                  f"{m.get('n_planned', 0)} planned, {m.get('n_rejects', 0)} rejected, "
-                 f"{m.get('n_unselected', 0)} left out by the split targets or --limit; kind {html.escape(data.kind)}, "
+                 f"{m.get('n_unselected', 0)} left out by the recipe's selection"
+                 f"{f' ({causes})' if causes else ''}; kind {html.escape(data.kind)}, "
                  f"builder {html.escape(str(m.get('builder_version', '?')))}, schema {m.get('schema_version', '?')}, "
                  f"recipe sha256 <code>{html.escape(str(m.get('recipe_sha256', ''))[:16])}</code>.</p>")
+    if m.get("warnings"):
+        parts += ["<h2>Warnings</h2>", "<ul>" + "".join(f"<li>{html.escape(str(w))}</li>" for w in m["warnings"])
+                  + "</ul>"]
     splits = m.get("splits", {})
     rows = [[sp, c.get("n_samples", 0), c.get("n_patients", ""), c.get("n_planned", 0), c.get("n_shards", "")]
             for sp, c in splits.items()]
@@ -229,6 +240,17 @@ def render_html(data: ReportData) -> str:
             parts.append(f"<p class=\"note\">{len(data.rejects) - len(shown)} more rows in {REJECTS}.</p>")
     else:
         parts.append("<p class=\"note\">No sample was rejected.</p>")
+    parts.append(f"<h2>Left out by the recipe's selection ({m.get('n_unselected', len(data.unselected))})</h2>")
+    if by_filter:
+        parts.append(_table(["filter (recipe option)", "rows"], [[k, v] for k, v in by_filter.items()]))
+    if data.unselected:
+        shown_u = data.unselected[:MAX_REJECT_ROWS]
+        parts.append(_table(["sample_id", "filter", "detail"],
+                            [[r.get("sample_id", ""), r.get("filter", ""), r.get("detail", "")] for r in shown_u]))
+        if len(data.unselected) > len(shown_u):
+            parts.append(f"<p class=\"note\">{len(data.unselected) - len(shown_u)} more rows in {UNSELECTED}.</p>")
+    elif not m.get("n_unselected"):
+        parts.append("<p class=\"note\">No row of the source was left out.</p>")
     review = data.review()
     if review:
         level, width = recipe_window_hu(m.get("recipe", {}))

@@ -103,7 +103,8 @@ def runnable_invocations(cmd: DocCommand, dataset: Path, scratch: Path) -> list[
     fresh = words[1] in ("phantom", "make-lnsm")
     subs = {"DIR": scratch / "new" if fresh else dataset, "OUT": dataset, "SHARD": shard, "N": "1",
             "p.png": scratch / "p.png", "preview.png": scratch / "preview.png", "report.html": scratch / "r.html",
-            "DIR-report.html": scratch / "dir-report.html", "I": "0"}
+            "DIR-report.html": scratch / "dir-report.html", "I": "0",
+            "build/lnsm": scratch / "new" if fresh else dataset}  # `make lnsm`'s folder: the sample
     variants: list[list[str]] = [[]]
     for i, word in enumerate(words[1:], 1):
         alts = word.split("|")
@@ -204,3 +205,50 @@ def test_documented_dsnet_commands_run_on_a_tiny_run(tmp_path):
         assert result.exit_code == 0, f"{cmd.where}: dsnet {' '.join(args)}\n{result.output}"
         ran += 1
     assert ran >= 4
+
+
+# --- the commands the CLIs print as "Next:" hints (issue 24) ----------------------------------
+
+def hint_commands(line: str) -> list[str]:
+    """The shell commands of a hint line's "Next: ..." part: split at ';' and ', then', the
+    parenthesised notes dropped."""
+    assert "Next: " in line, line
+    text = re.sub(r"\([^)]*\)", " ", line.split("Next: ", 1)[1]).rstrip(". ")
+    return [c.strip() for part in re.split(r";|\s*,\s+then\s+", text) for c in [part] if c.strip()]
+
+
+def test_every_hint_is_a_command_that_pastes(sample, tmp_path, monkeypatch):
+    """The hints of make-lnsm, build, verify and phantom name real subcommands, options and make
+    targets/variables (the docs checker), and their `softmask`/`dsnet` is an executable that exists
+    (a bare name only when PATH finds it): pasted after the set-up, none says `command not found`."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    runs = [["verify", str(sample)],
+            ["phantom", "--out", str(tmp_path / "src"), "--n", "4", "--seed", "2"],
+            ["build", "deeplesion", str(tmp_path / "src"), "--recipe", "sample", "--out", str(tmp_path / "b"),
+             "--no-progress"],
+            ["build", "deeplesion", str(tmp_path / "src"), "--recipe", str(tmp_path / "tv.yaml"), "--out",
+             str(tmp_path / "tv"), "--no-progress"],
+            ["make-lnsm", "--out", str(tmp_path / "m"), "--n", "4", "--no-progress"]]
+    # A recipe whose build has train and val samples, so that `dsnet train` is suggested too.
+    recipe = (ROOT / "manifests" / "sample.yaml").read_text()
+    (tmp_path / "tv.yaml").write_text(recipe.replace("fractions: {train: 0.667, val: 0.067, test: 0.266}",
+                                                     "fractions: {train: 0.5, val: 0.5}"))
+    checked, seen = 0, []
+    for args in runs:
+        result = CliRunner().invoke(softmask_main, args)
+        assert result.exit_code == 0, result.output
+        for text in hint_commands(result.stderr.strip().splitlines()[-1]):
+            words = text.split()
+            if words[0] != "make":
+                exe = shutil.which(words[0]) if "/" not in words[0] else words[0]
+                assert exe and os.access(exe, os.X_OK), (args[0], text)
+                text = " ".join([Path(words[0]).name] + words[1:])
+            seen.append(text)
+            cmd = DocCommand(f"hint of softmask {args[0]}", 1, text, True)
+            assert cmd.program in ("softmask", "dsnet", "make"), text
+            assert problems_of(cmd) == [], (args[0], text)
+            checked += 1
+    assert checked >= 8
+    assert any("dsnet train" in line for line in seen), seen

@@ -24,7 +24,9 @@ def test_tiny_run_prints_the_report(tmp_path, slice_shards):
     assert res.exit_code == 0, res.output
     assert "| bicubic |" in res.stdout and "| + adversarial fine-tuning (stage 2) |" in res.stdout
     assert f"teacher: {tmp_path / 'run' / 'teacher.pt'}" in res.stdout
-    assert "next: dsnet train" in res.stderr.splitlines()[-1]  # the closing human summary
+    from softmask_builder.cli.summaries import tool
+
+    assert f"next: {tool('dsnet')} train" in res.stderr.splitlines()[-1]  # the closing human summary, pasteable
     again = _run(["--data", str(slice_shards), "--out", str(tmp_path / "run"), "--resume", "auto", *QUICK])
     assert again.exit_code == 0, again.output  # everything done: resume trains nothing, same report
     assert again.stdout == res.stdout

@@ -15,7 +15,7 @@ from dsnet_trainer.models.teacher import (SRTeacher, load_teacher, read_teacher_
 from .seg_helpers import write_tiny_teacher
 
 # The keys of every version-2 teacher file, in their order.
-LAYOUT = ["format", "version", "weights_sha256", "train_patients", "stage", "model", "data", "generator", "metrics",
+LAYOUT = ["format", "version", "weights_sha256", "train_patients", "data_provenance", "stage", "model", "data", "generator", "metrics",
           "config", "config_sha256"]
 
 

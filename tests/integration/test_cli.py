@@ -186,6 +186,22 @@ def test_nothing_built_exits_4(phantom_root, tmp_path):
     result = invoke("build", "deeplesion", phantom_root, "--recipe", recipe, "--out", tmp_path / "o")
     assert result.exit_code == EXIT_EMPTY, result.output
     assert json.loads(result.stdout)["n_samples"] == 0 and (tmp_path / "o" / "manifest.json").is_file()
+    # The error names both files with the counts that unselected.csv itself holds (issue 24).
+    with open(tmp_path / "o" / "unselected.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and {r["filter"] for r in rows} == {"long_axis_mm"}
+    error = result.stderr.strip().splitlines()[-1]
+    assert "rejects.csv" in error and "4 left out by the recipe's selection (long_axis_mm 4)" in error
+    assert str(tmp_path / "o" / "unselected.csv") in error
+
+
+def test_nested_steps_print_no_next_hint(phantom_root, tmp_path, monkeypatch):
+    """A Makefile step inside a longer target (SOFTMASK_NO_HINTS=1) keeps its facts, drops "Next:"."""
+    args = ("phantom", "--out", phantom_root, "--n", 4, "--seed", 2)
+    assert "Next:" in invoke(*args).stderr
+    monkeypatch.setenv("SOFTMASK_NO_HINTS", "1")
+    result = invoke(*args)
+    assert result.exit_code == 0 and "reused the phantom sample" in result.stderr and "Next:" not in result.stderr
 
 
 def test_build_masks_folder(tmp_path):
@@ -241,7 +257,13 @@ def test_long_commands_end_with_one_human_line_on_stderr(built, phantom_root, tm
     out, summary, stderr = built
     last = stderr.strip().splitlines()[-1]
     assert last.startswith(f"built {summary['n_samples']} samples of {summary['dataset']} into {out}")
-    assert f"Next: softmask verify {out}" in last
+    from softmask_builder.cli.summaries import tool
+
+    assert f"Next: {tool('softmask')} verify {out}" in last
+    # The 4-case sample has no val sample (the manifest says so), so `dsnet train` is not suggested.
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"].get("val", {}).get("n_samples", 0) == 0
+    assert "dsnet train --data" not in last and "not dsnet train: the val split is empty" in last
     cases = [
         (["verify", out], f"verify: {out} OK"),
         (["preview", out, "--n", 2, "--out", tmp_path / "p.png"], f"to {tmp_path / 'p.png'}"),
@@ -256,3 +278,24 @@ def test_long_commands_end_with_one_human_line_on_stderr(built, phantom_root, tm
         json.loads(result.stdout)  # stdout is the JSON alone
         lines = result.stderr.strip().splitlines()
         assert lines and text in lines[-1], (args, result.stderr)
+
+
+def test_the_phantom_sample_is_licensed_as_its_lidc_shapes(built):
+    """The bundled sample (hybrid phantom: LIDC-IDRI shapes, synthetic backgrounds, read by the
+    DeepLesion adapter) is CC BY 3.0 in the card and croissant.json, not DeepLesion's terms."""
+    out, _, _ = built
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["provenance"] == {"phantom": "hybrid", "shapes": "lidc", "backgrounds": ["synthetic"]}
+    card = (out / "DATASET_CARD.md").read_text()
+    front = card[:card.index("\n---\n", 4)]
+    assert "license: cc-by-3.0" in front and "DeepLesion" not in front
+    doc = json.loads((out / "croissant.json").read_text())
+    assert doc["license"] == "https://creativecommons.org/licenses/by/3.0/"
+    assert "DeepLesion terms" not in doc["description"] and "Armato" in doc["citeAs"]
+
+
+def test_progress_off_a_terminal_is_periodic_lines(built):
+    """`--progress` without a terminal (CliRunner's stderr, like CI or `make | tee`) prints lines."""
+    out, summary, stderr = built
+    lines = [l for l in stderr.splitlines() if l.startswith("build: ")]
+    assert lines and lines[-1].startswith(f"build: {summary['n_planned']}/{summary['n_planned']} samples (100 %)")

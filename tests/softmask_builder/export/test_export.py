@@ -82,6 +82,11 @@ def test_nnunet_export_round_trip(build, nnunet_export):
     ds = json.loads((folder / "dataset.json").read_text())
     assert ds["channel_names"] == {"0": "CT"} and ds["file_ending"] == ".nii.gz"
     assert ds["labels"] == {"background": 0, "nodule": 1, "ignore": 2}
+    # The analytic phantom is synthetic throughout: this project's licence, not DeepLesion's (issue 24).
+    prov = json.loads((folder / "export.json").read_text())
+    for text in (ds["licence"], prov["license"]):
+        assert "Apache-2.0" in text and "DeepLesion" not in text
+    assert "Synthetic phantom" in ds["reference"] and "Synthetic phantom" in prov["citation"]
     with open(folder / "cases.csv", newline="") as fh:
         cases = list(csv.DictReader(fh))
     by_split = {s: [c for c in cases if c["split"] == s] for s in ("train", "val", "test")}
@@ -272,3 +277,20 @@ def test_croissant_validates_with_mlcroissant(build):
     doc["recordSet"][0]["field"][0]["source"]["fileSet"]["@id"] = "nowhere"
     with pytest.raises(mlc.ValidationError):
         mlc.Dataset(jsonld=doc)
+
+
+def test_exports_end_with_a_human_line(build, tmp_path):
+    """Both exports end with one stderr line whose counts are those of the files written (issue 24)."""
+    result = invoke("export", "monai", build, "--out", tmp_path / "m")
+    assert result.exit_code == 0, result.output
+    datalist = json.loads((tmp_path / "m" / "datalist.json").read_text())
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("exported ") and str(tmp_path / "m") in last
+    for key, entries in datalist.items():
+        if isinstance(entries, list):
+            assert f"{key} {len(entries)}" in last, (key, last)
+    result = invoke("export", "nnunet", build, "--dataset-id", 502, "--out", tmp_path / "raw")
+    assert result.exit_code == 0, result.output
+    ds = json.loads((tmp_path / "raw" / "Dataset502_LNSM" / "dataset.json").read_text())
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"exported {ds['numTraining']} training and ") and "Dataset502_LNSM" in last

@@ -150,3 +150,57 @@ def test_edge_offset_ends_and_middle():
     assert edge_offset(trimap, (r <= 8).astype(np.float32)) < edge_offset(trimap, (r <= 10).astype(np.float32))
     assert edge_offset(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.float32)) == 0.0
     assert edge_offset(np.where(r <= 12, 128, 0).astype(np.uint8), (r <= 9).astype(np.float32)) == 0.0
+
+
+def test_page_shows_left_out_rows_by_their_filter_and_the_warnings(tmp_path):
+    """Rows a selection filter left out are counted by that filter (not "the split targets or
+    --limit"), listed, and the build's warnings (an empty val split) are on the page (issue 24).
+    The expected counts are those of unselected.csv, read independently."""
+    from collections import Counter
+
+    from softmask_builder.sources.base import unselected_row
+
+    refs = make_refs(8, per_patient=2)
+    left = [unselected_row(f"u{i:03d}", "min_readers" if i < 3 else "long_axis_mm", f"why {i}") for i in range(5)]
+    rec = recipe(split={"method": "patient", "seed": 3, "counts": {"train": 8, "val": 0, "test": 0}})
+    out = tmp_path / "toy"
+    run_build(make_plan(rec, refs, unselected=left), out, loader=fake_loader, labeller=fake_labeller)
+    with open(out / "unselected.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    counts = Counter(r["filter"] for r in rows)
+    assert counts == {"min_readers": 3, "long_axis_mm": 2}
+    page = (tmp_path / "r.html")
+    write_report(out, page)
+    text = page.read_text()
+    assert "split targets or --limit" not in text
+    assert "5 left out by the recipe's selection (long_axis_mm 2, min_readers 3)" in text
+    for r in rows:
+        assert f"<td>{r['sample_id']}</td><td>{r['filter']}</td><td>{r['detail']}</td>" in text
+    warnings = json.loads((out / "manifest.json").read_text())["warnings"]
+    assert warnings and all(w.replace("'", "&#x27;") in text for w in warnings)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_figure_text_stays_inside_the_figure(built, n):
+    """Titles, legend and colour-bar label lie inside the canvas for narrow and wide sheets (a
+    one-sample preview used to cut its title and legend; issue 24). Checked on the drawn artists'
+    pixel extents against the figure's."""
+    from matplotlib.text import Text
+
+    from softmask_builder.reports.figures import SampleRef, read_samples, samples_figure
+    from softmask_builder.formats.release_folder import read_manifest
+
+    out, _ = built
+    entry = read_manifest(out)["shards"][0]
+    refs = [SampleRef(out / entry["file"], i % entry["n_samples"]) for i in range(n)]
+    fig = samples_figure(read_samples(refs), level_hu=-600, width_hu=1500,
+                         title="lnsm_sample: 1 of 60 samples (a long title as the preview writes it)")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    assert len(texts) > 5
+    for t in texts:
+        ext = t.get_window_extent(renderer)
+        assert ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1 and ext.y0 >= box.y0 - 1 and ext.y1 <= box.y1 + 1, \
+            (t.get_text(), ext, box)
