@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import cv2
 import numpy as np
 
+from softmask_builder.core.image_limits import check_png_size
 from softmask_builder.labelling.crop import crop_image, crop_plan
 from softmask_builder.errors import InputError, RecistError, SoftMaskError, SourceError
 from softmask_builder.sources.plausibility import ImplausibleError, check_image_hu, check_spacing_mm, spacing_differs
@@ -451,6 +452,7 @@ def decode_png_hu(data, *, name: str, hu_offset: int = PNG_HU_OFFSET, sample_id:
     messages) to float32 (rows, cols) HU = value - ``hu_offset``; errors as :func:`read_png_hu`."""
     data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     path = name
+    check_png_size(data, name=path, sample_id=sample_id, stage=stage)  # before any allocation
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise SoftMaskError(f"cannot decode {path} (truncated or corrupt PNG)", sample_id=sample_id, stage=stage)

@@ -629,7 +629,8 @@ def load_lidc(ref: SampleRef) -> SampleRecord:
         full[:] = 0
         full[local[0]:local[0] + shape[0], local[1]:local[1] + shape[1]] = contours_mask(
             reader, origin_rc=local, shape=shape)
-        prior[i] = crop_image(full, origin, scale, size_px=size, interpolation=cv2.INTER_NEAREST) > 0
+        prior[i] = crop_image(full, origin, scale, size_px=size, interpolation=cv2.INTER_NEAREST,
+                              outside="zero") > 0
     crop = crop_image(image_hu, origin, scale, size_px=size)
     return SampleRecord(ref=ref, image_hu=crop, prior_kind="readers", prior=prior,
                         spacing_mm=(row_mm / scale, col_mm / scale), origin_px=(float(origin[0]), float(origin[1])),

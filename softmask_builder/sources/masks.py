@@ -53,6 +53,7 @@ import cv2
 import numpy as np
 
 from softmask_builder.core.validate import as_mask2d
+from softmask_builder.core.image_limits import check_png_size
 from softmask_builder.labelling.crop import crop_image, crop_plan
 from softmask_builder.errors import InputError, SoftMaskError, SourceError
 from softmask_builder.sources.plausibility import check_ct_header, check_image_hu, check_spacing_mm
@@ -252,6 +253,7 @@ def _read_raster(path: Path, *, sample_id):
     except OSError as exc:
         raise SoftMaskError(f"cannot read {path.name}: {exc.strerror or exc}", sample_id=sample_id,
                             stage=_STAGE_LOAD) from None
+    check_png_size(data, name=path.name, sample_id=sample_id, stage=_STAGE_LOAD)  # before any allocation
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise SoftMaskError(f"cannot decode {path.name} (truncated, corrupt or unsupported)", sample_id=sample_id,
@@ -397,7 +399,7 @@ def load_mask_sample(ref: SampleRef) -> SampleRecord:
         origin, scale = crop_plan(center, size_px=int(crop_px), extent_px=extent)
         crop = crop_image(image_hu, origin, scale, size_px=int(crop_px))
         prior = crop_image(mask.astype(np.uint8), origin, scale, size_px=int(crop_px),
-                           interpolation=cv2.INTER_NEAREST) != 0
+                           interpolation=cv2.INTER_NEAREST, outside="zero") != 0
     return SampleRecord(ref=ref, image_hu=np.asarray(crop, dtype=np.float32), prior_kind="mask", prior=prior,
                         spacing_mm=(float(spacing[0]) / scale, float(spacing[1]) / scale),
                         origin_px=(float(origin[0]), float(origin[1])), scale=float(scale))
