@@ -255,6 +255,47 @@ class VerifyReport:
                 "problems": list(self.problems)}
 
 
+def check_release_index(out: str | Path) -> dict[str, Any]:
+    """The build folder's ``manifest.json``, after checking that it and ``SHA256SUMS`` are intact
+    enough to be read: the manifest is a JSON object with ``dataset`` (str), ``kind`` (str,
+    if present), ``n_samples`` (int, if present) and ``shards`` (a list of objects with ``file``/``split`` str and
+    ``n_samples`` int); ``SHA256SUMS`` (if present) is UTF-8 text whose every line is
+    ``<sha256>  <file>`` and lists at least one file.
+
+    Every command that reads a built folder calls this first, so a damaged index is one line with
+    exit 3 (the CLIs map :class:`ManifestError` to ``EXIT_VERIFY``), never a traceback.
+
+    Raises
+    ------
+    ManifestError
+        Naming the file and the first defect.
+    """
+    out = Path(out)
+    manifest = read_manifest(out)
+    for key, kind in (("dataset", str), ("kind", str), ("n_samples", int), ("shards", list)):
+        if key in ("kind", "n_samples") and key not in manifest:
+            continue  # optional in the oldest readable manifests
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise ManifestError(f"{out / MANIFEST}: field {key!r} is missing or not a {kind.__name__} "
+                                f"(got {manifest.get(key)!r:.60})")
+    for i, entry in enumerate(manifest["shards"]):
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("split"), str)
+                and isinstance(entry.get("n_samples"), int)):
+            raise ManifestError(f"{out / MANIFEST}: shards[{i}] lacks or mistypes file/split/n_samples")
+    path = out / SUMS
+    if path.exists():
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{path} is damaged: not readable UTF-8 text ({type(exc).__name__})") from None
+        entries, bad = parse_sums(text)
+        if bad:
+            raise ManifestError(f"{path} is damaged: {bad[0]}")
+        if not entries:
+            raise ManifestError(f"{path} is damaged: it lists no file")
+    return manifest
+
+
 def verify(out: str | Path) -> VerifyReport:
     """Re-hash and check a built dataset folder.
 
@@ -277,8 +318,11 @@ def verify(out: str | Path) -> VerifyReport:
         problems.append(str(exc))
         return report
     try:
-        sums, bad = parse_sums((out / SUMS).read_text())
+        sums, bad = parse_sums((out / SUMS).read_text(encoding="utf-8"))
         problems.extend(bad)
+    except UnicodeDecodeError:
+        problems.append(f"{SUMS} is damaged: not UTF-8 text")
+        sums = {}
     except FileNotFoundError:
         problems.append(f"{SUMS} is missing")
         sums = {}
