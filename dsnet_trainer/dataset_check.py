@@ -30,7 +30,7 @@ from pathlib import Path
 
 from softmask_builder.core import atomic
 from softmask_builder.formats.release_folder import (MANIFEST, SUMS, ManifestError, manifest_shard_files,
-                                                     parse_sums)
+                                                     parse_sums, read_manifest)
 
 from .errors import ShardError
 
@@ -121,12 +121,10 @@ def check_dataset(root: str | Path, *, kind: str, verify_hashes: bool = True, op
                                                       "`softmask build` output): counts and hashes not checked"])
     manifest_bytes = manifest_path.read_bytes()
     try:
-        from softmask_builder.dataset.release import check_release_index
-
-        manifest = check_release_index(root)  # manifest.json and SHA256SUMS intact enough to read
+        manifest = read_manifest(root)
         names = manifest_shard_files(manifest)
-    except ManifestError as exc:  # a damaged index fails verification: exit 3
-        raise DatasetVerifyError(f"{option} {root}: damaged release index ({exc.reason})") from exc
+    except ManifestError as exc:  # a damaged manifest fails verification: exit 3 (issue 23)
+        raise DatasetVerifyError(f"{option} {root}: {MANIFEST} is not a valid manifest ({exc.reason})") from exc
     entries = manifest["shards"]
     if manifest.get("kind", kind) != kind:
         raise DatasetMismatchError(f"{option} {root} is a {manifest.get('kind')!r} dataset, this command needs "

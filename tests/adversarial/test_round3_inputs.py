@@ -117,5 +117,5 @@ def test_trainer_dataset_check_damaged_manifest_is_exit_3(built, tmp_path, monke
     ds = tmp_path / "ds"
     shutil.copytree(built, ds)
     (ds / "manifest.json").write_text("{}")
-    with pytest.raises(DatasetVerifyError, match="damaged release index"):
+    with pytest.raises(DatasetVerifyError, match="not a valid manifest"):
         check_dataset(ds, kind="samples")
