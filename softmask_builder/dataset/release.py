@@ -23,7 +23,8 @@ from softmask_builder.dataset import counting
 from softmask_builder.core import atomic
 from softmask_builder.errors import SoftMaskError
 from softmask_builder.formats.metadata import croissant, hub_front_matter, source_family
-from softmask_builder.formats.shards import READABLE_VERSIONS, SCHEMA_VERSION, check_shard, open_shard, parse_shard_name, sha256_file
+from softmask_builder.formats.shards import (READABLE_VERSIONS, SCHEMA_VERSION, check_shard, check_shard_values,
+                                             open_shard, parse_shard_name, sha256_file)
 
 if TYPE_CHECKING:  # pragma: no cover
     from softmask_builder.dataset.results import BuildResult
@@ -303,8 +304,11 @@ def verify(out: str | Path) -> VerifyReport:
     that hash; every shard of the manifest is listed there, has the manifest's hash, conforms to
     the schema (:func:`~softmask_builder.formats.shards.check_shard`), carries the manifest's dataset,
     split and recipe hash, and holds the manifest's sample count; each split has shards 0..n-1 of
-    n; per-split and total counts add up; no patient appears in two splits; no stray shard of the
-    dataset lies in the folder; ``rejects.csv`` has ``n_rejects`` rows.
+    n; per-split and total counts add up; no patient appears in two splits; no sample_id appears
+    in two shards; every shard's values pass
+    :func:`~softmask_builder.formats.shards.check_shard_values` (finite, in-range meta fields;
+    ``binary_mask`` consistent with its source's rule); no stray shard of the dataset lies in the
+    folder; ``rejects.csv`` has ``n_rejects`` rows.
     """
     out = Path(out)
     report = VerifyReport(out)
@@ -353,6 +357,7 @@ def verify(out: str | Path) -> VerifyReport:
         split_samples: dict[str, int] = {}
         split_counts: dict[str, list[tuple[int, int]]] = {}
         patients: dict[str, set[str]] = {}
+        id_shards: dict[str, list[str]] = {}  # sample_id -> the shards holding it
         for entry in shards:
             name = entry["file"]
             report.n_shards += 1
@@ -374,12 +379,16 @@ def verify(out: str | Path) -> VerifyReport:
                     attrs = shard.attrs
                     n = shard.n_samples
                     shard_patients = set(shard.meta_column("patient"))
+                    shard_ids = list(shard.sample_ids)
                     if shard.schema_version != schema_version:
                         problems.append(f"shard {name}: schema_version {shard.schema_version}, manifest says "
                                         f"{schema_version}")
+                problems.extend(check_shard_values(out / name))  # meta ranges, binary_mask rule
             except (SoftMaskError, OSError, RuntimeError, ValueError) as exc:
                 problems.append(f"shard {name}: unreadable ({exc})")
                 continue
+            for sid in shard_ids:
+                id_shards.setdefault(sid, []).append(name)
             for key, want in (("dataset", dataset), ("split", entry["split"]), ("recipe_sha256", recipe_sha)):
                 if attrs.get(key) != want:
                     problems.append(f"shard {name}: attribute {key} {attrs.get(key)!r}, manifest says {want!r}")
@@ -403,6 +412,10 @@ def verify(out: str | Path) -> VerifyReport:
                     problems.append(f"split {split}: {split_samples.get(split, 0)} samples, manifest says {want}")
             if report.n_samples != manifest["n_samples"]:
                 problems.append(f"{report.n_samples} samples in the shards, manifest says {manifest['n_samples']}")
+        repeated = sorted(sid for sid, where in id_shards.items() if len(where) > 1)
+        if repeated:
+            problems.append(f"sample_id in several shards: {repeated[:3]} (e.g. {repeated[0]} in "
+                            f"{', '.join(id_shards[repeated[0]])})")
         names = sorted(patients)
         for i, a in enumerate(names):
             for b in names[i + 1:]:
