@@ -138,6 +138,31 @@ def _decode_error(path: Path) -> str:
     return f"cannot read {path} as UTF-8 text"
 
 
+#: RECIST axes are drawn perpendicular; two that cross at less than this angle (degrees) are
+#: "nearly collinear": the mark does not describe a 2-D extent and the row is rejected.
+MIN_RECIST_ANGLE_DEG = 45.0
+
+
+def _measured_axes(recist: Recist, spacing_mm) -> Recist:
+    """``recist`` with its long and short axes decided by their measured lengths in mm (a row
+    whose "long" pair is the shorter one is swapped, so the long-axis filter and the crop see the
+    long axis); raises :class:`RecistError` when the axes cross at less than
+    :data:`MIN_RECIST_ANGLE_DEG` degrees (nearly collinear)."""
+    def vec(a, b):
+        return np.array([(b[0] - a[0]) * spacing_mm[0], (b[1] - a[1]) * spacing_mm[1]], dtype=np.float64)
+
+    u, v = vec(recist.long_a, recist.long_b), vec(recist.short_a, recist.short_b)
+    nu, nv = float(np.hypot(*u)), float(np.hypot(*v))
+    if nu > 0 and nv > 0:
+        angle = math.degrees(math.acos(min(1.0, abs(float(u @ v)) / (nu * nv))))
+        if angle < MIN_RECIST_ANGLE_DEG:
+            raise RecistError(f"RECIST axes cross at {angle:.1f} degrees (< {MIN_RECIST_ANGLE_DEG:g}: nearly "
+                              "collinear, not a long and a short axis)")
+    if nv > nu:
+        return Recist(long_a=recist.short_a, long_b=recist.short_b, short_a=recist.long_a, short_b=recist.long_b)
+    return recist
+
+
 def parse_file_name(file_name: str) -> tuple[str, str]:
     """Split a ``File_name`` ``PPPPPP_SS_RR_KKK.png`` into (series folder, slice file name).
 
@@ -362,6 +387,12 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
             patient_index = _int_cell(cells["Patient_index"], "Patient_index")
             if patient_index < 0:
                 raise ValueError(f"Patient_index must be >= 0, got {cells['Patient_index']!r}")
+            folder_patient = series.split("_", 1)[0]
+            if folder_patient.isdigit() and int(folder_patient) != patient_index:
+                # The split is by Patient_index: a row that lies about it could put one patient's
+                # images in two splits.
+                raise ValueError(f"Patient_index {patient_index} disagrees with the patient of its File_name "
+                                 f"{name} ({folder_patient})")
             spacing_mm = parse_spacing(cells["Spacing_mm_px_"])
             check_spacing_mm(spacing_mm, what="Spacing_mm_px_", stage="plan")
             reference = series_spacing.get(series)
@@ -371,7 +402,7 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
                                        f"the series' rows)")
             image_size_rc = _image_size_rc(cells["Image_size"])
             coords = _floats(cells["Measurement_coordinates"], 8, "Measurement_coordinates")
-            recist = Recist.from_deeplesion(coords)  # (x, y) pairs -> (row, col) points
+            recist = _measured_axes(Recist.from_deeplesion(coords), spacing_mm)  # (x, y) -> (row, col)
         except (ValueError, RecistError) as exc:
             reject(str(exc.reason if isinstance(exc, RecistError) else exc))
             continue
