@@ -202,9 +202,9 @@ def parse_spacing(cell: str) -> tuple[float, float]:
     DeepLesion writes x (column spacing) first, then y (row spacing), then the slice interval z:
     so (row, col) = (y, x). Raises ValueError when the cell is not 3 positive finite numbers.
     """
-    x_mm, y_mm, _z_mm = _floats(cell, 3, "Spacing_mm_px_")
-    if x_mm <= 0 or y_mm <= 0:
-        raise ValueError(f"Spacing_mm_px_ must be positive, got {cell!r}")
+    x_mm, y_mm, z_mm = _floats(cell, 3, "Spacing_mm_px_")
+    if not (x_mm > 0 and y_mm > 0 and z_mm > 0):  # a zero or negative slice interval lies too
+        raise ValueError(f"Spacing_mm_px_ must be positive (x, y and z), got {cell!r}")
     return (y_mm, x_mm)
 
 

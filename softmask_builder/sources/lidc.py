@@ -56,7 +56,7 @@ import numpy as np
 from softmask_builder.core import atomic
 from softmask_builder.labelling.crop import crop_image, crop_plan
 from softmask_builder.errors import InputError, SourceError
-from softmask_builder.sources.plausibility import check_ct_header, check_image_hu, check_series_spacing, check_spacing_mm
+from softmask_builder.sources.plausibility import check_ct_geometry, check_ct_header, check_image_hu, check_series_spacing, check_spacing_mm
 from softmask_builder.sources.lidc_db import LidcScan, cluster_annotations, contours_mask, nodule_volume, read_lidc_db, resolve_db_path
 from softmask_builder.sources.base import UNSELECTED, Reject, SampleRecord, SampleRef, SliceRecord, unselected_row
 
@@ -233,6 +233,21 @@ def scan_dicom_headers(root: Path, cases: list[str], listing=None) -> dict[str, 
     return {case: [(rel, records[rel]) for rel, _ in entries] for case, entries in listing.items()}
 
 
+def _same_pixels(a: Path, b: Path) -> bool:
+    """True when two DICOM files hold equal pixel data after rescale (True too when either
+    cannot be read: loading then rejects it with its own reason)."""
+    import pydicom
+
+    try:
+        da, db = pydicom.dcmread(a), pydicom.dcmread(b)
+        pa, pb = da.pixel_array, db.pixel_array
+        same_rescale = (float(da.get("RescaleSlope", 1) or 1), float(da.get("RescaleIntercept", 0) or 0)) == \
+                       (float(db.get("RescaleSlope", 1) or 1), float(db.get("RescaleIntercept", 0) or 0))
+    except Exception:  # noqa: BLE001 (an unreadable file is rejected when it is loaded)
+        return True
+    return bool(same_rescale and pa.shape == pb.shape and np.array_equal(pa, pb))
+
+
 def _index_case(root: Path, scanned: list[tuple[str, _HeaderRecord]], rejects: list[Reject], *,
                 wanted: set[str] | None, modality: str | None = None) -> dict[str, list[_SliceFile]]:
     """Map SeriesInstanceUID -> slices sorted by z, for the scanned files of one case folder.
@@ -242,10 +257,12 @@ def _index_case(root: Path, scanned: list[tuple[str, _HeaderRecord]], rejects: l
     hide the folder's series). With ``wanted``, other series are ignored; with ``modality``,
     series without a file of that modality are ignored. Files that are not DICOM become rows "not a DICOM
     file (skipped)"; unreadable headers (or a wanted slice without a usable z) become rows
-    "unreadable DICOM header". Two files of a series at the same z: the one with the lower
-    InstanceNumber is kept (pylidc's rule).
+    "unreadable DICOM header". Two files of a series at the same z: if their pixels are equal
+    (a copy), the one with the lower InstanceNumber is kept (pylidc's rule); if they differ, the
+    z is ambiguous: neither is used and each becomes a row "two different slices at z=...".
     """
     series: dict[str, dict[float, _SliceFile]] = {}
+    conflicts: dict[tuple[str, float], set[Path]] = {}
     series_of_modality: set[str] = set()
     for rel, record in scanned:
         kind = record[0]
@@ -263,8 +280,16 @@ def _index_case(root: Path, scanned: list[tuple[str, _HeaderRecord]], rejects: l
         slices = series.setdefault(uid, {})
         key = round(z, 6)
         prev = slices.get(key)
+        if prev is not None and not _same_pixels(prev.path, root / rel):
+            conflicts.setdefault((uid, key), {prev.path}).add(root / rel)
         if prev is None or instance < prev.instance:
             slices[key] = _SliceFile(z, instance, root / rel)
+    for (uid, key), paths in sorted(conflicts.items()):
+        series[uid].pop(key, None)
+        names = sorted(p.relative_to(root).as_posix() for p in paths)
+        for name in names:
+            rejects.append(Reject(name, "plan", f"two different slices at z={key:.3f} mm in one series "
+                                                f"({', '.join(names)}): neither is used"))
     # ``modality`` leaves out series that hold no file of it (a radiograph beside the CT); a
     # stray file of another modality inside a CT series stays, so that loading rejects it with
     # a reason (plausibility: Modality must be CT) instead of it vanishing from the counts.
@@ -564,6 +589,7 @@ def _read_slice(path: str, sample_id: str) -> tuple[np.ndarray, tuple[float, flo
         raise SourceError(f"unreadable DICOM {path}: {type(exc).__name__}: {exc}", sample_id=sample_id,
                           stage="load") from None
     check_ct_header(modality, slope_tag, sample_id=sample_id, stage="load")
+    check_ct_geometry(ds, sample_id=sample_id, stage="load")  # rescale tags present, axial
     if stored.ndim != 2:
         raise SourceError(f"DICOM {path} is not a single 2-D slice (pixel array shape {stored.shape})",
                           sample_id=sample_id, stage="load")

@@ -1,0 +1,95 @@
+"""Adversarial corpus, round 3 (issue 23): CT DICOM that lies about itself. Without rescale tags
+(and without RescaleType "HU"), with a coronal or flipped orientation: a rejects row naming the
+rule (before: built with every HU off by +1024, or as if axial). Two different LIDC slices at one
+z: both become rows and neither is used (before: one was silently picked)."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from softmask_builder.formats.recipes import load_recipe
+from tests.adversarial.kit import build, masks_recipe, rejects_of
+
+
+def _dicom_pair(root, name, edit=None):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    if edit:
+        edit(ds)
+    ds.save_as(root / f"{name}.dcm")
+    rr, cc = np.mgrid[:ds.Rows, :ds.Columns]
+    assert cv2.imwrite(str(root / f"{name}_mask.png"), ((rr - 60) ** 2 + (cc - 70) ** 2 <= 64).astype(np.uint8) * 255)
+
+
+def _drop_rescale(ds):
+    del ds.RescaleIntercept
+    del ds.RescaleSlope
+
+
+def _hu_typed(ds):  # the header proves the stored values are HU: accepted
+    _drop_rescale(ds)
+    ds.PixelData = (ds.pixel_array.astype(np.int16) - 1024).astype(ds.pixel_array.dtype).tobytes()
+    ds.RescaleType = "HU"
+
+
+CASES = {
+    "no-rescale": (_drop_rescale, "without RescaleIntercept and RescaleSlope"),
+    "no-intercept": (lambda ds: delattr(ds, "RescaleIntercept"), "without RescaleIntercept"),
+    "coronal": (lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 0, -1]), "is not axial"),
+    "flipped": (lambda ds: setattr(ds, "ImageOrientationPatient", [-1, 0, 0, 0, 1, 0]), "is not axial"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_lying_ct_header_is_a_reject_naming_the_rule(case, masks_source, tmp_path):
+    edit, needle = CASES[case]
+    _dicom_pair(masks_source, "case3_a", edit)
+    out = tmp_path / "out"
+    result = build(masks_recipe(spacing_mm=None), masks_source, out)
+    rejects = rejects_of(out)
+    assert list(rejects) == ["case3_a"] and needle in rejects["case3_a"]["reason"]
+    assert result.n_samples == 2  # the rest builds
+
+
+def test_rescale_type_hu_proves_hu_and_builds_the_same_values(masks_source, tmp_path):
+    from softmask_builder.formats.shards import open_shard
+
+    def image_of(out, sid="case3_a"):
+        (shard,) = sorted(out.glob("*.h5"))
+        with open_shard(shard) as s:
+            return s.sample(s.sample_ids.index(sid))["image_hu"]
+
+    _dicom_pair(masks_source, "case3_a")  # oracle: stored + rescale (-1024)
+    assert build(masks_recipe(spacing_mm=None), masks_source, tmp_path / "ref").n_samples == 3
+    _dicom_pair(masks_source, "case3_a", _hu_typed)
+    assert build(masks_recipe(spacing_mm=None), masks_source, tmp_path / "hu").n_samples == 3
+    np.testing.assert_array_equal(image_of(tmp_path / "hu"), image_of(tmp_path / "ref"))
+
+
+@pytest.mark.realdata
+def test_two_different_lidc_slices_at_one_z_are_rows_and_neither_is_used(lidc_root, tmp_path):
+    root = tmp_path / "lidc"
+    shutil.copytree(lidc_root / "LIDC-IDRI-0001", root / "LIDC-IDRI-0001")
+    (central,) = root.glob("LIDC-IDRI-0001/*/*/-115.000000.dcm")
+    ds = pydicom.dcmread(central)
+    ds.InstanceNumber = int(ds.InstanceNumber) + 1000  # the copy sorts after: pylidc's rule would drop it
+    pixels = ds.pixel_array.copy()
+    pixels[:64, :64] = pixels.max()
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(central.with_name("zz-duplicate.dcm"))
+    out = tmp_path / "out"
+    build(load_recipe("lidc"), root, out)
+    rows = rejects_of(out)
+    dup = [r for r in rows.values() if "two different slices" in r["reason"]]
+    assert len(dup) == 2 and all(r["stage"] == "plan" for r in dup)
+    assert any("zz-duplicate.dcm" in r["sample_id"] for r in dup)
+    # the same copy with equal pixels is a harmless duplicate: pylidc's rule keeps the first
+    ds.PixelData = pydicom.dcmread(central).PixelData
+    ds.save_as(central.with_name("zz-duplicate.dcm"))
+    build(load_recipe("lidc"), root, tmp_path / "same")
+    assert not [r for r in rejects_of(tmp_path / "same").values() if "two different slices" in r["reason"]]
