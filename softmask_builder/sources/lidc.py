@@ -152,16 +152,38 @@ def _header_cache_path(root: Path) -> Path:
     return softmask_cache_dir() / "lidc-headers" / f"{key}.json"
 
 
-def _list_case(root: Path, case: str) -> list[tuple[str, os.stat_result]]:
+def _list_case(root: Path, case: str, skipped: list | None = None) -> list[tuple[str, os.stat_result]]:
     """(path relative to root, stat) of every candidate file under a case folder: the files
     :func:`_dicom_files` takes, folder by folder in sorted top-down order (as ``os.walk`` with
-    sorted folders). ``os.scandir`` and plain strings: this runs on every file of every rerun."""
+    sorted folders). ``os.scandir`` and plain strings: this runs on every file of every rerun.
+
+    A folder is listed once: a symlink back to a folder already listed (a loop) is skipped, and
+    an unreadable folder (permission denied, a path too long) is skipped; each is appended to
+    ``skipped`` as ``(relative path, reason)`` (the plan turns them into rows) and the rest of
+    the case is listed."""
     entries: list[tuple[str, os.stat_result]] = []
     base = str(root)
+    seen: set[tuple[int, int]] = set()
+
+    def note(rel: str, reason: str) -> None:
+        if skipped is not None:
+            skipped.append((rel, reason))
 
     def walk(rel: str) -> None:
-        with os.scandir(os.path.join(base, rel)) as it:
-            items = sorted(it, key=lambda e: e.name)
+        path = os.path.join(base, rel)
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                note(rel, "symlink loop (a folder already listed): skipped")
+                return
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(path) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            if rel == case:
+                raise
+            note(rel, f"unreadable folder ({exc.strerror or type(exc).__name__}): skipped")
+            return
         subdirs = []
         for entry in items:
             if entry.name.startswith("."):
@@ -394,7 +416,8 @@ def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = Non
     root, cases = _case_dirs(dicom_root)
     options = {"min_readers": min_readers, "max_readers": max_readers, "consensus": float(consensus),
                "slices": slices, "crop_px": crop_px}
-    listing = {case: _list_case(root, case) for case in cases}
+    skipped: list[tuple[str, str]] = []
+    listing = {case: _list_case(root, case, skipped) for case in cases}
     cache = _PlanCache(root, resolve_db_path(db_path), options)
     done = {case: cache.get(case, listing[case]) for case in cases}
     todo = [case for case in cases if done[case] is None]
@@ -413,6 +436,7 @@ def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = Non
         cache.save()
     refs: list[SampleRef] = [r for case in cases for r in done[case][0]]
     rejects: list[Reject] = [r for case in cases for r in done[case][1] if r.stage != UNSELECTED]
+    rejects += [Reject(rel, "plan", reason) for rel, reason in skipped]
     if unselected is not None:
         unselected.extend(r for case in cases for r in done[case][1] if r.stage == UNSELECTED)
     refs.sort(key=lambda r: r.sample_id)
@@ -690,7 +714,9 @@ def plan_lidc_slices(dicom_root, *, every_nth: int = 1) -> tuple[list[SampleRef]
     root, cases = _case_dirs(dicom_root)
     refs: list[SampleRef] = []
     rejects: list[Reject] = []
-    scanned = scan_dicom_headers(root, cases)
+    skipped: list[tuple[str, str]] = []
+    scanned = scan_dicom_headers(root, cases, {case: _list_case(root, case, skipped) for case in cases})
+    rejects += [Reject(rel, "plan", reason) for rel, reason in skipped]
     for case in cases:
         index = _index_case(root, scanned[case], rejects, wanted=None, modality="CT")
         for j, uid in enumerate(sorted(index), start=1):

@@ -93,3 +93,40 @@ def test_two_different_lidc_slices_at_one_z_are_rows_and_neither_is_used(lidc_ro
     ds.save_as(central.with_name("zz-duplicate.dcm"))
     build(load_recipe("lidc"), root, tmp_path / "same")
     assert not [r for r in rejects_of(tmp_path / "same").values() if "two different slices" in r["reason"]]
+
+
+@pytest.mark.realdata
+def test_symlink_loop_in_a_lidc_case_is_a_row_and_the_rest_builds(lidc_root, tmp_path):
+    root = tmp_path / "lidc"
+    shutil.copytree(lidc_root / "LIDC-IDRI-0001", root / "LIDC-IDRI-0001")
+    reference = build(load_recipe("lidc"), root, tmp_path / "ref")
+    (series,) = {p.parent for p in root.glob("LIDC-IDRI-0001/*/*/*.dcm")}
+    (series / "loop").symlink_to("..", target_is_directory=True)  # a folder that contains itself
+    out = tmp_path / "out"
+    result = build(load_recipe("lidc"), root, out)
+    rows = [r for r in rejects_of(out).values() if "symlink loop" in r["reason"]]
+    assert len(rows) == 1 and rows[0]["stage"] == "plan" and rows[0]["sample_id"].endswith("/loop")
+    assert result.n_samples == reference.n_samples
+
+
+@pytest.mark.realdata
+def test_unreadable_lidc_subtree_is_a_row(lidc_root, tmp_path, monkeypatch):
+    import os
+
+    import softmask_builder.sources.lidc as lidc
+
+    root = tmp_path / "lidc"
+    shutil.copytree(lidc_root / "LIDC-IDRI-0001", root / "LIDC-IDRI-0001")
+    (root / "LIDC-IDRI-0001" / "private").mkdir()
+    real = os.scandir
+
+    def scandir(path):  # root ignores file modes, so the refusal is simulated at the call
+        if str(path).endswith("private"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(lidc.os, "scandir", scandir)
+    out = tmp_path / "out"
+    build(load_recipe("lidc"), root, out)
+    (row,) = [r for r in rejects_of(out).values() if "unreadable folder" in r["reason"]]
+    assert row["sample_id"] == "LIDC-IDRI-0001/private" and "Permission denied" in row["reason"]
