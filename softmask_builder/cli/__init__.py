@@ -456,9 +456,13 @@ def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid",
         from softmask_builder.phantom.hybrid import write_hybrid_sample
         from softmask_builder.phantom.backgrounds import load_backgrounds
 
+        skipped: list = []
         with _input_errors(out):
-            real = load_backgrounds(backgrounds) if backgrounds is not None else None
+            real = load_backgrounds(backgrounds, skipped=skipped) if backgrounds is not None else None
             info = write_hybrid_sample(out, n=n_cases, seed=seed, real_backgrounds=real)
+        if skipped:
+            click.echo(f"phantom: {len(skipped)} background row(s)/slice(s) skipped (first: "
+                       f"{skipped[0]['background_id']}: {skipped[0]['reason']})", err=True)
         truth = info.pop("truth")
         if info["rejects"]:
             click.echo(f"phantom: {info['n_rejected']} case(s) could not be placed and were left out "

@@ -65,3 +65,28 @@ def test_nearly_collinear_recist_axes_are_a_plan_reject(dl_source, tmp_path):
     assert build(dl_recipe(), dl_source, out).n_samples == 2
     (rej,) = rejects_of(out).values()
     assert rej["stage"] == "plan" and "collinear" in rej["reason"]
+
+
+def test_phantom_backgrounds_skip_a_bad_dl_info_row_and_an_odd_png_name(dl_source, tmp_path):
+    from softmask_builder.phantom.backgrounds import load_backgrounds
+
+    reference = {b.background_id for b in load_backgrounds(dl_source)}
+    rows = dl_rows(dl_source)
+    rows[0]["Bounding_boxes"] = "garbage"
+    write_dl_rows(dl_source, rows)
+    series = sorted((dl_source / "Images_png").iterdir())[1]
+    (series / "odd_name.png").write_bytes(next(series.glob("*.png")).read_bytes())
+    skipped: list = []
+    kept = {b.background_id for b in load_backgrounds(dl_source, skipped=skipped)}
+    reasons = {s["background_id"]: s["reason"] for s in skipped}
+    assert "bad DL_info row" in reasons["deeplesion:DL_info line 2"]
+    assert reasons[f"deeplesion:{series.name}/odd_name.png"].startswith("PNG name is not a slice number")
+    # the other series still give their backgrounds (the bad row's series has no boxes left)
+    bad_series = rows[0]["File_name"].rsplit("_", 1)[0]
+    assert kept == {b for b in reference if bad_series not in b}
+    # and the command line says so in one stderr line, exit 0
+    from tests.adversarial.kit import invoke
+
+    result = invoke("phantom", "--out", tmp_path / "ph", "--n", "1", "--backgrounds", dl_source)
+    assert result.exit_code == 0, result.output
+    assert "background row(s)/slice(s) skipped" in result.stderr
