@@ -57,7 +57,7 @@ from softmask_builder.core import atomic
 from softmask_builder.labelling.crop import crop_image, crop_plan
 from softmask_builder.errors import InputError, SourceError
 from softmask_builder.sources.plausibility import check_ct_geometry, check_ct_header, check_image_hu, check_series_spacing, check_spacing_mm
-from softmask_builder.sources.lidc_db import LidcScan, cluster_annotations, contours_mask, nodule_volume, read_lidc_db, resolve_db_path
+from softmask_builder.sources.lidc_db import LidcScan, cluster_annotations, contour_problem, contours_mask, nodule_volume, read_lidc_db, resolve_db_path
 from softmask_builder.sources.base import UNSELECTED, Reject, SampleRecord, SampleRef, SliceRecord, unselected_row
 
 __all__ = ["Z_TOL_MM", "plan_lidc", "load_lidc", "plan_lidc_slices", "load_lidc_slice", "scan_dicom_headers"]
@@ -662,6 +662,12 @@ def load_lidc(ref: SampleRef) -> SampleRecord:
                           sample_id=ref.sample_id, stage="load")
     _check_against_neighbours((row_mm, col_mm), p.get("neighbour_paths", ()), ref.sample_id)
     rows, cols = image_hu.shape
+    for i, reader in enumerate(p["readers"]):
+        for inclusion, pts in reader:
+            problem = contour_problem(pts)
+            if problem:  # a degenerate outline would give an empty or rule-dependent reader mask
+                raise SourceError(f"reader {i + 1}'s {'inclusion' if inclusion else 'exclusion'} contour is "
+                                  f"degenerate: {problem}", sample_id=ref.sample_id, stage="load")
     all_pts = np.concatenate([np.asarray(pts, dtype=np.int64).reshape(-1, 2)
                               for reader in p["readers"] for _, pts in reader])
     lo, hi = all_pts.min(axis=0), all_pts.max(axis=0)

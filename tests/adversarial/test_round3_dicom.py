@@ -130,3 +130,40 @@ def test_unreadable_lidc_subtree_is_a_row(lidc_root, tmp_path, monkeypatch):
     build(load_recipe("lidc"), root, out)
     (row,) = [r for r in rejects_of(out).values() if "unreadable folder" in r["reason"]]
     assert row["sample_id"] == "LIDC-IDRI-0001/private" and "Permission denied" in row["reason"]
+
+
+# --- degenerate reader contours ------------------------------------------------------------------
+SQUARE = [(0, 0), (0, 4), (4, 4), (4, 0)]
+
+
+@pytest.mark.parametrize("points, needle", [
+    ([(3, 3), (3, 7)], "fewer than 3 distinct points"),                 # two points: a segment
+    ([(3, 3), (3, 7), (3, 3)], "fewer than 3 distinct points"),
+    ([(0, 0), (4, 4), (0, 4), (4, 0)], "self-intersecting"),             # a bow tie
+    (SQUARE, None),
+    ([(0, 0), (0, 2), (0, 4), (4, 4), (4, 0), (0, 0)], None),         # collinear run, closed ring
+])
+def test_contour_problem_hand_cases(points, needle):
+    from softmask_builder.sources.lidc_db import contour_problem
+
+    problem = contour_problem(np.array(points))
+    assert (problem is None) if needle is None else (needle in problem)
+
+
+@pytest.mark.realdata
+def test_degenerate_reader_contour_is_a_load_reject(lidc_root, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from softmask_builder.errors import SourceError
+    from softmask_builder.sources.lidc import load_lidc, plan_lidc
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    refs, _ = plan_lidc(lidc_root, crop_px=64)
+    ref = refs[0]
+    load_lidc(ref)  # the planned sample loads
+    readers = list(ref.payload["readers"])
+    (inclusion, pts), *rest = readers[0]
+    readers[0] = ((inclusion, tuple(pts[:2])), *rest)  # the first contour cut to two points
+    bad = replace(ref, payload={**ref.payload, "readers": tuple(readers)})
+    with pytest.raises(SourceError, match="reader 1's inclusion contour is degenerate"):
+        load_lidc(bad)
