@@ -121,3 +121,18 @@ def test_masks_source_border_mask_keeps_its_pixel_count(where, tmp_path):
     with open_shard(shard) as s:
         binary = s.sample(0)["binary_mask"]
     assert int(binary.sum()) == 64  # the given mask, not its edge-replicated growth
+
+
+def test_png_bomb_as_a_zip_member_is_refused_before_decoding(tmp_path):
+    import zipfile
+
+    from softmask_builder.errors import SoftMaskError
+    from softmask_builder.sources.deeplesion import read_key_slice_hu
+
+    archive = tmp_path / "Images_png_01.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("Images_png/000001_01_01/064.png", png_bomb())
+    payload = {"image_zip": str(archive), "image_member": "Images_png/000001_01_01/064.png"}
+    with pytest.raises(SoftMaskError, match=r"Images_png_01.zip:Images_png/000001_01_01/064.png: PNG header "
+                                            r"declares 60000 x 60000"):
+        read_key_slice_hu(payload, sample_id="s")
