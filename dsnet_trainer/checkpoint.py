@@ -4,8 +4,11 @@ A checkpoint is a plain mapping written by ``torch.save`` and read back with
 ``torch.load(weights_only=True)`` (no pickled code runs on load). Its keys, in this order:
 
 ``format``           ``"dsnet-trainer-checkpoint"`` (:data:`CHECKPOINT_FORMAT`)
-``version``          :data:`CHECKPOINT_VERSION` (2)
+``version``          :data:`CHECKPOINT_VERSION` (3)
 ``weights_sha256``   :func:`~dsnet_trainer.digest.weights_sha256` of ``modules``, checked on load
+``state_sha256``     :func:`state_sha256` of every other key (epoch, step, best_metric, compat,
+                     modules, optimizers, schedulers, scaler, rng, extra), checked on load: a
+                     flipped byte in the optimiser state or the RNG is refused like one in a weight
 ``kind``             what was trained (``"sr-srresnet"``, ``"sr-srgan"``, ``"seg"``)
 ``epoch``, ``step``  completed epochs, optimiser steps
 ``best_metric``      best monitored value so far (None before the first validation)
@@ -35,22 +38,66 @@ from .digest import nonfinite_entries, weights_sha256
 from .errors import CheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "make_checkpoint", "save_checkpoint",
-           "load_checkpoint", "load_weights_only", "first_bytes_problem"]
+           "load_checkpoint", "load_weights_only", "first_bytes_problem", "state_sha256"]
 
 CHECKPOINT_FORMAT = "dsnet-trainer-checkpoint"
-# Version 2 adds ``weights_sha256`` (digest of ``modules``, checked on load); version 1 files are
-# refused with a message saying how to get a new one.
-CHECKPOINT_VERSION = 2
+# Version 2 adds ``weights_sha256`` (digest of ``modules``, checked on load); version 3 adds
+# ``state_sha256`` (digest of everything a resume or an evaluation restores). Older files are
+# refused with one line saying how to get a new one (retrain): a version-2 file's optimiser, scaler
+# and RNG state cannot be checked, and a resume or evaluation must not restore unchecked state.
+CHECKPOINT_VERSION = 3
+_STATE_EXCLUDED = ("format", "version", "weights_sha256", "state_sha256")
+
+
+def _feed(h, value) -> None:
+    """Feed ``value`` (nested mappings/sequences of tensors, arrays and scalars) to ``h`` in a
+    canonical form: mapping keys sorted by their text, each item tagged by its type."""
+    import numpy as np
+
+    if isinstance(value, Mapping):
+        h.update(b"{")
+        for key in sorted(value, key=lambda k: (type(k).__name__, str(k))):
+            h.update(f"{type(key).__name__}:{key!s}=".encode())
+            _feed(h, value[key])
+        h.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{type(value).__name__}[{len(value)}](".encode())
+        for item in value:
+            _feed(h, item)
+        h.update(b")")
+    elif isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, np.ndarray):
+        a = np.ascontiguousarray(value)
+        h.update(f"A|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    elif isinstance(value, (bytes, bytearray)):
+        h.update(b"B|" + bytes(value))
+    else:  # None, bool, int, float (repr is exact), str, torch.dtype/device ...
+        h.update(f"{type(value).__name__}|{value!r};".encode())
+
+
+def state_sha256(obj: Mapping[str, Any]) -> str:
+    """sha256 (hex) of every key of a checkpoint mapping except the format, version and digests:
+    the weights, optimisers, schedulers, scaler, RNG states, extra, counters and compat."""
+    import hashlib
+
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in obj.items() if k not in _STATE_EXCLUDED})
+    return h.hexdigest()
 
 
 def make_checkpoint(*, kind: str, modules: Mapping[str, Any], epoch: int, step: int, best_metric: float | None,
                     compat: Mapping[str, Any], optimizers: Mapping[str, Any], schedulers: Mapping[str, Any],
                     scaler: Mapping[str, Any], rng: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """The checkpoint mapping (keys in the module docstring's order) with its weights digest."""
-    return {
+    """The checkpoint mapping (keys in the module docstring's order) with its two digests."""
+    obj = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "weights_sha256": weights_sha256(modules),
+        "state_sha256": "",
         "kind": kind,
         "epoch": epoch,
         "step": step,
@@ -63,6 +110,8 @@ def make_checkpoint(*, kind: str, modules: Mapping[str, Any], epoch: int, step: 
         "rng": rng,
         "extra": extra,
     }
+    obj["state_sha256"] = state_sha256(obj)
+    return obj
 
 
 def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
@@ -124,8 +173,9 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     ------
     CheckpointError
         Missing, empty, non-zip (e.g. text) file; unreadable, truncated or not weights-only
-        loadable; not a trainer checkpoint; an older checkpoint version (1: no weights digest);
-        weights whose sha256 differs from the recorded ``weights_sha256`` (corrupted or edited);
+        loadable; not a trainer checkpoint; an older checkpoint version (1: no weights digest; 2: a
+        digest of the weights only); weights whose sha256 differs from the recorded
+        ``weights_sha256``, or any other restored state differing from ``state_sha256``;
         NaN or infinite weights; ``kind`` other than ``expect_kind``. The message names the file.
     """
     path = Path(path)
@@ -135,7 +185,9 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     version = obj.get("version")
     if version != CHECKPOINT_VERSION:
         hint = (" (version 1 predates the weights digest and teacher patient lists: retrain the run, "
-                "e.g. `dsnet train ... --resume none`)" if version == 1 else "")
+                "e.g. `dsnet train ... --resume none`)" if version == 1 else
+                " (version 2's digest covers only the weights, so its optimiser, scaler and RNG state cannot be "
+                "checked: retrain the run, e.g. `dsnet train ... --resume none`)" if version == 2 else "")
         raise CheckpointError(f"{path} has checkpoint version {version!r}; this trainer reads version "
                               f"{CHECKPOINT_VERSION}{hint}")
     if expect_kind is not None:
@@ -148,6 +200,10 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if weights_sha256(modules) != obj.get("weights_sha256"):
         raise CheckpointError(f"{path}: weights do not match their recorded sha256 digest (the file was "
                               "corrupted or edited); use another checkpoint or retrain")
+    if state_sha256(obj) != obj.get("state_sha256"):
+        raise CheckpointError(f"{path}: the training state (optimiser, schedulers, scaler, RNG, extra or "
+                              "counters) does not match its recorded sha256 digest (the file was corrupted or "
+                              "edited); use another checkpoint or retrain")
     bad = nonfinite_entries(modules)
     if bad:
         raise CheckpointError(f"{path} holds NaN or infinite weights ({', '.join(bad)}); the run diverged "

@@ -37,6 +37,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from softmask_builder.core.typed import from_mapping
+from softmask_builder.core.yaml_safe import one_line, safe_load_strict
 
 from .errors import ConfigError
 
@@ -173,9 +174,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip() or any(not p or not p.replace("_", "").isalnum() for p in parts):
         raise ConfigError(f"override {text!r}: bad key {key!r} (dotted identifiers expected)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load_strict(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({one_line(exc)})") from None
     return parts, value
 
 
@@ -203,9 +204,9 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix.lower() == ".json" else safe_load_strict(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        raise ConfigError(f"cannot read config file {path}: {one_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

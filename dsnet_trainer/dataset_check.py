@@ -123,8 +123,8 @@ def check_dataset(root: str | Path, *, kind: str, verify_hashes: bool = True, op
     try:
         manifest = read_manifest(root)
         names = manifest_shard_files(manifest)
-    except ManifestError as exc:
-        raise DatasetMismatchError(f"{option} {root}: {MANIFEST} is not a valid manifest ({exc.reason})") from exc
+    except ManifestError as exc:  # a damaged manifest fails verification: exit 3 (issue 23)
+        raise DatasetVerifyError(f"{option} {root}: {MANIFEST} is not a valid manifest ({exc.reason})") from exc
     entries = manifest["shards"]
     if manifest.get("kind", kind) != kind:
         raise DatasetMismatchError(f"{option} {root} is a {manifest.get('kind')!r} dataset, this command needs "

@@ -62,7 +62,15 @@ def read_crop_hu(path: str | Path) -> np.ndarray:
     elif suffix == ".png":
         import cv2
 
-        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        from softmask_builder.core.image_limits import check_png_size
+        from softmask_builder.errors import InputError as _SizeError
+
+        try:
+            data = np.fromfile(str(path), dtype=np.uint8)
+            check_png_size(data, name=str(path))  # before decoding: a header can claim 60000 x 60000
+        except (OSError, _SizeError) as exc:
+            raise InputError(str(exc) if isinstance(exc, _SizeError) else f"cannot read {path}: {exc}") from None
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
         if arr is None:
             raise InputError(f"cannot read {path} as PNG")
         if arr.ndim != 2:

@@ -143,3 +143,11 @@ class SegConfig:
     model: SegModelConfig = field(default_factory=SegModelConfig)
     optim: SegOptimConfig = field(default_factory=SegOptimConfig)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(batch_size=4, select_k=5))
+
+    def __post_init__(self) -> None:
+        # The backbone halves the crop once per level below the first: another size fails inside
+        # the forward pass, after the run folder was made.
+        factor = 2 ** (len(self.model.widths) - 1)
+        _check(self.data.crop_px % factor == 0, "data.crop_px", self.data.crop_px,
+               f"a multiple of {factor} (model.widths has {len(self.model.widths)} levels: "
+               f"the network halves the crop {len(self.model.widths) - 1} times)")

@@ -54,8 +54,12 @@ def _input_errors(io_path=None):
     """Turn the package's input errors into exit code 2 and I/O errors (``OSError``: disk full,
     permission denied) into exit code 5, each with a one-line message; ``io_path`` is the path
     named when the OSError carries none (HDF5 reports a full disk without a file name)."""
+    from softmask_builder.formats.release_folder import ManifestError
+
     try:
         yield
+    except ManifestError as exc:  # a damaged manifest.json / SHA256SUMS: the folder fails verification
+        raise _Fail(str(exc), code=EXIT_VERIFY) from None
     except SoftMaskError as exc:
         raise _Fail(str(exc)) from None
     except OSError as exc:
@@ -284,10 +288,10 @@ def inspect(path: Path, sample_index: int | None) -> None:
     from softmask_builder.formats.shards import open_shard
 
     if path.is_dir():
-        from softmask_builder.formats.release_folder import read_manifest
+        from softmask_builder.dataset.release import check_release_index
 
         with _input_errors():
-            m = read_manifest(path)
+            m = check_release_index(path)
         _emit({k: m[k] for k in ("dataset", "dataset_version", "kind", "builder_version", "schema_version",
                                  "recipe_sha256", "n_samples", "n_planned", "n_rejects", "rejects_by_stage",
                                  "n_unselected", "splits")}
@@ -346,6 +350,10 @@ def verify(path: Path) -> None:
 
     from softmask_builder.cli.summaries import verify_line
 
+    from softmask_builder.dataset.release import check_release_index
+
+    with _input_errors():
+        check_release_index(path)  # damaged manifest.json / SHA256SUMS: one line, exit 3
     report = verify_dataset(path)
     _emit(report.summary())
     if not report.ok:
@@ -374,6 +382,10 @@ def preview(path: Path, n_samples: int, out: Path) -> None:
     from softmask_builder.cli.summaries import preview_line
 
     with _input_errors(out):
+        if path.is_dir():
+            from softmask_builder.dataset.release import check_release_index
+
+            check_release_index(path)
         report = preview_report(path, out, n=n_samples)
     _emit(report)
     if report["n"] < n_samples:
@@ -394,6 +406,9 @@ def report(path: Path, out: Path | None) -> None:
 
     out = out or path.with_name(f"{path.resolve().name}-report.html")
     with _input_errors():
+        from softmask_builder.dataset.release import check_release_index
+
+        check_release_index(path)
         summary = write_report(path, out)
     from softmask_builder.cli.summaries import report_line
 
@@ -449,9 +464,13 @@ def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid",
         # Loading the LIDC shapes takes seconds before the first case: say what is coming.
         click.echo(f"phantom: rendering {n_cases} hybrid cases into {out} (LIDC-IDRI nodule shapes load first)",
                    err=True)
+        skipped: list = []
         with _input_errors(out), progress(n_cases, desc="phantom", unit="case") as bar:
-            real = load_backgrounds(backgrounds) if backgrounds is not None else None
+            real = load_backgrounds(backgrounds, skipped=skipped) if backgrounds is not None else None
             info = write_hybrid_sample(out, n=n_cases, seed=seed, real_backgrounds=real, progress=bar.update)
+        if skipped:
+            click.echo(f"phantom: {len(skipped)} background row(s)/slice(s) skipped (first: "
+                       f"{skipped[0]['background_id']}: {skipped[0]['reason']})", err=True)
         truth = info.pop("truth")
         if info["rejects"]:
             click.echo(f"phantom: {info['n_rejected']} case(s) could not be placed and were left out "
@@ -572,8 +591,11 @@ def _export_errors():
 def export_nnunet_command(build_dir: Path, dataset_id: int, name: str, out: Path, band_as_ignore: bool,
                           splits_final: bool, preprocessed: Path | None, overwrite: bool) -> None:
     """Export BUILD as an nnU-Net v2 raw dataset (binary labels: nnU-Net has no soft labels)."""
+    from softmask_builder.dataset.release import check_release_index
     from softmask_builder.export import export_nnunet
 
+    with _input_errors():
+        check_release_index(build_dir)
     with _export_errors():
         result = export_nnunet(build_dir, out, dataset_id=dataset_id, name=name, band_as_ignore=band_as_ignore,
                                splits_final=splits_final, preprocessed=preprocessed, overwrite=overwrite)
@@ -590,8 +612,11 @@ def export_nnunet_command(build_dir: Path, dataset_id: int, name: str, out: Path
 @click.option("--overwrite", is_flag=True, help="Replace an existing export.")
 def export_monai_command(build_dir: Path, out: Path, overwrite: bool) -> None:
     """Export BUILD as NIfTI files + a MONAI datalist (image, label, soft_label)."""
+    from softmask_builder.dataset.release import check_release_index
     from softmask_builder.export import export_monai
 
+    with _input_errors():
+        check_release_index(build_dir)
     with _export_errors():
         result = export_monai(build_dir, out, overwrite=overwrite)
     from softmask_builder.cli.summaries import export_monai_line

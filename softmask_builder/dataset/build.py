@@ -99,7 +99,8 @@ def _reject(ref: SampleRef, exc: BaseException, phase: str) -> Reject:
     if isinstance(exc, SoftMaskError):
         reason, own = exc.reason, exc.stage
     else:
-        reason, own = f"{type(exc).__name__}: {exc}", None
+        # One line whatever the library wrote (cv2.error messages span several lines).
+        reason, own = " ".join(f"{type(exc).__name__}: {exc}".split()), None
     if phase == "label":
         return Reject(ref.sample_id, "label", f"{own}: {reason}" if own and own != "label" else reason)
     return Reject(ref.sample_id, own or phase, reason)
@@ -165,8 +166,11 @@ def _slice_row(record: SliceRecord, split: str, shape: tuple[int, int] | None):
     return {"image_hu": _to_int16(image)}, meta
 
 
-# Errors that reject one sample; anything else is a bug and stops the build with the sample id.
-_SAMPLE_ERRORS = (SoftMaskError, ValueError, OSError, ArithmeticError)
+# Errors that reject one sample: every Exception (a cv2.error from a hostile file, a KeyError
+# from a library's corner case, a MemoryError from one huge input) becomes a rejects row naming
+# the sample, the stage and the exception type, and the build goes on. KeyboardInterrupt and
+# SystemExit (BaseException, not Exception) still stop it.
+_SAMPLE_ERRORS = (Exception,)
 
 
 def _build_one(ref: SampleRef, split: str, recipe: Recipe, loader: Loader, labeller: Labeller):
@@ -186,9 +190,6 @@ def _build_one(ref: SampleRef, split: str, recipe: Recipe, loader: Loader, label
         encode_meta([meta], recipe.kind)  # fails here (one sample) rather than for the shard
     except _SAMPLE_ERRORS as exc:
         return _reject(ref, exc, phase)
-    except Exception as exc:  # a bug: stop, but say which sample triggered it
-        raise RuntimeError(f"building sample {ref.sample_id} ({split}) failed in {phase}: "
-                           f"{type(exc).__name__}: {exc}") from exc
     return arrays, meta
 
 

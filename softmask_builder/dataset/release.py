@@ -24,7 +24,8 @@ from softmask_builder.core import atomic
 from softmask_builder.errors import SoftMaskError
 from softmask_builder.formats.metadata import (CITATIONS, citation_keys, citation_text, croissant,  # noqa: F401
                                               hub_front_matter, licence, read_source_provenance, source_family)
-from softmask_builder.formats.shards import READABLE_VERSIONS, SCHEMA_VERSION, check_shard, open_shard, parse_shard_name, sha256_file
+from softmask_builder.formats.shards import (READABLE_VERSIONS, SCHEMA_VERSION, check_shard, check_shard_values,
+                                             open_shard, parse_shard_name, sha256_file)
 
 if TYPE_CHECKING:  # pragma: no cover
     from softmask_builder.dataset.results import BuildResult
@@ -251,6 +252,47 @@ class VerifyReport:
                 "problems": list(self.problems)}
 
 
+def check_release_index(out: str | Path) -> dict[str, Any]:
+    """The build folder's ``manifest.json``, after checking that it and ``SHA256SUMS`` are intact
+    enough to be read: the manifest is a JSON object with ``dataset`` (str), ``kind`` (str,
+    if present), ``n_samples`` (int, if present) and ``shards`` (a list of objects with ``file``/``split`` str and
+    ``n_samples`` int); ``SHA256SUMS`` (if present) is UTF-8 text whose every line is
+    ``<sha256>  <file>`` and lists at least one file.
+
+    Every command that reads a built folder calls this first, so a damaged index is one line with
+    exit 3 (the CLIs map :class:`ManifestError` to ``EXIT_VERIFY``), never a traceback.
+
+    Raises
+    ------
+    ManifestError
+        Naming the file and the first defect.
+    """
+    out = Path(out)
+    manifest = read_manifest(out)
+    for key, kind in (("dataset", str), ("kind", str), ("n_samples", int), ("shards", list)):
+        if key in ("kind", "n_samples") and key not in manifest:
+            continue  # optional in the oldest readable manifests
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise ManifestError(f"{out / MANIFEST}: field {key!r} is missing or not a {kind.__name__} "
+                                f"(got {manifest.get(key)!r:.60})")
+    for i, entry in enumerate(manifest["shards"]):
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("split"), str)
+                and isinstance(entry.get("n_samples"), int)):
+            raise ManifestError(f"{out / MANIFEST}: shards[{i}] lacks or mistypes file/split/n_samples")
+    path = out / SUMS
+    if path.exists():
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{path} is damaged: not readable UTF-8 text ({type(exc).__name__})") from None
+        entries, bad = parse_sums(text)
+        if bad:
+            raise ManifestError(f"{path} is damaged: {bad[0]}")
+        if not entries:
+            raise ManifestError(f"{path} is damaged: it lists no file")
+    return manifest
+
+
 def verify(out: str | Path) -> VerifyReport:
     """Re-hash and check a built dataset folder.
 
@@ -258,8 +300,11 @@ def verify(out: str | Path) -> VerifyReport:
     that hash; every shard of the manifest is listed there, has the manifest's hash, conforms to
     the schema (:func:`~softmask_builder.formats.shards.check_shard`), carries the manifest's dataset,
     split and recipe hash, and holds the manifest's sample count; each split has shards 0..n-1 of
-    n; per-split and total counts add up; no patient appears in two splits; no stray shard of the
-    dataset lies in the folder; ``rejects.csv`` has ``n_rejects`` rows.
+    n; per-split and total counts add up; no patient appears in two splits; no sample_id appears
+    in two shards; every shard's values pass
+    :func:`~softmask_builder.formats.shards.check_shard_values` (finite, in-range meta fields;
+    ``binary_mask`` consistent with its source's rule); no stray shard of the dataset lies in the
+    folder; ``rejects.csv`` has ``n_rejects`` rows.
     """
     out = Path(out)
     report = VerifyReport(out)
@@ -273,8 +318,11 @@ def verify(out: str | Path) -> VerifyReport:
         problems.append(str(exc))
         return report
     try:
-        sums, bad = parse_sums((out / SUMS).read_text())
+        sums, bad = parse_sums((out / SUMS).read_text(encoding="utf-8"))
         problems.extend(bad)
+    except UnicodeDecodeError:
+        problems.append(f"{SUMS} is damaged: not UTF-8 text")
+        sums = {}
     except FileNotFoundError:
         problems.append(f"{SUMS} is missing")
         sums = {}
@@ -305,6 +353,7 @@ def verify(out: str | Path) -> VerifyReport:
         split_samples: dict[str, int] = {}
         split_counts: dict[str, list[tuple[int, int]]] = {}
         patients: dict[str, set[str]] = {}
+        id_shards: dict[str, list[str]] = {}  # sample_id -> the shards holding it
         for entry in shards:
             name = entry["file"]
             report.n_shards += 1
@@ -326,12 +375,16 @@ def verify(out: str | Path) -> VerifyReport:
                     attrs = shard.attrs
                     n = shard.n_samples
                     shard_patients = set(shard.meta_column("patient"))
+                    shard_ids = list(shard.sample_ids)
                     if shard.schema_version != schema_version:
                         problems.append(f"shard {name}: schema_version {shard.schema_version}, manifest says "
                                         f"{schema_version}")
+                problems.extend(check_shard_values(out / name))  # meta ranges, binary_mask rule
             except (SoftMaskError, OSError, RuntimeError, ValueError) as exc:
                 problems.append(f"shard {name}: unreadable ({exc})")
                 continue
+            for sid in shard_ids:
+                id_shards.setdefault(sid, []).append(name)
             for key, want in (("dataset", dataset), ("split", entry["split"]), ("recipe_sha256", recipe_sha)):
                 if attrs.get(key) != want:
                     problems.append(f"shard {name}: attribute {key} {attrs.get(key)!r}, manifest says {want!r}")
@@ -355,6 +408,10 @@ def verify(out: str | Path) -> VerifyReport:
                     problems.append(f"split {split}: {split_samples.get(split, 0)} samples, manifest says {want}")
             if report.n_samples != manifest["n_samples"]:
                 problems.append(f"{report.n_samples} samples in the shards, manifest says {manifest['n_samples']}")
+        repeated = sorted(sid for sid, where in id_shards.items() if len(where) > 1)
+        if repeated:
+            problems.append(f"sample_id in several shards: {repeated[:3]} (e.g. {repeated[0]} in "
+                            f"{', '.join(id_shards[repeated[0]])})")
         names = sorted(patients)
         for i, a in enumerate(names):
             for b in names[i + 1:]:

@@ -13,7 +13,7 @@ names the key)::
     version: "1.0"               # dataset version, stored in every shard
     description: ...             # one paragraph for the dataset card
     source: deeplesion           # deeplesion | lidc | masks | deeplesion_slices | lidc_slices
-    crop_px: 64                  # sample crop size (sample sources only)
+    crop_px: 64                  # sample crop size (sample sources only; a multiple of 8)
     samples_per_shard: 256
     source_options: {...}        # keyword arguments of the adapter's plan function
     split: {method: patient, seed: 0, counts: {train: 1000, val: 100, test: 400}}
@@ -37,10 +37,14 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from softmask_builder.core.typed import from_mapping
+from softmask_builder.core.yaml_safe import StrictSafeLoader, safe_load_strict  # noqa: F401 (re-exported)
 from softmask_builder.errors import InputError
 from softmask_builder.labelling.pipeline import LabelParams
 
 SPLITS = ("train", "val", "test")
+#: ``crop_px`` must be a multiple of this: ``dsnet train``'s networks (4 levels in every shipped
+#: config) halve the crop 3 times, so another size fails inside the model's forward pass.
+CROP_PX_MULTIPLE = 8
 MANIFESTS_DIR = Path(__file__).resolve().parents[2] / "manifests"
 
 
@@ -210,6 +214,9 @@ class Recipe:
             raise InputError(f"crop_px must be >= 8, got {self.crop_px}")
         if self.crop_px > 1024:
             raise InputError(f"crop_px must be <= 1024, got {self.crop_px}")
+        if self.crop_px % CROP_PX_MULTIPLE:
+            raise InputError(f"crop_px must be a multiple of {CROP_PX_MULTIPLE} (the trainer's 4-level networks "
+                             f"halve the crop 3 times), got {self.crop_px}")
         if not 1 <= self.samples_per_shard <= 1_000_000:
             raise InputError(f"samples_per_shard must be in [1, 1000000], got {self.samples_per_shard}")
         if SOURCES.get(self.source) and SOURCES[self.source].kind == "samples":
@@ -293,33 +300,6 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
             return bundled
     names = sorted(p.stem for p in MANIFESTS_DIR.glob("*.yaml")) if MANIFESTS_DIR.is_dir() else []
     raise InputError(f"recipe not found: {name_or_path!r} (a YAML path, or one of: {', '.join(names) or 'none'})")
-
-
-class StrictSafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML silently keeps
-    the last one, so a recipe would not say what its author meant)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)
-            seen: dict = {}
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    hash(key)
-                except TypeError:
-                    continue  # the base class reports unhashable keys
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"found duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
-                seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def safe_load_strict(text: str):
-    """Parse YAML like ``yaml.safe_load`` but with duplicate keys as errors (:class:`StrictSafeLoader`)."""
-    return yaml.load(text, Loader=StrictSafeLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:

@@ -755,3 +755,71 @@ class ShardReader:
 
 def _decode_id(b: Any) -> str:
     return b.decode("utf-8", "replace").rstrip("\x00") if isinstance(b, bytes) else str(b)
+
+
+# ============================================================================================
+# Value checks beyond the schema (issue 23): what `softmask verify` adds to the hashes
+# ============================================================================================
+#: Sources whose ``binary_mask`` is the binarised Soft Mask (alpha >= 0.5): RECIST priors.
+RECIST_SOURCES = ("deeplesion",)
+_HALF_TOL = 1e-6  # alpha this close to 0.5 may round either way between float64 and float32
+
+
+def check_shard_values(path: str | Path) -> list[str]:
+    """Problems with the *values* of a schema-valid shard (call :func:`check_shard` first): each
+    names the file and the first sample ids concerned; empty when none.
+
+    Rules: ``spacing_mm`` finite and > 0 (both kinds); for samples, ``scale`` finite in (0, 1]
+    (crops are never up-scaled), ``origin_px`` finite, ``recist_px`` finite or all NaN (no RECIST),
+    ``n_readers`` >= -1 (-1: not applicable); ``binary_mask`` only where the trimap is not background (0), never all
+    zero under a Soft Mask that reaches 0.5, and, for RECIST sources (the recipe's ``source`` in
+    :data:`RECIST_SOURCES`), equal to ``soft_mask >= 0.5`` (up to alpha within 1e-6 of 0.5).
+    """
+    path = Path(path)
+    name = path.name
+    problems: list[str] = []
+
+    def flag(what: str, ids) -> None:
+        ids = list(ids)
+        if ids:
+            problems.append(f"{name}: {what}: {ids[:3]}{' ...' if len(ids) > 3 else ''}")
+
+    with open_shard(path) as shard:
+        ids = np.asarray(shard.sample_ids, dtype=object)
+        n = shard.n_samples
+        if not n:
+            return problems
+        spacing = np.asarray(shard.meta_column("spacing_mm"), dtype=np.float64).reshape(n, -1)
+        flag("spacing_mm not finite or not > 0", ids[~(np.isfinite(spacing) & (spacing > 0)).all(axis=1)])
+        if shard.kind != "samples":
+            return problems
+        scale = np.asarray(shard.meta_column("scale"), dtype=np.float64)
+        flag("scale not finite or outside (0, 1]", ids[~(np.isfinite(scale) & (scale > 0) & (scale <= 1))])
+        origin = np.asarray(shard.meta_column("origin_px"), dtype=np.float64).reshape(n, -1)
+        flag("origin_px not finite", ids[~np.isfinite(origin).all(axis=1)])
+        recist = np.asarray(shard.meta_column("recist_px"), dtype=np.float64).reshape(n, -1)
+        partial = ~(np.isfinite(recist).all(axis=1) | np.isnan(recist).all(axis=1))
+        flag("recist_px partly NaN or infinite", ids[partial])
+        readers = np.asarray(shard.meta_column("n_readers"), dtype=np.int64)
+        flag("n_readers < -1 (-1: not applicable)", ids[readers < -1])
+        try:
+            source = json.loads(shard.attrs.get("recipe_json", "")).get("source")
+        except (json.JSONDecodeError, TypeError, AttributeError):
+            source = None
+        f = shard.file
+        outside, empty, rule = [], [], []
+        for i in range(n):
+            binary = f["binary_mask"][i].astype(bool)
+            alpha = f["soft_mask"][i]
+            if (binary & (f["trimap"][i] == 0)).any():
+                outside.append(ids[i])
+            if not binary.any() and alpha.max() >= 0.5 + _HALF_TOL:
+                empty.append(ids[i])
+            if source in RECIST_SOURCES:
+                differ = binary != (alpha >= 0.5)
+                if (differ & (np.abs(alpha.astype(np.float64) - 0.5) > _HALF_TOL)).any():
+                    rule.append(ids[i])
+        flag("binary_mask set where the trimap is background", outside)
+        flag("binary_mask all zero under a Soft Mask reaching 0.5", empty)
+        flag("binary_mask differs from soft_mask >= 0.5 (the RECIST rule)", rule)
+    return problems

@@ -7,8 +7,10 @@ Policy (stored per sample as ``origin_px`` and ``scale``):
   mask) is larger than ``max_fill * size_px``, the source is first down-scaled by
   ``scale = max_fill * size_px / extent_px`` (area interpolation) so the lesion and a margin for the
   unknown band fit; otherwise ``scale = 1``. Lesions are never up-scaled.
-* Pixels outside the source image are filled by edge replication (no artificial edge that
-  GrabCut or matting could lock onto); ``origin_px`` is then negative or beyond the image.
+* Pixels outside the source image: an *image* is filled by edge replication (no artificial edge
+  that GrabCut or matting could lock onto; ``outside="edge"``, the default); a *label mask* is
+  filled with 0 (``outside="zero"``): a mask touching the border must not grow into pixels that
+  no reader drew. ``origin_px`` is then negative or beyond the image.
 
 Mapping: crop pixel (r, c) samples source position ``origin_px + (r, c) / scale``.
 """
@@ -43,29 +45,42 @@ def crop_plan(center_rc, *, size_px: int, extent_px: float, max_fill: float = 0.
     return origin, scale
 
 
+def _window(img: np.ndarray, r0: int, c0: int, n_rows: int, n_cols: int, outside: str) -> np.ndarray:
+    """``img[r0:r0+n_rows, c0:c0+n_cols]`` with rows/cols outside the image edge-replicated
+    (``outside="edge"``) or set to 0 (``"zero"``)."""
+    rows, cols = np.arange(r0, r0 + n_rows), np.arange(c0, c0 + n_cols)
+    out = img[np.ix_(np.clip(rows, 0, img.shape[0] - 1), np.clip(cols, 0, img.shape[1] - 1))]
+    if outside == "zero":
+        out = out.copy()
+        out[(rows < 0) | (rows >= img.shape[0]), :] = 0
+        out[:, (cols < 0) | (cols >= img.shape[1])] = 0
+    return out
+
+
 def crop_image(image: np.ndarray, origin_px, scale: float, *, size_px: int,
-               interpolation: int = cv2.INTER_AREA) -> np.ndarray:
-    """Crop (and if ``scale < 1`` down-scale) ``image`` per :func:`crop_plan`; float32 output.
+               interpolation: int = cv2.INTER_AREA, outside: str = "edge") -> np.ndarray:
+    """Crop (and if ``scale < 1`` down-scale) ``image`` per :func:`crop_plan`; float32 output
+    (uint8 stays uint8).
 
     ``interpolation`` is used only when ``scale != 1``: INTER_AREA for images, INTER_NEAREST for
-    label masks (pass masks as uint8).
+    label masks (pass masks as uint8). ``outside`` fills crop pixels beyond the image: "edge"
+    (replicate the border: images) or "zero" (label masks: a crop never invents label pixels).
     """
     img = np.asarray(image)
     if img.ndim != 2:
         raise InputError(f"image must be 2-D, got shape {img.shape}")
+    if outside not in ("edge", "zero"):
+        raise InputError(f'outside must be "edge" or "zero", got {outside!r}')
     if scale == 1.0:
         r0, c0 = int(origin_px[0]), int(origin_px[1])
-        rows = np.clip(np.arange(r0, r0 + size_px), 0, img.shape[0] - 1)
-        cols = np.clip(np.arange(c0, c0 + size_px), 0, img.shape[1] - 1)
-        return img[np.ix_(rows, cols)].astype(np.float32 if img.dtype != np.uint8 else np.uint8)
+        out = _window(img, r0, c0, size_px, size_px, outside)
+        return out.astype(np.float32 if img.dtype != np.uint8 else np.uint8)
     # Down-scale the source region that maps onto the crop, then cut the exact window.
     src_size = size_px / scale
     r0 = int(math.floor(origin_px[0])) - 1
     c0 = int(math.floor(origin_px[1])) - 1
     n = int(math.ceil(src_size)) + 3
-    rows = np.clip(np.arange(r0, r0 + n), 0, img.shape[0] - 1)
-    cols = np.clip(np.arange(c0, c0 + n), 0, img.shape[1] - 1)
-    region = img[np.ix_(rows, cols)]
+    region = _window(img, r0, c0, n, n, outside)
     region = region.astype(np.float32) if region.dtype != np.uint8 else region
     # Affine map crop (r, c) -> region coordinates: (origin - r0) + (r, c) / scale.
     m = np.array([[1.0 / scale, 0.0, origin_px[1] - c0], [0.0, 1.0 / scale, origin_px[0] - r0]])
@@ -75,6 +90,7 @@ def crop_image(image: np.ndarray, origin_px, scale: float, *, size_px: int,
         if sigma > 0:
             region = cv2.GaussianBlur(region, (0, 0), sigma)
         interpolation = cv2.INTER_LINEAR
+    border = cv2.BORDER_REPLICATE if outside == "edge" else cv2.BORDER_CONSTANT
     out = cv2.warpAffine(region, m, (size_px, size_px), flags=interpolation | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_REPLICATE)
+                         borderMode=border, borderValue=0)
     return out

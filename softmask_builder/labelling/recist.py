@@ -77,7 +77,8 @@ class Recist:
 
         The order is ``x11, y11, x12, y12, x21, y21, x22, y22``: the first pair of points is the
         long axis, the second the short axis (``Lesion_diameters_Pixel_`` lists their lengths in
-        that order; in ~0.5 % of rows the "long" one is slightly shorter and is kept as given).
+        that order; in ~0.5 % of rows the "long" one is slightly shorter: kept as given here, the
+        DeepLesion plan swaps them by measured length).
         """
         if isinstance(values, str):
             try:

@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from softmask_builder.errors import SourceError
+from softmask_builder.errors import SoftMaskError, SourceError
 
 __all__ = ["load_backgrounds", "LIDC_LICENSE", "DEEPLESION_LICENSE"]
 
@@ -76,26 +76,47 @@ def _deeplesion(root: Path, n_neighbors, exclusion_mm, min_lung_mm2, skipped):
     info = read_dl_info(root / "DL_info.csv")
     boxes: dict[str, list] = {}
     spacing: dict[str, tuple[float, float]] = {}
-    for _, row in info.iterrows():
-        series, _ = parse_file_name(row["File_name"])
-        x0, y0, x1, y1 = (float(v) for v in str(row["Bounding_boxes"]).split(","))
+    for line, (_, row) in enumerate(info.iterrows(), start=2):
+        # A bad row is a skipped row naming its DL_info line; the other rows still give backgrounds.
+        try:
+            series, _ = parse_file_name(row["File_name"])
+            x0, y0, x1, y1 = (float(v) for v in str(row["Bounding_boxes"]).split(","))
+            if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+                raise ValueError(f"Bounding_boxes is not finite: {row['Bounding_boxes']!r}")
+            row_mm = parse_spacing(row["Spacing_mm_px_"])[0]  # x, y and z > 0 (raises otherwise)
+            z_mm = float(str(row["Spacing_mm_px_"]).split(",")[2])
+        except (ValueError, TypeError, KeyError) as exc:
+            skipped.append({"background_id": f"deeplesion:DL_info line {line}",
+                            "reason": f"bad DL_info row: {exc}"})
+            continue
         boxes.setdefault(series, []).append((x0, y0, x1, y1))
-        sp_xyz = [float(v) for v in str(row["Spacing_mm_px_"]).split(",")]
-        spacing[series] = (parse_spacing(row["Spacing_mm_px_"])[0], sp_xyz[2])
+        spacing[series] = (row_mm, z_mm)
     out = []
     images_root = root / "Images_png"
     for series in sorted(boxes):
         folder = images_root / series
         if not folder.is_dir():
             continue
-        files = sorted(folder.glob("*.png"), key=lambda p: int(p.stem))
+        files = []
+        for p in sorted(folder.glob("*.png")):
+            if p.stem.isdigit():
+                files.append(p)
+            else:  # slices are <number>.png; any other name cannot be placed in z
+                skipped.append({"background_id": f"deeplesion:{series}/{p.name}",
+                                "reason": "PNG name is not a slice number: skipped"})
+        files.sort(key=lambda p: int(p.stem))
         numbers = [int(p.stem) for p in files]
         sp, dz = spacing[series]
         # consecutive slice numbers are contiguous slices dz apart
         for idx in _stacks([float(k) * dz for k in numbers], n_neighbors, tol_mm=1e-6):
             if numbers[idx[-1]] - numbers[idx[0]] != len(idx) - 1:
                 continue
-            imgs = [read_png_hu(files[j]) for j in idx]
+            try:
+                imgs = [read_png_hu(files[j]) for j in idx]
+            except SoftMaskError as exc:  # one damaged PNG loses its stacks, not the whole run
+                skipped.append({"background_id": f"deeplesion:{series}_{numbers[idx[n_neighbors]]:03d}",
+                                "reason": f"unreadable slice: {exc.reason}"})
+                continue
             rows, cols = imgs[0].shape
             excl = np.zeros((rows, cols), bool)
             pad = exclusion_mm / sp

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import cv2
 import numpy as np
 
+from softmask_builder.core.image_limits import check_png_size
 from softmask_builder.labelling.crop import crop_image, crop_plan
 from softmask_builder.errors import InputError, RecistError, SoftMaskError, SourceError
 from softmask_builder.sources.plausibility import ImplausibleError, check_image_hu, check_spacing_mm, spacing_differs
@@ -137,6 +138,31 @@ def _decode_error(path: Path) -> str:
     return f"cannot read {path} as UTF-8 text"
 
 
+#: RECIST axes are drawn perpendicular; two that cross at less than this angle (degrees) are
+#: "nearly collinear": the mark does not describe a 2-D extent and the row is rejected.
+MIN_RECIST_ANGLE_DEG = 45.0
+
+
+def _measured_axes(recist: Recist, spacing_mm) -> Recist:
+    """``recist`` with its long and short axes decided by their measured lengths in mm (a row
+    whose "long" pair is the shorter one is swapped, so the long-axis filter and the crop see the
+    long axis); raises :class:`RecistError` when the axes cross at less than
+    :data:`MIN_RECIST_ANGLE_DEG` degrees (nearly collinear)."""
+    def vec(a, b):
+        return np.array([(b[0] - a[0]) * spacing_mm[0], (b[1] - a[1]) * spacing_mm[1]], dtype=np.float64)
+
+    u, v = vec(recist.long_a, recist.long_b), vec(recist.short_a, recist.short_b)
+    nu, nv = float(np.hypot(*u)), float(np.hypot(*v))
+    if nu > 0 and nv > 0:
+        angle = math.degrees(math.acos(min(1.0, abs(float(u @ v)) / (nu * nv))))
+        if angle < MIN_RECIST_ANGLE_DEG:
+            raise RecistError(f"RECIST axes cross at {angle:.1f} degrees (< {MIN_RECIST_ANGLE_DEG:g}: nearly "
+                              "collinear, not a long and a short axis)")
+    if nv > nu:
+        return Recist(long_a=recist.short_a, long_b=recist.short_b, short_a=recist.long_a, short_b=recist.long_b)
+    return recist
+
+
 def parse_file_name(file_name: str) -> tuple[str, str]:
     """Split a ``File_name`` ``PPPPPP_SS_RR_KKK.png`` into (series folder, slice file name).
 
@@ -176,9 +202,9 @@ def parse_spacing(cell: str) -> tuple[float, float]:
     DeepLesion writes x (column spacing) first, then y (row spacing), then the slice interval z:
     so (row, col) = (y, x). Raises ValueError when the cell is not 3 positive finite numbers.
     """
-    x_mm, y_mm, _z_mm = _floats(cell, 3, "Spacing_mm_px_")
-    if x_mm <= 0 or y_mm <= 0:
-        raise ValueError(f"Spacing_mm_px_ must be positive, got {cell!r}")
+    x_mm, y_mm, z_mm = _floats(cell, 3, "Spacing_mm_px_")
+    if not (x_mm > 0 and y_mm > 0 and z_mm > 0):  # a zero or negative slice interval lies too
+        raise ValueError(f"Spacing_mm_px_ must be positive (x, y and z), got {cell!r}")
     return (y_mm, x_mm)
 
 
@@ -361,6 +387,12 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
             patient_index = _int_cell(cells["Patient_index"], "Patient_index")
             if patient_index < 0:
                 raise ValueError(f"Patient_index must be >= 0, got {cells['Patient_index']!r}")
+            folder_patient = series.split("_", 1)[0]
+            if folder_patient.isdigit() and int(folder_patient) != patient_index:
+                # The split is by Patient_index: a row that lies about it could put one patient's
+                # images in two splits.
+                raise ValueError(f"Patient_index {patient_index} disagrees with the patient of its File_name "
+                                 f"{name} ({folder_patient})")
             spacing_mm = parse_spacing(cells["Spacing_mm_px_"])
             check_spacing_mm(spacing_mm, what="Spacing_mm_px_", stage="plan")
             reference = series_spacing.get(series)
@@ -370,7 +402,7 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
                                        f"the series' rows)")
             image_size_rc = _image_size_rc(cells["Image_size"])
             coords = _floats(cells["Measurement_coordinates"], 8, "Measurement_coordinates")
-            recist = Recist.from_deeplesion(coords)  # (x, y) pairs -> (row, col) points
+            recist = _measured_axes(Recist.from_deeplesion(coords), spacing_mm)  # (x, y) -> (row, col)
         except (ValueError, RecistError) as exc:
             reject(str(exc.reason if isinstance(exc, RecistError) else exc))
             continue
@@ -451,6 +483,7 @@ def decode_png_hu(data, *, name: str, hu_offset: int = PNG_HU_OFFSET, sample_id:
     messages) to float32 (rows, cols) HU = value - ``hu_offset``; errors as :func:`read_png_hu`."""
     data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     path = name
+    check_png_size(data, name=path, sample_id=sample_id, stage=stage)  # before any allocation
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise SoftMaskError(f"cannot decode {path} (truncated or corrupt PNG)", sample_id=sample_id, stage=stage)

@@ -56,8 +56,8 @@ import numpy as np
 from softmask_builder.core import atomic
 from softmask_builder.labelling.crop import crop_image, crop_plan
 from softmask_builder.errors import InputError, SourceError
-from softmask_builder.sources.plausibility import check_ct_header, check_image_hu, check_series_spacing, check_spacing_mm
-from softmask_builder.sources.lidc_db import LidcScan, cluster_annotations, contours_mask, nodule_volume, read_lidc_db, resolve_db_path
+from softmask_builder.sources.plausibility import check_ct_geometry, check_ct_header, check_image_hu, check_series_spacing, check_spacing_mm
+from softmask_builder.sources.lidc_db import LidcScan, cluster_annotations, contour_problem, contours_mask, nodule_volume, read_lidc_db, resolve_db_path
 from softmask_builder.sources.base import UNSELECTED, Reject, SampleRecord, SampleRef, SliceRecord, unselected_row
 
 __all__ = ["Z_TOL_MM", "plan_lidc", "load_lidc", "plan_lidc_slices", "load_lidc_slice", "scan_dicom_headers"]
@@ -152,16 +152,38 @@ def _header_cache_path(root: Path) -> Path:
     return softmask_cache_dir() / "lidc-headers" / f"{key}.json"
 
 
-def _list_case(root: Path, case: str) -> list[tuple[str, os.stat_result]]:
+def _list_case(root: Path, case: str, skipped: list | None = None) -> list[tuple[str, os.stat_result]]:
     """(path relative to root, stat) of every candidate file under a case folder: the files
     :func:`_dicom_files` takes, folder by folder in sorted top-down order (as ``os.walk`` with
-    sorted folders). ``os.scandir`` and plain strings: this runs on every file of every rerun."""
+    sorted folders). ``os.scandir`` and plain strings: this runs on every file of every rerun.
+
+    A folder is listed once: a symlink back to a folder already listed (a loop) is skipped, and
+    an unreadable folder (permission denied, a path too long) is skipped; each is appended to
+    ``skipped`` as ``(relative path, reason)`` (the plan turns them into rows) and the rest of
+    the case is listed."""
     entries: list[tuple[str, os.stat_result]] = []
     base = str(root)
+    seen: set[tuple[int, int]] = set()
+
+    def note(rel: str, reason: str) -> None:
+        if skipped is not None:
+            skipped.append((rel, reason))
 
     def walk(rel: str) -> None:
-        with os.scandir(os.path.join(base, rel)) as it:
-            items = sorted(it, key=lambda e: e.name)
+        path = os.path.join(base, rel)
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                note(rel, "symlink loop (a folder already listed): skipped")
+                return
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(path) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            if rel == case:
+                raise
+            note(rel, f"unreadable folder ({exc.strerror or type(exc).__name__}): skipped")
+            return
         subdirs = []
         for entry in items:
             if entry.name.startswith("."):
@@ -233,6 +255,21 @@ def scan_dicom_headers(root: Path, cases: list[str], listing=None) -> dict[str, 
     return {case: [(rel, records[rel]) for rel, _ in entries] for case, entries in listing.items()}
 
 
+def _same_pixels(a: Path, b: Path) -> bool:
+    """True when two DICOM files hold equal pixel data after rescale (True too when either
+    cannot be read: loading then rejects it with its own reason)."""
+    import pydicom
+
+    try:
+        da, db = pydicom.dcmread(a), pydicom.dcmread(b)
+        pa, pb = da.pixel_array, db.pixel_array
+        same_rescale = (float(da.get("RescaleSlope", 1) or 1), float(da.get("RescaleIntercept", 0) or 0)) == \
+                       (float(db.get("RescaleSlope", 1) or 1), float(db.get("RescaleIntercept", 0) or 0))
+    except Exception:  # noqa: BLE001 (an unreadable file is rejected when it is loaded)
+        return True
+    return bool(same_rescale and pa.shape == pb.shape and np.array_equal(pa, pb))
+
+
 def _index_case(root: Path, scanned: list[tuple[str, _HeaderRecord]], rejects: list[Reject], *,
                 wanted: set[str] | None, modality: str | None = None) -> dict[str, list[_SliceFile]]:
     """Map SeriesInstanceUID -> slices sorted by z, for the scanned files of one case folder.
@@ -242,10 +279,12 @@ def _index_case(root: Path, scanned: list[tuple[str, _HeaderRecord]], rejects: l
     hide the folder's series). With ``wanted``, other series are ignored; with ``modality``,
     series without a file of that modality are ignored. Files that are not DICOM become rows "not a DICOM
     file (skipped)"; unreadable headers (or a wanted slice without a usable z) become rows
-    "unreadable DICOM header". Two files of a series at the same z: the one with the lower
-    InstanceNumber is kept (pylidc's rule).
+    "unreadable DICOM header". Two files of a series at the same z: if their pixels are equal
+    (a copy), the one with the lower InstanceNumber is kept (pylidc's rule); if they differ, the
+    z is ambiguous: neither is used and each becomes a row "two different slices at z=...".
     """
     series: dict[str, dict[float, _SliceFile]] = {}
+    conflicts: dict[tuple[str, float], set[Path]] = {}
     series_of_modality: set[str] = set()
     for rel, record in scanned:
         kind = record[0]
@@ -263,8 +302,16 @@ def _index_case(root: Path, scanned: list[tuple[str, _HeaderRecord]], rejects: l
         slices = series.setdefault(uid, {})
         key = round(z, 6)
         prev = slices.get(key)
+        if prev is not None and not _same_pixels(prev.path, root / rel):
+            conflicts.setdefault((uid, key), {prev.path}).add(root / rel)
         if prev is None or instance < prev.instance:
             slices[key] = _SliceFile(z, instance, root / rel)
+    for (uid, key), paths in sorted(conflicts.items()):
+        series[uid].pop(key, None)
+        names = sorted(p.relative_to(root).as_posix() for p in paths)
+        for name in names:
+            rejects.append(Reject(name, "plan", f"two different slices at z={key:.3f} mm in one series "
+                                                f"({', '.join(names)}): neither is used"))
     # ``modality`` leaves out series that hold no file of it (a radiograph beside the CT); a
     # stray file of another modality inside a CT series stays, so that loading rejects it with
     # a reason (plausibility: Modality must be CT) instead of it vanishing from the counts.
@@ -369,7 +416,8 @@ def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = Non
     root, cases = _case_dirs(dicom_root)
     options = {"min_readers": min_readers, "max_readers": max_readers, "consensus": float(consensus),
                "slices": slices, "crop_px": crop_px}
-    listing = {case: _list_case(root, case) for case in cases}
+    skipped: list[tuple[str, str]] = []
+    listing = {case: _list_case(root, case, skipped) for case in cases}
     cache = _PlanCache(root, resolve_db_path(db_path), options)
     done = {case: cache.get(case, listing[case]) for case in cases}
     todo = [case for case in cases if done[case] is None]
@@ -388,6 +436,7 @@ def plan_lidc(dicom_root, *, min_readers: int = 4, max_readers: int | None = Non
         cache.save()
     refs: list[SampleRef] = [r for case in cases for r in done[case][0]]
     rejects: list[Reject] = [r for case in cases for r in done[case][1] if r.stage != UNSELECTED]
+    rejects += [Reject(rel, "plan", reason) for rel, reason in skipped]
     if unselected is not None:
         unselected.extend(r for case in cases for r in done[case][1] if r.stage == UNSELECTED)
     refs.sort(key=lambda r: r.sample_id)
@@ -564,6 +613,7 @@ def _read_slice(path: str, sample_id: str) -> tuple[np.ndarray, tuple[float, flo
         raise SourceError(f"unreadable DICOM {path}: {type(exc).__name__}: {exc}", sample_id=sample_id,
                           stage="load") from None
     check_ct_header(modality, slope_tag, sample_id=sample_id, stage="load")
+    check_ct_geometry(ds, sample_id=sample_id, stage="load")  # rescale tags present, axial
     if stored.ndim != 2:
         raise SourceError(f"DICOM {path} is not a single 2-D slice (pixel array shape {stored.shape})",
                           sample_id=sample_id, stage="load")
@@ -612,6 +662,12 @@ def load_lidc(ref: SampleRef) -> SampleRecord:
                           sample_id=ref.sample_id, stage="load")
     _check_against_neighbours((row_mm, col_mm), p.get("neighbour_paths", ()), ref.sample_id)
     rows, cols = image_hu.shape
+    for i, reader in enumerate(p["readers"]):
+        for inclusion, pts in reader:
+            problem = contour_problem(pts)
+            if problem:  # a degenerate outline would give an empty or rule-dependent reader mask
+                raise SourceError(f"reader {i + 1}'s {'inclusion' if inclusion else 'exclusion'} contour is "
+                                  f"degenerate: {problem}", sample_id=ref.sample_id, stage="load")
     all_pts = np.concatenate([np.asarray(pts, dtype=np.int64).reshape(-1, 2)
                               for reader in p["readers"] for _, pts in reader])
     lo, hi = all_pts.min(axis=0), all_pts.max(axis=0)
@@ -629,7 +685,8 @@ def load_lidc(ref: SampleRef) -> SampleRecord:
         full[:] = 0
         full[local[0]:local[0] + shape[0], local[1]:local[1] + shape[1]] = contours_mask(
             reader, origin_rc=local, shape=shape)
-        prior[i] = crop_image(full, origin, scale, size_px=size, interpolation=cv2.INTER_NEAREST) > 0
+        prior[i] = crop_image(full, origin, scale, size_px=size, interpolation=cv2.INTER_NEAREST,
+                              outside="zero") > 0
     crop = crop_image(image_hu, origin, scale, size_px=size)
     return SampleRecord(ref=ref, image_hu=crop, prior_kind="readers", prior=prior,
                         spacing_mm=(row_mm / scale, col_mm / scale), origin_px=(float(origin[0]), float(origin[1])),
@@ -663,7 +720,9 @@ def plan_lidc_slices(dicom_root, *, every_nth: int = 1) -> tuple[list[SampleRef]
     root, cases = _case_dirs(dicom_root)
     refs: list[SampleRef] = []
     rejects: list[Reject] = []
-    scanned = scan_dicom_headers(root, cases)
+    skipped: list[tuple[str, str]] = []
+    scanned = scan_dicom_headers(root, cases, {case: _list_case(root, case, skipped) for case in cases})
+    rejects += [Reject(rel, "plan", reason) for rel, reason in skipped]
     for case in cases:
         index = _index_case(root, scanned[case], rejects, wanted=None, modality="CT")
         for j, uid in enumerate(sorted(index), start=1):

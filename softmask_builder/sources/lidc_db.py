@@ -437,6 +437,41 @@ def _clear_points(mask: np.ndarray, points_rc: np.ndarray, origin_rc) -> None:
     mask[rr[keep], cc[keep]] = False
 
 
+def contour_problem(points_rc) -> str | None:
+    """Why a reader's contour cannot outline a region, or None: fewer than 3 distinct vertices
+    (a point or a segment: its filled polygon is empty or a line), or two non-adjacent edges that
+    properly cross (a self-intersecting outline: its fill depends on the rasteriser's rule).
+    Edges that merely touch or run along each other (common on the pixel lattice) pass."""
+    pts = np.asarray(points_rc, dtype=np.int64).reshape(-1, 2)
+    if len({tuple(p) for p in pts.tolist()}) < 3:
+        return f"{len(pts)} vertices, fewer than 3 distinct points"
+    # drop repeated consecutive vertices, close the ring
+    keep = [0] + [i for i in range(1, len(pts)) if (pts[i] != pts[i - 1]).any()]
+    ring = pts[keep]
+    if (ring[0] == ring[-1]).all():
+        ring = ring[:-1]
+    n = len(ring)
+    a, b = ring, np.roll(ring, -1, axis=0)  # edge i: a[i] -> b[i]
+
+    def orient(p, q, r):  # sign of the cross product (q - p) x (r - p), exact on integers
+        return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1])
+                       - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0]))
+
+    for i in range(n):
+        js = np.arange(i + 2, n)
+        if i == 0:
+            js = js[js != n - 1]  # the last edge is adjacent to the first
+        if not len(js):
+            continue
+        d1, d2 = orient(a[i], b[i], a[js]), orient(a[i], b[i], b[js])
+        d3, d4 = orient(a[js], b[js], a[i]), orient(a[js], b[js], b[i])
+        crossing = (d1 * d2 < 0) & (d3 * d4 < 0)
+        if crossing.any():
+            j = int(js[crossing][0])
+            return f"self-intersecting (edges {i} and {j} cross)"
+    return None
+
+
 def contours_mask(contours: Sequence[tuple[bool, np.ndarray]], *, origin_rc: tuple[int, int],
                   shape: tuple[int, int]) -> np.ndarray:
     """One reader's mask on one slice from its contours there, as pylidc's ``boolean_mask()``.

@@ -15,8 +15,11 @@ candidate files (``a.png`` and ``a.tif``) becomes a plan-stage :class:`Reject`.
 
 Pixel values -> ``image_hu`` (float32):
 
-* DICOM: ``pixel_array * RescaleSlope + RescaleIntercept`` (1 and 0 when absent). Only the pixel
-  data, the rescale and ``PixelSpacing`` are read; no identifying field is copied anywhere.
+* DICOM: ``pixel_array * RescaleSlope + RescaleIntercept``; a slice without both tags is
+  rejected unless ``RescaleType`` is "HU" (then 1 and 0), and a non-axial or flipped
+  ``ImageOrientationPatient`` is rejected (``plausibility.check_ct_geometry``). Only the pixel
+  data, the rescale, the orientation and ``PixelSpacing`` are read; no identifying field is
+  copied anywhere.
 * unsigned 16-bit PNG / TIFF / ``.npy``: ``value - hu_offset``. With ``hu_offset=None`` (the
   default) the offset is detected: an image whose minimum is >= 30000 is DeepLesion-style
   (offset 32768); any other 16-bit image is refused with a message naming the fix (set
@@ -53,9 +56,10 @@ import cv2
 import numpy as np
 
 from softmask_builder.core.validate import as_mask2d
+from softmask_builder.core.image_limits import check_png_size
 from softmask_builder.labelling.crop import crop_image, crop_plan
 from softmask_builder.errors import InputError, SoftMaskError, SourceError
-from softmask_builder.sources.plausibility import check_ct_header, check_image_hu, check_spacing_mm
+from softmask_builder.sources.plausibility import check_ct_geometry, check_ct_header, check_image_hu, check_spacing_mm
 from softmask_builder.sources.base import Reject, SampleRecord, SampleRef
 
 __all__ = ["SUPPORTED_EXTS", "MASK_SUFFIX", "pair_files", "read_pixels", "plan_masks", "load_mask_sample"]
@@ -241,6 +245,7 @@ def _read_dicom(path: Path, *, rescale: bool, sample_id):
     if rescale:
         check_ct_header(modality, 1.0 if slope_tag in (None, "") else slope_tag, sample_id=sample_id,
                         stage=_STAGE_LOAD)
+        check_ct_geometry(ds, sample_id=sample_id, stage=_STAGE_LOAD)  # rescale tags present, axial
         # DICOM PixelSpacing is (row spacing, column spacing): already our (row, col) order.
         return pixels.astype(np.float64) * slope + intercept, spacing
     return pixels, spacing
@@ -252,6 +257,7 @@ def _read_raster(path: Path, *, sample_id):
     except OSError as exc:
         raise SoftMaskError(f"cannot read {path.name}: {exc.strerror or exc}", sample_id=sample_id,
                             stage=_STAGE_LOAD) from None
+    check_png_size(data, name=path.name, sample_id=sample_id, stage=_STAGE_LOAD)  # before any allocation
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise SoftMaskError(f"cannot decode {path.name} (truncated, corrupt or unsupported)", sample_id=sample_id,
@@ -397,7 +403,7 @@ def load_mask_sample(ref: SampleRef) -> SampleRecord:
         origin, scale = crop_plan(center, size_px=int(crop_px), extent_px=extent)
         crop = crop_image(image_hu, origin, scale, size_px=int(crop_px))
         prior = crop_image(mask.astype(np.uint8), origin, scale, size_px=int(crop_px),
-                           interpolation=cv2.INTER_NEAREST) != 0
+                           interpolation=cv2.INTER_NEAREST, outside="zero") != 0
     return SampleRecord(ref=ref, image_hu=np.asarray(crop, dtype=np.float32), prior_kind="mask", prior=prior,
                         spacing_mm=(float(spacing[0]) / scale, float(spacing[1]) / scale),
                         origin_px=(float(origin[0]), float(origin[1])), scale=float(scale))

@@ -196,6 +196,49 @@ def check_ct_header(modality, rescale_slope, *, sample_id: str | None = None, st
                                sample_id=sample_id, stage=stage)
 
 
-__all__ = ["PADDING_BELOW_HU", "MAX_ONE_VALUE_FRACTION", "MIN_TISSUE_FRACTION", "MIN_P1_P99_RANGE_HU",
+#: A slice is axial when its row direction is within ~8 degrees of +x and its column direction
+#: within ~8 degrees of +y (cosines >= 0.99: a gantry tilt passes, a coronal, sagittal or
+#: flipped slice does not).
+AXIAL_MIN_COSINE = 0.99
+
+
+def check_ct_geometry(ds, *, sample_id: str | None = None, stage: str = "load") -> None:
+    """Header rules of a CT slice read for HU (a pydicom dataset; no pixels are read):
+
+    * **rescale tags**: ``RescaleIntercept`` and ``RescaleSlope`` must both be present. Without
+      them the stored values are HU only if the header says so: ``RescaleType`` (0028,1054) "HU"
+      (the one rule that proves it; then slope 1, intercept 0). Otherwise the slice is rejected:
+      the common case is raw scanner values, every HU off by +1024, which the image-median rule
+      can miss.
+    * **orientation**: ``ImageOrientationPatient``, when present, must be axial and unflipped
+      (row cosine . +x and column cosine . +y >= :data:`AXIAL_MIN_COSINE`). A coronal, sagittal or
+      flipped slice is rejected (not resampled: the toolkit's crops and RECIST marks are axial).
+
+    Raises :class:`ImplausibleError` naming the rule.
+    """
+    has_intercept = ds.get("RescaleIntercept") not in (None, "")
+    has_slope = ds.get("RescaleSlope") not in (None, "")
+    if not (has_intercept and has_slope):
+        rescale_type = str(ds.get("RescaleType", "") or "").strip().upper()
+        if rescale_type != "HU":
+            missing = [t for t, ok in (("RescaleIntercept", has_intercept), ("RescaleSlope", has_slope)) if not ok]
+            raise ImplausibleError(f"DICOM CT slice without {' and '.join(missing)} and without RescaleType 'HU': "
+                                   "its values cannot be shown to be HU", sample_id=sample_id, stage=stage)
+    iop = ds.get("ImageOrientationPatient")
+    if iop is not None and len(iop) == 6:
+        try:
+            cos = [float(v) for v in iop]
+        except (TypeError, ValueError):
+            raise ImplausibleError(f"DICOM ImageOrientationPatient {list(iop)!r} is not 6 numbers",
+                                   sample_id=sample_id, stage=stage) from None
+        row, col = np.array(cos[:3]), np.array(cos[3:])
+        if not (np.isfinite(cos).all() and row[0] >= AXIAL_MIN_COSINE * np.linalg.norm(row) > 0
+                and col[1] >= AXIAL_MIN_COSINE * np.linalg.norm(col) > 0):
+            raise ImplausibleError(f"DICOM ImageOrientationPatient {[round(c, 3) for c in cos]} is not axial "
+                                   "(rows along +x, columns along +y): coronal, sagittal or flipped slices are "
+                                   "rejected", sample_id=sample_id, stage=stage)
+
+
+__all__ = ["AXIAL_MIN_COSINE", "check_ct_geometry", "PADDING_BELOW_HU", "MAX_ONE_VALUE_FRACTION", "MIN_TISSUE_FRACTION", "MIN_P1_P99_RANGE_HU",
            "MEDIAN_RANGE_HU", "SPACING_RANGE_MM", "SERIES_SPACING_RTOL", "ImplausibleError", "check_image_hu",
            "check_spacing_mm", "spacing_differs", "check_series_spacing", "check_ct_header"]

@@ -211,6 +211,9 @@ def test_all_nan_checkpoint(trained, ds, tmp_path):
         if v.is_floating_point():
             v.fill_(float("nan"))
     obj["weights_sha256"] = weights_sha256(obj["modules"])  # a run that diverged, saved consistently
+    from dsnet_trainer.checkpoint import state_sha256
+
+    obj["state_sha256"] = state_sha256(obj)
     torch.save(obj, tmp_path / "nan.pt")
     _one_line_error(_evaluate(tmp_path / "nan.pt", ds), EXIT_INPUT, "nan.pt", "NaN or infinite weights")
 
@@ -321,3 +324,42 @@ def test_checkpoint_and_predictions_together_is_a_usage_error(ds, tmp_path):
     res = CliRunner().invoke(main, ["evaluate", "--predictions", str(tmp_path), "--checkpoint", str(tmp_path / "x.pt"),
                                     "--data", str(ds)])
     _one_line_error(res, EXIT_INPUT, "exactly one of")
+
+
+# ---------------------------------------------------------------------------- issue 23: state digest
+def _flip_first_float(tree) -> bool:
+    """Flip one bit of the first non-empty floating tensor found in ``tree`` (in place)."""
+    if isinstance(tree, dict):
+        return any(_flip_first_float(tree[k]) for k in sorted(tree, key=str))
+    if isinstance(tree, (list, tuple)):
+        return any(_flip_first_float(v) for v in tree)
+    if isinstance(tree, torch.Tensor) and tree.is_floating_point() and tree.numel():
+        tree.view(-1)[:1].view(torch.uint8)[0] ^= 1
+        return True
+    return False
+
+
+@pytest.mark.parametrize("part", ["optimizers", "rng", "epoch"])
+def test_flipped_training_state_is_refused_for_evaluation_and_resume(part, trained, ds, tmp_path):
+    obj = torch.load(trained, weights_only=True)
+    if part == "epoch":
+        obj["epoch"] += 1
+    elif part == "rng":
+        rng = obj["rng"]
+        key = next(k for k in sorted(rng) if isinstance(rng[k], torch.Tensor))
+        rng[key] = rng[key].clone()
+        rng[key][0] ^= 1
+    else:
+        assert _flip_first_float(obj["optimizers"])
+    torch.save(obj, tmp_path / "flipped.pt")
+    _one_line_error(_evaluate(tmp_path / "flipped.pt", ds), EXIT_INPUT, "flipped.pt", "training state")
+    res = _train(ds, tmp_path / "run3", "--resume", str(tmp_path / "flipped.pt"))
+    _one_line_error(res, EXIT_INPUT, "training state")
+
+
+def test_version_2_checkpoint_is_refused_with_the_retrain_line(trained, ds, tmp_path):
+    obj = torch.load(trained, weights_only=True)
+    obj["version"] = 2
+    del obj["state_sha256"]
+    torch.save(obj, tmp_path / "v2.pt")
+    _one_line_error(_evaluate(tmp_path / "v2.pt", ds), EXIT_INPUT, "version 2", "retrain")

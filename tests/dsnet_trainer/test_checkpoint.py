@@ -88,15 +88,15 @@ def test_pickled_code_is_refused(tmp_path):
 
 # ---------------------------------------------------------------------------- layout and bytes
 # The keys of every checkpoint file so far, in their order (docs of dsnet_trainer.checkpoint).
-LAYOUT = ["format", "version", "weights_sha256", "kind", "epoch", "step", "best_metric", "compat", "modules",
-          "optimizers", "schedulers", "scaler", "rng", "extra"]
+LAYOUT = ["format", "version", "weights_sha256", "state_sha256", "kind", "epoch", "step", "best_metric", "compat",
+          "modules", "optimizers", "schedulers", "scaler", "rng", "extra"]
 
 
-def test_layout_and_digest_are_those_of_version_2(tmp_path):
+def test_layout_and_digest_are_those_of_version_3(tmp_path):
     state, model, *_ = _toy_state()
     ck = load_checkpoint(save_checkpoint(state.state_dict(), tmp_path / "last.pt"))
     assert list(ck) == LAYOUT
-    assert (ck["format"], ck["version"]) == ("dsnet-trainer-checkpoint", 2)
+    assert (ck["format"], ck["version"]) == ("dsnet-trainer-checkpoint", 3)
     assert ck["weights_sha256"] == weights_sha256({"model": model.state_dict()})
     assert set(ck["modules"]["model"]) == set(model.state_dict())
 

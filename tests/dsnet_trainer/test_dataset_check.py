@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from dsnet_trainer.dataset_check import DatasetMismatchError, check_dataset
+from dsnet_trainer.dataset_check import DatasetMismatchError, DatasetVerifyError, check_dataset
 from dsnet_trainer.errors import ShardError
 
 from .shardkit import make_sample_arrays, write_sample_shard, write_slice_shard
@@ -34,15 +34,16 @@ def test_a_matching_folder_passes_level_1(folder):
     assert (check.level, check.n_shards) == ("manifest", 2)
 
 
-@pytest.mark.parametrize("manifest, text", [
-    ("{not json", "manifest.json is not a valid manifest"),
-    ("[]", "manifest.json is not a valid manifest"),
-    ('{"kind": "samples"}', "manifest.json is not a valid manifest"),
-    ('{"kind": "slices", "shards": []}', "is a 'slices' dataset, this command needs 'samples' shards"),
+@pytest.mark.parametrize("manifest, text, error", [
+    ("{not json", "manifest.json is not a valid manifest", "verify"),  # damaged: exit 3 (issue 23)
+    ("[]", "manifest.json is not a valid manifest", "verify"),
+    ('{"kind": "samples"}', "manifest.json is not a valid manifest", "verify"),
+    ('{"kind": "slices", "shards": []}', "is a 'slices' dataset, this command needs 'samples' shards", "mismatch"),
 ])
-def test_bad_manifests_are_named(folder, manifest, text):
+def test_bad_manifests_are_named(folder, manifest, text, error):
     (folder / "manifest.json").write_text(manifest)
-    with pytest.raises(DatasetMismatchError, match=f"--data .*ds.*{text}"):
+    with pytest.raises(DatasetVerifyError if error == "verify" else DatasetMismatchError,
+                       match=f"--data .*ds.*{text}"):
         check_dataset(folder, kind="samples", verify_hashes=False)
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dsnet_trainer import engine
-from dsnet_trainer.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from dsnet_trainer.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint,
+                                      state_sha256)
 from dsnet_trainer.digest import weights_sha256
 from dsnet_trainer.engine import CheckpointManager, MetricLogger
 from dsnet_trainer.errors import CheckpointError
@@ -37,9 +38,10 @@ def test_checkpoint_manager_files_and_resume(tmp_path):
     mgr = CheckpointManager(tmp_path / "ck", every_n_epochs=2)
     assert mgr.resolve_resume("auto") is None and mgr.resolve_resume(None) is None
     for epoch, improved in [(1, True), (2, False), (3, True), (4, False)]:
-        mgr.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": "t",
-                  "epoch": epoch, "modules": {}, "weights_sha256": weights_sha256({})},
-                 epoch=epoch, improved=improved)
+        ck = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": "t",
+              "epoch": epoch, "modules": {}, "weights_sha256": weights_sha256({})}
+        ck["state_sha256"] = state_sha256(ck)
+        mgr.save(ck, epoch=epoch, improved=improved)
     names = sorted(p.name for p in (tmp_path / "ck").iterdir())
     assert names == ["best.pt", "epoch_0002.pt", "epoch_0004.pt", "last.pt"]
     assert load_checkpoint(mgr.best_path)["epoch"] == 3

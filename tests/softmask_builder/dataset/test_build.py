@@ -197,7 +197,7 @@ def _bad_label(record, params):
     return fake_labeller(record, params)
 
 
-def test_label_errors_become_label_rejects_and_bugs_stop_the_build(tmp_path):
+def test_label_errors_and_unexpected_exceptions_become_label_rejects(tmp_path):
     plan = make_plan(recipe(), make_refs(4))
     result = fake_build(tmp_path / "a", plan, labeller=_bad_label)
     rows = {r.sample_id: (r.stage, r.reason) for r in result.rejects}
@@ -205,8 +205,11 @@ def test_label_errors_become_label_rejects_and_bugs_stop_the_build(tmp_path):
     assert rows["s0002"] == ("label", "grabcut: GrabCut found nothing")
     assert rows["s0003"][0] == "label" and "shape" in rows["s0003"][1]
     assert result.n_samples == 1
-    with pytest.raises(RuntimeError, match="s0004"):
-        fake_build(tmp_path / "b", make_plan(recipe(), make_refs(5)), labeller=_bad_label)
+    # Issue 23: an unexpected exception type is a rejects row naming the type, not a stopped build.
+    result = fake_build(tmp_path / "b", make_plan(recipe(), make_refs(5)), labeller=_bad_label)
+    rows = {r.sample_id: (r.stage, r.reason) for r in result.rejects}
+    assert rows["s0004"] == ("label", "KeyError: 'a bug'")
+    assert result.n_samples == 1
 
 
 def test_all_rejected_shard_is_written_empty(tmp_path):
