@@ -89,7 +89,21 @@ def manifest_dict(result: "BuildResult") -> dict[str, Any]:
                     "n_samples": s.n_samples, "n_planned": s.n_planned, "sha256": s.sha256, "bytes": s.bytes}
                    for s in result.shards],
         "versions": library_versions(),
+        **_optional_arrays_entry(result),
     }
+
+
+def _optional_arrays_entry(result: "BuildResult") -> dict[str, Any]:
+    """``{"optional_arrays": [...]}`` when the build's shards carry schema 3's optional arrays
+    (``true_fraction`` of a phantom source), else {} (real builds' manifests are unchanged)."""
+    from softmask_builder.formats.shards import optional_arrays
+
+    found: set[str] = set()
+    for s in result.shards:
+        if s.n_samples:
+            with open_shard(Path(result.out) / s.name) as shard:
+                found |= {k for k in optional_arrays(shard.kind) if k in shard.file}
+    return {"optional_arrays": sorted(found)} if found else {}
 
 
 def write_release(result: "BuildResult") -> dict[str, Any]:
