@@ -240,6 +240,64 @@ def t_interval(diffs: np.ndarray, level: float = 0.95) -> tuple[float, float, fl
     return mean, mean - half, mean + half
 
 
+def clustered_interval(diffs, clusters, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the paired per-crop ``diffs`` and its two-sided ``level`` interval with crops
+    clustered (by background patient, the truth study of docs/TRAINING.md): the cluster-robust
+    (CR1) standard error of a mean, ``mean = sum(d_c) / sum(n_c)``,
+    ``var = G / (G - 1) * sum((d_c - mean * n_c)^2) / sum(n_c)^2`` over the G clusters (d_c the sum
+    of cluster c's differences, n_c its size), and a t quantile with G - 1 degrees of freedom.
+    With one crop per cluster it is the plain t interval; with equal cluster sizes, the t interval
+    of the cluster means. Fewer than 2 clusters: (mean, nan, nan). Raises ValueError when the
+    lengths differ or a difference is not finite."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=np.float64)
+    c = np.asarray(clusters)
+    if d.ndim != 1 or c.shape != d.shape:
+        raise ValueError(f"diffs {d.shape} and clusters {c.shape} must be two 1-D arrays of one length")
+    if not np.isfinite(d).all():
+        raise ValueError("diffs must be finite")
+    if d.size == 0:
+        return math.nan, math.nan, math.nan
+    _, index = np.unique(c, return_inverse=True)
+    sums = np.bincount(index, weights=d)
+    sizes = np.bincount(index).astype(np.float64)
+    g = sums.size
+    mean = float(sums.sum() / sizes.sum())
+    if g < 2:
+        return mean, math.nan, math.nan
+    var = g / (g - 1) * float(((sums - mean * sizes) ** 2).sum()) / float(sizes.sum()) ** 2
+    half = float(stats.t.ppf(0.5 + level / 2, g - 1) * math.sqrt(var))
+    return mean, mean - half, mean + half
+
+
+#: The collapse rule of the truth study (docs/TRAINING.md): a run whose selected validation Dice is
+#: below COLLAPSE_FLOOR, or more than COLLAPSE_MARGIN below the median of its arm's other seeds.
+COLLAPSE_FLOOR = 0.80
+COLLAPSE_MARGIN = 0.05
+
+
+def collapsed_runs(select: dict[str, dict[str, float]], *, floor: float = COLLAPSE_FLOOR,
+                   margin: float = COLLAPSE_MARGIN) -> dict[str, list[str]]:
+    """``{arm: [collapsed run names]}`` for ``select`` = ``{arm: {run name: selected val Dice}}``.
+
+    A run has collapsed when its selected validation Dice is below ``floor`` or more than
+    ``margin`` below the median of the *other* seeds of its arm (an arm of one run is judged by the
+    floor alone); a missing (None/NaN) score counts as collapsed. Such runs are reported on their
+    own line and left out of the arm's means, never averaged in silently."""
+    out: dict[str, list[str]] = {}
+    for arm, runs in select.items():
+        bad = []
+        for name, score in runs.items():
+            v = math.nan if score is None else float(score)
+            others = [float(x) for n, x in runs.items() if n != name and x is not None and math.isfinite(float(x))]
+            if not math.isfinite(v) or v < floor or (others and v < float(np.median(others)) - margin):
+                bad.append(name)
+        if bad:
+            out[arm] = sorted(bad)
+    return out
+
+
 def summarise(runs: dict[str, list[Path]], select: dict[str, list[float]] | None = None) -> dict:
     """Statistics of the evaluated runs ``{row: [eval folders, one per seed]}`` (see the module doc);
     ``select``: per row, each seed's selection score (mean validation Dice of its selection window)."""

@@ -206,3 +206,47 @@ def test_l1_default_rule_prefers_the_paper_cell_only_within_one_seed_std():
     clear = mod.choose_l1_default(stats({paper: (0.80, 0.01), other: (0.83, 0.01)}))
     assert clear["chosen"] == other and clear["ties"] == [other]
     assert mod.choose_l1_default({"rows": {"unet": {"val_select_mean": 0.9}}}) is None
+
+
+# ---- the truth study's statistics (issue 25) ------------------------------------------------
+def test_clustered_interval_reduces_to_t_intervals_in_its_special_cases():
+    mod = _tables_module()
+    rng = np.random.default_rng(3)
+    d = rng.normal(0.02, 0.05, 40)
+    # one crop per cluster: the plain t interval (scipy's)
+    mean, lo, hi = mod.clustered_interval(d, np.arange(40))
+    ref = stats.t.interval(0.95, 39, loc=d.mean(), scale=stats.sem(d))
+    assert mean == pytest.approx(d.mean()) and (lo, hi) == pytest.approx(ref)
+    # equal clusters of 4: the t interval of the 10 cluster means
+    clusters = np.repeat(np.arange(10), 4)
+    means = d.reshape(10, 4).mean(axis=1)
+    mean, lo, hi = mod.clustered_interval(d, clusters)
+    ref = stats.t.interval(0.95, 9, loc=means.mean(), scale=stats.sem(means))
+    assert mean == pytest.approx(means.mean()) and (lo, hi) == pytest.approx(ref)
+    # clustering widens the interval when crops of a patient move together
+    shared = np.repeat(rng.normal(0, 0.05, 10), 4) + rng.normal(0, 0.005, 40)
+    _, lo_c, hi_c = mod.clustered_interval(shared, clusters)
+    _, lo_i, hi_i = mod.clustered_interval(shared, np.arange(40))
+    assert hi_c - lo_c > 2 * (hi_i - lo_i)
+    assert np.isnan(mod.clustered_interval(d[:3], [0, 0, 0])[1])
+    with pytest.raises(ValueError, match="one length"):
+        mod.clustered_interval(d, clusters[:-1])
+
+
+def test_clustered_interval_unequal_clusters_hand_case():
+    mod = _tables_module()
+    # clusters a: [1, 3] (sum 4, n 2), b: [2] (sum 2, n 1), c: [0, 0, 3] (sum 3, n 3); mean 9/6 = 1.5
+    # residuals d_c - mean n_c: 1, 0.5, -1.5 -> sum of squares 3.5; var = 3/2 * 3.5 / 36
+    mean, lo, hi = mod.clustered_interval([1, 3, 2, 0, 0, 3], ["a", "a", "b", "c", "c", "c"])
+    half = stats.t.ppf(0.975, 2) * np.sqrt(1.5 * 3.5 / 36)
+    assert mean == 1.5 and (lo, hi) == pytest.approx((1.5 - half, 1.5 + half))
+
+
+def test_collapse_rule_puts_the_collapsed_seed_apart():
+    mod = _tables_module()
+    select = {"dsnet_binary": {"s0": 0.73, "s1": 0.89, "s2": 0.885},      # the issue's collapsed run
+              "dsnet": {"s0": 0.89, "s1": 0.87, "s2": 0.883},             # 0.87 is within 0.05: kept
+              "drift": {"s0": 0.90, "s1": 0.84, "s2": 0.91},              # 0.84 < 0.905 - 0.05
+              "alone": {"s0": 0.79}, "missing": {"s0": None, "s1": 0.9}}
+    assert mod.collapsed_runs(select) == {"dsnet_binary": ["s0"], "drift": ["s1"], "alone": ["s0"],
+                                          "missing": ["s0"]}
