@@ -128,7 +128,7 @@ def test_member_index_is_cached_outside_the_source_and_keyed_by_size_and_mtime(p
     try:
         index = dlzip.zip_member_index(root)
         assert len(index) == len(members) and index.find(members[4]) == "Images_png_02.zip"
-        assert sorted(os.listdir(root)) == ["DL_info.csv", "Images_png_01.zip", "Images_png_02.zip"]
+        assert sorted(os.listdir(root)) == ["DL_info.csv", "Images_png_01.zip", "Images_png_02.zip", "phantom_truth.npz"]
         cached = sorted((tmp_path / "cache" / "deeplesion-zips").glob("*.json"))
         assert len(cached) == 2
         # A second index reads the cache: listing a zip is not needed any more.
