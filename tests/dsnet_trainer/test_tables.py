@@ -250,3 +250,18 @@ def test_collapse_rule_puts_the_collapsed_seed_apart():
               "alone": {"s0": 0.79}, "missing": {"s0": None, "s1": 0.9}}
     assert mod.collapsed_runs(select) == {"dsnet_binary": ["s0"], "drift": ["s1"], "alone": ["s0"],
                                           "missing": ["s0"]}
+
+
+def test_nnunet_steps_schedule_is_exact_and_near_250_iterations():
+    spec = importlib.util.spec_from_file_location("nnunet_steps", ROOT / "scripts" / "nnunet_steps_trainer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # 3810 = 2 * 3 * 5 * 127: 15 epochs of 254 iterations (the nearest divisor pair to 250)
+    assert mod.schedule_for_steps(3810) == (15, 254)
+    assert mod.schedule_for_steps(250_000) == (1000, 250)  # nnU-Net's default schedule
+    assert mod.schedule_for_steps(127) == (1, 127)          # a prime below 250: one epoch
+    for total in (1, 997, 3810, 12_000):
+        e, it = mod.schedule_for_steps(total)
+        assert e * it == total
+    with pytest.raises(ValueError, match="total_steps"):
+        mod.schedule_for_steps(0)
