@@ -112,6 +112,10 @@ def effective_config(cfg_dict: dict) -> dict:
     return json.loads(json.dumps(out, sort_keys=True))
 
 
+#: Config keys added after records were made, with their defaults (see :func:`relevant`).
+_ADDED_DEFAULTS = {("data", "train_target"): "label"}
+
+
 def relevant(effective: dict) -> dict:
     """``effective`` without the keys its variant never reads (a U-Net does not read lambda2, a
     variant without a GAN no discriminator setting), so a changed default of such a key does not
@@ -120,6 +124,11 @@ def relevant(effective: dict) -> dict:
 
     v = get_variant(effective["model"]["variant"])
     drop = set()
+    # Keys added after runs were recorded: at their default they change nothing, so a record that
+    # predates them (no key) and a run at the default compare equal (data.train_target: issue 25).
+    for (section, key), default in _ADDED_DEFAULTS.items():
+        if effective.get(section, {}).get(key, default) == default:
+            drop.add((section, key))
     if not v.soft_head:
         drop |= {("optim", "l1_weight"), ("optim", "l1_reduction"), ("data", "kats_ring_px"), ("data", "kats_p"),
                  ("data", "softseg_factor")}
