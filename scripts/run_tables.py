@@ -70,7 +70,10 @@ _CELL = re.compile(r"^(?P<variant>[a-z_]+)\.l1w(?P<weight>[0-9]+(?:\.[0-9]+)?)\.
 # overrides that do not change what a run computes (a finished run is not refused over them)
 _NEUTRAL = ("loop.num_threads=", "loop.progress=", "loop.num_workers=")
 RECORD_FILES = ("per_crop.csv", "metrics.json", "table_run.json")
-RECORD_COLUMNS = ("sample_id", "gt_px", "pred_px", "dice", "sen", "ppv", "sad")  # per_crop.csv as recorded
+RECORD_COLUMNS = ("sample_id", "gt_px", "pred_px", "dice", "sen", "ppv", "sad",  # per_crop.csv as recorded
+                  # scored against a phantom's truth (issue 25; only in evaluations of builds that carry it)
+                  "true_px", "dice_true", "dice_true_tval", "dice_true_ttrue", "sad_true", "hd95_px",
+                  "surface_dice_1px", "label_dice_true")
 
 
 def row_overrides(row: str) -> list[str]:

@@ -265,3 +265,20 @@ def test_nnunet_steps_schedule_is_exact_and_near_250_iterations():
         assert e * it == total
     with pytest.raises(ValueError, match="total_steps"):
         mod.schedule_for_steps(0)
+
+
+def test_record_keeps_the_truth_columns_when_the_evaluation_has_them(tmp_path):
+    mod = _tables_module()
+    head_plain = "sample_id,gt_px,pred_px,dice,dice_tval,sen,ppv,dice_smooth,sad,mse"
+    head_truth = head_plain + ",true_px,dice_true,sen_true,dice_true_tval,sad_true,mse_true,hd95_px,surface_dice_1px"
+    for name, head, row in (("plain", head_plain, "a,4,5,0.9,0.9,1,0.8,0.9,0.5,0.01"),
+                            ("truth", head_truth, "a,4,5,0.9,0.9,1,0.8,0.9,0.5,0.01,6,0.8,0.8,0.75,1.5,0.02,1,0.9")):
+        run = tmp_path / name
+        (run / "eval-test").mkdir(parents=True)
+        (run / "eval-test" / "per_crop.csv").write_text(head + "\n" + row + "\n")
+        mod._record(run, tmp_path / "record", name)
+    plain = (tmp_path / "record" / "plain" / "per_crop.csv").read_text().splitlines()
+    truth = (tmp_path / "record" / "truth" / "per_crop.csv").read_text().splitlines()
+    assert plain == ["sample_id,gt_px,pred_px,dice,sen,ppv,sad", "a,4,5,0.9,1,0.8,0.5"]  # as before issue 25
+    assert truth == ["sample_id,gt_px,pred_px,dice,sen,ppv,sad,true_px,dice_true,dice_true_tval,sad_true,hd95_px,"
+                     "surface_dice_1px", "a,4,5,0.9,1,0.8,0.5,6,0.8,0.75,1.5,1,0.9"]
