@@ -360,6 +360,10 @@ def test_phantom_build_carries_the_truth_cropped_like_the_image(phantom_root, tm
                     assert abs(area - full.sum()) < 0.05 * full.sum()
     assert seen >= 3
     assert verify(tmp_path).ok
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["optional_arrays"] == ["true_fraction"] and manifest["schema_version"] == 3
+    croissant = json.loads((tmp_path / "croissant.json").read_text())
+    assert "true_fraction" in {f["name"] for f in croissant["recordSet"][0]["field"]}
 
 
 @pytest.mark.realdata
@@ -380,6 +384,7 @@ def test_real_deeplesion_fixture_build(deeplesion_root, tmp_path):
     built = {bytes(s).decode() for sh in result.shards for s in open_shard(tmp_path / sh.name).meta["source_key"]}
     assert built == {row["File_name"] for row, ok in zip(rows, present) if ok}
     assert not any(open_shard(tmp_path / sh.name).has_truth for sh in result.shards)  # real source: no truth
+    assert "optional_arrays" not in json.loads((tmp_path / "manifest.json").read_text())
     assert verify(tmp_path).ok
 
 
