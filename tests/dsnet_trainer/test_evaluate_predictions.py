@@ -46,6 +46,7 @@ def test_nnunet_style_npz_through_cases_csv(tmp_path, monkeypatch):
         rows = {r["sample_id"]: float(r["dice"]) for r in csv.DictReader(fh)}
     assert rows[ids[0]] == 0.0 and all(rows[s] == 1.0 for s in ids[1:])
     assert "| external" not in res.stdout and "75.00" in res.stdout
+    assert "phantom" not in res.stdout  # no truth in this build: the report of before issue 25
 
 
 def test_external_predictions_are_scored_against_the_truth_when_the_build_has_it(tmp_path, monkeypatch):
@@ -81,3 +82,4 @@ def test_external_predictions_are_scored_against_the_truth_when_the_build_has_it
     assert float(rows[0]["hd95_px"]) == 0.0 and float(rows[0]["surface_dice_1px"]) == 1.0
     assert float(rows[1]["hd95_px"]) == 1.0 and float(rows[1]["surface_dice_1px"]) == 1.0
     assert "Scored against the phantom's truth" in (pred / "eval-test" / "summary.md").read_text()
+    assert "Scored against the phantom's truth" in res.stdout and "| Dice(true) @0.5 |" in res.stdout
