@@ -6,6 +6,11 @@ and write the tables.
         [-s optim.epochs=30] [--jobs 2] [--record docs/results/NAME] [--no-train]
         [--nnunet runs/nnunet/eval/run0-nnUNetTrainer_5epochs ...]
 
+When every run was evaluated on a build that carries the phantom's truth (shard schema 3), the
+tables end with the truth study's table (docs/TRAINING.md): Dice against the true mask and SAD
+against the true fraction per row, collapsed runs on their own lines, paired differences to the
+U-Net row with 95 % intervals clustered by background patient (:func:`summarise_truth`).
+
 Rows are ``model.variant`` names, or Soft Mask L1 study cells ``VARIANT.l1wW.REDUCTION`` (e.g.
 ``drtm_soft.l1w10.crop_band`` = the variant with ``optim.l1_weight=10`` and
 ``optim.l1_reduction=crop_band``); ``--study l1`` adds the six ``drtm_soft`` cells (lambda2 1, 10,
@@ -361,6 +366,102 @@ def summarise(runs: dict[str, list[Path]], select: dict[str, list[float]] | None
     return out
 
 
+#: Truth-scored per-crop columns the truth tables read (dsnet evaluate on a build with the truth).
+TRUTH_PRIMARY, TRUTH_SECONDARY = "dice_true_tval", "sad_true"
+
+
+def _read_truth_columns(eval_dir: Path) -> dict[str, tuple[float, float]] | None:
+    """sample_id -> (primary, secondary) truth scores of one evaluation; None when its CSV has no
+    truth columns (a build without the phantom's truth, or no val threshold)."""
+    with open(eval_dir / "per_crop.csv", newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not {TRUTH_PRIMARY, TRUTH_SECONDARY} <= set(reader.fieldnames or []):
+            return None
+        return {r["sample_id"]: (float(r[TRUTH_PRIMARY]), float(r[TRUTH_SECONDARY])) for r in reader}
+
+
+def summarise_truth(runs: dict[str, list[Path]], names: dict[str, list[str]], select: dict[str, list[float]],
+                    patients: dict[str, str], *, reference: str = "unet") -> dict | None:
+    """The truth study's statistics (docs/TRAINING.md), or None unless every run's evaluation has
+    the truth columns: per row, the collapsed runs (:func:`collapsed_runs` on the selection
+    scores) apart; over the others, the seed means of the primary endpoint (Dice against the true
+    mask at the label-chosen val threshold) and of SAD against the true fraction; and, per row,
+    the paired per-crop difference to ``reference`` (each averaged over its kept seeds) with the
+    95 % interval clustered by background patient (:func:`clustered_interval`; ``patients``:
+    sample_id -> patient)."""
+    cols = {row: [_read_truth_columns(f) for f in folders] for row, folders in runs.items()}
+    if not cols or any(c is None for v in cols.values() for c in v):
+        return None
+    gone = collapsed_runs({row: dict(zip(names[row], select.get(row, [None] * len(names[row]))))
+                           for row in runs})
+    per_row: dict[str, dict[str, tuple[float, float]]] = {}
+    out: dict = {"primary": TRUTH_PRIMARY, "secondary": TRUTH_SECONDARY, "reference": reference,
+                 "collapsed": gone, "rows": {}}
+    for row, crops in cols.items():
+        kept = [c for n, c in zip(names[row], crops) if n not in gone.get(row, [])]
+        entry = {"n_seeds": len(crops), "n_kept": len(kept)}
+        if kept:
+            ids = sorted(kept[0])
+            entry["primary_seed_means"] = [float(np.mean([c[i][0] for i in ids])) for c in kept]
+            entry["secondary_seed_means"] = [float(np.mean([c[i][1] for i in ids])) for c in kept]
+            per_row[row] = {i: (float(np.mean([c[i][0] for c in kept])), float(np.mean([c[i][1] for c in kept])))
+                            for i in ids}
+        out["rows"][row] = entry
+    if reference in per_row:
+        ids = sorted(per_row[reference])
+        missing = sorted(i for i in ids if i not in patients)
+        if missing:
+            raise SystemExit(f"no patient for test crops {missing[:3]} in --data: evaluated on another build?")
+        groups = [patients[i] for i in ids]
+        for row, d in per_row.items():
+            if row == reference or set(d) != set(ids):
+                continue
+            for k, key in ((0, "primary_vs_ref"), (1, "secondary_vs_ref")):
+                diff = np.array([d[i][k] - per_row[reference][i][k] for i in ids])
+                m, lo, hi = clustered_interval(diff, groups)
+                out["rows"][row][key] = {"mean": m, "ci95": [lo, hi], "n_clusters": len(set(groups))}
+    return out
+
+
+def format_truth_tables(truth: dict) -> str:
+    """Markdown of :func:`summarise_truth`: one line per row, collapsed runs on their own lines."""
+    lines = ["### Scored against the phantom's truth", "",
+             f"Primary: Dice against the true mask at the val threshold chosen against the label (`{truth['primary']}`); "
+             f"secondary: SAD against the true fraction (`{truth['secondary']}`). Differences: per test crop, row minus "
+             f"{truth['reference']} (each averaged over its kept seeds), 95 % interval clustered by background patient.",
+             "", "| row | seeds kept | Dice(true) mean over seeds | vs reference (95 % CI, clustered) | SAD(true) | "
+             "SAD vs reference (95 % CI) |", "|---|---|---|---|---|---|"]
+    for row, e in truth["rows"].items():
+        if not e["n_kept"]:
+            lines.append(f"| {row} | 0/{e['n_seeds']} | - | - | - | - |")
+            continue
+        cells = []
+        for key, signed in (("primary_vs_ref", True), ("secondary_vs_ref", False)):
+            v = e.get(key)
+            fmt = (lambda x: _pp(x, True)) if signed else (lambda x: f"{x:+.2f}")
+            cells.append("-" if v is None else f"{fmt(v['mean'])} [{fmt(v['ci95'][0])}, {fmt(v['ci95'][1])}]")
+        lines.append(f"| {row} | {e['n_kept']}/{e['n_seeds']} | {_pp(float(np.mean(e['primary_seed_means'])))} | "
+                     f"{cells[0]} | {float(np.mean(e['secondary_seed_means'])):.2f} | {cells[1]} |")
+    lines.append("")
+    for row, runs in sorted(truth["collapsed"].items()):
+        lines.append(f"Collapsed (left out of {row}'s means by the written rule): {', '.join(runs)}.")
+    if truth["collapsed"]:
+        lines.append("")
+    return "\n".join(lines)
+
+
+def crop_patients(data: str) -> dict[str, str]:
+    """sample_id -> patient of every sample shard under ``data`` (the clusters of the truth study)."""
+    from softmask_builder.formats.shards import open_shard
+
+    out: dict[str, str] = {}
+    for path in sorted(Path(data).glob("*.h5")):
+        with open_shard(path) as shard:
+            if shard.kind == "samples":
+                out.update(zip(shard.sample_ids, (str(p) for p in shard.meta_column("patient"))))
+    return out
+
+
 def choose_l1_default(stats: dict) -> dict | None:
     """The written rule for the Soft Mask L1 default (docs/TRAINING.md): among the study cells,
     the highest mean validation Dice of the selection (never test); cells within one seed std of
@@ -620,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         _run_parallel(todo, args.jobs, argv, out, record, deadline)
     runs: dict[str, list[Path]] = {}
     select: dict[str, list[float]] = {}
+    names: dict[str, list[str]] = {}
     times: dict[str, float] = {}
     teachers: dict[str, list[str]] = {}
     legacy = json.loads((out / "times.json").read_text()) if (out / "times.json").is_file() else {}
@@ -643,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
         if _uses_teacher(row):
             teachers.setdefault(info.get("teacher_weights_sha256") or "not recorded", []).append(name)
         runs.setdefault(row, []).append(folder)
+        names.setdefault(row, []).append(name)
         select.setdefault(row, []).append(info.get("select_score"))
         wall = info.get("wall_s") if info.get("wall_s") is not None else legacy.get(name)
         if wall is not None:
@@ -658,6 +761,12 @@ def main(argv: list[str] | None = None) -> int:
     stats["sets"] = sets
     stats["l1_default"] = choose_l1_default(stats)
     md = format_tables(stats, times)
+    own = {row: v for row, v in runs.items() if row in names}  # external rows (nnU-Net) have no seeds
+    has_truth = bool(own) and all(_read_truth_columns(f) is not None for v in own.values() for f in v)
+    truth = summarise_truth(own, names, select, crop_patients(args.data)) if has_truth else None
+    if truth is not None:  # only when every run was evaluated on a build with the phantom's truth
+        stats["truth"] = truth
+        md += "\n" + format_truth_tables(truth)
     for folder in [out] + ([record] if record is not None else []):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "tables.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")

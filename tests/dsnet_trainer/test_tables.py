@@ -282,3 +282,37 @@ def test_record_keeps_the_truth_columns_when_the_evaluation_has_them(tmp_path):
     assert plain == ["sample_id,gt_px,pred_px,dice,sen,ppv,sad", "a,4,5,0.9,1,0.8,0.5"]  # as before issue 25
     assert truth == ["sample_id,gt_px,pred_px,dice,sen,ppv,sad,true_px,dice_true,dice_true_tval,sad_true,hd95_px,"
                      "surface_dice_1px", "a,4,5,0.9,1,0.8,0.5,6,0.8,0.75,1.5,1,0.9"]
+
+
+def test_truth_tables_put_collapsed_runs_apart_and_cluster_by_patient(tmp_path):
+    mod = _tables_module()
+    head = "sample_id,gt_px,dice,dice_true_tval,sad_true\n"
+    ids = [f"c{i}" for i in range(6)]
+    patients = {s: f"P{i // 2}" for i, s in enumerate(ids)}  # 3 background patients of 2 crops
+    values = {"unet-s0": [0.80] * 6, "unet-s1": [0.82] * 6,
+              "arm-s0": [0.85, 0.86, 0.84, 0.83, 0.90, 0.88], "arm-s1": [0.87, 0.86, 0.86, 0.85, 0.90, 0.90],
+              "arm-s2": [0.10] * 6}                              # the collapsed seed
+    runs, names = {}, {}
+    for name, vals in values.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "per_crop.csv").write_text(head + "".join(f"{s},10,0.9,{v},{2 * v}\n" for s, v in zip(ids, vals)))
+        row = name.split("-")[0]
+        runs.setdefault(row, []).append(folder)
+        names.setdefault(row, []).append(name)
+    select = {"unet": [0.88, 0.89], "arm": [0.90, 0.91, 0.62]}
+    truth = mod.summarise_truth(runs, names, select, patients)
+    assert truth["collapsed"] == {"arm": ["arm-s2"]}
+    arm = truth["rows"]["arm"]
+    assert arm["n_kept"] == 2 and arm["primary_seed_means"] == pytest.approx([0.86, 0.8733333333])
+    # oracle: per-crop differences of the kept seeds' means, clustered by patient by hand
+    diff = np.mean([values["arm-s0"], values["arm-s1"]], axis=0) - 0.81
+    per_patient = diff.reshape(3, 2).mean(axis=1)               # equal clusters: t on patient means
+    ref = stats.t.interval(0.95, 2, loc=per_patient.mean(), scale=stats.sem(per_patient))
+    assert arm["primary_vs_ref"]["mean"] == pytest.approx(diff.mean())
+    assert arm["primary_vs_ref"]["ci95"] == pytest.approx(list(ref))
+    md = mod.format_truth_tables(truth)
+    assert "Collapsed (left out of arm's means by the written rule): arm-s2." in md and "| arm | 2/3 |" in md
+    # an evaluation without the truth columns: no truth tables at all
+    (runs["unet"][0] / "per_crop.csv").write_text("sample_id,gt_px,dice\nc0,10,0.9\n")
+    assert mod.summarise_truth(runs, names, select, patients) is None
