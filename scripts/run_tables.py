@@ -393,7 +393,7 @@ def summarise_truth(runs: dict[str, list[Path]], names: dict[str, list[str]], se
     if not cols or any(c is None for v in cols.values() for c in v):
         return None
     gone = collapsed_runs({row: dict(zip(names[row], select.get(row, [None] * len(names[row]))))
-                           for row in runs})
+                           for row in runs}, floor=COLLAPSE_FLOOR, margin=COLLAPSE_MARGIN)
     per_row: dict[str, dict[str, tuple[float, float]]] = {}
     out: dict = {"primary": TRUTH_PRIMARY, "secondary": TRUTH_SECONDARY, "reference": reference,
                  "collapsed": gone, "rows": {}}

@@ -316,3 +316,36 @@ def test_truth_tables_put_collapsed_runs_apart_and_cluster_by_patient(tmp_path):
     # an evaluation without the truth columns: no truth tables at all
     (runs["unet"][0] / "per_crop.csv").write_text("sample_id,gt_px,dice\nc0,10,0.9\n")
     assert mod.summarise_truth(runs, names, select, patients) is None
+
+
+def test_tables_of_a_build_with_the_truth_end_with_the_truth_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(2)
+    data = tmp_path / "data"
+    for split, n, prefix in (("train", 6, "T"), ("val", 3, "V"), ("test", 6, "X")):
+        arrays = make_sample_arrays(rng, n)
+        arrays["true_fraction"] = np.clip(arrays["soft_mask"] - 0.2, 0, 1).astype(np.float32)
+        write_sample_shard(data / f"synth-{split}-00000-of-00001.h5", arrays, split=split, patient_prefix=prefix,
+                           schema_version=3)
+    out = tmp_path / "tables"
+    argv = ["--data", str(data), "--out", str(out), "--rows", "unet,backbone", "--seeds", "1",
+            "-s", "optim.epochs=1", "-s", "loop.max_steps_per_epoch=1", "-s", "model.widths=[4,8]",
+            "-s", "data.crop_px=32", "-s", "loop.batch_size=2", "--no-verify"]
+    mod = _tables_module()
+    assert mod.main(argv) == 0
+    capsys.readouterr()
+    # one-step toy runs are far below the collapse floor: both are put apart, nothing is averaged
+    truth = json.loads((out / "tables.json").read_text())["truth"]
+    assert truth["collapsed"] == {"backbone": ["backbone-s0"], "unet": ["unet-s0"]}
+    assert "Collapsed (left out of unet's means by the written rule): unet-s0." in (out / "TABLES.md").read_text()
+    monkeypatch.setattr(mod, "COLLAPSE_FLOOR", 0.0)   # judge them as real runs (finished: not retrained)
+    assert mod.main(argv) == 0
+    truth = json.loads((out / "tables.json").read_text())["truth"]
+    per = {}
+    for row in ("unet", "backbone"):
+        with open(out / f"{row}-s0" / "eval-test" / "per_crop.csv", newline="") as fh:
+            per[row] = {r["sample_id"]: float(r["dice_true_tval"]) for r in csv.DictReader(fh)}
+    diff = np.array([per["backbone"][k] - per["unet"][k] for k in sorted(per["unet"])])
+    assert truth["rows"]["backbone"]["primary_vs_ref"]["mean"] == pytest.approx(diff.mean(), abs=1e-6)
+    assert truth["rows"]["backbone"]["primary_vs_ref"]["n_clusters"] == 3  # patients X0, X1, X2
+    assert "### Scored against the phantom's truth" in (out / "TABLES.md").read_text()
