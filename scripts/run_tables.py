@@ -660,6 +660,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record", default="", help="folder (to commit) for each finished run's small files and the tables")
     ap.add_argument("--no-train", action="store_true", help="only summarise finished runs; list the missing ones")
     ap.add_argument("--nnunet", action="append", default=[], help="`dsnet evaluate --predictions` report folder")
+    ap.add_argument("--nnunet-label", default="nnunet_2d",
+                    help="row name of the --nnunet reports in the tables, e.g. one that states its budget: "
+                         "'nnunet_2d 3810 steps (1.5 %% of default)'")
     ap.add_argument("--no-verify", action="store_true", help="skip the dataset check")
     ap.add_argument("--stop-after", type=float, default=0.0,
                     help="start no new run after this many seconds (runs in flight finish; 0 = no limit)")
@@ -751,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         if wall is not None:
             times[name] = float(wall)
     for folder in args.nnunet:
-        runs.setdefault("nnunet_2d", []).append(Path(folder))
+        runs.setdefault(args.nnunet_label, []).append(Path(folder))
     if not runs:
         print("[tables] no finished run yet", file=sys.stderr)
         return 0

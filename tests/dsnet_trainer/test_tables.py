@@ -349,3 +349,9 @@ def test_tables_of_a_build_with_the_truth_end_with_the_truth_table(tmp_path, mon
     assert truth["rows"]["backbone"]["primary_vs_ref"]["mean"] == pytest.approx(diff.mean(), abs=1e-6)
     assert truth["rows"]["backbone"]["primary_vs_ref"]["n_clusters"] == 3  # patients X0, X1, X2
     assert "### Scored against the phantom's truth" in (out / "TABLES.md").read_text()
+    # an external row under a label that states its budget (here: the U-Net's report standing in)
+    label = "nnunet_2d 3810 steps (1.5 % of default)"
+    assert mod.main([*argv, "--nnunet", str(out / "unet-s0" / "eval-test"), "--nnunet-label", label]) == 0
+    tables = json.loads((out / "tables.json").read_text())
+    assert label in tables["rows"] and label not in tables["truth"]["rows"]
+    assert f"| {label} | 1 |" in (out / "TABLES.md").read_text()
