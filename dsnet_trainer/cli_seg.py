@@ -193,7 +193,7 @@ def evaluate_cmd(checkpoint, predictions, cases, data, split, val_split, out, na
 
     The table goes to stdout, the closing summary to stderr."""
     from .errors import InputError
-    from .evaluate import evaluate_checkpoint, evaluate_predictions, format_table
+    from .evaluate import evaluate_checkpoint, evaluate_predictions, format_table, format_truth_table
 
     if (checkpoint is None) == (predictions is None):
         raise InputError("give exactly one of --checkpoint (a trained run) or --predictions (a folder of "
@@ -221,6 +221,9 @@ def evaluate_cmd(checkpoint, predictions, cases, data, split, val_split, out, na
                                          lambda root: check_data(root, kind="samples", no_verify=no_verify,
                                                                  option="data.root")))
     click.echo(format_table([report]), nl=False)
+    truth_table = format_truth_table([report])  # only for builds that carry a phantom's truth
+    if truth_table:
+        click.echo("\nScored against the phantom's truth (true_fraction >= 0.5):\n" + truth_table, nl=False)
     m = report["metrics"]["at_fixed"]["dice"]["mean"]
     dice = "n/a" if m is None else f"{100 * m:.2f}"
     echo_err(f"evaluated {report['name']} on {report['metrics']['n_crops']} {split} crops: Dice@0.5 {dice} %; "

@@ -227,7 +227,10 @@ class SampleShardDataset(Dataset):
     -----
     dict with ``image`` (float32 (1,H,W) in [-1,1]), ``soft_mask`` (float32 (1,H,W) in [-1,1]),
     ``binary_mask`` (float32 (1,H,W) in {0,1}), ``trimap`` (uint8 (1,H,W), 0/128/255),
-    ``index`` (int, global index) and ``sample_id`` (str).
+    ``index`` (int, global index) and ``sample_id`` (str); when :attr:`has_truth` (every shard
+    with samples carries a phantom's truth, schema 3) also ``true_fraction`` (float32 (1,H,W) in
+    [0, 1], the true partial-volume fraction, augmented jointly with the others). The key is
+    present for every item or for none, so batches collate.
     """
 
     def __init__(self, data: str | Path | Sequence[str | Path], *, split: str | None = None,
@@ -244,6 +247,7 @@ class SampleShardDataset(Dataset):
         if not (np.isfinite(level_hu) and np.isfinite(width_hu) and width_hu > 0):
             raise ConfigError(f"HU window must be finite with width > 0, got level {level_hu}, width {width_hu}")
         self.reader = ShardReader(shards)
+        self.has_truth = any(s.n_samples for s in shards) and all(s.has_truth for s in shards if s.n_samples)
         self.augment = augment
         self.level_hu = float(level_hu)
         self.width_hu = float(width_hu)
@@ -263,10 +267,12 @@ class SampleShardDataset(Dataset):
         binary = self.reader.read(s, j, "binary_mask")
         trimap = self.reader.read(s, j, "trimap")
         sample_id = self.reader.sample_id(s, j)
+        truth = self.reader.read(s, j, "true_fraction").astype(np.float32) if self.has_truth else None
         if self.augment and rng is not None:
             k, flip = random_dihedral(rng)
             image, alpha, binary, trimap = (dihedral(a, k=k, flip=flip) for a in (image, alpha, binary, trimap))
-        return {
+            truth = None if truth is None else dihedral(truth, k=k, flip=flip)
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(image))[None],
             "soft_mask": torch.from_numpy(np.ascontiguousarray(2.0 * np.clip(alpha, 0, 1) - 1.0, dtype=np.float32))[None],
             "binary_mask": torch.from_numpy((np.asarray(binary) != 0).astype(np.float32))[None],
@@ -274,6 +280,9 @@ class SampleShardDataset(Dataset):
             "index": i,
             "sample_id": sample_id,
         }
+        if truth is not None:
+            item["true_fraction"] = torch.from_numpy(np.ascontiguousarray(np.clip(truth, 0, 1), dtype=np.float32))[None]
+        return item
 
 
 # ============================================================================================

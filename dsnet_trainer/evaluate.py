@@ -18,6 +18,13 @@ Protocol (see :mod:`dsnet_trainer.metrics` for the definitions and the empty-mas
 3. The authors' protocol, labelled as such: per-crop ratios with +1 smoothing at 0.5.
 4. Soft Mask SAD and MSE of the predicted alpha ((soft + 1) / 2) against the ground-truth Soft
    Mask. For variants without a Soft Mask head the "Soft Mask" is the probability map.
+5. Only when the build carries a phantom's truth (shard schema 3 ``true_fraction``): the same
+   model scored against the truth (:func:`truth_metrics`: Dice against ``true_fraction >= 0.5``
+   at 0.5, at the val threshold chosen against the label and, apart, against the truth; SAD/MSE
+   of the soft map against the true fraction; HD95 and surface Dice at 1 px), in
+   ``metrics.json["metrics"]["truth"]``, the CSV's ``*_true``/``hd95_px``/``surface_dice_1px``
+   columns and a second table of ``summary.md``. Builds without truth get exactly the report of
+   items 1-4.
 
 :func:`compare_runs` reads several ``metrics.json`` and writes one table (``compare.md``, ``.csv``).
 """
@@ -35,13 +42,13 @@ import numpy as np
 from softmask_builder.core import atomic
 
 from .errors import InputError
-from .metrics import (DEFAULT_THRESHOLDS, choose_threshold, mean_std, segmentation_metrics,
-                      soft_mask_errors)
+from .metrics import (DEFAULT_THRESHOLDS, boundary_metrics, choose_threshold, dice_sen_ppv, mean_std,
+                      segmentation_metrics, soft_mask_errors)
 from .predict import predict_dataset
 
 __all__ = ["EVAL_FORMAT", "summarise_predictions", "evaluate_checkpoint", "evaluate_predictions",
            "load_probability_maps", "predict_dataset", "write_report",
-           "save_overlay_png", "compare_runs", "format_table"]
+           "save_overlay_png", "compare_runs", "format_table", "truth_metrics", "format_truth_table"]
 
 EVAL_FORMAT = "dsnet-eval"
 FIXED_THRESHOLD = 0.5
@@ -58,7 +65,9 @@ def _stats(values: np.ndarray) -> dict[str, float]:
 def summarise_predictions(prob: np.ndarray, gt: np.ndarray, soft01: np.ndarray, soft_gt01: np.ndarray, *,
                           sample_ids: Sequence[str], prob_val: np.ndarray | None = None,
                           gt_val: np.ndarray | None = None,
-                          thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> tuple[dict[str, Any], list[dict]]:
+                          thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                          true_fraction: np.ndarray | None = None,
+                          true_fraction_val: np.ndarray | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Metrics of one evaluated split.
 
     Parameters
@@ -69,6 +78,10 @@ def summarise_predictions(prob: np.ndarray, gt: np.ndarray, soft01: np.ndarray, 
     sample_ids : n crop ids (CSV rows).
     prob_val, gt_val : the validation split's probabilities and ground truth, used only to pick
         the threshold; None -> only the fixed 0.5 is reported.
+    true_fraction, true_fraction_val : (n, H, W) the phantom's true fraction in [0, 1] of the
+        evaluated and validation crops (builds of a phantom source, schema 3), or None. When
+        given, ``summary["truth"]`` and the CSV's ``*_true`` columns score against the truth
+        (:func:`truth_metrics`); when None the report is exactly the label-scored one.
 
     Returns
     -------
@@ -108,7 +121,105 @@ def summarise_predictions(prob: np.ndarray, gt: np.ndarray, soft01: np.ndarray, 
         row.update(dice_smooth=fixed["dice_smooth"][i], sen_smooth=fixed["sen_smooth"][i],
                    ppv_smooth=fixed["ppv_smooth"][i], sad=errors["sad"][i], mse=errors["mse"][i])
         rows.append(row)
+    if true_fraction is not None:
+        truth, truth_rows = truth_metrics(prob, soft01, true_fraction, gt_label=gt,
+                                          threshold_label=summary["threshold_val"], prob_val=prob_val,
+                                          true_fraction_val=true_fraction_val, thresholds=thresholds)
+        summary["truth"] = truth
+        for row, extra in zip(rows, truth_rows):
+            row.update(extra)
     return summary, rows
+
+
+#: Tolerance of the surface Dice against the truth (pixels).
+SURFACE_TOLERANCE_PX = 1.0
+
+
+def truth_metrics(prob: np.ndarray, soft01: np.ndarray, true_fraction: np.ndarray, *, gt_label: np.ndarray,
+                  threshold_label: float | None, prob_val: np.ndarray | None = None,
+                  true_fraction_val: np.ndarray | None = None,
+                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> tuple[dict[str, Any], list[dict]]:
+    """Scores against a phantom's truth (issue 25): ``(summary, per-crop columns)``.
+
+    The true mask is ``true_fraction >= 0.5``. Reported: Dice/SEN/PPV of ``prob >= 0.5``; Dice
+    at ``threshold_label`` (the threshold chosen on val against the *label*, the realistic
+    setting; None when no val split); Dice at a threshold chosen on val against the *true mask*
+    (``prob_val``/``true_fraction_val``; reported apart: an oracle choice); SAD and MSE of the
+    predicted soft map ``soft01`` (alpha in [0, 1]) against ``true_fraction``; HD95 (px) and
+    surface Dice at :data:`SURFACE_TOLERANCE_PX` of ``prob >= 0.5`` against the true mask
+    (:func:`~dsnet_trainer.metrics.boundary_metrics`; HD95 aggregates skip its NaN crops and
+    count them); and the label's own Dice against the true mask (the label's ceiling).
+    """
+    true_fraction = np.asarray(true_fraction, dtype=np.float64)
+    prob = np.asarray(prob, dtype=np.float64)
+    if true_fraction.shape != prob.shape:
+        raise InputError(f"true_fraction {true_fraction.shape} and prob {prob.shape} must describe the same crops")
+    true_mask = true_fraction >= 0.5
+    fixed = dice_sen_ppv(prob >= FIXED_THRESHOLD, true_mask)
+    errors = soft_mask_errors(soft01, true_fraction)
+    edges = boundary_metrics(prob >= FIXED_THRESHOLD, true_mask, tolerance_px=SURFACE_TOLERANCE_PX)
+    label = dice_sen_ppv(gt_label, true_mask)
+    hd = edges["hd95"]
+    finite = hd[np.isfinite(hd)]
+    out: dict[str, Any] = {
+        "true_mask": "true_fraction >= 0.5",
+        "n_empty_true_mask": int(np.count_nonzero(~true_mask.any(axis=(1, 2)))),
+        "at_fixed": {k: _stats(fixed[k]) for k in ("dice", "sen", "ppv")},
+        "threshold_label_val": threshold_label,
+        "at_label_val_threshold": None,
+        "threshold_truth_val": None,
+        "threshold_truth_val_mean_dice": None,
+        "at_truth_val_threshold": None,
+        "soft_vs_truth": {k: _stats(v) for k, v in errors.items()},
+        "hd95_px": {**_stats(finite), "n_undefined": int(hd.size - finite.size)},
+        "surface_dice_tolerance_px": SURFACE_TOLERANCE_PX,
+        "surface_dice": _stats(edges["surface_dice"]),
+        "label_vs_truth": {k: _stats(label[k]) for k in ("dice", "sen", "ppv")},
+    }
+    at_label = at_truth = None
+    if threshold_label is not None:
+        at_label = dice_sen_ppv(prob >= threshold_label, true_mask)["dice"]
+        out["at_label_val_threshold"] = {"dice": _stats(at_label)}
+    if prob_val is not None and true_fraction_val is not None and len(prob_val):
+        t, score = choose_threshold(prob_val, np.asarray(true_fraction_val) >= 0.5, thresholds=thresholds)
+        at_truth = dice_sen_ppv(prob >= t, true_mask)["dice"]
+        out.update(threshold_truth_val=t, threshold_truth_val_mean_dice=score,
+                   at_truth_val_threshold={"dice": _stats(at_truth)})
+    rows = []
+    for i in range(prob.shape[0]):
+        row = {"true_px": int(true_mask[i].sum()), "dice_true": fixed["dice"][i], "sen_true": fixed["sen"][i],
+               "ppv_true": fixed["ppv"][i]}
+        if at_label is not None:
+            row["dice_true_tval"] = at_label[i]
+        if at_truth is not None:
+            row["dice_true_ttrue"] = at_truth[i]
+        row.update(sad_true=errors["sad"][i], mse_true=errors["mse"][i], hd95_px=hd[i],
+                   surface_dice_1px=edges["surface_dice"][i], label_dice_true=label["dice"][i])
+        rows.append(row)
+    return out, rows
+
+
+def format_truth_table(reports: Sequence[dict[str, Any]], *, names: Sequence[str] | None = None) -> str:
+    """Markdown table of the truth-scored figures of reports that have them ("" when none has)."""
+    names = list(names) if names is not None else [r.get("name") or r.get("variant", "?") for r in reports]
+    lines = []
+    for name, r in zip(names, reports):
+        t = r["metrics"].get("truth")
+        if not t:
+            continue
+        lab = (t.get("at_label_val_threshold") or {}).get("dice")
+        tru = (t.get("at_truth_val_threshold") or {}).get("dice")
+        hd = t["hd95_px"]
+        hd_text = f"{_num(hd['mean'], '.2f')} ({hd['n_undefined']} undef.)" if hd["n_undefined"] else _num(hd["mean"], ".2f")
+        lines.append(f"| {name} | {_pct(t['at_fixed']['dice'])} | {_pct(lab)} | {_pct(tru)} | "
+                     f"{_num(t['soft_vs_truth']['sad']['mean'], '.2f')} | {_num(t['soft_vs_truth']['mse']['mean'], '.5f')} | "
+                     f"{hd_text} | {_pct(t['surface_dice'])} | {_pct(t['label_vs_truth']['dice'])} |")
+    if not lines:
+        return ""
+    head = ("| method | Dice(true) @0.5 | Dice(true) @val thr (label) | Dice(true) @val thr (truth, oracle) | "
+            "SAD(true) | MSE(true) | HD95 px | surface Dice @1 px | label Dice(true) |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
+    return head + "\n".join(lines) + "\n"
 
 
 def _finite(v: Any) -> bool:
@@ -194,6 +305,15 @@ def write_report(report: dict[str, Any], rows: Sequence[dict[str, Any]], out: st
              "empty, else 0.", ""]
     if not report.get("soft_head", True):
         notes.append("This variant has no Soft Mask head: SAD/MSE compare its probability map with the Soft Mask.\n")
+    truth_table = format_truth_table([report], names=[report.get("name") or report.get("variant", "?")])
+    if truth_table:
+        notes += ["## Scored against the phantom's truth", "",
+                  "The build carries the phantom's true partial-volume fraction: the true mask is "
+                  "`true_fraction >= 0.5`. `val thr (label)` is the threshold chosen on val against the label "
+                  "(the realistic setting); `val thr (truth, oracle)` is chosen on val against the true mask. "
+                  "SAD/MSE compare the predicted soft map with the true fraction; HD95 and surface Dice use "
+                  "the 0.5 mask. `label Dice(true)` is the label's own Dice against the truth (its ceiling).", "",
+                  truth_table]
     _atomic_write(paths["md"], "\n".join(notes))
     return paths
 
@@ -300,10 +420,16 @@ def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path, data: str | 
     if val_split and val_split in available:
         val = predict_dataset(net, SampleShardDataset(data, split=val_split, **kw), batch_size=batch_size,
                               device=str(dev))
+    test_ds = SampleShardDataset(data, split=split, **kw)
+    truth = _truth_of(test_ds, test["sample_id"])
+    truth_val = None
+    if truth is not None and val is not None:
+        truth_val = _truth_of(SampleShardDataset(data, split=val_split, **kw), val["sample_id"])
     summary, rows = summarise_predictions(test["prob"], test["gt"], test["soft01"], test["soft_gt01"],
                                           sample_ids=test["sample_id"],
                                           prob_val=None if val is None else val["prob"],
-                                          gt_val=None if val is None else val["gt"])
+                                          gt_val=None if val is None else val["gt"],
+                                          true_fraction=truth, true_fraction_val=truth_val)
     variant = get_variant(info["variant"])
     run_name = name or (checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints"
                         else checkpoint.stem)
@@ -313,6 +439,21 @@ def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path, data: str | 
               "crop_px": info["crop_px"], "teacher_check": teacher_check, "metrics": summary}
     return _finish(report, rows, out, test, soft01=test["soft01"], n_preview=n_preview,
                    title=f"{run_name} ({variant.name}), split {split}")
+
+
+def _truth_of(dataset, sample_ids: Sequence[str]) -> np.ndarray | None:
+    """The (n, H, W) true fractions of ``dataset``'s crops in order (None when the build carries
+    no truth), checked against the ``sample_ids`` the predictions were made for."""
+    if not getattr(dataset, "has_truth", False):
+        return None
+    out, ids = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        out.append(item["true_fraction"][0].numpy())
+        ids.append(item["sample_id"])
+    if list(ids) != list(sample_ids):  # a bug: the truth would be paired with other crops
+        raise RuntimeError("true_fraction read in another crop order than the predictions")
+    return np.stack(out).astype(np.float64)
 
 
 # ============================================================================================
@@ -407,17 +548,19 @@ def evaluate_predictions(pred_dir: str | Path, *, data: str | Path, out: str | P
 
     def gather(split_name: str, required: bool):
         ds = SampleShardDataset(data, split=split_name, option="--data")
-        gt, soft_gt, image, ids = [], [], [], []
+        gt, soft_gt, image, ids, truth = [], [], [], [], []
         for i in range(len(ds)):
             item = ds[i]
             gt.append(item["binary_mask"][0].numpy() != 0)
             soft_gt.append(((item["soft_mask"][0] + 1.0) / 2.0).numpy())
             image.append(item["image"][0].numpy())
             ids.append(item["sample_id"])
+            if ds.has_truth:
+                truth.append(item["true_fraction"][0].numpy())
         shape = gt[0].shape
         prob = load_probability_maps(pred_dir, ids, shape=shape, cases=case_map, required=required)
         return {"gt": np.stack(gt), "soft_gt01": np.stack(soft_gt), "image": np.stack(image), "sample_id": ids,
-                "prob": prob}
+                "prob": prob, "true_fraction": np.stack(truth).astype(np.float64) if truth else None}
 
     test = gather(split, True)
     val = None
@@ -429,7 +572,9 @@ def evaluate_predictions(pred_dir: str | Path, *, data: str | Path, out: str | P
     summary, rows = summarise_predictions(test["prob"], test["gt"], test["prob"], test["soft_gt01"],
                                           sample_ids=test["sample_id"],
                                           prob_val=None if val is None else val["prob"],
-                                          gt_val=None if val is None else val["gt"])
+                                          gt_val=None if val is None else val["gt"],
+                                          true_fraction=test["true_fraction"],
+                                          true_fraction_val=None if val is None else val["true_fraction"])
     report = {"format": EVAL_FORMAT, "version": 1, "name": name, "variant": "external", "row": "external predictions",
               "soft_head": False, "checkpoint": None, "predictions": str(pred_dir), "epoch": None,
               "data": str(data), "split": split, "val_split": val_split if val is not None else None,

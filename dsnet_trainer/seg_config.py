@@ -27,6 +27,13 @@ class SegDataConfig:
     augment : random symmetries of the square on the training split.
     kats_ring_px, kats_p : Kats et al. label (Table IV): ring radius in pixels and its value.
     softseg_factor : SoftSeg label (Table IV): down/up-sampling factor.
+    train_target : what the *training* split's targets come from (the truth study of
+        docs/TRAINING.md; validation always uses the label): "label" (the builder's label, the
+        default); "true_fraction" (arm A3: the soft head's L1 target is the phantom's true
+        fraction mapped to [-1, 1], the Dice target stays the label); "true_mask" (arm A4: the
+        Dice target is ``true_fraction >= 0.5``; the soft labels made from the binary mask,
+        "binary"/"kats"/"softseg", follow it, the "soft_mask" one stays the label's).
+        The last two need a build with the phantom's truth (shard schema 3 ``true_fraction``).
     """
 
     root: str = "build/lnsm"
@@ -39,6 +46,7 @@ class SegDataConfig:
     kats_ring_px: float = 2.0
     kats_p: float = 0.5
     softseg_factor: int = 4
+    train_target: Literal["label", "true_fraction", "true_mask"] = "label"
 
     def __post_init__(self) -> None:
         _check(self.crop_px >= 4, "data.crop_px", self.crop_px, ">= 4")
@@ -46,6 +54,8 @@ class SegDataConfig:
         _check(self.kats_ring_px >= 0, "data.kats_ring_px", self.kats_ring_px, ">= 0")
         _check(0 <= self.kats_p <= 1, "data.kats_p", self.kats_p, "in [0, 1]")
         _check(self.softseg_factor >= 1, "data.softseg_factor", self.softseg_factor, ">= 1")
+        _check(self.train_target in ("label", "true_fraction", "true_mask"), "data.train_target",
+               self.train_target, "one of label, true_fraction, true_mask")
 
 
 @dataclass(frozen=True)

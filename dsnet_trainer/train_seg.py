@@ -79,11 +79,20 @@ def soft_target(name: str, *, soft_mask: np.ndarray, binary_mask: np.ndarray, ka
 class SoftTargetDataset:
     """Record-level wrapper: adds ``soft_target`` (1, H, W) in [-1, 1] to each item of a
     :class:`~dsnet_trainer.data.SampleShardDataset`, computed from the (augmented) item, so
-    the Kats / SoftSeg labels follow the same symmetry as the image."""
+    the Kats / SoftSeg labels follow the same symmetry as the image. ``train_target``
+    (``data.train_target``): "true_fraction" makes the target the item's true fraction mapped to
+    [-1, 1]; "true_mask" replaces ``binary_mask`` with ``true_fraction >= 0.5`` first (both need
+    the base dataset's ``has_truth``, else :class:`ConfigError`)."""
 
     def __init__(self, base, *, soft_label: str, kats_ring_px: float = 2.0, kats_p: float = 0.5,
-                 softseg_factor: int = 4):
+                 softseg_factor: int = 4, train_target: str = "label"):
+        if train_target not in ("label", "true_fraction", "true_mask"):
+            raise ConfigError(f"data.train_target must be label, true_fraction or true_mask, got {train_target!r}")
+        if train_target != "label" and not getattr(base, "has_truth", False):
+            raise ConfigError(f"data.train_target={train_target} needs a build that carries the phantom's truth "
+                              "(shard schema 3 true_fraction: build a `softmask phantom` source)")
         self.base = base
+        self.train_target = train_target
         self.soft_label = soft_label
         self.kw = dict(kats_ring_px=kats_ring_px, kats_p=kats_p, softseg_factor=softseg_factor)
         soft_target(soft_label, soft_mask=np.zeros((4, 4), np.float32), binary_mask=np.zeros((4, 4)), **self.kw)
@@ -95,7 +104,11 @@ class SoftTargetDataset:
         import torch
 
         item = self.base[key]
-        if self.soft_label == "soft_mask":
+        if self.train_target == "true_mask":  # arm A4: Dice (and any derived soft label) on the true mask
+            item["binary_mask"] = (item["true_fraction"] >= 0.5).to(item["binary_mask"].dtype)
+        if self.train_target == "true_fraction":  # arm A3: the oracle soft label, mapped to [-1, 1]
+            item["soft_target"] = 2.0 * item["true_fraction"] - 1.0
+        elif self.soft_label == "soft_mask":
             item["soft_target"] = item["soft_mask"]
         else:
             t = soft_target(self.soft_label, soft_mask=item["soft_mask"][0].numpy(),
@@ -180,7 +193,7 @@ def train_seg(cfg: SegConfig, *, teacher=None, teacher_arch: Mapping[str, Any] |
         train_ds = SoftTargetDataset(
             SampleShardDataset(cfg.data.root, split=cfg.data.train_split, augment=cfg.data.augment, **data_kw),
             soft_label=variant.soft_label, kats_ring_px=cfg.data.kats_ring_px, kats_p=cfg.data.kats_p,
-            softseg_factor=cfg.data.softseg_factor)
+            softseg_factor=cfg.data.softseg_factor, train_target=cfg.data.train_target)
         val_ds = None
         if cfg.data.val_split:
             val_ds = SoftTargetDataset(SampleShardDataset(cfg.data.root, split=cfg.data.val_split, **data_kw),

@@ -6,6 +6,11 @@ and write the tables.
         [-s optim.epochs=30] [--jobs 2] [--record docs/results/NAME] [--no-train]
         [--nnunet runs/nnunet/eval/run0-nnUNetTrainer_5epochs ...]
 
+When every run was evaluated on a build that carries the phantom's truth (shard schema 3), the
+tables end with the truth study's table (docs/TRAINING.md): Dice against the true mask and SAD
+against the true fraction per row, collapsed runs on their own lines, paired differences to the
+U-Net row with 95 % intervals clustered by background patient (:func:`summarise_truth`).
+
 Rows are ``model.variant`` names, or Soft Mask L1 study cells ``VARIANT.l1wW.REDUCTION`` (e.g.
 ``drtm_soft.l1w10.crop_band`` = the variant with ``optim.l1_weight=10`` and
 ``optim.l1_reduction=crop_band``); ``--study l1`` adds the six ``drtm_soft`` cells (lambda2 1, 10,
@@ -70,7 +75,10 @@ _CELL = re.compile(r"^(?P<variant>[a-z_]+)\.l1w(?P<weight>[0-9]+(?:\.[0-9]+)?)\.
 # overrides that do not change what a run computes (a finished run is not refused over them)
 _NEUTRAL = ("loop.num_threads=", "loop.progress=", "loop.num_workers=")
 RECORD_FILES = ("per_crop.csv", "metrics.json", "table_run.json")
-RECORD_COLUMNS = ("sample_id", "gt_px", "pred_px", "dice", "sen", "ppv", "sad")  # per_crop.csv as recorded
+RECORD_COLUMNS = ("sample_id", "gt_px", "pred_px", "dice", "sen", "ppv", "sad",  # per_crop.csv as recorded
+                  # scored against a phantom's truth (issue 25; only in evaluations of builds that carry it)
+                  "true_px", "dice_true", "dice_true_tval", "dice_true_ttrue", "sad_true", "hd95_px",
+                  "surface_dice_1px", "label_dice_true")
 
 
 def row_overrides(row: str) -> list[str]:
@@ -112,6 +120,10 @@ def effective_config(cfg_dict: dict) -> dict:
     return json.loads(json.dumps(out, sort_keys=True))
 
 
+#: Config keys added after records were made, with their defaults (see :func:`relevant`).
+_ADDED_DEFAULTS = {("data", "train_target"): "label"}
+
+
 def relevant(effective: dict) -> dict:
     """``effective`` without the keys its variant never reads (a U-Net does not read lambda2, a
     variant without a GAN no discriminator setting), so a changed default of such a key does not
@@ -120,6 +132,11 @@ def relevant(effective: dict) -> dict:
 
     v = get_variant(effective["model"]["variant"])
     drop = set()
+    # Keys added after runs were recorded: at their default they change nothing, so a record that
+    # predates them (no key) and a run at the default compare equal (data.train_target: issue 25).
+    for (section, key), default in _ADDED_DEFAULTS.items():
+        if effective.get(section, {}).get(key, default) == default:
+            drop.add((section, key))
     if not v.soft_head:
         drop |= {("optim", "l1_weight"), ("optim", "l1_reduction"), ("data", "kats_ring_px"), ("data", "kats_p"),
                  ("data", "softseg_factor")}
@@ -240,6 +257,64 @@ def t_interval(diffs: np.ndarray, level: float = 0.95) -> tuple[float, float, fl
     return mean, mean - half, mean + half
 
 
+def clustered_interval(diffs, clusters, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the paired per-crop ``diffs`` and its two-sided ``level`` interval with crops
+    clustered (by background patient, the truth study of docs/TRAINING.md): the cluster-robust
+    (CR1) standard error of a mean, ``mean = sum(d_c) / sum(n_c)``,
+    ``var = G / (G - 1) * sum((d_c - mean * n_c)^2) / sum(n_c)^2`` over the G clusters (d_c the sum
+    of cluster c's differences, n_c its size), and a t quantile with G - 1 degrees of freedom.
+    With one crop per cluster it is the plain t interval; with equal cluster sizes, the t interval
+    of the cluster means. Fewer than 2 clusters: (mean, nan, nan). Raises ValueError when the
+    lengths differ or a difference is not finite."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=np.float64)
+    c = np.asarray(clusters)
+    if d.ndim != 1 or c.shape != d.shape:
+        raise ValueError(f"diffs {d.shape} and clusters {c.shape} must be two 1-D arrays of one length")
+    if not np.isfinite(d).all():
+        raise ValueError("diffs must be finite")
+    if d.size == 0:
+        return math.nan, math.nan, math.nan
+    _, index = np.unique(c, return_inverse=True)
+    sums = np.bincount(index, weights=d)
+    sizes = np.bincount(index).astype(np.float64)
+    g = sums.size
+    mean = float(sums.sum() / sizes.sum())
+    if g < 2:
+        return mean, math.nan, math.nan
+    var = g / (g - 1) * float(((sums - mean * sizes) ** 2).sum()) / float(sizes.sum()) ** 2
+    half = float(stats.t.ppf(0.5 + level / 2, g - 1) * math.sqrt(var))
+    return mean, mean - half, mean + half
+
+
+#: The collapse rule of the truth study (docs/TRAINING.md): a run whose selected validation Dice is
+#: below COLLAPSE_FLOOR, or more than COLLAPSE_MARGIN below the median of its arm's other seeds.
+COLLAPSE_FLOOR = 0.80
+COLLAPSE_MARGIN = 0.05
+
+
+def collapsed_runs(select: dict[str, dict[str, float]], *, floor: float = COLLAPSE_FLOOR,
+                   margin: float = COLLAPSE_MARGIN) -> dict[str, list[str]]:
+    """``{arm: [collapsed run names]}`` for ``select`` = ``{arm: {run name: selected val Dice}}``.
+
+    A run has collapsed when its selected validation Dice is below ``floor`` or more than
+    ``margin`` below the median of the *other* seeds of its arm (an arm of one run is judged by the
+    floor alone); a missing (None/NaN) score counts as collapsed. Such runs are reported on their
+    own line and left out of the arm's means, never averaged in silently."""
+    out: dict[str, list[str]] = {}
+    for arm, runs in select.items():
+        bad = []
+        for name, score in runs.items():
+            v = math.nan if score is None else float(score)
+            others = [float(x) for n, x in runs.items() if n != name and x is not None and math.isfinite(float(x))]
+            if not math.isfinite(v) or v < floor or (others and v < float(np.median(others)) - margin):
+                bad.append(name)
+        if bad:
+            out[arm] = sorted(bad)
+    return out
+
+
 def summarise(runs: dict[str, list[Path]], select: dict[str, list[float]] | None = None) -> dict:
     """Statistics of the evaluated runs ``{row: [eval folders, one per seed]}`` (see the module doc);
     ``select``: per row, each seed's selection score (mean validation Dice of its selection window)."""
@@ -288,6 +363,102 @@ def summarise(runs: dict[str, list[Path]], select: dict[str, list[float]] | None
                 entry[f"vs_{ref}"] = {"mean": m, "ci95": [lo, hi], "n_better": int((diff > 0).sum()),
                                       "n_worse": int((diff < 0).sum())}
         out["rows"][row] = entry
+    return out
+
+
+#: Truth-scored per-crop columns the truth tables read (dsnet evaluate on a build with the truth).
+TRUTH_PRIMARY, TRUTH_SECONDARY = "dice_true_tval", "sad_true"
+
+
+def _read_truth_columns(eval_dir: Path) -> dict[str, tuple[float, float]] | None:
+    """sample_id -> (primary, secondary) truth scores of one evaluation; None when its CSV has no
+    truth columns (a build without the phantom's truth, or no val threshold)."""
+    with open(eval_dir / "per_crop.csv", newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not {TRUTH_PRIMARY, TRUTH_SECONDARY} <= set(reader.fieldnames or []):
+            return None
+        return {r["sample_id"]: (float(r[TRUTH_PRIMARY]), float(r[TRUTH_SECONDARY])) for r in reader}
+
+
+def summarise_truth(runs: dict[str, list[Path]], names: dict[str, list[str]], select: dict[str, list[float]],
+                    patients: dict[str, str], *, reference: str = "unet") -> dict | None:
+    """The truth study's statistics (docs/TRAINING.md), or None unless every run's evaluation has
+    the truth columns: per row, the collapsed runs (:func:`collapsed_runs` on the selection
+    scores) apart; over the others, the seed means of the primary endpoint (Dice against the true
+    mask at the label-chosen val threshold) and of SAD against the true fraction; and, per row,
+    the paired per-crop difference to ``reference`` (each averaged over its kept seeds) with the
+    95 % interval clustered by background patient (:func:`clustered_interval`; ``patients``:
+    sample_id -> patient)."""
+    cols = {row: [_read_truth_columns(f) for f in folders] for row, folders in runs.items()}
+    if not cols or any(c is None for v in cols.values() for c in v):
+        return None
+    gone = collapsed_runs({row: dict(zip(names[row], select.get(row, [None] * len(names[row]))))
+                           for row in runs}, floor=COLLAPSE_FLOOR, margin=COLLAPSE_MARGIN)
+    per_row: dict[str, dict[str, tuple[float, float]]] = {}
+    out: dict = {"primary": TRUTH_PRIMARY, "secondary": TRUTH_SECONDARY, "reference": reference,
+                 "collapsed": gone, "rows": {}}
+    for row, crops in cols.items():
+        kept = [c for n, c in zip(names[row], crops) if n not in gone.get(row, [])]
+        entry = {"n_seeds": len(crops), "n_kept": len(kept)}
+        if kept:
+            ids = sorted(kept[0])
+            entry["primary_seed_means"] = [float(np.mean([c[i][0] for i in ids])) for c in kept]
+            entry["secondary_seed_means"] = [float(np.mean([c[i][1] for i in ids])) for c in kept]
+            per_row[row] = {i: (float(np.mean([c[i][0] for c in kept])), float(np.mean([c[i][1] for c in kept])))
+                            for i in ids}
+        out["rows"][row] = entry
+    if reference in per_row:
+        ids = sorted(per_row[reference])
+        missing = sorted(i for i in ids if i not in patients)
+        if missing:
+            raise SystemExit(f"no patient for test crops {missing[:3]} in --data: evaluated on another build?")
+        groups = [patients[i] for i in ids]
+        for row, d in per_row.items():
+            if row == reference or set(d) != set(ids):
+                continue
+            for k, key in ((0, "primary_vs_ref"), (1, "secondary_vs_ref")):
+                diff = np.array([d[i][k] - per_row[reference][i][k] for i in ids])
+                m, lo, hi = clustered_interval(diff, groups)
+                out["rows"][row][key] = {"mean": m, "ci95": [lo, hi], "n_clusters": len(set(groups))}
+    return out
+
+
+def format_truth_tables(truth: dict) -> str:
+    """Markdown of :func:`summarise_truth`: one line per row, collapsed runs on their own lines."""
+    lines = ["### Scored against the phantom's truth", "",
+             f"Primary: Dice against the true mask at the val threshold chosen against the label (`{truth['primary']}`); "
+             f"secondary: SAD against the true fraction (`{truth['secondary']}`). Differences: per test crop, row minus "
+             f"{truth['reference']} (each averaged over its kept seeds), 95 % interval clustered by background patient.",
+             "", "| row | seeds kept | Dice(true) mean over seeds | vs reference (95 % CI, clustered) | SAD(true) | "
+             "SAD vs reference (95 % CI) |", "|---|---|---|---|---|---|"]
+    for row, e in truth["rows"].items():
+        if not e["n_kept"]:
+            lines.append(f"| {row} | 0/{e['n_seeds']} | - | - | - | - |")
+            continue
+        cells = []
+        for key, signed in (("primary_vs_ref", True), ("secondary_vs_ref", False)):
+            v = e.get(key)
+            fmt = (lambda x: _pp(x, True)) if signed else (lambda x: f"{x:+.2f}")
+            cells.append("-" if v is None else f"{fmt(v['mean'])} [{fmt(v['ci95'][0])}, {fmt(v['ci95'][1])}]")
+        lines.append(f"| {row} | {e['n_kept']}/{e['n_seeds']} | {_pp(float(np.mean(e['primary_seed_means'])))} | "
+                     f"{cells[0]} | {float(np.mean(e['secondary_seed_means'])):.2f} | {cells[1]} |")
+    lines.append("")
+    for row, runs in sorted(truth["collapsed"].items()):
+        lines.append(f"Collapsed (left out of {row}'s means by the written rule): {', '.join(runs)}.")
+    if truth["collapsed"]:
+        lines.append("")
+    return "\n".join(lines)
+
+
+def crop_patients(data: str) -> dict[str, str]:
+    """sample_id -> patient of every sample shard under ``data`` (the clusters of the truth study)."""
+    from softmask_builder.formats.shards import open_shard
+
+    out: dict[str, str] = {}
+    for path in sorted(Path(data).glob("*.h5")):
+        with open_shard(path) as shard:
+            if shard.kind == "samples":
+                out.update(zip(shard.sample_ids, (str(p) for p in shard.meta_column("patient"))))
     return out
 
 
@@ -489,6 +660,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record", default="", help="folder (to commit) for each finished run's small files and the tables")
     ap.add_argument("--no-train", action="store_true", help="only summarise finished runs; list the missing ones")
     ap.add_argument("--nnunet", action="append", default=[], help="`dsnet evaluate --predictions` report folder")
+    ap.add_argument("--nnunet-label", default="nnunet_2d",
+                    help="row name of the --nnunet reports in the tables, e.g. one that states its budget: "
+                         "'nnunet_2d 3810 steps (1.5 %% of default)'")
     ap.add_argument("--no-verify", action="store_true", help="skip the dataset check")
     ap.add_argument("--stop-after", type=float, default=0.0,
                     help="start no new run after this many seconds (runs in flight finish; 0 = no limit)")
@@ -550,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         _run_parallel(todo, args.jobs, argv, out, record, deadline)
     runs: dict[str, list[Path]] = {}
     select: dict[str, list[float]] = {}
+    names: dict[str, list[str]] = {}
     times: dict[str, float] = {}
     teachers: dict[str, list[str]] = {}
     legacy = json.loads((out / "times.json").read_text()) if (out / "times.json").is_file() else {}
@@ -573,12 +748,13 @@ def main(argv: list[str] | None = None) -> int:
         if _uses_teacher(row):
             teachers.setdefault(info.get("teacher_weights_sha256") or "not recorded", []).append(name)
         runs.setdefault(row, []).append(folder)
+        names.setdefault(row, []).append(name)
         select.setdefault(row, []).append(info.get("select_score"))
         wall = info.get("wall_s") if info.get("wall_s") is not None else legacy.get(name)
         if wall is not None:
             times[name] = float(wall)
     for folder in args.nnunet:
-        runs.setdefault("nnunet_2d", []).append(Path(folder))
+        runs.setdefault(args.nnunet_label, []).append(Path(folder))
     if not runs:
         print("[tables] no finished run yet", file=sys.stderr)
         return 0
@@ -588,6 +764,12 @@ def main(argv: list[str] | None = None) -> int:
     stats["sets"] = sets
     stats["l1_default"] = choose_l1_default(stats)
     md = format_tables(stats, times)
+    own = {row: v for row, v in runs.items() if row in names}  # external rows (nnU-Net) have no seeds
+    has_truth = bool(own) and all(_read_truth_columns(f) is not None for v in own.values() for f in v)
+    truth = summarise_truth(own, names, select, crop_patients(args.data)) if has_truth else None
+    if truth is not None:  # only when every run was evaluated on a build with the phantom's truth
+        stats["truth"] = truth
+        md += "\n" + format_truth_tables(truth)
     for folder in [out] + ([record] if record is not None else []):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "tables.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")

@@ -298,7 +298,7 @@ def inspect(path: Path, sample_index: int | None) -> None:
               | {k: m[k] for k in ("unselected_by_filter", "warnings") if k in m}
               | {"shards": [{k: e[k] for k in ("file", "split", "n_samples")} for e in m["shards"]]})
         return
-    from softmask_builder.formats.shards import layout
+    from softmask_builder.formats.shards import layout, optional_arrays
 
     with _input_errors(), open_shard(path) as shard:
         attrs = {k: v for k, v in shard.attrs.items() if k not in ("recipe_json", "rejects_json", "label_params_json")}
@@ -312,7 +312,7 @@ def inspect(path: Path, sample_index: int | None) -> None:
             info["sample_ids_note"] = f"first {INSPECT_IDS} of {len(ids)} sample ids (sample_id field: all of them)"
         if sample_index is not None:
             sample = shard.sample(sample_index)
-            images = set(layout(shard.kind)[0])
+            images = set(layout(shard.kind)[0]) | set(optional_arrays(shard.kind))
             info["sample"] = {k: (_image_summary(k, v) if k in images else
                                   v.tolist() if hasattr(v, "tolist") else v) for k, v in sample.items()}
     _emit(info)

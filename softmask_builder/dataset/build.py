@@ -48,7 +48,7 @@ from softmask_builder.dataset.plan import (BuildPlan, ShardPlan, make_plan, plan
                                            source_functions, split_refs)
 from softmask_builder.formats.release_folder import PLAN_FILE, RELEASE_FILES
 from softmask_builder.formats.shards import (SCHEMA_VERSION, encode_meta, is_temp_name, layout, open_shard,
-                                             parse_shard_name, sha256_file, write_shard)
+                                             optional_arrays, parse_shard_name, sha256_file, write_shard)
 from softmask_builder.dataset.release import write_release
 from softmask_builder.dataset.results import BuildResult, ShardResult
 from softmask_builder.sources.base import Reject, SampleRecord, SampleRef, SliceRecord
@@ -149,6 +149,12 @@ def _sample_row(record: SampleRecord, labels: Labels, crop_px: int, split: str):
         "binary_mask": np.asarray(labels.binary_mask).astype(bool).astype(np.uint8),
         "trimap": np.asarray(labels.trimap).astype(np.uint8),
     }
+    if record.true_fraction is not None:  # a phantom source's truth (schema 3's optional array)
+        truth = np.asarray(record.true_fraction, dtype=np.float32)
+        if truth.shape != image.shape or not np.isfinite(truth).all():
+            raise InputError(f"true_fraction shape {truth.shape} != crop {image.shape} or not finite",
+                             sample_id=sid, stage="load")
+        arrays["true_fraction"] = np.clip(truth, 0.0, 1.0)
     return arrays, meta
 
 
@@ -240,6 +246,12 @@ def assemble_shard(shard: ShardPlan, outcomes: Sequence, out_dir: str | Path, re
         metas.append(meta)
 
     specs, _ = layout(kind)
+    # The optional true_fraction travels when the samples carry it (a phantom source: all or none).
+    with_truth = sorted({name for a in arrays_list for name in a} - set(specs))
+    for name in with_truth:
+        if not all(name in a for a in arrays_list):
+            raise RuntimeError(f"{shard.name}: some samples carry {name} and some do not")
+    specs = {**specs, **{name: optional_arrays(kind)[name] for name in with_truth}}
     hw = (recipe.crop_px, recipe.crop_px) if kind == "samples" else (slice_shape or (1, 1))
     stacked = {name: (np.stack([a[name] for a in arrays_list]) if arrays_list
                       else np.zeros((0, *hw), dtype=dtype)) for name, dtype in specs.items()}

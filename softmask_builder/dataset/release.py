@@ -93,7 +93,21 @@ def manifest_dict(result: "BuildResult") -> dict[str, Any]:
         "versions": library_versions(),
         # What a phantom source is made of (licence and citations follow it); absent for real sources.
         **({"provenance": prov} if (prov := read_source_provenance(result.plan.source)) else {}),
+        **_optional_arrays_entry(result),
     }
+
+
+def _optional_arrays_entry(result: "BuildResult") -> dict[str, Any]:
+    """``{"optional_arrays": [...]}`` when the build's shards carry schema 3's optional arrays
+    (``true_fraction`` of a phantom source), else {} (real builds' manifests are unchanged)."""
+    from softmask_builder.formats.shards import optional_arrays
+
+    found: set[str] = set()
+    for s in result.shards:
+        if s.n_samples:
+            with open_shard(Path(result.out) / s.name) as shard:
+                found |= {k for k in optional_arrays(shard.kind) if k in shard.file}
+    return {"optional_arrays": sorted(found)} if found else {}
 
 
 def write_release(result: "BuildResult") -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from softmask_builder.formats.shards import layout
+from softmask_builder.formats.shards import layout, optional_arrays
 
 #: Licence of each part a build can draw on: (Hub licence id, licence name, link, one-line statement).
 #: "synthetic" is this project's own phantom anatomy (Apache-2.0, as the toolkit).
@@ -145,6 +145,9 @@ def _fields(manifest: dict[str, Any]) -> list[tuple[str, np.dtype, tuple[int, ..
     crop = manifest["recipe"].get("crop_px")
     hw = (int(crop), int(crop)) if manifest["kind"] == "samples" and crop else None
     out = [(name, dtype, hw) for name, dtype in arrays.items()]
+    # schema 3's optional arrays the build's shards carry (manifest "optional_arrays", phantom truth)
+    optional = optional_arrays(manifest["kind"])
+    out += [(name, optional[name], hw) for name in manifest.get("optional_arrays", ())]
     out += [(name, meta[name].base if meta[name].kind != "S" else meta[name], meta[name].shape) for name in meta.names]
     return sorted(out, key=lambda f: f[0])
 

@@ -1,5 +1,12 @@
-"""HDF5 shard I/O: the schema of ``docs/FORMAT.md`` (version 2; version 1 is still read), an atomic
-byte-reproducible writer and a reader.
+"""HDF5 shard I/O: the schema of ``docs/FORMAT.md`` (version 3; versions 1 and 2 are still read),
+an atomic byte-reproducible writer and a reader.
+
+Schema 3 (issue 25) adds one optional sample array, ``true_fraction`` (float32 (N, H, W) in
+[0, 1]: the phantom's true partial-volume fraction of each crop, before the scanner's blur, in the
+crop geometry of ``soft_mask``); builds from real sources have none. It also reserves the shard
+kind ``volumes`` (3-D crops, axes (z, row, col), per-axis spacing; FORMAT.md) for a later
+issue: this module neither writes nor reads that kind yet. Apart from the optional array, schema
+3's layout is schema 2's.
 
 Schema 2 stores the per-sample metadata as one root dataset per field (``sample_id``, ``patient``,
 ``spacing_mm``, ...), each (N, ...) like the image arrays, strings variable-length UTF-8, so that
@@ -44,9 +51,11 @@ from softmask_builder.core import atomic
 from softmask_builder.core.atomic import TEMP_SUFFIX, is_temp_name, temp_path  # noqa: F401 (shards.* names)
 from softmask_builder.errors import InputError, SourceError
 
-SCHEMA_VERSION = 2
-#: Versions :class:`Shard`, :func:`check_shard` and ``softmask verify`` read (the writer writes 2).
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+#: Versions :class:`Shard`, :func:`check_shard` and ``softmask verify`` read (the writer writes 3).
+READABLE_VERSIONS = (1, 2, 3)
+#: First schema version that may hold the optional arrays (:data:`OPTIONAL_SAMPLE_ARRAYS`).
+TRUTH_SINCE_VERSION = 3
 LIBVER = ("v110", "v110")
 GZIP_LEVEL = 4
 
@@ -73,6 +82,11 @@ SLICE_META_DTYPE = np.dtype([
 SAMPLE_ARRAYS = {"image_hu": np.dtype("<i2"), "soft_mask": np.dtype("<f4"), "binary_mask": np.dtype("u1"),
                  "trimap": np.dtype("u1")}
 SLICE_ARRAYS = {"image_hu": np.dtype("<i2")}
+#: Optional (N, H, W) arrays of sample shards (schema >= 3): present in a shard when every one of
+#: its samples carries it. ``true_fraction``: a phantom's true partial-volume fraction in [0, 1].
+OPTIONAL_SAMPLE_ARRAYS = {"true_fraction": np.dtype("<f4")}
+#: Shard kind reserved by schema 3 for 3-D volume crops (FORMAT.md); not written nor read yet.
+RESERVED_KINDS = ("volumes",)
 REQUIRED_ATTRS = ("schema_version", "kind", "dataset", "dataset_version", "builder_version", "split",
                   "recipe_json", "recipe_sha256", "n_samples", "n_planned", "plan_sha256", "rejects_json")
 
@@ -90,6 +104,12 @@ def layout(kind: str) -> tuple[dict[str, np.dtype], np.dtype]:
     if kind == "slices":
         return SLICE_ARRAYS, SLICE_META_DTYPE
     raise InputError(f"kind must be 'samples' or 'slices', got {kind!r}")
+
+
+def optional_arrays(kind: str) -> dict[str, np.dtype]:
+    """The optional (N, H, W) arrays a shard of ``kind`` may hold (schema >= 3); {} for slices."""
+    layout(kind)
+    return dict(OPTIONAL_SAMPLE_ARRAYS) if kind == "samples" else {}
 
 
 def shard_name(dataset: str, split: str, index: int, count: int, *, kind: str = "samples") -> str:
@@ -182,7 +202,8 @@ def write_shard(path: str | Path, *, arrays: Mapping[str, np.ndarray], meta: np.
     ----------
     path : final file name (the folder must exist).
     arrays : the (N, H, W) arrays of ``kind`` (see :func:`layout`), cast to the schema dtypes;
-        N may be 0 (every planned sample rejected).
+        N may be 0 (every planned sample rejected). Sample shards may add any of
+        :func:`optional_arrays` (``true_fraction``: finite, in [0, 1], else :class:`InputError`).
     meta : structured array of the kind's meta dtype, length N (see :func:`encode_meta`).
     attrs : root attributes (strings, ints, floats); ``schema_version``, ``kind`` and
         ``n_samples`` are set here.
@@ -191,8 +212,15 @@ def write_shard(path: str | Path, *, arrays: Mapping[str, np.ndarray], meta: np.
     """
     path = Path(path)
     specs, meta_dtype = layout(kind)
-    if set(arrays) != set(specs):
-        raise InputError(f"{kind} shard arrays must be {sorted(specs)}, got {sorted(arrays)}")
+    optional = optional_arrays(kind)
+    if not set(specs) <= set(arrays) or not set(arrays) <= set(specs) | set(optional):
+        extra = f" (optionally {sorted(optional)})" if optional else ""
+        raise InputError(f"{kind} shard arrays must be {sorted(specs)}{extra}, got {sorted(arrays)}")
+    specs = {**specs, **{k: v for k, v in optional.items() if k in arrays}}
+    if "true_fraction" in arrays:
+        truth = np.asarray(arrays["true_fraction"])
+        if truth.size and not (np.isfinite(truth).all() and truth.min() >= 0.0 and truth.max() <= 1.0):
+            raise InputError("true_fraction must be finite and in [0, 1]")
     meta = np.asarray(meta)
     if meta.dtype != meta_dtype:
         raise InputError(f"meta dtype must be the schema's {kind} meta dtype, got {meta.dtype}")
@@ -288,6 +316,11 @@ class Shard:
         return self._file
 
     @property
+    def has_truth(self) -> bool:
+        """Whether the shard carries ``true_fraction`` (schema >= 3, phantom sources only)."""
+        return "true_fraction" in self._file
+
+    @property
     def schema_version(self) -> int | None:
         return file_schema_version(self._file)
 
@@ -305,14 +338,16 @@ class Shard:
         return [str(s) for s in self.meta_column("sample_id")]
 
     def sample(self, i: int) -> dict[str, Any]:
-        """Arrays (``image_hu``, and for sample shards ``soft_mask``, ``binary_mask``, ``trimap``)
-        and meta fields of sample ``i`` (negative indexes count from the end)."""
+        """Arrays (``image_hu``, and for sample shards ``soft_mask``, ``binary_mask``, ``trimap``,
+        plus ``true_fraction`` when the shard carries it) and meta fields of sample ``i``
+        (negative indexes count from the end)."""
         n = self.n_samples
         if not -n <= i < n:
             raise InputError(f"sample index {i} out of range for {self.path.name} with {n} samples")
         i = i % n
         specs, _ = layout(self.kind)
-        out = {name: self._file[name][i] for name in specs}
+        names = list(specs) + [k for k in optional_arrays(self.kind) if k in self._file]
+        out = {name: self._file[name][i] for name in names}
         out.update(read_meta_row(self._file, i))
         return out
 
@@ -436,12 +471,14 @@ def read_sample(path: str | Path, i: int) -> dict[str, Any]:
 def check_shard(path: str | Path) -> list[str]:
     """Check a shard against the schema; return a list of problems (empty when it conforms).
 
-    Checks: required root attributes and a readable ``schema_version`` (1 or 2); every array
+    Checks: required root attributes and a readable ``schema_version`` (1, 2 or 3); every array
     present with the schema dtype, shape (N, H, W) and chunking (one sample per chunk, gzip +
     shuffle); the meta fields (version 1: the compound ``meta`` dtype and length; version 2: one
     (N, ...) dataset per field, strings variable-length UTF-8 within the schema's byte lengths,
     chunked like the arrays); ``n_samples``; every row's ``split`` equal to the shard's; value domains (trimap in
-    {0, 128, 255}, binary mask in {0, 1}, Soft Mask finite in [0, 1]); unique sample ids.
+    {0, 128, 255}, binary mask in {0, 1}, Soft Mask finite in [0, 1]); unique sample ids. Schema 3:
+    the optional ``true_fraction`` (sample shards only) float32, (N, H, W) like ``image_hu``,
+    chunked like it, finite and in [0, 1]; a version 1 or 2 shard must not hold it.
     """
     path = Path(path)
     try:
@@ -473,6 +510,9 @@ def _check_open_shard(shard: Shard, name: str) -> list[str]:
         return problems + [f"{name}: unknown kind {shard.kind!r}"]
     meta_names = {"meta"} if version == 1 else set(meta_dtype.names)
     expected = set(specs) | meta_names
+    if version >= TRUTH_SINCE_VERSION:  # optional arrays: checked like the others when present
+        specs = {**specs, **{k: v for k, v in optional_arrays(shard.kind).items() if k in f}}
+        expected |= set(specs)
     if set(f.keys()) != expected:
         problems.append(f"{name}: datasets {sorted(f.keys())}, expected {sorted(expected)}")
         return problems
@@ -529,6 +569,10 @@ def _check_open_shard(shard: Shard, name: str) -> list[str]:
         alpha = f["soft_mask"][()]
         if not (np.isfinite(alpha).all() and alpha.min() >= 0.0 and alpha.max() <= 1.0):
             problems.append(f"{name}: soft_mask values outside [0, 1] or not finite")
+        if "true_fraction" in specs:
+            truth = f["true_fraction"][()]
+            if not (np.isfinite(truth).all() and truth.min() >= 0.0 and truth.max() <= 1.0):
+                problems.append(f"{name}: true_fraction values outside [0, 1] or not finite")
     try:
         json.loads(shard.attrs.get("recipe_json", ""))
         json.loads(shard.attrs.get("rejects_json", ""))
@@ -556,6 +600,8 @@ class ShardInfo:
     height_px: int
     width_px: int
     dataset: str
+    #: The shard carries ``true_fraction`` (schema >= 3; phantom sources).
+    has_truth: bool = False
 
 
 def open_for_reading(path: str | Path) -> h5py.File:
@@ -641,6 +687,17 @@ def inspect_shard(path: str | Path, *, kind: str | None = None, error: type[Exce
                 shape = ds.shape
             elif ds.shape != shape:
                 raise error(f"shard {path}: {name} shape {ds.shape} differs from image_hu {shape}")
+        has_truth = False
+        for name, dtype in optional_arrays(found_kind).items():
+            if name not in fh:
+                continue
+            ds = fh[name]
+            if version < TRUTH_SINCE_VERSION or not isinstance(ds, h5py.Dataset):
+                raise error(f"shard {path}: {name} is not allowed in schema version {version}")
+            if ds.dtype != dtype or ds.shape != shape:
+                raise error(f"shard {path}: {name} has dtype {ds.dtype} and shape {ds.shape}, "
+                            f"expected {dtype} and {shape} like image_hu")
+            has_truth = name == "true_fraction" or has_truth
         problem = meta_problem(fh, shape[0])
         if problem:
             raise error(f"shard {path}: {problem}")
@@ -653,7 +710,8 @@ def inspect_shard(path: str | Path, *, kind: str | None = None, error: type[Exce
         else:
             split = ""
         return ShardInfo(path=path, kind=found_kind, split=split, n_samples=int(shape[0]),
-                         height_px=int(shape[1]), width_px=int(shape[2]), dataset=_attr_str(attrs.get("dataset", "")))
+                         height_px=int(shape[1]), width_px=int(shape[2]), dataset=_attr_str(attrs.get("dataset", "")),
+                         has_truth=has_truth)
 
 
 class ShardReader:

@@ -28,7 +28,7 @@ import numpy as np
 from softmask_builder.core import atomic
 from softmask_builder.errors import InputError
 from softmask_builder.phantom.cases import SPLIT_CODES, PhantomCase, iter_cases
-from softmask_builder.sources.deeplesion import DL_INFO_COLUMNS, PNG_HU_OFFSET
+from softmask_builder.sources.deeplesion import DL_INFO_COLUMNS, PHANTOM_TRUTH_FILE, PNG_HU_OFFSET
 
 __all__ = ["TRUTH_FILE", "dl_info_row", "encode_png_hu", "write_deeplesion", "read_truth", "write_sample",
            "write_replicated_sample"]
@@ -39,7 +39,8 @@ LUNG_WINDOW_HU = (-1500.0, 500.0)
 #: Padding DeepLesion adds around the RECIST extent to make ``Bounding_boxes``.
 BBOX_PAD_PX = 5.0
 PNG_OFFSET = PNG_HU_OFFSET
-TRUTH_FILE = "phantom_truth.npz"
+#: The DeepLesion adapter picks this file up and the build writes each crop's ``true_fraction``.
+TRUTH_FILE = PHANTOM_TRUTH_FILE
 # A fixed zip timestamp keeps the truth file byte-identical between runs.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 

@@ -680,8 +680,11 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
     the cases cycle over the texture classes whose shapes are not used up yet
     (``texture_balance``; else shapes are drawn regardless of class), each class's shapes in a
     seeded random order, so shapes repeat only once the split's shapes are all used. Real
-    backgrounds (few) are shared by the splits, taken in a seeded order; the policy line of the
-    returned dict says so.
+    backgrounds (few) are dealt to the splits round robin in a seeded order, so no background
+    patient is in two splits either (fewer real backgrounds than splits: :class:`InputError`);
+    the policy line of the returned dict says so. Builds must keep these splits (the sample
+    recipes use ``split: {method: official}``, i.e. the ``Train_Val_Test`` column written from
+    ``CaseSpec.split``): a re-split by DeepLesion patient would put a shape in two splits.
 
     Returns
     -------
@@ -728,7 +731,16 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
     bg_seeds = bg_ss.spawn(n)
     cases = []
     n_real = len(real_backgrounds) if real_backgrounds else 0
-    real_order = rng.permutation(n_real) if n_real else None  # spread over patients and series
+    real_of_split: dict[str, list[int]] = {}
+    if n_real:
+        if n_real < len(names):
+            raise InputError(f"real backgrounds: {n_real} given, but the {len(names)} splits {names} need one "
+                             "each (a background patient is never in two splits)")
+        # the real slices in a seeded order (spread over patients and series), dealt to the splits
+        # round robin: each real background serves one split only
+        real_order = rng.permutation(n_real)
+        real_of_split = {s: [int(r) for r in real_order[k::len(names)]] for k, s in enumerate(names)}
+    n_bg_of_split = {s: 0 for s in names}
     for i, split in enumerate(split_seq):
         # classes whose shapes are not used up yet (all of them again once every one is)
         avail = [c for c in classes[split] if used[(split, c)] < len(order[(split, c)])] or classes[split]
@@ -750,9 +762,11 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
         if cur is None or cur[1] >= cases_per_background:
             j = len(bgs)
             if n_real:
-                bgs.append(BackgroundSpec(j, split, None, real=int(real_order[j % n_real]), shape=slice_shape))
+                own = real_of_split[split]
+                bgs.append(BackgroundSpec(j, split, None, real=own[n_bg_of_split[split] % len(own)], shape=slice_shape))
             else:
                 bgs.append(BackgroundSpec(j, split, bg_seeds[j], shape=slice_shape))
+            n_bg_of_split[split] += 1
             cur = (j, 0)
         open_bg[split] = (cur[0], cur[1] + 1)
         cases.append(CaseSpec(i, sid, cur[0], placements[i % len(placements)], split, cur[0] + 1, cur[1] + 1,
@@ -761,8 +775,8 @@ def plan_hybrid_cases(n: int, *, shapes: Sequence[LesionShape], seed: int = 0,
         "texture_balance": bool(texture_balance),
         "shapes_split": "by LIDC patient, sha256(0:patient_id) (assign_splits); a patient's shapes never "
                         "in two splits",
-        "backgrounds": ("real slices, few, so shared by the splits (a real slice may serve cases of "
-                        "several splits; each use is its own DeepLesion patient)"
+        "backgrounds": ("real slices dealt to the splits round robin: a real slice serves one split only "
+                        "(each use is its own DeepLesion patient)"
                         if n_real else "synthetic, each background in one split only"),
         "n_backgrounds": len(bgs), "cases_per_background": cases_per_background,
         "distinct_shapes": len({c.shape_id for c in cases}),

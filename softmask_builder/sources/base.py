@@ -53,6 +53,9 @@ class SampleRecord:
     origin_px : (row, col) of the crop's top-left corner in source pixels (may be negative when
         the crop was padded at the image border).
     scale : crop pixels per source pixel (1.0 unless the lesion was rescaled to fit the crop).
+    true_fraction : (rows, cols) float32 in [0, 1] or None: the known true partial-volume fraction
+        of the crop (a phantom source's truth, before the scanner's blur), cropped and scaled like
+        ``image_hu``; None for real sources. Shards store it as ``true_fraction`` (schema 3).
     """
 
     ref: SampleRef
@@ -64,6 +67,7 @@ class SampleRecord:
     scale: float = 1.0
     n_readers: int = -1
     lesion_type: int = -1
+    true_fraction: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ Data contract of what this adapter returns (see :class:`~softmask_builder.source
 * ``image_hu``: float32 (crop_px, crop_px) crop in HU around the lesion (see :func:`load_deeplesion`).
 * ``prior``: a :class:`~softmask_builder.labelling.recist.Recist` in crop (row, col) pixels.
 * ``spacing_mm``: (row_mm, col_mm) of the crop pixels, i.e. the source spacing divided by ``scale``.
+* ``true_fraction``: only for a phantom source (``root/phantom_truth.npz`` beside ``DL_info.csv``,
+  written by :mod:`softmask_builder.phantom`): the key slice's true partial-volume fraction,
+  cropped and scaled exactly like ``image_hu``, clipped to [0, 1]; None for real DeepLesion.
 
 DL_info quirks handled here, and nowhere else:
 
@@ -78,6 +81,9 @@ PNG_HU_OFFSET = 32768
 SPLIT_CODES = {1: "train", 2: "val", 3: "test"}
 
 _STAGE_LOAD = "load"
+#: The truth file a phantom source keeps beside ``DL_info.csv`` (not part of DeepLesion; written
+#: by :func:`softmask_builder.phantom.deeplesion_writer.write_deeplesion`).
+PHANTOM_TRUTH_FILE = "phantom_truth.npz"
 
 
 # --- DL_info.csv ------------------------------------------------------------------------------
@@ -325,7 +331,9 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
         6 digits (the folder prefix, e.g. "000001"), ``split`` = official split name. ``payload``:
         ``image_path`` (str), ``recist_rc`` (4 (row, col) source points: long a, long b, short a,
         short b), ``spacing_mm`` (row, col), ``lesion_type``, ``crop_px``, ``long_axis_mm``;
-        for a slice read from a zip also ``image_zip`` (str) and ``image_member``.
+        for a slice read from a zip also ``image_zip`` (str) and ``image_member``; for a phantom
+        source (``root/phantom_truth.npz`` exists) also ``truth_path`` (str) and ``truth_key``
+        (the ``File_name``).
     rejects : list of Reject
         Stage "plan", sorted by sample_id: malformed cells ("<column> ...") and missing images.
         Rows left out by the filters are neither refs nor rejects.
@@ -347,6 +355,10 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
     images_dir = root / "Images_png"
     series_spacing = _series_spacings(table, names)
     first_line: dict[tuple, int] = {}
+    # A phantom source (softmask_builder.phantom) keeps its truth beside DL_info.csv: each ref then
+    # names the file and its member, and load_deeplesion crops the true fraction with the image.
+    truth_file = root / PHANTOM_TRUTH_FILE
+    truth_path = str(truth_file) if truth_file.is_file() else None
     zips = None  # the zip index, built on the first row whose slice is not extracted
 
     refs: list[SampleRef] = []
@@ -418,6 +430,7 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
             reject(f"duplicate of DL_info line {duplicate_of} (every cell equal; the first is kept)")
             continue
         image_path = images_dir / series / slice_file
+        truth_fields = {} if truth_path is None else {"truth_path": truth_path, "truth_key": name}
         in_zip = None
         if not image_path.is_file():
             if zips is None:
@@ -433,6 +446,7 @@ def plan_deeplesion(root, *, lesion_types: Iterable[int] | None = None, exclude_
             reject(f"image missing: {image_path}")
             continue
         zip_fields = {} if in_zip is None else {"image_zip": str(root / in_zip), "image_member": member}
+        zip_fields.update(truth_fields)
         refs.append(SampleRef(
             sample_id=sid, source_key=name, patient=f"{patient_index:06d}", split=split,
             payload={
@@ -573,6 +587,40 @@ def load_deeplesion(ref: SampleRef) -> SampleRecord:
     crop = crop_image(image_hu, origin, scale, size_px=crop_px)
     prior = recist.shifted(-origin[0], -origin[1]).scaled(scale)
     spacing = (float(p["spacing_mm"][0]) / scale, float(p["spacing_mm"][1]) / scale)
+    truth = None
+    if p.get("truth_path"):
+        full = read_phantom_truth(p["truth_path"], p["truth_key"], image_hu.shape, sample_id=sid)
+        # the same crop and scale as the image: a down-scaled fraction is the area-weighted mean
+        truth = np.clip(crop_image(full, origin, scale, size_px=crop_px), 0.0, 1.0).astype(np.float32)
     return SampleRecord(ref=ref, image_hu=crop.astype(np.float32, copy=False), prior_kind="recist", prior=prior,
                         spacing_mm=spacing, origin_px=(float(origin[0]), float(origin[1])), scale=float(scale),
-                        n_readers=-1, lesion_type=int(p["lesion_type"]))
+                        n_readers=-1, lesion_type=int(p["lesion_type"]), true_fraction=truth)
+
+
+def read_phantom_truth(truth_path, file_name: str, shape_rc: tuple[int, int], *,
+                       sample_id: str | None = None) -> np.ndarray:
+    """The true partial-volume fraction of the key slice ``file_name`` from a phantom source's
+    ``phantom_truth.npz`` (member ``<File_name>/true_fraction``): float32 (rows, cols) equal in
+    shape to the slice ``shape_rc``.
+
+    Raises
+    ------
+    SourceError
+        (stage "load", with ``sample_id``) the file is unreadable, lacks the member, or the array
+        is not a finite (rows, cols) array of the slice's shape.
+    """
+    import zipfile
+
+    name = os.path.basename(str(truth_path))
+    try:
+        with np.load(truth_path, allow_pickle=False) as z:
+            truth = np.asarray(z[f"{file_name}/true_fraction"], dtype=np.float32)
+    except KeyError:
+        raise SourceError(f"{name} has no true_fraction for {file_name}", sample_id=sample_id,
+                          stage=_STAGE_LOAD) from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise SourceError(f"cannot read {name}: {exc}", sample_id=sample_id, stage=_STAGE_LOAD) from None
+    if truth.shape != tuple(shape_rc) or not np.isfinite(truth).all():
+        raise SourceError(f"{name}: true_fraction of {file_name} has shape {truth.shape} (slice {tuple(shape_rc)}) "
+                          "or non-finite values", sample_id=sample_id, stage=_STAGE_LOAD)
+    return truth

@@ -113,7 +113,8 @@ def make_sample_arrays(rng: np.random.Generator, n: int, size_px: int = 32) -> d
 
 def write_sample_shard(path: Path, arrays: dict[str, np.ndarray], *, split: str = "train", dataset: str = "synth",
                        schema_version: int = 2, kind: str = "samples", patient_prefix: str = "P") -> Path:
-    """A sample shard with the four arrays, meta, and the root attributes of FORMAT.md."""
+    """A sample shard with the four arrays (and ``true_fraction`` when ``arrays`` has it), meta, and
+    the root attributes of FORMAT.md."""
     n, h, w = arrays["image_hu"].shape
     meta = np.zeros(n, dtype=SAMPLE_META_DTYPE)
     for i in range(n):
@@ -122,7 +123,9 @@ def write_sample_shard(path: Path, arrays: dict[str, np.ndarray], *, split: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         for name, dtype in (("image_hu", np.int16), ("soft_mask", np.float32), ("binary_mask", np.uint8),
-                            ("trimap", np.uint8)):
+                            ("trimap", np.uint8), ("true_fraction", np.float32)):
+            if name not in arrays:  # true_fraction: optional (schema 3, phantom sources)
+                continue
             f.create_dataset(name, data=np.asarray(arrays[name], dtype=dtype), chunks=(1, h, w), compression="gzip",
                              compression_opts=4, shuffle=True)
         _write_meta(f, meta, schema_version)

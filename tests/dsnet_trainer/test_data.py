@@ -44,12 +44,12 @@ def test_bad_shards_name_the_file(tmp_path):
     with pytest.raises(ShardError, match="junk.h5.*not a readable HDF5"):
         inspect_shard(junk)
     junk.unlink()
-    v3 = write_sample_shard(tmp_path / "v3.h5", arrays, schema_version=3)
-    with pytest.raises(ShardError, match="v3.h5 has schema_version 3"):
-        SampleShardDataset(v3)
-    with pytest.raises(ShardError, match="v3.h5"):  # also when found inside a folder
+    v4 = write_sample_shard(tmp_path / "v4.h5", arrays, schema_version=4)
+    with pytest.raises(ShardError, match="v4.h5 has schema_version 4"):
+        SampleShardDataset(v4)
+    with pytest.raises(ShardError, match="v4.h5"):  # also when found inside a folder
         find_shards(tmp_path, kind="samples")
-    v3.unlink()
+    v4.unlink()
     nometa = write_sample_shard(tmp_path / "nometa.h5", arrays)
     with h5py.File(nometa, "a") as f:
         del f["patient"]
@@ -144,6 +144,25 @@ def test_joint_augmentation_applies_one_symmetry_to_all(sample_shards):
             assert torch.equal(again["image"], b["image"])
     assert len(seen) >= 6  # 36 draws cover (nearly) all 8 symmetries
     assert torch.equal(aug[4]["image"], plain[4]["image"])  # int keys are never augmented
+
+
+def test_truth_is_an_item_only_when_every_shard_carries_it(tmp_path):
+    arrays = make_sample_arrays(np.random.default_rng(3), 4, size_px=32)
+    truth = np.random.default_rng(5).random((4, 32, 32)).astype(np.float32)
+    with_truth = write_sample_shard(tmp_path / "t" / "synth-train-00000-of-00001.h5", {**arrays, "true_fraction": truth},
+                                    schema_version=3)
+    ds = SampleShardDataset(with_truth)
+    assert ds.has_truth
+    for i in range(4):
+        np.testing.assert_array_equal(ds[i]["true_fraction"][0].numpy(), truth[i])
+    aug = SampleShardDataset(with_truth, augment=True)[(2, 7, 0)]
+    hits = _which_symmetry(ds[2]["image"][0].numpy(), aug["image"][0].numpy())
+    k, f = hits[0]  # the truth follows the image's symmetry
+    np.testing.assert_array_equal(dihedral(truth[2], k=k, flip=f), aug["true_fraction"][0].numpy())
+    plain = write_sample_shard(tmp_path / "p" / "synth-train-00000-of-00001.h5", arrays, schema_version=3)
+    mixed = SampleShardDataset([with_truth, plain])
+    assert not mixed.has_truth and "true_fraction" not in mixed[0]
+    assert "true_fraction" not in SampleShardDataset(plain)[0]
 
 
 def test_dihedral_matches_numpy_primitives():

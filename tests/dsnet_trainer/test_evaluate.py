@@ -59,6 +59,47 @@ def test_summary_hand_case_and_threshold_from_validation_only():
     assert no_val["threshold_val"] is None and no_val["at_val_threshold"] is None
 
 
+def test_truth_scores_hand_case_and_no_truth_keeps_the_label_report():
+    # crop a: label = 2x2 block, truth = 2x3 block (the label misses one column); crop b: empty
+    gt = np.zeros((2, 6, 6), bool)
+    gt[0, 1:3, 1:3] = True
+    truth = np.zeros((2, 6, 6))
+    truth[0, 1:3, 1:4] = 1.0
+    truth[0, 1:3, 4] = 0.25                      # partial volume below 0.5: not in the true mask
+    prob = np.zeros((2, 6, 6))
+    prob[0, 1:3, 1:3] = 0.9
+    prob[0, 1:3, 3] = 0.6                        # the missed column, found above 0.5 but below 0.7
+    soft01 = prob.copy()
+    gt_val = np.zeros((1, 6, 6), bool)
+    gt_val[0, 0, :2] = True                      # val label: 2 px -> label-chosen threshold 0.7
+    truth_val = np.zeros((1, 6, 6))
+    truth_val[0, 0, :3] = 1.0                    # val truth: 3 px -> truth-chosen threshold 0.5
+    prob_val = np.zeros((1, 6, 6))
+    prob_val[0, 0, :2] = 0.9
+    prob_val[0, 0, 2] = 0.6
+    kw = dict(sample_ids=["a", "b"], prob_val=prob_val, gt_val=gt_val, thresholds=[0.5, 0.7])
+    plain, plain_rows = summarise_predictions(prob, gt, soft01, gt.astype(float), **kw)
+    summary, rows = summarise_predictions(prob, gt, soft01, gt.astype(float), true_fraction=truth,
+                                          true_fraction_val=truth_val, **kw)
+    assert "truth" not in plain and all(not k.endswith("_true") for k in plain_rows[0])
+    assert {k: v for k, v in summary.items() if k != "truth"} == plain  # label-scored part unchanged
+    assert [{k: r[k] for k in p} for r, p in zip(rows, plain_rows)] == plain_rows
+    t = summary["truth"]
+    assert summary["threshold_val"] == 0.7 and t["threshold_label_val"] == 0.7 and t["threshold_truth_val"] == 0.5
+    # at 0.5 the prediction is the 6-px true mask: Dice 1 on a, both empty on b
+    assert t["at_fixed"]["dice"]["mean"] == pytest.approx(1.0)
+    # at 0.7 (label's choice): 4 of 6 true px -> Dice 8/10 on a
+    assert t["at_label_val_threshold"]["dice"]["mean"] == pytest.approx((0.8 + 1) / 2)
+    assert t["at_truth_val_threshold"]["dice"]["mean"] == pytest.approx(1.0)
+    # the label against the truth: 4 of 6 px -> Dice 0.8 on a
+    assert t["label_vs_truth"]["dice"]["mean"] == pytest.approx(0.9)
+    # SAD on a: |0.9-1| * 4 + |0.6-1| * 2 + 0.25 * 2 = 0.4 + 0.8 + 0.5 = 1.7
+    assert rows[0]["sad_true"] == pytest.approx(1.7) and rows[1]["sad_true"] == 0.0
+    assert rows[0]["mse_true"] == pytest.approx((4 * 0.01 + 2 * 0.16 + 2 * 0.0625) / 36)
+    assert rows[0]["hd95_px"] == 0.0 and rows[0]["surface_dice_1px"] == 1.0 and rows[1]["hd95_px"] == 0.0
+    assert rows[0]["dice_true_tval"] == pytest.approx(0.8) and rows[0]["true_px"] == 6
+
+
 def test_evaluate_writes_consistent_deterministic_reports(run, tmp_path):
     data, _, run_dir = run
     ckpt = run_dir / "checkpoints" / "best.pt"
@@ -75,6 +116,56 @@ def test_evaluate_writes_consistent_deterministic_reports(run, tmp_path):
     assert rep["metrics"]["at_fixed"]["dice"]["std"] == pytest.approx(dice.std(), abs=1e-6)
     assert json.loads((tmp_path / "e0" / "metrics.json").read_text())["format"] == "dsnet-eval"
     assert "authors" in (tmp_path / "e0" / "summary.md").read_text()
+
+
+def test_checkpoint_on_a_build_with_truth_adds_truth_scores_and_keeps_the_rest(run, tmp_path):
+    import shutil
+
+    import h5py
+
+    from dsnet_trainer.metrics import boundary_metrics, dice_sen_ppv
+
+    data, _, run_dir = run
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    with_truth = tmp_path / "data-truth"
+    shutil.copytree(data, with_truth)
+    truths = {}
+    for path in sorted(with_truth.glob("*.h5")):  # a truth that differs from the label: eroded alpha
+        with h5py.File(path, "r+") as f:
+            alpha = f["soft_mask"][()]
+            truth = np.clip(alpha - 0.2, 0, 1).astype(np.float32)
+            f.create_dataset("true_fraction", data=truth, chunks=(1, *truth.shape[1:]), compression="gzip", shuffle=True)
+            f.attrs["schema_version"] = 3
+            ids = [s.decode() if isinstance(s, bytes) else s for s in f["sample_id"][()]]
+            truths.update(zip(ids, truth))
+    plain = evaluate_checkpoint(ckpt, out=tmp_path / "plain", data=data, n_preview=2)
+    rep = evaluate_checkpoint(ckpt, out=tmp_path / "truth", data=with_truth, n_preview=2)
+    assert "truth" not in plain["metrics"]
+    assert {k: v for k, v in rep["metrics"].items() if k != "truth"} == plain["metrics"]
+    with open(tmp_path / "truth" / "per_crop.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    true_mask = np.stack([truths[r["sample_id"]] >= 0.5 for r in rows])
+    assert [int(r["true_px"]) for r in rows] == [int(m.sum()) for m in true_mask]
+    dice = np.array([float(r["dice_true"]) for r in rows])
+    assert rep["metrics"]["truth"]["at_fixed"]["dice"]["mean"] == pytest.approx(dice.mean(), abs=1e-6)
+    # the label vs the truth, computed here from the shards
+    label = np.stack(_labels(with_truth, [r["sample_id"] for r in rows]))
+    expect = dice_sen_ppv(label, true_mask)["dice"]
+    np.testing.assert_allclose([float(r["label_dice_true"]) for r in rows], expect, atol=1e-6)  # CSV: 6 digits
+    assert "Scored against the phantom's truth" in (tmp_path / "truth" / "summary.md").read_text()
+    assert "phantom" not in (tmp_path / "plain" / "summary.md").read_text()
+    assert boundary_metrics(true_mask, true_mask)["surface_dice"].tolist() == [1.0] * len(rows)
+
+
+def _labels(data, sample_ids):
+    import h5py
+
+    found = {}
+    for path in sorted(data.glob("*.h5")):
+        with h5py.File(path, "r") as f:
+            ids = [s.decode() if isinstance(s, bytes) else s for s in f["sample_id"][()]]
+            found.update(zip(ids, f["binary_mask"][()] != 0))
+    return [found[s] for s in sample_ids]
 
 
 def test_threshold_never_chosen_on_the_evaluated_split(run, tmp_path):

@@ -7,6 +7,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from dsnet_trainer.cli import main
@@ -45,3 +46,40 @@ def test_nnunet_style_npz_through_cases_csv(tmp_path, monkeypatch):
         rows = {r["sample_id"]: float(r["dice"]) for r in csv.DictReader(fh)}
     assert rows[ids[0]] == 0.0 and all(rows[s] == 1.0 for s in ids[1:])
     assert "| external" not in res.stdout and "75.00" in res.stdout
+    assert "phantom" not in res.stdout  # no truth in this build: the report of before issue 25
+
+
+def test_external_predictions_are_scored_against_the_truth_when_the_build_has_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(6)
+    arrays = make_sample_arrays(rng, 3)
+    truth = np.zeros_like(arrays["soft_mask"])
+    truth[:, 8:16, 8:16] = 1.0                   # a known 8x8 true nodule in every crop (64 px)
+    truth[:, 8:16, 16] = 0.4                     # partial-volume rim below 0.5
+    data = tmp_path / "data"
+    write_sample_shard(data / "synth-test-00000-of-00001.h5", {**arrays, "true_fraction": truth}, split="test",
+                       schema_version=3)
+    with open_shard(data / "synth-test-00000-of-00001.h5") as shard:
+        ids = shard.sample_ids
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for k, sid in enumerate(ids):
+        p = np.zeros((32, 32))
+        p[8:16, 8:16 - k] = 1.0                  # crop k misses k true columns: Dice 2(64-8k)/(128-8k)
+        np.save(pred / f"{sid}.npy", p)
+    res = CliRunner().invoke(main, ["evaluate", "--predictions", str(pred), "--data", str(data), "--val-split", ""])
+    assert res.exit_code == 0, res.output
+    t = json.loads((pred / "eval-test" / "metrics.json").read_text())["metrics"]["truth"]
+    expect = [2 * (64 - 8 * k) / (128 - 8 * k) for k in range(3)]
+    assert t["at_fixed"]["dice"]["mean"] == pytest.approx(np.mean(expect))
+    assert t["at_label_val_threshold"] is None and t["at_truth_val_threshold"] is None  # no val split
+    with open(pred / "eval-test" / "per_crop.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    np.testing.assert_allclose([float(r["dice_true"]) for r in rows], expect, rtol=1e-5)
+    # SAD against the true fraction: 8k missed px + the 8-px rim at 0.4
+    np.testing.assert_allclose([float(r["sad_true"]) for r in rows], [8 * k + 8 * 0.4 for k in range(3)], rtol=1e-5)
+    # HD95: crop 1 misses one column -> its far boundary is 1 px off; surface Dice counts those
+    assert float(rows[0]["hd95_px"]) == 0.0 and float(rows[0]["surface_dice_1px"]) == 1.0
+    assert float(rows[1]["hd95_px"]) == 1.0 and float(rows[1]["surface_dice_1px"]) == 1.0
+    assert "Scored against the phantom's truth" in (pred / "eval-test" / "summary.md").read_text()
+    assert "Scored against the phantom's truth" in res.stdout and "| Dice(true) @0.5 |" in res.stdout

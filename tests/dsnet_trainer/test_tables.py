@@ -206,3 +206,152 @@ def test_l1_default_rule_prefers_the_paper_cell_only_within_one_seed_std():
     clear = mod.choose_l1_default(stats({paper: (0.80, 0.01), other: (0.83, 0.01)}))
     assert clear["chosen"] == other and clear["ties"] == [other]
     assert mod.choose_l1_default({"rows": {"unet": {"val_select_mean": 0.9}}}) is None
+
+
+# ---- the truth study's statistics (issue 25) ------------------------------------------------
+def test_clustered_interval_reduces_to_t_intervals_in_its_special_cases():
+    mod = _tables_module()
+    rng = np.random.default_rng(3)
+    d = rng.normal(0.02, 0.05, 40)
+    # one crop per cluster: the plain t interval (scipy's)
+    mean, lo, hi = mod.clustered_interval(d, np.arange(40))
+    ref = stats.t.interval(0.95, 39, loc=d.mean(), scale=stats.sem(d))
+    assert mean == pytest.approx(d.mean()) and (lo, hi) == pytest.approx(ref)
+    # equal clusters of 4: the t interval of the 10 cluster means
+    clusters = np.repeat(np.arange(10), 4)
+    means = d.reshape(10, 4).mean(axis=1)
+    mean, lo, hi = mod.clustered_interval(d, clusters)
+    ref = stats.t.interval(0.95, 9, loc=means.mean(), scale=stats.sem(means))
+    assert mean == pytest.approx(means.mean()) and (lo, hi) == pytest.approx(ref)
+    # clustering widens the interval when crops of a patient move together
+    shared = np.repeat(rng.normal(0, 0.05, 10), 4) + rng.normal(0, 0.005, 40)
+    _, lo_c, hi_c = mod.clustered_interval(shared, clusters)
+    _, lo_i, hi_i = mod.clustered_interval(shared, np.arange(40))
+    assert hi_c - lo_c > 2 * (hi_i - lo_i)
+    assert np.isnan(mod.clustered_interval(d[:3], [0, 0, 0])[1])
+    with pytest.raises(ValueError, match="one length"):
+        mod.clustered_interval(d, clusters[:-1])
+
+
+def test_clustered_interval_unequal_clusters_hand_case():
+    mod = _tables_module()
+    # clusters a: [1, 3] (sum 4, n 2), b: [2] (sum 2, n 1), c: [0, 0, 3] (sum 3, n 3); mean 9/6 = 1.5
+    # residuals d_c - mean n_c: 1, 0.5, -1.5 -> sum of squares 3.5; var = 3/2 * 3.5 / 36
+    mean, lo, hi = mod.clustered_interval([1, 3, 2, 0, 0, 3], ["a", "a", "b", "c", "c", "c"])
+    half = stats.t.ppf(0.975, 2) * np.sqrt(1.5 * 3.5 / 36)
+    assert mean == 1.5 and (lo, hi) == pytest.approx((1.5 - half, 1.5 + half))
+
+
+def test_collapse_rule_puts_the_collapsed_seed_apart():
+    mod = _tables_module()
+    select = {"dsnet_binary": {"s0": 0.73, "s1": 0.89, "s2": 0.885},      # the issue's collapsed run
+              "dsnet": {"s0": 0.89, "s1": 0.87, "s2": 0.883},             # 0.87 is within 0.05: kept
+              "drift": {"s0": 0.90, "s1": 0.84, "s2": 0.91},              # 0.84 < 0.905 - 0.05
+              "alone": {"s0": 0.79}, "missing": {"s0": None, "s1": 0.9}}
+    assert mod.collapsed_runs(select) == {"dsnet_binary": ["s0"], "drift": ["s1"], "alone": ["s0"],
+                                          "missing": ["s0"]}
+
+
+def test_nnunet_steps_schedule_is_exact_and_near_250_iterations():
+    spec = importlib.util.spec_from_file_location("nnunet_steps", ROOT / "scripts" / "nnunet_steps_trainer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # 3810 = 2 * 3 * 5 * 127: 15 epochs of 254 iterations (the nearest divisor pair to 250)
+    assert mod.schedule_for_steps(3810) == (15, 254)
+    assert mod.schedule_for_steps(250_000) == (1000, 250)  # nnU-Net's default schedule
+    assert mod.schedule_for_steps(127) == (1, 127)          # a prime below 250: one epoch
+    for total in (1, 997, 3810, 12_000):
+        e, it = mod.schedule_for_steps(total)
+        assert e * it == total
+    with pytest.raises(ValueError, match="total_steps"):
+        mod.schedule_for_steps(0)
+
+
+def test_record_keeps_the_truth_columns_when_the_evaluation_has_them(tmp_path):
+    mod = _tables_module()
+    head_plain = "sample_id,gt_px,pred_px,dice,dice_tval,sen,ppv,dice_smooth,sad,mse"
+    head_truth = head_plain + ",true_px,dice_true,sen_true,dice_true_tval,sad_true,mse_true,hd95_px,surface_dice_1px"
+    for name, head, row in (("plain", head_plain, "a,4,5,0.9,0.9,1,0.8,0.9,0.5,0.01"),
+                            ("truth", head_truth, "a,4,5,0.9,0.9,1,0.8,0.9,0.5,0.01,6,0.8,0.8,0.75,1.5,0.02,1,0.9")):
+        run = tmp_path / name
+        (run / "eval-test").mkdir(parents=True)
+        (run / "eval-test" / "per_crop.csv").write_text(head + "\n" + row + "\n")
+        mod._record(run, tmp_path / "record", name)
+    plain = (tmp_path / "record" / "plain" / "per_crop.csv").read_text().splitlines()
+    truth = (tmp_path / "record" / "truth" / "per_crop.csv").read_text().splitlines()
+    assert plain == ["sample_id,gt_px,pred_px,dice,sen,ppv,sad", "a,4,5,0.9,1,0.8,0.5"]  # as before issue 25
+    assert truth == ["sample_id,gt_px,pred_px,dice,sen,ppv,sad,true_px,dice_true,dice_true_tval,sad_true,hd95_px,"
+                     "surface_dice_1px", "a,4,5,0.9,1,0.8,0.5,6,0.8,0.75,1.5,1,0.9"]
+
+
+def test_truth_tables_put_collapsed_runs_apart_and_cluster_by_patient(tmp_path):
+    mod = _tables_module()
+    head = "sample_id,gt_px,dice,dice_true_tval,sad_true\n"
+    ids = [f"c{i}" for i in range(6)]
+    patients = {s: f"P{i // 2}" for i, s in enumerate(ids)}  # 3 background patients of 2 crops
+    values = {"unet-s0": [0.80] * 6, "unet-s1": [0.82] * 6,
+              "arm-s0": [0.85, 0.86, 0.84, 0.83, 0.90, 0.88], "arm-s1": [0.87, 0.86, 0.86, 0.85, 0.90, 0.90],
+              "arm-s2": [0.10] * 6}                              # the collapsed seed
+    runs, names = {}, {}
+    for name, vals in values.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "per_crop.csv").write_text(head + "".join(f"{s},10,0.9,{v},{2 * v}\n" for s, v in zip(ids, vals)))
+        row = name.split("-")[0]
+        runs.setdefault(row, []).append(folder)
+        names.setdefault(row, []).append(name)
+    select = {"unet": [0.88, 0.89], "arm": [0.90, 0.91, 0.62]}
+    truth = mod.summarise_truth(runs, names, select, patients)
+    assert truth["collapsed"] == {"arm": ["arm-s2"]}
+    arm = truth["rows"]["arm"]
+    assert arm["n_kept"] == 2 and arm["primary_seed_means"] == pytest.approx([0.86, 0.8733333333])
+    # oracle: per-crop differences of the kept seeds' means, clustered by patient by hand
+    diff = np.mean([values["arm-s0"], values["arm-s1"]], axis=0) - 0.81
+    per_patient = diff.reshape(3, 2).mean(axis=1)               # equal clusters: t on patient means
+    ref = stats.t.interval(0.95, 2, loc=per_patient.mean(), scale=stats.sem(per_patient))
+    assert arm["primary_vs_ref"]["mean"] == pytest.approx(diff.mean())
+    assert arm["primary_vs_ref"]["ci95"] == pytest.approx(list(ref))
+    md = mod.format_truth_tables(truth)
+    assert "Collapsed (left out of arm's means by the written rule): arm-s2." in md and "| arm | 2/3 |" in md
+    # an evaluation without the truth columns: no truth tables at all
+    (runs["unet"][0] / "per_crop.csv").write_text("sample_id,gt_px,dice\nc0,10,0.9\n")
+    assert mod.summarise_truth(runs, names, select, patients) is None
+
+
+def test_tables_of_a_build_with_the_truth_end_with_the_truth_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(2)
+    data = tmp_path / "data"
+    for split, n, prefix in (("train", 6, "T"), ("val", 3, "V"), ("test", 6, "X")):
+        arrays = make_sample_arrays(rng, n)
+        arrays["true_fraction"] = np.clip(arrays["soft_mask"] - 0.2, 0, 1).astype(np.float32)
+        write_sample_shard(data / f"synth-{split}-00000-of-00001.h5", arrays, split=split, patient_prefix=prefix,
+                           schema_version=3)
+    out = tmp_path / "tables"
+    argv = ["--data", str(data), "--out", str(out), "--rows", "unet,backbone", "--seeds", "1",
+            "-s", "optim.epochs=1", "-s", "loop.max_steps_per_epoch=1", "-s", "model.widths=[4,8]",
+            "-s", "data.crop_px=32", "-s", "loop.batch_size=2", "--no-verify"]
+    mod = _tables_module()
+    assert mod.main(argv) == 0
+    capsys.readouterr()
+    # one-step toy runs are far below the collapse floor: both are put apart, nothing is averaged
+    truth = json.loads((out / "tables.json").read_text())["truth"]
+    assert truth["collapsed"] == {"backbone": ["backbone-s0"], "unet": ["unet-s0"]}
+    assert "Collapsed (left out of unet's means by the written rule): unet-s0." in (out / "TABLES.md").read_text()
+    monkeypatch.setattr(mod, "COLLAPSE_FLOOR", 0.0)   # judge them as real runs (finished: not retrained)
+    assert mod.main(argv) == 0
+    truth = json.loads((out / "tables.json").read_text())["truth"]
+    per = {}
+    for row in ("unet", "backbone"):
+        with open(out / f"{row}-s0" / "eval-test" / "per_crop.csv", newline="") as fh:
+            per[row] = {r["sample_id"]: float(r["dice_true_tval"]) for r in csv.DictReader(fh)}
+    diff = np.array([per["backbone"][k] - per["unet"][k] for k in sorted(per["unet"])])
+    assert truth["rows"]["backbone"]["primary_vs_ref"]["mean"] == pytest.approx(diff.mean(), abs=1e-6)
+    assert truth["rows"]["backbone"]["primary_vs_ref"]["n_clusters"] == 3  # patients X0, X1, X2
+    assert "### Scored against the phantom's truth" in (out / "TABLES.md").read_text()
+    # an external row under a label that states its budget (here: the U-Net's report standing in)
+    label = "nnunet_2d 3810 steps (1.5 % of default)"
+    assert mod.main([*argv, "--nnunet", str(out / "unet-s0" / "eval-test"), "--nnunet-label", label]) == 0
+    tables = json.loads((out / "tables.json").read_text())
+    assert label in tables["rows"] and label not in tables["truth"]["rows"]
+    assert f"| {label} | 1 |" in (out / "TABLES.md").read_text()

@@ -124,3 +124,60 @@ def test_soft_targets_follow_the_augmentation(assets, label):
 def test_unknown_soft_label():
     with pytest.raises(ConfigError, match="unknown soft label 'fuzzy'"):
         soft_target("fuzzy", soft_mask=np.zeros((2, 2)), binary_mask=np.zeros((2, 2)))
+
+
+# ---- truth-study arms (issue 25): training targets from the phantom's truth -----------------
+@pytest.fixture(scope="module")
+def truth_data(assets, tmp_path_factory):
+    """The assets' dataset with a true fraction that differs from the label (alpha shifted)."""
+    import shutil
+
+    import h5py
+
+    data, _ = assets
+    out = tmp_path_factory.mktemp("truth") / "data"
+    shutil.copytree(data, out)
+    for path in sorted(out.glob("*.h5")):
+        with h5py.File(path, "r+") as f:
+            truth = np.clip(f["soft_mask"][()] - 0.3, 0, 1).astype(np.float32)
+            f.create_dataset("true_fraction", data=truth, chunks=(1, *truth.shape[1:]), compression="gzip",
+                             shuffle=True)
+            f.attrs["schema_version"] = 3
+    return out
+
+
+@pytest.mark.parametrize("target", ["true_fraction", "true_mask"])
+def test_train_targets_from_the_truth_follow_the_augmentation(truth_data, target):
+    import h5py
+
+    with h5py.File(next(truth_data.glob("*-train-*.h5")), "r") as f:
+        truth = f["true_fraction"][3]
+        label = f["binary_mask"][3]
+    ds = SoftTargetDataset(SampleShardDataset(truth_data, split="train", augment=True), soft_label="binary",
+                           train_target=target)
+    rng = np.random.default_rng([0, 5, 3])  # the symmetry key (3, 0, 5) draws, as above
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    item = ds[(3, 0, 5)]
+    assert ((truth >= 0.5) != (label != 0)).any()  # the truth differs from the label here
+    if target == "true_fraction":  # A3: L1 target = truth in [-1, 1]; Dice target stays the label
+        np.testing.assert_allclose(item["soft_target"][0].numpy(), dihedral(2 * truth - 1, k=k, flip=flip), atol=1e-6)
+        np.testing.assert_array_equal(item["binary_mask"][0].numpy(), dihedral(label != 0, k=k, flip=flip))
+    else:  # A4: Dice target = true mask, and the binary soft label made from it
+        true_mask = dihedral(truth >= 0.5, k=k, flip=flip).astype(np.float32)
+        np.testing.assert_array_equal(item["binary_mask"][0].numpy(), true_mask)
+        np.testing.assert_array_equal(item["soft_target"][0].numpy(), 2 * true_mask - 1)
+
+
+def test_truth_targets_need_a_build_with_the_truth(assets, truth_data, tmp_path):
+    data, _ = assets
+    with pytest.raises(ConfigError, match="data.train_target=true_mask needs a build that carries the phantom's truth"):
+        SoftTargetDataset(SampleShardDataset(data, split="train"), soft_label="binary", train_target="true_mask")
+    from dataclasses import replace
+
+    from dsnet_trainer.seg_config import SegDataConfig
+
+    with pytest.raises(ConfigError, match="data.train_target"):
+        SegDataConfig(train_target="oracle")
+    cfg = tiny_config(truth_data, tmp_path / "a4", variant="unet", epochs=1, steps=1)
+    run = train_seg(replace(cfg, data=replace(cfg.data, train_target="true_mask")))
+    assert load_seg_model(run / "checkpoints" / "last.pt")[1]["config"]["data"]["train_target"] == "true_mask"

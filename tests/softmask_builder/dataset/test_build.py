@@ -339,6 +339,36 @@ def test_real_pipeline_build_is_deterministic_across_jobs(phantom_root, tmp_path
     assert label_record(record, plan.recipe.label).trimap.tobytes() == sample["trimap"].tobytes()
 
 
+def test_phantom_build_carries_the_truth_cropped_like_the_image(phantom_root, tmp_path):
+    from softmask_builder.phantom.deeplesion_writer import read_truth
+
+    result = run_build(plan_build(phantom_recipe(), phantom_root), tmp_path)
+    truth = read_truth(phantom_root / "phantom_truth.npz")
+    seen = 0
+    for sh in result.shards:
+        with open_shard(tmp_path / sh.name) as f:
+            assert f.has_truth == (f.n_samples > 0)
+            for i in range(f.n_samples):
+                s = f.sample(i)
+                full = truth[s["source_key"]]["true_fraction"]
+                assert s["true_fraction"].dtype == np.float32 and s["true_fraction"].shape == (64, 64)
+                if s["scale"] == 1.0:  # oracle: the crop window cut by hand, edge pixels replicated
+                    r0, c0 = (int(v) for v in s["origin_px"])
+                    rows = np.clip(np.arange(r0, r0 + 64), 0, full.shape[0] - 1)
+                    cols = np.clip(np.arange(c0, c0 + 64), 0, full.shape[1] - 1)
+                    np.testing.assert_array_equal(s["true_fraction"], full[np.ix_(rows, cols)])
+                    seen += 1
+                else:  # rescaled: same area, less resolution
+                    area = s["true_fraction"].sum() / s["scale"] ** 2
+                    assert abs(area - full.sum()) < 0.05 * full.sum()
+    assert seen >= 3
+    assert verify(tmp_path).ok
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["optional_arrays"] == ["true_fraction"] and manifest["schema_version"] == 3
+    croissant = json.loads((tmp_path / "croissant.json").read_text())
+    assert "true_fraction" in {f["name"] for f in croissant["recordSet"][0]["field"]}
+
+
 @pytest.mark.realdata
 def test_real_deeplesion_fixture_build(deeplesion_root, tmp_path):
     rec = recipe_from_dict({"dataset": "dl", "source": "deeplesion", "samples_per_shard": 4,
@@ -356,6 +386,8 @@ def test_real_deeplesion_fixture_build(deeplesion_root, tmp_path):
     assert len(rejects) == 185 - 9 and all(r.reason.startswith("image missing") for r in rejects)
     built = {bytes(s).decode() for sh in result.shards for s in open_shard(tmp_path / sh.name).meta["source_key"]}
     assert built == {row["File_name"] for row, ok in zip(rows, present) if ok}
+    assert not any(open_shard(tmp_path / sh.name).has_truth for sh in result.shards)  # real source: no truth
+    assert "optional_arrays" not in json.loads((tmp_path / "manifest.json").read_text())
     assert verify(tmp_path).ok
 
 

@@ -73,7 +73,7 @@ def test_round_trip_and_schema(tmp_path):
             else:
                 assert ds.dtype == np.dtype(dtype), name
                 np.testing.assert_allclose(ds[()], np.array([row[name] for row in rows], dtype=dtype), rtol=1e-6)
-        assert f.attrs["schema_version"] == 2 and f.attrs["n_samples"] == 3 and f.attrs["kind"] == "samples"
+        assert f.attrs["schema_version"] == 3 and f.attrs["n_samples"] == 3 and f.attrs["kind"] == "samples"
     for i, row in enumerate(rows):
         sample = read_sample(path, i)
         for key in ("sample_id", "source_key", "patient", "split", "n_readers", "lesion_type"):
@@ -108,7 +108,7 @@ def test_version_1_shards_are_still_read(tmp_path):
     write_shard(v2, arrays=arrays, meta=encode_meta(rows), attrs=ATTRS)
     assert check_shard(v1) == [] and check_shard(v2) == []
     with open_shard(v1) as old, open_shard(v2) as new:
-        assert (old.schema_version, new.schema_version) == (1, 2)
+        assert (old.schema_version, new.schema_version) == (1, 3)
         assert old.sample_ids == new.sample_ids == [r["sample_id"] for r in rows]
         assert old.meta.tobytes() == new.meta.tobytes()
         assert old.meta_column("patient").tolist() == [r["patient"] for r in rows]
@@ -119,8 +119,8 @@ def test_version_1_shards_are_still_read(tmp_path):
                 np.testing.assert_array_equal(a[key], b[key], err_msg=key)
             assert a["source_key"] == row["source_key"] and a["n_readers"] == row["n_readers"]
     with h5py.File(v1, "r+") as f:
-        f.attrs["schema_version"] = 3
-    assert any("schema_version 3" in p for p in check_shard(v1))
+        f.attrs["schema_version"] = 4
+    assert any("schema_version 4" in p for p in check_shard(v1))
 
 
 def test_missing_meta_fields_take_not_applicable_values():
@@ -232,6 +232,86 @@ def test_shard_names_round_trip():
         shard_name("lnsm", "train", 3, 3)
 
 
+# ---- schema 3: the optional true_fraction (issue 25) -----------------------------------------
+def _truth(n, size=16, seed=1):
+    return np.random.default_rng(seed).random((n, size, size), dtype=np.float32)
+
+
+def test_true_fraction_round_trips_and_is_found_by_every_reader(tmp_path):
+    arrays, rows = _samples(3)
+    truth = _truth(3)
+    path = tmp_path / "toy-train-00000-of-00001.h5"
+    write_shard(path, arrays={**arrays, "true_fraction": truth}, meta=encode_meta(rows), attrs=ATTRS)
+    with h5py.File(path, "r") as f:  # the layout FORMAT.md documents, read with raw h5py
+        ds = f["true_fraction"]
+        assert ds.dtype == np.dtype("<f4") and ds.shape == (3, 16, 16) and ds.chunks == (1, 16, 16)
+        assert ds.compression == "gzip" and ds.shuffle
+        np.testing.assert_array_equal(ds[()], truth)
+    assert check_shard(path) == []
+    with open_shard(path) as shard:
+        assert shard.has_truth
+        np.testing.assert_array_equal(shard.sample(2)["true_fraction"], truth[2])
+    info = inspect_shard(path)
+    assert info.has_truth
+    reader = ShardReader([info])
+    np.testing.assert_array_equal(reader.read(0, 1, "true_fraction"), truth[1])
+    # without it (a real source): no such key anywhere
+    plain = tmp_path / "toy-train-00000-of-00002.h5"
+    write_shard(plain, arrays=arrays, meta=encode_meta(rows), attrs=ATTRS)
+    with open_shard(plain) as shard:
+        assert not shard.has_truth and "true_fraction" not in shard.sample(0)
+    assert not inspect_shard(plain).has_truth and check_shard(plain) == []
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.25, np.nan, np.inf])
+def test_writer_refuses_a_truth_outside_the_unit_interval(tmp_path, bad):
+    arrays, rows = _samples(2)
+    truth = _truth(2)
+    truth[1, 3, 4] = bad
+    with pytest.raises(InputError, match="true_fraction must be finite and in \\[0, 1\\]"):
+        write_shard(tmp_path / "t.h5", arrays={**arrays, "true_fraction": truth}, meta=encode_meta(rows), attrs=ATTRS)
+    assert not (tmp_path / "t.h5").exists()
+
+
+@pytest.mark.parametrize("damage, text", [
+    (lambda f: f["true_fraction"].__setitem__((1, 2, 2), 1.01), "true_fraction values outside [0, 1]"),
+    (lambda f: f["true_fraction"].__setitem__((0, 0, 0), np.nan), "true_fraction values outside [0, 1] or not finite"),
+    (lambda f: f["true_fraction"].__setitem__((2, 5, 5), -1e-3), "true_fraction values outside [0, 1]"),
+    (lambda f: (f.__delitem__("true_fraction"),
+                f.create_dataset("true_fraction", data=np.zeros((3, 16, 16), np.float64), chunks=(1, 16, 16),
+                                 compression="gzip", shuffle=True)), "true_fraction dtype float64"),
+    (lambda f: (f.__delitem__("true_fraction"),
+                f.create_dataset("true_fraction", data=np.zeros((2, 16, 16), np.float32), chunks=(1, 16, 16),
+                                 compression="gzip", shuffle=True)), "true_fraction shape (2, 16, 16)"),
+    (lambda f: f.attrs.__setitem__("schema_version", 2), "datasets"),  # schema 2 has no truth
+])
+def test_check_shard_checks_the_truth(tmp_path, damage, text):
+    arrays, rows = _samples(3)
+    path = tmp_path / "toy-train-00000-of-00001.h5"
+    write_shard(path, arrays={**arrays, "true_fraction": _truth(3)}, meta=encode_meta(rows), attrs=ATTRS)
+    with h5py.File(path, "r+") as f:
+        damage(f)
+    problems = check_shard(path)
+    assert any(text in p for p in problems), problems
+
+
+def test_a_schema_2_file_is_still_read_and_checked(tmp_path):
+    # schema 3 without the optional array is schema 2's layout: relabelled 2, it reads and checks clean
+    arrays, rows = _samples(3)
+    path = tmp_path / "toy-train-00000-of-00001.h5"
+    write_shard(path, arrays=arrays, meta=encode_meta(rows), attrs=ATTRS)
+    with h5py.File(path, "r+") as f:
+        f.attrs["schema_version"] = 2
+    assert check_shard(path) == []
+    with open_shard(path) as shard:
+        assert shard.schema_version == 2 and not shard.has_truth
+        np.testing.assert_array_equal(shard.sample(1)["image_hu"], arrays["image_hu"][1])
+    with h5py.File(path, "r+") as f:  # a truth array in a schema-2 file is refused by the reader
+        f.create_dataset("true_fraction", data=_truth(3))
+    with pytest.raises(ShardReadError, match="true_fraction is not allowed in schema version 2"):
+        inspect_shard(path)
+
+
 # ---- readers for training: inspect_shard and the lazy, per-worker ShardReader ---------------
 def test_inspect_describes_valid_shards_of_both_versions(tmp_path):
     arrays, rows = _samples(3, size=12)
@@ -244,7 +324,7 @@ def test_inspect_describes_valid_shards_of_both_versions(tmp_path):
 
 
 @pytest.mark.parametrize("damage, text", [
-    (lambda f: f.attrs.__setitem__("schema_version", 3), "has schema_version 3; this toolkit reads versions 1, 2"),
+    (lambda f: f.attrs.__setitem__("schema_version", 4), "has schema_version 4; this toolkit reads versions 1, 2, 3"),
     (lambda f: f.__delitem__("trimap"), "lacks dataset 'trimap'"),
     (lambda f: f.__delitem__("patient"), r"lacks meta datasets \['patient'\]"),
     (lambda f: f.attrs.__setitem__("n_samples", 7), "n_samples attribute 7 != 3 stored"),

@@ -31,6 +31,14 @@ def few_db_shapes():
                                  "LIDC-IDRI-0012", "LIDC-IDRI-0014"]).shapes
 
 
+@pytest.fixture(scope="module")
+def split_db_shapes():
+    # patients whose shapes assign_splits puts in train (0001, 0017, 0034), val (0072, 0242) and
+    # test (0121, 0308): a pool with all three splits
+    return load_shapes(patients=["LIDC-IDRI-0001", "LIDC-IDRI-0017", "LIDC-IDRI-0034", "LIDC-IDRI-0072",
+                                 "LIDC-IDRI-0242", "LIDC-IDRI-0121", "LIDC-IDRI-0308"]).shapes
+
+
 @pytest.mark.parametrize("placement", ["free", "pleura", "vessel"])
 def test_pixels_beyond_the_psf_radius_keep_the_background(background, placement):
     case = render_case(sphere_shape(3.0), background, 7, placement=placement)
@@ -179,10 +187,9 @@ def test_recist_jitter_moves_endpoints_along_their_axes(background):
         assert np.dot(u, v) > 0
 
 
-def test_default_sample_has_a_validation_patient_under_the_sample_recipe(few_db_shapes):
-    """The bundled sample (60 cases) is split by DeepLesion patient = background: it must have
-    enough backgrounds for the sample recipe's 66.7/6.7/26.6 % patient split to give every split
-    a patient (at 20 cases a background it had 5 patients and no validation split)."""
+def test_default_sample_has_a_validation_patient_under_the_sample_recipe(split_db_shapes):
+    """The bundled sample (60 cases) keeps the phantom's splits (the sample recipe's ``official``
+    method): every split must get cases and more than one background patient."""
     from softmask_builder.phantom.hybrid import default_cases_per_background
     from softmask_builder.dataset.build import split_refs
     from softmask_builder.formats.recipes import load_recipe
@@ -190,12 +197,51 @@ def test_default_sample_has_a_validation_patient_under_the_sample_recipe(few_db_
 
     for n, per_bg in [(60, 2), (1500, 20), (10, 1), (3000, 20)]:
         assert default_cases_per_background(n) == per_bg
-    cases, bgs, policy = plan_hybrid_cases(60, shapes=few_db_shapes, seed=0)
+    cases, bgs, policy = plan_hybrid_cases(60, shapes=split_db_shapes, seed=0)
     patients = sorted({c.patient_index for c in cases})
     assert len(patients) == len(bgs) >= 30 and policy["cases_per_background"] == 2  # a split may end a background early
-    refs = [SampleRef(f"c{c.index:03d}", f"k{c.index}", str(c.patient_index)) for c in cases]
+    refs = [SampleRef(f"c{c.index:03d}", f"k{c.index}", str(c.patient_index), split=c.split) for c in cases]
     by_split = split_refs(refs, load_recipe("sample").split)[0]
-    assert all(len(by_split[s]) > 0 for s in ("train", "val", "test"))
+    assert all(len({r.patient for r in by_split[s]}) > 1 for s in ("train", "val", "test"))
+
+
+def test_real_backgrounds_serve_one_split_each(split_db_shapes):
+    real = [object()] * 5  # the plan only counts them
+    cases, bgs, policy = plan_hybrid_cases(60, shapes=split_db_shapes, seed=2, real_backgrounds=real,
+                                           cases_per_background=2)
+    split_of_real: dict[int, set] = {}
+    for b in bgs:
+        split_of_real.setdefault(b.real, set()).add(b.split)
+    assert all(len(v) == 1 for v in split_of_real.values()), split_of_real
+    assert len(split_of_real) == 5 and "one split only" in policy["backgrounds"]
+    with pytest.raises(InputError, match="real backgrounds: 2 given"):
+        plan_hybrid_cases(60, shapes=split_db_shapes, seed=2, real_backgrounds=real[:2])
+
+
+def test_a_sample_build_keeps_shapes_and_background_patients_in_one_split(tmp_path, split_db_shapes):
+    """Issue 25: from the build's own records (shards' source_key and patient, the truth file's
+    shape and background ids), no nodule shape, LIDC patient, background or background patient
+    is in two splits of a sample built with the sample recipe."""
+    from softmask_builder.dataset.build import plan_build, run_build
+    from softmask_builder.formats.recipes import load_recipe
+    from softmask_builder.formats.shards import open_shard
+
+    root = tmp_path / "src"
+    write_hybrid_sample(root, n=24, seed=3, shapes=split_db_shapes, slice_shape=(256, 256), cases_per_background=2)
+    result = run_build(plan_build(load_recipe("sample"), root), tmp_path / "out")
+    truth = read_truth(root / "phantom_truth.npz")
+    owners: dict[str, dict[str, set]] = {k: {} for k in ("shape_id", "lidc_patient_id", "background_id", "patient")}
+    for sh in result.shards:
+        with open_shard(tmp_path / "out" / sh.name) as f:
+            for key, patient in zip(f.meta_column("source_key"), f.meta_column("patient")):
+                t = truth[key]
+                for field, value in (("shape_id", t["shape_id"]), ("lidc_patient_id", t["lidc_patient_id"]),
+                                     ("background_id", t["background_id"]), ("patient", patient)):
+                    owners[field].setdefault(value, set()).add(sh.split)
+    assert {sh.split for sh in result.shards} == {"train", "val", "test"}
+    for field, splits in owners.items():
+        shared = {v: s for v, s in splits.items() if len(s) > 1}
+        assert not shared, f"{field} in two splits: {shared}"
 
 
 def test_alternates_share_the_cases_split_and_texture(few_db_shapes):

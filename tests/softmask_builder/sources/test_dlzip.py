@@ -29,10 +29,12 @@ def _members(images_root: Path) -> list[str]:
 
 
 def zip_source(extracted: Path, dest: Path, groups: list[list[str]], *, keep_extracted=()) -> Path:
-    """``dest`` with extracted's DL_info.csv and one ``Images_png_NN.zip`` per member group
+    """``dest`` with extracted's DL_info.csv (and a phantom's truth file) and one ``Images_png_NN.zip`` per member group
     (compressed, as NIH ships them); members of ``keep_extracted`` also stay as files."""
     dest.mkdir(parents=True)
     shutil.copyfile(extracted / "DL_info.csv", dest / "DL_info.csv")
+    if (extracted / "phantom_truth.npz").is_file():  # a phantom's truth travels with its source
+        shutil.copyfile(extracted / "phantom_truth.npz", dest / "phantom_truth.npz")
     for n, group in enumerate(groups, start=1):
         with zipfile.ZipFile(dest / f"Images_png_{n:02d}.zip", "w", zipfile.ZIP_DEFLATED) as zf:
             for member in group:
@@ -126,7 +128,7 @@ def test_member_index_is_cached_outside_the_source_and_keyed_by_size_and_mtime(p
     try:
         index = dlzip.zip_member_index(root)
         assert len(index) == len(members) and index.find(members[4]) == "Images_png_02.zip"
-        assert sorted(os.listdir(root)) == ["DL_info.csv", "Images_png_01.zip", "Images_png_02.zip"]
+        assert sorted(os.listdir(root)) == ["DL_info.csv", "Images_png_01.zip", "Images_png_02.zip", "phantom_truth.npz"]
         cached = sorted((tmp_path / "cache" / "deeplesion-zips").glob("*.json"))
         assert len(cached) == 2
         # A second index reads the cache: listing a zip is not needed any more.
