@@ -67,7 +67,7 @@ out_or    = $(if $(OUT),$(OUT),$(1))
 RECIPE   ?=
 RELEASE_OUT ?= build/release/lnsm
 
-# N= phantom cases for the sample without DEEPLESION (default 60 -> 41/4/15 train/val/test crops, 30 patients; N=1500 -> 1010/100/390).
+# N= phantom cases for the sample without DEEPLESION (default 60 -> 42/9/9 train/val/test crops, 31 patients, the phantom's own split: no shape or background in two splits; N=1500 -> 1050/225/225).
 # PHANTOM=hybrid (default: real LIDC nodule shapes) or analytic (the old phantom); BACKGROUNDS=DIR
 # puts the hybrid lesions into real slices (a LIDC DICOM or DeepLesion root).
 N        ?= 60

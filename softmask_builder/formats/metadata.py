@@ -2,7 +2,7 @@
 and ``croissant.json`` (Croissant 1.1 JSON-LD). Pure functions of the manifest (no clock, no
 paths), so that rebuilding gives the same bytes.
 
-Both describe the shard layout that :mod:`softmask_builder.formats.shards` owns (schema 2: every array
+Both describe the shard layout that :mod:`softmask_builder.formats.shards` owns (schema 2 and later: every array
 and meta field is an (N, ...) dataset), taken from :func:`~softmask_builder.formats.shards.layout`, so a
 schema change shows here without a second copy of the field list.
 """
