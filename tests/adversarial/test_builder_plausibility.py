@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from softmask_builder.sources.deeplesion import PHANTOM_TRUTH_FILE
 from softmask_builder.exitcodes import EXIT_INPUT
 from softmask_builder.sources.plausibility import ImplausibleError, check_image_hu
 from softmask_builder.formats.recipes import load_recipe, recipe_from_dict
@@ -135,6 +136,9 @@ def test_implausible_spacing_is_a_plan_reject(spacing, needle, dl_source, tmp_pa
 
 
 def test_a_row_whose_spacing_differs_from_its_series_is_rejected(dl_source, tmp_path):
+    # The rows added below are slices the phantom never rendered: without its truth file the source
+    # is a plain DeepLesion layout (with it, a row the truth does not cover is a load reject).
+    (dl_source / PHANTOM_TRUTH_FILE).unlink()
     rows = dl_rows(dl_source)
     first = rows[0]
     series, key = first["File_name"].rsplit("_", 1)

@@ -260,10 +260,12 @@ def test_long_commands_end_with_one_human_line_on_stderr(built, phantom_root, tm
     from softmask_builder.cli.summaries import tool
 
     assert f"Next: {tool('softmask')} verify {out}" in last
-    # The 4-case sample has no val sample (the manifest says so), so `dsnet train` is not suggested.
+    # `dsnet train` is suggested exactly when the build has train and val samples (the manifest says).
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["splits"].get("val", {}).get("n_samples", 0) == 0
-    assert "dsnet train --data" not in last and "not dsnet train: the val split is empty" in last
+    n = {split: manifest["splits"].get(split, {}).get("n_samples", 0) for split in ("train", "val")}
+    assert ("dsnet train --data" in last) == (n["train"] > 0 and n["val"] > 0), (n, last)
+    if n["val"] == 0:
+        assert "not dsnet train: the val split is empty" in last
     cases = [
         (["verify", out], f"verify: {out} OK"),
         (["preview", out, "--n", 2, "--out", tmp_path / "p.png"], f"to {tmp_path / 'p.png'}"),
