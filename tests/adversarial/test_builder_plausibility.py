@@ -124,6 +124,9 @@ def test_every_real_fixture_slice_is_plausible(shared_data):
     ("1e30, 1e30, 1.25", "implausible Spacing_mm_px_"),
     ("0.1, 0.1, 1.25", "implausible Spacing_mm_px_"),
     ("6, 6, 1.25", "implausible Spacing_mm_px_"),
+    ("0.7, 0.7, 0", "must be positive (x, y and z)"),        # issue 23: a slice interval of 0 ...
+    ("0.7, 0.7, -1.25", "must be positive (x, y and z)"),    # ... or negative built silently
+    ("0, 0.7, 1.25", "must be positive (x, y and z)"),
 ])
 def test_implausible_spacing_is_a_plan_reject(spacing, needle, dl_source, tmp_path):
     rows = dl_rows(dl_source)
