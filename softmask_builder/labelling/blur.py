@@ -22,7 +22,7 @@ from scipy import ndimage
 from softmask_builder.core.validate import as_image2d, as_mask2d
 from softmask_builder.errors import InputError
 
-__all__ = ["estimate_psf_sigma_px", "deblur_alpha", "psf_sigma_for_deblur", "EDGE_WIDTH_PER_SIGMA",
+__all__ = ["estimate_psf_sigma_px", "deblur_alpha", "profile_crossing", "psf_sigma_for_deblur", "EDGE_WIDTH_PER_SIGMA",
            "PSF_SIGMA_RANGE_PX", "MIN_EDGE_CONTRAST_HU"]
 
 #: 10-90 % rise distance of a Gaussian-blurred step in units of its sigma: 2 * 1.2816 (probit of 0.9).
@@ -44,8 +44,10 @@ def _finite(value, name: str, sample_id, *, low: float, high: float, low_open: b
     return value
 
 
-def _crossing(t: np.ndarray, y: np.ndarray, level: float) -> float:
-    """First t where y (falling from ~1 to ~0 along t) drops below ``level``; nan if never."""
+def profile_crossing(t: np.ndarray, y: np.ndarray, level: float) -> float:
+    """First t where y (falling from ~1 to ~0 along t) drops below ``level``, linearly interpolated
+    between samples; nan if never (or already below at the first sample). Shared with
+    :func:`softmask_builder.reports.image_stats.edge_width`."""
     below = np.flatnonzero(y < level)
     if len(below) == 0 or below[0] == 0:
         return math.nan
@@ -128,7 +130,7 @@ def estimate_psf_sigma_px(image, mask, *, half_length_px: float = 4.0, min_contr
         if not c >= max(min_contrast, 1e-12):
             continue
         y = (y - lo) / c
-        t50 = _crossing(t, y, 0.5)
+        t50 = profile_crossing(t, y, 0.5)
         if math.isnan(t50):
             continue
         aligned.append(np.interp(t, t - t50, y, left=np.nan, right=np.nan))
@@ -139,8 +141,8 @@ def estimate_psf_sigma_px(image, mask, *, half_length_px: float = 4.0, min_contr
     mean = np.full(len(t), np.nan)
     np.divide(np.nansum(stack, axis=0), count, out=mean, where=count > 0)
     centre = len(t) // 2
-    t_out = _crossing(t[centre:], mean[centre:], 0.1)
-    t_in = -_crossing(-t[centre::-1], 1.0 - mean[centre::-1], 0.1)
+    t_out = profile_crossing(t[centre:], mean[centre:], 0.1)
+    t_in = -profile_crossing(-t[centre::-1], 1.0 - mean[centre::-1], 0.1)
     width = t_out - t_in
     if not (math.isfinite(width) and width > 0):
         return math.nan

@@ -38,6 +38,7 @@ from scipy import ndimage
 
 from softmask_builder.core.validate import as_image2d, as_mask2d
 from softmask_builder.errors import InputError
+from softmask_builder.labelling.blur import profile_crossing
 
 __all__ = ["bootstrap_ci", "homogeneous_patches", "noise_stats", "edge_width", "hu_histogram"]
 
@@ -193,15 +194,6 @@ def _boundary_normals(mask: np.ndarray, spacing: tuple[float, float], step_along
     return np.array(points).reshape(-1, 2), np.array(normals).reshape(-1, 2)
 
 
-def _crossing(t: np.ndarray, y: np.ndarray, level: float) -> float:
-    """First t where a profile going from ~1 (inside) to ~0 (outside) drops below ``level``."""
-    below = np.flatnonzero(y < level)
-    if len(below) == 0 or below[0] == 0:
-        return math.nan
-    k = int(below[0])
-    return float(t[k - 1] + (y[k - 1] - level) / (y[k - 1] - y[k]) * (t[k] - t[k - 1]))
-
-
 def edge_width(image_hu, mask, spacing_mm, *, half_length_mm: float = 3.0, step_mm: float = 0.1,
                step_along_mm: float = 1.0, min_contrast_hu: float = 100.0, n_boot: int = 1000,
                seed: int = 0) -> dict:
@@ -241,7 +233,7 @@ def edge_width(image_hu, mask, spacing_mm, *, half_length_mm: float = 3.0, step_
         if inner - outer < min_contrast_hu:
             continue
         y = (prof - outer) / (inner - outer)
-        t50 = _crossing(t, y, 0.5)
+        t50 = profile_crossing(t, y, 0.5)
         if math.isnan(t50):
             continue
         aligned.append(np.interp(t, t - t50, y, left=np.nan, right=np.nan))
@@ -259,8 +251,8 @@ def edge_width(image_hu, mask, spacing_mm, *, half_length_mm: float = 3.0, step_
         np.divide(np.nansum(part, axis=0), count, out=mean, where=count > 0)
         centre = len(t) // 2
         # Walk outwards from the aligned 50 % point in both directions.
-        t_out = _crossing(t[centre:], mean[centre:], 0.1)
-        t_in = -_crossing(-t[centre::-1], 1.0 - mean[centre::-1], 0.1)
+        t_out = profile_crossing(t[centre:], mean[centre:], 0.1)
+        t_in = -profile_crossing(-t[centre::-1], 1.0 - mean[centre::-1], 0.1)
         return t_out - t_in
 
     out["width_mm"] = float(width(np.arange(len(stack))))
