@@ -61,9 +61,12 @@ def closed_form_alpha_3d(image, trimap, *, eps: float = 1e-7, radius: int = 1) -
     definite (eps > 0, a known voxel exists, overlapping windows cover the volume), except
     for unknown voxels that no window reaches, which cannot happen when every axis is >= 2r+1.
 
-    Solver: exact sparse direct LU (SciPy's SuperLU) with a minimum-degree ordering of
-    L_UU + L_UU^T and diagonal pivots (symmetric mode, valid for an SPD matrix); no
-    iteration, no tolerance. Same inputs and SciPy/numba versions give the same bytes.
+    Solver: exact sparse direct LU (SciPy's SuperLU) with diagonal pivots (symmetric mode,
+    valid for an SPD matrix), no iteration, no tolerance, on L_UU permuted by a geometric
+    nested dissection (:func:`_nested_dissection_order`): the unknown shell of a nodule is a
+    thin 2-D surface, which SuperLU's minimum-degree orderings fill badly (the factor of a
+    64x64x24 nodule with a 2-voxel band is ~2x faster this way). Same inputs and
+    SciPy/numba versions give the same bytes.
     """
     import scipy.sparse
     import scipy.sparse.linalg
@@ -76,18 +79,54 @@ def closed_form_alpha_3d(image, trimap, *, eps: float = 1e-7, radius: int = 1) -
         return out
     indptr, indices, data, rhs, flat_u = _k3.assemble_reduced_3d(img, tri, eps_f, r)
     l_uu = scipy.sparse.csc_matrix((data, indices, indptr), shape=(n_unk, n_unk))
+    coords = np.stack(np.unravel_index(flat_u, img.shape), axis=1)
+    perm = _nested_dissection_order(coords, 2 * r)
+    l_pp = l_uu[perm][:, perm].tocsc()
     try:
-        lu = scipy.sparse.linalg.splu(l_uu, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+        lu = scipy.sparse.linalg.splu(l_pp, permc_spec="NATURAL", diag_pivot_thresh=0.0,
                                       options={"SymmetricMode": True})
     except RuntimeError as exc:  # singular factor: not reachable for eps > 0 in exact arithmetic
         raise SoftMaskError(f"3-D matting system of image is singular to working precision ({exc}); "
                             f"eps={eps} too small?", stage="matting") from None
-    alpha_u = lu.solve(rhs)
+    alpha_u = np.empty(n_unk)
+    alpha_u[perm] = lu.solve(rhs[perm])
     if not np.all(np.isfinite(alpha_u)):
         raise SoftMaskError(f"3-D matting system of image is not solvable to working precision (eps={eps})",
                             stage="matting")
     out.reshape(-1)[flat_u] = np.clip(alpha_u, 0.0, 1.0)
     return out
+
+
+def _nested_dissection_order(coords: np.ndarray, reach: int, leaf: int = 32) -> np.ndarray:
+    """Fill-reducing order of the unknown voxels (``perm[new] = old``) by geometric nested dissection.
+
+    Two unknown voxels are coupled in L_UU only if they are at most ``reach`` (= 2r) apart
+    along every axis. So a slab of ``reach`` voxel planes ``m <= coord < m + reach`` along
+    one axis separates the voxels below it from those above it: each part is ordered
+    recursively, then the slab last. The axis is the one of largest extent, ``m`` its median
+    (clamped so both sides are non-empty); parts of at most ``leaf`` voxels, or too thin to
+    cut, keep their raster order. Deterministic.
+    """
+    parts = []
+
+    def split(ids):
+        if ids.size <= leaf:
+            parts.append(ids)
+            return
+        c = coords[ids]
+        lo, hi = c.min(axis=0), c.max(axis=0)
+        axis = int(np.argmax(hi - lo))
+        if hi[axis] - lo[axis] < 2 * reach + 1:
+            parts.append(ids)
+            return
+        v = c[:, axis]
+        m = min(max(int(np.median(v)), int(lo[axis]) + 1), int(hi[axis]) - reach)
+        split(ids[v < m])
+        split(ids[v >= m + reach])
+        parts.append(ids[(v >= m) & (v < m + reach)])
+
+    split(np.arange(coords.shape[0]))
+    return np.concatenate(parts)
 
 
 def _prepare_3d(image, trimap, eps, radius):

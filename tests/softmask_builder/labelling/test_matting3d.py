@@ -141,3 +141,21 @@ def test_same_bytes_twice():
     a = closed_form_alpha(image, trimap)
     b = closed_form_alpha(image.copy(), trimap.copy())
     assert a.tobytes() == b.tobytes()
+
+
+def test_larger_shell_exercises_the_nested_dissection():
+    """~700 unknown voxels: the ordering cuts the shell several times; the answer must not move."""
+    rng = np.random.default_rng(11)
+    image, trimap = _blob_volume(rng, (9, 16, 16), [(4, 8, 7)], 4.0, 1.5)
+    assert (trimap == 128).sum() > 500
+    alpha = closed_form_alpha(image, trimap, eps=1e-7)
+    np.testing.assert_allclose(alpha, _oracle(image, trimap, 1e-7, 1), atol=1e-6, rtol=0)
+
+
+def test_nested_dissection_is_a_permutation_with_separating_slabs():
+    from softmask_builder.labelling.matting3d import _nested_dissection_order
+
+    rng = np.random.default_rng(12)
+    coords = np.unique(rng.integers(0, 20, size=(600, 3)), axis=0)
+    perm = _nested_dissection_order(coords, 2, leaf=8)
+    assert np.array_equal(np.sort(perm), np.arange(coords.shape[0]))
