@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from softmask_builder.labelling import _matting_kernels as _k
+from softmask_builder.labelling.matting3d import closed_form_alpha_3d
 from softmask_builder.core.validate import as_image2d, check_trimap
 from softmask_builder.errors import InputError, SoftMaskError
 
@@ -31,6 +32,10 @@ _MAX_SKYLINE_ENTRIES = 1 << 26
 
 def closed_form_alpha(image, trimap, *, eps: float = 1e-7, radius: int = 1) -> np.ndarray:
     """Soft Mask alpha of one crop by closed-form matting (Levin et al. 2008, DSNet Eq. 8).
+
+    A (Z, H, W) volume with a (Z, H, W) trimap is matted in 3-D with (2r+1)^3 windows by
+    :func:`softmask_builder.labelling.matting3d.closed_form_alpha_3d` (see there; a single
+    slice with unknown voxels is refused there). Everything below is the 2-D case.
 
     Parameters
     ----------
@@ -103,6 +108,8 @@ def closed_form_alpha(image, trimap, *, eps: float = 1e-7, radius: int = 1) -> n
     border are covered by the windows that hold them; several unknown components are solved
     together (each is its own block in the ordering).
     """
+    if np.ndim(image) == 3:
+        return closed_form_alpha_3d(image, trimap, eps=eps, radius=radius)
     img, tri, scan, eps, radius = _prepare(image, trimap, eps, radius, "image", "trimap")
     out = np.empty(img.shape, np.float32)
     _solve_into(img, tri, scan, eps, radius, out, "image")

@@ -19,7 +19,8 @@ import numpy as np
 from softmask_builder.core.validate import TRIMAP_BACKGROUND, TRIMAP_LESION, TRIMAP_UNKNOWN, as_mask2d
 from softmask_builder.errors import InputError
 
-__all__ = ["trimap_from_mask", "trimap_from_readers", "consensus_mask", "band_footprint"]
+__all__ = ["trimap_from_mask", "trimap_from_readers", "consensus_mask", "band_footprint",
+           "ball_footprint", "trimap_from_mask_volume", "trimap_from_readers_volume", "consensus_mask_volume"]
 
 
 def _finite_number(value, name: str, sample_id) -> float:
@@ -286,6 +287,215 @@ def consensus_mask(reader_masks: Sequence[np.ndarray] | np.ndarray, *, level: fl
     if not 0.0 < level <= 1.0:
         raise InputError(f"level must be in (0, 1], got {level}", sample_id=sample_id)
     masks = _stack_readers(reader_masks, sample_id)
+    if not masks:
+        raise InputError("reader_masks is empty: need at least one reader mask", sample_id=sample_id)
+    count = np.zeros(masks[0].shape, dtype=np.int32)
+    for m in masks:
+        count += m
+    return count / len(masks) >= level
+
+
+# ---------------------------------------------------------------------------------------------
+# 3-D: (Z, H, W) mask volumes, voxel spacing (z_mm, row_mm, col_mm). Same encoding and rules as
+# the 2-D functions above, with a ball instead of a disk. (RECIST, strategy 3, stays 2-D.)
+
+
+def _resolve_spacing_3d(band_mm, spacing_mm, sample_id) -> tuple[float, tuple[float, float, float]]:
+    band = _finite_number(band_mm, "band_mm", sample_id)
+    if band < 0:
+        raise InputError(f"band_mm must be >= 0, got {band}", sample_id=sample_id)
+    spacing = np.asarray(spacing_mm, dtype=np.float64) if np.ndim(spacing_mm) == 1 else None
+    if spacing is None or spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InputError(f"spacing_mm must be (z_mm, row_mm, col_mm), finite and > 0, got {spacing_mm!r}",
+                         sample_id=sample_id)
+    return band, (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+
+
+def _as_mask3d(mask, name: str, *, allow_empty: bool, sample_id) -> np.ndarray:
+    """``mask`` as a (Z, H, W) bool array (bool, or numbers in {0, 1} / {0, 255})."""
+    arr = np.asarray(mask)
+    if arr.ndim != 3:
+        raise InputError(f"{name} must be 3-D (slices, rows, cols), got shape {arr.shape}", sample_id=sample_id)
+    if arr.size == 0:
+        raise InputError(f"{name} is empty, got shape {arr.shape}", sample_id=sample_id)
+    if arr.dtype != bool:
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise InputError(f"{name} must be boolean or integer, got dtype {arr.dtype}", sample_id=sample_id)
+        nonzero = arr != 0
+        if nonzero.any():
+            top = arr[nonzero]
+            first = top.flat[0]
+            if first not in (1, 255) or not np.all(top == first):
+                raise InputError(f"{name} must be binary ({{0,1}} or {{0,255}}), got values "
+                                 f"{np.unique(arr)[:6].tolist()}", sample_id=sample_id)
+        arr = nonzero
+    if not allow_empty and not arr.any():
+        raise InputError(f"{name} is empty (no lesion voxel)", sample_id=sample_id)
+    return arr
+
+
+def ball_footprint(band_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Structuring element of the 3-D band: the voxels of a Euclidean ball of radius ``band_mm``.
+
+    Offset (dz, dy, dx) belongs to it when ``(dz*z_mm)^2 + (dy*row_mm)^2 + (dx*col_mm)^2 <=
+    band_mm^2`` (an ellipsoid in voxels for anisotropic spacing; offsets exactly on the sphere are
+    in, up to a 1e-12 relative tolerance on the squared radius). Returns a bool array of shape
+    (2 nz + 1, 2 ny + 1, 2 nx + 1), centred, with n_a = floor(band_mm / spacing_a); ``[[[True]]]``
+    when ``band_mm`` is below every spacing.
+    """
+    n = [int(math.floor(band_mm / s + 1e-9)) for s in spacing_mm]
+    dz, dy, dx = np.mgrid[-n[0]:n[0] + 1, -n[1]:n[1] + 1, -n[2]:n[2] + 1]
+    dist2 = (dz * spacing_mm[0]) ** 2 + (dy * spacing_mm[1]) ** 2 + (dx * spacing_mm[2]) ** 2
+    return dist2 <= band_mm * band_mm * (1.0 + 1e-12)
+
+
+def trimap_from_mask_volume(mask, *, band_mm: float, spacing_mm: tuple[float, float, float],
+                            sample_id: str | None = None) -> np.ndarray:
+    """Strategy 1 in 3-D: trimap of a (Z, H, W) mask volume by erosion and dilation with a ball in mm.
+
+    ``lesion = erode(mask, B)``, ``background = not dilate(mask, B)``, ``unknown`` = the rest, with
+    ``B`` = :func:`ball_footprint` ``(band_mm, spacing_mm)``: a voxel is lesion when every voxel
+    within ``band_mm`` (physical distance between voxel centres) is in the mask, background when
+    none is. The unknown shell is about ``2 * band_mm`` thick, centred on the mask's surface, and
+    holds fewer slices than rows for thick slices.
+
+    Parameters
+    ----------
+    mask : (Z, H, W) array
+        Binary lesion mask (bool, or numbers in {0, 1} / {0, 255}).
+    band_mm : float, keyword-only
+        Ball radius in mm, >= 0 (0: the mask itself, no unknown voxel).
+    spacing_mm : (z_mm, row_mm, col_mm), keyword-only
+        Voxel spacing, finite and > 0 (slice spacing first).
+    sample_id : str, optional
+        Put in the message of any error.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 (Z, H, W): 0 background, 128 unknown, 255 lesion, with at least one lesion and one
+        background voxel.
+
+    Raises
+    ------
+    InputError
+        Mask not 3-D / not binary / empty; bad ``band_mm`` / ``spacing_mm``; no background left
+        (the dilated mask fills the volume).
+
+    Notes
+    -----
+    As in 2-D: the volume's faces are not a lesion edge (outside counts as lesion for the
+    erosion, as background for the dilation: ``scipy.ndimage.binary_erosion(..., border_value=1)``
+    / ``binary_dilation(..., border_value=0)``); a lesion thinner than the band keeps its
+    innermost voxels (maxima of its Euclidean distance transform in mm) as lesion.
+    """
+    from scipy import ndimage
+
+    band, spacing = _resolve_spacing_3d(band_mm, spacing_mm, sample_id)
+    m = _as_mask3d(mask, "mask", allow_empty=False, sample_id=sample_id)
+    ball = ball_footprint(band, spacing)
+    half = [k // 2 for k in ball.shape]
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(m.any(axis=other))
+        box.append(slice(max(int(hit[0]) - half[axis] - 1, 0), min(int(hit[-1]) + half[axis] + 2, m.shape[axis])))
+    box = tuple(box)
+    # Mask voxels are > half a ball from every window face that is not a volume face, so the
+    # border values are only seen at the volume's faces (same argument as in 2-D).
+    win = m[box]
+    eroded = ndimage.binary_erosion(win, ball, border_value=1)
+    dilated = ndimage.binary_dilation(win, ball, border_value=0)
+    trimap = np.zeros(m.shape, dtype=np.uint8)
+    out = trimap[box]
+    out[dilated] = TRIMAP_UNKNOWN
+    if not eroded.any():
+        dist = ndimage.distance_transform_edt(win, sampling=spacing)
+        eroded = dist >= dist.max() * (1.0 - 1e-9)
+    out[eroded] = TRIMAP_LESION
+    if not (trimap == TRIMAP_BACKGROUND).any():
+        raise InputError(f"no background voxel: the mask dilated by the band ({band:g} mm) covers the whole "
+                         f"{m.shape} volume; use a larger volume or a smaller band", sample_id=sample_id)
+    return trimap
+
+
+def _stack_readers_3d(reader_masks, sample_id) -> list[np.ndarray]:
+    if isinstance(reader_masks, np.ndarray):
+        if reader_masks.ndim != 4:
+            raise InputError(f"reader_masks must be a list of 3-D masks or an (R, Z, H, W) array, "
+                             f"got shape {reader_masks.shape}", sample_id=sample_id)
+        items = list(reader_masks)
+    elif isinstance(reader_masks, (list, tuple)):
+        items = list(reader_masks)
+    else:
+        raise InputError(f"reader_masks must be a list of 3-D masks or an (R, Z, H, W) array, "
+                         f"got {type(reader_masks).__name__}", sample_id=sample_id)
+    masks = [_as_mask3d(item, f"reader_masks[{i}]", allow_empty=True, sample_id=sample_id)
+             for i, item in enumerate(items)]
+    for i, item in enumerate(masks[1:], start=1):
+        if item.shape != masks[0].shape:
+            raise InputError(f"reader_masks[{i}] has shape {item.shape}, reader_masks[0] has "
+                             f"{masks[0].shape}", sample_id=sample_id)
+    return masks
+
+
+def trimap_from_readers_volume(reader_masks, *, absent: str = "ignore",
+                               sample_id: str | None = None) -> np.ndarray:
+    """Strategy 2 in 3-D (paper Eqs. 2-4 on voxels): trimap from several readers' mask volumes.
+
+    ``lesion`` = intersection of the readers' volumes (Eq. 2), ``background`` = outside their
+    union (Eq. 3), ``unknown`` = their disagreement (Eq. 4), voxel by voxel: the rules,
+    ``absent`` and the fallbacks are those of :func:`trimap_from_readers` (empty intersection:
+    the voxels marked by the most readers are lesion; no two readers overlapping, every reader
+    empty, or no background voxel: InputError).
+
+    Parameters
+    ----------
+    reader_masks : list of (Z, H, W) masks, or (R, Z, H, W) array
+    absent : {"ignore", "empty"}
+        ``"ignore"`` drops readers whose volume is empty (they did not mark the nodule).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 (Z, H, W): 0 background, 128 unknown, 255 lesion.
+    """
+    if absent not in ("ignore", "empty"):
+        raise InputError(f"absent must be 'ignore' or 'empty', got {absent!r}", sample_id=sample_id)
+    masks = _stack_readers_3d(reader_masks, sample_id)
+    if absent == "ignore":
+        masks = [m for m in masks if m.any()]
+    if len(masks) < 2:
+        raise InputError(f"need at least 2 reader masks{' that mark the lesion' if absent == 'ignore' else ''}, "
+                         f"got {len(masks)}", sample_id=sample_id)
+    count = np.zeros(masks[0].shape, dtype=np.int32)
+    for m in masks:
+        count += m
+    top = int(count.max())
+    if top == 0:
+        raise InputError("every reader mask is empty", sample_id=sample_id)
+    if top == 1:
+        raise InputError(f"no two of the {len(masks)} reader masks overlap: no agreement to take as lesion",
+                         sample_id=sample_id)
+    if not (count == 0).any():
+        raise InputError("the readers' union covers the whole volume: no background voxel", sample_id=sample_id)
+    trimap = np.full(count.shape, TRIMAP_UNKNOWN, dtype=np.uint8)
+    trimap[count == 0] = TRIMAP_BACKGROUND
+    trimap[count == top] = TRIMAP_LESION
+    return trimap
+
+
+def consensus_mask_volume(reader_masks, *, level: float = 0.5, sample_id: str | None = None) -> np.ndarray:
+    """3-D consensus of R readers: voxels marked by at least ``level * R`` of them (pylidc's rule,
+    ``count / R >= level``; R counts empty volumes too). ``level = 0.5`` is the LIDC 50 % consensus.
+
+    Returns a bool (Z, H, W) array (may be empty). InputError: no reader, shape mismatch,
+    non-binary or non-3-D mask, ``level`` outside (0, 1].
+    """
+    level = _finite_number(level, "level", sample_id)
+    if not 0.0 < level <= 1.0:
+        raise InputError(f"level must be in (0, 1], got {level}", sample_id=sample_id)
+    masks = _stack_readers_3d(reader_masks, sample_id)
     if not masks:
         raise InputError("reader_masks is empty: need at least one reader mask", sample_id=sample_id)
     count = np.zeros(masks[0].shape, dtype=np.int32)

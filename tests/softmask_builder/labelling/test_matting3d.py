@@ -1,0 +1,161 @@
+"""3-D closed-form matting against an independent full-Laplacian sparse solve (Levin et al. Eq. 8)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse
+import scipy.sparse.linalg
+
+from softmask_builder.errors import InputError
+from softmask_builder.labelling.matting import closed_form_alpha
+
+
+def _oracle(image, trimap, eps, r):
+    """Full N x N matting Laplacian built window by window from its definition, then the
+    reduced system L_UU a_U = -L_UK a_K solved by scipy's spsolve."""
+    img = np.asarray(image, np.float64)
+    nz, ny, nx = img.shape
+    idx = np.arange(img.size).reshape(img.shape)
+    size = 2 * r + 1
+    nw = size ** 3
+    rows, cols, vals = [], [], []
+    for cz in range(r, nz - r):
+        for cy in range(r, ny - r):
+            for cx in range(r, nx - r):
+                sl = (slice(cz - r, cz + r + 1), slice(cy - r, cy + r + 1), slice(cx - r, cx + r + 1))
+                win = img[sl].ravel()
+                ids = idx[sl].ravel()
+                c = win - win.mean()
+                var = np.mean(c * c)
+                block = np.eye(nw) - (1.0 + np.outer(c, c) / (var + eps / nw)) / nw
+                rows.append(np.repeat(ids, nw))
+                cols.append(np.tile(ids, nw))
+                vals.append(block.ravel())
+    lap = scipy.sparse.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                  shape=(img.size, img.size)).tocsr()
+    t = np.asarray(trimap).ravel()
+    u = np.flatnonzero(t == 128)
+    k = np.flatnonzero(t != 128)
+    a_k = (t[k] == 255).astype(np.float64)
+    alpha = a_k_full = (t == 255).astype(np.float64)
+    if u.size:
+        a_u = scipy.sparse.linalg.spsolve(lap[u][:, u].tocsc(), -(lap[u][:, k] @ a_k))
+        alpha = a_k_full.copy()
+        alpha[u] = np.clip(a_u, 0.0, 1.0)
+    return alpha.reshape(img.shape)
+
+
+def _blob_volume(rng, shape, centres, radius, band):
+    zz, yy, xx = np.indices(shape)
+    dist = np.full(shape, np.inf)
+    for c in centres:
+        dist = np.minimum(dist, np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) - radius)
+    trimap = np.zeros(shape, np.uint8)
+    trimap[dist <= band] = 128
+    trimap[dist < -band] = 255
+    image = np.clip(0.5 - 0.4 * np.tanh(dist) + 0.05 * rng.standard_normal(shape), 0, 1)
+    return image, trimap
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("eps", [1e-7, 1e-4])
+def test_random_volume_matches_full_laplacian_solve(seed, eps):
+    rng = np.random.default_rng(seed)
+    shape = (7, 11, 10)
+    image, trimap = _blob_volume(rng, shape, [(3, 5, 5)], 2.2, 1.1)
+    assert (trimap == 128).sum() > 50
+    alpha = closed_form_alpha(image, trimap, eps=eps, radius=1)
+    assert alpha.dtype == np.float32 and alpha.shape == shape
+    np.testing.assert_allclose(alpha, _oracle(image, trimap, eps, 1), atol=1e-6, rtol=0)
+
+
+def test_fully_random_image_and_trimap():
+    rng = np.random.default_rng(7)
+    shape = (5, 6, 7)
+    image = rng.random(shape)
+    trimap = rng.choice(np.array([0, 128, 255], np.uint8), size=shape, p=[0.3, 0.4, 0.3])
+    alpha = closed_form_alpha(image, trimap, eps=1e-5, radius=1)
+    np.testing.assert_allclose(alpha, _oracle(image, trimap, 1e-5, 1), atol=1e-6, rtol=0)
+
+
+def test_radius_two():
+    rng = np.random.default_rng(3)
+    image, trimap = _blob_volume(rng, (7, 9, 9), [(3, 4, 4)], 2.0, 1.0)
+    alpha = closed_form_alpha(image, trimap, eps=1e-6, radius=2)
+    np.testing.assert_allclose(alpha, _oracle(image, trimap, 1e-6, 2), atol=1e-6, rtol=0)
+
+
+def test_band_at_the_border():
+    """A blob cut by the volume's faces: unknown voxels on the first/last slice and on the edges."""
+    rng = np.random.default_rng(4)
+    image, trimap = _blob_volume(rng, (5, 9, 9), [(0, 0, 4)], 3.0, 1.2)
+    assert (trimap[0] == 128).any() and (trimap[:, 0] == 128).any()
+    alpha = closed_form_alpha(image, trimap, eps=1e-7)
+    np.testing.assert_allclose(alpha, _oracle(image, trimap, 1e-7, 1), atol=1e-6, rtol=0)
+
+
+def test_two_blobs():
+    rng = np.random.default_rng(5)
+    image, trimap = _blob_volume(rng, (6, 8, 16), [(2, 4, 3), (3, 4, 12)], 1.8, 1.0)
+    from scipy import ndimage
+    assert ndimage.label(trimap != 0)[1] == 2
+    alpha = closed_form_alpha(image, trimap, eps=1e-7)
+    np.testing.assert_allclose(alpha, _oracle(image, trimap, 1e-7, 1), atol=1e-6, rtol=0)
+
+
+def test_no_unknown_voxel_gives_the_trimap():
+    trimap = np.zeros((3, 4, 5), np.uint8)
+    trimap[1, 1:3, 1:3] = 255
+    alpha = closed_form_alpha(np.random.default_rng(0).random(trimap.shape), trimap)
+    np.testing.assert_array_equal(alpha, trimap / 255.0)
+    assert alpha.dtype == np.float32
+
+
+def test_single_slice():
+    """Z = 1: no 3x3x3 window fits. Without unknown voxels the trimap is returned; with unknown
+    voxels the call is refused (matte image[0] in 2-D)."""
+    trimap = np.zeros((1, 9, 9), np.uint8)
+    trimap[0, 3:6, 3:6] = 255
+    image = np.random.default_rng(1).random(trimap.shape)
+    np.testing.assert_array_equal(closed_form_alpha(image, trimap), trimap / 255.0)
+    trimap[0, 2, 2:7] = 128
+    with pytest.raises(InputError, match="single slice"):
+        closed_form_alpha(image, trimap)
+
+
+@pytest.mark.parametrize("image, trimap, match", [
+    (np.zeros((3, 4, 4)), np.zeros((3, 4, 5), np.uint8), "trimap shape"),
+    (np.full((3, 4, 4), np.nan), np.zeros((3, 4, 4), np.uint8), "NaN"),
+    (np.zeros((3, 4, 4)), np.full((3, 4, 4), 255, np.uint8), "no background"),
+    (np.zeros((3, 4, 4)), np.full((3, 4, 4), 7, np.uint8), "outside"),
+])
+def test_bad_input_names_the_argument(image, trimap, match):
+    with pytest.raises(InputError, match=match):
+        closed_form_alpha(image, trimap)
+
+
+def test_same_bytes_twice():
+    rng = np.random.default_rng(9)
+    image, trimap = _blob_volume(rng, (8, 14, 14), [(4, 7, 7)], 3.5, 1.5)
+    a = closed_form_alpha(image, trimap)
+    b = closed_form_alpha(image.copy(), trimap.copy())
+    assert a.tobytes() == b.tobytes()
+
+
+def test_larger_shell_exercises_the_nested_dissection():
+    """~700 unknown voxels: the ordering cuts the shell several times; the answer must not move."""
+    rng = np.random.default_rng(11)
+    image, trimap = _blob_volume(rng, (9, 16, 16), [(4, 8, 7)], 4.0, 1.5)
+    assert (trimap == 128).sum() > 500
+    alpha = closed_form_alpha(image, trimap, eps=1e-7)
+    np.testing.assert_allclose(alpha, _oracle(image, trimap, 1e-7, 1), atol=1e-6, rtol=0)
+
+
+def test_nested_dissection_is_a_permutation_with_separating_slabs():
+    from softmask_builder.labelling.matting3d import _nested_dissection_order
+
+    rng = np.random.default_rng(12)
+    coords = np.unique(rng.integers(0, 20, size=(600, 3)), axis=0)
+    perm = _nested_dissection_order(coords, 2, leaf=8)
+    assert np.array_equal(np.sort(perm), np.arange(coords.shape[0]))
