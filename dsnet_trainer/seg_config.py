@@ -13,7 +13,10 @@ from typing import Literal
 
 from .config import LoopConfig, _check
 
-__all__ = ["SegDataConfig", "SegModelConfig", "SegOptimConfig", "SegConfig"]
+__all__ = ["SegDataConfig", "SegModelConfig", "SegOptimConfig", "SegConfig", "TRAIN_TARGETS"]
+
+#: Values of ``data.train_target`` (the truth study's arms, docs/TRAINING.md).
+TRAIN_TARGETS = ("label", "binary", "true_fraction", "true_mask")
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class SegDataConfig:
     softseg_factor : SoftSeg label (Table IV): down/up-sampling factor.
     train_target : what the *training* split's targets come from (the truth study of
         docs/TRAINING.md; validation always uses the label): "label" (the builder's label, the
-        default); "true_fraction" (arm A3: the soft head's L1 target is the phantom's true
+        default); "binary" (arm A2: the soft head's L1 target is the label's binary mask mapped
+        to {-1, 1}, whatever the variant's soft label; controls for having a head); "true_fraction" (arm A3: the soft head's L1 target is the phantom's true
         fraction mapped to [-1, 1], the Dice target stays the label); "true_mask" (arm A4: the
         Dice target is ``true_fraction >= 0.5``; the soft labels made from the binary mask,
         "binary"/"kats"/"softseg", follow it, the "soft_mask" one stays the label's).
@@ -46,7 +50,7 @@ class SegDataConfig:
     kats_ring_px: float = 2.0
     kats_p: float = 0.5
     softseg_factor: int = 4
-    train_target: Literal["label", "true_fraction", "true_mask"] = "label"
+    train_target: Literal["label", "binary", "true_fraction", "true_mask"] = "label"
 
     def __post_init__(self) -> None:
         _check(self.crop_px >= 4, "data.crop_px", self.crop_px, ">= 4")
@@ -54,8 +58,8 @@ class SegDataConfig:
         _check(self.kats_ring_px >= 0, "data.kats_ring_px", self.kats_ring_px, ">= 0")
         _check(0 <= self.kats_p <= 1, "data.kats_p", self.kats_p, "in [0, 1]")
         _check(self.softseg_factor >= 1, "data.softseg_factor", self.softseg_factor, ">= 1")
-        _check(self.train_target in ("label", "true_fraction", "true_mask"), "data.train_target",
-               self.train_target, "one of label, true_fraction, true_mask")
+        _check(self.train_target in TRAIN_TARGETS, "data.train_target",
+               self.train_target, "one of " + ", ".join(TRAIN_TARGETS))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ table row.
 name                backbone   input   DRTM  soft    GAN    soft label   row
 ==================  =========  ======  ====  ======  =====  ===========  ==========================
 unet                U-Net      LR      -     -       -      -            III: UNet
+unet_soft           U-Net      LR      -     yes     -      Soft Mask    truth study A: U-Net + soft head
 backbone            CBAM       LR      -     -       -      -            III: DSNet backbone
 sr_input            CBAM       SR      -     -       -      -            III: + SR image as input
 drtm                CBAM       DRTM    full  -       -      -            III: + DRTM
@@ -99,6 +100,8 @@ class Variant:
 def _variants() -> dict[str, Variant]:
     rows = [
         Variant("unet", "unet", "lr", row="III: UNet"),
+        # the truth study's arms A0-A4 (docs/TRAINING.md): the U-Net row plus the Soft Mask head, no GAN
+        Variant("unet_soft", "unet", "lr", soft_head=True, row="truth A: U-Net + soft head"),
         Variant("backbone", "cbam", "lr", row="III: DSNet backbone"),
         Variant("sr_input", "cbam", "sr", row="III: + SR image as input"),
         Variant("drtm", "cbam", "drtm", row="III: + DRTM"),
