@@ -38,6 +38,11 @@ class SegDataConfig:
         Dice target is ``true_fraction >= 0.5``; the soft labels made from the binary mask,
         "binary"/"kats"/"softseg", follow it, the "soft_mask" one stays the label's).
         The last two need a build with the phantom's truth (shard schema 3 ``true_fraction``).
+    input_shrink : 1 (the crop as it is), or 2: the network sees the crop shrunk x2 by area
+        averaging and bicubic-up-sampled back (the truth study's arm B0; outputs, labels and
+        truth stay on the crop's grid; LR variants only; ``crop_px`` a multiple of it). Applied
+        inside the network (:func:`dsnet_trainer.models.dsnet.shrink_then_bicubic`), so
+        evaluation and prediction of the checkpoint see the same input.
     """
 
     root: str = "build/lnsm"
@@ -51,6 +56,7 @@ class SegDataConfig:
     kats_p: float = 0.5
     softseg_factor: int = 4
     train_target: Literal["label", "binary", "true_fraction", "true_mask"] = "label"
+    input_shrink: int = 1
 
     def __post_init__(self) -> None:
         _check(self.crop_px >= 4, "data.crop_px", self.crop_px, ">= 4")
@@ -60,6 +66,9 @@ class SegDataConfig:
         _check(self.softseg_factor >= 1, "data.softseg_factor", self.softseg_factor, ">= 1")
         _check(self.train_target in TRAIN_TARGETS, "data.train_target",
                self.train_target, "one of " + ", ".join(TRAIN_TARGETS))
+        _check(self.input_shrink in (1, 2), "data.input_shrink", self.input_shrink, "1 or 2")
+        _check(self.crop_px % self.input_shrink == 0, "data.crop_px", self.crop_px,
+               f"a multiple of data.input_shrink ({self.input_shrink})")
 
 
 @dataclass(frozen=True)

@@ -127,9 +127,12 @@ class SoftTargetDataset:
 # ============================================================================================
 def _compat(cfg: SegConfig, net) -> dict[str, Any]:
     skip = ("teacher", "allow_teacher_overlap")  # may change on resume
-    return {"model": {k: v for k, v in to_dict(cfg.model).items() if k not in skip},
-            "crop_px": cfg.data.crop_px, "window_hu": [cfg.data.level_hu, cfg.data.width_hu],
-            "scale": net.scale}
+    out = {"model": {k: v for k, v in to_dict(cfg.model).items() if k not in skip},
+           "crop_px": cfg.data.crop_px, "window_hu": [cfg.data.level_hu, cfg.data.width_hu],
+           "scale": net.scale}
+    if cfg.data.input_shrink != 1:  # only when set: checkpoints of earlier versions still resume
+        out["input_shrink"] = cfg.data.input_shrink
+    return out
 
 
 def _poly(epochs: int, power: float):

@@ -148,7 +148,7 @@ def effective_config(cfg_dict: dict) -> dict:
 
 
 #: Config keys added after records were made, with their defaults (see :func:`relevant`).
-_ADDED_DEFAULTS = {("data", "train_target"): "label"}
+_ADDED_DEFAULTS = {("data", "train_target"): "label", ("data", "input_shrink"): 1}
 
 
 def relevant(effective: dict) -> dict:

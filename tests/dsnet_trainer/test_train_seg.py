@@ -227,3 +227,31 @@ def test_unet_soft_is_the_unet_plus_a_soft_head_trained_without_a_discriminator(
     a0 = train_seg(replace(cfg, optim=replace(cfg.optim, l1_weight=0.0)))   # arm A0: Dice only, head present
     for r in (r for r in read_metrics(a0 / "metrics.jsonl") if r["phase"] == "train"):
         assert r["loss"] == pytest.approx(0.5 * r["dice_loss"], rel=1e-6) and r["l1"] > 0
+
+
+def test_input_shrink_trains_and_the_checkpoint_keeps_it(assets, tmp_path):
+    """Arm B0: data.input_shrink=2 travels in the run's config, so the reloaded network (what
+    `dsnet evaluate` and `dsnet predict` use) shrinks its input too; teacher variants are refused."""
+    from dataclasses import replace
+
+    from dsnet_trainer.models.dsnet import shrink_then_bicubic
+    from dsnet_trainer.seg_config import SegDataConfig
+
+    data, teacher = assets
+    cfg = tiny_config(data, tmp_path / "b0", variant="unet_soft", epochs=1, steps=1)
+    run = train_seg(replace(cfg, data=replace(cfg.data, input_shrink=2)))
+    net, info = load_seg_model(run / "checkpoints" / "last.pt")
+    assert info["config"]["data"]["input_shrink"] == 2 and net.input_shrink == 2
+    seen = {}
+    net.backbone.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    x = SampleShardDataset(data, split="test")[1]["image"][None]
+    with torch.no_grad():
+        assert net(x)[0].shape == x.shape
+    torch.testing.assert_close(seen["x"], shrink_then_bicubic(x, 2))
+    with pytest.raises(ConfigError, match="data.input_shrink"):
+        SegDataConfig(input_shrink=3)
+    with pytest.raises(ConfigError, match="data.crop_px"):
+        SegDataConfig(crop_px=33, input_shrink=2)
+    cfg = tiny_config(data, tmp_path / "b1", variant="drtm", teacher=teacher, epochs=1, steps=1)
+    with pytest.raises(ConfigError, match="data.input_shrink=2 takes an LR variant"):
+        train_seg(replace(cfg, data=replace(cfg.data, input_shrink=2)))
