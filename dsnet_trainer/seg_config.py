@@ -33,8 +33,9 @@ class SegDataConfig:
     train_target : what the *training* split's targets come from (the truth study of
         docs/TRAINING.md; validation always uses the label): "label" (the builder's label, the
         default); "binary" (arm A2: the soft head's L1 target is the label's binary mask mapped
-        to {-1, 1}, whatever the variant's soft label; controls for having a head); "true_fraction" (arm A3: the soft head's L1 target is the phantom's true
-        fraction mapped to [-1, 1], the Dice target stays the label); "true_mask" (arm A4: the
+        to {-1, 1}, whatever the variant's soft label; controls for having a head);
+        "true_fraction" (arm A3: the soft head's L1 target is the phantom's true fraction mapped
+        to [-1, 1], the Dice target stays the label); "true_mask" (arm A4: the
         Dice target is ``true_fraction >= 0.5``; the soft labels made from the binary mask,
         "binary"/"kats"/"softseg", follow it, the "soft_mask" one stays the label's).
         The last two need a build with the phantom's truth (shard schema 3 ``true_fraction``).
@@ -75,7 +76,7 @@ class SegDataConfig:
 class SegModelConfig:
     """Network choice and sizes.
 
-    variant : a name of ``VARIANTS`` (``dsnet``, ``unet``, ``backbone``, ``sr_input``, ``drtm``,
+    variant : a name of ``VARIANTS`` (``dsnet``, ``unet``, ``unet_soft``, ``backbone``, ``sr_input``, ``drtm``,
         ``drtm_soft``, ``dsnet_no_detail``, ``dsnet_no_fusion``, ``dsnet_binary``, ``dsnet_kats``,
         ``dsnet_softseg``).
     widths : backbone widths per level, top to bottom (paper-scale: 64, 128, 256, 512).

@@ -468,7 +468,8 @@ def test_truth_study_trains_its_arms_and_ends_with_the_design_comparisons(tmp_pa
     assert mod.main(argv) == 0
     for arm, (l1, target) in {"A0": (0.0, "label"), "A2": (1.0, "binary"), "A4": (0.0, "true_mask")}.items():
         eff = json.loads((out / f"{arm}-s0" / "table_run.json").read_text())["effective"]
-        assert (eff["model"]["variant"], eff["optim"]["l1_weight"], eff["data"]["train_target"]) == ("unet_soft", l1, target)
+        got = (eff["model"]["variant"], eff["optim"]["l1_weight"], eff["data"]["train_target"])
+        assert got == ("unet_soft", l1, target)
     truth = json.loads((out / "tables.json").read_text())["truth"]
     assert [(c["arm"], c["reference"]) for c in truth["comparisons"]] == [("A1", "A0"), ("A1", "A2"), ("A3", "A1"),
                                                                            ("A4", "A1")]
