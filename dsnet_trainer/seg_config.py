@@ -13,7 +13,10 @@ from typing import Literal
 
 from .config import LoopConfig, _check
 
-__all__ = ["SegDataConfig", "SegModelConfig", "SegOptimConfig", "SegConfig"]
+__all__ = ["SegDataConfig", "SegModelConfig", "SegOptimConfig", "SegConfig", "TRAIN_TARGETS"]
+
+#: Values of ``data.train_target`` (the truth study's arms, docs/TRAINING.md).
+TRAIN_TARGETS = ("label", "binary", "true_fraction", "true_mask")
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,18 @@ class SegDataConfig:
     softseg_factor : SoftSeg label (Table IV): down/up-sampling factor.
     train_target : what the *training* split's targets come from (the truth study of
         docs/TRAINING.md; validation always uses the label): "label" (the builder's label, the
-        default); "true_fraction" (arm A3: the soft head's L1 target is the phantom's true
-        fraction mapped to [-1, 1], the Dice target stays the label); "true_mask" (arm A4: the
+        default); "binary" (arm A2: the soft head's L1 target is the label's binary mask mapped
+        to {-1, 1}, whatever the variant's soft label; controls for having a head);
+        "true_fraction" (arm A3: the soft head's L1 target is the phantom's true fraction mapped
+        to [-1, 1], the Dice target stays the label); "true_mask" (arm A4: the
         Dice target is ``true_fraction >= 0.5``; the soft labels made from the binary mask,
         "binary"/"kats"/"softseg", follow it, the "soft_mask" one stays the label's).
         The last two need a build with the phantom's truth (shard schema 3 ``true_fraction``).
+    input_shrink : 1 (the crop as it is), or 2: the network sees the crop shrunk x2 by area
+        averaging and bicubic-up-sampled back (the truth study's arm B0; outputs, labels and
+        truth stay on the crop's grid; LR variants only; ``crop_px`` a multiple of it). Applied
+        inside the network (:func:`dsnet_trainer.models.dsnet.shrink_then_bicubic`), so
+        evaluation and prediction of the checkpoint see the same input.
     """
 
     root: str = "build/lnsm"
@@ -46,7 +56,8 @@ class SegDataConfig:
     kats_ring_px: float = 2.0
     kats_p: float = 0.5
     softseg_factor: int = 4
-    train_target: Literal["label", "true_fraction", "true_mask"] = "label"
+    train_target: Literal["label", "binary", "true_fraction", "true_mask"] = "label"
+    input_shrink: int = 1
 
     def __post_init__(self) -> None:
         _check(self.crop_px >= 4, "data.crop_px", self.crop_px, ">= 4")
@@ -54,15 +65,18 @@ class SegDataConfig:
         _check(self.kats_ring_px >= 0, "data.kats_ring_px", self.kats_ring_px, ">= 0")
         _check(0 <= self.kats_p <= 1, "data.kats_p", self.kats_p, "in [0, 1]")
         _check(self.softseg_factor >= 1, "data.softseg_factor", self.softseg_factor, ">= 1")
-        _check(self.train_target in ("label", "true_fraction", "true_mask"), "data.train_target",
-               self.train_target, "one of label, true_fraction, true_mask")
+        _check(self.train_target in TRAIN_TARGETS, "data.train_target",
+               self.train_target, "one of " + ", ".join(TRAIN_TARGETS))
+        _check(self.input_shrink in (1, 2), "data.input_shrink", self.input_shrink, "1 or 2")
+        _check(self.crop_px % self.input_shrink == 0, "data.crop_px", self.crop_px,
+               f"a multiple of data.input_shrink ({self.input_shrink})")
 
 
 @dataclass(frozen=True)
 class SegModelConfig:
     """Network choice and sizes.
 
-    variant : a name of ``VARIANTS`` (``dsnet``, ``unet``, ``backbone``, ``sr_input``, ``drtm``,
+    variant : a name of ``VARIANTS`` (``dsnet``, ``unet``, ``unet_soft``, ``backbone``, ``sr_input``, ``drtm``,
         ``drtm_soft``, ``dsnet_no_detail``, ``dsnet_no_fusion``, ``dsnet_binary``, ``dsnet_kats``,
         ``dsnet_softseg``).
     widths : backbone widths per level, top to bottom (paper-scale: 64, 128, 256, 512).

@@ -80,15 +80,18 @@ class SoftTargetDataset:
     """Record-level wrapper: adds ``soft_target`` (1, H, W) in [-1, 1] to each item of a
     :class:`~dsnet_trainer.data.SampleShardDataset`, computed from the (augmented) item, so
     the Kats / SoftSeg labels follow the same symmetry as the image. ``train_target``
-    (``data.train_target``): "true_fraction" makes the target the item's true fraction mapped to
-    [-1, 1]; "true_mask" replaces ``binary_mask`` with ``true_fraction >= 0.5`` first (both need
+    (``data.train_target``): "binary" makes the target the item's binary label mapped to {-1, 1}
+    (arm A2, whatever ``soft_label``); "true_fraction" makes the target the item's true fraction mapped to
+    [-1, 1]; "true_mask" replaces ``binary_mask`` with ``true_fraction >= 0.5`` first (these two need
     the base dataset's ``has_truth``, else :class:`ConfigError`)."""
 
     def __init__(self, base, *, soft_label: str, kats_ring_px: float = 2.0, kats_p: float = 0.5,
                  softseg_factor: int = 4, train_target: str = "label"):
-        if train_target not in ("label", "true_fraction", "true_mask"):
-            raise ConfigError(f"data.train_target must be label, true_fraction or true_mask, got {train_target!r}")
-        if train_target != "label" and not getattr(base, "has_truth", False):
+        from .seg_config import TRAIN_TARGETS
+
+        if train_target not in TRAIN_TARGETS:
+            raise ConfigError(f"data.train_target must be one of {', '.join(TRAIN_TARGETS)}, got {train_target!r}")
+        if train_target in ("true_fraction", "true_mask") and not getattr(base, "has_truth", False):
             raise ConfigError(f"data.train_target={train_target} needs a build that carries the phantom's truth "
                               "(shard schema 3 true_fraction: build a `softmask phantom` source)")
         self.base = base
@@ -108,6 +111,8 @@ class SoftTargetDataset:
             item["binary_mask"] = (item["true_fraction"] >= 0.5).to(item["binary_mask"].dtype)
         if self.train_target == "true_fraction":  # arm A3: the oracle soft label, mapped to [-1, 1]
             item["soft_target"] = 2.0 * item["true_fraction"] - 1.0
+        elif self.train_target == "binary":  # arm A2: the label's binary mask through the soft head, {-1, 1}
+            item["soft_target"] = 2.0 * (item["binary_mask"] != 0).to(item["soft_mask"].dtype) - 1.0
         elif self.soft_label == "soft_mask":
             item["soft_target"] = item["soft_mask"]
         else:
@@ -122,9 +127,12 @@ class SoftTargetDataset:
 # ============================================================================================
 def _compat(cfg: SegConfig, net) -> dict[str, Any]:
     skip = ("teacher", "allow_teacher_overlap")  # may change on resume
-    return {"model": {k: v for k, v in to_dict(cfg.model).items() if k not in skip},
-            "crop_px": cfg.data.crop_px, "window_hu": [cfg.data.level_hu, cfg.data.width_hu],
-            "scale": net.scale}
+    out = {"model": {k: v for k, v in to_dict(cfg.model).items() if k not in skip},
+           "crop_px": cfg.data.crop_px, "window_hu": [cfg.data.level_hu, cfg.data.width_hu],
+           "scale": net.scale}
+    if cfg.data.input_shrink != 1:  # only when set: checkpoints of earlier versions still resume
+        out["input_shrink"] = cfg.data.input_shrink
+    return out
 
 
 def _poly(epochs: int, power: float):

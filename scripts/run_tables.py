@@ -3,13 +3,18 @@ and write the tables.
 
     python scripts/run_tables.py --data build/lnsm1500 --teacher runs/sr-sr_tiny/teacher.pt \
         --out runs/tables [--seeds 3 --extra-seeds 2] [--rows unet,backbone,...] [--study l1]
-        [-s optim.epochs=30] [--jobs 2] [--record docs/results/NAME] [--no-train]
+        [--study truth] [-s optim.epochs=30] [--jobs 2] [--record docs/results/NAME] [--no-train]
         [--nnunet runs/nnunet/eval/run0-nnUNetTrainer_5epochs ...]
 
 When every run was evaluated on a build that carries the phantom's truth (shard schema 3), the
 tables end with the truth study's table (docs/TRAINING.md): Dice against the true mask and SAD
 against the true fraction per row, collapsed runs on their own lines, paired differences to the
 U-Net row with 95 % intervals clustered by background patient (:func:`summarise_truth`).
+``--study truth`` adds the truth study's arms A0-A4 (:data:`TRUTH_ARMS`: the ``unet_soft`` variant
+with the design's lambda2 and training target, ``--seeds`` seeds each; ``-s`` on the keys they set
+is refused) and the tables then end with the design's comparisons (:data:`TRUTH_PAIRS`: A1 - A0,
+A1 - A2 decide, A3 - A1 and A4 - A1 are bounds) with clustered per-crop intervals, intervals on the
+seed means and the decision words of one build (:func:`truth_verdict`).
 
 Rows are ``model.variant`` names, or Soft Mask L1 study cells ``VARIANT.l1wW.REDUCTION`` (e.g.
 ``drtm_soft.l1w10.crop_band`` = the variant with ``optim.l1_weight=10`` and
@@ -75,6 +80,23 @@ _CELL = re.compile(r"^(?P<variant>[a-z_]+)\.l1w(?P<weight>[0-9]+(?:\.[0-9]+)?)\.
 # overrides that do not change what a run computes (a finished run is not refused over them)
 _NEUTRAL = ("loop.num_threads=", "loop.progress=", "loop.num_workers=")
 RECORD_FILES = ("per_crop.csv", "metrics.json", "table_run.json")
+#: The truth study's arms A (docs/TRAINING.md, "The truth study"): arm -> its config overrides. All
+#: are the U-Net with the Soft Mask head and no GAN (``unet_soft``); lambda2 of A1-A3 is the config's
+#: ``optim.l1_weight`` (seg_tiny: 1), which is why ``--study truth`` refuses ``-s`` on the keys set here.
+TRUTH_ARMS = {
+    "A0": ["model.variant=unet_soft", "optim.l1_weight=0"],                     # Dice only (head present)
+    "A1": ["model.variant=unet_soft"],                                          # + L1 on the Soft Mask
+    "A2": ["model.variant=unet_soft", "data.train_target=binary"],              # + L1 on the binary label, +-1
+    "A3": ["model.variant=unet_soft", "data.train_target=true_fraction"],       # + L1 on the true fraction
+    "A4": ["model.variant=unet_soft", "optim.l1_weight=0", "data.train_target=true_mask"],  # Dice on truth
+}
+#: The design's comparisons (arm, reference, role): the first two decide claim (a), the others are bounds.
+TRUTH_PAIRS = (("A1", "A0", "decides (a): Soft Mask supervision helps"),
+               ("A1", "A2", "decides (a): soft targets, not the head"),
+               ("A3", "A1", "bound: oracle soft label"),
+               ("A4", "A1", "bound: clean labels"))
+#: The decision rule's practical margin: 1 Dice point.
+DECISION_MARGIN = 0.01
 RECORD_COLUMNS = ("sample_id", "gt_px", "pred_px", "dice", "sen", "ppv", "sad",  # per_crop.csv as recorded
                   # scored against a phantom's truth (issue 25; only in evaluations of builds that carry it)
                   "true_px", "dice_true", "dice_true_tval", "dice_true_ttrue", "sad_true", "hd95_px",
@@ -82,20 +104,25 @@ RECORD_COLUMNS = ("sample_id", "gt_px", "pred_px", "dice", "sen", "ppv", "sad", 
 
 
 def row_overrides(row: str) -> list[str]:
-    """Config overrides of a table row: ``model.variant=row``, or for a study cell
-    ``VARIANT.l1wW.REDUCTION`` the variant plus ``optim.l1_weight`` and ``optim.l1_reduction``."""
+    """Config overrides of a table row: ``model.variant=row``, for a study cell
+    ``VARIANT.l1wW.REDUCTION`` the variant plus ``optim.l1_weight`` and ``optim.l1_reduction``, for
+    a truth-study arm (``A0``-``A4``) its :data:`TRUTH_ARMS` entry."""
+    if row in TRUTH_ARMS:
+        return list(TRUTH_ARMS[row])
     m = _CELL.match(row)
     if m:
         return [f"model.variant={m['variant']}", f"optim.l1_weight={m['weight']}",
                 f"optim.l1_reduction={m['reduction']}"]
     if not re.fullmatch(r"[a-z_]+", row):
-        raise SystemExit(f"--rows: {row!r} is neither a variant name nor a study cell VARIANT.l1wW.REDUCTION")
+        raise SystemExit(f"--rows: {row!r} is neither a variant name, a study cell VARIANT.l1wW.REDUCTION "
+                         f"nor a truth-study arm ({', '.join(TRUTH_ARMS)})")
     return [f"model.variant={row}"]
 
 
 def plan_runs(rows: list[str], seeds: int, extra_seeds: int) -> list[tuple[str, int]]:
-    """(row, seed) pairs, seed-major: seed 0 of every row first, then seed 1, ..."""
-    n = {r: (seeds if r in CORE else extra_seeds) for r in rows}
+    """(row, seed) pairs, seed-major: seed 0 of every row first, then seed 1, ... The core rows and
+    the truth-study arms get ``seeds`` seeds, the others ``extra_seeds``."""
+    n = {r: (seeds if r in CORE or r in TRUTH_ARMS else extra_seeds) for r in rows}
     return [(r, s) for s in range(max(n.values(), default=0)) for r in rows if s < n[r]]
 
 
@@ -121,7 +148,7 @@ def effective_config(cfg_dict: dict) -> dict:
 
 
 #: Config keys added after records were made, with their defaults (see :func:`relevant`).
-_ADDED_DEFAULTS = {("data", "train_target"): "label"}
+_ADDED_DEFAULTS = {("data", "train_target"): "label", ("data", "input_shrink"): 1}
 
 
 def relevant(effective: dict) -> dict:
@@ -191,11 +218,25 @@ def data_digest(root: str) -> str | None:
     return sha256_file(path) if path.is_file() else None
 
 
+def row_variant(row: str) -> str:
+    """The ``model.variant`` a table row trains."""
+    return next(o.split("=", 1)[1] for o in row_overrides(row) if o.startswith("model.variant="))
+
+
 def _uses_teacher(row: str) -> bool:
     from dsnet_trainer.models.dsnet import get_variant
 
-    m = _CELL.match(row)
-    return get_variant(m["variant"] if m else row).uses_teacher
+    return get_variant(row_variant(row)).uses_teacher
+
+
+def check_truth_sets(rows: list[str], sets: list[str]) -> None:
+    """Refuse ``-s`` overrides of the keys the truth-study arms set themselves (they come after
+    the row's overrides and would silently turn one arm into another)."""
+    keys = {o.split("=", 1)[0] for r in rows if r in TRUTH_ARMS for o in TRUTH_ARMS[r]}
+    bad = sorted({x.split("=", 1)[0] for x in sets} & keys)
+    if bad:
+        raise SystemExit(f"-s {', '.join(bad)}: set by the truth-study arms themselves (TRUTH_ARMS); "
+                         "give lambda2 through --config, run other rows in another call")
 
 
 def _refusal(name: str, row: str, info: dict | None, done: dict | None, want: dict,
@@ -380,21 +421,48 @@ def _read_truth_columns(eval_dir: Path) -> dict[str, tuple[float, float]] | None
         return {r["sample_id"]: (float(r[TRUTH_PRIMARY]), float(r[TRUTH_SECONDARY])) for r in reader}
 
 
+def _seed_of(name: str) -> int:
+    """The seed index of a run named ``ROW-sSEED``."""
+    return int(name.rsplit("-s", 1)[1])
+
+
+def truth_verdict(mean: float, lo: float, hi: float, *, margin: float = DECISION_MARGIN) -> str:
+    """The design's decision words for one build's clustered interval of a paired difference
+    (docs/TRAINING.md): "confirmed" when the mean is >= ``margin`` and the interval lies above 0,
+    "refuted" when the interval lies within [-margin, +margin], else "undecided" (also without an
+    interval). One build only: the claim's decision also needs the replication build."""
+    if not all(math.isfinite(x) for x in (mean, lo, hi)):
+        return "undecided"
+    if mean >= margin and lo > 0:
+        return "confirmed"
+    if lo >= -margin and hi <= margin:
+        return "refuted"
+    return "undecided"
+
+
 def summarise_truth(runs: dict[str, list[Path]], names: dict[str, list[str]], select: dict[str, list[float]],
-                    patients: dict[str, str], *, reference: str = "unet") -> dict | None:
+                    patients: dict[str, str], *, reference: str = "unet",
+                    pairs: tuple[tuple[str, str, str], ...] = TRUTH_PAIRS) -> dict | None:
     """The truth study's statistics (docs/TRAINING.md), or None unless every run's evaluation has
     the truth columns: per row, the collapsed runs (:func:`collapsed_runs` on the selection
     scores) apart; over the others, the seed means of the primary endpoint (Dice against the true
     mask at the label-chosen val threshold) and of SAD against the true fraction; and, per row,
     the paired per-crop difference to ``reference`` (each averaged over its kept seeds) with the
     95 % interval clustered by background patient (:func:`clustered_interval`; ``patients``:
-    sample_id -> patient)."""
+    sample_id -> patient).
+
+    ``pairs``: the design's comparisons ``(arm, reference, role)`` (:data:`TRUTH_PAIRS`), each
+    made when both rows are there, into ``out["comparisons"]``: the paired per-crop difference of
+    both endpoints with the clustered interval, the 95 % t interval on the seed means (arms paired
+    by seed index, kept seeds of both only) and, for the deciding pairs, :func:`truth_verdict` on
+    the primary endpoint ("unstable" when either arm has more than one collapsed seed)."""
     cols = {row: [_read_truth_columns(f) for f in folders] for row, folders in runs.items()}
     if not cols or any(c is None for v in cols.values() for c in v):
         return None
     gone = collapsed_runs({row: dict(zip(names[row], select.get(row, [None] * len(names[row]))))
                            for row in runs}, floor=COLLAPSE_FLOOR, margin=COLLAPSE_MARGIN)
     per_row: dict[str, dict[str, tuple[float, float]]] = {}
+    seed_means: dict[str, dict[int, float]] = {}
     out: dict = {"primary": TRUTH_PRIMARY, "secondary": TRUTH_SECONDARY, "reference": reference,
                  "collapsed": gone, "rows": {}}
     for row, crops in cols.items():
@@ -404,6 +472,8 @@ def summarise_truth(runs: dict[str, list[Path]], names: dict[str, list[str]], se
             ids = sorted(kept[0])
             entry["primary_seed_means"] = [float(np.mean([c[i][0] for i in ids])) for c in kept]
             entry["secondary_seed_means"] = [float(np.mean([c[i][1] for i in ids])) for c in kept]
+            kept_names = [n for n in names[row] if n not in gone.get(row, [])]
+            seed_means[row] = {_seed_of(n): m for n, m in zip(kept_names, entry["primary_seed_means"])}
             per_row[row] = {i: (float(np.mean([c[i][0] for c in kept])), float(np.mean([c[i][1] for c in kept])))
                             for i in ids}
         out["rows"][row] = entry
@@ -420,6 +490,29 @@ def summarise_truth(runs: dict[str, list[Path]], names: dict[str, list[str]], se
                 diff = np.array([d[i][k] - per_row[reference][i][k] for i in ids])
                 m, lo, hi = clustered_interval(diff, groups)
                 out["rows"][row][key] = {"mean": m, "ci95": [lo, hi], "n_clusters": len(set(groups))}
+    out["comparisons"] = []
+    for arm, ref, role in pairs:
+        if arm not in out["rows"] or ref not in out["rows"]:
+            continue
+        comp: dict = {"arm": arm, "reference": ref, "role": role}
+        if len(gone.get(arm, [])) > 1 or len(gone.get(ref, [])) > 1:
+            comp["verdict"] = "unstable"   # the design: more than one collapsed seed gets no decision
+        if arm in per_row and ref in per_row and set(per_row[arm]) == set(per_row[ref]):
+            ids = sorted(per_row[ref])
+            missing = sorted(i for i in ids if i not in patients)
+            if missing:
+                raise SystemExit(f"no patient for test crops {missing[:3]} in --data: evaluated on another build?")
+            groups = [patients[i] for i in ids]
+            for k, key in ((0, "primary"), (1, "secondary")):
+                m, lo, hi = clustered_interval([per_row[arm][i][k] - per_row[ref][i][k] for i in ids], groups)
+                comp[key] = {"mean": m, "ci95": [lo, hi], "n_clusters": len(set(groups))}
+            common = sorted(set(seed_means[arm]) & set(seed_means[ref]))
+            m, lo, hi = t_interval(np.array([seed_means[arm][s] - seed_means[ref][s] for s in common]))
+            comp["seed_means"] = {"mean": m, "ci95": [lo, hi], "seeds": common}
+            if role.startswith("decides") and "verdict" not in comp:
+                comp["verdict"] = truth_verdict(*[comp["primary"]["mean"], *comp["primary"]["ci95"]])
+        comp.setdefault("verdict", "undecided" if role.startswith("decides") else "bound (reported)")
+        out["comparisons"].append(comp)
     return out
 
 
@@ -446,6 +539,27 @@ def format_truth_tables(truth: dict) -> str:
     for row, runs in sorted(truth["collapsed"].items()):
         lines.append(f"Collapsed (left out of {row}'s means by the written rule): {', '.join(runs)}.")
     if truth["collapsed"]:
+        lines.append("")
+    if truth.get("comparisons"):
+        lines += ["#### The design's comparisons (docs/TRAINING.md)", "",
+                  "Per test crop, arm minus reference (each averaged over its kept seeds), 95 % interval clustered "
+                  "by background patient; beside it the 95 % t interval on the seed means (paired by seed index). "
+                  f"Verdict on this build alone (confirmed: >= +{100 * DECISION_MARGIN:.0f} Dice and the interval "
+                  f"above 0; refuted: the interval within ±{100 * DECISION_MARGIN:.0f}); a claim also needs the "
+                  "replication build.", "",
+                  "| comparison | role | Dice(true) diff (95 % CI, clustered) | seed means diff (95 % CI, seeds) | "
+                  "SAD(true) diff (95 % CI) | verdict (this build) |", "|---|---|---|---|---|---|"]
+        for c in truth["comparisons"]:
+            cells = []
+            for key, fmt in (("primary", lambda x: _pp(x, True)), ("seed_means", lambda x: _pp(x, True)),
+                             ("secondary", lambda x: f"{x:+.2f}" if math.isfinite(x) else "-")):
+                v = c.get(key)
+                cell = "-" if v is None else f"{fmt(v['mean'])} [{fmt(v['ci95'][0])}, {fmt(v['ci95'][1])}]"
+                if key == "seed_means" and v is not None:
+                    cell += f" ({len(v['seeds'])})"
+                cells.append(cell)
+            lines.append(f"| {c['arm']} − {c['reference']} | {c['role']} | {cells[0]} | {cells[1]} | {cells[2]} | "
+                         f"{c['verdict']} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -494,7 +608,11 @@ def format_tables(stats: dict, times: dict[str, float]) -> str:
     cells = [r for r in stats["rows"] if _CELL.match(r)]
     if cells:
         groups.append(("Soft Mask L1 study (lambda2 x reduction)", ["drtm", *cells]))
-    extra = [r for r in stats["rows"] if r not in set(TABLE_III + TABLE_IV + TABLE_V) and not _CELL.match(r)]
+    arms = [r for r in TRUTH_ARMS if r in stats["rows"]]
+    if arms:
+        groups.append(("Truth study arms A (scored against the label; the truth table below decides)", ["unet", *arms]))
+    extra = [r for r in stats["rows"] if r not in set(TABLE_III + TABLE_IV + TABLE_V) and not _CELL.match(r)
+             and r not in TRUTH_ARMS]
     if extra:
         groups.append(("External baselines", ["unet", *extra]))
     for title, rows in groups:
@@ -651,8 +769,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="seg_tiny")
     ap.add_argument("--rows", default=",".join(TABLE_III + TABLE_IV + TABLE_V),
                     help="comma-separated variants and study cells VARIANT.l1wW.REDUCTION")
-    ap.add_argument("--study", choices=["l1"], action="append", default=[],
-                    help="add a study's rows (l1: drtm_soft x lambda2 1, 10, 100 x pixel_mean, crop_band)")
+    ap.add_argument("--study", choices=["l1", "truth"], action="append", default=[],
+                    help="add a study's rows (l1: drtm_soft x lambda2 1, 10, 100 x pixel_mean, crop_band; "
+                         "truth: the truth study's arms A0-A4, --seeds seeds each)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the core rows (U-Net ... DSNet)")
     ap.add_argument("--extra-seeds", type=int, default=2, help="seeds of the other rows and study cells")
     ap.add_argument("-s", "--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
@@ -682,9 +801,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = [r for r in args.rows.split(",") if r]
     for study in args.study:
-        rows += [c for c in (L1_STUDY if study == "l1" else []) if c not in rows]
+        rows += [c for c in (L1_STUDY if study == "l1" else list(TRUTH_ARMS)) if c not in rows]
     for r in rows:
         row_overrides(r)
+    check_truth_sets(rows, args.sets)
     plan = plan_runs(rows, args.seeds, args.extra_seeds)
     sets = _significant(args.sets)
     todo: list[tuple[str, str, int]] = []

@@ -9,6 +9,7 @@ table row.
 name                backbone   input   DRTM  soft    GAN    soft label   row
 ==================  =========  ======  ====  ======  =====  ===========  ==========================
 unet                U-Net      LR      -     -       -      -            III: UNet
+unet_soft           U-Net      LR      -     yes     -      Soft Mask    truth study A: U-Net + soft head
 backbone            CBAM       LR      -     -       -      -            III: DSNet backbone
 sr_input            CBAM       SR      -     -       -      -            III: + SR image as input
 drtm                CBAM       DRTM    full  -       -      -            III: + DRTM
@@ -34,6 +35,15 @@ normalised as the data loader does). A variant without a Soft Mask head returns
 average-pooled by ``scale`` back to the native grid (area fractions: a probability map pooled
 this way is the expected lesion fraction of each native pixel), so every variant is trained and
 scored on the same pixels.
+
+Input that lost detail (the truth study's arms B, ``data.input_shrink``): with
+``input_shrink = s > 1`` the network first shrinks the crop x``s`` by area averaging
+(``avg_pool2d``, s x s blocks of the windowed crop) and brings it back to the crop's grid by
+bicubic up-sampling (``F.interpolate(mode="bicubic", align_corners=False)``, clamped to [-1, 1]):
+arm B0. Everything after that (backbone, outputs, the grid they are scored on) is unchanged.
+It is a fixed, parameter-free stage inside the network, so training, validation, ``dsnet
+evaluate`` and ``dsnet predict`` all see the same degraded input. Only the LR variants take it
+(the DRTM arms B1/B2 need a x``s`` teacher fed the shrunk crop: not built).
 """
 
 from __future__ import annotations
@@ -50,7 +60,7 @@ from .drtm import DRTM
 from .unet import CBAMUNet, UNet
 
 __all__ = ["Variant", "VARIANTS", "SOFT_LABELS", "get_variant", "FrozenTeacher", "SegNet",
-           "build_seg_model", "probe_teacher", "TEACHER_MODES"]
+           "build_seg_model", "probe_teacher", "TEACHER_MODES", "shrink_then_bicubic"]
 
 SOFT_LABELS = ("soft_mask", "binary", "kats", "softseg")
 
@@ -99,6 +109,8 @@ class Variant:
 def _variants() -> dict[str, Variant]:
     rows = [
         Variant("unet", "unet", "lr", row="III: UNet"),
+        # the truth study's arms A0-A4 (docs/TRAINING.md): the U-Net row plus the Soft Mask head, no GAN
+        Variant("unet_soft", "unet", "lr", soft_head=True, row="truth A: U-Net + soft head"),
         Variant("backbone", "cbam", "lr", row="III: DSNet backbone"),
         Variant("sr_input", "cbam", "sr", row="III: + SR image as input"),
         Variant("drtm", "cbam", "drtm", row="III: + DRTM"),
@@ -220,8 +232,14 @@ class SegNet(nn.Module):
     """
 
     def __init__(self, variant: Variant, backbone: nn.Module, *, teacher: FrozenTeacher | None,
-                 drtm: DRTM | None, scale: int):
+                 drtm: DRTM | None, scale: int, input_shrink: int = 1):
         super().__init__()
+        if int(input_shrink) < 1:
+            raise ValueError(f"input_shrink must be >= 1, got {input_shrink!r}")
+        if int(input_shrink) > 1 and teacher is not None:
+            raise ValueError(f"input_shrink={input_shrink} takes an LR variant (unet, unet_soft, backbone); "
+                             f"{variant.name!r} uses the SR teacher (the x{input_shrink} teacher arms are not built)")
+        self.input_shrink = int(input_shrink)
         self.variant = variant
         self.teacher = teacher
         self.drtm = drtm
@@ -232,6 +250,8 @@ class SegNet(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if image.ndim != 4 or image.shape[1] != 1:
             raise ValueError(f"image must be (batch, 1, rows, cols), got {tuple(image.shape)}")
+        if self.input_shrink > 1:
+            image = shrink_then_bicubic(image, self.input_shrink)
         if self.teacher is None:
             x = image
         else:
@@ -246,10 +266,22 @@ class SegNet(nn.Module):
         return prob, soft
 
 
+def shrink_then_bicubic(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """The crop as an input that lost detail (arm B0): ``image`` (B, C, H, W) averaged over
+    ``factor`` x ``factor`` blocks (H, W / ``factor``), then bicubic-up-sampled x``factor`` back to
+    (B, C, H, W) (half-pixel centres, ``align_corners=False``; edges replicated) and clamped to
+    [-1, 1]. Raises ValueError when H or W is not a multiple of ``factor``."""
+    rows, cols = image.shape[-2:]
+    if rows % factor or cols % factor:
+        raise ValueError(f"input_shrink={factor} needs a crop side that is a multiple of it, got {rows}x{cols}")
+    small = F.avg_pool2d(image, factor)
+    return F.interpolate(small, scale_factor=factor, mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+
+
 def build_seg_model(variant: str | Variant, *, widths: Sequence[int] = (64, 128, 256, 512),
                     reduction: int = 16, spatial_kernel: int = 7,
                     teacher: nn.Module | None = None, teacher_mode: str = "upscale",
-                    drtm_fc: str = "sk") -> SegNet:
+                    drtm_fc: str = "sk", input_shrink: int = 1) -> SegNet:
     """Build the network of ``variant``.
 
     Parameters
@@ -265,6 +297,8 @@ def build_seg_model(variant: str | Variant, *, widths: Sequence[int] = (64, 128,
     teacher_mode : "upscale" (the paper: SR image and features x``scale`` of the crop, backbone
         and head at that resolution, maps pooled back) or "native" (see :func:`_call_teacher`).
     drtm_fc : DRTM's Eq. 12 FC: "sk" (the paper's reduction + two heads) or "joint" (ablation).
+    input_shrink : 1, or the factor of the shrink-then-bicubic input stage (module docstring;
+        LR variants only).
 
     Raises
     ------
@@ -289,4 +323,4 @@ def build_seg_model(variant: str | Variant, *, widths: Sequence[int] = (64, 128,
     else:
         backbone = CBAMUNet(in_channels, out_channels, widths=widths, reduction=reduction,
                             spatial_kernel=spatial_kernel)
-    return SegNet(v, backbone, teacher=frozen, drtm=drtm, scale=scale)
+    return SegNet(v, backbone, teacher=frozen, drtm=drtm, scale=scale, input_shrink=input_shrink)

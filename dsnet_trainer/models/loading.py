@@ -61,6 +61,9 @@ def build_from_config(model_cfg: SegModelConfig, *, data_cfg: SegDataConfig | No
     variant = get_variant(model_cfg.variant)
     arch: dict[str, Any] | None = None
     source = "<given module>"
+    if data_cfg is not None and data_cfg.input_shrink > 1 and variant.uses_teacher:
+        raise ConfigError(f"data.input_shrink={data_cfg.input_shrink} takes an LR variant (unet, unet_soft, "
+                          f"backbone), not {variant.name!r} (the x{data_cfg.input_shrink} teacher arms are not built)")
     if variant.uses_teacher:
         if teacher is not None:
             arch = dict(teacher_arch) if teacher_arch else None
@@ -79,7 +82,8 @@ def build_from_config(model_cfg: SegModelConfig, *, data_cfg: SegDataConfig | No
     try:
         net = build_seg_model(variant, widths=model_cfg.widths, reduction=model_cfg.cbam_reduction,
                               spatial_kernel=model_cfg.cbam_spatial_kernel, teacher=teacher,
-                              teacher_mode=model_cfg.teacher_mode, drtm_fc=model_cfg.drtm_fc)
+                              teacher_mode=model_cfg.teacher_mode, drtm_fc=model_cfg.drtm_fc,
+                              input_shrink=data_cfg.input_shrink if data_cfg is not None else 1)
     except TrainerError:
         raise
     except ValueError as exc:
@@ -108,7 +112,7 @@ def load_seg_model(checkpoint: str | Path, *, map_location: str = "cpu"):
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"{checkpoint}: no usable run config inside ({exc})") from exc
     arch = extra.get("teacher_arch") or None
-    net, _, _ = build_from_config(cfg.model, teacher_arch=arch)
+    net, _, _ = build_from_config(cfg.model, data_cfg=cfg.data, teacher_arch=arch)
     try:
         net.load_state_dict(ckpt["modules"]["model"], strict=True)
     except (RuntimeError, KeyError) as exc:

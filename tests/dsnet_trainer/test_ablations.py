@@ -20,6 +20,7 @@ FEATURES = 5
 #        head channels, GAN, soft label)
 EXPECTED = {
     "unet": (UNet, 1, False, None, 1, False, None),
+    "unet_soft": (UNet, 1, False, None, 2, False, "soft_mask"),   # the truth study's arms A (issue 25)
     "backbone": (CBAMUNet, 1, False, None, 1, False, None),
     "sr_input": (CBAMUNet, 1, True, None, 1, False, None),
     "drtm": (CBAMUNet, FEATURES, True, (True, True), 1, False, None),

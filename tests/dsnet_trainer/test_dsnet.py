@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -116,3 +117,43 @@ def test_frozen_teacher_wrapper_returns_detached_outputs():
     t = FrozenTeacher(TinyTeacher())
     sr, feats = t(torch.randn(1, 1, 4, 4, requires_grad=True))
     assert not sr.requires_grad and not feats.requires_grad
+
+
+# ---- the truth study's arm B0 (issue 25): input shrunk x2, bicubic back, outputs on the crop grid ----
+def test_shrink_then_bicubic_is_area_averaging_then_opencv_bicubic():
+    import cv2
+
+    from dsnet_trainer.models.dsnet import shrink_then_bicubic
+
+    rng = np.random.default_rng(4)
+    image = rng.uniform(-0.9, 0.9, size=(2, 1, 16, 12)).astype(np.float32)
+    got = shrink_then_bicubic(torch.from_numpy(image), 2).numpy()
+    assert got.shape == image.shape
+    for b in range(2):
+        small = image[b, 0].reshape(8, 2, 6, 2).mean(axis=(1, 3))           # area averaging by hand
+        # OpenCV's bicubic (Keys a = -0.75, half-pixel centres, replicated edges) as the oracle
+        up = cv2.resize(small, (12, 16), interpolation=cv2.INTER_CUBIC)
+        np.testing.assert_allclose(got[b, 0], np.clip(up, -1, 1), atol=1e-5)
+    assert not np.allclose(got, image, atol=0.05)    # detail is lost
+    const = torch.full((1, 1, 8, 8), 0.25)
+    torch.testing.assert_close(shrink_then_bicubic(const, 2), const)
+    with pytest.raises(ValueError, match="multiple"):
+        shrink_then_bicubic(torch.zeros(1, 1, 9, 8), 2)
+
+
+def test_input_shrink_feeds_the_degraded_crop_and_keeps_the_output_grid():
+    from dsnet_trainer.models.dsnet import shrink_then_bicubic
+
+    net = build_seg_model("unet_soft", widths=(4, 8), input_shrink=2).eval()
+    seen = {}
+    net.backbone.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    x = torch.randn(3, 1, 64, 64).clamp(-1, 1)
+    prob, soft = net(x)
+    assert prob.shape == soft.shape == (3, 1, 64, 64)                 # output on the 64^2 grid
+    torch.testing.assert_close(seen["x"], shrink_then_bicubic(x, 2))
+    # same weights, no shrink: the backbone reads the crop itself, and the outputs differ
+    plain = build_seg_model("unet_soft", widths=(4, 8)).eval()
+    plain.load_state_dict(net.state_dict())
+    assert not torch.allclose(plain(x)[0], prob)
+    with pytest.raises(ValueError, match="LR variant"):
+        build_seg_model("sr_input", widths=(4, 8), teacher=TinyTeacher(channels=4, scale=2), input_shrink=2)

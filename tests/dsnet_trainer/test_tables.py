@@ -355,3 +355,133 @@ def test_tables_of_a_build_with_the_truth_end_with_the_truth_table(tmp_path, mon
     tables = json.loads((out / "tables.json").read_text())
     assert label in tables["rows"] and label not in tables["truth"]["rows"]
     assert f"| {label} | 1 |" in (out / "TABLES.md").read_text()
+
+
+# ---- the truth study's arms A0-A4 and the design's comparisons (issue 25) ----------------------
+def test_truth_arms_map_to_the_unet_soft_configs_of_the_design():
+    from dsnet_trainer.config import load_config
+    from dsnet_trainer.seg_config import SegConfig
+
+    mod = _tables_module()
+    want = {"A0": (0.0, "label"), "A1": (1.0, "label"), "A2": (1.0, "binary"), "A3": (1.0, "true_fraction"),
+            "A4": (0.0, "true_mask")}   # (lambda2, train target); seg_tiny's lambda2 is 1
+    assert list(mod.TRUTH_ARMS) == list(want)
+    for arm, (l1, target) in want.items():
+        cfg = load_config(SegConfig, "seg_tiny", mod.row_overrides(arm))
+        assert (cfg.model.variant, cfg.optim.l1_weight, cfg.data.train_target) == ("unet_soft", l1, target)
+        assert mod.row_variant(arm) == "unet_soft" and not mod._uses_teacher(arm)
+    # arms get --seeds seeds (the design: 5), like the core rows; other rows --extra-seeds
+    plan = mod.plan_runs(["unet", "A0", "A1", "dsnet_kats"], 5, 2)
+    assert sum(r == "A0" for r, _ in plan) == 5 and sum(r == "dsnet_kats" for r, _ in plan) == 2
+    # a -s on a key the arms set would turn one arm into another: refused, naming it
+    with pytest.raises(SystemExit, match="-s optim.l1_weight: set by the truth-study arms"):
+        mod.check_truth_sets(["unet", "A0", "A1"], ["loop.num_threads=1", "optim.l1_weight=10"])
+    mod.check_truth_sets(["unet", "A0"], ["loop.num_threads=1", "optim.epochs=3"])
+    mod.check_truth_sets(["drtm_soft"], ["optim.l1_weight=10"])   # no arm: the L1 study may set it
+    with pytest.raises(SystemExit, match="truth-study arm"):
+        mod.row_overrides("A9")
+
+
+def test_truth_comparisons_pair_the_design_arms_with_clustered_and_seed_intervals(tmp_path):
+    mod = _tables_module()
+    rng = np.random.default_rng(7)
+    ids = [f"c{i}" for i in range(8)]
+    patients = {s: f"P{i // 2}" for i, s in enumerate(ids)}   # 4 background patients of 2 crops
+    base = rng.uniform(0.7, 0.9, size=8)
+    shift = {"A0": 0.0, "A1": 0.03, "A2": 0.03, "A3": 0.05, "A4": 0.08}
+    values, select = {}, {}
+    for arm, d in shift.items():
+        for seed in range(3):
+            values[f"{arm}-s{seed}"] = base + d + rng.normal(0, 0.002, size=8)
+            select.setdefault(arm, []).append(0.90)
+    values["A0-s2"] = np.full(8, 0.2)   # A0's seed 2 collapsed: out of A0's means and of the seed pairing
+    select["A0"][2] = 0.55
+    head = "sample_id,gt_px,dice,dice_true_tval,sad_true\n"
+    runs, names = {}, {}
+    for name, vals in values.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "per_crop.csv").write_text(head + "".join(f"{s},10,0.9,{v},{3 - v}\n" for s, v in zip(ids, vals)))
+        row = name.split("-")[0]
+        runs.setdefault(row, []).append(folder)
+        names.setdefault(row, []).append(name)
+    truth = mod.summarise_truth(runs, names, select, patients)
+    assert truth["collapsed"] == {"A0": ["A0-s2"]}
+    comps = {(c["arm"], c["reference"]): c for c in truth["comparisons"]}
+    assert list(comps) == [("A1", "A0"), ("A1", "A2"), ("A3", "A1"), ("A4", "A1")]
+
+    def oracle(arm, ref, seeds_arm, seeds_ref):
+        a = np.mean([values[f"{arm}-s{s}"] for s in seeds_arm], axis=0)
+        r = np.mean([values[f"{ref}-s{s}"] for s in seeds_ref], axis=0)
+        per_patient = (a - r).reshape(4, 2).mean(axis=1)            # equal clusters: t on patient means
+        crop = stats.t.interval(0.95, 3, loc=per_patient.mean(), scale=stats.sem(per_patient))
+        common = sorted(set(seeds_arm) & set(seeds_ref))
+        sd = np.array([values[f"{arm}-s{s}"].mean() - values[f"{ref}-s{s}"].mean() for s in common])
+        seed = stats.t.interval(0.95, len(sd) - 1, loc=sd.mean(), scale=stats.sem(sd))
+        return (a - r).mean(), crop, sd.mean(), seed, common
+
+    for (arm, ref), c in comps.items():
+        m, crop, sm, seed, common = oracle(arm, ref, [0, 1, 2], [0, 1] if ref == "A0" else [0, 1, 2])
+        assert c["primary"]["mean"] == pytest.approx(m) and c["primary"]["ci95"] == pytest.approx(list(crop))
+        assert c["primary"]["n_clusters"] == 4
+        assert c["seed_means"]["seeds"] == common and c["seed_means"]["mean"] == pytest.approx(sm)
+        assert c["seed_means"]["ci95"] == pytest.approx(list(seed))
+        assert c["secondary"]["mean"] == pytest.approx(-m)          # SAD here is 3 - Dice
+    # A1 - A0: +3 points, interval above 0 -> confirmed (this build); A1 - A2: ~0, within +-1 -> refuted
+    assert comps[("A1", "A0")]["verdict"] == "confirmed" and comps[("A1", "A2")]["verdict"] == "refuted"
+    assert comps[("A3", "A1")]["verdict"] == "bound (reported)"
+    md = mod.format_truth_tables(truth)
+    assert "| A1 − A0 | decides (a): Soft Mask supervision helps | +3." in md and "| refuted |" in md
+    assert "(2) |" in md and "Collapsed (left out of A0's means by the written rule): A0-s2." in md
+    # more than one collapsed seed: the arm is unstable and gets no decision
+    select["A0"][1] = 0.55
+    again = {(c["arm"], c["reference"]): c for c in mod.summarise_truth(runs, names, select, patients)["comparisons"]}
+    assert again[("A1", "A0")]["verdict"] == "unstable"
+
+
+def test_truth_verdict_follows_the_written_rule():
+    mod = _tables_module()
+    assert mod.truth_verdict(0.012, 0.001, 0.023) == "confirmed"
+    assert mod.truth_verdict(0.008, 0.001, 0.015) == "undecided"     # above 0 but under one point
+    assert mod.truth_verdict(0.0, -0.009, 0.009) == "refuted"
+    assert mod.truth_verdict(0.0, -0.02, 0.02) == "undecided"
+    assert mod.truth_verdict(0.02, float("nan"), float("nan")) == "undecided"
+
+
+def test_truth_study_trains_its_arms_and_ends_with_the_design_comparisons(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(3)
+    data = tmp_path / "data"
+    for split, n, prefix in (("train", 6, "T"), ("val", 3, "V"), ("test", 6, "X")):
+        arrays = make_sample_arrays(rng, n)
+        arrays["true_fraction"] = np.clip(arrays["soft_mask"] - 0.2, 0, 1).astype(np.float32)
+        write_sample_shard(data / f"synth-{split}-00000-of-00001.h5", arrays, split=split, patient_prefix=prefix,
+                           schema_version=3)
+    out = tmp_path / "truth"
+    argv = ["--data", str(data), "--out", str(out), "--rows", "unet", "--study", "truth", "--seeds", "1",
+            "-s", "optim.epochs=1", "-s", "loop.max_steps_per_epoch=1", "-s", "model.widths=[4,8]",
+            "-s", "data.crop_px=32", "-s", "loop.batch_size=2", "--no-verify"]
+    mod = _tables_module()
+    with pytest.raises(SystemExit, match="data.train_target: set by the truth-study arms"):
+        mod.main([*argv, "-s", "data.train_target=label"])
+    monkeypatch.setattr(mod, "COLLAPSE_FLOOR", 0.0)   # one-step toy runs: judge them as real runs
+    assert mod.main(argv) == 0
+    for arm, (l1, target) in {"A0": (0.0, "label"), "A2": (1.0, "binary"), "A4": (0.0, "true_mask")}.items():
+        eff = json.loads((out / f"{arm}-s0" / "table_run.json").read_text())["effective"]
+        got = (eff["model"]["variant"], eff["optim"]["l1_weight"], eff["data"]["train_target"])
+        assert got == ("unet_soft", l1, target)
+    truth = json.loads((out / "tables.json").read_text())["truth"]
+    assert [(c["arm"], c["reference"]) for c in truth["comparisons"]] == [("A1", "A0"), ("A1", "A2"), ("A3", "A1"),
+                                                                           ("A4", "A1")]
+    per = {}
+    for arm in ("A1", "A0"):
+        with open(out / f"{arm}-s0" / "eval-test" / "per_crop.csv", newline="") as fh:
+            per[arm] = {r["sample_id"]: float(r["dice_true_tval"]) for r in csv.DictReader(fh)}
+    diff = np.array([per["A1"][k] - per["A0"][k] for k in sorted(per["A0"])])
+    assert truth["comparisons"][0]["primary"]["mean"] == pytest.approx(diff.mean(), abs=1e-6)
+    md = (out / "TABLES.md").read_text()
+    assert "#### The design's comparisons" in md and "| A4 − A1 | bound: clean labels |" in md
+    assert "### Truth study arms A" in md
+    capsys.readouterr()
+    assert mod.main(argv) == 0                        # finished: every arm is skipped, none refused
+    assert capsys.readouterr().err.count("finished, skipped") == 6

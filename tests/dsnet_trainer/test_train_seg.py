@@ -181,3 +181,77 @@ def test_truth_targets_need_a_build_with_the_truth(assets, truth_data, tmp_path)
     cfg = tiny_config(truth_data, tmp_path / "a4", variant="unet", epochs=1, steps=1)
     run = train_seg(replace(cfg, data=replace(cfg.data, train_target="true_mask")))
     assert load_seg_model(run / "checkpoints" / "last.pt")[1]["config"]["data"]["train_target"] == "true_mask"
+
+
+# ---- truth-study arms A0-A2 (issue 25): the U-Net with the soft head, the binary soft target ----
+def test_binary_train_target_is_the_label_mask_mapped_to_plus_minus_one(assets):
+    """Arm A2: whatever the variant's soft label (here the Soft Mask), the soft head's target is
+    2 * binary - 1 of the (augmented) label, on a build without the truth."""
+    data, _ = assets
+    plain = SampleShardDataset(data, split="train")[3]
+    rng = np.random.default_rng([0, 5, 3])  # the symmetry key (3, 0, 5) draws, as above
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    ds = SoftTargetDataset(SampleShardDataset(data, split="train", augment=True), soft_label="soft_mask",
+                           train_target="binary")
+    item = ds[(3, 0, 5)]
+    mask = plain["binary_mask"][0].numpy() != 0
+    expected = dihedral(np.where(mask, 1.0, -1.0), k=k, flip=flip)
+    np.testing.assert_array_equal(item["soft_target"][0].numpy(), expected)
+    np.testing.assert_array_equal(item["binary_mask"][0].numpy(), dihedral(mask, k=k, flip=flip))
+    # the Soft Mask itself is not binary here, so the test tells the two targets apart
+    assert not np.isin(plain["soft_mask"][0].numpy(), (-1.0, 1.0)).all()
+
+
+def test_unet_soft_is_the_unet_plus_a_soft_head_trained_without_a_discriminator(assets, tmp_path):
+    from dataclasses import replace
+
+    from dsnet_trainer.models.dsnet import build_seg_model
+    from dsnet_trainer.models.unet import UNet
+
+    soft, plain = build_seg_model("unet_soft", widths=(4, 8)), build_seg_model("unet", widths=(4, 8))
+    assert isinstance(soft.backbone, UNet) and soft.teacher is None and soft.soft_head
+    # the same network as the U-Net row but for the head's second output channel
+    n_soft = sum(p.numel() for p in soft.parameters())
+    n_plain = sum(p.numel() for p in plain.parameters())
+    head = soft.backbone.head
+    assert head.out_channels == 2 and n_soft - n_plain == head.in_channels * head.kernel_size[0] ** 2 + 1
+    data, _ = assets
+    a1 = train_seg(tiny_config(data, tmp_path / "a1", variant="unet_soft", epochs=1, steps=2))
+    assert set(_weights(a1)) == {"model"}  # no discriminator
+    steps = [r for r in read_metrics(a1 / "metrics.jsonl") if r["phase"] == "train"]
+    assert all(r["l1"] > 0 and "gan" not in r and "loss_disc" not in r for r in steps)
+    # arm A1: Eq. 19 without the GAN term, at the optimiser defaults: loss = 0.5 Dice + 100 L1
+    for r in steps:
+        assert r["loss"] == pytest.approx(0.5 * r["dice_loss"] + 100.0 * r["l1"], rel=1e-5)
+    cfg = tiny_config(data, tmp_path / "a0", variant="unet_soft", epochs=1, steps=2)
+    a0 = train_seg(replace(cfg, optim=replace(cfg.optim, l1_weight=0.0)))   # arm A0: Dice only, head present
+    for r in (r for r in read_metrics(a0 / "metrics.jsonl") if r["phase"] == "train"):
+        assert r["loss"] == pytest.approx(0.5 * r["dice_loss"], rel=1e-6) and r["l1"] > 0
+
+
+def test_input_shrink_trains_and_the_checkpoint_keeps_it(assets, tmp_path):
+    """Arm B0: data.input_shrink=2 travels in the run's config, so the reloaded network (what
+    `dsnet evaluate` and `dsnet predict` use) shrinks its input too; teacher variants are refused."""
+    from dataclasses import replace
+
+    from dsnet_trainer.models.dsnet import shrink_then_bicubic
+    from dsnet_trainer.seg_config import SegDataConfig
+
+    data, teacher = assets
+    cfg = tiny_config(data, tmp_path / "b0", variant="unet_soft", epochs=1, steps=1)
+    run = train_seg(replace(cfg, data=replace(cfg.data, input_shrink=2)))
+    net, info = load_seg_model(run / "checkpoints" / "last.pt")
+    assert info["config"]["data"]["input_shrink"] == 2 and net.input_shrink == 2
+    seen = {}
+    net.backbone.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    x = SampleShardDataset(data, split="test")[1]["image"][None]
+    with torch.no_grad():
+        assert net(x)[0].shape == x.shape
+    torch.testing.assert_close(seen["x"], shrink_then_bicubic(x, 2))
+    with pytest.raises(ConfigError, match="data.input_shrink"):
+        SegDataConfig(input_shrink=3)
+    with pytest.raises(ConfigError, match="data.crop_px"):
+        SegDataConfig(crop_px=33, input_shrink=2)
+    cfg = tiny_config(data, tmp_path / "b1", variant="drtm", teacher=teacher, epochs=1, steps=1)
+    with pytest.raises(ConfigError, match="data.input_shrink=2 takes an LR variant"):
+        train_seg(replace(cfg, data=replace(cfg.data, input_shrink=2)))
