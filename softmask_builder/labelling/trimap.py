@@ -237,7 +237,12 @@ def trimap_from_readers(reader_masks: Sequence[np.ndarray] | np.ndarray, *, abse
     """
     if absent not in ("ignore", "empty"):
         raise InputError(f"absent must be 'ignore' or 'empty', got {absent!r}", sample_id=sample_id)
-    masks = _stack_readers(reader_masks, sample_id)
+    return _readers_trimap(_stack_readers(reader_masks, sample_id), absent, sample_id,
+                           "the whole crop: no background pixel")
+
+
+def _readers_trimap(masks, absent: str, sample_id, no_background: str) -> np.ndarray:
+    """Eqs. 2-4 on stacked reader masks of any dimension (the rules of :func:`trimap_from_readers`)."""
     if absent == "ignore":
         masks = [m for m in masks if m.any()]
     if len(masks) < 2:
@@ -253,7 +258,7 @@ def trimap_from_readers(reader_masks: Sequence[np.ndarray] | np.ndarray, *, abse
         raise InputError(f"no two of the {len(masks)} reader masks overlap: no agreement to take as lesion",
                          sample_id=sample_id)
     if not (count == 0).any():
-        raise InputError("the readers' union covers the whole crop: no background pixel", sample_id=sample_id)
+        raise InputError(f"the readers' union covers {no_background}", sample_id=sample_id)
     trimap = np.full(count.shape, TRIMAP_UNKNOWN, dtype=np.uint8)
     trimap[count == 0] = TRIMAP_BACKGROUND
     trimap[count == top] = TRIMAP_LESION  # == len(masks) (Eq. 2) unless the intersection is empty
@@ -462,27 +467,8 @@ def trimap_from_readers_volume(reader_masks, *, absent: str = "ignore",
     """
     if absent not in ("ignore", "empty"):
         raise InputError(f"absent must be 'ignore' or 'empty', got {absent!r}", sample_id=sample_id)
-    masks = _stack_readers_3d(reader_masks, sample_id)
-    if absent == "ignore":
-        masks = [m for m in masks if m.any()]
-    if len(masks) < 2:
-        raise InputError(f"need at least 2 reader masks{' that mark the lesion' if absent == 'ignore' else ''}, "
-                         f"got {len(masks)}", sample_id=sample_id)
-    count = np.zeros(masks[0].shape, dtype=np.int32)
-    for m in masks:
-        count += m
-    top = int(count.max())
-    if top == 0:
-        raise InputError("every reader mask is empty", sample_id=sample_id)
-    if top == 1:
-        raise InputError(f"no two of the {len(masks)} reader masks overlap: no agreement to take as lesion",
-                         sample_id=sample_id)
-    if not (count == 0).any():
-        raise InputError("the readers' union covers the whole volume: no background voxel", sample_id=sample_id)
-    trimap = np.full(count.shape, TRIMAP_UNKNOWN, dtype=np.uint8)
-    trimap[count == 0] = TRIMAP_BACKGROUND
-    trimap[count == top] = TRIMAP_LESION
-    return trimap
+    return _readers_trimap(_stack_readers_3d(reader_masks, sample_id), absent, sample_id,
+                           "the whole volume: no background voxel")
 
 
 def consensus_mask_volume(reader_masks, *, level: float = 0.5, sample_id: str | None = None) -> np.ndarray:
