@@ -30,9 +30,23 @@ def as_image2d(image, name: str = "image", *, sample_id: str | None = None) -> n
 def as_mask2d(mask, name: str = "mask", *, allow_empty: bool = False, allow_full: bool = True,
               sample_id: str | None = None) -> np.ndarray:
     """Return ``mask`` as a 2-D bool array (bool, or integers in {0, 1} / {0, 255})."""
+    return _as_mask(mask, name, axes="(rows, cols)", unit="pixel", allow_empty=allow_empty, allow_full=allow_full,
+                    sample_id=sample_id)
+
+
+def as_mask3d(mask, name: str = "mask", *, allow_empty: bool = False, allow_full: bool = True,
+              sample_id: str | None = None) -> np.ndarray:
+    """Return ``mask`` as a 3-D (slices, rows, cols) bool array (bool, or integers in {0, 1} / {0, 255})."""
+    return _as_mask(mask, name, axes="(slices, rows, cols)", unit="voxel", allow_empty=allow_empty,
+                    allow_full=allow_full, sample_id=sample_id)
+
+
+def _as_mask(mask, name: str, *, axes: str, unit: str, allow_empty: bool, allow_full: bool,
+             sample_id: str | None) -> np.ndarray:
     arr = np.asarray(mask)
-    if arr.ndim != 2:
-        raise InputError(f"{name} must be 2-D (rows, cols), got shape {arr.shape}", sample_id=sample_id)
+    ndim = axes.count(",") + 1
+    if arr.ndim != ndim:
+        raise InputError(f"{name} must be {ndim}-D {axes}, got shape {arr.shape}", sample_id=sample_id)
     if arr.size == 0:
         raise InputError(f"{name} is empty, got shape {arr.shape}", sample_id=sample_id)
     if arr.dtype != bool:
@@ -49,9 +63,9 @@ def as_mask2d(mask, name: str = "mask", *, allow_empty: bool = False, allow_full
                                  sample_id=sample_id)
         arr = nonzero
     if not allow_empty and not arr.any():
-        raise InputError(f"{name} is empty (no lesion pixel)", sample_id=sample_id)
+        raise InputError(f"{name} is empty (no lesion {unit})", sample_id=sample_id)
     if not allow_full and arr.all():
-        raise InputError(f"{name} is full (no background pixel)", sample_id=sample_id)
+        raise InputError(f"{name} is full (no background {unit})", sample_id=sample_id)
     return arr
 
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from softmask_builder.core.validate import TRIMAP_BACKGROUND, TRIMAP_LESION, TRIMAP_UNKNOWN, as_mask2d
+from softmask_builder.core.validate import TRIMAP_BACKGROUND, TRIMAP_LESION, TRIMAP_UNKNOWN, as_mask2d, as_mask3d
 from softmask_builder.errors import InputError
 
 __all__ = ["trimap_from_mask", "trimap_from_readers", "consensus_mask", "band_footprint",
@@ -172,18 +172,21 @@ def _innermost(mask: np.ndarray, unit_rc: tuple[float, float]) -> np.ndarray:
     return dist >= top * (1.0 - 1e-9)
 
 
-def _stack_readers(reader_masks, sample_id) -> list[np.ndarray]:
+def _stack_readers(reader_masks, sample_id, *, ndim: int = 2) -> list[np.ndarray]:
+    """Reader masks (a list of ``ndim``-D masks or one (R, ...) array) as bool arrays of one shape."""
+    kind = "2-D masks or an (R, rows, cols)" if ndim == 2 else "3-D masks or an (R, Z, H, W)"
     if isinstance(reader_masks, np.ndarray):
-        if reader_masks.ndim != 3:
-            raise InputError(f"reader_masks must be a list of 2-D masks or an (R, rows, cols) array, "
-                             f"got shape {reader_masks.shape}", sample_id=sample_id)
+        if reader_masks.ndim != ndim + 1:
+            raise InputError(f"reader_masks must be a list of {kind} array, got shape {reader_masks.shape}",
+                             sample_id=sample_id)
         items = list(reader_masks)
     elif isinstance(reader_masks, (list, tuple)):
         items = list(reader_masks)
     else:
-        raise InputError(f"reader_masks must be a list of 2-D masks or an (R, rows, cols) array, "
-                         f"got {type(reader_masks).__name__}", sample_id=sample_id)
-    masks = [as_mask2d(item, f"reader_masks[{i}]", allow_empty=True, sample_id=sample_id)
+        raise InputError(f"reader_masks must be a list of {kind} array, got {type(reader_masks).__name__}",
+                         sample_id=sample_id)
+    as_mask = as_mask2d if ndim == 2 else as_mask3d
+    masks = [as_mask(item, f"reader_masks[{i}]", allow_empty=True, sample_id=sample_id)
              for i, item in enumerate(items)]
     for i, item in enumerate(masks[1:], start=1):
         if item.shape != masks[0].shape:
@@ -316,29 +319,6 @@ def _resolve_spacing_3d(band_mm, spacing_mm, sample_id) -> tuple[float, tuple[fl
     return band, (float(spacing[0]), float(spacing[1]), float(spacing[2]))
 
 
-def _as_mask3d(mask, name: str, *, allow_empty: bool, sample_id) -> np.ndarray:
-    """``mask`` as a (Z, H, W) bool array (bool, or numbers in {0, 1} / {0, 255})."""
-    arr = np.asarray(mask)
-    if arr.ndim != 3:
-        raise InputError(f"{name} must be 3-D (slices, rows, cols), got shape {arr.shape}", sample_id=sample_id)
-    if arr.size == 0:
-        raise InputError(f"{name} is empty, got shape {arr.shape}", sample_id=sample_id)
-    if arr.dtype != bool:
-        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise InputError(f"{name} must be boolean or integer, got dtype {arr.dtype}", sample_id=sample_id)
-        nonzero = arr != 0
-        if nonzero.any():
-            top = arr[nonzero]
-            first = top.flat[0]
-            if first not in (1, 255) or not np.all(top == first):
-                raise InputError(f"{name} must be binary ({{0,1}} or {{0,255}}), got values "
-                                 f"{np.unique(arr)[:6].tolist()}", sample_id=sample_id)
-        arr = nonzero
-    if not allow_empty and not arr.any():
-        raise InputError(f"{name} is empty (no lesion voxel)", sample_id=sample_id)
-    return arr
-
-
 def ball_footprint(band_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarray:
     """Structuring element of the 3-D band: the voxels of a Euclidean ball of radius ``band_mm``.
 
@@ -397,7 +377,7 @@ def trimap_from_mask_volume(mask, *, band_mm: float, spacing_mm: tuple[float, fl
     from scipy import ndimage
 
     band, spacing = _resolve_spacing_3d(band_mm, spacing_mm, sample_id)
-    m = _as_mask3d(mask, "mask", allow_empty=False, sample_id=sample_id)
+    m = as_mask3d(mask, "mask", sample_id=sample_id)
     ball = ball_footprint(band, spacing)
     half = [k // 2 for k in ball.shape]
     box = []
@@ -424,26 +404,6 @@ def trimap_from_mask_volume(mask, *, band_mm: float, spacing_mm: tuple[float, fl
     return trimap
 
 
-def _stack_readers_3d(reader_masks, sample_id) -> list[np.ndarray]:
-    if isinstance(reader_masks, np.ndarray):
-        if reader_masks.ndim != 4:
-            raise InputError(f"reader_masks must be a list of 3-D masks or an (R, Z, H, W) array, "
-                             f"got shape {reader_masks.shape}", sample_id=sample_id)
-        items = list(reader_masks)
-    elif isinstance(reader_masks, (list, tuple)):
-        items = list(reader_masks)
-    else:
-        raise InputError(f"reader_masks must be a list of 3-D masks or an (R, Z, H, W) array, "
-                         f"got {type(reader_masks).__name__}", sample_id=sample_id)
-    masks = [_as_mask3d(item, f"reader_masks[{i}]", allow_empty=True, sample_id=sample_id)
-             for i, item in enumerate(items)]
-    for i, item in enumerate(masks[1:], start=1):
-        if item.shape != masks[0].shape:
-            raise InputError(f"reader_masks[{i}] has shape {item.shape}, reader_masks[0] has "
-                             f"{masks[0].shape}", sample_id=sample_id)
-    return masks
-
-
 def trimap_from_readers_volume(reader_masks, *, absent: str = "ignore",
                                sample_id: str | None = None) -> np.ndarray:
     """Strategy 2 in 3-D (paper Eqs. 2-4 on voxels): trimap from several readers' mask volumes.
@@ -467,7 +427,7 @@ def trimap_from_readers_volume(reader_masks, *, absent: str = "ignore",
     """
     if absent not in ("ignore", "empty"):
         raise InputError(f"absent must be 'ignore' or 'empty', got {absent!r}", sample_id=sample_id)
-    return _readers_trimap(_stack_readers_3d(reader_masks, sample_id), absent, sample_id,
+    return _readers_trimap(_stack_readers(reader_masks, sample_id, ndim=3), absent, sample_id,
                            "the whole volume: no background voxel")
 
 
@@ -481,7 +441,7 @@ def consensus_mask_volume(reader_masks, *, level: float = 0.5, sample_id: str | 
     level = _finite_number(level, "level", sample_id)
     if not 0.0 < level <= 1.0:
         raise InputError(f"level must be in (0, 1], got {level}", sample_id=sample_id)
-    masks = _stack_readers_3d(reader_masks, sample_id)
+    masks = _stack_readers(reader_masks, sample_id, ndim=3)
     if not masks:
         raise InputError("reader_masks is empty: need at least one reader mask", sample_id=sample_id)
     count = np.zeros(masks[0].shape, dtype=np.int32)
