@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from softmask_builder.errors import InputError
@@ -67,6 +69,19 @@ def _as_mask(mask, name: str, *, axes: str, unit: str, allow_empty: bool, allow_
     if not allow_full and arr.all():
         raise InputError(f"{name} is full (no background {unit})", sample_id=sample_id)
     return arr
+
+
+def check_matting_params(eps, radius) -> tuple[float, int]:
+    """``(eps, radius)`` of closed-form matting checked: eps a finite number > 0, radius an integer >= 1."""
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 1:
+        raise InputError(f"radius must be an integer >= 1, got {radius!r}")
+    try:
+        eps_f = float(eps)
+    except (TypeError, ValueError):
+        raise InputError(f"eps must be a finite number > 0, got {eps!r}") from None
+    if not (math.isfinite(eps_f) and eps_f > 0.0):
+        raise InputError(f"eps must be a finite number > 0, got {eps!r}")
+    return eps_f, int(radius)
 
 
 def check_trimap(trimap, name: str = "trimap", *, shape: tuple[int, ...] | None = None,

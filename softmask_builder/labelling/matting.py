@@ -9,7 +9,6 @@ approximation of it; see :func:`closed_form_alpha` for the maths and the solver.
 
 from __future__ import annotations
 
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -18,7 +17,7 @@ import numpy as np
 
 from softmask_builder.labelling import _matting_kernels as _k
 from softmask_builder.labelling.matting3d import closed_form_alpha_3d
-from softmask_builder.core.validate import as_image2d, check_trimap
+from softmask_builder.core.validate import as_image2d, check_matting_params, check_trimap
 from softmask_builder.errors import InputError, SoftMaskError
 
 __all__ = ["closed_form_alpha", "closed_form_alpha_batch"]
@@ -200,14 +199,7 @@ def _available_cpus() -> int:
 def _prepare(image, trimap, eps, radius, image_name, trimap_name):
     """Validate one crop; return (image f64 C-contiguous, trimap u8 C-contiguous, scan, eps,
     radius) where scan = _k.scan_trimap(trimap)."""
-    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 1:
-        raise InputError(f"radius must be an integer >= 1, got {radius!r}")
-    try:
-        eps_f = float(eps)
-    except (TypeError, ValueError):
-        raise InputError(f"eps must be a finite number > 0, got {eps!r}") from None
-    if not (math.isfinite(eps_f) and eps_f > 0.0):
-        raise InputError(f"eps must be a finite number > 0, got {eps!r}")
+    eps_f, _ = check_matting_params(eps, radius)
     img = np.ascontiguousarray(as_image2d(image, image_name))
     # Fast path for the usual uint8 trimap: one numba pass counts the values and finds the
     # unknown box; check_trimap (the canonical checks and messages) runs only when that pass

@@ -7,11 +7,11 @@ matting Laplacian, with (2r+1)^3 windows on the voxel grid. See :func:`closed_fo
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from softmask_builder.labelling import _matting3d_kernels as _k3
+from softmask_builder.core.validate import check_matting_params
 from softmask_builder.errors import InputError, SoftMaskError
 
 __all__ = ["closed_form_alpha_3d"]
@@ -130,14 +130,7 @@ def _nested_dissection_order(coords: np.ndarray, reach: int, leaf: int = 32) -> 
 
 
 def _prepare_3d(image, trimap, eps, radius):
-    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 1:
-        raise InputError(f"radius must be an integer >= 1, got {radius!r}")
-    try:
-        eps_f = float(eps)
-    except (TypeError, ValueError):
-        raise InputError(f"eps must be a finite number > 0, got {eps!r}") from None
-    if not (math.isfinite(eps_f) and eps_f > 0.0):
-        raise InputError(f"eps must be a finite number > 0, got {eps!r}")
+    eps_f, _ = check_matting_params(eps, radius)
     arr = np.asarray(image)
     if arr.ndim != 3:
         raise InputError(f"image must be 3-D (slices, rows, cols), got shape {arr.shape}")

@@ -291,10 +291,15 @@ def consensus_mask(reader_masks: Sequence[np.ndarray] | np.ndarray, *, level: fl
     InputError
         No reader, shape mismatch or non-binary mask, ``level`` outside (0, 1].
     """
+    return _consensus(reader_masks, level, sample_id, ndim=2)
+
+
+def _consensus(reader_masks, level, sample_id, *, ndim: int) -> np.ndarray:
+    """``count / R >= level`` over ``ndim``-D reader masks (the rule of :func:`consensus_mask`)."""
     level = _finite_number(level, "level", sample_id)
     if not 0.0 < level <= 1.0:
         raise InputError(f"level must be in (0, 1], got {level}", sample_id=sample_id)
-    masks = _stack_readers(reader_masks, sample_id)
+    masks = _stack_readers(reader_masks, sample_id, ndim=ndim)
     if not masks:
         raise InputError("reader_masks is empty: need at least one reader mask", sample_id=sample_id)
     count = np.zeros(masks[0].shape, dtype=np.int32)
@@ -438,13 +443,4 @@ def consensus_mask_volume(reader_masks, *, level: float = 0.5, sample_id: str | 
     Returns a bool (Z, H, W) array (may be empty). InputError: no reader, shape mismatch,
     non-binary or non-3-D mask, ``level`` outside (0, 1].
     """
-    level = _finite_number(level, "level", sample_id)
-    if not 0.0 < level <= 1.0:
-        raise InputError(f"level must be in (0, 1], got {level}", sample_id=sample_id)
-    masks = _stack_readers(reader_masks, sample_id, ndim=3)
-    if not masks:
-        raise InputError("reader_masks is empty: need at least one reader mask", sample_id=sample_id)
-    count = np.zeros(masks[0].shape, dtype=np.int32)
-    for m in masks:
-        count += m
-    return count / len(masks) >= level
+    return _consensus(reader_masks, level, sample_id, ndim=3)

@@ -318,15 +318,20 @@ def test_truth_tables_put_collapsed_runs_apart_and_cluster_by_patient(tmp_path):
     assert mod.summarise_truth(runs, names, select, patients) is None
 
 
-def test_tables_of_a_build_with_the_truth_end_with_the_truth_table(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    rng = np.random.default_rng(2)
-    data = tmp_path / "data"
+def _truth_build(data, *, seed):
+    """A tiny schema-3 build whose shards carry a true fraction (6 train, 3 val, 6 test crops)."""
+    rng = np.random.default_rng(seed)
     for split, n, prefix in (("train", 6, "T"), ("val", 3, "V"), ("test", 6, "X")):
         arrays = make_sample_arrays(rng, n)
         arrays["true_fraction"] = np.clip(arrays["soft_mask"] - 0.2, 0, 1).astype(np.float32)
         write_sample_shard(data / f"synth-{split}-00000-of-00001.h5", arrays, split=split, patient_prefix=prefix,
                            schema_version=3)
+    return data
+
+
+def test_tables_of_a_build_with_the_truth_end_with_the_truth_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = _truth_build(tmp_path / "data", seed=2)
     out = tmp_path / "tables"
     argv = ["--data", str(data), "--out", str(out), "--rows", "unet,backbone", "--seeds", "1",
             "-s", "optim.epochs=1", "-s", "loop.max_steps_per_epoch=1", "-s", "model.widths=[4,8]",
@@ -450,13 +455,7 @@ def test_truth_verdict_follows_the_written_rule():
 
 def test_truth_study_trains_its_arms_and_ends_with_the_design_comparisons(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    rng = np.random.default_rng(3)
-    data = tmp_path / "data"
-    for split, n, prefix in (("train", 6, "T"), ("val", 3, "V"), ("test", 6, "X")):
-        arrays = make_sample_arrays(rng, n)
-        arrays["true_fraction"] = np.clip(arrays["soft_mask"] - 0.2, 0, 1).astype(np.float32)
-        write_sample_shard(data / f"synth-{split}-00000-of-00001.h5", arrays, split=split, patient_prefix=prefix,
-                           schema_version=3)
+    data = _truth_build(tmp_path / "data", seed=3)
     out = tmp_path / "truth"
     argv = ["--data", str(data), "--out", str(out), "--rows", "unet", "--study", "truth", "--seeds", "1",
             "-s", "optim.epochs=1", "-s", "loop.max_steps_per_epoch=1", "-s", "model.widths=[4,8]",
