@@ -40,9 +40,14 @@ def _trimap_oracle(mask, band_mm, spacing):
     return tri
 
 
-def test_isotropic_default_is_a_bool():
-    # The truth study sets the value; the stage must resolve None to it.
-    assert isinstance(ISOTROPIC_DEFAULT, bool)
+def test_isotropic_none_means_the_module_default():
+    """None resolves to ISOTROPIC_DEFAULT (whatever the truth study sets it to); the two arms differ."""
+    image_hu, readers, spacing = _readers_volume()
+    by_default = label_volume_from_readers(image_hu, readers, spacing, isotropic=None).soft_mask
+    named = label_volume_from_readers(image_hu, readers, spacing, isotropic=ISOTROPIC_DEFAULT).soft_mask
+    other = label_volume_from_readers(image_hu, readers, spacing, isotropic=not ISOTROPIC_DEFAULT).soft_mask
+    assert by_default.tobytes() == named.tobytes()
+    assert np.abs(by_default - other).max() > 1e-3
 
 
 def test_band_mm_from_params():
