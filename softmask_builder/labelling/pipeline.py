@@ -120,7 +120,7 @@ class LabelParams:
 @dataclass(frozen=True)
 class Labels:
     """The labels of one sample: uint8 trimap (0/128/255), float32 Soft Mask in [0, 1],
-    bool binary mask, all (rows, cols)."""
+    bool binary mask, all (rows, cols) (all (Z, H, W) from :mod:`softmask_builder.labelling.pipeline3d`)."""
 
     trimap: np.ndarray
     soft_mask: np.ndarray
