@@ -128,6 +128,42 @@ def test_sample_is_byte_deterministic_per_seed_and_worker_count(tmp_path, few_db
         assert t["reader_masks"].shape[0] == 4 and t["reader_masks"].shape[1:] == t["true_mask"].shape
 
 
+def test_rendering_holds_a_bounded_window_of_cases_while_the_writer_is_slow(monkeypatch, few_db_shapes):
+    # A slow consumer (the PNG and truth-zip writer) must not let every rendered case pile up in
+    # memory: before the window, joblib rendered all groups ahead (18 GB at 4000 of 6700 cases).
+    import threading
+    import time
+
+    from joblib import parallel_config
+
+    import softmask_builder.phantom.hybrid as H
+
+    shapes = few_db_shapes[:4] + [sphere_shape(3.0)]
+    kw = dict(shapes=shapes, seed=2, slice_shape=SMALL, cases_per_background=1)
+    plain = [c.file_name for c in H.iter_hybrid_cases(12, **kw)]
+    lock, state = threading.Lock(), {"rendered": 0, "consumed": 0, "ahead": 0}
+    real = H._render_group
+
+    def counting(*args):
+        out = real(*args)
+        with lock:
+            state["rendered"] += len(out)
+            state["ahead"] = max(state["ahead"], state["rendered"] - state["consumed"])
+        return out
+
+    monkeypatch.setattr(H, "_render_group", counting)
+    monkeypatch.setattr(H, "RENDER_WINDOW_GROUPS", 2)
+    names = []
+    with parallel_config(backend="threading", n_jobs=2):
+        for case in H.iter_hybrid_cases(12, **kw):
+            time.sleep(0.05)  # a writer slower than rendering
+            with lock:
+                state["consumed"] += 1
+            names.append(case.file_name)
+    assert names == plain and len(names) >= 10  # same cases, same order
+    assert state["ahead"] <= 2  # one window of one-case groups, not the whole sample
+
+
 def test_no_shape_and_no_patient_in_two_splits(few_db_shapes):
     cases, bgs, policy = plan_hybrid_cases(40, shapes=few_db_shapes, seed=1, cases_per_background=3)
     split_of: dict[str, set] = {}
