@@ -219,7 +219,11 @@ def encode_meta(rows: Sequence[Mapping[str, Any]], kind: str = "samples") -> np.
             if dtype[name].kind == "S":
                 out[name][i] = _fixed_bytes(row[name], dtype[name].itemsize, name, sid)
             else:
-                out[name][i] = row[name]
+                try:
+                    out[name][i] = row[name]
+                except (TypeError, ValueError):
+                    raise InputError(f"meta field {name} must be a {dtype[name].base} of shape {dtype[name].shape} "
+                                     f"in a {kind} shard, got {row[name]!r}", sample_id=sid, stage="write") from None
     return out
 
 
