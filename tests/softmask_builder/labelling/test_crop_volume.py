@@ -99,11 +99,24 @@ def test_crop_arguments_are_named(args, kwargs, text):
         crop_volume(*args, **kwargs)
 
 
-def test_default_size_is_a_multiple_of_16():
+@pytest.mark.export
+@pytest.mark.parametrize("spacing_mm", [(2.5, 0.703125, 0.703125), (1.25, 0.7, 0.7), (0.625, 0.55, 0.55)])
+def test_nnunet_plans_the_default_crop_as_its_patch_unpadded(spacing_mm):
+    """nnU-Net v2 clips its 3d_fullres patch to the median image shape, then pads it to a multiple
+    of 2^pools per axis: a crop of (48, 96, 96) is its patch as is; a (40, 90, 90) one (control)
+    becomes a larger patch than the images."""
+    pytest.importorskip("nnunetv2", reason="the export extra is not installed (nnunetv2)")
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    patch = get_pool_and_conv_props(spacing_mm, VOLUME_CROP_ZRC, 4, 999999)[3]
+    assert tuple(int(v) for v in patch) == VOLUME_CROP_ZRC
     assert all(n % 16 == 0 for n in VOLUME_CROP_ZRC)
+    control = get_pool_and_conv_props(spacing_mm, (40, 90, 90), 4, 999999)[3]
+    assert tuple(int(v) for v in control) == (40, 96, 96)
 
 
 # ---- the default size against real LIDC geometry ----------------------------------------------
+@pytest.mark.realdata
 def test_lidc_idri_0001_fits_the_default_crop_and_keeps_every_reader_voxel(lidc_root):
     from softmask_builder.labelling.crop import VOLUME_MARGIN_PX
 
