@@ -258,7 +258,7 @@ def write_shard(path: str | Path, *, arrays: Mapping[str, np.ndarray], meta: np.
 
     Each array is chunked one sample (one crop, one slice, one volume) per chunk, gzip level 4 +
     shuffle, ``track_times=False``. Only the structure is checked here (names, dtypes of the meta,
-    shapes); value rules are :func:`check_shard` / :func:`check_shard_values`'.
+    shapes); the value rules are in :func:`check_shard` and :func:`check_shard_values`.
     """
     path = Path(path)
     specs, meta_dtype = layout(kind)

@@ -4,6 +4,7 @@ with raw h5py, the round trip through every reader, byte reproducibility, each c
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import pickle
@@ -86,7 +87,6 @@ def test_volume_shard_layout_is_the_documented_one(tmp_path):
         np.testing.assert_array_equal(f["scale"][()], np.ones((3, 3)))
         assert np.isnan(f["recist_px"][0]).all() and np.isfinite(f["recist_px"][1]).all()
         np.testing.assert_allclose(f["spacing_mm"][2], (2.5, 0.703125, 0.703125))
-    import hashlib
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
     assert check_shard(path) == [] and check_shard_values(path) == []
 
