@@ -1,12 +1,19 @@
 """HDF5 shard I/O: the schema of ``docs/FORMAT.md`` (version 3; versions 1 and 2 are still read),
 an atomic byte-reproducible writer and a reader.
 
+Three shard kinds (root attribute ``kind``): ``samples`` (2-D crops (N, H, W) with their labels),
+``slices`` (full CT slices for the SR teacher) and, since issue 26, ``volumes`` (3-D crops
+(N, Z, H, W), axes (z, row, col) after the sample axis, at the source's native voxel spacing, with
+the labels of ``samples`` and per-axis geometry: ``spacing_mm``/``origin_px``/``scale`` (N, 3)
+in (z, row, col), plus ``key_z``, the crop slice of the RECIST mark). :func:`layout` gives each
+kind's arrays and meta dtype; every function below handles the three. Volume shards exist only in
+schema 3 (a version 1 or 2 file of kind ``volumes`` is refused).
+
 Schema 3 (issue 25) adds one optional sample array, ``true_fraction`` (float32 (N, H, W) in
 [0, 1]: the phantom's true partial-volume fraction of each crop, before the scanner's blur, in the
-crop geometry of ``soft_mask``); builds from real sources have none. It also reserves the shard
-kind ``volumes`` (3-D crops, axes (z, row, col), per-axis spacing; FORMAT.md) for a later
-issue: this module neither writes nor reads that kind yet. Apart from the optional array, schema
-3's layout is schema 2's.
+crop geometry of ``soft_mask``); builds from real sources have none. Volume shards may carry it
+too, (N, Z, H, W). Apart from the optional array and the ``volumes`` kind, schema 3's layout is
+schema 2's.
 
 Schema 2 stores the per-sample metadata as one root dataset per field (``sample_id``, ``patient``,
 ``spacing_mm``, ...), each (N, ...) like the image arrays, strings variable-length UTF-8, so that
@@ -20,7 +27,8 @@ Byte reproducibility: HDF5 stores a modification time in every dataset's object 
 not to, so every dataset is created with ``track_times=False``; the file is opened with a fixed
 ``libver`` and ``track_order=False``, attributes are written in sorted order, and nothing written
 depends on the clock, the process or the file name. Writing the same arrays and attributes twice
-gives the same bytes (``tests/softmask_builder/test_shards.py`` checks it).
+gives the same bytes (``tests/softmask_builder/formats/test_shards.py`` checks it, for volumes
+``test_volume_shards.py``).
 
 Atomicity: a shard is written to a hidden temporary name in the destination folder
 (``.<name>.<pid>.tmp``, :mod:`softmask_builder.core.atomic`) and then :func:`os.replace`-d onto its
@@ -56,6 +64,8 @@ SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 #: First schema version that may hold the optional arrays (:data:`OPTIONAL_SAMPLE_ARRAYS`).
 TRUTH_SINCE_VERSION = 3
+#: First schema version that may be of kind ``volumes`` (3-D crops).
+VOLUMES_SINCE_VERSION = 3
 LIBVER = ("v110", "v110")
 GZIP_LEVEL = 4
 
@@ -71,6 +81,21 @@ SAMPLE_META_DTYPE = np.dtype([
     ("n_readers", "<i2"),
     ("lesion_type", "<i2"),
 ])
+#: Meta of volume shards (schema 3, kind ``volumes``): the sample meta with per-axis geometry in
+#: (z, row, col) and ``key_z``, the crop slice (0-based) holding ``recist_px`` (-1: no RECIST).
+VOLUME_META_DTYPE = np.dtype([
+    ("sample_id", "S64"),
+    ("source_key", "S256"),
+    ("patient", "S32"),
+    ("split", "S8"),
+    ("spacing_mm", "<f4", (3,)),
+    ("origin_px", "<f4", (3,)),
+    ("scale", "<f4", (3,)),
+    ("recist_px", "<f4", (4, 2)),
+    ("key_z", "<i2"),
+    ("n_readers", "<i2"),
+    ("lesion_type", "<i2"),
+])
 SLICE_META_DTYPE = np.dtype([
     ("sample_id", "S64"),
     ("source_key", "S256"),
@@ -78,45 +103,61 @@ SLICE_META_DTYPE = np.dtype([
     ("split", "S8"),
     ("spacing_mm", "<f4", (2,)),
 ])
-# name -> dtype of the (N, H, W) arrays of each shard kind
+# name -> dtype of the (N, H, W) arrays of each shard kind ((N, Z, H, W) for volumes)
 SAMPLE_ARRAYS = {"image_hu": np.dtype("<i2"), "soft_mask": np.dtype("<f4"), "binary_mask": np.dtype("u1"),
                  "trimap": np.dtype("u1")}
 SLICE_ARRAYS = {"image_hu": np.dtype("<i2")}
-#: Optional (N, H, W) arrays of sample shards (schema >= 3): present in a shard when every one of
-#: its samples carries it. ``true_fraction``: a phantom's true partial-volume fraction in [0, 1].
+#: The (N, Z, H, W) arrays of volume shards: the sample arrays, one axis more.
+VOLUME_ARRAYS = dict(SAMPLE_ARRAYS)
+#: Optional arrays of sample and volume shards (schema >= 3), shaped like ``image_hu``: present in
+#: a shard when every one of its samples carries it. ``true_fraction``: a phantom's true
+#: partial-volume fraction in [0, 1].
 OPTIONAL_SAMPLE_ARRAYS = {"true_fraction": np.dtype("<f4")}
-#: Shard kind reserved by schema 3 for 3-D volume crops (FORMAT.md); not written nor read yet.
-RESERVED_KINDS = ("volumes",)
+#: Every shard kind, and the number of spatial axes of its arrays (after the sample axis).
+KINDS = ("samples", "slices", "volumes")
+SPATIAL_NDIM = {"samples": 2, "slices": 2, "volumes": 3}
+#: Kinds whose shards hold labels (Soft Mask, binary mask, trimap) and the sample meta.
+LABELLED_KINDS = ("samples", "volumes")
 REQUIRED_ATTRS = ("schema_version", "kind", "dataset", "dataset_version", "builder_version", "split",
                   "recipe_json", "recipe_sha256", "n_samples", "n_planned", "plan_sha256", "rejects_json")
 
 SHARD_NAME_RE = re.compile(
-    r"^(?P<dataset>[a-z0-9_]+)-(?:(?P<slices>slices)-)?(?P<split>train|val|test)"
+    r"^(?P<dataset>[a-z0-9_]+)-(?:(?P<kind>slices|volumes)-)?(?P<split>train|val|test)"
     r"-(?P<index>\d{5})-of-(?P<count>\d{5})\.h5$")
 #: Schema 2 on-disk dtype of a string meta field (variable-length UTF-8).
 VLEN_STR = h5py.string_dtype("utf-8")
 
 
 def layout(kind: str) -> tuple[dict[str, np.dtype], np.dtype]:
-    """The (N, H, W) arrays and the meta dtype of a shard ``kind`` ("samples" or "slices")."""
+    """The required arrays (name -> dtype) and the meta dtype of a shard ``kind``.
+
+    "samples": (N, H, W) arrays, :data:`SAMPLE_META_DTYPE`; "slices": (N, H, W) ``image_hu``,
+    :data:`SLICE_META_DTYPE`; "volumes": (N, Z, H, W) arrays, :data:`VOLUME_META_DTYPE`. Any
+    other kind raises :class:`InputError` naming it.
+    """
     if kind == "samples":
         return SAMPLE_ARRAYS, SAMPLE_META_DTYPE
     if kind == "slices":
         return SLICE_ARRAYS, SLICE_META_DTYPE
-    raise InputError(f"kind must be 'samples' or 'slices', got {kind!r}")
+    if kind == "volumes":
+        return VOLUME_ARRAYS, VOLUME_META_DTYPE
+    raise InputError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
 
 
 def optional_arrays(kind: str) -> dict[str, np.dtype]:
-    """The optional (N, H, W) arrays a shard of ``kind`` may hold (schema >= 3); {} for slices."""
+    """The optional arrays a shard of ``kind`` may hold (schema >= 3), shaped like its
+    ``image_hu``: ``true_fraction`` for samples and volumes, {} for slices."""
     layout(kind)
-    return dict(OPTIONAL_SAMPLE_ARRAYS) if kind == "samples" else {}
+    return dict(OPTIONAL_SAMPLE_ARRAYS) if kind in LABELLED_KINDS else {}
 
 
 def shard_name(dataset: str, split: str, index: int, count: int, *, kind: str = "samples") -> str:
-    """``{dataset}-{split}-{i:05d}-of-{n:05d}.h5`` (``{dataset}-slices-...`` for slice shards)."""
+    """``{dataset}-{split}-{i:05d}-of-{n:05d}.h5`` for sample shards, ``{dataset}-slices-...`` for
+    slice shards, ``{dataset}-volumes-...`` for volume shards (:func:`parse_shard_name` inverts it)."""
+    layout(kind)
     if not 0 <= index < count:
         raise InputError(f"shard index must be in [0, {count}), got {index}")
-    middle = "slices-" if kind == "slices" else ""
+    middle = "" if kind == "samples" else f"{kind}-"
     return f"{dataset}-{middle}{split}-{index:05d}-of-{count:05d}.h5"
 
 
@@ -134,8 +175,7 @@ def parse_shard_name(name: str) -> ShardName | None:
     m = SHARD_NAME_RE.match(name)
     if m is None:
         return None
-    return ShardName(m["dataset"], "slices" if m["slices"] else "samples", m["split"], int(m["index"]),
-                     int(m["count"]))
+    return ShardName(m["dataset"], m["kind"] or "samples", m["split"], int(m["index"]), int(m["count"]))
 
 
 def sha256_file(path: str | Path, *, block: int = 1 << 20) -> str:
@@ -158,16 +198,19 @@ def encode_meta(rows: Sequence[Mapping[str, Any]], kind: str = "samples") -> np.
     """Pack per-sample dicts into the ``meta`` structured array of ``kind``.
 
     Missing numeric fields take their "not applicable" value (NaN for ``recist_px``, -1 for
-    ``n_readers``/``lesion_type``, 1.0 for ``scale``, 0 for ``origin_px``). String fields longer
-    than the schema allows raise :class:`InputError` naming the field and the sample.
+    ``n_readers``/``lesion_type`` and, for volumes, ``key_z``; 1.0 for ``scale`` (every axis of a
+    volume), 0 for ``origin_px``). String fields longer than the schema allows raise
+    :class:`InputError` naming the field and the sample.
     """
     _, dtype = layout(kind)
     out = np.zeros(len(rows), dtype=dtype)
-    if kind == "samples":
+    if kind in LABELLED_KINDS:
         out["recist_px"] = np.nan
         out["n_readers"] = -1
         out["lesion_type"] = -1
         out["scale"] = 1.0
+    if kind == "volumes":
+        out["key_z"] = -1
     for i, row in enumerate(rows):
         sid = str(row["sample_id"])
         for name in dtype.names:
@@ -176,7 +219,11 @@ def encode_meta(rows: Sequence[Mapping[str, Any]], kind: str = "samples") -> np.
             if dtype[name].kind == "S":
                 out[name][i] = _fixed_bytes(row[name], dtype[name].itemsize, name, sid)
             else:
-                out[name][i] = row[name]
+                try:
+                    out[name][i] = row[name]
+                except (TypeError, ValueError):
+                    raise InputError(f"meta field {name} must be a {dtype[name].base} of shape {dtype[name].shape} "
+                                     f"in a {kind} shard, got {row[name]!r}", sample_id=sid, stage="write") from None
     return out
 
 
@@ -201,17 +248,21 @@ def write_shard(path: str | Path, *, arrays: Mapping[str, np.ndarray], meta: np.
     Parameters
     ----------
     path : final file name (the folder must exist).
-    arrays : the (N, H, W) arrays of ``kind`` (see :func:`layout`), cast to the schema dtypes;
-        N may be 0 (every planned sample rejected). Sample shards may add any of
+    arrays : the arrays of ``kind`` (see :func:`layout`), (N, H, W) for samples and slices,
+        (N, Z, H, W) in (z, row, col) for volumes, all of one shape, cast to the schema dtypes;
+        N may be 0 (every planned sample rejected). Sample and volume shards may add any of
         :func:`optional_arrays` (``true_fraction``: finite, in [0, 1], else :class:`InputError`).
     meta : structured array of the kind's meta dtype, length N (see :func:`encode_meta`).
     attrs : root attributes (strings, ints, floats); ``schema_version``, ``kind`` and
         ``n_samples`` are set here.
 
-    Each array is chunked one sample per chunk, gzip level 4 + shuffle, ``track_times=False``.
+    Each array is chunked one sample (one crop, one slice, one volume) per chunk, gzip level 4 +
+    shuffle, ``track_times=False``. Only the structure is checked here (names, dtypes of the meta,
+    shapes); the value rules are in :func:`check_shard` and :func:`check_shard_values`.
     """
     path = Path(path)
     specs, meta_dtype = layout(kind)
+    ndim = SPATIAL_NDIM[kind]
     optional = optional_arrays(kind)
     if not set(specs) <= set(arrays) or not set(arrays) <= set(specs) | set(optional):
         extra = f" (optionally {sorted(optional)})" if optional else ""
@@ -226,12 +277,14 @@ def write_shard(path: str | Path, *, arrays: Mapping[str, np.ndarray], meta: np.
         raise InputError(f"meta dtype must be the schema's {kind} meta dtype, got {meta.dtype}")
     n = meta.shape[0]
     shapes = {name: np.shape(arr) for name, arr in arrays.items()}
-    hw = shapes["image_hu"][1:]
+    hw = shapes["image_hu"][1:]  # the spatial shape: (H, W), or (Z, H, W) for volumes
+    axes = "(N, Z, H, W) with Z, H, W" if ndim == 3 else "(N, H, W) with H, W"
     for name, shape in shapes.items():
-        if len(shape) != 3 or shape[0] != n or shape[1:] != hw:
-            raise InputError(f"array {name} has shape {shape}, expected ({n}, *{hw}) like image_hu and meta")
-    if len(hw) != 2 or min(hw) < 1:
-        raise InputError(f"arrays must be (N, H, W) with H, W >= 1, got {shapes['image_hu']}")
+        if len(shape) != 1 + ndim or shape[0] != n or shape[1:] != hw:
+            raise InputError(f"array {name} has shape {shape}, expected ({n}, *{hw}) like image_hu and meta, "
+                             f"{axes} >= 1")
+    if len(hw) != ndim or min(hw) < 1:
+        raise InputError(f"arrays must be {axes} >= 1, got {shapes['image_hu']}")
     all_attrs = dict(attrs)
     all_attrs.update(schema_version=SCHEMA_VERSION, kind=kind, n_samples=n)
 
@@ -282,10 +335,12 @@ def _attr_value(value):
 
 
 class Shard:
-    """An open shard (read-only). Use as a context manager or call :meth:`close`.
+    """An open shard of any kind (read-only). Use as a context manager or call :meth:`close`.
 
     ``attrs`` holds the root attributes (strings decoded); ``meta`` the whole meta table;
-    ``sample(i)`` one sample's arrays and decoded meta.
+    ``sample(i)`` one sample's arrays ((H, W), or (Z, H, W) for a volume shard) and decoded meta.
+    Opening checks nothing beyond "a readable HDF5 file": run :func:`check_shard` (or
+    :func:`inspect_shard`) first on files of unknown origin.
     """
 
     def __init__(self, path: str | Path):
@@ -338,9 +393,10 @@ class Shard:
         return [str(s) for s in self.meta_column("sample_id")]
 
     def sample(self, i: int) -> dict[str, Any]:
-        """Arrays (``image_hu``, and for sample shards ``soft_mask``, ``binary_mask``, ``trimap``,
-        plus ``true_fraction`` when the shard carries it) and meta fields of sample ``i``
-        (negative indexes count from the end)."""
+        """Arrays (``image_hu``, and for sample and volume shards ``soft_mask``, ``binary_mask``,
+        ``trimap``, plus ``true_fraction`` when the shard carries it) and meta fields of sample
+        ``i`` (negative indexes count from the end). A volume's arrays are (Z, H, W) and its
+        ``spacing_mm``, ``origin_px``, ``scale`` (3,) in (z, row, col), ``key_z`` an int."""
         n = self.n_samples
         if not -n <= i < n:
             raise InputError(f"sample index {i} out of range for {self.path.name} with {n} samples")
@@ -471,14 +527,16 @@ def read_sample(path: str | Path, i: int) -> dict[str, Any]:
 def check_shard(path: str | Path) -> list[str]:
     """Check a shard against the schema; return a list of problems (empty when it conforms).
 
-    Checks: required root attributes and a readable ``schema_version`` (1, 2 or 3); every array
-    present with the schema dtype, shape (N, H, W) and chunking (one sample per chunk, gzip +
-    shuffle); the meta fields (version 1: the compound ``meta`` dtype and length; version 2: one
-    (N, ...) dataset per field, strings variable-length UTF-8 within the schema's byte lengths,
-    chunked like the arrays); ``n_samples``; every row's ``split`` equal to the shard's; value domains (trimap in
-    {0, 128, 255}, binary mask in {0, 1}, Soft Mask finite in [0, 1]); unique sample ids. Schema 3:
-    the optional ``true_fraction`` (sample shards only) float32, (N, H, W) like ``image_hu``,
-    chunked like it, finite and in [0, 1]; a version 1 or 2 shard must not hold it.
+    Checks: required root attributes and a readable ``schema_version`` (1, 2 or 3); a known
+    ``kind`` (``volumes`` only in schema >= 3); every array present with the schema dtype, shape
+    (N, H, W) ((N, Z, H, W) for volumes) and chunking (one sample per chunk, gzip + shuffle); the
+    meta fields (version 1: the compound ``meta`` dtype and length; version 2: one (N, ...) dataset
+    per field, strings variable-length UTF-8 within the schema's byte lengths, chunked like the
+    arrays); ``n_samples``; every row's ``split`` equal to the shard's; value domains of sample and
+    volume shards (trimap in {0, 128, 255}, binary mask in {0, 1}, Soft Mask finite in [0, 1]);
+    unique sample ids. Schema 3: the optional ``true_fraction`` (sample and volume shards) float32,
+    shaped like ``image_hu``, chunked like it, finite and in [0, 1]; a version 1 or 2 shard must
+    not hold it. Arrays are read a block of samples at a time (a volume shard never whole).
     """
     path = Path(path)
     try:
@@ -492,6 +550,23 @@ def check_shard(path: str | Path) -> list[str]:
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             # h5py raises OSError on a corrupted chunk or header (e.g. a bad checksum)
             return [f"{name}: unreadable ({type(exc).__name__}: {exc})"]
+
+
+#: Elements read at once by the checks (16 Mi: a whole 2-D shard of 4096 crops of 64x64, or 37
+#: volume crops of 48x96x96 float32 = 64 MiB), so that checking a volume shard never loads it whole.
+_BLOCK_ELEMENTS = 1 << 24
+
+
+def _blocks(ds: h5py.Dataset):
+    """The (N, ...) dataset ``ds`` as successive blocks of whole samples (at least one per block)."""
+    per_sample = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)))
+    step = max(1, _BLOCK_ELEMENTS // per_sample)
+    for start in range(0, ds.shape[0], step):
+        yield ds[start:start + step]
+
+
+def _in_unit_interval(values: np.ndarray) -> bool:
+    return bool(values.size == 0 or (np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1.0))
 
 
 def _check_open_shard(shard: Shard, name: str) -> list[str]:
@@ -508,6 +583,9 @@ def _check_open_shard(shard: Shard, name: str) -> list[str]:
         specs, meta_dtype = layout(shard.kind)
     except InputError:
         return problems + [f"{name}: unknown kind {shard.kind!r}"]
+    if shard.kind == "volumes" and version < VOLUMES_SINCE_VERSION:
+        return problems + [f"{name}: kind 'volumes' in schema_version {version} (volume shards are schema "
+                           f">= {VOLUMES_SINCE_VERSION})"]
     meta_names = {"meta"} if version == 1 else set(meta_dtype.names)
     expected = set(specs) | meta_names
     if version >= TRUTH_SINCE_VERSION:  # optional arrays: checked like the others when present
@@ -535,13 +613,15 @@ def _check_open_shard(shard: Shard, name: str) -> list[str]:
                 problems.append(f"{name}: {key} shape {ds.shape}, expected {want_shape}")
             elif ds.chunks != (1, *field.shape) or ds.compression != "gzip" or not ds.shuffle:
                 problems.append(f"{name}: {key} is not chunked one sample per chunk with gzip + shuffle")
-    hw = f["image_hu"].shape[1:]
+    hw = f["image_hu"].shape[1:]  # (H, W), or (Z, H, W) for volumes
+    ndim = SPATIAL_NDIM[shard.kind]
+    axes = "Z, H, W" if ndim == 3 else "H, W"
     for key, dtype in specs.items():
         ds = f[key]
         if ds.dtype != dtype:
             problems.append(f"{name}: {key} dtype {ds.dtype}, expected {dtype}")
-        if ds.shape != (n, *hw) or len(hw) != 2:
-            problems.append(f"{name}: {key} shape {ds.shape}, expected ({n}, H, W)")
+        if ds.shape != (n, *hw) or len(hw) != ndim:
+            problems.append(f"{name}: {key} shape {ds.shape}, expected ({n}, {axes}) like image_hu")
         if ds.chunks != (1, *hw) or ds.compression != "gzip" or not ds.shuffle:
             problems.append(f"{name}: {key} is not chunked one sample per chunk with gzip + shuffle")
     if shard.attrs.get("n_samples") != n:
@@ -560,18 +640,15 @@ def _check_open_shard(shard: Shard, name: str) -> list[str]:
                     if len(v.encode("utf-8")) > meta_dtype[key].itemsize]
         if too_long:
             problems.append(f"{name}: strings longer than the schema allows: {too_long[:3]}")
-    if shard.kind == "samples" and n:
-        trimap = f["trimap"][()]
-        if not np.isin(trimap, (0, 128, 255)).all():
+    if shard.kind in LABELLED_KINDS and n:
+        if not all(np.isin(block, (0, 128, 255)).all() for block in _blocks(f["trimap"])):
             problems.append(f"{name}: trimap values outside {{0, 128, 255}}")
-        if not np.isin(f["binary_mask"][()], (0, 1)).all():
+        if not all(np.isin(block, (0, 1)).all() for block in _blocks(f["binary_mask"])):
             problems.append(f"{name}: binary_mask values outside {{0, 1}}")
-        alpha = f["soft_mask"][()]
-        if not (np.isfinite(alpha).all() and alpha.min() >= 0.0 and alpha.max() <= 1.0):
+        if not all(_in_unit_interval(block) for block in _blocks(f["soft_mask"])):
             problems.append(f"{name}: soft_mask values outside [0, 1] or not finite")
         if "true_fraction" in specs:
-            truth = f["true_fraction"][()]
-            if not (np.isfinite(truth).all() and truth.min() >= 0.0 and truth.max() <= 1.0):
+            if not all(_in_unit_interval(block) for block in _blocks(f["true_fraction"])):
                 problems.append(f"{name}: true_fraction values outside [0, 1] or not finite")
     try:
         json.loads(shard.attrs.get("recipe_json", ""))
@@ -591,7 +668,11 @@ class ShardReadError(SourceError):
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """What :func:`inspect_shard` found in one valid shard."""
+    """What :func:`inspect_shard` found in one valid shard.
+
+    ``height_px`` and ``width_px`` are the arrays' H and W; ``depth_px`` is Z for a volume shard
+    and None for the 2-D kinds.
+    """
 
     path: Path
     kind: str
@@ -602,6 +683,14 @@ class ShardInfo:
     dataset: str
     #: The shard carries ``true_fraction`` (schema >= 3; phantom sources).
     has_truth: bool = False
+    #: Slices per crop (Z) of a volume shard; None for samples and slices.
+    depth_px: int | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The spatial shape of one sample: (H, W), or (Z, H, W) for a volume shard."""
+        hw = (self.height_px, self.width_px)
+        return hw if self.depth_px is None else (self.depth_px, *hw)
 
 
 def open_for_reading(path: str | Path) -> h5py.File:
@@ -627,18 +716,23 @@ def _attr_str(value: Any) -> str:
     return str(value)
 
 
+_KIND_WORDS = {"samples": "sample crops for DSNet", "slices": "CT slices for the SR teacher",
+               "volumes": "3-D volume crops"}
+
+
 def inspect_shard(path: str | Path, *, kind: str | None = None, error: type[Exception] = ShardReadError) -> ShardInfo:
     """Open ``path``, validate it against FORMAT.md without reading a pixel, describe it, close it.
 
-    Checks: ``schema_version`` one of :data:`READABLE_VERSIONS`; ``kind`` ``samples`` or
-    ``slices`` (and equal to ``kind`` when given); every array of the kind present, (N, H, W), of
-    the schema dtype and one shape; every meta field present for N samples in the version's
-    layout; ``n_samples`` equal to N. :func:`check_shard` checks more (value domains, chunking).
+    Checks: ``schema_version`` one of :data:`READABLE_VERSIONS`; ``kind`` one of :data:`KINDS`
+    (``volumes`` only in schema >= 3; equal to ``kind`` when given); every array of the kind
+    present, (N, H, W) ((N, Z, H, W) for volumes), of the schema dtype and one shape; every meta
+    field present for N samples in the version's layout; ``n_samples`` equal to N.
+    :func:`check_shard` checks more (value domains, chunking).
 
     Parameters
     ----------
-    kind : {"samples", "slices"} or None
-        Required ``kind`` attribute (None accepts either).
+    kind : {"samples", "slices", "volumes"} or None
+        Required ``kind`` attribute (None accepts any).
     error : exception type
         Raised with the message (default :class:`ShardReadError`; a reader of another package
         passes its own).
@@ -668,12 +762,15 @@ def inspect_shard(path: str | Path, *, kind: str | None = None, error: type[Exce
             raise error(f"shard {path} has schema_version {version}; this toolkit reads versions "
                         f"{', '.join(map(str, READABLE_VERSIONS))} (rebuild the dataset with this toolkit's builder)")
         found_kind = _attr_str(attrs.get("kind", "samples"))
-        if found_kind not in ("samples", "slices"):
+        if found_kind not in KINDS:
             raise error(f"shard {path} has unknown kind {found_kind!r}")
+        if found_kind == "volumes" and version < VOLUMES_SINCE_VERSION:
+            raise error(f"shard {path} has kind 'volumes' in schema_version {version} "
+                        f"(volume shards are schema >= {VOLUMES_SINCE_VERSION})")
         if kind is not None and found_kind != kind:
-            raise error(f"shard {path} holds {found_kind!r}, expected {kind!r} "
-                        f"({'sample crops for DSNet' if kind == 'samples' else 'CT slices for the SR teacher'})")
+            raise error(f"shard {path} holds {found_kind!r}, expected {kind!r} ({_KIND_WORDS.get(kind, kind)})")
         arrays, _ = layout(found_kind)
+        ndim = SPATIAL_NDIM[found_kind]
         shape = None
         for name, dtype in arrays.items():
             if name not in fh or not isinstance(fh[name], h5py.Dataset):
@@ -681,8 +778,9 @@ def inspect_shard(path: str | Path, *, kind: str | None = None, error: type[Exce
             ds = fh[name]
             if ds.dtype != dtype:
                 raise error(f"shard {path}: {name} has dtype {ds.dtype}, expected {dtype}")
-            if ds.ndim != 3:
-                raise error(f"shard {path}: {name} must be (N, H, W), got shape {ds.shape}")
+            if ds.ndim != 1 + ndim:
+                raise error(f"shard {path}: {name} must be {'(N, Z, H, W)' if ndim == 3 else '(N, H, W)'}, "
+                            f"got shape {ds.shape}")
             if shape is None:
                 shape = ds.shape
             elif ds.shape != shape:
@@ -710,8 +808,8 @@ def inspect_shard(path: str | Path, *, kind: str | None = None, error: type[Exce
         else:
             split = ""
         return ShardInfo(path=path, kind=found_kind, split=split, n_samples=int(shape[0]),
-                         height_px=int(shape[1]), width_px=int(shape[2]), dataset=_attr_str(attrs.get("dataset", "")),
-                         has_truth=has_truth)
+                         height_px=int(shape[-2]), width_px=int(shape[-1]), dataset=_attr_str(attrs.get("dataset", "")),
+                         has_truth=has_truth, depth_px=int(shape[1]) if ndim == 3 else None)
 
 
 class ShardReader:
@@ -722,7 +820,8 @@ class ShardReader:
     handle: handles are never inherited through ``fork`` (a changed pid drops them) nor pickled
     for ``spawn``/``forkserver`` (:meth:`__getstate__` leaves them out), so DataLoader workers,
     persistent or not, each hold their own. A read error raises :attr:`error` naming the file and
-    the sample.
+    the sample. Any kind: a volume shard's ``read`` gives (Z, H, W) arrays (its ``region`` three
+    slices in (z, row, col)); do not mix kinds in one reader (nothing here checks it).
 
     Parameters
     ----------
@@ -773,8 +872,9 @@ class ShardReader:
             self._files[s] = fh
         return fh
 
-    def read(self, s: int, local: int, name: str, region: tuple[slice, slice] | None = None) -> np.ndarray:
-        """Array ``name`` of sample ``local`` of shard ``s`` (its (row, col) ``region`` if given)."""
+    def read(self, s: int, local: int, name: str, region: tuple[slice, ...] | None = None) -> np.ndarray:
+        """Array ``name`` of sample ``local`` of shard ``s``: (H, W), or (Z, H, W) in a volume shard;
+        only its ``region`` when given ((row, col) slices, (z, row, col) for volumes)."""
         try:
             fh = self.file(s)
             ds = self._datasets.get((s, name))
@@ -827,11 +927,14 @@ def check_shard_values(path: str | Path) -> list[str]:
     """Problems with the *values* of a schema-valid shard (call :func:`check_shard` first): each
     names the file and the first sample ids concerned; empty when none.
 
-    Rules: ``spacing_mm`` finite and > 0 (both kinds); for samples, ``scale`` finite in (0, 1]
-    (crops are never up-scaled), ``origin_px`` finite, ``recist_px`` finite or all NaN (no RECIST),
-    ``n_readers`` >= -1 (-1: not applicable); ``binary_mask`` only where the trimap is not background (0), never all
-    zero under a Soft Mask that reaches 0.5, and, for RECIST sources (the recipe's ``source`` in
-    :data:`RECIST_SOURCES`), equal to ``soft_mask >= 0.5`` (up to alpha within 1e-6 of 0.5).
+    Rules: ``spacing_mm`` finite and > 0 (every kind; every axis); for samples and volumes,
+    ``scale`` finite in (0, 1] (crops are never up-scaled; per axis for volumes), ``origin_px``
+    finite, ``recist_px`` finite or all NaN (no RECIST), ``n_readers`` >= -1 (-1: not applicable);
+    for volumes also ``key_z`` in [0, Z) when ``recist_px`` is given and exactly -1 when it is
+    not; ``binary_mask`` only where the trimap is not background (0), never all zero under a Soft
+    Mask that reaches 0.5, and, for RECIST sources (the recipe's ``source`` in
+    :data:`RECIST_SOURCES`), equal to ``soft_mask >= 0.5`` (up to alpha within 1e-6 of 0.5). The
+    mask rules are checked per sample (a volume shard is never read whole).
     """
     path = Path(path)
     name = path.name
@@ -849,15 +952,22 @@ def check_shard_values(path: str | Path) -> list[str]:
             return problems
         spacing = np.asarray(shard.meta_column("spacing_mm"), dtype=np.float64).reshape(n, -1)
         flag("spacing_mm not finite or not > 0", ids[~(np.isfinite(spacing) & (spacing > 0)).all(axis=1)])
-        if shard.kind != "samples":
+        if shard.kind not in LABELLED_KINDS:
             return problems
-        scale = np.asarray(shard.meta_column("scale"), dtype=np.float64)
-        flag("scale not finite or outside (0, 1]", ids[~(np.isfinite(scale) & (scale > 0) & (scale <= 1))])
+        scale = np.asarray(shard.meta_column("scale"), dtype=np.float64).reshape(n, -1)
+        flag("scale not finite or outside (0, 1]", ids[~(np.isfinite(scale) & (scale > 0) & (scale <= 1)).all(axis=1)])
         origin = np.asarray(shard.meta_column("origin_px"), dtype=np.float64).reshape(n, -1)
         flag("origin_px not finite", ids[~np.isfinite(origin).all(axis=1)])
         recist = np.asarray(shard.meta_column("recist_px"), dtype=np.float64).reshape(n, -1)
         partial = ~(np.isfinite(recist).all(axis=1) | np.isnan(recist).all(axis=1))
         flag("recist_px partly NaN or infinite", ids[partial])
+        if shard.kind == "volumes":
+            depth = shard.file["image_hu"].shape[1]
+            key_z = np.asarray(shard.meta_column("key_z"), dtype=np.int64)
+            given = np.isfinite(recist).all(axis=1)
+            off = given & ((key_z < 0) | (key_z >= depth))
+            flag(f"key_z outside [0, {depth}) for a sample with recist_px", ids[off])
+            flag("key_z is not -1 for a sample without recist_px", ids[~given & ~partial & (key_z != -1)])
         readers = np.asarray(shard.meta_column("n_readers"), dtype=np.int64)
         flag("n_readers < -1 (-1: not applicable)", ids[readers < -1])
         try:
