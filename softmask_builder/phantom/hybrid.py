@@ -394,7 +394,7 @@ def _unit_field(rng, rows: int, cols: int, corr_px: float) -> np.ndarray:
 
 def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_readers: int = 4,
                      bias_sd_mm: float | None = None, bias_rel: float | None = None, wobble_mm: float | None = None,
-                     corr_mm: float | None = None) -> np.ndarray:
+                     corr_mm: float | None = None, bias_mm: Sequence[float] | None = None) -> np.ndarray:
     """Masks of ``n_readers`` simulated radiologists outlining the lesion of ``true_fraction``.
 
     Reader i marks ``{d + b_i + wobble_mm g_i > 0}`` with ``d`` the signed distance (mm, > 0
@@ -403,6 +403,11 @@ def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_rea
     disagree more, in mm, on larger nodules) and ``g_i`` a unit random field of correlation
     ``corr_mm`` (defaults: :data:`READER_MODEL`). Computed in the lesion's bounding box
     enlarged by 5 mm.
+
+    ``bias_mm``: the readers' ``b_i`` given (one per reader, mm) instead of drawn, so that one
+    reader keeps one habit over the slices of a nodule
+    (:func:`softmask_builder.phantom.volumes.simulate_readers_volume`); then only the wobble
+    fields are drawn from ``rng``. None (default): drawn as above, the random stream unchanged.
 
     Returns
     -------
@@ -415,6 +420,10 @@ def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_rea
     wob = m["wobble_mm"] if wobble_mm is None else float(wobble_mm)
     corr = m["corr_mm"] if corr_mm is None else float(corr_mm)
     rng = as_rng(rng)
+    if bias_mm is not None:
+        bias_mm = np.asarray(bias_mm, dtype=np.float64).ravel()
+        if bias_mm.shape != (n_readers,) or not np.all(np.isfinite(bias_mm)):
+            raise InputError(f"bias_mm must hold {n_readers} finite numbers (one per reader), got {bias_mm.tolist()}")
     truth = np.asarray(true_fraction) >= 0.5
     out = np.zeros((n_readers,) + truth.shape, dtype=bool)
     if not truth.any():
@@ -430,7 +439,7 @@ def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_rea
     d = np.where(sub, d_in - 0.5, -(d_out - 0.5)) * spacing_mm
     r_eq = math.sqrt(float(truth.sum()) / math.pi) * spacing_mm
     for i in range(n_readers):
-        b = float(rng.normal(0.0, b_sd + b_rel * r_eq))
+        b = float(rng.normal(0.0, b_sd + b_rel * r_eq)) if bias_mm is None else float(bias_mm[i])
         g = _unit_field(rng, *sub.shape, corr / spacing_mm)
         out[i, r0:r1, c0:c1] = d + b + wob * g > 0
     return out
