@@ -74,8 +74,8 @@ from softmask_builder.phantom.recist_marks import recist_from_mask
 from softmask_builder.phantom.shapes import TEXTURE_CLASSES, LesionShape, fraction_maps
 
 __all__ = ["PLACEMENTS", "SOLID_CORE_FRACTION", "READER_MODEL", "HybridParams", "Background", "HybridCase",
-           "CaseSpec", "BackgroundSpec", "lung_mask", "measure_noise_hu", "synthetic_background", "render_case",
-           "simulate_readers", "plan_hybrid_cases", "iter_hybrid_cases", "sample_patients", "write_hybrid_sample",
+           "CaseSpec", "BackgroundSpec", "choose_center", "lung_mask", "measure_noise_hu", "synthetic_background",
+           "render_case", "simulate_readers", "plan_hybrid_cases", "iter_hybrid_cases", "sample_patients", "write_hybrid_sample",
            "default_cases_per_background", "MAX_CASES_PER_BACKGROUND", "MIN_BACKGROUNDS"]
 
 PLACEMENTS = ("free", "pleura", "vessel")
@@ -337,8 +337,9 @@ def synthetic_background(rng_or_seed, *, shape: tuple[int, int] = (512, 512), sp
 # Placement
 # --------------------------------------------------------------------------------------------
 
-def _choose_center(rng, bg: Background, shape: LesionShape, placement: str) -> tuple[float, float]:
-    """(row, col) mm of the shape's centroid in the key slice, for the placement kind.
+def choose_center(rng, bg: Background, shape: LesionShape, placement: str) -> tuple[float, float]:
+    """(row, col) mm of the shape's centroid in the key slice, for the placement kind (public since
+    issue 26: :func:`softmask_builder.phantom.volumes.render_volume` places its nodules by the same rule).
 
     free: the whole disc of radius ``radius_bound + 2 mm`` inside the lung, away from the
     excluded area, fewest vessel pixels (clean HU > -500) among 40 tries; pleura: the centroid
@@ -491,7 +492,7 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
         of ``f >= 0.5``, the RECIST minimum).
     rotation_deg : in-plane turn of the shape; drawn in [0, 360) when None.
     center_rc_mm : (row, col) mm of the shape's centroid in the slice; None: chosen for the
-        placement (:func:`_choose_center`). Given, the placement only decides whether the
+        placement (:func:`choose_center`). Given, the placement only decides whether the
         fraction is cut by the lung mask (``"pleura"``), so a shape can be put back where it was
         (e.g. a LIDC nodule at ``shape.source["centroid_rc_px"] * spacing`` in its own slices;
         the background's ``exclude`` area is not checked then).
@@ -516,7 +517,7 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
     S, rows, cols = bg.slices_hu.shape
     sp, t = bg.spacing_mm, bg.slice_thickness_mm
     rot = float(rng.uniform(0.0, 360.0)) if rotation_deg is None else float(rotation_deg)
-    center = (_choose_center(rng, bg, shape, placement) if center_rc_mm is None
+    center = (choose_center(rng, bg, shape, placement) if center_rc_mm is None
               else (float(center_rc_mm[0]), float(center_rc_mm[1])))
     zlo, zhi = shape.z_range_mm
     core_depth = None

@@ -60,8 +60,8 @@ import numpy as np
 
 from softmask_builder.errors import InputError
 from softmask_builder.phantom.cases import as_rng
-from softmask_builder.phantom.hybrid import (PLACEMENTS, READER_MODEL, Background, HybridParams, render_case,
-                                             simulate_readers, synthetic_background)
+from softmask_builder.phantom.hybrid import (PLACEMENTS, READER_MODEL, Background, HybridParams, choose_center,
+                                             render_case, simulate_readers, synthetic_background)
 from softmask_builder.phantom.shapes import LesionShape
 
 __all__ = ["HybridVolume", "volume_background", "neighbors_needed", "render_volume", "simulate_readers_volume",
@@ -82,6 +82,9 @@ class HybridVolume:
         is empty where the truth has no voxel >= 0.5, and may be empty on a tiny end section).
     spacing_mm : (z_mm, row_mm, col_mm); z_mm = the slice thickness (contiguous slices).
     key : the crop's slice whose centre lies ``z_offset_mm`` from the shape's centroid.
+    center_rc_mm : (row, col) mm of the shape's centroid in the crop (pixel (r, c) centred at (r, c) x
+        row/col spacing), so ``fraction_map(shape, center_rc_mm=..., z_mm=z_offset_mm + (k - key) x
+        thickness, rotation_deg=...)`` gives slice ``k``'s truth on the crop's grid.
     crop_origin : (slice, row, col) of the crop's first voxel in the background stack.
     """
 
@@ -100,6 +103,7 @@ class HybridVolume:
     noise_hu: float
     key: int
     crop_origin: tuple[int, int, int]
+    center_rc_mm: tuple[float, float]
     diameter_mm: float
 
     @property
@@ -192,7 +196,8 @@ def simulate_readers_volume(true_fraction: np.ndarray, *, spacing_mm: float, rng
 
 def render_volume(shape: LesionShape, background: Background, rng_or_seed, *, placement: str = "free",
                   z_offset_mm: float | None = None, rotation_deg: float | None = None,
-                  params: HybridParams = HybridParams(), margin_mm: float = 5.0) -> HybridVolume:
+                  center_rc_mm: tuple[float, float] | None = None, params: HybridParams = HybridParams(),
+                  margin_mm: float = 5.0) -> HybridVolume:
     """Render ``shape`` into every slice of ``background`` and crop the nodule's volume; deterministic for a seed.
 
     Parameters
@@ -204,7 +209,10 @@ def render_volume(shape: LesionShape, background: Background, rng_or_seed, *, pl
     placement : one of :data:`softmask_builder.phantom.hybrid.PLACEMENTS` (chosen on the key slice, as in 2-D).
     z_offset_mm : the key slice's centre relative to the shape's centroid (mm); None: drawn uniformly in
         [-thickness/2, thickness/2), so the nodule's partial volume at its ends falls at any phase of the grid.
-    rotation_deg : in-plane turn; None: drawn.
+    rotation_deg : in-plane turn; None: drawn in [0, 360).
+    center_rc_mm : (row, col) mm of the shape's centroid in the background's slices; None: chosen for the
+        placement by the 2-D hybrid's rule on the key slice (``hybrid.choose_center``: free = away from
+        vessels, pleura = crossing the lung wall, vessel = touching a vessel).
     params : HybridParams (``n_readers`` readers are simulated).
     margin_mm : background kept around the truth (mm; along z at least :data:`MIN_MARGIN_SLICES` slices).
 
@@ -223,9 +231,16 @@ def render_volume(shape: LesionShape, background: Background, rng_or_seed, *, pl
         raise InputError(f"margin_mm must be >= 0, got {margin_mm}")
     bg = background
     t, sp = float(bg.slice_thickness_mm), float(bg.spacing_mm)
+    if placement not in PLACEMENTS:
+        raise InputError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     z0 = float(rng.uniform(-0.5, 0.5)) * t if z_offset_mm is None else float(z_offset_mm)
-    case = render_case(shape, bg, rng, placement=placement, z_offset_mm=z0, rotation_deg=rotation_deg,
-                       params=params)
+    rot = float(rng.uniform(0.0, 360.0)) if rotation_deg is None else float(rotation_deg)
+    # The centre is chosen here (by the 2-D rule) rather than inside render_case, so the volume can
+    # say where it is.
+    center = (choose_center(rng, bg, shape, placement) if center_rc_mm is None
+              else (float(center_rc_mm[0]), float(center_rc_mm[1])))
+    case = render_case(shape, bg, rng, placement=placement, z_offset_mm=z0, rotation_deg=rot,
+                       center_rc_mm=center, params=params)
     S, rows, cols = bg.slices_hu.shape
     image = np.empty((S, rows, cols), np.float32)
     frac = np.empty((S, rows, cols), np.float32)
@@ -249,8 +264,9 @@ def render_volume(shape: LesionShape, background: Background, rng_or_seed, *, pl
         image_hu=np.ascontiguousarray(image[k0:k1, r0:r1, c0:c1]), true_fraction=truth, reader_masks=readers,
         spacing_mm=(t, sp, sp), shape_id=shape.shape_id, lidc_patient_id=shape.patient_id,
         texture_class=shape.texture_class, placement=placement, background_id=bg.background_id,
-        z_offset_mm=z0, rotation_deg=float(case.rotation_deg), psf_sigma_px=float(case.psf_sigma_px),
+        z_offset_mm=z0, rotation_deg=rot, psf_sigma_px=float(case.psf_sigma_px),
         noise_hu=float(bg.noise_hu), key=bg.key - k0, crop_origin=(k0, r0, c0),
+        center_rc_mm=(center[0] - r0 * sp, center[1] - c0 * sp),
         diameter_mm=float(shape.max_axial_diameter_mm))
 
 
