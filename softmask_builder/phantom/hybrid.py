@@ -75,8 +75,8 @@ from softmask_builder.phantom.shapes import TEXTURE_CLASSES, LesionShape, fracti
 
 __all__ = ["PLACEMENTS", "SOLID_CORE_FRACTION", "READER_MODEL", "HybridParams", "Background", "HybridCase",
            "CaseSpec", "BackgroundSpec", "choose_center", "lung_mask", "measure_noise_hu", "synthetic_background",
-           "render_case", "simulate_readers", "plan_hybrid_cases", "iter_hybrid_cases", "sample_patients", "write_hybrid_sample",
-           "default_cases_per_background", "MAX_CASES_PER_BACKGROUND", "MIN_BACKGROUNDS"]
+           "render_case", "simulate_readers", "plan_hybrid_cases", "iter_hybrid_cases", "sample_patients",
+           "write_hybrid_sample", "default_cases_per_background", "MAX_CASES_PER_BACKGROUND", "MIN_BACKGROUNDS"]
 
 PLACEMENTS = ("free", "pleura", "vessel")
 #: Volume share of the solid core of a part-solid nodule (exact for a sphere; see the module doc).
