@@ -42,8 +42,11 @@ from softmask_builder.labelling.resample import (check_spacing_mm, downsample_fr
 __all__ = ["ISOTROPIC_DEFAULT", "band_mm_from_params", "label_volume_from_mask", "label_volume_from_readers",
            "deblur_soft_mask_volume"]
 
-#: What ``isotropic=None`` means. Issue 26's 3-D truth table (the phantom study) sets it by its
-#: written rule; until then False: matting on the original grid, the cheaper arm.
+#: What ``isotropic=None`` means, set by the written rule of issue 26's 3-D truth table (docs/RESULTS.md,
+#: "3-D Soft Masks against the phantom's 3-D truth"; record docs/results/truth3d, 240 phantom nodules):
+#: off. Near-isotropic matting raised the mean SAD slightly (+0.3 points, 95 % interval [0.0, 0.6]) and
+#: lowered Dice (-0.005 [-0.008, -0.002]) against the original grid; the rule asks for a 5 % gain.
+#: tests/benchmarks/test_bench_truth3d.py checks that this value is the rule's decision on the record.
 ISOTROPIC_DEFAULT = False
 
 
@@ -162,7 +165,7 @@ def label_volume_from_mask(image_hu, mask, spacing_mm, params: LabelParams = Lab
         True: split each voxel into ``k`` = :func:`~softmask_builder.labelling.resample.z_upsampling_factor`
         sub-slices (image linearly interpolated, mask repeated), make the trimap with the ball on that
         fine grid, matte there, average each voxel's sub-slices back. False: everything on the
-        original grid. None: :data:`ISOTROPIC_DEFAULT` (set by issue 26's truth table). Ignored for
+        original grid. None: :data:`ISOTROPIC_DEFAULT` (off, by issue 26's truth table). Ignored for
         Z = 1.
 
     Returns

@@ -74,9 +74,9 @@ from softmask_builder.phantom.recist_marks import recist_from_mask
 from softmask_builder.phantom.shapes import TEXTURE_CLASSES, LesionShape, fraction_maps
 
 __all__ = ["PLACEMENTS", "SOLID_CORE_FRACTION", "READER_MODEL", "HybridParams", "Background", "HybridCase",
-           "CaseSpec", "BackgroundSpec", "lung_mask", "measure_noise_hu", "synthetic_background", "render_case",
-           "simulate_readers", "plan_hybrid_cases", "iter_hybrid_cases", "sample_patients", "write_hybrid_sample",
-           "default_cases_per_background", "MAX_CASES_PER_BACKGROUND", "MIN_BACKGROUNDS"]
+           "CaseSpec", "BackgroundSpec", "choose_center", "lung_mask", "measure_noise_hu", "synthetic_background",
+           "render_case", "simulate_readers", "plan_hybrid_cases", "iter_hybrid_cases", "sample_patients",
+           "write_hybrid_sample", "default_cases_per_background", "MAX_CASES_PER_BACKGROUND", "MIN_BACKGROUNDS"]
 
 PLACEMENTS = ("free", "pleura", "vessel")
 #: Volume share of the solid core of a part-solid nodule (exact for a sphere; see the module doc).
@@ -337,8 +337,9 @@ def synthetic_background(rng_or_seed, *, shape: tuple[int, int] = (512, 512), sp
 # Placement
 # --------------------------------------------------------------------------------------------
 
-def _choose_center(rng, bg: Background, shape: LesionShape, placement: str) -> tuple[float, float]:
-    """(row, col) mm of the shape's centroid in the key slice, for the placement kind.
+def choose_center(rng, bg: Background, shape: LesionShape, placement: str) -> tuple[float, float]:
+    """(row, col) mm of the shape's centroid in the key slice, for the placement kind (public since
+    issue 26: :func:`softmask_builder.phantom.volumes.render_volume` places its nodules by the same rule).
 
     free: the whole disc of radius ``radius_bound + 2 mm`` inside the lung, away from the
     excluded area, fewest vessel pixels (clean HU > -500) among 40 tries; pleura: the centroid
@@ -394,7 +395,7 @@ def _unit_field(rng, rows: int, cols: int, corr_px: float) -> np.ndarray:
 
 def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_readers: int = 4,
                      bias_sd_mm: float | None = None, bias_rel: float | None = None, wobble_mm: float | None = None,
-                     corr_mm: float | None = None) -> np.ndarray:
+                     corr_mm: float | None = None, bias_mm: Sequence[float] | None = None) -> np.ndarray:
     """Masks of ``n_readers`` simulated radiologists outlining the lesion of ``true_fraction``.
 
     Reader i marks ``{d + b_i + wobble_mm g_i > 0}`` with ``d`` the signed distance (mm, > 0
@@ -403,6 +404,11 @@ def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_rea
     disagree more, in mm, on larger nodules) and ``g_i`` a unit random field of correlation
     ``corr_mm`` (defaults: :data:`READER_MODEL`). Computed in the lesion's bounding box
     enlarged by 5 mm.
+
+    ``bias_mm``: the readers' ``b_i`` given (one per reader, mm) instead of drawn, so that one
+    reader keeps one habit over the slices of a nodule
+    (:func:`softmask_builder.phantom.volumes.simulate_readers_volume`); then only the wobble
+    fields are drawn from ``rng``. None (default): drawn as above, the random stream unchanged.
 
     Returns
     -------
@@ -415,6 +421,10 @@ def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_rea
     wob = m["wobble_mm"] if wobble_mm is None else float(wobble_mm)
     corr = m["corr_mm"] if corr_mm is None else float(corr_mm)
     rng = as_rng(rng)
+    if bias_mm is not None:
+        bias_mm = np.asarray(bias_mm, dtype=np.float64).ravel()
+        if bias_mm.shape != (n_readers,) or not np.all(np.isfinite(bias_mm)):
+            raise InputError(f"bias_mm must hold {n_readers} finite numbers (one per reader), got {bias_mm.tolist()}")
     truth = np.asarray(true_fraction) >= 0.5
     out = np.zeros((n_readers,) + truth.shape, dtype=bool)
     if not truth.any():
@@ -430,7 +440,7 @@ def simulate_readers(true_fraction: np.ndarray, *, spacing_mm: float, rng, n_rea
     d = np.where(sub, d_in - 0.5, -(d_out - 0.5)) * spacing_mm
     r_eq = math.sqrt(float(truth.sum()) / math.pi) * spacing_mm
     for i in range(n_readers):
-        b = float(rng.normal(0.0, b_sd + b_rel * r_eq))
+        b = float(rng.normal(0.0, b_sd + b_rel * r_eq)) if bias_mm is None else float(bias_mm[i])
         g = _unit_field(rng, *sub.shape, corr / spacing_mm)
         out[i, r0:r1, c0:c1] = d + b + wob * g > 0
     return out
@@ -482,7 +492,7 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
         of ``f >= 0.5``, the RECIST minimum).
     rotation_deg : in-plane turn of the shape; drawn in [0, 360) when None.
     center_rc_mm : (row, col) mm of the shape's centroid in the slice; None: chosen for the
-        placement (:func:`_choose_center`). Given, the placement only decides whether the
+        placement (:func:`choose_center`). Given, the placement only decides whether the
         fraction is cut by the lung mask (``"pleura"``), so a shape can be put back where it was
         (e.g. a LIDC nodule at ``shape.source["centroid_rc_px"] * spacing`` in its own slices;
         the background's ``exclude`` area is not checked then).
@@ -507,7 +517,7 @@ def render_case(shape: LesionShape, background: Background, rng_or_seed, *, plac
     S, rows, cols = bg.slices_hu.shape
     sp, t = bg.spacing_mm, bg.slice_thickness_mm
     rot = float(rng.uniform(0.0, 360.0)) if rotation_deg is None else float(rotation_deg)
-    center = (_choose_center(rng, bg, shape, placement) if center_rc_mm is None
+    center = (choose_center(rng, bg, shape, placement) if center_rc_mm is None
               else (float(center_rc_mm[0]), float(center_rc_mm[1])))
     zlo, zhi = shape.z_range_mm
     core_depth = None
