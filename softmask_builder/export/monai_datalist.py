@@ -21,8 +21,9 @@ Volume builds (issue 26): the same files and keys, each a volume (col, row, z) w
 (col_mm, row_mm, z_mm), the crop's native spacing: ``LoadImaged`` + ``EnsureChannelFirstd`` give
 (1, col, row, z) tensors whose ``pixdim`` is that spacing (``Spacingd`` can resample from it).
 Each datalist entry also carries ``pixdim_mm`` [col_mm, row_mm, z_mm] (the NIfTI order MONAI
-reports; the shortest decimals of the header's float32 values), so a pipeline can choose a target spacing without opening the files; sample builds'
-entries are unchanged (no ``pixdim_mm``).
+reports; the shortest decimals of the header's float32 values), so a pipeline can choose a
+target spacing without opening the files; sample builds' entries are unchanged (no
+``pixdim_mm``).
 """
 
 from __future__ import annotations
