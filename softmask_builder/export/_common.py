@@ -1,6 +1,16 @@
 """What every export shares: the verified build it reads (through :mod:`softmask_builder.formats.shards`),
 deterministic NIfTI bytes, an atomic output folder and its SHA256SUMS.
 
+Two kinds of build are exported: ``samples`` (2-D crops (row, col), spacing (row_mm, col_mm)) and,
+since issue 26, ``volumes`` (3-D crops (z, row, col) at the source's native spacing
+(z_mm, row_mm, col_mm)). NIfTI's voxel axes are (i, j, k) = (x, y, z), x fastest in memory, so
+a crop is written with its axes reversed: a 2-D crop as (col, row, 1) with pixdim
+(col_mm, row_mm, 1), a volume as (col, row, z) with pixdim (col_mm, row_mm, z_mm)
+(:func:`to_nifti_axes`, :func:`pixdim_of`). The affine is ``diag(*pixdim, 1)``: the spacing
+only, origin 0, no rotation (the crop's place in its series stays in the shard's ``origin_px``;
+``cases.csv`` / the datalist point back to the sample). nnU-Net (SimpleITK) therefore reads a
+volume as a (z, row, col) array with spacing (z_mm, row_mm, col_mm), the shard's own order.
+
 Determinism: a NIfTI file is the nibabel header + data serialised in memory
 (``Nifti1Image.to_bytes``) and gzip-compressed with ``mtime=0`` and no file name, so its bytes
 depend only on the array, the spacing and nibabel's header layout -- never on the clock, the
@@ -57,15 +67,21 @@ def require_nibabel():
     return nibabel
 
 
+#: Build kinds the exports take (manifest ``kind``), and the spatial axes of their crops.
+EXPORTABLE_KINDS = {"samples": 2, "volumes": 3}
+
+
 @dataclass(frozen=True)
 class ExportSample:
-    """One sample of a build as the exports need it (arrays in (row, col), spacing (row_mm, col_mm))."""
+    """One sample of a build as the exports need it: arrays (row, col) with ``spacing_mm``
+    (row_mm, col_mm) for a sample build, (z, row, col) with (z_mm, row_mm, col_mm) for a volume
+    build (the shard's axis order in both)."""
 
     sample_id: str
     split: str
     patient: str
     source_key: str
-    spacing_mm: tuple[float, float]
+    spacing_mm: tuple[float, ...]
     image_hu: np.ndarray
     soft_mask: np.ndarray
     binary_mask: np.ndarray
@@ -84,6 +100,11 @@ class VerifiedBuild:
     def dataset(self) -> str:
         return str(self.manifest["dataset"])
 
+    @property
+    def kind(self) -> str:
+        """``"samples"`` (2-D crops) or ``"volumes"`` (3-D crops)."""
+        return str(self.manifest["kind"])
+
     def n_samples(self, split: str | None = None) -> int:
         return sum(e["n_samples"] for e in self.manifest["shards"] if split is None or e["split"] == split)
 
@@ -94,18 +115,23 @@ class VerifiedBuild:
             with open_shard(self.path / entry["file"]) as shard:
                 for i in range(shard.n_samples):
                     s = shard.sample(i)
-                    row_mm, col_mm = (float(v) for v in np.asarray(s["spacing_mm"], dtype=np.float32))
-                    yield ExportSample(s["sample_id"], s["split"], s["patient"], s["source_key"], (row_mm, col_mm),
+                    spacing = tuple(float(v) for v in np.asarray(s["spacing_mm"], dtype=np.float32))
+                    yield ExportSample(s["sample_id"], s["split"], s["patient"], s["source_key"], spacing,
                                        s["image_hu"], s["soft_mask"], s["binary_mask"], s["trimap"])
 
 
 def load_verified_build(build: str | Path) -> VerifiedBuild:
     """Verify ``build`` (hashes, schema, counts) and return it; refuse slice builds and empty ones.
 
+    A sample build (manifest ``kind`` "samples") and a volume build ("volumes") are both taken;
+    every shard's own ``kind`` must be the manifest's (``softmask verify`` does not compare them
+    yet, and a 2-D shard in a volume build would otherwise be exported as a one-slice volume).
+
     Raises
     ------
     BuildNotVerified
-        ``softmask verify`` finds a problem (the problems are attached).
+        ``softmask verify`` finds a problem (the problems are attached), or a shard's kind is not
+        the manifest's (exit code 3).
     ExportError
         The build holds slices (no labels to export) or no sample (exit code 4).
     """
@@ -117,15 +143,24 @@ def load_verified_build(build: str | Path) -> VerifiedBuild:
         raise BuildNotVerified(f"{build} fails `softmask verify` ({len(report.problems)} problem(s)); "
                                "exports read only verified builds", report.problems)
     manifest = read_manifest(build)
-    if manifest.get("kind") != "samples":
-        raise ExportError(f"{build} is a {manifest.get('kind')!r} build; exports take sample builds (crops + labels)")
+    kind = manifest.get("kind")
+    if kind not in EXPORTABLE_KINDS:
+        raise ExportError(f"{build} is a {kind!r} build; exports take sample builds (2-D crops + labels) and "
+                          "volume builds (3-D crops + labels)")
     if not manifest["n_samples"]:
         raise ExportError(f"{build} holds no sample to export", exit_code=4)
+    for entry in manifest["shards"]:
+        with open_shard(build / entry["file"]) as shard:
+            if shard.kind != kind:
+                problem = f"shard {entry['file']}: kind {shard.kind!r}, manifest says {kind!r}"
+                raise BuildNotVerified(f"{build} mixes shard kinds ({problem}); exports read only verified builds",
+                                       [problem])
     return VerifiedBuild(build, manifest, sha256_file(build / MANIFEST))
 
 
 def nifti_bytes(array_cr: np.ndarray, *, pixdim: tuple[float, float, float], dtype: np.dtype) -> bytes:
-    """Gzip-compressed NIfTI-1 bytes of a (col, row, 1) array with voxel sizes ``pixdim``.
+    """Gzip-compressed NIfTI-1 bytes of an array already in NIfTI axis order ((col, row, 1) or
+    (col, row, z): :func:`to_nifti_axes`) with voxel sizes ``pixdim`` in mm (:func:`pixdim_of`).
 
     The affine is ``diag(*pixdim, 1)`` (no rotation, origin 0; qform and sform both set, code 1
     "scanner"); no scaling (slope 1, intercept 0), an empty description, ``mtime=0`` in the gzip
@@ -143,15 +178,40 @@ def nifti_bytes(array_cr: np.ndarray, *, pixdim: tuple[float, float, float], dty
     return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
 
 
+def to_nifti_axes(array: np.ndarray) -> np.ndarray:
+    """A crop in the shard's axis order -> NIfTI's (i, j, k) = (x, y, z) order.
+
+    (row, col) -> (col, row, 1); (z, row, col) -> (col, row, z), i.e. the axes reversed. NIfTI's
+    first axis is i (x, columns), the second j (rows), the third k (slices). Any other number of
+    axes is a bug in the caller (ValueError).
+    """
+    array = np.asarray(array)
+    if array.ndim == 2:
+        return np.ascontiguousarray(array.T[:, :, None])
+    if array.ndim == 3:
+        return np.ascontiguousarray(array.transpose(2, 1, 0))
+    raise ValueError(f"a crop must be (row, col) or (z, row, col), got shape {array.shape}")
+
+
 def to_col_row(array_rc: np.ndarray) -> np.ndarray:
-    """(row, col) -> (col, row, 1): NIfTI's first axis is i (x, columns), the second j (rows)."""
-    return np.ascontiguousarray(np.asarray(array_rc).T[:, :, None])
+    """(row, col) -> (col, row, 1) (2-D only; :func:`to_nifti_axes` takes volumes too)."""
+    if np.ndim(array_rc) != 2:
+        raise ValueError(f"to_col_row takes (row, col) arrays, got shape {np.shape(array_rc)}")
+    return to_nifti_axes(array_rc)
 
 
-def pixdim_of(spacing_mm: tuple[float, float]) -> tuple[float, float, float]:
-    """(row_mm, col_mm) -> NIfTI pixdim (col_mm, row_mm, 1)."""
-    row_mm, col_mm = spacing_mm
-    return (float(col_mm), float(row_mm), 1.0)
+def pixdim_of(spacing_mm: tuple[float, ...]) -> tuple[float, float, float]:
+    """Spacing in the shard's axis order -> NIfTI pixdim in mm.
+
+    (row_mm, col_mm) -> (col_mm, row_mm, 1) (a 2-D crop is one slice of nominal thickness 1);
+    (z_mm, row_mm, col_mm) -> (col_mm, row_mm, z_mm).
+    """
+    spacing = tuple(float(v) for v in spacing_mm)
+    if len(spacing) == 2:
+        return (spacing[1], spacing[0], 1.0)
+    if len(spacing) == 3:
+        return (spacing[2], spacing[1], spacing[0])
+    raise ValueError(f"spacing_mm must be (row_mm, col_mm) or (z_mm, row_mm, col_mm), got {spacing_mm!r}")
 
 
 class AtomicFolder:

@@ -13,9 +13,20 @@ Layout (nnU-Net v2's ``dataset_format.md``)::
       SHA256SUMS
     [PREPROCESSED/DatasetNNN_Name/splits_final.json]   with --splits-final: one fold, our train / val
 
-Data contract: each crop is a 2-D NIfTI of shape (col, row, 1) (NIfTI's first axis is x =
-columns), pixdim (col_mm, row_mm, 1), int16 HU for images (exactly the shard's ``image_hu``),
-uint8 labels. nnU-Net reads them as one-slice 3-D images and plans its ``2d`` configuration.
+Data contract, sample builds (2-D crops): each crop is a NIfTI of shape (col, row, 1) (NIfTI's
+first axis is x = columns), pixdim (col_mm, row_mm, 1), int16 HU for images (exactly the shard's
+``image_hu``), uint8 labels. nnU-Net reads them as one-slice 3-D images and plans its ``2d``
+configuration.
+
+Volume builds (3-D crops, issue 26): each crop (z, row, col) is a NIfTI of shape (col, row, z),
+pixdim (col_mm, row_mm, z_mm) = the crop's native spacing, the same dtypes (int16 HU: nnU-Net's
+``CTNormalization`` reads any dtype as float32, clips to the foreground's 0.5-99.5 percentiles and
+z-scores, so storing the shard's integers loses nothing). nnU-Net (SimpleITK) reads a case back as a
+(z, row, col) array with spacing (z_mm, row_mm, col_mm) and plans ``2d`` and ``3d_fullres`` (on
+(48, 96, 96) crops the planned patch is the crop: ``tests/softmask_builder/export/test_export_volumes.py``).
+The labels, ``--band-as-ignore`` (the 3-D trimap's unknown band), the folders, ``cases.csv``, the case
+ids and ``splits_final.json`` are those of a sample build; only the axes and ``dataset.json``'s
+description differ. No option is 2-D-only, so a volume build takes every option.
 
 Labels: 0 background, 1 nodule = the shard's ``binary_mask``. nnU-Net trains on hard labels
 only, so the Soft Mask (``soft_mask``, the alpha in [0, 1] of the unknown band) is **not**
@@ -39,7 +50,7 @@ import numpy as np
 from softmask_builder.core import atomic
 from softmask_builder.errors import InputError
 from softmask_builder.export._common import (SPLITS, AtomicFolder, ExportError, VerifiedBuild, check_name, load_verified_build,
-                      nifti_bytes, pixdim_of, provenance, to_col_row)
+                      nifti_bytes, pixdim_of, provenance, to_nifti_axes)
 
 FILE_ENDING = ".nii.gz"
 IGNORE_LABEL = 2
@@ -65,8 +76,8 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 
 
 def nnunet_label(binary_mask: np.ndarray, trimap: np.ndarray, *, band_as_ignore: bool) -> np.ndarray:
-    """uint8 (row, col) label: ``binary_mask`` in {0, 1}; with ``band_as_ignore`` the unknown
-    band (trimap 128) set to :data:`IGNORE_LABEL`."""
+    """uint8 label shaped like ``binary_mask`` ((row, col) or (z, row, col)): ``binary_mask`` in
+    {0, 1}; with ``band_as_ignore`` the unknown band (trimap 128) set to :data:`IGNORE_LABEL`."""
     label = (np.asarray(binary_mask) != 0).astype(np.uint8)
     if band_as_ignore:
         label[np.asarray(trimap) == 128] = IGNORE_LABEL
@@ -85,7 +96,8 @@ def dataset_json(build: VerifiedBuild, *, name: str, n_training: int, band_as_ig
         "file_ending": FILE_ENDING,
         "name": name,
         "description": (f"{m['dataset']} {m['dataset_version']} (Soft Mask toolkit) exported for nnU-Net v2: "
-                        "2-D lesion crops in HU, binary nodule masks"
+                        + ("3-D nodule crops in HU at their native voxel spacing, binary nodule masks"
+                           if build.kind == "volumes" else "2-D lesion crops in HU, binary nodule masks")
                         + ("; the trimap's unknown band is the ignore label" if band_as_ignore else "")
                         + ". The Soft Mask (soft labels) is not part of this export."),
         "reference": _citation(m),
@@ -112,7 +124,8 @@ def _licence(manifest: dict[str, Any]) -> str:
 def export_nnunet(build: str | Path, out: str | Path, *, dataset_id: int, name: str = "LNSM",
                   band_as_ignore: bool = False, splits_final: bool = False, preprocessed: str | Path | None = None,
                   overwrite: bool = False) -> NnunetExport:
-    """Write ``out/DatasetNNN_name`` (see the module docstring) from the verified build ``build``.
+    """Write ``out/DatasetNNN_name`` (see the module docstring) from the verified build ``build``,
+    a sample build (2-D crops) or a volume build (3-D crops, NIfTI volumes with their spacing).
 
     Parameters
     ----------
@@ -159,10 +172,10 @@ def export_nnunet(build: str | Path, out: str | Path, *, dataset_id: int, name: 
                 k += 1
                 pixdim = pixdim_of(sample.spacing_mm)
                 folder.write_bytes(f"{images}/{case}_0000{FILE_ENDING}",
-                                   nifti_bytes(to_col_row(sample.image_hu), pixdim=pixdim, dtype=np.dtype("<i2")))
+                                   nifti_bytes(to_nifti_axes(sample.image_hu), pixdim=pixdim, dtype=np.dtype("<i2")))
                 label = nnunet_label(sample.binary_mask, sample.trimap, band_as_ignore=band_as_ignore)
                 folder.write_bytes(f"{labels}/{case}{FILE_ENDING}",
-                                   nifti_bytes(to_col_row(label), pixdim=pixdim, dtype=np.dtype("u1")))
+                                   nifti_bytes(to_nifti_axes(label), pixdim=pixdim, dtype=np.dtype("u1")))
                 cases.append((case, sample.sample_id, split, sample.patient, sample.source_key))
                 by_split[split].append(case)
         n_training = len(by_split["train"]) + len(by_split["val"])
