@@ -258,6 +258,8 @@ def plan_build(recipe: Recipe, source: str | Path, *, limit: int | None = None) 
     kwargs = dataclasses.asdict(recipe.source_options)
     if recipe.kind == "samples":
         kwargs["crop_px"] = recipe.crop_px
+    elif recipe.kind == "volumes":
+        kwargs["crop_zrc"] = tuple(recipe.volume.crop_zrc)
     unselected: list[Reject] = []
     if "unselected" in inspect.signature(plan_fn).parameters:
         kwargs["unselected"] = unselected
