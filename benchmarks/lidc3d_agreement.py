@@ -23,7 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 def main(argv: list[str]) -> int:
     from softmask_builder.formats.recipes import load_recipe
     from softmask_builder.labelling.pipeline3d import label_volume_from_readers
-    from softmask_builder.reports.agreement3d import agreement_table_markdown, reader_agreement, soft_mask_agreement
+    import numpy as np
+
+    from softmask_builder.reports.agreement3d import (agreement_table_markdown, held_out_agreement,
+                                                      held_out_table_markdown, reader_agreement, soft_mask_agreement,
+                                                      voxel_volume_mm3)
     from softmask_builder.sources.lidc import load_lidc_volume, plan_lidc_volumes
 
     shared = Path(os.environ.get("SOFTMASK_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -36,19 +40,36 @@ def main(argv: list[str]) -> int:
     (ref,) = [r for r in refs if r.patient == "LIDC-IDRI-0001"]
     record = load_lidc_volume(ref)
     level = recipe.label.consensus
-    soft = {}
+    soft, seconds_by = {}, []
     for isotropic in (False, True):
         t0 = time.perf_counter()
         labels = label_volume_from_readers(record.image_hu, record.prior, record.spacing_mm, recipe.label,
                                            isotropic=isotropic, sample_id=ref.sample_id)
         seconds = time.perf_counter() - t0
-        name = f"3-D Soft Mask, {'near-isotropic voxels' if isotropic else 'original grid'} ({seconds:.1f} s)"
+        name = f"3-D Soft Mask, {'near-isotropic voxels' if isotropic else 'original grid'}"
+        seconds_by.append(f"{name}: {seconds:.1f} s")
         soft[name] = soft_mask_agreement(labels.soft_mask, record.prior, record.spacing_mm, level=level)
     readers = reader_agreement(record.prior, record.spacing_mm, level=level)
     z, r, c = record.spacing_mm
     print(f"{ref.sample_id}: crop {record.image_hu.shape} (z, row, col), spacing {z:g} x {r:g} x {c:g} mm, "
           f"{record.n_readers} readers, annotation ids {list(ref.payload['annotation_ids'])}")
     print(agreement_table_markdown(soft, readers, level=level))
+    voxel = voxel_volume_mm3(record.spacing_mm)
+    print(f"readers' intersection {record.prior.all(axis=0).sum() * voxel:.0f} mm³, union "
+          f"{record.prior.any(axis=0).sum() * voxel:.0f} mm³ (the Soft Mask's sure lesion and outer limit)")
+    print("labelling time (this machine, one process): " + "; ".join(seconds_by))
+    print()
+    print("Leave one reader out: the Soft Mask made from the other readers vs the held-out reader")
+    held = {}
+    for isotropic in (False, True):
+        name = "3-D Soft Mask, " + ("near-isotropic" if isotropic else "original grid")
+        held[name] = []
+        for r in range(record.n_readers):
+            others = np.delete(record.prior, r, axis=0)
+            labels = label_volume_from_readers(record.image_hu, others, record.spacing_mm, recipe.label,
+                                               isotropic=isotropic, sample_id=ref.sample_id)
+            held[name].append(held_out_agreement(labels.soft_mask, record.prior, r, record.spacing_mm, level=level))
+    print(held_out_table_markdown(held, level=level))
     return 0
 
 

@@ -10,6 +10,10 @@ voxel grid of ``spacing_mm`` = (z_mm, row_mm, col_mm)):
 * **each reader vs the others**: reader r against the ``level`` consensus of the R - 1 others
   (leave-one-out, so a reader is never compared with a consensus it voted in): Dice, and both
   volumes in mm^3. This is the yardstick: how far one radiologist is from the rest.
+* **leave one reader out** (:func:`held_out_agreement`): the Soft Mask made from the R - 1 other
+  readers against the held-out reader, beside those readers' consensus against the same reader:
+  both labels see the same readers, so this row compares like with like (the first one's Soft
+  Mask has seen every reader of its reference).
 
 Pure functions of arrays (no I/O); ``benchmarks/lidc3d_agreement.py`` runs them on LIDC-IDRI-0001.
 Dice of two empty volumes is NaN.
@@ -23,7 +27,8 @@ import numpy as np
 
 from softmask_builder.errors import InputError
 
-__all__ = ["voxel_volume_mm3", "dice3d", "soft_mask_agreement", "reader_agreement", "agreement_table_markdown"]
+__all__ = ["voxel_volume_mm3", "dice3d", "soft_mask_agreement", "reader_agreement", "held_out_agreement",
+           "agreement_table_markdown", "held_out_table_markdown"]
 
 
 def voxel_volume_mm3(spacing_mm) -> float:
@@ -97,6 +102,45 @@ def reader_agreement(reader_masks, spacing_mm, *, level: float = 0.5) -> list[di
         rows.append({"dice": dice3d(m[r], others), "volume_mm3": volume, "others_mm3": others_mm3,
                      "volume_error_pct": 100.0 * (volume / others_mm3 - 1.0) if others_mm3 else math.nan})
     return rows
+
+
+def held_out_agreement(soft_mask_without_r, reader_masks, r: int, spacing_mm, *, level: float = 0.5) -> dict:
+    """Reader ``r`` against (a) the Soft Mask made from the other readers (``soft_mask_without_r``,
+    thresholded at 0.5) and (b) the ``level`` consensus of the other readers.
+
+    Returns
+    -------
+    dict
+        ``soft_dice``, ``consensus_dice`` (Dice with reader r), ``soft_mm3`` (sum(alpha) x voxel),
+        ``consensus_mm3``, ``reader_mm3``.
+    """
+    m = _readers(reader_masks)
+    if not 0 <= r < len(m):
+        raise InputError(f"r must index one of the {len(m)} readers, got {r}")
+    alpha = np.asarray(soft_mask_without_r, dtype=np.float64)
+    if alpha.shape != m.shape[1:]:
+        raise InputError(f"soft_mask_without_r {alpha.shape} and reader_masks {m.shape[1:]} differ in shape")
+    voxel = voxel_volume_mm3(spacing_mm)
+    others = np.delete(m, r, axis=0).mean(axis=0) >= _check_level(level)
+    return {"soft_dice": dice3d(alpha >= 0.5, m[r]), "consensus_dice": dice3d(others, m[r]),
+            "soft_mm3": float(alpha.sum()) * voxel, "consensus_mm3": float(others.sum()) * voxel,
+            "reader_mm3": float(m[r].sum()) * voxel}
+
+
+def held_out_table_markdown(rows: dict[str, list[dict]], *, level: float = 0.5) -> str:
+    """A markdown table of :func:`held_out_agreement` rows: per Soft Mask variant (name -> one row
+    per held-out reader) the Dice with the held-out reader, beside the others' consensus."""
+    pct = f"{100 * level:g} %"
+    lines = [f"| held-out reader | reader volume (mm³) | Dice: {pct} consensus of the others | "
+             + " | ".join(f"Dice: {name} from the others" for name in rows) + " |",
+             "|---|---|---|" + "---|" * len(rows)]
+    first = next(iter(rows.values()))
+    for i in range(len(first)):
+        cells = " | ".join(f"{rows[name][i]['soft_dice']:.3f}" for name in rows)
+        lines.append(f"| reader {i + 1} | {first[i]['reader_mm3']:.0f} | {first[i]['consensus_dice']:.3f} | {cells} |")
+    means = " | ".join(f"{np.mean([x['soft_dice'] for x in rows[name]]):.3f}" for name in rows)
+    lines.append(f"| mean | | {np.mean([x['consensus_dice'] for x in first]):.3f} | {means} |")
+    return "\n".join(lines)
 
 
 def agreement_table_markdown(soft_rows: dict[str, dict], reader_rows: list[dict], *, level: float = 0.5) -> str:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from softmask_builder.errors import InputError
-from softmask_builder.reports.agreement3d import (agreement_table_markdown, dice3d, reader_agreement,
-                                                  soft_mask_agreement, voxel_volume_mm3)
+from softmask_builder.reports.agreement3d import (agreement_table_markdown, dice3d, held_out_agreement,
+                                                  held_out_table_markdown, reader_agreement, soft_mask_agreement,
+                                                  voxel_volume_mm3)
 
 from ..sources.lidc_oracle import load_contours_json, reader_mask
 
@@ -33,6 +34,10 @@ def test_hand_computed_case():
     # reader 1 vs the others' consensus (readers 2, 3: >= 1 of 2 -> b, c): Dice({a,b},{b,c}) = 1/2
     assert r1["dice"] == 0.5 and r1["volume_mm3"] == 2.0 and r1["others_mm3"] == 2.0
     assert r3["dice"] == 0.5  # {b} vs readers 1, 2 (>= 1 of 2: a, b, c): 2 x 1 / (1 + 3)
+    # reader 1 held out: alpha >= 0.5 on {a, b} vs reader 1 {a, b} -> 1; others' consensus {b, c} -> 1/2
+    h = held_out_agreement(alpha, m, 0, (2.0, 1.0, 0.5))
+    assert (h["soft_dice"], h["consensus_dice"], h["soft_mm3"], h["reader_mm3"]) == (1.0, 0.5, 1.75, 2.0)
+    assert "| mean | | 0.500 | 1.000 |" in held_out_table_markdown({"x": [h]})
     assert math.isnan(dice3d(np.zeros((1, 1, 1), bool), np.zeros((1, 1, 1), bool)))
     assert "| reader 3 (its own mask) |" in agreement_table_markdown({"x": row}, [r1, r2, r3])
     with pytest.raises(InputError, match="spacing_mm"):
