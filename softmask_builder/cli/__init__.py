@@ -410,7 +410,11 @@ def preview(path: Path, n_samples: int, out: Path) -> None:
         if path.is_dir():
             from softmask_builder.dataset.release import check_release_index
 
-            check_release_index(path)
+            if check_release_index(path).get("kind") == "volumes":
+                # The three-orthogonal-slice preview of volume builds (issue 26) is drawn by reports/;
+                # until it is wired here, a clear line instead of matplotlib's error on (Z, H, W) arrays.
+                raise _Fail(f"{path} is a volume build (kind volumes): `softmask preview` draws 2-D builds; "
+                            f"look at it with `softmask inspect {path}`")
         report = preview_report(path, out, n=n_samples)
     _emit(report)
     if report["n"] < n_samples:

@@ -119,3 +119,9 @@ def test_cli_volume_options(lidc_root, tmp_path):
     assert result.exit_code == EXIT_INPUT and "applies to a volume build" in result.stderr
     result = invoke("build", "lidc", lidc_root, "--volumes", "--recipe", "lidc", "--dry-run", "--out", tmp_path / "z")
     assert result.exit_code == EXIT_INPUT and "lidc_volumes" in result.stderr
+
+
+def test_preview_of_a_volume_build_is_one_clear_line(two_builds, tmp_path):
+    result = invoke("preview", two_builds[0][0], "--out", tmp_path / "p.png")
+    assert result.exit_code == EXIT_INPUT and "volume build" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "p.png").exists()

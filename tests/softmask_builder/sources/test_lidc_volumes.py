@@ -121,3 +121,42 @@ def test_nodule_larger_than_crop_is_rejected(lidc_root):
     assert refs == []
     rej = [r for r in rejects if r.sample_id == "LIDC-IDRI-0001_n01"][0]
     assert "does not fit" in rej.reason and "row" in rej.reason
+
+
+def _scan_and_nodule():
+    from softmask_builder.sources.lidc_db import cluster_annotations, read_lidc_db
+
+    (scan,) = read_lidc_db(None, patients=[CASE1])
+    (group,) = [g for g in cluster_annotations(scan) if len(g) == 4]
+    return scan, group
+
+
+def test_full_series_fills_the_crop_and_uneven_spacing_is_rejected():
+    """The planner on the database's own series geometry with every slice "on disk": the crop's 48
+    slices all come from disk; one wider gap inside the crop (z shifted beyond the nodule) is a
+    reject naming the gaps; the same gap outside the crop is not."""
+    import dataclasses
+    from pathlib import Path
+
+    from softmask_builder.sources.lidc import _plan_nodule_volume, _SliceFile
+
+    scan, group = _scan_and_nodule()
+
+    def plan(zs):
+        files = [_SliceFile(float(z), i, Path(f"/series/{i}.dcm")) for i, z in enumerate(zs)]
+        return _plan_nodule_volume(Path("/series"), CASE1, 1, dataclasses.replace(scan, slice_z_mm=zs), group,
+                                   files, (48, 96, 96))
+
+    ref, rej = plan(scan.slice_z_mm)
+    assert rej is None and len(ref.payload["dicom_paths"]) == 48
+    crop_end = ref.payload["origin_zrc"][0] + 48  # first slice after the crop
+    assert ref.payload["k_first"] == ref.payload["origin_zrc"][0] and ref.payload["spacing_z_mm"] == pytest.approx(2.5)
+    k_last_contour = max(c.k for a in group for c in a.contours)
+    zs = np.array(scan.slice_z_mm, dtype=np.float64)
+    zs[k_last_contour + 5:] += 0.5  # one 3.0 mm gap among 2.5 mm ones, inside the crop
+    ref, rej = plan(zs)
+    assert ref is None and "uneven slice spacing" in rej.reason and "2.500 and 3.000 mm" in rej.reason
+    zs = np.array(scan.slice_z_mm, dtype=np.float64)
+    assert crop_end + 1 < len(zs)
+    zs[crop_end + 1:] += 0.5  # the wider gap just after the crop's end: not looked at
+    assert plan(zs)[1] is None
