@@ -16,6 +16,11 @@ Phases
 3. **release** (:mod:`softmask_builder.dataset.release`): ``manifest.json``, ``rejects.csv``, ``DATASET_CARD.md``,
    ``SHA256SUMS``.
 
+Kinds: a recipe's source decides what a shard holds (``recipe.kind``): "samples" (2-D crops labelled by
+:func:`label_record`), "slices" (full slices, no labels) or "volumes" (issue 26: one (Z, H, W) crop per
+lesion from a 3-D adapter's :class:`~softmask_builder.sources.base.VolumeRecord`, labelled by
+:func:`label_volume_record` with the recipe's ``volume.isotropic``, checked against ``volume.crop_zrc``).
+
 Resume: the plan is recorded in ``<out>/.plan.json``; a shard whose final file exists and carries
 the plan's ``plan_sha256`` attribute is finished and skipped on a rerun. Leftover temporary files of
 a killed build are removed; release files are deleted before any shard is written and rewritten
