@@ -16,7 +16,7 @@ export SOFTMASK_SHARED_DATA ?= $(SHARED_DATA)
 
 .PHONY: setup test test-all test-export export-nnunet export-monai lnsm lidc masks slices release preview bench \
         bench-accuracy bench-accuracy-hybrid calibrate bench-build pretrain-sr train evaluate tables nnunet-baseline \
-        bench-loader bench-matting3d figures clean report report-check help
+        bench-loader bench-matting3d figures clean report report-check help lidc3d lidc3d-agreement
 
 setup: $(STAMP)
 
@@ -79,6 +79,19 @@ lidc: $(STAMP)
 	@test -n "$(LIDC_DICOM)" || { echo "usage: make lidc LIDC_DICOM=/path/to/LIDC-IDRI [OUT=build/lidc] [JOBS=2]" >&2; exit 2; }
 	SOFTMASK_NO_HINTS=1 $(BIN)/softmask build lidc "$(LIDC_DICOM)" --recipe $(if $(RECIPE),$(RECIPE),lidc) --out "$(call out_or,build/lidc)" --jobs $(JOBS)
 	$(BIN)/softmask verify "$(call out_or,build/lidc)"
+
+# 3-D: one 48x96x96 volume crop per nodule (recipe lidc3d; issue 26). LIDC= names the DICOM root
+# (LIDC_DICOM= works too); without either, the shared fixture's lidc folder when present.
+# ISOTROPIC=1 / ISOTROPIC=0 override the recipe's volume.isotropic.
+LIDC ?= $(if $(LIDC_DICOM),$(LIDC_DICOM),$(if $(wildcard $(SHARED_DATA)/lidc/LIDC-IDRI-*),$(SHARED_DATA)/lidc,))
+lidc3d: $(STAMP)
+	@test -n "$(LIDC)" || { echo "usage: make lidc3d LIDC=/path/to/LIDC-IDRI [OUT=build/lidc3d] [JOBS=2] [ISOTROPIC=1|0]" >&2; exit 2; }
+	SOFTMASK_NO_HINTS=1 $(BIN)/softmask build lidc "$(LIDC)" --volumes --recipe $(if $(RECIPE),$(RECIPE),lidc3d) --out "$(call out_or,build/lidc3d)" --jobs $(JOBS) $(if $(filter 1,$(ISOTROPIC)),--isotropic,)$(if $(filter 0,$(ISOTROPIC)),--no-isotropic,)
+	$(BIN)/softmask verify "$(call out_or,build/lidc3d)"
+
+# The 3-D Soft Mask of LIDC-IDRI-0001 against the readers' consensus (docs/RESULTS.md; needs ../shared/data).
+lidc3d-agreement: $(STAMP)
+	$(PY) benchmarks/lidc3d_agreement.py $(if $(LIDC),"$(LIDC)",)
 
 masks: $(STAMP)
 	@test -n "$(MASKS)" || { echo "usage: make masks MASKS=/path/to/pairs [RECIPE=masks] [OUT=build/masks] [JOBS=2]" >&2; exit 2; }
@@ -222,6 +235,8 @@ clean:
 ## test-export    install the `export` extra (nnU-Net, MONAI, datasets, mlcroissant) and run the export tests
 ## lnsm           the phantom sample (or DEEPLESION=) -> build/lnsm, verified; N= phantom cases
 ## lidc           LIDC-IDRI Soft Masks from LIDC_DICOM= -> build/lidc, verified
+## lidc3d         LIDC-IDRI 3-D Soft Masks (one volume per nodule) from LIDC= (default: the shared fixture) -> build/lidc3d, verified
+## lidc3d-agreement  3-D Soft Mask vs the readers' consensus on LIDC-IDRI-0001 (docs/RESULTS.md)
 ## masks          your image/mask pairs from MASKS= -> build/masks, verified
 ## slices         full CT slices for the SR teacher (DEEPLESION= or LIDC_DICOM=) -> build/slices
 ## preview        contact sheet of a build -> OUT-preview.png (default build/lnsm-preview.png)

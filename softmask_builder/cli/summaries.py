@@ -118,9 +118,12 @@ def build_line(summary: Mapping[str, Any], *, kind: str = "samples", seconds: fl
     if kind == "slices":
         nxt = (f"{tool('dsnet')} pretrain-sr --data {_q(out)} --out runs/sr" if _split_n(summary, "train")
                else "(not dsnet pretrain-sr: the train split is empty)")
+    elif kind == "volumes":  # dsnet trains on 2-D crops: a volume build goes to nnU-Net / MONAI
+        nxt = f"{sm} inspect {_q(out)} (dsnet train is 2-D; volume builds are for 3-D trainers)"
     else:
         nxt = f"{sm} report {_q(out)} (QC page); {_train_next(summary, out)}"
-    return (f"built {summary['n_samples']} {'slices' if kind == 'slices' else 'samples'} of {summary['dataset']} "
+    noun = {"slices": "slices", "volumes": "volumes"}.get(kind, "samples")
+    return (f"built {summary['n_samples']} {noun} of {summary['dataset']} "
             f"into {out} ({summary.get('n_shards', 0)} shards{reuse}; {_rejects(summary, out)}"
             f"{_unselected(summary, out)}){_secs(seconds)}." + _next(f"{sm} verify {_q(out)}; {nxt}."))
 

@@ -16,6 +16,11 @@ Phases
 3. **release** (:mod:`softmask_builder.dataset.release`): ``manifest.json``, ``rejects.csv``, ``DATASET_CARD.md``,
    ``SHA256SUMS``.
 
+Kinds: a recipe's source decides what a shard holds (``recipe.kind``): "samples" (2-D crops labelled by
+:func:`label_record`), "slices" (full slices, no labels) or "volumes" (issue 26: one (Z, H, W) crop per
+lesion from a 3-D adapter's :class:`~softmask_builder.sources.base.VolumeRecord`, labelled by
+:func:`label_volume_record` with the recipe's ``volume.isotropic``, checked against ``volume.crop_zrc``).
+
 Resume: the plan is recorded in ``<out>/.plan.json``; a shard whose final file exists and carries
 the plan's ``plan_sha256`` attribute is finished and skipped on a rerun. Leftover temporary files of
 a killed build are removed; release files are deleted before any shard is written and rewritten
@@ -51,7 +56,7 @@ from softmask_builder.formats.shards import (SCHEMA_VERSION, encode_meta, is_tem
                                              optional_arrays, parse_shard_name, sha256_file, write_shard)
 from softmask_builder.dataset.release import write_release
 from softmask_builder.dataset.results import BuildResult, ShardResult
-from softmask_builder.sources.base import Reject, SampleRecord, SampleRef, SliceRecord
+from softmask_builder.sources.base import Reject, SampleRecord, SampleRef, SliceRecord, VolumeRecord
 
 Loader = Callable[[SampleRef], Any]
 Labeller = Callable[[SampleRecord, LabelParams], Labels]
@@ -69,6 +74,24 @@ def label_record(record: SampleRecord, params: LabelParams) -> Labels:
     if record.prior_kind == "mask":
         return label_from_mask(record.image_hu, record.prior, params, sample_id=sid)
     raise InputError(f"unknown prior_kind {record.prior_kind!r}", sample_id=sid, stage="label")
+
+
+def label_volume_record(record: VolumeRecord, params: LabelParams, *, isotropic: bool) -> Labels:
+    """Label one loaded 3-D sample (issue 26): the readers' strategy
+    (:func:`~softmask_builder.labelling.pipeline3d.label_volume_from_readers`) or the mask's
+    (``label_volume_from_mask``), on the original grid or on near-isotropic voxels (``isotropic``,
+    the recipe's ``volume.isotropic``). Arrays of the result are (Z, H, W)."""
+    from softmask_builder.labelling.pipeline3d import label_volume_from_mask, label_volume_from_readers
+
+    sid = record.ref.sample_id
+    if record.prior_kind == "readers":
+        return label_volume_from_readers(record.image_hu, record.prior, record.spacing_mm, params,
+                                         isotropic=isotropic, sample_id=sid)
+    if record.prior_kind == "mask":
+        return label_volume_from_mask(record.image_hu, record.prior, record.spacing_mm, params,
+                                      isotropic=isotropic, sample_id=sid)
+    raise InputError(f"unknown volume prior_kind {record.prior_kind!r} (readers or mask)", sample_id=sid,
+                     stage="label")
 
 
 @contextmanager
@@ -158,6 +181,45 @@ def _sample_row(record: SampleRecord, labels: Labels, crop_px: int, split: str):
     return arrays, meta
 
 
+def _volume_row(record: VolumeRecord, labels: Labels, crop_zrc: tuple[int, int, int], split: str):
+    """The arrays and meta row of one volume sample (kind ``volumes``), checked against the recipe's crop."""
+    sid = record.ref.sample_id
+    if not isinstance(record, VolumeRecord):
+        raise InputError(f"a volume build needs a VolumeRecord from its loader, got {type(record).__name__}",
+                         sample_id=sid, stage="load")
+    image = np.asarray(record.image_hu)
+    if image.shape != tuple(crop_zrc):
+        raise InputError(f"crop shape {image.shape}, the recipe asks for {tuple(crop_zrc)}", sample_id=sid,
+                         stage="load")
+    if not np.isfinite(image).all():
+        raise InputError("image_hu has NaN/inf voxels", sample_id=sid, stage="load")
+    for name in ("trimap", "soft_mask", "binary_mask"):
+        if np.shape(getattr(labels, name)) != image.shape:
+            raise InputError(f"label {name} shape {np.shape(getattr(labels, name))} != crop {image.shape}",
+                             sample_id=sid, stage="label")
+    alpha = np.asarray(labels.soft_mask, dtype=np.float32)
+    if not np.isfinite(alpha).all():
+        raise InputError("soft_mask has NaN/inf values", sample_id=sid, stage="label")
+    meta = {
+        "sample_id": sid, "source_key": record.ref.source_key, "patient": record.ref.patient, "split": split,
+        "spacing_mm": tuple(record.spacing_mm), "origin_px": tuple(record.origin_px), "scale": tuple(record.scale),
+        "n_readers": record.n_readers, "lesion_type": record.lesion_type,  # key_z -1, recist_px NaN: no RECIST in 3-D
+    }
+    arrays = {
+        "image_hu": _to_int16(image),
+        "soft_mask": np.clip(alpha, 0.0, 1.0),
+        "binary_mask": np.asarray(labels.binary_mask).astype(bool).astype(np.uint8),
+        "trimap": np.asarray(labels.trimap).astype(np.uint8),
+    }
+    if record.true_fraction is not None:
+        truth = np.asarray(record.true_fraction, dtype=np.float32)
+        if truth.shape != image.shape or not np.isfinite(truth).all():
+            raise InputError(f"true_fraction shape {truth.shape} != crop {image.shape} or not finite",
+                             sample_id=sid, stage="load")
+        arrays["true_fraction"] = np.clip(truth, 0.0, 1.0)
+    return arrays, meta
+
+
 def _slice_row(record: SliceRecord, split: str, shape: tuple[int, int] | None):
     sid = record.ref.sample_id
     image = np.asarray(record.image_hu)
@@ -179,7 +241,7 @@ def _slice_row(record: SliceRecord, split: str, shape: tuple[int, int] | None):
 _SAMPLE_ERRORS = (Exception,)
 
 
-def _build_one(ref: SampleRef, split: str, recipe: Recipe, loader: Loader, labeller: Labeller):
+def _build_one(ref: SampleRef, split: str, recipe: Recipe, loader: Loader, labeller: Labeller | None):
     """Load (and label) one sample: ``(arrays, meta)`` or a :class:`Reject`."""
     phase = "load"
     try:
@@ -188,6 +250,12 @@ def _build_one(ref: SampleRef, split: str, recipe: Recipe, loader: Loader, label
             raise InputError(f"loader returned sample {record.ref.sample_id!r}", sample_id=ref.sample_id)
         if recipe.kind == "slices":
             arrays, meta = _slice_row(record, split, None)
+        elif recipe.kind == "volumes":
+            phase = "label"
+            labels = (labeller(record, recipe.label) if labeller is not None else
+                      label_volume_record(record, recipe.label, isotropic=recipe.volume.isotropic))
+            phase = "write"
+            arrays, meta = _volume_row(record, labels, tuple(recipe.volume.crop_zrc), split)
         else:
             phase = "label"
             labels = labeller(record, recipe.label)
@@ -210,7 +278,8 @@ def build_chunk(refs: Sequence[SampleRef], split: str, recipe: Recipe, loader: L
     """
     from softmask_builder.core.executor import keep_freed_memory
 
-    labeller = labeller or label_record
+    if recipe.kind != "volumes":  # a volume build labels with label_volume_record unless told
+        labeller = labeller or label_record
     keep_freed_memory()  # every process that labels, whatever started it (a no-op after the first call)
     with _single_threaded():
         return [_build_one(ref, split, recipe, loader, labeller) for ref in refs]
@@ -252,7 +321,8 @@ def assemble_shard(shard: ShardPlan, outcomes: Sequence, out_dir: str | Path, re
         if not all(name in a for a in arrays_list):
             raise RuntimeError(f"{shard.name}: some samples carry {name} and some do not")
     specs = {**specs, **{name: optional_arrays(kind)[name] for name in with_truth}}
-    hw = (recipe.crop_px, recipe.crop_px) if kind == "samples" else (slice_shape or (1, 1))
+    hw = ((recipe.crop_px, recipe.crop_px) if kind == "samples" else tuple(recipe.volume.crop_zrc)
+          if kind == "volumes" else (slice_shape or (1, 1)))
     stacked = {name: (np.stack([a[name] for a in arrays_list]) if arrays_list
                       else np.zeros((0, *hw), dtype=dtype)) for name, dtype in specs.items()}
     attrs = {
@@ -360,7 +430,7 @@ def _prepare_out(out: Path, plan: BuildPlan, overwrite: bool) -> None:
 
 
 #: Samples per chunk (the unit of parallel work) when ``run_build`` is not told.
-DEFAULT_CHUNK_SAMPLES = {"samples": 8, "slices": 4}
+DEFAULT_CHUNK_SAMPLES = {"samples": 8, "slices": 4, "volumes": 1}
 
 
 @dataclass(frozen=True)

@@ -253,11 +253,16 @@ def source_functions(source: str) -> tuple[Callable, Callable]:
 
 
 def plan_build(recipe: Recipe, source: str | Path, *, limit: int | None = None) -> BuildPlan:
-    """Plan a build of ``recipe`` from the ``source`` folder (reads only the source's indexes)."""
+    """Plan a build of ``recipe`` from the ``source`` folder (reads only the source's indexes).
+
+    The build sets the crop of the adapter's plan function: ``crop_px`` for a sample source,
+    ``crop_zrc`` (the recipe's ``volume.crop_zrc``) for a volume source."""
     plan_fn, _ = source_functions(recipe.source)
     kwargs = dataclasses.asdict(recipe.source_options)
     if recipe.kind == "samples":
         kwargs["crop_px"] = recipe.crop_px
+    elif recipe.kind == "volumes":
+        kwargs["crop_zrc"] = tuple(recipe.volume.crop_zrc)
     unselected: list[Reject] = []
     if "unselected" in inspect.signature(plan_fn).parameters:
         kwargs["unselected"] = unselected

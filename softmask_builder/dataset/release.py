@@ -152,6 +152,37 @@ _HOW = {
 }
 
 
+#: The label paragraph of a volume build (issue 26), per source family.
+_HOW_3D = {
+    "lidc": (
+        "Each sample is a {z}x{h}x{w} (z, row, col) CT volume crop at the scan's native spacing around an "
+        "LIDC-IDRI nodule, with every reader's contours on every slice. The 3-D trimap's lesion region is the "
+        "readers' intersection and its background the outside of their union (strategy 2, voxel by voxel); the "
+        "CT is windowed (level {window_level_hu} HU, width {window_width_hu} HU) and 3-D closed-form matting "
+        "(epsilon {eps}, (2*{radius}+1)^3 windows{iso}) gives the Soft Mask{deblur}. `binary_mask` is the "
+        "{consensus_pct:g} % reader consensus volume; `n_readers` counts the readers."),
+    "masks": (
+        "Each sample is a {z}x{h}x{w} (z, row, col) volume crop at native spacing with a given binary mask "
+        "volume; eroding and dilating the mask by a ball of {band_px} in-plane pixels gives the 3-D trimap "
+        "(strategy 1), and 3-D closed-form matting (epsilon {eps}, (2*{radius}+1)^3 windows{iso}, window level "
+        "{window_level_hu} HU, width {window_width_hu} HU) gives the Soft Mask{deblur}. `binary_mask` is the "
+        "given mask."),
+}
+
+
+def how_volume_labels_were_made(family: str, crop_zrc, isotropic: bool, label_params: dict[str, Any]) -> str:
+    """The card's paragraph on how the labels of a volume build were made (issue 26)."""
+    p = dict(label_params)
+    p["consensus_pct"] = 100.0 * p.get("consensus", 0.5)
+    n_deblur = int(p.get("deblur_iterations", 0) or 0)
+    p["deblur"] = "" if not n_deblur else (
+        f", from which {n_deblur} projected Van Cittert step(s) per slice take out the in-plane scanner blur")
+    p["iso"] = (", on near-isotropic voxels: resampled along z, matted, and averaged back to the original "
+                "slices" if isotropic else ", on the original voxel grid")
+    z, h, w = (int(v) for v in crop_zrc)
+    return _HOW_3D["masks" if family == "masks" else "lidc"].format(z=z, h=h, w=w, **p)
+
+
 def _citation_keys(manifest: dict[str, Any]) -> list[str]:
     """The card's citation keys (:func:`~softmask_builder.formats.metadata.citation_keys`: from what
     the build used, a phantom's LIDC shapes and real or synthetic backgrounds included)."""
@@ -219,6 +250,15 @@ def dataset_card(manifest: dict[str, Any], rejects) -> str:
     if manifest["kind"] == "slices":
         lines += ["", "## Content", "",
                   "Full axial CT slices in HU (int16) for the super-resolution teacher; no labels."]
+    elif manifest["kind"] == "volumes":
+        volume = recipe["volume"]
+        lines += ["", "## How the labels were made", "",
+                  how_volume_labels_were_made(family, volume["crop_zrc"], volume["isotropic"],
+                                              manifest["label_params"]), "",
+                  "Every array is (N, Z, H, W) in (z, row, col); `spacing_mm`, `origin_px` and `scale` are per axis "
+                  "(z, row, col); docs/FORMAT.md, \"Volume shards\".", "",
+                  "Label parameters (LabelParams, stored in every shard as `label_params_json`):", "", "```json",
+                  json.dumps(manifest["label_params"], indent=1, sort_keys=True), "```"]
     else:
         lines += ["", "## How the labels were made", "",
                   how_labels_were_made(family, recipe["crop_px"], manifest["label_params"]), "",
@@ -315,7 +355,7 @@ def verify(out: str | Path) -> VerifyReport:
     the schema (:func:`~softmask_builder.formats.shards.check_shard`), carries the manifest's dataset,
     split and recipe hash, and holds the manifest's sample count; each split has shards 0..n-1 of
     n; per-split and total counts add up; no patient appears in two splits; no sample_id appears
-    in two shards; every shard's values pass
+    in two shards; every shard's ``kind`` (and the kind its file name says) is the manifest's; every shard's values pass
     :func:`~softmask_builder.formats.shards.check_shard_values` (finite, in-range meta fields;
     ``binary_mask`` consistent with its source's rule); no stray shard of the dataset lies in the
     folder; ``rejects.csv`` has ``n_rejects`` rows.
@@ -384,8 +424,11 @@ def verify(out: str | Path) -> VerifyReport:
             if schema:
                 continue
             parsed = parse_shard_name(name)
+            want_kind = manifest.get("kind")  # absent in the oldest manifests: not checked there
             try:
                 with open_shard(out / name) as shard:
+                    if want_kind is not None and shard.kind != want_kind:
+                        problems.append(f"shard {name}: kind {shard.kind!r}, manifest says {want_kind!r}")
                     attrs = shard.attrs
                     n = shard.n_samples
                     shard_patients = set(shard.meta_column("patient"))
@@ -402,8 +445,8 @@ def verify(out: str | Path) -> VerifyReport:
             for key, want in (("dataset", dataset), ("split", entry["split"]), ("recipe_sha256", recipe_sha)):
                 if attrs.get(key) != want:
                     problems.append(f"shard {name}: attribute {key} {attrs.get(key)!r}, manifest says {want!r}")
-            if parsed is None or (parsed.split, parsed.index, parsed.count) != (entry["split"], entry["index"],
-                                                                                entry["count"]):
+            if parsed is None or (parsed.split, parsed.index, parsed.count, parsed.kind) != (
+                    entry["split"], entry["index"], entry["count"], want_kind or parsed.kind):
                 problems.append(f"shard {name}: file name does not match its manifest entry")
             if n != entry["n_samples"]:
                 problems.append(f"shard {name}: {n} samples, manifest says {entry['n_samples']}")

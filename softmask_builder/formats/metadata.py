@@ -128,7 +128,7 @@ def citation_keys(manifest: dict[str, Any]) -> list[str]:
     """Keys of :data:`CITATIONS` that the build must cite: its data parts, then (sample builds) the
     Soft Mask method and, where RECIST marks seed the labels (DeepLesion adapter), GrabCut."""
     keys = [p for p in data_parts(manifest) if p in ("lidc", "deeplesion", "synthetic")]
-    if manifest["kind"] == "samples":
+    if manifest["kind"] in ("samples", "volumes"):
         keys += ["method"] + (["grabcut"] if source_family(manifest) == "deeplesion" else [])
     return keys
 
@@ -140,10 +140,13 @@ def citation_text(manifest: dict[str, Any]) -> str:
 
 def _fields(manifest: dict[str, Any]) -> list[tuple[str, np.dtype, tuple[int, ...] | None]]:
     """(name, dtype, per-sample shape) of every dataset of the build's shards, in file (sorted) order.
-    The image arrays' shape is (crop, crop) for sample builds and None (varies) for slice builds."""
+    The image arrays' shape is (crop, crop) for sample builds, the recipe's ``volume.crop_zrc``
+    (Z, H, W) for volume builds and None (varies) for slice builds."""
     arrays, meta = layout(manifest["kind"])
     crop = manifest["recipe"].get("crop_px")
     hw = (int(crop), int(crop)) if manifest["kind"] == "samples" and crop else None
+    if manifest["kind"] == "volumes":
+        hw = tuple(int(d) for d in manifest["recipe"]["volume"]["crop_zrc"])
     out = [(name, dtype, hw) for name, dtype in arrays.items()]
     # schema 3's optional arrays the build's shards carry (manifest "optional_arrays", phantom truth)
     optional = optional_arrays(manifest["kind"])
@@ -160,9 +163,10 @@ def _split_files(manifest: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def hub_features(manifest: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The ``dataset_info.features`` list (Hub YAML) that ``datasets`` infers from the shards;
-    None for slice builds (their slice size may differ between shards)."""
-    if manifest["kind"] != "samples":
+    """The ``dataset_info.features`` list (Hub YAML) that ``datasets`` infers from the shards
+    (``array2_d`` per crop of a sample build, ``array3_d`` per volume of a volume build); None for
+    slice builds (their slice size may differ between shards)."""
+    if manifest["kind"] not in ("samples", "volumes"):
         return None
     out = []
     for name, dtype, shape in _fields(manifest):
@@ -175,7 +179,8 @@ def hub_features(manifest: dict[str, Any]) -> list[dict[str, Any]] | None:
         elif len(shape) == 1:
             out.append({"name": name, "list": hf, "length": int(shape[0])})
         else:
-            out.append({"name": name, "dtype": {"array2_d": {"shape": [int(d) for d in shape], "dtype": hf}}})
+            key = "array2_d" if len(shape) == 2 else "array3_d"
+            out.append({"name": name, "dtype": {key: {"shape": [int(d) for d in shape], "dtype": hf}}})
     return out
 
 
@@ -203,8 +208,8 @@ def hub_front_matter(manifest: dict[str, Any]) -> str:
             if "list" in f:
                 lines += [f"    list: {f['list']}", f"    length: {f['length']}"]
             elif isinstance(f["dtype"], dict):
-                arr = f["dtype"]["array2_d"]
-                lines += ["    dtype:", "      array2_d:", "        shape:"] + [f"        - {d}" for d in arr["shape"]]
+                (key, arr), = f["dtype"].items()
+                lines += ["    dtype:", f"      {key}:", "        shape:"] + [f"        - {d}" for d in arr["shape"]]
                 lines.append(f"        dtype: {arr['dtype']}")
             else:
                 lines.append(f"    dtype: {f['dtype']}")
@@ -248,14 +253,16 @@ def croissant(manifest: dict[str, Any], *, cite_as: str) -> dict[str, Any]:
         "conformsTo": "http://mlcommons.org/croissant/1.1",
         "name": dataset,
         "description": (f"{dataset} {manifest['dataset_version']}: Soft Mask labels (trimap + closed-form "
-                        f"matting) for lesion crops, built by softmask_builder {manifest['builder_version']} "
+                        f"matting) for lesion {'volume crops (3-D)' if manifest['kind'] == 'volumes' else 'crops'}, built by softmask_builder {manifest['builder_version']} "
                         f"(recipe sha256 {manifest['recipe_sha256']}). Licence: {statement}."),
         "version": _semver(manifest["dataset_version"]),
         "license": link or licence_name,
         "citeAs": cite_as,
         "distribution": distribution,
         "recordSet": [{"@type": "cr:RecordSet", "@id": "samples", "name": "samples",
-                       "description": "One record per sample (a crop or a slice) across every shard",
+                       "description": ("One record per sample (a 3-D crop in (z, row, col)) across every shard"
+                                       if manifest["kind"] == "volumes" else
+                                       "One record per sample (a crop or a slice) across every shard"),
                        "key": {"@id": "samples/sample_id"}, "field": fields}],
     }
     return out

@@ -12,15 +12,22 @@ names the key)::
     dataset: lnsm                # [a-z0-9_]+, the shard name prefix
     version: "1.0"               # dataset version, stored in every shard
     description: ...             # one paragraph for the dataset card
-    source: deeplesion           # deeplesion | lidc | masks | deeplesion_slices | lidc_slices
+    source: deeplesion           # deeplesion | lidc | masks | deeplesion_slices | lidc_slices | lidc_volumes
     crop_px: 64                  # sample crop size (sample sources only; a multiple of 8)
+    volume: {crop_zrc: [48, 96, 96], isotropic: false}   # volume sources only (issue 26)
     samples_per_shard: 256
     source_options: {...}        # keyword arguments of the adapter's plan function
     split: {method: patient, seed: 0, counts: {train: 1000, val: 100, test: 400}}
     label: {band_px: 2.0, ...}   # LabelParams fields (sample sources only)
 
 Bundled recipes live in the repository's ``manifests/`` folder and can be named without a path
-(``lnsm``, ``lidc``, ``sample``, ``masks``, ``slices``).
+(``lnsm``, ``lidc``, ``sample``, ``masks``, ``slices``, ``lidc3d``).
+
+3-D (issue 26): a *volume source* (``lidc_volumes``) makes a build of kind ``volumes``: one
+(Z, H, W) crop per nodule at native spacing, labelled in 3-D. Its recipe takes a ``volume``
+section (:class:`VolumeSpec`: the crop size and whether to matte on near-isotropic voxels) and
+keeps ``label`` (the same :class:`LabelParams` as 2-D); ``crop_px`` does not apply. 2-D recipes
+have no ``volume`` section, and their canonical JSON (hence every 2-D build's bytes) is unchanged.
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ import yaml
 from softmask_builder.core.typed import from_mapping
 from softmask_builder.core.yaml_safe import StrictSafeLoader, safe_load_strict  # noqa: F401 (re-exported)
 from softmask_builder.errors import InputError
+from softmask_builder.labelling.crop import VOLUME_CROP_ZRC, VOLUME_MARGIN_PX
 from softmask_builder.labelling.pipeline import LabelParams
+from softmask_builder.labelling.pipeline3d import ISOTROPIC_DEFAULT
 
 SPLITS = ("train", "val", "test")
 #: ``crop_px`` must be a multiple of this: ``dsnet train``'s networks (4 levels in every shipped
@@ -125,11 +134,50 @@ class LidcSlicesOptions:
 
 
 @dataclass(frozen=True)
+class LidcVolumeOptions:
+    """Selection of LIDC-IDRI nodule volumes (see :func:`softmask_builder.sources.lidc.plan_lidc_volumes`).
+
+    min_readers, max_readers, db_path : as :class:`LidcOptions` (one volume per selected nodule;
+        the crop is centred on the readers' union, the binary ground truth is ``label.consensus``).
+    """
+
+    min_readers: int = 4
+    max_readers: int | None = None
+    db_path: str | None = None
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """The ``volume`` section of a volume recipe (issue 26).
+
+    crop_zrc : (Z, H, W) voxels of every crop, at the source's native spacing (never rescaled; a
+        nodule that does not fit is a rejects row). Default
+        :data:`~softmask_builder.labelling.crop.VOLUME_CROP_ZRC`; docs/FORMAT.md says why.
+    isotropic : matte on near-isotropic voxels (resampled along z and back) instead of the original
+        grid (:func:`softmask_builder.labelling.pipeline3d.label_volume_from_readers`). The default
+        is :data:`~softmask_builder.labelling.pipeline3d.ISOTROPIC_DEFAULT` at the time the recipe
+        is read, and the value is written into the recipe's JSON, so a build records which it used.
+    """
+
+    crop_zrc: tuple[int, int, int] = VOLUME_CROP_ZRC
+    isotropic: bool = ISOTROPIC_DEFAULT
+
+    def __post_init__(self):
+        if len(self.crop_zrc) != 3 or any(isinstance(v, bool) or not isinstance(v, int) for v in self.crop_zrc):
+            raise InputError(f"volume.crop_zrc must be three ints (slices, rows, cols), got {self.crop_zrc!r}")
+        low = 2 * VOLUME_MARGIN_PX + 1
+        if min(self.crop_zrc) < low or max(self.crop_zrc) > 1024:
+            raise InputError(f"volume.crop_zrc must lie in [{low}, 1024] on every axis, got {tuple(self.crop_zrc)}")
+        if not isinstance(self.isotropic, bool):
+            raise InputError(f"volume.isotropic must be true or false, got {self.isotropic!r}")
+
+
+@dataclass(frozen=True)
 class SourceSpec:
-    """Where an adapter lives and what it produces; ``kind`` is "samples" or "slices"."""
+    """Where an adapter lives and what it produces; ``kind`` is "samples", "slices" or "volumes"."""
 
     name: str
-    kind: Literal["samples", "slices"]
+    kind: Literal["samples", "slices", "volumes"]
     module: str
     plan: str
     load: str
@@ -147,6 +195,8 @@ SOURCES: dict[str, SourceSpec] = {
                                     "plan_deeplesion_slices", "load_slice", DeepLesionSlicesOptions),
     "lidc_slices": SourceSpec("lidc_slices", "slices", "softmask_builder.sources.lidc",
                               "plan_lidc_slices", "load_lidc_slice", LidcSlicesOptions),
+    "lidc_volumes": SourceSpec("lidc_volumes", "volumes", "softmask_builder.sources.lidc",
+                               "plan_lidc_volumes", "load_lidc_volume", LidcVolumeOptions),
 }
 
 
@@ -202,6 +252,7 @@ class Recipe:
     source_options: Any = None
     split: SplitSpec = field(default_factory=lambda: SplitSpec(fractions={"train": 0.8, "val": 0.1, "test": 0.1}))
     label: LabelParams = field(default_factory=LabelParams)
+    volume: VolumeSpec | None = None
 
     def __post_init__(self):
         if not re.fullmatch(r"[a-z0-9_]{1,32}", self.dataset):
@@ -228,6 +279,16 @@ class Recipe:
                 if 2 * getattr(self.label, name) >= self.crop_px:
                     raise InputError(f"label.{name} {getattr(self.label, name):g} leaves no room in crop_px "
                                      f"{self.crop_px}")
+        if SOURCES[self.source].kind == "volumes":
+            if self.crop_px != 64:
+                raise InputError(f"crop_px does not apply to a volume source ({self.source}): set volume.crop_zrc")
+            if self.volume is None:
+                object.__setattr__(self, "volume", VolumeSpec())
+            if 2 * self.label.radius + 1 > min(self.volume.crop_zrc):
+                raise InputError(f"label.radius {self.label.radius} needs a (2*radius+1)-voxel window, larger than "
+                                 f"volume.crop_zrc {tuple(self.volume.crop_zrc)}")
+        elif self.volume is not None:
+            raise InputError(f"volume applies only to a volume source (lidc_volumes), not to source {self.source!r}")
         options_type = SOURCES[self.source].options
         if self.source_options is None:
             object.__setattr__(self, "source_options", options_type())
@@ -237,7 +298,8 @@ class Recipe:
 
     @property
     def kind(self) -> str:
-        """"samples" (labelled crops) or "slices" (full slices for the SR teacher)."""
+        """"samples" (labelled crops), "slices" (full slices for the SR teacher) or "volumes"
+        (labelled 3-D crops)."""
         return SOURCES[self.source].kind
 
     def to_dict(self) -> dict:
@@ -245,8 +307,15 @@ class Recipe:
         return json.loads(self.to_json())
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys, no whitespace): what is hashed and stored in shards."""
-        return json.dumps(_jsonable(self), sort_keys=True, separators=(",", ":"))
+        """Canonical JSON (sorted keys, no whitespace): what is hashed and stored in shards.
+
+        ``volume`` appears only in volume recipes, so 2-D recipes hash as before issue 26."""
+        data = _jsonable(self)
+        if data.get("volume") is None:
+            data.pop("volume", None)
+        else:
+            data.pop("crop_px", None)  # a volume recipe's crop is volume.crop_zrc
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()

@@ -60,7 +60,8 @@ from softmask_builder.sources.plausibility import check_ct_geometry, check_ct_he
 from softmask_builder.sources.lidc_db import LidcScan, cluster_annotations, contour_problem, contours_mask, nodule_volume, read_lidc_db, resolve_db_path
 from softmask_builder.sources.base import UNSELECTED, Reject, SampleRecord, SampleRef, SliceRecord, unselected_row
 
-__all__ = ["Z_TOL_MM", "plan_lidc", "load_lidc", "plan_lidc_slices", "load_lidc_slice", "scan_dicom_headers"]
+__all__ = ["Z_TOL_MM", "Z_SPACING_RTOL", "plan_lidc", "load_lidc", "plan_lidc_slices", "load_lidc_slice",
+           "plan_lidc_volumes", "load_lidc_volume", "scan_dicom_headers"]
 
 #: Largest |z_DICOM - z_contour| (mm) for a DICOM file to be the slice a contour was drawn on.
 #: In the database the contour z equals the series' z exactly; LIDC slice spacing is >= 0.45 mm.
@@ -743,3 +744,243 @@ def load_lidc_slice(ref: SampleRef) -> SliceRecord:
                           f"z={ref.payload['z_mm']:.3f} mm", sample_id=ref.sample_id, stage="load")
     _check_against_neighbours(spacing, ref.payload.get("neighbour_paths", ()), ref.sample_id)
     return SliceRecord(ref=ref, image_hu=image_hu, spacing_mm=spacing)
+
+
+# --------------------------------------------------------------------------------------------
+# Nodule volumes (issue 26): one 3-D sample per nodule
+# --------------------------------------------------------------------------------------------
+
+#: Largest relative difference between two slice gaps of the crop's run (measured from the
+#: slices' ImagePositionPatient z) for the series to count as evenly spaced.
+Z_SPACING_RTOL = 0.01
+
+
+def _volume_ids(case: str, nodule: int) -> tuple[str, str]:
+    return f"{case}_n{nodule:02d}", f"{case}/nodule-{nodule}"
+
+
+def plan_lidc_volumes(dicom_root, *, min_readers: int = 4, max_readers: int | None = None, crop_zrc=None,
+                      db_path=None, unselected: list | None = None) -> tuple[list[SampleRef], list[Reject]]:
+    """Plan one 3-D sample per LIDC-IDRI nodule found under a DICOM root (issue 26).
+
+    Same discovery, database reading, clustering and reader selection as :func:`plan_lidc` (the
+    DICOM index, :func:`._lidc_db.cluster_annotations`, ``min_readers`` / ``max_readers``,
+    ``unselected`` rows); then per nodule:
+
+    * the crop: :func:`~softmask_builder.labelling.crop.volume_crop_plan` on the bounding box of the
+      readers' union in (slice k, row, col) of the series (k = index in the database's z-sorted
+      slice list), ``crop_zrc`` voxels at native spacing. A nodule that does not fit is a reject
+      (``VolumeFitError``'s message).
+    * the slices: the database's slices of the nodule's core (its first to last contour slice,
+      widened by the crop margin and clipped to the series) must all be on disk, matched by z
+      within :data:`Z_TOL_MM`; a missing one is a reject naming its z. The crop's other slices
+      are taken from disk as far as the on-disk run continues without a gap; beyond it (the end
+      of the series, or of a partial download such as the 16-slice fixture of LIDC-IDRI-0001)
+      the image is edge-replicated and the masks are 0 (the 2-D padding rule,
+      :func:`~softmask_builder.labelling.crop.crop_volume`). Every contour slice lies in the core,
+      so no reader voxel is ever lost to padding.
+    * the z spacing: from the run's ImagePositionPatient z (never SliceThickness); gaps differing
+      by more than :data:`Z_SPACING_RTOL` (relative) are a reject "uneven slice spacing".
+
+    Parameters
+    ----------
+    dicom_root : path
+        Folder holding ``LIDC-IDRI-XXXX`` case folders.
+    min_readers, max_readers, db_path, unselected :
+        As :func:`plan_lidc`.
+    crop_zrc : three ints, optional
+        The crop's (Z, H, W) voxels; None = :data:`~softmask_builder.labelling.crop.VOLUME_CROP_ZRC`.
+
+    Returns
+    -------
+    (refs, rejects)
+        ``sample_id`` ``LIDC-IDRI-XXXX_nKK``, ``source_key`` ``LIDC-IDRI-XXXX/nodule-K`` (nodules
+        numbered as in :func:`plan_lidc`), both sorted by id. Rejects (stage ``"plan"``): series
+        not on disk, a core slice missing, uneven spacing, a nodule too large for the crop,
+        unreadable headers.
+    """
+    from softmask_builder.labelling.crop import VOLUME_CROP_ZRC
+
+    if isinstance(min_readers, bool) or not isinstance(min_readers, int) or min_readers < 2:
+        raise InputError(f"min_readers must be an int >= 2 (the readers' trimap needs 2), got {min_readers!r}")
+    if max_readers is not None and (isinstance(max_readers, bool) or not isinstance(max_readers, int)
+                                    or max_readers < min_readers):
+        raise InputError(f"max_readers must be None or an int >= min_readers={min_readers}, got {max_readers!r}")
+    crop = VOLUME_CROP_ZRC if crop_zrc is None else crop_zrc
+    if (not isinstance(crop, (tuple, list)) or len(crop) != 3
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 5 for v in crop)):
+        raise InputError(f"crop_zrc must be three ints >= 5 (slices, rows, cols), got {crop_zrc!r}")
+    crop = tuple(int(v) for v in crop)
+    root, cases = _case_dirs(dicom_root)
+    skipped: list[tuple[str, str]] = []
+    listing = {case: _list_case(root, case, skipped) for case in cases}
+    scans_by_case: dict[str, list[LidcScan]] = {case: [] for case in cases}
+    for scan in read_lidc_db(db_path, patients=cases):
+        scans_by_case[scan.patient_id].append(scan)
+    scanned = scan_dicom_headers(root, [c for c in cases if scans_by_case[c]], listing)
+    refs: list[SampleRef] = []
+    rejects: list[Reject] = [Reject(rel, "plan", reason) for rel, reason in skipped]
+    for case in cases:
+        number = 0
+        nodules = []
+        for scan in scans_by_case[case]:
+            for group in cluster_annotations(scan):
+                number += 1
+                if min_readers <= len(group) and (max_readers is None or len(group) <= max_readers):
+                    nodules.append((number, scan, group))
+                elif unselected is not None:
+                    unselected.append(unselected_row(
+                        f"{case}_n{number:02d}", "min_readers" if len(group) < min_readers else "max_readers",
+                        f"{len(group)} readers outside [{min_readers}, {max_readers or 'any'}]"))
+        if not nodules:
+            continue
+        index = _index_case(root, scanned.get(case, []), rejects, wanted={s.series_uid for _, s, _ in nodules})
+        for number, scan, group in nodules:
+            ref, reject = _plan_nodule_volume(root, case, number, scan, group, index.get(scan.series_uid), crop)
+            if ref is not None:
+                refs.append(ref)
+            else:
+                rejects.append(reject)
+    refs.sort(key=lambda r: r.sample_id)
+    rejects.sort(key=lambda r: r.sample_id)
+    return refs, rejects
+
+
+def _plan_nodule_volume(root: Path, case: str, number: int, scan: LidcScan, group, files: list[_SliceFile] | None,
+                        crop: tuple[int, int, int]) -> tuple[SampleRef | None, Reject | None]:
+    """The ref of one nodule volume, or the reason it cannot be built (see :func:`plan_lidc_volumes`)."""
+    from softmask_builder.labelling.crop import VOLUME_MARGIN_PX, VolumeFitError, volume_crop_plan
+
+    sample_id, source_key = _volume_ids(case, number)
+    if files is None:
+        return None, Reject(sample_id, "plan", f"the nodule's CT series is not under {root / case} "
+                            "(no DICOM file of that SeriesInstanceUID)")
+    boxes = np.stack([a.bbox_rck() for a in group])  # (R, 3, 2) over (row, col, k)
+    lo, hi = boxes[:, :, 0].min(axis=0), boxes[:, :, 1].max(axis=0)
+    lo_zrc = np.array([lo[2], lo[0], lo[1]], dtype=np.float64)
+    hi_zrc = np.array([hi[2], hi[0], hi[1]], dtype=np.float64)
+    try:
+        origin = volume_crop_plan((lo_zrc + hi_zrc) / 2.0, hi_zrc - lo_zrc + 1, size_zrc=crop, sample_id=sample_id)
+    except VolumeFitError as exc:
+        return None, Reject(sample_id, "plan", exc.reason)
+    n_series = len(scan.slice_z_mm)
+    k_lo = max(int(lo[2]) - VOLUME_MARGIN_PX, 0)
+    k_hi = min(int(hi[2]) + VOLUME_MARGIN_PX, n_series - 1)
+    matched = {k: _match_z(files, float(scan.slice_z_mm[k])) for k in range(k_lo, k_hi + 1)}
+    missing = [float(scan.slice_z_mm[k]) for k, f in matched.items() if f is None]
+    if missing:
+        shown = ", ".join(f"{z:.3f}" for z in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        return None, Reject(sample_id, "plan", f"{len(missing)} of the nodule's {k_hi - k_lo + 1} core slices "
+                            f"(contour slices +-{VOLUME_MARGIN_PX}) are not on disk: z={shown} mm (partial series)")
+    # Widen the run over the crop's slices while the series continues on disk without a gap.
+    first, last = k_lo, k_hi
+    while first - 1 >= max(origin[0], 0) and (f := _match_z(files, float(scan.slice_z_mm[first - 1]))) is not None:
+        matched[first - 1] = f
+        first -= 1
+    while last + 1 <= min(origin[0] + crop[0] - 1, n_series - 1) and \
+            (f := _match_z(files, float(scan.slice_z_mm[last + 1]))) is not None:
+        matched[last + 1] = f
+        last += 1
+    run = [matched[k] for k in range(first, last + 1)]
+    if len({f.path for f in run}) != len(run):
+        return None, Reject(sample_id, "plan", "two database slices matched one DICOM file (z closer than "
+                            f"{Z_TOL_MM} mm): the series' z positions are ambiguous")
+    zs = np.array([f.z_mm for f in run])
+    if len(run) < 2:
+        return None, Reject(sample_id, "plan", "only one slice of the series is on disk around the nodule: "
+                            "the slice spacing cannot be measured from positions")
+    gaps = np.diff(zs)
+    dz = float((zs[-1] - zs[0]) / (len(zs) - 1))
+    if dz <= 0 or np.abs(gaps - dz).max() > Z_SPACING_RTOL * dz:
+        return None, Reject(sample_id, "plan", f"uneven slice spacing in the crop: gaps between "
+                            f"{gaps.min():.3f} and {gaps.max():.3f} mm (ImagePositionPatient z); a volume "
+                            f"crop needs evenly spaced slices (within {100 * Z_SPACING_RTOL:g} %)")
+    readers = tuple(tuple((int(c.k), bool(c.inclusion), tuple(map(tuple, c.points_rc.tolist())))
+                          for c in ann.contours) for ann in group)
+    payload: dict[str, Any] = {
+        "dicom_paths": tuple(str(f.path) for f in run), "z_mm": tuple(float(z) for z in zs), "k_first": first,
+        "spacing_z_mm": dz, "origin_zrc": tuple(int(v) for v in origin), "crop_zrc": tuple(crop),
+        "annotation_ids": tuple(int(a.id) for a in group), "readers": readers,
+    }
+    return SampleRef(sample_id, source_key, case, None, payload), None
+
+
+def load_lidc_volume(ref: SampleRef):
+    """Load one planned nodule volume: a :class:`~.base.VolumeRecord` (issue 26).
+
+    Data contract (all in (z, row, col); z = slice index k of the series sorted by increasing
+    ImagePositionPatient z, as the database's ``slice_z_mm``):
+
+    * ``image_hu``: (Z, H, W) float32 HU (``stored * RescaleSlope + RescaleIntercept``, each slice
+      read and checked as in :func:`load_lidc`), cut by
+      :func:`~softmask_builder.labelling.crop.crop_volume` at ``origin_px`` with ``outside="edge"``
+      beyond the slices planned from disk (see :func:`plan_lidc_volumes`).
+    * ``prior_kind = "readers"``, ``prior`` (R, Z, H, W) bool: reader r's contours on **every**
+      slice rasterised as in 2-D (:func:`._lidc_db.contours_mask`: polygon filled, drawn contour
+      pixels excluded; in the contours' bounding box then placed), 0 beyond the source.
+    * ``spacing_mm``: (dz, row_mm, col_mm): dz from the slices' z positions (mean gap of the run,
+      checked even at plan time), row/col from PixelSpacing, equal on every slice of the run.
+    * ``origin_px``: (k, row, col) of crop voxel (0, 0, 0); ``scale`` (1, 1, 1); ``n_readers`` R.
+
+    Raises
+    ------
+    SourceError
+        (stage ``"load"``) unreadable DICOM, a file whose z moved since the plan, slices of
+        different shape or PixelSpacing, degenerate contours or contours outside the image.
+    """
+    from softmask_builder.labelling.crop import crop_volume
+    from softmask_builder.sources.base import VolumeRecord
+
+    p, sid = ref.payload, ref.sample_id
+    slices, spacing = [], None
+    for path, z_plan in zip(p["dicom_paths"], p["z_mm"]):
+        image_hu, sp, z = _read_slice(path, sid)
+        if abs(z - z_plan) > Z_TOL_MM:
+            raise SourceError(f"DICOM {path} is at z={z:.3f} mm, planned z={z_plan:.3f} mm", sample_id=sid,
+                              stage="load")
+        if slices and image_hu.shape != slices[0].shape:
+            raise SourceError(f"DICOM {path} has {image_hu.shape[0]}x{image_hu.shape[1]} pixels, the series' other "
+                              f"slices {slices[0].shape[0]}x{slices[0].shape[1]}", sample_id=sid, stage="load")
+        if spacing is not None and sp != spacing:
+            raise SourceError(f"DICOM {path} has PixelSpacing {sp[0]:g} x {sp[1]:g} mm, the series' other slices "
+                              f"{spacing[0]:g} x {spacing[1]:g} mm", sample_id=sid, stage="load")
+        spacing = sp
+        slices.append(image_hu)
+    series = np.stack(slices)  # (n, rows, cols): the run of slices k_first .. k_first + n - 1
+    n, rows, cols = series.shape
+    k_first = int(p["k_first"])
+    origin = tuple(int(v) for v in p["origin_zrc"])
+    size = tuple(int(v) for v in p["crop_zrc"])
+    local_origin = (origin[0] - k_first, origin[1], origin[2])
+    prior = np.zeros((len(p["readers"]),) + size, dtype=bool)
+    for i, reader in enumerate(p["readers"]):
+        for k in sorted({c[0] for c in reader}):
+            contours = [(inc, pts) for kk, inc, pts in reader if kk == k]
+            for inclusion, pts in contours:
+                problem = contour_problem(pts)
+                if problem:
+                    raise SourceError(f"reader {i + 1}'s {'inclusion' if inclusion else 'exclusion'} contour on "
+                                      f"slice k={k} is degenerate: {problem}", sample_id=sid, stage="load")
+            pts_all = np.concatenate([np.asarray(pts, dtype=np.int64).reshape(-1, 2) for _, pts in contours])
+            lo, hi = pts_all.min(axis=0), pts_all.max(axis=0)
+            if lo[0] < 0 or lo[1] < 0 or hi[0] >= rows or hi[1] >= cols:
+                raise SourceError(f"reader {i + 1}'s contours on slice k={k} reach pixel (row, col) "
+                                  f"{tuple(lo.tolist())}..{tuple(hi.tolist())}, outside the {rows}x{cols} image",
+                                  sample_id=sid, stage="load")
+            s = k - origin[0]
+            if not (0 <= s < size[0] and k_first <= k < k_first + n):
+                raise SourceError(f"reader {i + 1} outlines slice k={k}, outside the planned slices",
+                                  sample_id=sid, stage="load")
+            # The 2-D rasteriser in the contours' bounding box (as load_lidc), placed in the crop.
+            shape = (int(hi[0] - lo[0] + 1), int(hi[1] - lo[1] + 1))
+            local = contours_mask(contours, origin_rc=(int(lo[0]), int(lo[1])), shape=shape)
+            r0, c0 = int(lo[0]) - origin[1], int(lo[1]) - origin[2]
+            if r0 < 0 or c0 < 0 or r0 + shape[0] > size[1] or c0 + shape[1] > size[2]:
+                raise SourceError(f"reader {i + 1}'s contours on slice k={k} leave the planned crop",
+                                  sample_id=sid, stage="load")
+            prior[i, s, r0:r0 + shape[0], c0:c0 + shape[1]] |= local
+    image = crop_volume(series, local_origin, size_zrc=size, outside="edge")
+    return VolumeRecord(ref=ref, image_hu=image, prior_kind="readers", prior=prior,
+                        spacing_mm=(float(p["spacing_z_mm"]), float(spacing[0]), float(spacing[1])),
+                        origin_px=tuple(float(v) for v in origin), scale=(1.0, 1.0, 1.0),
+                        n_readers=int(prior.shape[0]))

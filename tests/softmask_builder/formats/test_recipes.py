@@ -19,7 +19,7 @@ from softmask_builder.formats.recipes import (MANIFESTS_DIR, SOURCES, Recipe, lo
 BUNDLED = sorted(p.stem for p in MANIFESTS_DIR.glob("*.yaml"))
 
 # Keyword arguments of a plan function that the build sets itself or leaves at its default.
-_SET_BY_BUILD = {"crop_px", "limit", "check_images", "unselected"}
+_SET_BY_BUILD = {"crop_px", "limit", "check_images", "unselected", "crop_zrc"}
 
 
 def _minimal(**extra):
@@ -148,3 +148,32 @@ def test_resolve_names_and_paths(tmp_path):
     wrong.write_text("dataset: w\nsource: masks\nlabel:\n  bandpx: 2\n")
     with pytest.raises(InputError, match=r"wrong\.yaml.*label\.bandpx"):
         load_recipe(wrong)
+
+
+# --- volume recipes (issue 26) ------------------------------------------------------------------
+
+def test_volume_recipe_section_and_2d_json_unchanged():
+    from softmask_builder.labelling.pipeline3d import ISOTROPIC_DEFAULT
+
+    r = load_recipe("lidc3d")
+    assert r.kind == "volumes" and r.source == "lidc_volumes"
+    assert r.volume.crop_zrc == (48, 96, 96) and r.volume.isotropic is ISOTROPIC_DEFAULT
+    data = json.loads(r.to_json())
+    assert data["volume"] == {"crop_zrc": [48, 96, 96], "isotropic": ISOTROPIC_DEFAULT} and "crop_px" not in data
+    assert recipe_from_dict(data) == r  # the stored JSON reads back to the same recipe
+    # a 2-D recipe has neither a volume section nor a changed canonical JSON
+    lidc = load_recipe("lidc")
+    assert lidc.volume is None and "volume" not in json.loads(lidc.to_json())
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"source": "lidc", "volume": {"crop_zrc": [48, 96, 96]}}, "volume applies only"),
+    ({"crop_px": 32}, "crop_px does not apply"),
+    ({"volume": {"crop_zrc": [48, 96]}}, "crop_zrc"),
+    ({"volume": {"crop_zrc": [4, 96, 96]}}, "crop_zrc"),
+    ({"volume": {"isotropic": "yes please"}}, "isotropic"),
+])
+def test_volume_recipe_errors_name_the_key(extra, match):
+    data = {"dataset": "v", "source": "lidc_volumes", **extra}
+    with pytest.raises(InputError, match=match):
+        recipe_from_dict(data)
