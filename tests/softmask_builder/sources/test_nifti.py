@@ -168,14 +168,19 @@ def test_load_gives_the_crop_of_the_truth_and_the_whole_mask_in_it(tmp_path):
     assert rec.image_hu.shape == CROP and rec.prior.dtype == bool
 
 
-def test_crop_beyond_the_volume_pads_image_by_edge_and_mask_by_zero(tmp_path):
+@pytest.mark.parametrize("perm,flips", ORIENTATIONS)
+@pytest.mark.parametrize("z_edge", ["first", "last"])
+def test_crop_beyond_the_volume_pads_image_by_edge_and_mask_by_zero(tmp_path, perm, flips, z_edge):
+    """Loading reads only the crop's slices: checked at both ends of z under every storage order."""
     truth, mask = _truth(), np.zeros(SHAPE, np.uint8)
-    mask[0:2, 1:4, 40:44] = 1                       # at the first slice and the last column
-    _pair(tmp_path, "edge", truth, mask)
+    zs = slice(0, 2) if z_edge == "first" else slice(SHAPE[0] - 2, SHAPE[0])
+    mask[zs, 1:4, 40:44] = 1                        # at the first / last slice and the last column
+    _pair(tmp_path, "edge", truth, mask, perm, flips)
     refs, _ = plan_nifti_volumes(tmp_path, crop_zrc=CROP)
     (ref,) = refs
     origin = ref.payload["origin_zrc"]
-    assert origin[0] < 0 and origin[1] < 0 and origin[2] + CROP[2] > SHAPE[2]
+    assert (origin[0] < 0 if z_edge == "first" else origin[0] + CROP[0] > SHAPE[0])
+    assert origin[1] < 0 and origin[2] + CROP[2] > SHAPE[2]
     rec = load_nifti_volume(ref)
     # independent construction of the padded window
     idx = [np.clip(np.arange(o, o + n), 0, s - 1) for o, n, s in zip(origin, CROP, SHAPE)]
