@@ -54,7 +54,8 @@ __all__ = ["Plane", "PLANE_NAMES", "nodule_center_zrc", "orthogonal_planes", "vo
 PLANE_NAMES = ("axial", "coronal", "sagittal")
 BINARY_COLOR = "#ffd60a"                     # binary / consensus mask (yellow, dashed)
 TRUTH_COLOR = "#34c759"                      # true fraction 0.5 (green, dash-dot)
-READER_COLORS = ("#5ac8fa", "#af52de", "#ff9500", "#ffffff", "#64d2ff", "#bf5af2", "#ffcc00", "#30d158")
+# one per reader, none of them red, yellow or green (the lines above) nor white (invisible on a light legend)
+READER_COLORS = ("#5ac8fa", "#af52de", "#ff9500", "#00c7be", "#007aff", "#ff2d95", "#a2845e", "#8e8e93")
 _CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -240,7 +241,8 @@ def volume_preview_figure(image_hu, soft_mask, binary_mask, spacing_mm, *, reade
         ax.set_xlabel("mm", fontsize=7, labelpad=1)
         ax.tick_params(labelsize=6, length=2)
         top, bottom, left, right = plane.sides
-        style = dict(color="white", fontsize=7, fontweight="bold", transform=ax.transAxes)
+        style = dict(color="white", fontsize=7, fontweight="bold", transform=ax.transAxes,
+                     bbox=dict(facecolor="black", alpha=0.55, pad=1.0, linewidth=0))
         ax.text(0.5, 0.98, top, ha="center", va="top", **style)
         ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
         ax.text(0.02, 0.5, left, ha="left", va="center", **style)
