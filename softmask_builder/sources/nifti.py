@@ -32,6 +32,8 @@ Rules, each failure a rejects row naming the file and the reason:
 
 * both files must be readable NIfTI (nibabel) with 3 spatial axes (trailing axes of size 1, e.g.
   ``(X, Y, Z, 1)``, are dropped; a 4-D series is rejected);
+* the orientation must be stated: a file whose ``sform_code`` and ``qform_code`` are both 0 is
+  rejected (nibabel would guess one);
 * **oblique** affines are rejected, not resampled: every voxel axis must lie within
   arccos(:data:`~softmask_builder.sources.plausibility.AXIAL_MIN_COSINE`) (about 8 degrees) of a
   world axis -- the tolerance the DICOM adapters give ImageOrientationPatient, so a gantry tilt
@@ -271,6 +273,11 @@ def _load_header(path: Path, *, sample_id, stage: str):
     if not isinstance(img, (nibabel.Nifti1Image, nibabel.Nifti2Image)):
         raise SoftMaskError(f"{path.name} is not a NIfTI image ({type(img).__name__})", sample_id=sample_id,
                             stage=stage)
+    # Without either code nibabel falls back on an Analyze-style guess (x flipped): not an orientation
+    # the file states, so it is not honoured but refused.
+    if int(img.header["sform_code"]) == 0 and int(img.header["qform_code"]) == 0:
+        raise SoftMaskError(f"{path.name} states no orientation (sform_code and qform_code are both 0): set its "
+                            "sform or qform to the scanner geometry", sample_id=sample_id, stage=stage)
     return img, affine, shape
 
 

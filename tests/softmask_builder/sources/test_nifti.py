@@ -267,6 +267,12 @@ def test_every_plan_reject_is_one_line_naming_the_file(tmp_path):
     _save(tmp_path / "labels_mask.nii.gz", labels, aff)
     _save(tmp_path / "empty.nii.gz", data, aff)
     _save(tmp_path / "empty_mask.nii.gz", np.zeros_like(mdata), aff)
+    # no orientation stated
+    unoriented = nib.Nifti1Image(data, None)      # no affine: nibabel writes neither form
+    unoriented.header.set_sform(None, code=0)
+    unoriented.header.set_qform(None, code=0)
+    nib.save(unoriented, str(tmp_path / "noorient.nii.gz"))
+    _save(tmp_path / "noorient_mask.nii.gz", mdata, aff)
     # 20 mm slices
     thick = aff.copy()
     thick[2, 2] = 20.0
@@ -300,10 +306,12 @@ def test_every_plan_reject_is_one_line_naming_the_file(tmp_path):
     assert by_id["labels"].reason.startswith("mask labels_mask.nii.gz must be binary ({0,1} or {0,255}), got "
                                              "values [0, 1, 2]")
     assert by_id["empty"].reason == "mask empty_mask.nii.gz is empty (no lesion voxel)"
+    assert by_id["noorient"].reason == ("noorient.nii.gz states no orientation (sform_code and qform_code are both "
+                                        "0): set its sform or qform to the scanner geometry")
     assert by_id["thick"].reason == "implausible NIfTI slice spacing 20 mm (must lie in [0.2, 10] mm)"
     assert "does not fit the (12, 24, 24) volume crop on axis z" in by_id["big_n01"].reason
     assert sorted(by_id) == sorted(["lonely", "orphan", "twice", "garbage", "shape", "grid", "oblique", "series",
-                                    "labels", "empty", "thick", "big_n01"])
+                                    "labels", "empty", "noorient", "thick", "big_n01"])
 
 
 def test_small_tilt_passes_and_keeps_the_grid(tmp_path):
