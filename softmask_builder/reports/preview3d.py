@@ -49,7 +49,7 @@ from softmask_builder.reports.figures import (CONTOUR_COLOR, DEFAULT_WINDOW_HU, 
                                               read_samples, recipe_window_hu, shard_paths, windowed)
 
 __all__ = ["Plane", "PLANE_NAMES", "nodule_center_zrc", "orthogonal_planes", "volume_preview_figure",
-           "preview_volume_png", "write_volume_previews"]
+           "preview_volume_png", "write_volume_previews", "volume_preview_report"]
 
 PLANE_NAMES = ("axial", "coronal", "sagittal")
 BINARY_COLOR = "#ffd60a"                     # binary / consensus mask (yellow, dashed)
@@ -66,6 +66,7 @@ class Plane:
     name : "axial", "coronal" or "sagittal".
     axis : the volume axis normal to the plane (0 = z, 1 = row, 2 = col).
     index : the plane's voxel index along ``axis``.
+    n_planes : the volume's size along ``axis``.
     arrays : name -> 2-D array in display orientation (row 0 drawn at the top), every input volume
         sliced the same way.
     spacing_mm : (vertical_mm, horizontal_mm) of one displayed pixel.
@@ -75,6 +76,7 @@ class Plane:
     name: str
     axis: int
     index: int
+    n_planes: int
     arrays: dict[str, np.ndarray]
     spacing_mm: tuple[float, float]
     sides: tuple[str, str, str, str]
@@ -175,9 +177,12 @@ def orthogonal_planes(volumes: Mapping[str, np.ndarray], spacing_mm, *, center_z
     if not all(0 <= i < n for i, n in zip((k, r, c), shape)):
         raise InputError(f"center_zrc {(k, r, c)} lies outside the volume of shape {shape}")
     return [
-        Plane("axial", 0, k, {n: v[k, :, :] for n, v in arrays.items()}, (row_mm, col_mm), ("A", "P", "R", "L")),
-        Plane("coronal", 1, r, {n: v[::-1, r, :] for n, v in arrays.items()}, (z_mm, col_mm), ("S", "I", "R", "L")),
-        Plane("sagittal", 2, c, {n: v[::-1, :, c] for n, v in arrays.items()}, (z_mm, row_mm), ("S", "I", "A", "P")),
+        Plane("axial", 0, k, shape[0], {n: v[k, :, :] for n, v in arrays.items()}, (row_mm, col_mm),
+              ("A", "P", "R", "L")),
+        Plane("coronal", 1, r, shape[1], {n: v[::-1, r, :] for n, v in arrays.items()}, (z_mm, col_mm),
+              ("S", "I", "R", "L")),
+        Plane("sagittal", 2, c, shape[2], {n: v[::-1, :, c] for n, v in arrays.items()}, (z_mm, row_mm),
+              ("S", "I", "A", "P")),
     ]
 
 
@@ -189,18 +194,18 @@ def _contour(ax, field: np.ndarray, extent, *, color: str, style: str, width: fl
                    origin="upper")
 
 
-def volume_preview_figure(image_hu, soft_mask, binary_mask, spacing_mm, *, reader_masks=None, true_fraction=None,
-                          window_hu=DEFAULT_WINDOW_HU, center_zrc=None, title: str | None = None):
-    """The matplotlib figure of :func:`preview_volume_png` (same arguments); its three image axes
-    are ``fig.axes[:3]`` in :data:`PLANE_NAMES` order."""
+def _prepare(image_hu, soft_mask, binary_mask, spacing_mm, reader_masks, true_fraction, window_hu, center_zrc):
+    """Checked inputs -> (planes, spacing, (level, width), n_readers, has_truth)."""
     spacing = _check_spacing(spacing_mm)
     volumes: dict[str, np.ndarray] = {"image_hu": np.asarray(image_hu, dtype=np.float32),
                                       "soft_mask": np.asarray(soft_mask, dtype=np.float32),
                                       "binary_mask": (np.asarray(binary_mask) != 0).astype(np.float32)}
-    readers = None if reader_masks is None else np.asarray(reader_masks)
-    if readers is not None:
+    n_readers = 0
+    if reader_masks is not None:
+        readers = np.asarray(reader_masks)
         if readers.ndim != 4:
             raise InputError(f"reader_masks must be (R, Z, H, W), got shape {readers.shape}")
+        n_readers = readers.shape[0]
         for j, m in enumerate(readers):
             volumes[f"reader_{j}"] = (m != 0).astype(np.float32)
     if true_fraction is not None:
@@ -214,30 +219,33 @@ def volume_preview_figure(image_hu, soft_mask, binary_mask, spacing_mm, *, reade
     if center_zrc is None:
         center_zrc = nodule_center_zrc(volumes["binary_mask"], volumes["soft_mask"], spacing_mm=spacing)
     planes = orthogonal_planes(volumes, spacing, center_zrc=center_zrc)
+    return planes, spacing, (level, width), n_readers, true_fraction is not None
 
-    widths = [p.extent_mm[1] for p in planes]
-    height_mm = max(p.extent_mm[0] for p in planes)
-    scale_in = 7.5 / sum(widths)                  # the three panels share one mm-per-inch scale
-    fig = new_figure(7.5 + 0.6, height_mm * scale_in + 1.3)
-    axes = fig.subplots(1, 3, width_ratios=widths)
+
+def _height_in(planes, width_in: float) -> float:
+    """Height (inches) of a row of the three panels drawn ``width_in`` wide at one mm scale."""
+    return max(p.extent_mm[0] for p in planes) * width_in / sum(p.extent_mm[1] for p in planes)
+
+
+def _draw_row(container, planes, *, window, n_readers: int, has_truth: bool, head: str) -> None:
+    """The three panels on ``container`` (a Figure or SubFigure), titled ``head``."""
+    level, width = window
+    axes = container.subplots(1, 3, width_ratios=[p.extent_mm[1] for p in planes])
     for ax, plane in zip(axes, planes):
         h_mm, w_mm = plane.extent_mm
         extent = (0.0, w_mm, h_mm, 0.0)
         ax.imshow(windowed(plane.arrays["image_hu"], level, width), cmap="gray", vmin=0, vmax=1,
                   interpolation="nearest", extent=extent, aspect="equal")
-        if readers is not None:
-            for j in range(readers.shape[0]):
-                _contour(ax, plane.arrays[f"reader_{j}"], extent, color=READER_COLORS[j % len(READER_COLORS)],
-                         style="dotted", width=0.8)
-        if true_fraction is not None:
+        for j in range(n_readers):
+            _contour(ax, plane.arrays[f"reader_{j}"], extent, color=READER_COLORS[j % len(READER_COLORS)],
+                     style="dotted", width=0.8)
+        if has_truth:
             _contour(ax, plane.arrays["true_fraction"], extent, color=TRUTH_COLOR, style="dashdot", width=1.0)
         _contour(ax, plane.arrays["binary_mask"], extent, color=BINARY_COLOR, style="dashed", width=1.0)
         _contour(ax, plane.arrays["soft_mask"], extent, color=CONTOUR_COLOR, style="solid", width=1.3)
         ax.set_xlim(0.0, w_mm)
         ax.set_ylim(h_mm, 0.0)
-        axis_name = "zrc"[plane.axis]
-        ax.set_title(f"{plane.name}  {axis_name} = {plane.index} of {volumes['image_hu'].shape[plane.axis]}",
-                     fontsize=8)
+        ax.set_title(f"{plane.name}  {'zrc'[plane.axis]} = {plane.index} of {plane.n_planes}", fontsize=8)
         ax.set_xlabel("mm", fontsize=7, labelpad=1)
         ax.tick_params(labelsize=6, length=2)
         top, bottom, left, right = plane.sides
@@ -247,21 +255,42 @@ def volume_preview_figure(image_hu, soft_mask, binary_mask, spacing_mm, *, reade
         ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
         ax.text(0.02, 0.5, left, ha="left", va="center", **style)
         ax.text(0.98, 0.5, right, ha="right", va="center", **style)
+    container.suptitle(head, fontsize=8)
+
+
+def _legend(fig, *, n_readers: int, has_truth: bool) -> None:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=CONTOUR_COLOR, label="Soft Mask alpha = 0.5"),
                Line2D([], [], color=BINARY_COLOR, linestyle="dashed",
-                      label="readers' 50 % consensus" if readers is not None else "binary mask")]
-    if readers is not None:
-        handles += [Line2D([], [], color=READER_COLORS[j % len(READER_COLORS)], linestyle="dotted",
-                           label=f"reader {j + 1}") for j in range(readers.shape[0])]
-    if true_fraction is not None:
+                      label="readers' 50 % consensus" if n_readers else "binary mask")]
+    handles += [Line2D([], [], color=READER_COLORS[j % len(READER_COLORS)], linestyle="dotted",
+                       label=f"reader {j + 1}") for j in range(n_readers)]
+    if has_truth:
         handles.append(Line2D([], [], color=TRUTH_COLOR, linestyle="dashdot", label="true fraction = 0.5"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=7, frameon=False)
+
+
+def _head(title, spacing, window) -> str:
     z_mm, row_mm, col_mm = spacing
-    head = f"{title + ' - ' if title else ''}voxel {z_mm:.3g} x {row_mm:.3g} x {col_mm:.3g} mm (z, row, col); " \
-           f"window {level:g} / {width:g} HU"
-    fig.suptitle(head, fontsize=8)
+    return (f"{title + ' - ' if title else ''}voxel {z_mm:.3g} x {row_mm:.3g} x {col_mm:.3g} mm (z, row, col); "
+            f"window {window[0]:g} / {window[1]:g} HU")
+
+
+#: Width (inches) of the three panels of one sample.
+_ROW_WIDTH_IN = 7.5
+
+
+def volume_preview_figure(image_hu, soft_mask, binary_mask, spacing_mm, *, reader_masks=None, true_fraction=None,
+                          window_hu=DEFAULT_WINDOW_HU, center_zrc=None, title: str | None = None):
+    """The matplotlib figure of :func:`preview_volume_png` (same arguments); its three image axes
+    are ``fig.axes[:3]`` in :data:`PLANE_NAMES` order."""
+    planes, spacing, window, n_readers, has_truth = _prepare(image_hu, soft_mask, binary_mask, spacing_mm,
+                                                             reader_masks, true_fraction, window_hu, center_zrc)
+    fig = new_figure(_ROW_WIDTH_IN + 0.6, _height_in(planes, _ROW_WIDTH_IN) + 1.3)
+    _draw_row(fig, planes, window=window, n_readers=n_readers, has_truth=has_truth,
+              head=_head(title, spacing, window))
+    _legend(fig, n_readers=n_readers, has_truth=has_truth)
     return fig
 
 
@@ -310,6 +339,42 @@ def _file_stem(sample_id: str) -> str:
     return stem[:120]
 
 
+def _pick(build_dir, n) -> tuple[list[SampleRef], int, tuple[float, float]]:
+    """``n`` samples spread evenly over a volume build (the 2-D contact sheet's rule): their refs,
+    the number of samples in the build and the recipe's display window."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise InputError(f"n must be an int >= 1, got {n!r}")
+    paths = shard_paths(Path(build_dir))
+    sizes, window = [], DEFAULT_WINDOW_HU
+    for p in paths:
+        with open_shard(p) as shard:
+            if shard.kind != "volumes":
+                raise InputError(f"{p.name} is a {shard.kind!r} shard: three-plane previews are for volume builds "
+                                 "(2-D builds: softmask preview)")
+            try:
+                sizes.append(shard.n_samples)
+                window = recipe_window_hu(json.loads(shard.attrs.get("recipe_json", "{}") or "{}"))
+            except (OSError, KeyError, ValueError) as exc:
+                raise SourceError(f"{p.name} is not a readable shard: {' '.join(str(exc).split())}") from None
+    total = sum(sizes)
+    if total == 0:
+        raise InputError(f"{build_dir} holds no sample to preview")
+    picks = sorted(set(np.linspace(0, total - 1, min(int(n), total)).round().astype(int).tolist()))
+    offsets = np.cumsum([0] + sizes)
+    refs = []
+    for k in picks:
+        j = int(np.searchsorted(offsets, k, side="right") - 1)
+        refs.append(SampleRef(paths[j], int(k - offsets[j])))
+    return refs, int(total), window
+
+
+def _sample_args(sample: Mapping[str, Any]) -> tuple[tuple, dict]:
+    spacing = tuple(float(v) for v in np.asarray(sample["spacing_mm"]).ravel())
+    return ((sample["image_hu"], sample["soft_mask"], sample["binary_mask"], spacing),
+            {"true_fraction": sample.get("true_fraction"),
+             "title": f"{sample['sample_id']} [{sample.get('split', '?')}]"})
+
+
 def write_volume_previews(build_dir, out_dir, *, n: int = 8) -> dict[str, Any]:
     """Render the previews of ``n`` samples spread evenly over a volume build folder (or one volume
     shard): one PNG per sample, ``<out_dir>/<sample_id>.png`` (characters other than letters,
@@ -340,29 +405,7 @@ def write_volume_previews(build_dir, out_dir, *, n: int = 8) -> dict[str, Any]:
     SourceError
         An unreadable shard or sample (named).
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InputError(f"n must be an int >= 1, got {n!r}")
-    paths = shard_paths(Path(build_dir))
-    sizes, window = [], DEFAULT_WINDOW_HU
-    for p in paths:
-        with open_shard(p) as shard:
-            if shard.kind != "volumes":
-                raise InputError(f"{p.name} is a {shard.kind!r} shard: three-plane previews are for volume builds "
-                                 "(2-D builds: softmask preview)")
-            try:
-                sizes.append(shard.n_samples)
-                window = recipe_window_hu(json.loads(shard.attrs.get("recipe_json", "{}") or "{}"))
-            except (OSError, KeyError, ValueError) as exc:
-                raise SourceError(f"{p.name} is not a readable shard: {' '.join(str(exc).split())}") from None
-    total = sum(sizes)
-    if total == 0:
-        raise InputError(f"{build_dir} holds no sample to preview")
-    picks = sorted(set(np.linspace(0, total - 1, min(int(n), total)).round().astype(int).tolist()))
-    offsets = np.cumsum([0] + sizes)
-    refs: list[SampleRef] = []
-    for k in picks:
-        j = int(np.searchsorted(offsets, k, side="right") - 1)
-        refs.append(SampleRef(paths[j], int(k - offsets[j])))
+    refs, total, window = _pick(build_dir, n)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written, ids, used = [], [], set()
@@ -375,12 +418,44 @@ def write_volume_previews(build_dir, out_dir, *, n: int = 8) -> dict[str, Any]:
             k += 1
             name = f"{stem}-{k}.png"
         used.add(name)
-        png = preview_volume_png(sample["image_hu"], sample["soft_mask"], sample["binary_mask"],
-                                 tuple(float(v) for v in np.asarray(sample["spacing_mm"]).ravel()),
-                                 true_fraction=sample.get("true_fraction"), window_hu=window,
-                                 title=f"{sid} [{sample.get('split', '?')}]")
-        atomic.write_bytes(out / name, png)
+        args, kwargs = _sample_args(sample)
+        atomic.write_bytes(out / name, preview_volume_png(*args, window_hu=window, **kwargs))
         written.append(str(out / name))
         ids.append(sid)
     return {"previews": written, "sample_ids": ids, "n_requested": int(n), "n": len(written),
-            "n_available": int(total)}
+            "n_available": total}
+
+
+def volume_preview_report(build_dir, out_png, *, n: int = 4) -> dict[str, Any]:
+    """One PNG (a contact sheet) of ``n`` volume samples spread evenly over a build, one row of
+    three planes per sample (as :func:`preview_volume_png`), one legend; written atomically.
+
+    The volume counterpart of :func:`softmask_builder.reports.figures.preview_report` (same
+    returned keys, so the ``preview`` command can print the same line): ``{"preview": path,
+    "n_requested": n, "n": drawn, "n_available": samples in the build, "sample_ids": [...]}``.
+
+    Raises
+    ------
+    InputError / SourceError
+        As :func:`write_volume_previews`.
+    """
+    refs, total, window = _pick(build_dir, n)
+    rows, ids = [], []
+    for ref in refs:
+        sample = read_samples([ref])[0]
+        ids.append(str(sample["sample_id"]))
+        args, kwargs = _sample_args(sample)
+        planes, spacing, window_checked, _, has_truth = _prepare(*args, None, kwargs["true_fraction"], window, None)
+        rows.append((planes, spacing, has_truth, kwargs["title"]))
+    heights = [_height_in(planes, _ROW_WIDTH_IN) + 0.7 for planes, *_ in rows]
+    fig = new_figure(_ROW_WIDTH_IN + 0.6, sum(heights) + 0.6)
+    subfigs = fig.subfigures(len(rows), 1, height_ratios=heights, squeeze=False)[:, 0]
+    for sub, (planes, spacing, has_truth, title) in zip(subfigs, rows):
+        _draw_row(sub, planes, window=window_checked, n_readers=0, has_truth=has_truth,
+                  head=_head(title, spacing, window_checked))
+    _legend(fig, n_readers=0, has_truth=any(r[2] for r in rows))
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(out_png, png_bytes(fig))
+    return {"preview": str(out_png), "n_requested": int(n), "n": len(rows), "n_available": total,
+            "sample_ids": ids}

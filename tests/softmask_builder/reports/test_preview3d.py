@@ -16,7 +16,7 @@ from softmask_builder.errors import InputError
 from softmask_builder.formats.shards import encode_meta, shard_name, write_shard
 from softmask_builder.reports.figures import png_bytes
 from softmask_builder.reports.preview3d import (nodule_center_zrc, orthogonal_planes, preview_volume_png,
-                                                volume_preview_figure, write_volume_previews)
+                                                volume_preview_figure, volume_preview_report, write_volume_previews)
 
 SHAPE = (12, 30, 26)            # (z, row, col): unequal, so a swapped axis shows
 SPACING = (2.5, 0.7, 0.6)
@@ -184,6 +184,22 @@ def test_write_volume_previews_of_a_build_folder(tmp_path):
         write_volume_previews(build, tmp_path / "p2", n=0)
 
 
+def test_volume_contact_sheet_has_one_row_per_sample(tmp_path):
+    shard = tmp_path / shard_name("toy3d", "train", 0, 1, kind="volumes")
+    _volume_shard(shard)
+    one = volume_preview_report(shard, tmp_path / "one.png", n=1)
+    three = volume_preview_report(shard, tmp_path / "three.png", n=5)
+    assert one == {"preview": str(tmp_path / "one.png"), "n_requested": 1, "n": 1, "n_available": 3,
+                   "sample_ids": ["case/0"]}
+    assert three["n"] == 3 and three["sample_ids"] == ["case/0", "case/1", "case/2"]
+    png1, png3 = (tmp_path / "one.png").read_bytes(), (tmp_path / "three.png").read_bytes()
+    h1, h3 = _decode(png1).shape[0], _decode(png3).shape[0]
+    row = h1 - 0.6 * 110            # one row and the legend's share of the height (0.6 in at 110 dpi)
+    assert h3 == pytest.approx(3 * row + 0.6 * 110, abs=3)
+    volume_preview_report(shard, tmp_path / "again.png", n=5)
+    assert (tmp_path / "again.png").read_bytes() == png3
+
+
 def test_write_volume_previews_refuses_a_2d_build(tmp_path):
     rng = np.random.default_rng(0)
     alpha = np.zeros((1, 16, 16), np.float32)
@@ -197,3 +213,6 @@ def test_write_volume_previews_refuses_a_2d_build(tmp_path):
     write_shard(path, arrays=arrays, meta=encode_meta(rows), attrs={**ATTRS, "dataset": "toy"})
     with pytest.raises(InputError, match="is a 'samples' shard: three-plane previews are for volume builds"):
         write_volume_previews(path, tmp_path / "out")
+    with pytest.raises(InputError, match="is a 'samples' shard"):
+        volume_preview_report(path, tmp_path / "out.png")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.png").exists()
