@@ -328,8 +328,8 @@ def _check_spacing_zrc(spacing_zrc, *, sample_id, stage: str) -> None:
                             "mm)", sample_id=sample_id, stage=stage)
 
 
-def read_nifti_zrc(path, *, role: str = "image", z_range: tuple[int, int] | None = None,
-                   sample_id: str | None = None, stage: str = _STAGE_LOAD) -> tuple[np.ndarray, tuple[float, float, float]]:
+def read_nifti_zrc(path, *, role: str = "image", z_range: tuple[int, int] | None = None, sample_id: str | None = None,
+                   stage: str = _STAGE_LOAD) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Read one NIfTI volume (or some of its slices) reoriented to (z, row, col) (module docstring).
 
     Parameters

@@ -9,15 +9,17 @@ flipped and transposed by hand; hand-counted components and crop windows.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
+import cv2
+import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
-nib = pytest.importorskip("nibabel", reason="nibabel is not installed (a core dependency: reinstall the package)")
-
-from softmask_builder.errors import InputError, SoftMaskError, SourceError  # noqa: E402
-from softmask_builder.sources.nifti import (load_nifti_volume, pair_nifti_files, plan_nifti_volumes,  # noqa: E402
+from softmask_builder.errors import InputError, SoftMaskError, SourceError
+from softmask_builder.sources.nifti import (load_nifti_volume, pair_nifti_files, plan_nifti_volumes,
                                             read_nifti_zrc, reorient_zrc)
 
 # World (RAS+) direction of each truth axis: z towards Superior, row towards Posterior, col
@@ -379,11 +381,6 @@ def test_lidc_0001_as_nifti_gives_the_dicom_slices_in_lidc_order(lidc_root, tmp_
     columns first) and one reader's contours as the mask: the adapter gives back the DICOM HU stack
     sorted by increasing ImagePositionPatient z with DICOM rows and columns -- the LIDC adapter's
     order -- and one sample, the nodule, at the annotated slices."""
-    import json
-
-    import cv2
-    import pydicom
-
     files = sorted((lidc_root / "LIDC-IDRI-0001").rglob("*.dcm"))
     slices = sorted((pydicom.dcmread(str(f)) for f in files), key=lambda d: float(d.ImagePositionPatient[2]))
     hu = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in slices])
