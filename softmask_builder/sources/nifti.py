@@ -89,8 +89,8 @@ from softmask_builder.sources.base import Reject, SampleRef, VolumeRecord, unsel
 from softmask_builder.sources.plausibility import AXIAL_MIN_COSINE, check_image_hu, check_spacing_mm
 
 __all__ = ["NIFTI_EXTS", "MASK_SUFFIX", "ZRC_AXCODES", "DEFAULT_MIN_VOXELS", "GRID_TOL_VOXELS",
-           "Z_SPACING_RANGE_MM", "pair_nifti_files", "reorient_zrc", "read_nifti_zrc", "plan_nifti_volumes",
-           "load_nifti_volume"]
+           "Z_SPACING_RANGE_MM", "pair_nifti_files", "reorient_zrc", "read_nifti_zrc", "zrc_to_nifti",
+           "plan_nifti_volumes", "load_nifti_volume"]
 
 NIFTI_EXTS = (".nii.gz", ".nii")
 MASK_SUFFIX = "_mask"
@@ -247,6 +247,47 @@ def _zrc_transform(affine, *, what: str, sample_id, stage: str) -> tuple[np.ndar
     ornt = _orientation(affine, what=what, sample_id=sample_id, stage=stage)
     transform = ornt_transform(ornt, axcodes2ornt(ZRC_AXCODES))
     return transform, np.argsort(transform[:, 0].astype(int))
+
+
+def zrc_to_nifti(volume_zrc, spacing_mm, *, origin_mm=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of the reading convention: a (z, row, col) array -> (stored array, RAS+ affine)
+    for writing NIfTI, so that this adapter (and any viewer) reads it back as the same array.
+
+    The array is stored (i, j, k) = (col, row, z), as dcm2niix stores axial DICOM, with the affine
+    ``diag(-col_mm, -row_mm, z_mm)`` (i towards the patient's Left, j Posterior, k Superior: nibabel
+    axis codes ("L", "P", "S")) and translation ``origin_mm`` (the RAS+ position of voxel 0).
+
+    Parameters
+    ----------
+    volume_zrc : (Z, H, W) array
+    spacing_mm : (z_mm, row_mm, col_mm), each finite and > 0
+    origin_mm : three floats, keyword-only
+
+    Returns
+    -------
+    data : (W, H, Z) C-contiguous array, ``volume_zrc.transpose(2, 1, 0)``
+    affine : (4, 4) float64
+
+    Raises
+    ------
+    InputError
+        ``volume_zrc`` not 3-D, or a bad spacing / origin.
+    """
+    vol = np.asarray(volume_zrc)
+    if vol.ndim != 3:
+        raise InputError(f"volume_zrc must be 3-D (z, row, col), got shape {vol.shape}")
+    try:
+        z_mm, row_mm, col_mm = (float(v) for v in spacing_mm)
+        origin = [float(v) for v in origin_mm]
+    except (TypeError, ValueError):
+        raise InputError(f"spacing_mm and origin_mm must be three numbers, got {spacing_mm!r}, {origin_mm!r}") from None
+    if not all(math.isfinite(v) and v > 0 for v in (z_mm, row_mm, col_mm)) or len(origin) != 3 \
+            or not all(math.isfinite(v) for v in origin):
+        raise InputError(f"spacing_mm must be three finite numbers > 0 and origin_mm three finite numbers, got "
+                         f"{spacing_mm!r}, {origin_mm!r}")
+    affine = np.diag([-col_mm, -row_mm, z_mm, 1.0])
+    affine[:3, 3] = origin
+    return np.ascontiguousarray(vol.transpose(2, 1, 0)), affine
 
 
 def _spatial_shape(shape: tuple[int, ...], *, what: str, sample_id, stage: str) -> tuple[int, int, int]:

@@ -20,7 +20,7 @@ import pytest
 
 from softmask_builder.errors import InputError, SoftMaskError, SourceError
 from softmask_builder.sources.nifti import (load_nifti_volume, pair_nifti_files, plan_nifti_volumes,
-                                            read_nifti_zrc, reorient_zrc)
+                                            read_nifti_zrc, reorient_zrc, zrc_to_nifti)
 
 # World (RAS+) direction of each truth axis: z towards Superior, row towards Posterior, col
 # towards the patient's Left.
@@ -135,6 +135,24 @@ def test_world_directions_of_the_output_axes(tmp_path):
         step[axis] += 1
         delta = world[tuple(step)][:3] - world[base][:3]
         assert sign * delta[ras_axis] == pytest.approx(spacing[axis]) and np.count_nonzero(np.round(delta, 9)) == 1
+
+
+def test_zrc_to_nifti_round_trips_and_is_the_dicom_storage(tmp_path):
+    truth = _truth(7)
+    data, aff = zrc_to_nifti(truth, SPACING, origin_mm=(10.0, -20.0, 30.0))
+    # the same storage as the hand-built LPS-ordered file (perm (2, 1, 0), no flip) of the other tests
+    ref_data, ref_aff = _stored(truth, (2, 1, 0), (False, False, False), origin=(10.0, -20.0, 30.0))
+    np.testing.assert_array_equal(data, ref_data)
+    np.testing.assert_allclose(aff, ref_aff)
+    assert nib.aff2axcodes(aff) == ("L", "P", "S")
+    _save(tmp_path / "rt.nii.gz", data, aff)
+    back, spacing = read_nifti_zrc(tmp_path / "rt.nii.gz")
+    np.testing.assert_array_equal(back, truth.astype(np.float32))
+    np.testing.assert_allclose(spacing, SPACING, rtol=1e-6)
+    with pytest.raises(InputError, match="volume_zrc must be 3-D"):
+        zrc_to_nifti(truth[0], SPACING)
+    with pytest.raises(InputError, match="spacing_mm"):
+        zrc_to_nifti(truth, (1.0, -1.0, 1.0))
 
 
 def test_plan_one_sample_per_26_connected_component(tmp_path):
