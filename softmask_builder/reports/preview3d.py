@@ -26,9 +26,11 @@ another lesion that enters the crop is not the one shown); without a binary voxe
 alpha >= 0.5 is used the same way, and without either the crop's centre.
 
 :func:`orthogonal_planes` (pure: picks the planes and orients them) is kept apart from the drawing;
-:func:`preview_volume_png` draws one sample; :func:`write_volume_previews` renders the previews of a
-volume build folder, reading it only through :mod:`softmask_builder.formats.shards` (via
-:mod:`.figures`). PNG bytes are identical run to run (Agg canvas, no metadata).
+:func:`preview_volume_png` draws one sample; for a volume build folder, :func:`write_volume_previews`
+writes one PNG per sample and :func:`volume_preview_report` one contact sheet (a row per sample),
+both reading the build only through :mod:`softmask_builder.formats.shards` (via :mod:`.figures`).
+Volume shards store no reader masks, so build previews show the binary (consensus) mask only. PNG
+bytes are identical run to run (Agg canvas, no metadata).
 """
 
 from __future__ import annotations
