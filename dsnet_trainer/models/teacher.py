@@ -83,7 +83,7 @@ class SRTeacher(nn.Module):
         if image.ndim != 4 or image.shape[-1] % self.scale or image.shape[-2] % self.scale:
             raise InputError(f"image must be (N, 1, H, W) with H, W multiples of {self.scale}, got "
                              f"{tuple(image.shape)}")
-        if self.downsample == "area":
+        if self.downsample in ("area", "windowed_area"):
             lr = F.avg_pool2d(image, self.scale)
         else:
             lr = F.interpolate(image, scale_factor=1.0 / self.scale, mode="bicubic", align_corners=False,
