@@ -348,6 +348,8 @@ def build_seg_model(variant: str | Variant, *, widths: Sequence[int] = (64, 128,
     if v.uses_teacher:
         if teacher is None:
             raise ValueError(f"variant {v.name!r} needs the SR teacher (input={v.input!r}); none given")
+        if int(input_shrink) > 1 and teacher_mode != "upscale":   # before probing: a mode error, not a shape one
+            check_teacher_for_shrink(int(input_shrink), teacher_scale=0, teacher_mode=teacher_mode)
         scale, feature_channels = probe_teacher(teacher, mode=teacher_mode)
         if int(input_shrink) > 1:
             check_teacher_for_shrink(int(input_shrink), teacher_scale=scale, teacher_mode=teacher_mode)

@@ -85,6 +85,8 @@ def build_from_config(model_cfg: SegModelConfig, *, data_cfg: SegDataConfig | No
 
         scale = getattr(teacher, "scale", None)
         try:
+            if model_cfg.teacher_mode != "upscale":
+                check_teacher_for_shrink(shrink, teacher_scale=0, teacher_mode=model_cfg.teacher_mode)
             if scale is None:
                 scale, _ = probe_teacher(teacher, mode=model_cfg.teacher_mode)
             check_teacher_for_shrink(shrink, teacher_scale=int(scale), teacher_mode=model_cfg.teacher_mode)
