@@ -142,10 +142,13 @@ def row_overrides(row: str) -> list[str]:
     return [f"model.variant={row}"]
 
 
-def plan_runs(rows: list[str], seeds: int, extra_seeds: int) -> list[tuple[str, int]]:
+def plan_runs(rows: list[str], seeds: int, extra_seeds: int, b_seeds: int | None = None) -> list[tuple[str, int]]:
     """(row, seed) pairs, seed-major: seed 0 of every row first, then seed 1, ... The core rows and
-    the truth-study arms get ``seeds`` seeds, the others ``extra_seeds``."""
+    the truth-study arms get ``seeds`` seeds, the others ``extra_seeds``; the arms B ``b_seeds``
+    when given (the design: 5 seeds of A, 4 of B, in one call)."""
     n = {r: (seeds if r in CORE or r in STUDY_ARMS else extra_seeds) for r in rows}
+    if b_seeds is not None:
+        n.update({r: b_seeds for r in rows if r in TRUTH_B_ARMS})
     return [(r, s) for s in range(max(n.values(), default=0)) for r in rows if s < n[r]]
 
 
@@ -849,6 +852,7 @@ def main(argv: list[str] | None = None) -> int:
                          "B2 --teacher-untrained); --seeds seeds each arm)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the core rows (U-Net ... DSNet)")
     ap.add_argument("--extra-seeds", type=int, default=2, help="seeds of the other rows and study cells")
+    ap.add_argument("--seeds-b", type=int, default=None, help="seeds of the truth study's arms B (default: --seeds)")
     ap.add_argument("-s", "--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once (separate processes)")
     ap.add_argument("--record", default="", help="folder (to commit) for each finished run's small files and the tables")
@@ -885,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher_files = {"teacher": args.teacher, "teacher_x2": args.teacher_x2,
                      "teacher_untrained": args.teacher_untrained}
     check_b_teachers(rows, teacher_files)
-    plan = plan_runs(rows, args.seeds, args.extra_seeds)
+    plan = plan_runs(rows, args.seeds, args.extra_seeds, args.seeds_b)
     sets = _significant(args.sets)
     todo: list[tuple[str, str, int]] = []
     my_teachers = {row: teacher_digest(row_teacher(row, teacher_files)) for row in rows if _uses_teacher(row)}

@@ -515,6 +515,8 @@ def test_truth_b_arms_map_to_the_design_configs_and_need_their_teachers(tmp_path
         assert mod._uses_teacher(arm) == (arm in ("B1", "B2"))
     plan = mod.plan_runs(["unet", "B0", "B1", "dsnet_kats"], 4, 2)
     assert sum(r == "B1" for r, _ in plan) == 4 and sum(r == "dsnet_kats" for r, _ in plan) == 2
+    plan = mod.plan_runs(["unet", "A0", "B0", "B1"], 5, 2, 4)       # the design: 5 seeds of A, 4 of B
+    assert [sum(r == a for r, _ in plan) for a in ("unet", "A0", "B0", "B1")] == [5, 5, 4, 4]
     with pytest.raises(SystemExit, match="-s data.input_shrink: set by the truth-study arms"):
         mod.check_truth_sets(["B0", "B3"], ["data.input_shrink=1"])
     with pytest.raises(SystemExit, match="-s model.teacher: set by the truth-study arms"):
