@@ -190,7 +190,8 @@ def teacher_summary(path: str | Path) -> dict[str, Any]:
     """Scale, HU window, down-sampling, training stage ("srresnet", "srgan", or "untrained": a
     seeded random init), feature channels, parameter count and metrics of a teacher file."""
     t = load_teacher(path)
-    return {"scale": t.scale, "stage": read_teacher_file(path).get("stage"), "feature_channels": t.feature_channels, "window_level_hu": t.window_level_hu,
+    return {"scale": t.scale, "stage": read_teacher_file(path).get("stage"), "feature_channels": t.feature_channels,
+            "window_level_hu": t.window_level_hu,
             "n_train_patients": {k: len(v) for k, v in (t.train_patients or {}).items()},
             "window_width_hu": t.window_width_hu, "downsample": t.downsample, "metrics": t.metrics,
             "n_parameters": int(sum(p.numel() for p in t.parameters()))}

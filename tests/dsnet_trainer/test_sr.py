@@ -180,6 +180,8 @@ def test_untrained_x2_teacher_is_the_seeded_init_in_the_teacher_format(slice_sha
     for k, v in fresh.items():
         torch.testing.assert_close(obj["generator"][k], v, rtol=0, atol=0)
     assert teacher_summary(res.teacher_path)["stage"] == "untrained"
+    assert obj["metrics"] == res.report["srresnet"]                 # its validation figures travel with it
+    assert "| SRResNet, untrained (seeded init) |" in (tmp_path / "untrained" / "report.md").read_text()
     other = pretrain_sr(load_config(SRConfig, "sr_tiny_x2", [*sets[:-1], "loop.seed=4"]), data=slice_shards,
                         out=tmp_path / "other")
     assert not torch.equal(read_teacher_file(other.teacher_path)["generator"]["head.0.weight"],
