@@ -330,7 +330,8 @@ class SliceShardDataset(Dataset):
         if val_patch_px % scale:
             raise ConfigError(f"data.val_patch_px={val_patch_px} must be a multiple of data.scale={scale}")
         if downsample_method not in ("area", "bicubic", "windowed_area"):
-            raise ConfigError(f"data.downsample must be 'area', 'bicubic' or 'windowed_area', got {downsample_method!r}")
+            raise ConfigError(f"data.downsample must be 'area', 'bicubic' or 'windowed_area', "
+                              f"got {downsample_method!r}")
         if patches_per_slice < 1:
             raise ConfigError(f"data.patches_per_slice must be >= 1, got {patches_per_slice}")
         if isinstance(data, (list, tuple)) and data and all(isinstance(d, ShardInfo) for d in data):

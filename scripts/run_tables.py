@@ -3,7 +3,8 @@ and write the tables.
 
     python scripts/run_tables.py --data build/lnsm1500 --teacher runs/sr-sr_tiny/teacher.pt \
         --out runs/tables [--seeds 3 --extra-seeds 2] [--rows unet,backbone,...] [--study l1]
-        [--study truth] [--study truth-b --teacher-x2 T2 --teacher-untrained T0] [-s optim.epochs=30] [--jobs 2] [--record docs/results/NAME] [--no-train]
+        [--study truth] [--study truth-b --teacher-x2 T2 --teacher-untrained T0 --seeds-b 4]
+        [-s optim.epochs=30] [--jobs 2] [--record docs/results/NAME] [--no-train]
         [--nnunet runs/nnunet/eval/run0-nnUNetTrainer_5epochs ...]
 
 When every run was evaluated on a build that carries the phantom's truth (shard schema 3), the
@@ -274,8 +275,9 @@ def check_b_teachers(rows: list[str], teachers: dict) -> None:
         attr, option = B_TEACHER_OPTIONS[row]
         path = teachers.get(attr) or ""
         if not path:
+            untrained = " -s stage1.epochs=0 -s stage2.epochs=0 -s export_from=srresnet" if row == "B2" else ""
             raise SystemExit(f"arm {row} needs {option} (a teacher file of dsnet pretrain-sr --config sr_tiny_x2"
-                             f"{' -s stage1.epochs=0 -s stage2.epochs=0 -s export_from=srresnet' if row == 'B2' else ''})")
+                             f"{untrained})")
         if not Path(path).is_file():
             raise SystemExit(f"{option} {path}: no such file")
         from dsnet_trainer.errors import TrainerError
@@ -842,7 +844,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="seg_tiny")
     ap.add_argument("--rows", default=",".join(TABLE_III + TABLE_IV + TABLE_V),
                     help="comma-separated variants and study cells VARIANT.l1wW.REDUCTION")
-    ap.add_argument("--teacher-x2", default="", help="arm B1's x2 SR teacher.pt (dsnet pretrain-sr --config sr_tiny_x2)")
+    ap.add_argument("--teacher-x2", default="",
+                    help="arm B1's x2 SR teacher.pt (dsnet pretrain-sr --config sr_tiny_x2)")
     ap.add_argument("--teacher-untrained", default="",
                     help="arm B2's untrained x2 teacher.pt (the same, -s stage1.epochs=0 -s stage2.epochs=0 "
                          "-s export_from=srresnet)")

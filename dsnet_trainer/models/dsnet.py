@@ -350,13 +350,14 @@ def build_seg_model(variant: str | Variant, *, widths: Sequence[int] = (64, 128,
             raise ValueError(f"variant {v.name!r} needs the SR teacher (input={v.input!r}); none given")
         if int(input_shrink) > 1 and teacher_mode != "upscale":   # before probing: a mode error, not a shape one
             check_teacher_for_shrink(int(input_shrink), teacher_scale=0, teacher_mode=teacher_mode)
-        scale, feature_channels = probe_teacher(teacher, mode=teacher_mode)
+        teacher_scale, feature_channels = probe_teacher(teacher, mode=teacher_mode)
+        scale = teacher_scale
         if int(input_shrink) > 1:
-            check_teacher_for_shrink(int(input_shrink), teacher_scale=scale, teacher_mode=teacher_mode)
-            scale //= int(input_shrink)     # DRTM's scale stays the teacher's; the backbone's is 1
+            check_teacher_for_shrink(int(input_shrink), teacher_scale=teacher_scale, teacher_mode=teacher_mode)
+            scale = 1                       # the x`input_shrink` outputs land on the crop's grid
         frozen = FrozenTeacher(teacher, mode=teacher_mode)
-        if v.input == "drtm":
-            drtm = DRTM(feature_channels, scale=scale * int(input_shrink), detail_enhancement=v.detail_enhancement,
+        if v.input == "drtm":               # DRTM up-samples the teacher's input by the teacher's scale
+            drtm = DRTM(feature_channels, scale=teacher_scale, detail_enhancement=v.detail_enhancement,
                         selective_fusion=v.selective_fusion, fc=drtm_fc)
             in_channels = feature_channels
     if v.backbone == "unet":

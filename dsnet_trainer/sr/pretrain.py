@@ -139,10 +139,9 @@ def pretrain_sr(cfg: SRConfig, *, data: str | Path | Sequence[str | Path], out: 
             # What the slices are made of (a phantom's record, None for real data): `dsnet train`
             # warns when a phantom teacher meets a real-source dataset.
             provs = [data_provenance(Path(sh.path).parent) for sh in data_sets.train.shards]
+            figures = report.get("srresnet" if teacher_stage == "untrained" else teacher_stage, {})
             teacher_path = export_teacher(teacher_gen, cfg, out / "teacher.pt", stage=teacher_stage,
-                                          metrics=report.get("srresnet" if teacher_stage == "untrained" else teacher_stage,
-                                                             {}),
-                                          train_patients=train_patients,
+                                          metrics=figures, train_patients=train_patients,
                                           data_provenance=next((p for p in provs if p), None))
             atomic.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
             atomic.write_text(out / "report.md", format_report(report))

@@ -497,7 +497,8 @@ def _x2_teacher(path, *, stage, scale=2, downsample="windowed_area", seed=0):
     from dsnet_trainer.sr.config import GeneratorConfig, SRConfig, SRDataConfig
 
     torch.manual_seed(seed)
-    cfg = SRConfig(data=SRDataConfig(scale=scale, downsample=downsample), generator=GeneratorConfig(n_channels=4, n_blocks=1))
+    cfg = SRConfig(data=SRDataConfig(scale=scale, downsample=downsample),
+                   generator=GeneratorConfig(n_channels=4, n_blocks=1))
     return export_teacher(build_model("srresnet", **cfg.generator_kwargs()), cfg, path, stage=stage,
                           train_patients={"synth": ["T0", "T1", "T2"]})
 
@@ -521,7 +522,8 @@ def test_truth_b_arms_map_to_the_design_configs_and_need_their_teachers(tmp_path
         mod.check_truth_sets(["B0", "B3"], ["data.input_shrink=1"])
     with pytest.raises(SystemExit, match="-s model.teacher: set by the truth-study arms"):
         mod.check_truth_sets(["B1"], ["model.teacher=x.pt"])
-    trained, untrained = _x2_teacher(tmp_path / "t2.pt", stage="srgan"), _x2_teacher(tmp_path / "t0.pt", stage="untrained")
+    trained = _x2_teacher(tmp_path / "t2.pt", stage="srgan")
+    untrained = _x2_teacher(tmp_path / "t0.pt", stage="untrained")
     files = {"teacher": "", "teacher_x2": str(trained), "teacher_untrained": str(untrained)}
     mod.check_b_teachers(["B0", "B1", "B2", "B3"], files)
     assert mod.row_teacher("B1", files) == str(trained) and mod.row_teacher("B2", files) == str(untrained)
@@ -569,7 +571,8 @@ def test_truth_b_comparisons_pair_the_design_arms_with_clustered_and_seed_interv
         crop = stats.t.interval(0.95, 3, loc=per_patient.mean(), scale=stats.sem(per_patient))
         sd = np.array([values[f"{arm}-s{s}"].mean() - values[f"{ref}-s{s}"].mean() for s in range(4)])
         seed = stats.t.interval(0.95, 3, loc=sd.mean(), scale=stats.sem(sd))
-        assert c["primary"]["mean"] == pytest.approx((a - r).mean()) and c["primary"]["ci95"] == pytest.approx(list(crop))
+        assert c["primary"]["mean"] == pytest.approx((a - r).mean())
+        assert c["primary"]["ci95"] == pytest.approx(list(crop))
         assert c["seed_means"]["ci95"] == pytest.approx(list(seed)) and c["seed_means"]["seeds"] == [0, 1, 2, 3]
     # B1 - B0: +4 points, above 0 -> confirmed; B1 - B2: +0.5, interval within +-1 -> refuted; B3 a bound
     assert comps[("B1", "B0")]["verdict"] == "confirmed" and comps[("B1", "B2")]["verdict"] == "refuted"
