@@ -11,9 +11,10 @@ config's crops (seg_tiny: 8 crops of 64 px, widths 8-16-32-64), float32 on CPU,
 ``torch.set_num_threads(1)`` and the trainer's malloc settings. The crops are real crops of
 ``--data``'s train split when given (else uniform noise: speed does not depend on content).
 
-Rows (the median and the fastest of ``--rounds`` x ``--steps`` steps, the arms interleaved round by
-round so that a shared machine's load hits them alike; on a loaded machine the fastest step is the
-better estimate of an arm's own cost):
+Rows (medians of ``--rounds`` x ``--steps`` steps, the arms interleaved round by round so that a
+shared machine's load hits them alike): the CPU time of the step's thread (``time.thread_time``:
+with one torch thread, what the step costs an idle core; little moved by other processes) and the
+wall time (what it took here):
 
 * A0 ``unet_soft``; B0 ``backbone`` at ``data.input_shrink=2``; B1/B2 ``drtm`` at
   ``input_shrink=2`` with the x2 teacher of ``sr_tiny_x2`` (``--teacher-x2``'s file, else that
@@ -102,12 +103,12 @@ class _Arm:
         self.opt = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=cfg.optim.lr,
                                     betas=cfg.optim.betas)
         self.x, self.m = x, m
-        self.times: list[float] = []
+        self.times: list[tuple[float, float]] = []     # (wall s, CPU s of this thread) per step
 
-    def step(self) -> float:
+    def step(self) -> tuple[float, float]:
         from dsnet_trainer.losses import dice_loss, soft_l1_loss, total_loss
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         prob, soft = self.net(self.x)
         l1 = soft_l1_loss(soft, 2 * self.m - 1) if self.soft else None
         loss = total_loss(dice=dice_loss(prob, self.m), l1=l1, dice_weight=self.w.dice_weight,
@@ -115,7 +116,7 @@ class _Arm:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.thread_time() - c0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         cached.net.teacher = _Cached(*arms["B1/B2"].net.teacher(shrink_by_area(x, 2)))
     arms["B1, teacher cached"] = cached
     frozen = arms["B1/B2"].net.teacher
-    teacher_times: list[float] = []
+    teacher_times: list[tuple[float, float]] = []
     for arm in arms.values():          # warm-up
         for _ in range(2):
             arm.step()
@@ -153,26 +154,26 @@ def main(argv: list[str] | None = None) -> None:
         for arm in arms.values():
             arm.times += [arm.step() for _ in range(args.steps)]
         for _ in range(args.steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             with torch.no_grad():
                 frozen(shrink_by_area(x, 2))
-            teacher_times.append(time.perf_counter() - t0)
+            teacher_times.append((time.perf_counter() - t0, time.thread_time() - c0))
 
-    def med(v: list[float]) -> float:
-        return 1000 * sorted(v)[len(v) // 2]
+    def med(v: list[tuple[float, float]], k: int = 1) -> float:   # k = 1: CPU time, 0: wall time (ms)
+        return 1000 * sorted(t[k] for t in v)[len(v) // 2]
 
     src = f"{args.data} train crops" if args.data else "noise crops"
     print(f"config {args.config} {' '.join(args.sets)}: batch {cfg.loop.batch_size} x {cfg.data.crop_px} px ({src}), "
           f"widths {list(cfg.model.widths)}, one thread; teacher {args.teacher_x2 or 'sr_tiny_x2 architecture'} "
           f"({sum(p.numel() for p in teacher.parameters())} parameters); median of {args.rounds} x {args.steps} steps")
-    print("| arm | ms per gradient step (median) | fastest step (ms) | median vs A0 |")
+    print("| arm | CPU ms per gradient step (median) | wall ms per step (median) | CPU vs A0 |")
     print("|---|---|---|---|")
     a0 = med(arms["A0"].times)
     for name, arm in arms.items():
-        print(f"| {name} | {med(arm.times):.1f} | {1000 * min(arm.times):.1f} | {med(arm.times) / a0:.2f} |")
-    print(f"| teacher forward only (no grad) | {med(teacher_times):.1f} | {1000 * min(teacher_times):.1f} | "
+        print(f"| {name} | {med(arm.times):.1f} | {med(arm.times, 0):.1f} | {med(arm.times) / a0:.2f} |")
+    print(f"| teacher forward only (no grad) | {med(teacher_times):.1f} | {med(teacher_times, 0):.1f} | "
           f"{med(teacher_times) / a0:.2f} |")
-    full, fast = med(arms["B1/B2"].times), med(cached.times)
+    full, fast = med(arms["B1/B2"].times), med(cached.times)      # CPU time
     share = (full - fast) / full
     alone = med(teacher_times) / full
     print(f"\nteacher's share of a B1 step: {100 * share:.1f} % (recomputed {full:.1f} ms, outputs precomputed "
