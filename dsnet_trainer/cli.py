@@ -49,7 +49,9 @@ def _overrides(sets: tuple[str, ...], **options: object) -> list[str]:
               help="Validation slice shards (any split) instead of --data's 'val' split.")
 @click.option("--out", required=True, type=click.Path(), help="Run folder (created).")
 @click.option("--config", "config", default="sr_tiny", show_default=True,
-              help="YAML/JSON file, or a packaged config: sr_tiny (CPU: 67 s for `make pretrain-sr` on the sample, 2 vCPUs), sr_paper (GPU).")
+              help="YAML/JSON file, or a packaged config: sr_tiny (CPU: 67 s for `make pretrain-sr` on the sample, "
+                   "2 vCPUs), sr_tiny_x2 (the truth study's x2 teacher, arm B1: 787 s on one shared core), "
+                   "sr_paper (GPU).")
 @click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE",
               help="Config override, e.g. -s stage1.epochs=5 -s data.hr_patch_px=64 (repeatable; never evaluated).")
 @click.option("--resume", default=None, metavar="auto|PATH",

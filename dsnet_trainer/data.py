@@ -301,7 +301,9 @@ class SliceShardDataset(Dataset):
     never augmented.
 
     LR is made from the HR patch *in HU* (:func:`downsample`, ``area`` or anti-aliased
-    ``bicubic``), then both are windowed to [-1, 1] (:func:`to_unit_range`).
+    ``bicubic``), then both are windowed to [-1, 1] (:func:`to_unit_range`); with
+    ``downsample_method="windowed_area"`` the HR patch is windowed first and the LR is the mean of
+    its ``scale`` x ``scale`` blocks (the truth study's arm-B degradation of the windowed crop).
 
     Items: ``{"lr": float32 (1, h, w), "hr": float32 (1, h*scale, w*scale), "index": int}``.
 
@@ -327,8 +329,9 @@ class SliceShardDataset(Dataset):
             raise ConfigError(f"data.hr_patch_px={hr_patch_px} must be a positive multiple of data.scale={scale}")
         if val_patch_px % scale:
             raise ConfigError(f"data.val_patch_px={val_patch_px} must be a multiple of data.scale={scale}")
-        if downsample_method not in ("area", "bicubic"):
-            raise ConfigError(f"data.downsample must be 'area' or 'bicubic', got {downsample_method!r}")
+        if downsample_method not in ("area", "bicubic", "windowed_area"):
+            raise ConfigError(f"data.downsample must be 'area', 'bicubic' or 'windowed_area', "
+                              f"got {downsample_method!r}")
         if patches_per_slice < 1:
             raise ConfigError(f"data.patches_per_slice must be >= 1, got {patches_per_slice}")
         if isinstance(data, (list, tuple)) and data and all(isinstance(d, ShardInfo) for d in data):
@@ -401,9 +404,12 @@ class SliceShardDataset(Dataset):
         if self.mode == "train" and self.augment and rng is not None:
             k, flip = random_dihedral(rng)
             hr_hu = dihedral(hr_hu, k=k, flip=flip)
-        lr_hu = downsample(hr_hu, scale=self.scale, method=self.downsample_method)
         hr = to_unit_range(hr_hu, level_hu=self.level_hu, width_hu=self.width_hu)
-        lr = to_unit_range(lr_hu, level_hu=self.level_hu, width_hu=self.width_hu)
+        if self.downsample_method == "windowed_area":   # window, then block means (arm B's input)
+            lr = downsample(hr, scale=self.scale, method="area")
+        else:                                           # block means or bicubic of HU, then window
+            lr_hu = downsample(hr_hu, scale=self.scale, method=self.downsample_method)
+            lr = to_unit_range(lr_hu, level_hu=self.level_hu, width_hu=self.width_hu)
         return {"lr": torch.from_numpy(lr)[None], "hr": torch.from_numpy(hr)[None], "index": i}
 
 

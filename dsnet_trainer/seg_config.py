@@ -40,10 +40,12 @@ class SegDataConfig:
         "binary"/"kats"/"softseg", follow it, the "soft_mask" one stays the label's).
         The last two need a build with the phantom's truth (shard schema 3 ``true_fraction``).
     input_shrink : 1 (the crop as it is), or 2: the network sees the crop shrunk x2 by area
-        averaging and bicubic-up-sampled back (the truth study's arm B0; outputs, labels and
-        truth stay on the crop's grid; LR variants only; ``crop_px`` a multiple of it). Applied
-        inside the network (:func:`dsnet_trainer.models.dsnet.shrink_then_bicubic`), so
-        evaluation and prediction of the checkpoint see the same input.
+        averaging (outputs, labels and truth stay on the crop's grid; ``crop_px`` a multiple of
+        it). LR variants bicubic-up-sample it back (the truth study's arm B0,
+        :func:`dsnet_trainer.models.dsnet.shrink_then_bicubic`); teacher variants (arms B1/B2)
+        feed it to a x2 teacher in ``upscale`` mode, whose outputs land on the crop's grid (a
+        teacher of another scale, or ``native`` mode, is refused). Applied inside the network,
+        so evaluation and prediction of the checkpoint see the same input.
     """
 
     root: str = "build/lnsm"

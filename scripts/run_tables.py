@@ -3,7 +3,8 @@ and write the tables.
 
     python scripts/run_tables.py --data build/lnsm1500 --teacher runs/sr-sr_tiny/teacher.pt \
         --out runs/tables [--seeds 3 --extra-seeds 2] [--rows unet,backbone,...] [--study l1]
-        [--study truth] [-s optim.epochs=30] [--jobs 2] [--record docs/results/NAME] [--no-train]
+        [--study truth] [--study truth-b --teacher-x2 T2 --teacher-untrained T0 --seeds-b 4]
+        [-s optim.epochs=30] [--jobs 2] [--record docs/results/NAME] [--no-train]
         [--nnunet runs/nnunet/eval/run0-nnUNetTrainer_5epochs ...]
 
 When every run was evaluated on a build that carries the phantom's truth (shard schema 3), the
@@ -14,7 +15,11 @@ U-Net row with 95 % intervals clustered by background patient (:func:`summarise_
 with the design's lambda2 and training target, ``--seeds`` seeds each; ``-s`` on the keys they set
 is refused) and the tables then end with the design's comparisons (:data:`TRUTH_PAIRS`: A1 - A0,
 A1 - A2 decide, A3 - A1 and A4 - A1 are bounds) with clustered per-crop intervals, intervals on the
-seed means and the decision words of one build (:func:`truth_verdict`).
+seed means and the decision words of one build (:func:`truth_verdict`). ``--study truth-b`` adds
+its arms B0-B3 (:data:`TRUTH_B_ARMS`: the crop shrunk x2; B0 the backbone on the bicubic-up-sampled
+input, B1 DRTM with the x2 teacher of ``--teacher-x2``, B2 the same with the untrained teacher of
+``--teacher-untrained``, B3 the backbone on the crop itself; both teacher files checked first) and
+the comparisons :data:`TRUTH_B_PAIRS` (B1 - B0, B1 - B2 decide claim (b), B3 - B0 a bound).
 
 Rows are ``model.variant`` names, or Soft Mask L1 study cells ``VARIANT.l1wW.REDUCTION`` (e.g.
 ``drtm_soft.l1w10.crop_band`` = the variant with ``optim.l1_weight=10`` and
@@ -95,6 +100,25 @@ TRUTH_PAIRS = (("A1", "A0", "decides (a): Soft Mask supervision helps"),
                ("A1", "A2", "decides (a): soft targets, not the head"),
                ("A3", "A1", "bound: oracle soft label"),
                ("A4", "A1", "bound: clean labels"))
+#: The truth study's arms B (docs/TRAINING.md): input that lost detail (the 64-px crop shrunk x2 by
+#: block means), output and truth on the 64-px grid. B1 and B2 are the same network (DRTM over a x2
+#: teacher fed the 32-px crop) and differ only in their teacher's weights: each takes its teacher
+#: file from its own option (:data:`B_TEACHER_OPTIONS`), never from ``--teacher``.
+TRUTH_B_ARMS = {
+    "B0": ["model.variant=backbone", "data.input_shrink=2"],                               # bicubic x2 in
+    "B1": ["model.variant=drtm", "data.input_shrink=2", "model.teacher_mode=upscale"],     # trained x2 teacher
+    "B2": ["model.variant=drtm", "data.input_shrink=2", "model.teacher_mode=upscale"],     # untrained teacher
+    "B3": ["model.variant=backbone", "data.input_shrink=1"],                               # the 64-px crop
+}
+#: B arm -> (``args`` attribute, option) of its teacher file; its file's recorded ``stage``
+#: must be "untrained" for B2 and anything else for B1.
+B_TEACHER_OPTIONS = {"B1": ("teacher_x2", "--teacher-x2"), "B2": ("teacher_untrained", "--teacher-untrained")}
+#: The design's comparisons of the arms B: the first two decide claim (b), the last is a bound.
+TRUTH_B_PAIRS = (("B1", "B0", "decides (b): detail transfer from an SR teacher helps"),
+                 ("B1", "B2", "decides (b): the trained teacher, not DRTM's capacity"),
+                 ("B3", "B0", "bound: the 64-px crop"))
+#: Every arm of the truth study (A and B): arm -> its config overrides.
+STUDY_ARMS = {**TRUTH_ARMS, **TRUTH_B_ARMS}
 #: The decision rule's practical margin: 1 Dice point.
 DECISION_MARGIN = 0.01
 RECORD_COLUMNS = ("sample_id", "gt_px", "pred_px", "dice", "sen", "ppv", "sad",  # per_crop.csv as recorded
@@ -106,23 +130,26 @@ RECORD_COLUMNS = ("sample_id", "gt_px", "pred_px", "dice", "sen", "ppv", "sad", 
 def row_overrides(row: str) -> list[str]:
     """Config overrides of a table row: ``model.variant=row``, for a study cell
     ``VARIANT.l1wW.REDUCTION`` the variant plus ``optim.l1_weight`` and ``optim.l1_reduction``, for
-    a truth-study arm (``A0``-``A4``) its :data:`TRUTH_ARMS` entry."""
-    if row in TRUTH_ARMS:
-        return list(TRUTH_ARMS[row])
+    a truth-study arm (``A0``-``A4``, ``B0``-``B3``) its :data:`STUDY_ARMS` entry."""
+    if row in STUDY_ARMS:
+        return list(STUDY_ARMS[row])
     m = _CELL.match(row)
     if m:
         return [f"model.variant={m['variant']}", f"optim.l1_weight={m['weight']}",
                 f"optim.l1_reduction={m['reduction']}"]
     if not re.fullmatch(r"[a-z_]+", row):
         raise SystemExit(f"--rows: {row!r} is neither a variant name, a study cell VARIANT.l1wW.REDUCTION "
-                         f"nor a truth-study arm ({', '.join(TRUTH_ARMS)})")
+                         f"nor a truth-study arm ({', '.join(STUDY_ARMS)})")
     return [f"model.variant={row}"]
 
 
-def plan_runs(rows: list[str], seeds: int, extra_seeds: int) -> list[tuple[str, int]]:
+def plan_runs(rows: list[str], seeds: int, extra_seeds: int, b_seeds: int | None = None) -> list[tuple[str, int]]:
     """(row, seed) pairs, seed-major: seed 0 of every row first, then seed 1, ... The core rows and
-    the truth-study arms get ``seeds`` seeds, the others ``extra_seeds``."""
-    n = {r: (seeds if r in CORE or r in TRUTH_ARMS else extra_seeds) for r in rows}
+    the truth-study arms get ``seeds`` seeds, the others ``extra_seeds``; the arms B ``b_seeds``
+    when given (the design: 5 seeds of A, 4 of B, in one call)."""
+    n = {r: (seeds if r in CORE or r in STUDY_ARMS else extra_seeds) for r in rows}
+    if b_seeds is not None:
+        n.update({r: b_seeds for r in rows if r in TRUTH_B_ARMS})
     return [(r, s) for s in range(max(n.values(), default=0)) for r in rows if s < n[r]]
 
 
@@ -229,13 +256,55 @@ def _uses_teacher(row: str) -> bool:
     return get_variant(row_variant(row)).uses_teacher
 
 
+def row_teacher(row: str, teachers: dict) -> str:
+    """The SR teacher file a row trains with: B1/B2 their own option's (:data:`B_TEACHER_OPTIONS`),
+    every other teacher row ``--teacher``; ``teachers`` maps ``teacher`` and the
+    B_TEACHER_OPTIONS attributes to paths."""
+    if row in B_TEACHER_OPTIONS:
+        return teachers.get(B_TEACHER_OPTIONS[row][0]) or ""
+    return teachers.get("teacher") or ""
+
+
+def check_b_teachers(rows: list[str], teachers: dict) -> None:
+    """Refuse a B1/B2 row without its teacher file, or with one that does not fit the design: a
+    x2 teacher trained on the arms' degradation (``data.downsample: windowed_area``), recorded
+    ``stage`` "untrained" for B2 and a trained stage for B1. One line naming the option."""
+    for row in rows:
+        if row not in B_TEACHER_OPTIONS:
+            continue
+        attr, option = B_TEACHER_OPTIONS[row]
+        path = teachers.get(attr) or ""
+        if not path:
+            untrained = " -s stage1.epochs=0 -s stage2.epochs=0 -s export_from=srresnet" if row == "B2" else ""
+            raise SystemExit(f"arm {row} needs {option} (a teacher file of dsnet pretrain-sr --config sr_tiny_x2"
+                             f"{untrained})")
+        if not Path(path).is_file():
+            raise SystemExit(f"{option} {path}: no such file")
+        from dsnet_trainer.errors import TrainerError
+        from dsnet_trainer.models.teacher import read_teacher_file
+
+        try:
+            obj = read_teacher_file(Path(path))
+        except TrainerError as exc:
+            raise SystemExit(f"{option}: {exc}") from None
+        scale, how, stage = obj["data"]["scale"], obj["data"].get("downsample"), obj.get("stage")
+        if scale != 2 or how != "windowed_area":
+            raise SystemExit(f"{option} {path}: arm {row} needs a x2 teacher trained on windowed 2x2 block means "
+                             f"(data.scale 2, data.downsample windowed_area), got scale {scale}, downsample {how}")
+        if (stage == "untrained") != (row == "B2"):
+            raise SystemExit(f"{option} {path}: arm {row} needs {'an untrained' if row == 'B2' else 'a trained'} "
+                             f"teacher, the file's stage is {stage!r}")
+
+
 def check_truth_sets(rows: list[str], sets: list[str]) -> None:
     """Refuse ``-s`` overrides of the keys the truth-study arms set themselves (they come after
     the row's overrides and would silently turn one arm into another)."""
-    keys = {o.split("=", 1)[0] for r in rows if r in TRUTH_ARMS for o in TRUTH_ARMS[r]}
+    keys = {o.split("=", 1)[0] for r in rows if r in STUDY_ARMS for o in STUDY_ARMS[r]}
+    if any(r in B_TEACHER_OPTIONS for r in rows):
+        keys.add("model.teacher")      # B1/B2 take theirs from --teacher-x2 / --teacher-untrained
     bad = sorted({x.split("=", 1)[0] for x in sets} & keys)
     if bad:
-        raise SystemExit(f"-s {', '.join(bad)}: set by the truth-study arms themselves (TRUTH_ARMS); "
+        raise SystemExit(f"-s {', '.join(bad)}: set by the truth-study arms themselves (STUDY_ARMS); "
                          "give lambda2 through --config, run other rows in another call")
 
 
@@ -442,7 +511,7 @@ def truth_verdict(mean: float, lo: float, hi: float, *, margin: float = DECISION
 
 def summarise_truth(runs: dict[str, list[Path]], names: dict[str, list[str]], select: dict[str, list[float]],
                     patients: dict[str, str], *, reference: str = "unet",
-                    pairs: tuple[tuple[str, str, str], ...] = TRUTH_PAIRS) -> dict | None:
+                    pairs: tuple[tuple[str, str, str], ...] = TRUTH_PAIRS + TRUTH_B_PAIRS) -> dict | None:
     """The truth study's statistics (docs/TRAINING.md), or None unless every run's evaluation has
     the truth columns: per row, the collapsed runs (:func:`collapsed_runs` on the selection
     scores) apart; over the others, the seed means of the primary endpoint (Dice against the true
@@ -451,7 +520,8 @@ def summarise_truth(runs: dict[str, list[Path]], names: dict[str, list[str]], se
     95 % interval clustered by background patient (:func:`clustered_interval`; ``patients``:
     sample_id -> patient).
 
-    ``pairs``: the design's comparisons ``(arm, reference, role)`` (:data:`TRUTH_PAIRS`), each
+    ``pairs``: the design's comparisons ``(arm, reference, role)`` (:data:`TRUTH_PAIRS`,
+    :data:`TRUTH_B_PAIRS`), each
     made when both rows are there, into ``out["comparisons"]``: the paired per-crop difference of
     both endpoints with the clustered interval, the 95 % t interval on the seed means (arms paired
     by seed index, kept seeds of both only) and, for the deciding pairs, :func:`truth_verdict` on
@@ -611,8 +681,12 @@ def format_tables(stats: dict, times: dict[str, float]) -> str:
     arms = [r for r in TRUTH_ARMS if r in stats["rows"]]
     if arms:
         groups.append(("Truth study arms A (scored against the label; the truth table below decides)", ["unet", *arms]))
+    arms_b = [r for r in TRUTH_B_ARMS if r in stats["rows"]]
+    if arms_b:
+        groups.append(("Truth study arms B (input shrunk x2; scored against the label; the truth table below decides)",
+                       ["unet", *arms_b]))
     extra = [r for r in stats["rows"] if r not in set(TABLE_III + TABLE_IV + TABLE_V) and not _CELL.match(r)
-             and r not in TRUTH_ARMS]
+             and r not in STUDY_ARMS]
     if extra:
         groups.append(("External baselines", ["unet", *extra]))
     for title, rows in groups:
@@ -683,8 +757,9 @@ def train_and_evaluate(name: str, row: str, seed: int, args_dict: dict) -> dict:
     t0 = time.monotonic()
     overrides = [*row_overrides(row), f"data.root={args_dict['data']}", f"out={run_dir}",
                  f"loop.seed={seed}", "loop.progress=false", *args_dict["sets"]]
-    if args_dict["teacher"]:
-        overrides.append(f"model.teacher={args_dict['teacher']}")
+    teacher = row_teacher(row, args_dict)
+    if teacher:
+        overrides.append(f"model.teacher={teacher}")
     cfg = load_config(SegConfig, args_dict["config"], overrides)
     print(f"[tables] {name}: training", file=sys.stderr, flush=True)
     train_seg(cfg, command=" ".join(args_dict["argv"]),
@@ -698,7 +773,7 @@ def train_and_evaluate(name: str, row: str, seed: int, args_dict: dict) -> dict:
             "wall_s": round(time.monotonic() - t0, 1), **_validation_summary(run_dir)}
     info["data_manifest_sha256"] = data_digest(args_dict["data"])
     if _uses_teacher(row):
-        info["teacher_weights_sha256"] = teacher_digest(args_dict["teacher"])
+        info["teacher_weights_sha256"] = teacher_digest(teacher)
     _write_run_info(run_dir, info)
     return info
 
@@ -769,11 +844,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="seg_tiny")
     ap.add_argument("--rows", default=",".join(TABLE_III + TABLE_IV + TABLE_V),
                     help="comma-separated variants and study cells VARIANT.l1wW.REDUCTION")
-    ap.add_argument("--study", choices=["l1", "truth"], action="append", default=[],
+    ap.add_argument("--teacher-x2", default="",
+                    help="arm B1's x2 SR teacher.pt (dsnet pretrain-sr --config sr_tiny_x2)")
+    ap.add_argument("--teacher-untrained", default="",
+                    help="arm B2's untrained x2 teacher.pt (the same, -s stage1.epochs=0 -s stage2.epochs=0 "
+                         "-s export_from=srresnet)")
+    ap.add_argument("--study", choices=["l1", "truth", "truth-b"], action="append", default=[],
                     help="add a study's rows (l1: drtm_soft x lambda2 1, 10, 100 x pixel_mean, crop_band; "
-                         "truth: the truth study's arms A0-A4, --seeds seeds each)")
+                         "truth: the truth study's arms A0-A4; truth-b: its arms B0-B3 (B1 needs --teacher-x2, "
+                         "B2 --teacher-untrained); --seeds seeds each arm)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the core rows (U-Net ... DSNet)")
     ap.add_argument("--extra-seeds", type=int, default=2, help="seeds of the other rows and study cells")
+    ap.add_argument("--seeds-b", type=int, default=None, help="seeds of the truth study's arms B (default: --seeds)")
     ap.add_argument("-s", "--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once (separate processes)")
     ap.add_argument("--record", default="", help="folder (to commit) for each finished run's small files and the tables")
@@ -796,19 +878,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         row, seed = args.one.rsplit("@", 1)
         train_and_evaluate(f"{row}-s{seed}", row, int(seed), {
-            "out": str(out), "data": args.data, "teacher": args.teacher, "config": args.config,
+            "out": str(out), "data": args.data, "teacher": args.teacher, "teacher_x2": args.teacher_x2,
+            "teacher_untrained": args.teacher_untrained, "config": args.config,
             "sets": list(args.sets), "argv": ["scripts/run_tables.py", *argv]})
         return 0
     rows = [r for r in args.rows.split(",") if r]
     for study in args.study:
-        rows += [c for c in (L1_STUDY if study == "l1" else list(TRUTH_ARMS)) if c not in rows]
+        more = {"l1": L1_STUDY, "truth": list(TRUTH_ARMS), "truth-b": list(TRUTH_B_ARMS)}[study]
+        rows += [c for c in more if c not in rows]
     for r in rows:
         row_overrides(r)
     check_truth_sets(rows, args.sets)
-    plan = plan_runs(rows, args.seeds, args.extra_seeds)
+    teacher_files = {"teacher": args.teacher, "teacher_x2": args.teacher_x2,
+                     "teacher_untrained": args.teacher_untrained}
+    check_b_teachers(rows, teacher_files)
+    plan = plan_runs(rows, args.seeds, args.extra_seeds, args.seeds_b)
     sets = _significant(args.sets)
     todo: list[tuple[str, str, int]] = []
-    my_teacher = teacher_digest(args.teacher)
+    my_teachers = {row: teacher_digest(row_teacher(row, teacher_files)) for row in rows if _uses_teacher(row)}
     my_data = data_digest(args.data)
     for row, seed in plan:
         name = f"{row}-s{seed}"
@@ -817,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
             todo.append((name, row, seed))
         else:
             why = _refusal(name, row, info, _run_effective(out / name, info),
-                           _row_effective(row, args.config, args.sets), my_data, my_teacher)
+                           _row_effective(row, args.config, args.sets), my_data, my_teachers.get(row))
             if why:
                 raise SystemExit(why)
             print(f"[tables] {name}: finished, skipped", file=sys.stderr)
@@ -829,7 +916,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for note in check_dataset(args.data, kind="samples").notes:
             print(note, file=sys.stderr)
-    args_dict = {"out": str(out), "data": args.data, "teacher": args.teacher, "config": args.config,
+    args_dict = {"out": str(out), "data": args.data, **teacher_files, "config": args.config,
                  "sets": list(args.sets), "argv": ["scripts/run_tables.py", *argv]}
     deadline = time.monotonic() + args.stop_after if args.stop_after > 0 else math.inf
     if args.jobs == 1:

@@ -42,8 +42,14 @@ Input that lost detail (the truth study's arms B, ``data.input_shrink``): with
 bicubic up-sampling (``F.interpolate(mode="bicubic", align_corners=False)``, clamped to [-1, 1]):
 arm B0. Everything after that (backbone, outputs, the grid they are scored on) is unchanged.
 It is a fixed, parameter-free stage inside the network, so training, validation, ``dsnet
-evaluate`` and ``dsnet predict`` all see the same degraded input. Only the LR variants take it
-(the DRTM arms B1/B2 need a x``s`` teacher fed the shrunk crop: not built).
+evaluate`` and ``dsnet predict`` all see the same degraded input.
+
+With a teacher (arms B1/B2: ``drtm`` or ``sr_input`` at ``input_shrink = s``) the same area
+averaging (:func:`shrink_by_area`) makes the (H/s)-square LR crop, which is the teacher's input in
+``upscale`` mode; a x``s`` teacher gives SR image and features back on the (H, W) grid, DRTM fuses
+[bicubic-up(LR crop); SR image] with the features there, and the backbone runs on the crop's grid:
+the network's scale is teacher scale / s = 1, nothing is pooled. A teacher whose scale is not
+``s``, or one in ``native`` mode, is refused (ValueError naming both).
 """
 
 from __future__ import annotations
@@ -60,7 +66,8 @@ from .drtm import DRTM
 from .unet import CBAMUNet, UNet
 
 __all__ = ["Variant", "VARIANTS", "SOFT_LABELS", "get_variant", "FrozenTeacher", "SegNet",
-           "build_seg_model", "probe_teacher", "TEACHER_MODES", "shrink_then_bicubic"]
+           "build_seg_model", "probe_teacher", "TEACHER_MODES", "shrink_then_bicubic", "shrink_by_area",
+           "check_teacher_for_shrink"]
 
 SOFT_LABELS = ("soft_mask", "binary", "kats", "softseg")
 
@@ -237,8 +244,8 @@ class SegNet(nn.Module):
         if int(input_shrink) < 1:
             raise ValueError(f"input_shrink must be >= 1, got {input_shrink!r}")
         if int(input_shrink) > 1 and teacher is not None:
-            raise ValueError(f"input_shrink={input_shrink} takes an LR variant (unet, unet_soft, backbone); "
-                             f"{variant.name!r} uses the SR teacher (the x{input_shrink} teacher arms are not built)")
+            check_teacher_for_shrink(int(input_shrink), teacher_scale=int(scale) * int(input_shrink),
+                                     teacher_mode=teacher.mode)
         self.input_shrink = int(input_shrink)
         self.variant = variant
         self.teacher = teacher
@@ -250,10 +257,16 @@ class SegNet(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if image.ndim != 4 or image.shape[1] != 1:
             raise ValueError(f"image must be (batch, 1, rows, cols), got {tuple(image.shape)}")
-        if self.input_shrink > 1:
+        if self.input_shrink > 1 and self.teacher is None:
             image = shrink_then_bicubic(image, self.input_shrink)
         if self.teacher is None:
             x = image
+        elif self.input_shrink > 1:
+            # arms B1/B2: the shrunk crop is the teacher's LR input; its x`input_shrink` outputs
+            # and DRTM's bicubic context branch lie on the crop's own grid (self.scale == 1)
+            lr = shrink_by_area(image, self.input_shrink)
+            sr, feats = self.teacher(lr)
+            x = sr if self.drtm is None else self.drtm(lr, sr, feats)
         else:
             sr, feats = self.teacher(image)
             x = sr if self.drtm is None else self.drtm(image, sr, feats)
@@ -266,15 +279,36 @@ class SegNet(nn.Module):
         return prob, soft
 
 
-def shrink_then_bicubic(image: torch.Tensor, factor: int) -> torch.Tensor:
-    """The crop as an input that lost detail (arm B0): ``image`` (B, C, H, W) averaged over
-    ``factor`` x ``factor`` blocks (H, W / ``factor``), then bicubic-up-sampled x``factor`` back to
-    (B, C, H, W) (half-pixel centres, ``align_corners=False``; edges replicated) and clamped to
-    [-1, 1]. Raises ValueError when H or W is not a multiple of ``factor``."""
+def check_teacher_for_shrink(input_shrink: int, *, teacher_scale: int, teacher_mode: str) -> None:
+    """Refuse a teacher that cannot take the crop shrunk x``input_shrink`` (arms B1/B2): it must
+    run in ``upscale`` mode with scale == ``input_shrink``, so its outputs land on the crop's
+    grid. Raises ValueError naming both numbers."""
+    if teacher_mode != "upscale":
+        raise ValueError(f"input_shrink={input_shrink} with an SR teacher needs teacher_mode 'upscale' "
+                         f"(the shrunk crop is the teacher's LR input), got {teacher_mode!r}")
+    if teacher_scale != input_shrink:
+        raise ValueError(f"input_shrink={input_shrink} needs a x{input_shrink} SR teacher (its outputs must land on "
+                         f"the crop's grid), but the teacher's scale is {teacher_scale}")
+
+
+def shrink_by_area(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """``image`` (B, C, H, W) averaged over ``factor`` x ``factor`` blocks: (B, C, H/factor,
+    W/factor). The degradation of the truth study's arms B (B0's input before the bicubic, B1/B2's
+    teacher input); of the windowed crop, so it matches an SR teacher trained with
+    ``data.downsample: windowed_area``. Raises ValueError when H or W is not a multiple of
+    ``factor``."""
     rows, cols = image.shape[-2:]
     if rows % factor or cols % factor:
         raise ValueError(f"input_shrink={factor} needs a crop side that is a multiple of it, got {rows}x{cols}")
-    small = F.avg_pool2d(image, factor)
+    return F.avg_pool2d(image, factor)
+
+
+def shrink_then_bicubic(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """The crop as an input that lost detail (arm B0): ``image`` (B, C, H, W) averaged over
+    ``factor`` x ``factor`` blocks (:func:`shrink_by_area`), then bicubic-up-sampled x``factor``
+    back to (B, C, H, W) (half-pixel centres, ``align_corners=False``; edges replicated) and
+    clamped to [-1, 1]. Raises ValueError when H or W is not a multiple of ``factor``."""
+    small = shrink_by_area(image, factor)
     return F.interpolate(small, scale_factor=factor, mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
 
 
@@ -297,12 +331,14 @@ def build_seg_model(variant: str | Variant, *, widths: Sequence[int] = (64, 128,
     teacher_mode : "upscale" (the paper: SR image and features x``scale`` of the crop, backbone
         and head at that resolution, maps pooled back) or "native" (see :func:`_call_teacher`).
     drtm_fc : DRTM's Eq. 12 FC: "sk" (the paper's reduction + two heads) or "joint" (ablation).
-    input_shrink : 1, or the factor of the shrink-then-bicubic input stage (module docstring;
-        LR variants only).
+    input_shrink : 1, or the factor of the input stage: LR variants shrink then bicubic-up the
+        crop (arm B0); teacher variants feed the shrunk crop to a x``input_shrink`` teacher in
+        ``upscale`` mode (arms B1/B2; module docstring).
 
     Raises
     ------
-    ValueError : unknown variant, bad widths, missing or malformed teacher.
+    ValueError : unknown variant, bad widths, missing or malformed teacher; with
+        ``input_shrink > 1``, a teacher whose scale differs from it or in ``native`` mode.
     """
     v = get_variant(variant)
     out_channels = 2 if v.soft_head else 1
@@ -312,10 +348,16 @@ def build_seg_model(variant: str | Variant, *, widths: Sequence[int] = (64, 128,
     if v.uses_teacher:
         if teacher is None:
             raise ValueError(f"variant {v.name!r} needs the SR teacher (input={v.input!r}); none given")
-        scale, feature_channels = probe_teacher(teacher, mode=teacher_mode)
+        if int(input_shrink) > 1 and teacher_mode != "upscale":   # before probing: a mode error, not a shape one
+            check_teacher_for_shrink(int(input_shrink), teacher_scale=0, teacher_mode=teacher_mode)
+        teacher_scale, feature_channels = probe_teacher(teacher, mode=teacher_mode)
+        scale = teacher_scale
+        if int(input_shrink) > 1:
+            check_teacher_for_shrink(int(input_shrink), teacher_scale=teacher_scale, teacher_mode=teacher_mode)
+            scale = 1                       # the x`input_shrink` outputs land on the crop's grid
         frozen = FrozenTeacher(teacher, mode=teacher_mode)
-        if v.input == "drtm":
-            drtm = DRTM(feature_channels, scale=scale, detail_enhancement=v.detail_enhancement,
+        if v.input == "drtm":               # DRTM up-samples the teacher's input by the teacher's scale
+            drtm = DRTM(feature_channels, scale=teacher_scale, detail_enhancement=v.detail_enhancement,
                         selective_fusion=v.selective_fusion, fc=drtm_fc)
             in_channels = feature_channels
     if v.backbone == "unet":

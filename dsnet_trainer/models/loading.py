@@ -51,7 +51,9 @@ def build_from_config(model_cfg: SegModelConfig, *, data_cfg: SegDataConfig | No
 
     Raises
     ------
-    ConfigError : the variant needs a teacher and none is given.
+    ConfigError : the variant needs a teacher and none is given; ``data_cfg.input_shrink > 1``
+        with a teacher whose scale differs from it or in ``native`` mode (arms B1/B2 need a
+        x``input_shrink`` teacher in ``upscale`` mode).
     CheckpointError : the teacher file is unreadable, was trained on another HU window, or its
         outputs do not fit DSNet (wrong shapes).
     """
@@ -61,9 +63,6 @@ def build_from_config(model_cfg: SegModelConfig, *, data_cfg: SegDataConfig | No
     variant = get_variant(model_cfg.variant)
     arch: dict[str, Any] | None = None
     source = "<given module>"
-    if data_cfg is not None and data_cfg.input_shrink > 1 and variant.uses_teacher:
-        raise ConfigError(f"data.input_shrink={data_cfg.input_shrink} takes an LR variant (unet, unet_soft, "
-                          f"backbone), not {variant.name!r} (the x{data_cfg.input_shrink} teacher arms are not built)")
     if variant.uses_teacher:
         if teacher is not None:
             arch = dict(teacher_arch) if teacher_arch else None
@@ -79,11 +78,26 @@ def build_from_config(model_cfg: SegModelConfig, *, data_cfg: SegDataConfig | No
         else:
             raise ConfigError(f"variant {variant.name!r} needs the SR teacher: set model.teacher to a teacher "
                               "file (dsnet pretrain-sr writes teacher.pt) or pick an LR variant (unet, backbone)")
+    shrink = data_cfg.input_shrink if data_cfg is not None else 1
+    if shrink > 1 and variant.uses_teacher:
+        # arms B1/B2: the crop shrunk x`shrink` is the teacher's LR input, so its scale must be `shrink`
+        from .dsnet import check_teacher_for_shrink, probe_teacher
+
+        scale = getattr(teacher, "scale", None)
+        try:
+            if model_cfg.teacher_mode != "upscale":
+                check_teacher_for_shrink(shrink, teacher_scale=0, teacher_mode=model_cfg.teacher_mode)
+            if scale is None:
+                scale, _ = probe_teacher(teacher, mode=model_cfg.teacher_mode)
+            check_teacher_for_shrink(shrink, teacher_scale=int(scale), teacher_mode=model_cfg.teacher_mode)
+        except ValueError as exc:
+            raise ConfigError(f"data.input_shrink={shrink} and model.teacher {source} (x{scale}, "
+                              f"model.teacher_mode={model_cfg.teacher_mode}) do not fit: {exc}") from exc
     try:
         net = build_seg_model(variant, widths=model_cfg.widths, reduction=model_cfg.cbam_reduction,
                               spatial_kernel=model_cfg.cbam_spatial_kernel, teacher=teacher,
                               teacher_mode=model_cfg.teacher_mode, drtm_fc=model_cfg.drtm_fc,
-                              input_shrink=data_cfg.input_shrink if data_cfg is not None else 1)
+                              input_shrink=shrink)
     except TrainerError:
         raise
     except ValueError as exc:

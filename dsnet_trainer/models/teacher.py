@@ -83,7 +83,7 @@ class SRTeacher(nn.Module):
         if image.ndim != 4 or image.shape[-1] % self.scale or image.shape[-2] % self.scale:
             raise InputError(f"image must be (N, 1, H, W) with H, W multiples of {self.scale}, got "
                              f"{tuple(image.shape)}")
-        if self.downsample == "area":
+        if self.downsample in ("area", "windowed_area"):
             lr = F.avg_pool2d(image, self.scale)
         else:
             lr = F.interpolate(image, scale_factor=1.0 / self.scale, mode="bicubic", align_corners=False,
@@ -187,9 +187,11 @@ def load_teacher(path: str | Path, *, device: str | torch.device = "cpu") -> SRT
 
 
 def teacher_summary(path: str | Path) -> dict[str, Any]:
-    """Scale, HU window, feature channels, parameter count and metrics of a teacher file."""
+    """Scale, HU window, down-sampling, training stage ("srresnet", "srgan", or "untrained": a
+    seeded random init), feature channels, parameter count and metrics of a teacher file."""
     t = load_teacher(path)
-    return {"scale": t.scale, "feature_channels": t.feature_channels, "window_level_hu": t.window_level_hu,
+    return {"scale": t.scale, "stage": read_teacher_file(path).get("stage"), "feature_channels": t.feature_channels,
+            "window_level_hu": t.window_level_hu,
             "n_train_patients": {k: len(v) for k, v in (t.train_patients or {}).items()},
             "window_width_hu": t.window_width_hu, "downsample": t.downsample, "metrics": t.metrics,
             "n_parameters": int(sum(p.numel() for p in t.parameters()))}

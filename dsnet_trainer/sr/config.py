@@ -22,7 +22,11 @@ class SRDataConfig:
 
     ``scale``: down-sampling factor (4: 512 -> 128). ``hr_patch_px``: side of the random HR
     training patches (multiple of ``scale``). ``patches_per_slice``: patches drawn per slice per
-    epoch. ``downsample``: ``bicubic`` (anti-aliased) or ``area``. ``window_level_hu`` /
+    epoch. ``downsample``: how the LR is made from the HR patch: ``bicubic`` (anti-aliased, of the
+    HU image, then windowed), ``area`` (scale x scale block means of the HU image, then windowed)
+    or ``windowed_area`` (the HR patch windowed to [-1, 1] first, then block means: exactly the
+    truth study's arm-B input, :func:`dsnet_trainer.models.dsnet.shrink_by_area` of the windowed
+    crop; ``area`` differs from it only where the window clips). ``window_level_hu`` /
     ``window_width_hu``: HU window mapped to [-1, 1] (must match DSNet's). ``train_split`` /
     ``val_split``: shard splits; without ``val`` shards, the last ``val_fraction`` of patients
     (sorted by id) are held out. ``train_patients_from``: a sample-shard folder (LNSM); when set,
@@ -34,7 +38,7 @@ class SRDataConfig:
     scale: int = 4
     hr_patch_px: int = 96
     patches_per_slice: int = 16
-    downsample: Literal["bicubic", "area"] = "bicubic"
+    downsample: Literal["bicubic", "area", "windowed_area"] = "bicubic"
     augment: bool = True
     min_body_fraction: float = 0.25
     window_level_hu: float = DEFAULT_WINDOW_LEVEL_HU

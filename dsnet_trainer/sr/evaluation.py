@@ -110,7 +110,8 @@ def format_report(report: dict[str, Any]) -> str:
              f"Teacher exported from: {report.get('teacher', '?')}.", "",
              "| method | PSNR (dB) | SSIM | PSNR gain vs bicubic (dB) |", "|---|---|---|---|"]
     base = report["bicubic"]["psnr"]
-    for name, label in (("bicubic", "bicubic"), ("srresnet", "SRResNet (stage 1)"), ("srgan", "+ adversarial fine-tuning (stage 2)")):
+    stage1 = "SRResNet, untrained (seeded init)" if report.get("teacher") == "untrained" else "SRResNet (stage 1)"
+    for name, label in (("bicubic", "bicubic"), ("srresnet", stage1), ("srgan", "+ adversarial fine-tuning (stage 2)")):
         if name in report:
             m = report[name]
             lines.append(f"| {label} | {m['psnr']:.3f} | {m['ssim']:.4f} | {m['psnr'] - base:+.3f} |")

@@ -60,6 +60,10 @@ def pretrain_sr(cfg: SRConfig, *, data: str | Path | Sequence[str | Path], out: 
     """Train the SR teacher (stage 1 SRResNet, stage 2 SRGAN), report PSNR/SSIM vs bicubic and
     export the frozen teacher to ``out/teacher.pt``.
 
+    ``stage1.epochs=0``, ``stage2.epochs=0`` and ``export_from=srresnet`` export the generator's
+    seeded random init (``loop.seed``), untrained, in the same file format: its ``stage`` (and the
+    report's ``teacher``) is ``"untrained"`` (the truth study's arm B2).
+
     Parameters
     ----------
     cfg : SRConfig
@@ -122,6 +126,9 @@ def pretrain_sr(cfg: SRConfig, *, data: str | Path | Sequence[str | Path], out: 
         report = _final_report(cfg, data_sets, ctx, prec, gen1, gen2)
         teacher_gen = gen2 if (cfg.export_from == "srgan" and gen2 is not None) else gen1
         teacher_stage = "srgan" if teacher_gen is gen2 and gen2 is not None else "srresnet"
+        if cfg.stage1.epochs == 0 and teacher_stage == "srresnet" and start_stage == 1:
+            # a seeded random init, never trained (the truth study's arm B2: the capacity control)
+            teacher_stage = "untrained"
         report["teacher"] = teacher_stage
         teacher_path = None
         if ctx.is_main:
@@ -132,8 +139,9 @@ def pretrain_sr(cfg: SRConfig, *, data: str | Path | Sequence[str | Path], out: 
             # What the slices are made of (a phantom's record, None for real data): `dsnet train`
             # warns when a phantom teacher meets a real-source dataset.
             provs = [data_provenance(Path(sh.path).parent) for sh in data_sets.train.shards]
+            figures = report.get("srresnet" if teacher_stage == "untrained" else teacher_stage, {})
             teacher_path = export_teacher(teacher_gen, cfg, out / "teacher.pt", stage=teacher_stage,
-                                          metrics=report.get(teacher_stage, {}), train_patients=train_patients,
+                                          metrics=figures, train_patients=train_patients,
                                           data_provenance=next((p for p in provs if p), None))
             atomic.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
             atomic.write_text(out / "report.md", format_report(report))

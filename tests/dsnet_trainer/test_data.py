@@ -11,7 +11,7 @@ from PIL import Image
 
 from dsnet_trainer.data import (SampleShardDataset, SliceShardDataset, dihedral, downsample, find_shards,
                                 inspect_shard, to_unit_range)
-from dsnet_trainer.errors import ShardError
+from dsnet_trainer.errors import ConfigError, ShardError
 from dsnet_trainer.runtime import DistContext
 from dsnet_trainer.sampling import SeededSampler, make_loader
 
@@ -274,3 +274,28 @@ def test_corrupt_chunk_in_a_worker_names_the_file(tmp_path):
     with pytest.raises(ShardError, match=r"corrupt.h5: cannot read soft_mask\[2\]"):
         for _ in loader:
             pass
+
+
+def test_windowed_area_lr_is_the_block_mean_of_the_windowed_slice(slice_shards):
+    """The truth study's arm-B degradation for the x2 teacher (data.downsample: windowed_area):
+    window first, then 2x2 block means (by hand here) -- the same as the seg network's
+    shrink_by_area of the windowed crop; `area` (block means of HU, then window) differs where the
+    window clips."""
+    from dsnet_trainer.models.dsnet import shrink_by_area
+
+    kw = dict(split="val", mode="val", scale=2)
+    item = SliceShardDataset(slice_shards, downsample_method="windowed_area", **kw)[0]
+    with h5py.File(slice_shards / "synth-slices-val-00000-of-00001.h5") as f:
+        hu = f["image_hu"][0].astype(np.float64)
+    want = _window(hu).reshape(48, 2, 48, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(item["lr"][0].numpy(), want, atol=1e-6)
+    torch.testing.assert_close(item["lr"][None], shrink_by_area(item["hr"][None], 2))
+    area = SliceShardDataset(slice_shards, downsample_method="area", **kw)[0]["lr"][0].numpy()
+    clipped = (hu < LEVEL - WIDTH / 2) | (hu > LEVEL + WIDTH / 2)
+    straddle = clipped.reshape(48, 2, 48, 2).any(axis=(1, 3)) & ~clipped.reshape(48, 2, 48, 2).all(axis=(1, 3))
+    assert straddle.any()                                   # the fixture has pixels beyond the window
+    assert np.abs(area - want)[straddle].max() > 1e-3
+    np.testing.assert_allclose(area[~clipped.reshape(48, 2, 48, 2).any(axis=(1, 3))],
+                               want[~clipped.reshape(48, 2, 48, 2).any(axis=(1, 3))], atol=1e-5)
+    with pytest.raises(ConfigError, match="windowed_area"):
+        SliceShardDataset(slice_shards, downsample_method="nearest", **kw)

@@ -155,5 +155,43 @@ def test_input_shrink_feeds_the_degraded_crop_and_keeps_the_output_grid():
     plain = build_seg_model("unet_soft", widths=(4, 8)).eval()
     plain.load_state_dict(net.state_dict())
     assert not torch.allclose(plain(x)[0], prob)
-    with pytest.raises(ValueError, match="LR variant"):
-        build_seg_model("sr_input", widths=(4, 8), teacher=TinyTeacher(channels=4, scale=2), input_shrink=2)
+
+
+# ---- arms B1/B2 (issue 25): DRTM over a x2 teacher fed the crop shrunk x2 ----
+def test_input_shrink_with_a_x2_teacher_feeds_it_the_block_means_and_keeps_the_crop_grid():
+    """B1/B2's network: the teacher reads the 2x2 block means of the crop (computed here by hand
+    with numpy), DRTM fuses on the crop's grid, nothing is pooled, and the output is the backbone's
+    sigmoid at 64 px."""
+    torch.manual_seed(0)
+    teacher = TinyTeacher(channels=4, scale=2)
+    net = build_seg_model("drtm", widths=(4, 8), teacher=teacher, input_shrink=2).eval()
+    assert net.scale == 1 and net.drtm.scale == 2 and net.input_shrink == 2
+    seen = {}
+    net.drtm.register_forward_pre_hook(lambda m, args: seen.update(lr=args[0], sr=args[1], feats=args[2]))
+    net.backbone.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        prob, soft = net(x)
+    assert prob.shape == soft.shape == (2, 1, 64, 64)
+    blocks = x.numpy().reshape(2, 1, 32, 2, 32, 2).mean(axis=(3, 5))           # 2x2 block means by hand
+    np.testing.assert_allclose(seen["lr"].numpy(), blocks, atol=1e-6)
+    assert teacher.calls == 2                                                   # probe + this forward
+    with torch.no_grad():
+        sr, feats = teacher(torch.from_numpy(blocks))
+    torch.testing.assert_close(seen["sr"], sr.clamp(-1, 1))
+    torch.testing.assert_close(seen["feats"], feats)
+    assert tuple(seen["x"].shape) == (2, 4, 64, 64)                           # the backbone runs at 64 px
+    with torch.no_grad():
+        head = net.backbone(net.drtm(seen["lr"], seen["sr"], seen["feats"]))
+    torch.testing.assert_close(prob, torch.sigmoid(head[:, :1]))                # no pooling
+    # sr_input reads the x2 SR image on the crop's grid
+    sr_net = build_seg_model("sr_input", widths=(4, 8), teacher=TinyTeacher(channels=4, scale=2), input_shrink=2)
+    assert sr_net.scale == 1 and sr_net.eval()(x)[0].shape == (2, 1, 64, 64)
+
+
+def test_input_shrink_refuses_a_teacher_of_another_scale_or_native_mode():
+    with pytest.raises(ValueError, match=r"input_shrink=2 needs a x2 SR teacher .* the teacher's scale is 4"):
+        build_seg_model("drtm", widths=(4, 8), teacher=TinyTeacher(channels=4, scale=4), input_shrink=2)
+    with pytest.raises(ValueError, match="teacher_mode 'upscale'"):
+        build_seg_model("drtm", widths=(4, 8), teacher=TinyTeacher(channels=4, scale=2), input_shrink=2,
+                        teacher_mode="native")

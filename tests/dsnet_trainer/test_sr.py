@@ -156,3 +156,33 @@ def test_teacher_on_cuda_with_amp(tmp_path, slice_shards, amp):
     cfg = load_config(SRConfig, "sr_tiny", SHORT_RUN + ["loop.device=cuda", f"loop.amp={amp}"])
     report = pretrain_sr(cfg, data=slice_shards, out=tmp_path / amp).report
     assert np.isfinite(report["srgan"]["psnr"]) and report["srgan"]["psnr"] > report["bicubic"]["psnr"] + 0.5
+
+
+def test_untrained_x2_teacher_is_the_seeded_init_in_the_teacher_format(slice_shards, tmp_path):
+    """Arm B2's teacher: `sr_tiny_x2` with both stages at 0 epochs and export_from=srresnet writes
+    the generator's seeded random init (the same weights as SRResNet built right after
+    torch.manual_seed(loop.seed)), in the teacher file format, its stage recorded as "untrained";
+    the x2 config trains on the arm-B degradation (windowed_area) at scale 2."""
+    from dsnet_trainer.models import build_model
+    from dsnet_trainer.models.teacher import read_teacher_file, teacher_summary
+
+    sets = ["loop.progress=false", "stage1.epochs=0", "stage2.epochs=0", "export_from=srresnet",
+            "data.hr_patch_px=32", "loop.seed=3"]
+    cfg = load_config(SRConfig, "sr_tiny_x2", sets)
+    assert (cfg.data.scale, cfg.data.downsample) == (2, "windowed_area")
+    res = pretrain_sr(cfg, data=slice_shards, out=tmp_path / "untrained")
+    obj = read_teacher_file(res.teacher_path)
+    assert obj["stage"] == "untrained" and res.report["teacher"] == "untrained"
+    assert obj["data"]["scale"] == 2 and obj["data"]["downsample"] == "windowed_area"
+    torch.manual_seed(3)
+    fresh = build_model("srresnet", **cfg.generator_kwargs()).state_dict()
+    assert set(fresh) == set(obj["generator"])
+    for k, v in fresh.items():
+        torch.testing.assert_close(obj["generator"][k], v, rtol=0, atol=0)
+    assert teacher_summary(res.teacher_path)["stage"] == "untrained"
+    assert obj["metrics"] == res.report["srresnet"]                 # its validation figures travel with it
+    assert "| SRResNet, untrained (seeded init) |" in (tmp_path / "untrained" / "report.md").read_text()
+    other = pretrain_sr(load_config(SRConfig, "sr_tiny_x2", [*sets[:-1], "loop.seed=4"]), data=slice_shards,
+                        out=tmp_path / "other")
+    assert not torch.equal(read_teacher_file(other.teacher_path)["generator"]["head.0.weight"],
+                           obj["generator"]["head.0.weight"])

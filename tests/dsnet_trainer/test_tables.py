@@ -484,3 +484,137 @@ def test_truth_study_trains_its_arms_and_ends_with_the_design_comparisons(tmp_pa
     capsys.readouterr()
     assert mod.main(argv) == 0                        # finished: every arm is skipped, none refused
     assert capsys.readouterr().err.count("finished, skipped") == 6
+
+
+# ---- the truth study's arms B0-B3 (issue 25) ----------------------------------------------------
+def _x2_teacher(path, *, stage, scale=2, downsample="windowed_area", seed=0):
+    """A tiny teacher file as `dsnet pretrain-sr --config sr_tiny_x2` writes it (trained: any
+    stage but "untrained")."""
+    import torch
+
+    from dsnet_trainer.models import build_model
+    from dsnet_trainer.models.teacher import export_teacher
+    from dsnet_trainer.sr.config import GeneratorConfig, SRConfig, SRDataConfig
+
+    torch.manual_seed(seed)
+    cfg = SRConfig(data=SRDataConfig(scale=scale, downsample=downsample),
+                   generator=GeneratorConfig(n_channels=4, n_blocks=1))
+    return export_teacher(build_model("srresnet", **cfg.generator_kwargs()), cfg, path, stage=stage,
+                          train_patients={"synth": ["T0", "T1", "T2"]})
+
+
+def test_truth_b_arms_map_to_the_design_configs_and_need_their_teachers(tmp_path):
+    from dsnet_trainer.config import load_config
+    from dsnet_trainer.seg_config import SegConfig
+
+    mod = _tables_module()
+    want = {"B0": ("backbone", 2), "B1": ("drtm", 2), "B2": ("drtm", 2), "B3": ("backbone", 1)}
+    assert list(mod.TRUTH_B_ARMS) == list(want)
+    for arm, (variant, shrink) in want.items():
+        cfg = load_config(SegConfig, "seg_tiny", mod.row_overrides(arm))
+        assert (cfg.model.variant, cfg.data.input_shrink, cfg.model.teacher_mode) == (variant, shrink, "upscale")
+        assert mod._uses_teacher(arm) == (arm in ("B1", "B2"))
+    plan = mod.plan_runs(["unet", "B0", "B1", "dsnet_kats"], 4, 2)
+    assert sum(r == "B1" for r, _ in plan) == 4 and sum(r == "dsnet_kats" for r, _ in plan) == 2
+    plan = mod.plan_runs(["unet", "A0", "B0", "B1"], 5, 2, 4)       # the design: 5 seeds of A, 4 of B
+    assert [sum(r == a for r, _ in plan) for a in ("unet", "A0", "B0", "B1")] == [5, 5, 4, 4]
+    with pytest.raises(SystemExit, match="-s data.input_shrink: set by the truth-study arms"):
+        mod.check_truth_sets(["B0", "B3"], ["data.input_shrink=1"])
+    with pytest.raises(SystemExit, match="-s model.teacher: set by the truth-study arms"):
+        mod.check_truth_sets(["B1"], ["model.teacher=x.pt"])
+    trained = _x2_teacher(tmp_path / "t2.pt", stage="srgan")
+    untrained = _x2_teacher(tmp_path / "t0.pt", stage="untrained")
+    files = {"teacher": "", "teacher_x2": str(trained), "teacher_untrained": str(untrained)}
+    mod.check_b_teachers(["B0", "B1", "B2", "B3"], files)
+    assert mod.row_teacher("B1", files) == str(trained) and mod.row_teacher("B2", files) == str(untrained)
+    with pytest.raises(SystemExit, match="arm B1 needs --teacher-x2"):
+        mod.check_b_teachers(["B1"], {**files, "teacher_x2": ""})
+    with pytest.raises(SystemExit, match="arm B2 needs --teacher-untrained"):
+        mod.check_b_teachers(["B2"], {**files, "teacher_untrained": ""})
+    mod.check_b_teachers(["B0", "B3"], {"teacher": ""})          # the LR arms need no teacher
+    with pytest.raises(SystemExit, match="arm B2 needs an untrained teacher, the file's stage is 'srgan'"):
+        mod.check_b_teachers(["B2"], {**files, "teacher_untrained": str(trained)})
+    with pytest.raises(SystemExit, match="arm B1 needs a trained teacher"):
+        mod.check_b_teachers(["B1"], {**files, "teacher_x2": str(untrained)})
+    x4 = _x2_teacher(tmp_path / "t4.pt", stage="srgan", scale=4)
+    with pytest.raises(SystemExit, match="--teacher-x2 .*got scale 4, downsample windowed_area"):
+        mod.check_b_teachers(["B1"], {**files, "teacher_x2": str(x4)})
+    bic = _x2_teacher(tmp_path / "tb.pt", stage="srgan", downsample="bicubic")
+    with pytest.raises(SystemExit, match="got scale 2, downsample bicubic"):
+        mod.check_b_teachers(["B1"], {**files, "teacher_x2": str(bic)})
+
+
+def test_truth_b_comparisons_pair_the_design_arms_with_clustered_and_seed_intervals(tmp_path):
+    mod = _tables_module()
+    rng = np.random.default_rng(11)
+    ids = [f"c{i}" for i in range(8)]
+    patients = {s: f"P{i // 2}" for i, s in enumerate(ids)}   # 4 background patients of 2 crops
+    base = rng.uniform(0.6, 0.8, size=8)
+    values, select, runs, names = {}, {}, {}, {}
+    for arm, d in {"B0": 0.0, "B1": 0.04, "B2": 0.035, "B3": 0.10}.items():
+        for seed in range(4):
+            values[f"{arm}-s{seed}"] = base + d + rng.normal(0, 0.002, size=8)
+            select.setdefault(arm, []).append(0.90)
+    head = "sample_id,gt_px,dice,dice_true_tval,sad_true\n"
+    for name, vals in values.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "per_crop.csv").write_text(head + "".join(f"{s},10,0.9,{v},{3 - v}\n" for s, v in zip(ids, vals)))
+        runs.setdefault(name[:2], []).append(folder)
+        names.setdefault(name[:2], []).append(name)
+    comps = {(c["arm"], c["reference"]): c for c in mod.summarise_truth(runs, names, select, patients)["comparisons"]}
+    assert list(comps) == [("B1", "B0"), ("B1", "B2"), ("B3", "B0")]
+    for (arm, ref), c in comps.items():
+        a = np.mean([values[f"{arm}-s{s}"] for s in range(4)], axis=0)
+        r = np.mean([values[f"{ref}-s{s}"] for s in range(4)], axis=0)
+        per_patient = (a - r).reshape(4, 2).mean(axis=1)           # equal clusters: t on patient means
+        crop = stats.t.interval(0.95, 3, loc=per_patient.mean(), scale=stats.sem(per_patient))
+        sd = np.array([values[f"{arm}-s{s}"].mean() - values[f"{ref}-s{s}"].mean() for s in range(4)])
+        seed = stats.t.interval(0.95, 3, loc=sd.mean(), scale=stats.sem(sd))
+        assert c["primary"]["mean"] == pytest.approx((a - r).mean())
+        assert c["primary"]["ci95"] == pytest.approx(list(crop))
+        assert c["seed_means"]["ci95"] == pytest.approx(list(seed)) and c["seed_means"]["seeds"] == [0, 1, 2, 3]
+    # B1 - B0: +4 points, above 0 -> confirmed; B1 - B2: +0.5, interval within +-1 -> refuted; B3 a bound
+    assert comps[("B1", "B0")]["verdict"] == "confirmed" and comps[("B1", "B2")]["verdict"] == "refuted"
+    assert comps[("B3", "B0")]["verdict"] == "bound (reported)"
+    md = mod.format_truth_tables(mod.summarise_truth(runs, names, select, patients))
+    assert "| B1 − B2 | decides (b): the trained teacher, not DRTM's capacity |" in md
+
+
+def test_truth_b_study_trains_its_arms_with_their_own_teachers(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = _truth_build(tmp_path / "data", seed=4)
+    trained, untrained = _x2_teacher(tmp_path / "t2.pt", stage="srgan"), _x2_teacher(tmp_path / "t0.pt",
+                                                                                       stage="untrained", seed=1)
+    out = tmp_path / "truth-b"
+    argv = ["--data", str(data), "--out", str(out), "--rows", "unet", "--study", "truth-b", "--seeds", "1",
+            "--teacher-x2", str(trained), "--teacher-untrained", str(untrained),
+            "-s", "optim.epochs=1", "-s", "loop.max_steps_per_epoch=1", "-s", "model.widths=[4,8]",
+            "-s", "data.crop_px=32", "-s", "loop.batch_size=2", "--no-verify"]
+    mod = _tables_module()
+    with pytest.raises(SystemExit, match="arm B1 needs --teacher-x2"):
+        mod.main([a for a in argv if a not in ("--teacher-x2", str(trained))])
+    monkeypatch.setattr(mod, "COLLAPSE_FLOOR", 0.0)   # one-step toy runs: judge them as real runs
+    assert mod.main(argv) == 0
+    from dsnet_trainer.models.teacher import read_teacher_file
+
+    for arm, teacher in (("B1", trained), ("B2", untrained)):
+        info = json.loads((out / f"{arm}-s0" / "table_run.json").read_text())
+        assert info["teacher_weights_sha256"] == read_teacher_file(teacher)["weights_sha256"]
+        assert (info["effective"]["model"]["variant"], info["effective"]["data"]["input_shrink"]) == ("drtm", 2)
+    truth = json.loads((out / "tables.json").read_text())["truth"]
+    assert [(c["arm"], c["reference"]) for c in truth["comparisons"]] == [("B1", "B0"), ("B1", "B2"), ("B3", "B0")]
+    per = {}
+    for arm in ("B1", "B0"):
+        with open(out / f"{arm}-s0" / "eval-test" / "per_crop.csv", newline="") as fh:
+            per[arm] = {r["sample_id"]: float(r["dice_true_tval"]) for r in csv.DictReader(fh)}
+    diff = np.array([per["B1"][k] - per["B0"][k] for k in sorted(per["B0"])])
+    assert truth["comparisons"][0]["primary"]["mean"] == pytest.approx(diff.mean(), abs=1e-6)
+    assert "### Truth study arms B" in (out / "TABLES.md").read_text()
+    capsys.readouterr()
+    # swapping the teachers is refused (a finished run of another teacher)
+    swapped = [str(untrained) if a == str(trained) else str(trained) if a == str(untrained) else a for a in argv]
+    with pytest.raises(SystemExit, match="needs a trained teacher"):
+        mod.main(swapped)
+    assert mod.main(argv) == 0
+    assert capsys.readouterr().err.count("finished, skipped") == 5

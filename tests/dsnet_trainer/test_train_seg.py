@@ -252,6 +252,39 @@ def test_input_shrink_trains_and_the_checkpoint_keeps_it(assets, tmp_path):
         SegDataConfig(input_shrink=3)
     with pytest.raises(ConfigError, match="data.crop_px"):
         SegDataConfig(crop_px=33, input_shrink=2)
-    cfg = tiny_config(data, tmp_path / "b1", variant="drtm", teacher=teacher, epochs=1, steps=1)
-    with pytest.raises(ConfigError, match="data.input_shrink=2 takes an LR variant"):
-        train_seg(replace(cfg, data=replace(cfg.data, input_shrink=2)))
+
+
+def test_input_shrink_with_a_x2_teacher_trains_and_inference_applies_the_same_stage(assets, tmp_path):
+    """Arms B1/B2: DRTM over a x2 teacher fed the crop shrunk x2 trains; the checkpoint (format
+    unchanged) rebuilds the same network, so `dsnet evaluate`/`predict` feed the teacher the 2x2
+    block means too; a x4 teacher is refused with one line naming both numbers."""
+    from dataclasses import replace
+
+    from dsnet_trainer.evaluate import evaluate_checkpoint
+    from dsnet_trainer.models.teacher import load_teacher
+
+    data, teacher4 = assets
+    teacher2 = write_tiny_teacher(tmp_path / "teacher2.pt", scale=2)
+    cfg = tiny_config(data, tmp_path / "b1", variant="drtm", teacher=teacher2, teacher_mode="upscale",
+                      epochs=1, steps=1)
+    run = train_seg(replace(cfg, data=replace(cfg.data, input_shrink=2)))
+    net, info = load_seg_model(run / "checkpoints" / "last.pt")
+    assert info["config"]["data"]["input_shrink"] == 2 and net.input_shrink == 2 and net.scale == 1
+    seen = {}
+    net.teacher.register_forward_pre_hook(lambda m, args: seen.setdefault("lr", args[0]))
+    x = SampleShardDataset(data, split="test")[1]["image"][None]
+    with torch.no_grad():
+        prob, _ = net(x)
+    assert prob.shape == x.shape == (1, 1, 32, 32)
+    blocks = x.numpy().reshape(1, 1, 16, 2, 16, 2).mean(axis=(3, 5))       # 2x2 block means by hand
+    np.testing.assert_allclose(seen["lr"].numpy(), blocks, atol=1e-6)
+    # the frozen teacher inside is the file's: same SR image for the same LR input
+    with torch.no_grad():
+        want = load_teacher(teacher2)(torch.from_numpy(blocks)).sr
+        torch.testing.assert_close(net.teacher(torch.from_numpy(blocks))[0], want)
+    report = evaluate_checkpoint(run / "checkpoints" / "last.pt", out=tmp_path / "eval", data=data, n_preview=0)
+    assert (tmp_path / "eval" / "per_crop.csv").is_file() and report is not None
+    cfg4 = tiny_config(data, tmp_path / "b1x4", variant="drtm", teacher=teacher4, teacher_mode="upscale",
+                       epochs=1, steps=1)
+    with pytest.raises(ConfigError, match=r"data.input_shrink=2 and model.teacher .*x4.*needs a x2 SR teacher"):
+        train_seg(replace(cfg4, data=replace(cfg4.data, input_shrink=2)))
