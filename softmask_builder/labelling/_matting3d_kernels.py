@@ -155,3 +155,50 @@ def assemble_reduced_3d(image, trimap, eps, r):
                     slot += 1
         indptr[i + 1] = e
     return indptr, indices[:e].copy(), data[:e].copy(), rhs, flat_u
+
+
+# --- multifrontal Cholesky helpers (used by matting3d._multifrontal_cholesky) ---------------------
+# Positions: ``pos[i]`` is the place of unknown i in the fill-reducing order, ``perm[p]`` its inverse.
+# A front holds the node's own positions s..e-1 (local 0..m-1) then its boundary (local m..),
+# ``loc[p]`` the local index of position p in the current front. Only lower triangles are kept.
+
+
+@njit(cache=True, nogil=True)
+def node_neighbours(indptr, indices, perm, pos, s, e):
+    """Positions >= e coupled in L_UU to a position in s..e-1 (unsorted, may repeat)."""
+    cnt = 0
+    for p in range(s, e):
+        j = perm[p]
+        cnt += indptr[j + 1] - indptr[j]
+    out = np.empty(cnt, np.int64)
+    k = 0
+    for p in range(s, e):
+        j = perm[p]
+        for t in range(indptr[j], indptr[j + 1]):
+            q = pos[indices[t]]
+            if q >= e:
+                out[k] = q
+                k += 1
+    return out[:k]
+
+
+@njit(cache=True, nogil=True)
+def assemble_front(front, indptr, indices, data, perm, pos, loc, s, e):
+    """Add the entries of L_UU in columns s..e-1 (rows at or below the diagonal) to ``front``."""
+    for p in range(s, e):
+        j = perm[p]
+        col = p - s
+        for t in range(indptr[j], indptr[j + 1]):
+            q = pos[indices[t]]
+            if q >= p:
+                front[loc[q], col] += data[t]
+
+
+@njit(cache=True, nogil=True)
+def extend_add(front, update, loc, boundary):
+    """Add a child's update matrix (lower triangle, rows/cols = ``boundary`` positions) to ``front``."""
+    nb = boundary.shape[0]
+    for jj in range(nb):
+        lj = loc[boundary[jj]]
+        for ii in range(jj, nb):
+            front[loc[boundary[ii]], lj] += update[ii, jj]

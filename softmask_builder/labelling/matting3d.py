@@ -16,6 +16,10 @@ from softmask_builder.errors import InputError, SoftMaskError
 
 __all__ = ["closed_form_alpha_3d"]
 
+# largest node of the nested-dissection tree left uncut (a dense block); measured in
+# benchmarks/bench_matting3d.py
+_LEAF = 128
+
 
 def closed_form_alpha_3d(image, trimap, *, eps: float = 1e-7, radius: int = 1) -> np.ndarray:
     """Soft Mask alpha of one volume by 3-D closed-form matting (Levin et al. 2008, Eq. 8 on voxels).
@@ -68,9 +72,6 @@ def closed_form_alpha_3d(image, trimap, *, eps: float = 1e-7, radius: int = 1) -
     64x64x24 nodule with a 2-voxel band is ~2x faster this way). Same inputs and
     SciPy/numba versions give the same bytes.
     """
-    import scipy.sparse
-    import scipy.sparse.linalg
-
     img, tri, eps_f, r = _prepare_3d(image, trimap, eps, radius)
     out = np.zeros(img.shape, np.float32)
     out[tri == 255] = 1.0
@@ -78,18 +79,10 @@ def closed_form_alpha_3d(image, trimap, *, eps: float = 1e-7, radius: int = 1) -
     if n_unk == 0:
         return out
     indptr, indices, data, rhs, flat_u = _k3.assemble_reduced_3d(img, tri, eps_f, r)
-    l_uu = scipy.sparse.csc_matrix((data, indices, indptr), shape=(n_unk, n_unk))
     coords = np.stack(np.unravel_index(flat_u, img.shape), axis=1)
-    perm = _nested_dissection_order(coords, 2 * r)
-    l_pp = l_uu[perm][:, perm].tocsc()
-    try:
-        lu = scipy.sparse.linalg.splu(l_pp, permc_spec="NATURAL", diag_pivot_thresh=0.0,
-                                      options={"SymmetricMode": True})
-    except RuntimeError as exc:  # singular factor: not reachable for eps > 0 in exact arithmetic
-        raise SoftMaskError(f"3-D matting system of image is singular to working precision ({exc}); "
-                            f"eps={eps} too small?", stage="matting") from None
-    alpha_u = np.empty(n_unk)
-    alpha_u[perm] = lu.solve(rhs[perm])
+    perm, node_ptr, parent = _nested_dissection_tree(coords, 2 * r, leaf=_LEAF)
+    factor = _multifrontal_cholesky(indptr, indices, data, perm, node_ptr, parent, eps=eps)
+    alpha_u = _solve_factored(factor, rhs)
     if not np.all(np.isfinite(alpha_u)):
         raise SoftMaskError(f"3-D matting system of image is not solvable to working precision (eps={eps})",
                             stage="matting")
@@ -127,6 +120,138 @@ def _nested_dissection_order(coords: np.ndarray, reach: int, leaf: int = 32) -> 
 
     split(np.arange(coords.shape[0]))
     return np.concatenate(parts)
+
+
+def _nested_dissection_tree(coords: np.ndarray, reach: int, leaf: int = 32):
+    """The order of :func:`_nested_dissection_order` with its elimination tree of dense blocks.
+
+    Returns ``(perm, node_ptr, parent)``: node k holds the positions ``node_ptr[k]:node_ptr[k+1]``
+    of ``perm`` (``perm[position] = unknown``), nodes are numbered in postorder (children before
+    their parent), ``parent[k]`` is the separator that cuts node k's subtree off its sibling, -1
+    for a root. A node is a leaf (at most ``leaf`` voxels or too thin to cut) or a slab separator.
+    An empty slab separates nothing: its two sides become independent subtrees (so unconnected
+    parts, e.g. two blobs, end as separate roots, solved as independent systems). Deterministic.
+    """
+    nodes: list[np.ndarray] = []
+    parent: list[int] = []
+
+    def split(ids) -> list[int]:  # the roots of the subtree holding ids
+        if ids.size == 0:
+            return []
+        c = coords[ids]
+        lo, hi = c.min(axis=0), c.max(axis=0)
+        axis = int(np.argmax(hi - lo))
+        if ids.size <= leaf or hi[axis] - lo[axis] < 2 * reach + 1:
+            nodes.append(ids)
+            parent.append(-1)
+            return [len(nodes) - 1]
+        v = c[:, axis]
+        m = min(max(int(np.median(v)), int(lo[axis]) + 1), int(hi[axis]) - reach)
+        roots = split(ids[v < m]) + split(ids[v >= m + reach])
+        sep = ids[(v >= m) & (v < m + reach)]
+        if sep.size == 0:
+            return roots
+        nodes.append(sep)
+        parent.append(-1)
+        for k in roots:
+            parent[k] = len(nodes) - 1
+        return [len(nodes) - 1]
+
+    split(np.arange(coords.shape[0]))
+    node_ptr = np.zeros(len(nodes) + 1, np.int64)
+    node_ptr[1:] = np.cumsum([ids.size for ids in nodes])
+    return np.concatenate(nodes), node_ptr, np.asarray(parent, np.int64)
+
+
+def _nested_dissection_order(coords: np.ndarray, reach: int, leaf: int = 32) -> np.ndarray:
+    """Fill-reducing order of the unknown voxels (``perm[new] = old``) by geometric nested dissection.
+
+    Two unknown voxels are coupled in L_UU only if they are at most ``reach`` (= 2r) apart
+    along every axis. So a slab of ``reach`` voxel planes ``m <= coord < m + reach`` along
+    one axis separates the voxels below it from those above it: each part is ordered
+    recursively, then the slab last. The axis is the one of largest extent, ``m`` its median
+    (clamped so both sides are non-empty); parts of at most ``leaf`` voxels, or too thin to
+    cut, keep their raster order. Deterministic.
+    """
+    return _nested_dissection_tree(coords, reach, leaf)[0]
+
+
+def _multifrontal_cholesky(indptr, indices, data, perm, node_ptr, parent, *, eps):
+    """Cholesky factor ``P L_UU P^T = L L^T`` (P from ``perm``) by dense fronts on the nested-dissection tree.
+
+    ``indptr, indices, data``: L_UU in CSC (or CSR: it is symmetric), all entries of both
+    triangles. Multifrontal method: for node k (own positions s..e-1, boundary B_k = the later
+    positions coupled to them in L_UU or in a child's boundary), the dense front
+
+        F = [[A_kk, .], [A_Bk, 0]] + sum over children c of extend(U_c)
+
+    is partially factorised, ``L_kk = chol(F_11)``, ``L_Bk = F_21 L_kk^-T`` (LAPACK dpotrf,
+    BLAS dtrsm), and its Schur complement ``U_k = F_22 - L_Bk L_Bk^T`` (dsyrk) goes to the
+    parent. Exact in the sense of a direct solve (no iteration, no dropping): the same factor as
+    a sparse Cholesky in this order, up to rounding. Returns the per-node blocks for
+    :func:`_solve_factored`.
+
+    Raises SoftMaskError if a pivot block is not positive definite to working precision
+    (L_UU is SPD for eps > 0 in exact arithmetic).
+    """
+    from scipy.linalg import blas, lapack
+
+    n = perm.shape[0]
+    pos = np.empty(n, np.int64)
+    pos[perm] = np.arange(n)
+    loc = np.empty(n, np.int64)
+    n_nodes = node_ptr.shape[0] - 1
+    children: list[list[int]] = [[] for _ in range(n_nodes)]
+    for k in range(n_nodes):
+        if parent[k] >= 0:
+            children[parent[k]].append(k)
+    boundary: list = [None] * n_nodes
+    update: list = [None] * n_nodes
+    blocks = []
+    for k in range(n_nodes):
+        s, e = int(node_ptr[k]), int(node_ptr[k + 1])
+        m = e - s
+        parts = [_k3.node_neighbours(indptr, indices, perm, pos, s, e)]
+        parts += [boundary[c][boundary[c] >= e] for c in children[k]]
+        bnd = np.unique(np.concatenate(parts))
+        f = m + bnd.shape[0]
+        loc[s:e] = np.arange(m)
+        loc[bnd] = np.arange(m, f)
+        front = np.zeros((f, f), order="F")
+        _k3.assemble_front(front, indptr, indices, data, perm, pos, loc, s, e)
+        for c in children[k]:
+            _k3.extend_add(front, update[c], loc, boundary[c])
+            update[c] = boundary[c] = None
+        l_kk, info = lapack.dpotrf(front[:m, :m], lower=1, clean=1)
+        if info != 0:
+            raise SoftMaskError(f"3-D matting system of image is singular to working precision "
+                                f"(Cholesky info {info}); eps={eps} too small?", stage="matting")
+        if bnd.shape[0]:
+            l_bk = blas.dtrsm(1.0, l_kk, front[m:, :m], side=1, lower=1, trans_a=1)
+            update[k] = blas.dsyrk(-1.0, l_bk, beta=1.0, c=front[m:, m:], lower=1, overwrite_c=1)
+        else:
+            l_bk = np.zeros((0, m), order="F")
+        boundary[k] = bnd
+        blocks.append((s, e, bnd, l_kk, l_bk))
+    return perm, blocks
+
+
+def _solve_factored(factor, rhs: np.ndarray) -> np.ndarray:
+    """Solve ``L_UU x = rhs`` with the factor of :func:`_multifrontal_cholesky` (forward, then backward)."""
+    from scipy.linalg import blas
+
+    perm, blocks = factor
+    y = rhs[perm].astype(np.float64)
+    for s, e, bnd, l_kk, l_bk in blocks:  # L y = P rhs
+        y[s:e] = blas.dtrsv(l_kk, y[s:e], lower=1)
+        if bnd.shape[0]:
+            y[bnd] -= l_bk @ y[s:e]
+    for s, e, bnd, l_kk, l_bk in reversed(blocks):  # L^T x = y
+        z = y[s:e] - l_bk.T @ y[bnd] if bnd.shape[0] else y[s:e]
+        y[s:e] = blas.dtrsv(l_kk, z, lower=1, trans=1)
+    x = np.empty_like(y)
+    x[perm] = y
+    return x
 
 
 def _prepare_3d(image, trimap, eps, radius):
