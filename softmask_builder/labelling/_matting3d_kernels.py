@@ -164,22 +164,33 @@ def assemble_reduced_3d(image, trimap, eps, r):
 
 
 @njit(cache=True, nogil=True)
-def node_neighbours(indptr, indices, perm, pos, s, e):
-    """Positions >= e coupled in L_UU to a position in s..e-1 (unsorted, may repeat)."""
-    cnt = 0
+def front_boundary(indptr, indices, perm, pos, s, e, child_boundaries, mark, stamp):
+    """Sorted positions >= e coupled in L_UU to a position in s..e-1 or in a child's boundary.
+
+    ``mark`` (one int per position) must not hold ``stamp`` on entry; it does on exit for the
+    returned positions (the caller passes the node number, so no reset is needed).
+    """
+    cnt = child_boundaries.shape[0]
     for p in range(s, e):
         j = perm[p]
         cnt += indptr[j + 1] - indptr[j]
     out = np.empty(cnt, np.int64)
     k = 0
+    for t in range(child_boundaries.shape[0]):
+        q = child_boundaries[t]
+        if q >= e and mark[q] != stamp:
+            mark[q] = stamp
+            out[k] = q
+            k += 1
     for p in range(s, e):
         j = perm[p]
         for t in range(indptr[j], indptr[j + 1]):
             q = pos[indices[t]]
-            if q >= e:
+            if q >= e and mark[q] != stamp:
+                mark[q] = stamp
                 out[k] = q
                 k += 1
-    return out[:k]
+    return np.sort(out[:k])
 
 
 @njit(cache=True, nogil=True)
@@ -198,7 +209,10 @@ def assemble_front(front, indptr, indices, data, perm, pos, loc, s, e):
 def extend_add(front, update, loc, boundary):
     """Add a child's update matrix (lower triangle, rows/cols = ``boundary`` positions) to ``front``."""
     nb = boundary.shape[0]
+    li = np.empty(nb, np.int64)
+    for t in range(nb):
+        li[t] = loc[boundary[t]]
     for jj in range(nb):
-        lj = loc[boundary[jj]]
+        lj = li[jj]
         for ii in range(jj, nb):
-            front[loc[boundary[ii]], lj] += update[ii, jj]
+            front[li[ii], lj] += update[ii, jj]
