@@ -7,6 +7,8 @@ matting Laplacian, with (2r+1)^3 windows on the voxel grid. See :func:`closed_fo
 
 from __future__ import annotations
 
+import contextlib
+import threading
 
 import numpy as np
 
@@ -81,8 +83,9 @@ def closed_form_alpha_3d(image, trimap, *, eps: float = 1e-7, radius: int = 1) -
     indptr, indices, data, rhs, flat_u = _k3.assemble_reduced_3d(img, tri, eps_f, r)
     coords = np.stack(np.unravel_index(flat_u, img.shape), axis=1)
     perm, node_ptr, parent = _nested_dissection_tree(coords, 2 * r, leaf=_LEAF)
-    factor = _multifrontal_cholesky(indptr, indices, data, perm, node_ptr, parent, eps=eps)
-    alpha_u = _solve_factored(factor, rhs)
+    with _one_blas_thread():
+        factor = _multifrontal_cholesky(indptr, indices, data, perm, node_ptr, parent, eps=eps)
+        alpha_u = _solve_factored(factor, rhs)
     if not np.all(np.isfinite(alpha_u)):
         raise SoftMaskError(f"3-D matting system of image is not solvable to working precision (eps={eps})",
                             stage="matting")
@@ -120,6 +123,38 @@ def _nested_dissection_order(coords: np.ndarray, reach: int, leaf: int = 32) -> 
 
     split(np.arange(coords.shape[0]))
     return np.concatenate(parts)
+
+
+_blas_lock = threading.Lock()
+_blas_state: dict = {"depth": 0, "controller": None, "limiter": None}
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """Run the block in single-threaded BLAS/LAPACK (both NumPy's and SciPy's OpenBLAS).
+
+    OpenBLAS's dpotrf, dsyrk and dgemm round differently with 1 and with >= 2 threads (measured:
+    OpenBLAS 0.3.31), and a build's workers get 1 thread while ``--jobs 1`` runs inline with the
+    machine's default: without this, the same volume would give other bytes at another
+    ``--jobs``. Process-wide (threadpoolctl) but counted, so concurrent callers on threads keep
+    one BLAS thread until the last one leaves; the previous limits are then restored.
+    """
+    import threadpoolctl
+
+    with _blas_lock:
+        if _blas_state["depth"] == 0:
+            if _blas_state["controller"] is None:
+                _blas_state["controller"] = threadpoolctl.ThreadpoolController()
+            _blas_state["limiter"] = _blas_state["controller"].limit(limits=1, user_api="blas")
+        _blas_state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_state["depth"] -= 1
+            if _blas_state["depth"] == 0:
+                _blas_state["limiter"].restore_original_limits()
+                _blas_state["limiter"] = None
 
 
 def _nested_dissection_tree(coords: np.ndarray, reach: int, leaf: int = 32):
