@@ -7,7 +7,8 @@ thick). On the SAME volumes, interleaved, both solving the same reduced system
 ``L_UU a_U = -L_UK a_K`` (Levin et al. Eq. 8, 3x3x3 windows inside the volume, eps = 1e-7):
 
 * ours: ``closed_form_alpha(image, trimap)`` on the (Z, H, W) arrays (numba assembly of the
-  windows that hold an unknown voxel, SuperLU with minimum-degree ordering, symmetric mode);
+  windows that hold an unknown voxel, geometric nested-dissection order, multifrontal dense
+  Cholesky on its tree, one BLAS thread);
 * plain SciPy: the Laplacian assembled with NumPy (``sliding_window_view``, one 27x27 block per
   window, restricted to the windows that hold an unknown voxel, as ours; the full Laplacian of
   all ~85k windows would need ~1.5 GB of triplets), ``coo -> csr``, ``L[U][:, U]``,

@@ -1,4 +1,4 @@
-"""Numba kernel of the 3-D closed-form matting in :mod:`softmask_builder.labelling.matting3d` (private).
+"""Numba kernels of the 3-D closed-form matting in :mod:`softmask_builder.labelling.matting3d` (private).
 
 :func:`assemble_reduced_3d` builds the reduced system ``L_UU a_U = -L_UK a_K`` of Levin's matting
 Laplacian on a (Z, H, W) voxel grid as a CSR matrix, visiting only the windows that hold an unknown
@@ -9,6 +9,9 @@ Notation: ``r`` window radius, ``|w| = (2r+1)^3`` voxels per window, ``U`` the u
 only if they are at most ``2r`` apart along each axis, so row ``i`` of ``L_UU`` has at most
 ``(4r+1)^3`` entries: they are summed in a dense (n, (4r+1)^3) table indexed by the offset, then
 written out as CSR with sorted columns. No fast-math: the same inputs give the same bytes.
+
+:func:`front_boundary`, :func:`assemble_front` and :func:`extend_add` are the index work of the
+multifrontal Cholesky (``matting3d._multifrontal_cholesky``); the dense arithmetic is LAPACK/BLAS.
 """
 
 from __future__ import annotations
@@ -216,3 +219,12 @@ def extend_add(front, update, loc, boundary):
         lj = li[jj]
         for ii in range(jj, nb):
             front[li[ii], lj] += update[ii, jj]
+
+
+@njit(cache=True, nogil=True)
+def zero_lower(front):
+    """Set the lower triangle (diagonal included) of a square Fortran-order ``front`` to 0."""
+    f = front.shape[0]
+    for j in range(f):
+        for i in range(j, f):
+            front[i, j] = 0.0
