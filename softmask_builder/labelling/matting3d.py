@@ -73,7 +73,7 @@ def closed_form_alpha_3d(image, trimap, *, eps: float = 1e-7, radius: int = 1) -
     by the multifrontal method on that tree (:func:`_multifrontal_cholesky`: one dense front per
     tree node, LAPACK/BLAS on the fronts). Blobs that no slab joins are independent roots of the
     tree, i.e. separate systems. On 64x64x24 nodules with a 1-2 voxel band this is ~2x faster
-    than SuperLU's LU in the same order (``benchmarks/bench_matting3d.py``); the two agree within
+    than SuperLU's LU in the same order (``benchmarks/bench_matting3d.py --superlu``); the two agree within
     1e-10 (tests). BLAS runs single-threaded during the solve (:func:`_one_blas_thread`), so the
     same inputs and SciPy/NumPy/numba versions give the same bytes whatever the thread or
     worker count.
