@@ -275,3 +275,31 @@ def test_same_bytes_whatever_the_blas_threads(tmp_path):
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         digests.add(out.stdout.strip())
     assert len(digests) == 1
+
+
+def test_blas_thread_limit_is_restored_and_shared_by_threads():
+    """Inside the solve BLAS has one thread; afterwards the caller's limits are back; callers on
+    two threads at once get the bytes of sequential calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import threadpoolctl
+
+    from softmask_builder.labelling.matting3d import _one_blas_thread
+
+    def blas_threads():
+        return sorted(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+
+    with threadpoolctl.threadpool_limits(2, "blas"):
+        before = blas_threads()
+        with _one_blas_thread():
+            with _one_blas_thread():
+                inside = blas_threads()
+            assert blas_threads() == inside
+        assert blas_threads() == before
+    assert set(inside) == {1}
+    rng = np.random.default_rng(24)
+    cases = [_blob_volume(rng, (10, 22, 22), [(5, 11, 10)], 5.0, 2.0) for _ in range(4)]
+    sequential = [closed_form_alpha(im, tm).tobytes() for im, tm in cases]
+    with ThreadPoolExecutor(2) as pool:
+        parallel = [a.tobytes() for a in pool.map(lambda c: closed_form_alpha(*c), cases)]
+    assert parallel == sequential
