@@ -143,6 +143,7 @@ def _one_blas_thread():
     ``--jobs``. Process-wide (threadpoolctl) but counted, so concurrent callers on threads keep
     one BLAS thread until the last one leaves; the previous limits are then restored.
     """
+    import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS before the controller looks for it)
     import threadpoolctl
 
     with _blas_lock:

@@ -303,3 +303,24 @@ def test_blas_thread_limit_is_restored_and_shared_by_threads():
     with ThreadPoolExecutor(2) as pool:
         parallel = [a.tobytes() for a in pool.map(lambda c: closed_form_alpha(*c), cases)]
     assert parallel == sequential
+
+
+def test_blas_thread_limit_covers_scipy_openblas_in_a_fresh_process():
+    """In a process that has not imported scipy.linalg yet, the limit must still reach SciPy's
+    BLAS (a library of its own, loaded with scipy.linalg, the one the fronts use): every BLAS
+    library loaded once the factorisation's imports are done has one thread."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, threadpoolctl\n"
+            "from softmask_builder.labelling import matting3d\n"
+            "with matting3d._one_blas_thread():\n"
+            "    from scipy.linalg import blas, lapack  # what _multifrontal_cholesky imports\n"
+            "    print(json.dumps([[i['filepath'], i['num_threads']] for i in threadpoolctl.threadpool_info()\n"
+            "                      if i['user_api'] == 'blas']))\n")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    libs = json.loads(out.stdout)
+    assert libs and all(n == 1 for _, n in libs), libs
