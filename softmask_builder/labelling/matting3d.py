@@ -18,8 +18,9 @@ from softmask_builder.errors import InputError, SoftMaskError
 
 __all__ = ["closed_form_alpha_3d"]
 
-# largest node of the nested-dissection tree left uncut (a dense block); measured in
-# benchmarks/bench_matting3d.py
+# Largest node of the nested-dissection tree left uncut (one dense front). 64 gave the fewest
+# flops and the shortest factorisation of 32, 64, 96, 128, 192, 256 on the 12-20 mm nodules of
+# benchmarks/bench_matting3d.py (1-2 voxel bands; smaller leaves: more fronts, more Python).
 _LEAF = 64
 
 
@@ -95,38 +96,6 @@ def closed_form_alpha_3d(image, trimap, *, eps: float = 1e-7, radius: int = 1) -
                             stage="matting")
     out.reshape(-1)[flat_u] = np.clip(alpha_u, 0.0, 1.0)
     return out
-
-
-def _nested_dissection_order(coords: np.ndarray, reach: int, leaf: int = 32) -> np.ndarray:
-    """Fill-reducing order of the unknown voxels (``perm[new] = old``) by geometric nested dissection.
-
-    Two unknown voxels are coupled in L_UU only if they are at most ``reach`` (= 2r) apart
-    along every axis. So a slab of ``reach`` voxel planes ``m <= coord < m + reach`` along
-    one axis separates the voxels below it from those above it: each part is ordered
-    recursively, then the slab last. The axis is the one of largest extent, ``m`` its median
-    (clamped so both sides are non-empty); parts of at most ``leaf`` voxels, or too thin to
-    cut, keep their raster order. Deterministic.
-    """
-    parts = []
-
-    def split(ids):
-        if ids.size <= leaf:
-            parts.append(ids)
-            return
-        c = coords[ids]
-        lo, hi = c.min(axis=0), c.max(axis=0)
-        axis = int(np.argmax(hi - lo))
-        if hi[axis] - lo[axis] < 2 * reach + 1:
-            parts.append(ids)
-            return
-        v = c[:, axis]
-        m = min(max(int(np.median(v)), int(lo[axis]) + 1), int(hi[axis]) - reach)
-        split(ids[v < m])
-        split(ids[v >= m + reach])
-        parts.append(ids[(v >= m) & (v < m + reach)])
-
-    split(np.arange(coords.shape[0]))
-    return np.concatenate(parts)
 
 
 _blas_lock = threading.Lock()
