@@ -7,7 +7,8 @@ thick). On the SAME volumes, interleaved, both solving the same reduced system
 ``L_UU a_U = -L_UK a_K`` (Levin et al. Eq. 8, 3x3x3 windows inside the volume, eps = 1e-7):
 
 * ours: ``closed_form_alpha(image, trimap)`` on the (Z, H, W) arrays (numba assembly of the
-  windows that hold an unknown voxel, SuperLU with minimum-degree ordering, symmetric mode);
+  windows that hold an unknown voxel, geometric nested-dissection order, multifrontal dense
+  Cholesky on its tree, one BLAS thread);
 * plain SciPy: the Laplacian assembled with NumPy (``sliding_window_view``, one 27x27 block per
   window, restricted to the windows that hold an unknown voxel, as ours; the full Laplacian of
   all ~85k windows would need ~1.5 GB of triplets), ``coo -> csr``, ``L[U][:, U]``,
@@ -16,10 +17,16 @@ thick). On the SAME volumes, interleaved, both solving the same reduced system
 Laplacian assembly is timed on both sides. Both are warmed up first (numba compile / cache
 load). Per volume the time is the min of ``--repeats`` calls; it prints per-volume times,
 the max |difference| of the two alphas, and the median ratio. One thread each (the numba
-kernel and SuperLU are single-threaded; run with OMP/OPENBLAS threads = 1 to be sure).
+kernel is single-threaded, ours holds BLAS to one thread; run with OMP/OPENBLAS threads = 1 so
+that SciPy's side is single-threaded too).
+
+``--superlu`` adds, interleaved on the same volumes, the solver ours replaced (issue 26 speed):
+the same numba assembly and nested-dissection order, then SuperLU's LU (symmetric mode, diagonal
+pivots) instead of the multifrontal Cholesky, and prints the median speed-up of ours over it.
 
     nice -n 10 .venv/bin/python benchmarks/bench_matting3d.py            # ~1 min
     nice -n 10 .venv/bin/python benchmarks/bench_matting3d.py --quick
+    nice -n 10 .venv/bin/python benchmarks/bench_matting3d.py --superlu
 
 The machine may be shared: times are noisy, the ratio (measured side by side) is the number.
 """
@@ -89,6 +96,26 @@ def plain_scipy(image, trimap, eps=EPS, r=1):
     return alpha.reshape(image.shape)
 
 
+def superlu_same_order(image, trimap, eps=EPS, r=1):
+    """The previous solver of closed_form_alpha_3d: same assembly and order, SuperLU's LU."""
+    from softmask_builder.labelling import _matting3d_kernels as k3
+    from softmask_builder.labelling.matting3d import _nested_dissection_order, _prepare_3d
+
+    img, tri, eps_f, r = _prepare_3d(image, trimap, eps, r)
+    out = np.zeros(img.shape, np.float32)
+    out[tri == 255] = 1.0
+    indptr, indices, data, rhs, flat_u = k3.assemble_reduced_3d(img, tri, eps_f, r)
+    n = rhs.shape[0]
+    perm = _nested_dissection_order(np.stack(np.unravel_index(flat_u, img.shape), axis=1), 2 * r)
+    l_pp = scipy.sparse.csc_matrix((data, indices, indptr), shape=(n, n))[perm][:, perm].tocsc()
+    lu = scipy.sparse.linalg.splu(l_pp, permc_spec="NATURAL", diag_pivot_thresh=0.0,
+                                  options={"SymmetricMode": True})
+    a_u = np.empty(n)
+    a_u[perm] = lu.solve(rhs[perm])
+    out.reshape(-1)[flat_u] = np.clip(a_u, 0.0, 1.0)
+    return out
+
+
 def timed(fn, repeats):
     best, out = np.inf, None
     for _ in range(repeats):
@@ -102,6 +129,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 volumes per band, 1 repeat")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--superlu", action="store_true",
+                    help="also time the previous solver (SuperLU LU, same order), interleaved")
     args = ap.parse_args()
     rng = np.random.default_rng(2026)
     diameters = [8.0, 16.0] if args.quick else [6.0, 9.0, 12.0, 16.0, 20.0]
@@ -109,9 +138,12 @@ def main():
     warm = nodule(rng, 8.0, 1)
     closed_form_alpha(*warm)
     plain_scipy(*warm)
+    if args.superlu:
+        superlu_same_order(*warm)
     print(f"volume {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} (Z x H x W), spacing {SPACING} mm, eps {EPS:g}, 3x3x3 windows")
-    print(f"{'band':>4} {'diam mm':>7} {'unknown':>8} {'ours s':>8} {'scipy s':>8} {'ratio':>6} {'max|da|':>9}")
-    ratios, ours_all = [], []
+    print(f"{'band':>4} {'diam mm':>7} {'unknown':>8} {'ours s':>8} {'scipy s':>8} {'ratio':>6} {'max|da|':>9}"
+          + (f" {'superlu s':>9} {'ratio':>6}" if args.superlu else ""))
+    ratios, ours_all, vs_lu = [], [], []
     for band in (1, 2):
         for d in diameters:
             image, trimap = nodule(rng, d, band)
@@ -119,10 +151,17 @@ def main():
             t_ref, a_ref = timed(lambda: plain_scipy(image, trimap), repeats)
             ratios.append(t_ref / t_ours)
             ours_all.append(t_ours)
-            print(f"{band:>4} {d:>7.1f} {int((trimap == 128).sum()):>8} {t_ours:>8.3f} {t_ref:>8.3f} "
-                  f"{t_ref / t_ours:>6.1f} {float(np.abs(a_ours - a_ref).max()):>9.1e}")
+            line = (f"{band:>4} {d:>7.1f} {int((trimap == 128).sum()):>8} {t_ours:>8.3f} {t_ref:>8.3f} "
+                    f"{t_ref / t_ours:>6.1f} {float(np.abs(a_ours - a_ref).max()):>9.1e}")
+            if args.superlu:
+                t_lu, _ = timed(lambda: superlu_same_order(image, trimap), repeats)
+                vs_lu.append(t_lu / t_ours)
+                line += f" {t_lu:>9.3f} {t_lu / t_ours:>6.2f}"
+            print(line)
     print(f"median ratio plain-scipy / ours: {np.median(ratios):.1f}x; ours max {max(ours_all):.3f} s, "
           f"median {np.median(ours_all):.3f} s per nodule")
+    if args.superlu:
+        print(f"median speed-up of ours over the previous solver (SuperLU LU, same order): {np.median(vs_lu):.2f}x")
 
 
 if __name__ == "__main__":

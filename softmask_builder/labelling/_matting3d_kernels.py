@@ -1,4 +1,4 @@
-"""Numba kernel of the 3-D closed-form matting in :mod:`softmask_builder.labelling.matting3d` (private).
+"""Numba kernels of the 3-D closed-form matting in :mod:`softmask_builder.labelling.matting3d` (private).
 
 :func:`assemble_reduced_3d` builds the reduced system ``L_UU a_U = -L_UK a_K`` of Levin's matting
 Laplacian on a (Z, H, W) voxel grid as a CSR matrix, visiting only the windows that hold an unknown
@@ -9,6 +9,9 @@ Notation: ``r`` window radius, ``|w| = (2r+1)^3`` voxels per window, ``U`` the u
 only if they are at most ``2r`` apart along each axis, so row ``i`` of ``L_UU`` has at most
 ``(4r+1)^3`` entries: they are summed in a dense (n, (4r+1)^3) table indexed by the offset, then
 written out as CSR with sorted columns. No fast-math: the same inputs give the same bytes.
+
+:func:`front_boundary`, :func:`assemble_front` and :func:`extend_add` are the index work of the
+multifrontal Cholesky (``matting3d._multifrontal_cholesky``); the dense arithmetic is LAPACK/BLAS.
 """
 
 from __future__ import annotations
@@ -155,3 +158,73 @@ def assemble_reduced_3d(image, trimap, eps, r):
                     slot += 1
         indptr[i + 1] = e
     return indptr, indices[:e].copy(), data[:e].copy(), rhs, flat_u
+
+
+# --- multifrontal Cholesky helpers (used by matting3d._multifrontal_cholesky) ---------------------
+# Positions: ``pos[i]`` is the place of unknown i in the fill-reducing order, ``perm[p]`` its inverse.
+# A front holds the node's own positions s..e-1 (local 0..m-1) then its boundary (local m..),
+# ``loc[p]`` the local index of position p in the current front. Only lower triangles are kept.
+
+
+@njit(cache=True, nogil=True)
+def front_boundary(indptr, indices, perm, pos, s, e, child_boundaries, mark, stamp):
+    """Sorted positions >= e coupled in L_UU to a position in s..e-1 or in a child's boundary.
+
+    ``mark`` (one int per position) must not hold ``stamp`` on entry; it does on exit for the
+    returned positions (the caller passes the node number, so no reset is needed).
+    """
+    cnt = child_boundaries.shape[0]
+    for p in range(s, e):
+        j = perm[p]
+        cnt += indptr[j + 1] - indptr[j]
+    out = np.empty(cnt, np.int64)
+    k = 0
+    for t in range(child_boundaries.shape[0]):
+        q = child_boundaries[t]
+        if q >= e and mark[q] != stamp:
+            mark[q] = stamp
+            out[k] = q
+            k += 1
+    for p in range(s, e):
+        j = perm[p]
+        for t in range(indptr[j], indptr[j + 1]):
+            q = pos[indices[t]]
+            if q >= e and mark[q] != stamp:
+                mark[q] = stamp
+                out[k] = q
+                k += 1
+    return np.sort(out[:k])
+
+
+@njit(cache=True, nogil=True)
+def assemble_front(front, indptr, indices, data, perm, pos, loc, s, e):
+    """Add the entries of L_UU in columns s..e-1 (rows at or below the diagonal) to ``front``."""
+    for p in range(s, e):
+        j = perm[p]
+        col = p - s
+        for t in range(indptr[j], indptr[j + 1]):
+            q = pos[indices[t]]
+            if q >= p:
+                front[loc[q], col] += data[t]
+
+
+@njit(cache=True, nogil=True)
+def extend_add(front, update, loc, boundary):
+    """Add a child's update matrix (lower triangle, rows/cols = ``boundary`` positions) to ``front``."""
+    nb = boundary.shape[0]
+    li = np.empty(nb, np.int64)
+    for t in range(nb):
+        li[t] = loc[boundary[t]]
+    for jj in range(nb):
+        lj = li[jj]
+        for ii in range(jj, nb):
+            front[li[ii], lj] += update[ii, jj]
+
+
+@njit(cache=True, nogil=True)
+def zero_lower(front):
+    """Set the lower triangle (diagonal included) of a square Fortran-order ``front`` to 0."""
+    f = front.shape[0]
+    for j in range(f):
+        for i in range(j, f):
+            front[i, j] = 0.0

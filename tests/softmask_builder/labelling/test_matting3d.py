@@ -159,3 +159,168 @@ def test_nested_dissection_is_a_permutation_with_separating_slabs():
     coords = np.unique(rng.integers(0, 20, size=(600, 3)), axis=0)
     perm = _nested_dissection_order(coords, 2, leaf=8)
     assert np.array_equal(np.sort(perm), np.arange(coords.shape[0]))
+
+
+# --- the multifrontal Cholesky on the nested-dissection tree (issue 26, speed) -----------------
+
+def _reduced_system(image, trimap, eps=1e-7, r=1):
+    from softmask_builder.labelling import _matting3d_kernels as k3
+    from softmask_builder.labelling.matting3d import _prepare_3d
+
+    img, tri, eps_f, r = _prepare_3d(image, trimap, eps, r)
+    indptr, indices, data, rhs, flat_u = k3.assemble_reduced_3d(img, tri, eps_f, r)
+    coords = np.stack(np.unravel_index(flat_u, img.shape), axis=1)
+    return indptr, indices, data, rhs, coords
+
+
+def _ours(indptr, indices, data, rhs, coords, *, leaf, reach=2):
+    from softmask_builder.labelling.matting3d import (_multifrontal_cholesky, _nested_dissection_tree,
+                                                      _solve_factored)
+
+    perm, node_ptr, parent = _nested_dissection_tree(coords, reach, leaf=leaf)
+    return _solve_factored(_multifrontal_cholesky(indptr, indices, data, perm, node_ptr, parent, eps=1e-7), rhs)
+
+
+@pytest.mark.parametrize("leaf", [8, 64, 100000])
+def test_multifrontal_cholesky_matches_superlu(leaf):
+    """A ~2600-unknown shell (2-voxel band): deep tree (leaf 8), the default-like tree, and one
+    dense front all give SuperLU's answer (COLAMD order, partial pivoting) within 1e-10."""
+    rng = np.random.default_rng(21)
+    image, trimap = _blob_volume(rng, (14, 34, 34), [(7, 17, 16)], 7.0, 2.0)
+    indptr, indices, data, rhs, coords = _reduced_system(image, trimap)
+    n = rhs.shape[0]
+    assert n > 2000
+    a = scipy.sparse.csc_matrix((data, indices, indptr), shape=(n, n))
+    ref = scipy.sparse.linalg.splu(a).solve(rhs)
+    x = _ours(indptr, indices, data, rhs, coords, leaf=leaf)
+    assert np.max(np.abs(x - ref)) <= 1e-10 * max(1.0, np.max(np.abs(ref)))
+    assert np.max(np.abs(a @ x - rhs)) <= 1e-10 * np.max(np.abs(rhs))
+
+
+@pytest.mark.parametrize("leaf", [8, 32])
+def test_deep_trees_match_the_full_laplacian_solve(monkeypatch, leaf):
+    """Small leaves make many fronts (children's updates added into parents) on the test volumes."""
+    from softmask_builder.labelling import matting3d
+
+    monkeypatch.setattr(matting3d, "_LEAF", leaf)
+    rng = np.random.default_rng(11)
+    image, trimap = _blob_volume(rng, (9, 16, 16), [(4, 8, 7)], 4.0, 1.5)
+    np.testing.assert_allclose(closed_form_alpha(image, trimap, eps=1e-7), _oracle(image, trimap, 1e-7, 1),
+                               atol=1e-6, rtol=0)
+    image, trimap = _blob_volume(rng, (7, 11, 11), [(3, 5, 5)], 2.5, 1.0)
+    np.testing.assert_allclose(closed_form_alpha(image, trimap, eps=1e-6, radius=2),
+                               _oracle(image, trimap, 1e-6, 2), atol=1e-6, rtol=0)
+
+
+def test_two_blobs_are_independent_systems():
+    """Two shells far apart: the tree has one root per blob (an empty slab separates them) and
+    each blob's alpha is the one it gets when the other blob is not there at all."""
+    from softmask_builder.labelling.matting3d import _nested_dissection_tree
+
+    rng = np.random.default_rng(22)
+    image, trimap = _blob_volume(rng, (9, 14, 40), [(4, 7, 8), (4, 7, 31)], 3.5, 1.5)
+    *_, coords = _reduced_system(image, trimap)
+    perm, node_ptr, parent = _nested_dissection_tree(coords, 2, leaf=64)
+    roots = np.flatnonzero(parent == -1)
+    assert roots.size == 2
+    # the subtree of the first root ends where the second root's subtree starts (postorder)
+    first_end = node_ptr[roots[0] + 1]
+    side = coords[perm[:first_end], 2] < 20
+    assert side.all() or not side.any()
+    assert (coords[perm[first_end:], 2] < 20).all() != side.all()
+    both = closed_form_alpha(image, trimap, eps=1e-7)
+    for keep in (slice(0, 20), slice(20, 40)):
+        alone = trimap.copy()
+        mask = np.ones(trimap.shape, bool)
+        mask[:, :, keep] = False
+        alone[mask] = 0
+        single = closed_form_alpha(image, alone, eps=1e-7)
+        np.testing.assert_allclose(both[:, :, keep], single[:, :, keep], atol=1e-7, rtol=0)
+
+
+def test_not_positive_definite_raises():
+    """dpotrf's failure becomes a SoftMaskError, not a traceback (the matrix [[1, 2], [2, 1]])."""
+    from softmask_builder.errors import SoftMaskError
+    from softmask_builder.labelling.matting3d import _multifrontal_cholesky
+
+    a = scipy.sparse.csc_matrix(np.array([[1.0, 2.0], [2.0, 1.0]]))
+    with pytest.raises(SoftMaskError, match="singular"):
+        _multifrontal_cholesky(a.indptr.astype(np.int64), a.indices, a.data, np.arange(2),
+                               np.array([0, 2]), np.array([-1]), eps=1e-7)
+
+
+def test_same_bytes_whatever_the_blas_threads(tmp_path):
+    """The dense fronts go through OpenBLAS, whose dsyrk/dpotrf round differently with 1 and >= 2
+    threads: a process started with 1 and one with 4 BLAS threads give the same float64 solution."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, hashlib, sys\n"
+        "sys.path.insert(0, %r)\n"
+        "from test_matting3d import _blob_volume\n"
+        "from softmask_builder.labelling import matting3d\n"
+        "rng = np.random.default_rng(23)\n"
+        "image, trimap = _blob_volume(rng, (12, 30, 30), [(6, 15, 14)], 6.0, 2.0)\n"
+        "def keep(f):\n"
+        "    def g(*a, **k):\n"
+        "        x = f(*a, **k); print(hashlib.sha256(x.tobytes()).hexdigest()); return x\n"
+        "    return g\n"
+        "matting3d._solve_factored = keep(matting3d._solve_factored)\n"
+        "matting3d.closed_form_alpha_3d(image, trimap)\n" % os.path.dirname(__file__))
+    digests = set()
+    for threads in ("1", "4"):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
+
+
+def test_blas_thread_limit_is_restored_and_shared_by_threads():
+    """Inside the solve BLAS has one thread; afterwards the caller's limits are back; callers on
+    two threads at once get the bytes of sequential calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import threadpoolctl
+
+    from softmask_builder.labelling.matting3d import _one_blas_thread
+
+    def blas_threads():
+        return sorted(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+
+    with threadpoolctl.threadpool_limits(2, "blas"):
+        before = blas_threads()
+        with _one_blas_thread():
+            with _one_blas_thread():
+                inside = blas_threads()
+            assert blas_threads() == inside
+        assert blas_threads() == before
+    assert set(inside) == {1}
+    rng = np.random.default_rng(24)
+    cases = [_blob_volume(rng, (10, 22, 22), [(5, 11, 10)], 5.0, 2.0) for _ in range(4)]
+    sequential = [closed_form_alpha(im, tm).tobytes() for im, tm in cases]
+    with ThreadPoolExecutor(2) as pool:
+        parallel = [a.tobytes() for a in pool.map(lambda c: closed_form_alpha(*c), cases)]
+    assert parallel == sequential
+
+
+def test_blas_thread_limit_covers_scipy_openblas_in_a_fresh_process():
+    """In a process that has not imported scipy.linalg yet, the limit must still reach SciPy's
+    BLAS (a library of its own, loaded with scipy.linalg, the one the fronts use): every BLAS
+    library loaded once the factorisation's imports are done has one thread."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, threadpoolctl\n"
+            "from softmask_builder.labelling import matting3d\n"
+            "with matting3d._one_blas_thread():\n"
+            "    from scipy.linalg import blas, lapack  # what _multifrontal_cholesky imports\n"
+            "    print(json.dumps([[i['filepath'], i['num_threads']] for i in threadpoolctl.threadpool_info()\n"
+            "                      if i['user_api'] == 'blas']))\n")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    libs = json.loads(out.stdout)
+    assert libs and all(n == 1 for _, n in libs), libs
