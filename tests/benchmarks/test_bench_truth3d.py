@@ -3,7 +3,6 @@ end, and the committed record: the table rebuilds from it and ISOTROPIC_DEFAULT 
 
 from __future__ import annotations
 
-
 import importlib.util
 import math
 import re
