@@ -32,11 +32,11 @@ BUILD_KINDS = {
 }
 #: The 3-D variant of a ``build`` subcommand (issue 26): ``--volumes`` builds with this bundled recipe
 #: (a volume source: one (Z, H, W) crop per nodule, shards of kind "volumes").
-VOLUME_KINDS = {"lidc": ("lidc3d", ("lidc_volumes",))}
+VOLUME_KINDS = {"lidc": ("lidc3d", ("lidc_volumes",)), "masks": ("masks3d", ("nifti_volumes",))}
 #: Default ``--out`` of each ``build`` subcommand: the make target's folder (``make lidc`` -> build/lidc).
 DEFAULT_OUT = {"deeplesion": Path("build/lnsm"), "lidc": Path("build/lidc"), "masks": Path("build/masks"),
                "slices": Path("build/slices")}
-DEFAULT_OUT_VOLUMES = {"lidc": Path("build/lidc3d")}
+DEFAULT_OUT_VOLUMES = {"lidc": Path("build/lidc3d"), "masks": Path("build/masks3d")}
 
 
 def _bundled_recipes() -> str:
