@@ -400,22 +400,33 @@ def verify(path: Path) -> None:
               help="Samples on the sheet (spread evenly over the dataset).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("preview.png"),
               show_default=True, help="PNG file to write (atomically).")
-def preview(path: Path, n_samples: int, out: Path) -> None:
+@click.option("--per-sample", "per_sample", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Volume builds: also write one three-plane PNG per drawn sample into this folder "
+                   "(<sample_id>.png).")
+def preview(path: Path, n_samples: int, out: Path, per_sample: Path | None) -> None:
     """Contact sheet PNG of N samples: the Soft Mask's 0.5 contour and the trimap band over the
-    windowed CT, and the Soft Mask in a colormap with a zoomed inset of one edge."""
+    windowed CT, and the Soft Mask in a colormap with a zoomed inset of one edge. A volume build
+    (kind volumes) gets one row per sample of three planes (axial, coronal, sagittal) through the
+    nodule's centre, with the Soft Mask's 0.5 contour and the binary mask."""
     from softmask_builder.dataset.release import preview_report
     from softmask_builder.cli.summaries import preview_line
+    from softmask_builder.formats.shards import open_shard
+    from softmask_builder.reports.figures import shard_paths
+    from softmask_builder.reports.preview3d import volume_preview_report, write_volume_previews
 
     with _input_errors(out):
         if path.is_dir():
             from softmask_builder.dataset.release import check_release_index
 
-            if check_release_index(path).get("kind") == "volumes":
-                # The three-orthogonal-slice preview of volume builds (issue 26) is drawn by reports/;
-                # until it is wired here, a clear line instead of matplotlib's error on (Z, H, W) arrays.
-                raise _Fail(f"{path} is a volume build (kind volumes): `softmask preview` draws 2-D builds; "
-                            f"look at it with `softmask inspect {path}`")
-        report = preview_report(path, out, n=n_samples)
+            check_release_index(path)
+        with open_shard(shard_paths(path)[0]) as first:
+            is_volume = first.kind == "volumes"
+        if per_sample is not None and not is_volume:
+            raise _Fail(f"--per-sample draws volume builds; {path} holds 2-D samples (the contact sheet has them all)")
+        report = (volume_preview_report(path, out, n=n_samples) if is_volume
+                  else preview_report(path, out, n=n_samples))
+        if per_sample is not None:
+            report["per_sample"] = write_volume_previews(path, per_sample, n=n_samples)["previews"]
     _emit(report)
     if report["n"] < n_samples:
         click.echo(f"preview: drew {report['n']} of the {n_samples} samples asked for (the dataset holds "

@@ -170,3 +170,28 @@ def test_truth_file_travels_as_true_fraction(tmp_path):
     assert result.exit_code == 0, result.output
     rows = (tmp_path / "out2" / "rejects.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("p02,plan,") and "no truth file" in rows[1]
+
+
+def test_report_of_a_volume_build_lists_the_volumes(two_builds, tmp_path):
+    (out, _), _ = two_builds[0]
+    written = two_builds[1]
+    html_out = tmp_path / "r.html"
+    result = invoke("report", out, "--out", html_out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["n_samples"] == 2 and summary["n_rejects"] == 1
+    assert "2 samples, 1 rejects" in result.stderr
+    page = html_out.read_text()
+    voxel_mm3 = float(np.prod(SPACING))
+    for name, (_, ball) in written.items():  # the whole ball lies inside its crop
+        n = int(ball.sum())
+        assert f"<td>{name}_n01</td><td>train</td><td>{n}</td><td>{n * voxel_mm3:.1f}</td>" in page
+    assert page.count("three planes") == 2
+
+
+def test_preview_draws_a_volume_build_and_refuses_per_sample_on_2d(two_builds, tmp_path):
+    (out, _), _ = two_builds[0]
+    result = invoke("preview", out, "--out", tmp_path / "p.png", "--per-sample", tmp_path / "each")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "each").iterdir()) == ["p01_n01.png", "p02_n01.png"]
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
