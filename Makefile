@@ -37,7 +37,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow"
 
-# The `export` extra (nnunetv2, monai, datasets, mlcroissant, nibabel) is heavy: `make test`
+# The `export` extra (nnunetv2, monai, datasets, mlcroissant; nibabel is a core dependency) is heavy: `make test`
 # deselects its tests; this installs it (torch kept at $(TORCH), never a CUDA build) and runs them.
 EXPORT_STAMP := $(VENV)/.installed-export
 $(EXPORT_STAMP): $(STAMP)

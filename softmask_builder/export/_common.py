@@ -59,11 +59,13 @@ class BuildNotVerified(ExportError):
 
 
 def require_nibabel():
-    """Import nibabel lazily with an install hint (it is in the ``export`` extra)."""
+    """Import nibabel lazily, with a reinstall hint: it is a core dependency of the package (the
+    NIfTI volume source reads it), so it is missing only from a broken environment."""
     try:
         import nibabel
     except ImportError:
-        raise ExportError("exports write NIfTI with nibabel: pip install 'softmask-toolkit[export]'") from None
+        raise ExportError("exports write NIfTI with nibabel, a core dependency that is missing from this "
+                          "environment: pip install 'nibabel>=5.0' (or reinstall softmask-toolkit)") from None
     return nibabel
 
 
