@@ -96,7 +96,7 @@ from softmask_builder.sources.base import Reject, SampleRef, VolumeRecord, unsel
 from softmask_builder.sources.plausibility import AXIAL_MIN_COSINE, check_image_hu, check_spacing_mm
 
 __all__ = ["NIFTI_EXTS", "MASK_SUFFIX", "TRUTH_SUFFIX", "truth_files", "ZRC_AXCODES", "DEFAULT_MIN_VOXELS", "GRID_TOL_VOXELS",
-           "Z_SPACING_RANGE_MM", "pair_nifti_files", "reorient_zrc", "read_nifti_zrc", "zrc_to_nifti",
+           "Z_SPACING_RANGE_MM", "pair_nifti_files", "reorient_zrc", "read_nifti_zrc", "zrc_to_nifti", "zrc_affine",
            "plan_nifti_volumes", "load_nifti_volume"]
 
 NIFTI_EXTS = (".nii.gz", ".nii")
@@ -311,9 +311,17 @@ def zrc_to_nifti(volume_zrc, spacing_mm, *, origin_mm=(0.0, 0.0, 0.0)) -> tuple[
             or not all(math.isfinite(v) for v in origin):
         raise InputError(f"spacing_mm must be three finite numbers > 0 and origin_mm three finite numbers, got "
                          f"{spacing_mm!r}, {origin_mm!r}")
+    return np.ascontiguousarray(vol.transpose(2, 1, 0)), zrc_affine((z_mm, row_mm, col_mm), origin_mm=origin)
+
+
+def zrc_affine(spacing_mm, *, origin_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """The RAS+ affine of a (z, row, col) volume stored (col, row, z) (:func:`zrc_to_nifti`):
+    ``diag(-col_mm, -row_mm, z_mm, 1)`` with translation ``origin_mm``, i.e. nibabel axis codes
+    ("L", "P", "S"). ``spacing_mm`` is (z_mm, row_mm, col_mm); no check (callers validate)."""
+    z_mm, row_mm, col_mm = (float(v) for v in spacing_mm)
     affine = np.diag([-col_mm, -row_mm, z_mm, 1.0])
-    affine[:3, 3] = origin
-    return np.ascontiguousarray(vol.transpose(2, 1, 0)), affine
+    affine[:3, 3] = [float(v) for v in origin_mm]
+    return affine
 
 
 def _spatial_shape(shape: tuple[int, ...], *, what: str, sample_id, stage: str) -> tuple[int, int, int]:
