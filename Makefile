@@ -16,7 +16,7 @@ export SOFTMASK_SHARED_DATA ?= $(SHARED_DATA)
 
 .PHONY: setup test test-all test-export export-nnunet export-monai lnsm lidc masks slices release preview bench \
         bench-accuracy bench-accuracy-hybrid calibrate bench-build pretrain-sr train evaluate tables nnunet-baseline \
-        bench-loader bench-matting3d figures clean report report-check help lidc3d lidc3d-agreement
+        bench-loader bench-matting3d figures clean report report-check help lidc3d lidc3d-agreement lnsm3d masks3d
 
 setup: $(STAMP)
 
@@ -37,7 +37,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow"
 
-# The `export` extra (nnunetv2, monai, datasets, mlcroissant, nibabel) is heavy: `make test`
+# The `export` extra (nnunetv2, monai, datasets, mlcroissant; nibabel is a core dependency) is heavy: `make test`
 # deselects its tests; this installs it (torch kept at $(TORCH), never a CUDA build) and runs them.
 EXPORT_STAMP := $(VENV)/.installed-export
 $(EXPORT_STAMP): $(STAMP)
@@ -93,10 +93,24 @@ lidc3d: $(STAMP)
 lidc3d-agreement: $(STAMP)
 	$(PY) benchmarks/lidc3d_agreement.py $(if $(LIDC),"$(LIDC)",)
 
+# The bundled 3-D sample (no external data): N3D= 3-D hybrid nodules written as NIfTI image / mask /
+# truth files (build/lnsm3d-phantom-source), built like a user's volumes (`softmask build masks
+# --volumes --recipe lnsm3d`) -> build/lnsm3d, verified, preview build/lnsm3d-preview.png.
+N3D ?= 24
+lnsm3d: $(STAMP)
+	$(BIN)/softmask make-lnsm3d --out "$(call out_or,build/lnsm3d)" --n $(N3D) --jobs $(JOBS)
+
 masks: $(STAMP)
 	@test -n "$(MASKS)" || { echo "usage: make masks MASKS=/path/to/pairs [RECIPE=masks] [OUT=build/masks] [JOBS=2]" >&2; exit 2; }
 	SOFTMASK_NO_HINTS=1 $(BIN)/softmask build masks "$(MASKS)" --recipe $(if $(RECIPE),$(RECIPE),masks) --out "$(call out_or,build/masks)" --jobs $(JOBS)
 	$(BIN)/softmask verify "$(call out_or,build/masks)"
+
+# 3-D: your NIfTI image / mask volume pairs (softmask_builder/sources/nifti.py), one volume crop per
+# mask component (recipe masks3d).
+masks3d: $(STAMP)
+	@test -n "$(MASKS)" || { echo "usage: make masks3d MASKS=/path/to/nifti_pairs [RECIPE=masks3d] [OUT=build/masks3d] [JOBS=2]" >&2; exit 2; }
+	SOFTMASK_NO_HINTS=1 $(BIN)/softmask build masks "$(MASKS)" --volumes --recipe $(if $(RECIPE),$(RECIPE),masks3d) --out "$(call out_or,build/masks3d)" --jobs $(JOBS)
+	$(BIN)/softmask verify "$(call out_or,build/masks3d)"
 
 # Full slices for the SR teacher, from DEEPLESION= (recipe slices) or else LIDC_DICOM= (lidc_slices).
 slices: $(STAMP)
@@ -238,6 +252,8 @@ clean:
 ## lidc3d         LIDC-IDRI 3-D Soft Masks (one volume per nodule) from LIDC= (default: the shared fixture) -> build/lidc3d, verified
 ## lidc3d-agreement  3-D Soft Mask vs the readers' consensus on LIDC-IDRI-0001 (docs/RESULTS.md)
 ## masks          your image/mask pairs from MASKS= -> build/masks, verified
+## masks3d        your NIfTI image/mask volume pairs from MASKS= -> build/masks3d (3-D Soft Masks), verified
+## lnsm3d         the bundled 3-D sample (no external data) -> build/lnsm3d, verified, preview; N3D= volumes (24)
 ## slices         full CT slices for the SR teacher (DEEPLESION= or LIDC_DICOM=) -> build/slices
 ## preview        contact sheet of a build -> OUT-preview.png (default build/lnsm-preview.png)
 ## report         QC report of a build -> OUT-report.html (default build/lnsm-report.html)

@@ -32,11 +32,11 @@ BUILD_KINDS = {
 }
 #: The 3-D variant of a ``build`` subcommand (issue 26): ``--volumes`` builds with this bundled recipe
 #: (a volume source: one (Z, H, W) crop per nodule, shards of kind "volumes").
-VOLUME_KINDS = {"lidc": ("lidc3d", ("lidc_volumes",))}
+VOLUME_KINDS = {"lidc": ("lidc3d", ("lidc_volumes",)), "masks": ("masks3d", ("nifti_volumes",))}
 #: Default ``--out`` of each ``build`` subcommand: the make target's folder (``make lidc`` -> build/lidc).
 DEFAULT_OUT = {"deeplesion": Path("build/lnsm"), "lidc": Path("build/lidc"), "masks": Path("build/masks"),
                "slices": Path("build/slices")}
-DEFAULT_OUT_VOLUMES = {"lidc": Path("build/lidc3d")}
+DEFAULT_OUT_VOLUMES = {"lidc": Path("build/lidc3d"), "masks": Path("build/masks3d")}
 
 
 def _bundled_recipes() -> str:
@@ -400,22 +400,33 @@ def verify(path: Path) -> None:
               help="Samples on the sheet (spread evenly over the dataset).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("preview.png"),
               show_default=True, help="PNG file to write (atomically).")
-def preview(path: Path, n_samples: int, out: Path) -> None:
+@click.option("--per-sample", "per_sample", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Volume builds: also write one three-plane PNG per drawn sample into this folder "
+                   "(<sample_id>.png).")
+def preview(path: Path, n_samples: int, out: Path, per_sample: Path | None) -> None:
     """Contact sheet PNG of N samples: the Soft Mask's 0.5 contour and the trimap band over the
-    windowed CT, and the Soft Mask in a colormap with a zoomed inset of one edge."""
+    windowed CT, and the Soft Mask in a colormap with a zoomed inset of one edge. A volume build
+    (kind volumes) gets one row per sample of three planes (axial, coronal, sagittal) through the
+    nodule's centre, with the Soft Mask's 0.5 contour and the binary mask."""
     from softmask_builder.dataset.release import preview_report
     from softmask_builder.cli.summaries import preview_line
+    from softmask_builder.formats.shards import open_shard
+    from softmask_builder.reports.figures import shard_paths
+    from softmask_builder.reports.preview3d import volume_preview_report, write_volume_previews
 
     with _input_errors(out):
         if path.is_dir():
             from softmask_builder.dataset.release import check_release_index
 
-            if check_release_index(path).get("kind") == "volumes":
-                # The three-orthogonal-slice preview of volume builds (issue 26) is drawn by reports/;
-                # until it is wired here, a clear line instead of matplotlib's error on (Z, H, W) arrays.
-                raise _Fail(f"{path} is a volume build (kind volumes): `softmask preview` draws 2-D builds; "
-                            f"look at it with `softmask inspect {path}`")
-        report = preview_report(path, out, n=n_samples)
+            check_release_index(path)
+        with open_shard(shard_paths(path)[0]) as first:
+            is_volume = first.kind == "volumes"
+        if per_sample is not None and not is_volume:
+            raise _Fail(f"--per-sample draws volume builds; {path} holds 2-D samples (the contact sheet has them all)")
+        report = (volume_preview_report(path, out, n=n_samples) if is_volume
+                  else preview_report(path, out, n=n_samples))
+        if per_sample is not None:
+            report["per_sample"] = write_volume_previews(path, per_sample, n=n_samples)["previews"]
     _emit(report)
     if report["n"] < n_samples:
         click.echo(f"preview: drew {report['n']} of the {n_samples} samples asked for (the dataset holds "
@@ -508,6 +519,73 @@ def _write_phantom(out: Path, n_cases: int, seed: int, *, kind: str = "hybrid",
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(marker, json.dumps(record, sort_keys=True, indent=1) + "\n")
     return {"out": str(out), **wanted, "truth": str(truth), "reused": False}
+
+
+@main.command(name="make-lnsm3d")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("build/lnsm3d"),
+              show_default=True, help="Output folder (the volume build; `make lnsm3d`'s default).")
+@click.option("--n", "n_volumes", type=click.IntRange(min=1), default=24, show_default=True,
+              help="3-D hybrid nodules to render.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Phantom random seed (same seed, same bytes).")
+@click.option("--phantom-source", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the NIfTI pairs are written; default OUT-phantom-source, beside OUT.")
+@click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Parallel shard jobs.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULT_BACKEND, show_default=True,
+              help=BACKEND_HELP)
+@click.option("--overwrite", is_flag=True, help="Rebuild every shard (default: finished shards are kept).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a tty).")
+def make_lnsm3d(out: Path, n_volumes: int, seed: int, phantom_source: Path | None, jobs: int, backend: str,
+                overwrite: bool, progress: bool | None) -> None:
+    """What `make lnsm3d` runs: the bundled 3-D sample, no external data. Writes N 3-D hybrid
+    nodules as NIfTI image / mask (the readers' 50 % consensus) / truth files to OUT-phantom-source
+    (reused when it holds the same N, seed and version), builds them as `softmask build masks
+    --volumes --recipe lnsm3d` does (the truth travels as true_fraction), verifies OUT and writes
+    the three-plane preview OUT-preview.png."""
+    import time
+
+    from softmask_builder.cli.summaries import nothing_built_error
+    from softmask_builder.dataset.release import verify as verify_dataset
+    from softmask_builder.formats.recipes import load_recipe
+    from softmask_builder.phantom.nifti_volumes import MARKER, write_volume_sample
+    from softmask_builder.reports.preview3d import volume_preview_report
+
+    started = time.monotonic()
+    source = phantom_source or out.with_name(f"{out.name}-phantom-source")
+    summary: dict = {"phantom": {"out": str(source), "n": n_volumes, "seed": seed, "reused": False}}
+    marker = source / MARKER
+    old = json.loads(marker.read_text()) if marker.is_file() else {}
+    if {k: old.get(k) for k in ("n", "seed", "builder_version")} == {"n": n_volumes, "seed": seed,
+                                                                      "builder_version": __version__}:
+        summary["phantom"]["reused"] = True
+    else:
+        from softmask_builder.core.progress import progress as progress_bar
+
+        click.echo(f"lnsm3d: rendering {n_volumes} 3-D hybrid nodules into {source} (LIDC-IDRI nodule shapes load "
+                   "first)", err=True)
+        with _input_errors(source), progress_bar(n_volumes, desc="phantom3d", unit="volume", enabled=progress) as bar:
+            old = write_volume_sample(source, n=n_volumes, seed=seed, progress=bar.update)
+    summary["phantom"]["n_written"] = old.get("n_written")
+    with _input_errors():
+        recipe = load_recipe("lnsm3d")
+    summary["build"] = _run_build(recipe, source, out, jobs=jobs, backend=backend, scheduler=None, dry_run=False,
+                                  limit=None, overwrite=overwrite, progress=progress)
+    report = verify_dataset(out)
+    summary["verify"] = report.summary()
+    if summary["build"]["n_samples"]:
+        with _input_errors(out):
+            summary["preview"] = volume_preview_report(out, out.with_name(f"{out.name}-preview.png"), n=4)["preview"]
+    _emit(summary)
+    _echo_warnings(summary["build"])
+    if not report.ok:
+        for problem in report.problems:
+            click.echo(f"verify: {problem}", err=True)
+        sys.exit(EXIT_VERIFY)
+    if summary["build"]["n_samples"] == 0:
+        raise _Fail(nothing_built_error(summary["build"]), code=EXIT_EMPTY)
+    b = summary["build"]
+    _say(f"built {b['n_samples']} volumes of lnsm3d into {out} ({b['n_rejects']} rejects), verified OK, preview "
+         f"{summary['preview']}, in {time.monotonic() - started:.0f} s; next: softmask export nnunet {out} or "
+         f"softmask report {out}.")
 
 
 @main.command(name="make-lnsm")

@@ -1,7 +1,7 @@
 """Hand-off of a verified build to other tools: nnU-Net v2 raw datasets and MONAI datalists.
 
 Every export reads the build through :mod:`softmask_builder.formats.shards` after ``softmask verify``
-passes, writes NIfTI with nibabel (the ``export`` extra), is deterministic (same build, same
+passes, writes NIfTI with nibabel (a core dependency), is deterministic (same build, same
 bytes), atomic, checksummed (its own ``SHA256SUMS``) and refuses to overwrite without
 ``overwrite=True``.
 """

@@ -6,10 +6,14 @@ since issue 26, ``volumes`` (3-D crops (z, row, col) at the source's native spac
 (z_mm, row_mm, col_mm)). NIfTI's voxel axes are (i, j, k) = (x, y, z), x fastest in memory, so
 a crop is written with its axes reversed: a 2-D crop as (col, row, 1) with pixdim
 (col_mm, row_mm, 1), a volume as (col, row, z) with pixdim (col_mm, row_mm, z_mm)
-(:func:`to_nifti_axes`, :func:`pixdim_of`). The affine is ``diag(*pixdim, 1)``: the spacing
-only, origin 0, no rotation (the crop's place in its series stays in the shard's ``origin_px``;
-``cases.csv`` / the datalist point back to the sample). nnU-Net (SimpleITK) therefore reads a
-volume as a (z, row, col) array with spacing (z_mm, row_mm, col_mm), the shard's own order.
+(:func:`to_nifti_axes`, :func:`pixdim_of`). The affine (:func:`export_affine`) has origin 0 (the
+crop's place in its series stays in the shard's ``origin_px``; ``cases.csv`` / the datalist point
+back to the sample): a 2-D crop's is ``diag(col_mm, row_mm, 1, 1)``, the spacing only; a volume's
+is ``diag(-col_mm, -row_mm, z_mm, 1)``, the anatomical orientation of the shards' (z, row, col) =
+(Superior, Posterior, patient's Left) axes (axis codes L, P, S, as dcm2niix stores axial CT), so a
+viewer shows it the right way round and ``softmask build masks --volumes`` reads an export back
+unchanged. nnU-Net (SimpleITK) reads a volume as a (z, row, col) array with spacing
+(z_mm, row_mm, col_mm), the shard's own order (its direction is then the identity in ITK's LPS).
 
 Determinism: a NIfTI file is the nibabel header + data serialised in memory
 (``Nifti1Image.to_bytes``) and gzip-compressed with ``mtime=0`` and no file name, so its bytes
@@ -59,11 +63,13 @@ class BuildNotVerified(ExportError):
 
 
 def require_nibabel():
-    """Import nibabel lazily with an install hint (it is in the ``export`` extra)."""
+    """Import nibabel lazily, with a reinstall hint: it is a core dependency of the package (the
+    NIfTI volume source reads it), so it is missing only from a broken environment."""
     try:
         import nibabel
     except ImportError:
-        raise ExportError("exports write NIfTI with nibabel: pip install 'softmask-toolkit[export]'") from None
+        raise ExportError("exports write NIfTI with nibabel, a core dependency that is missing from this "
+                          "environment: pip install 'nibabel>=5.0' (or reinstall softmask-toolkit)") from None
     return nibabel
 
 
@@ -158,17 +164,18 @@ def load_verified_build(build: str | Path) -> VerifiedBuild:
     return VerifiedBuild(build, manifest, sha256_file(build / MANIFEST))
 
 
-def nifti_bytes(array_cr: np.ndarray, *, pixdim: tuple[float, float, float], dtype: np.dtype) -> bytes:
+def nifti_bytes(array_cr: np.ndarray, *, pixdim: tuple[float, float, float], dtype: np.dtype,
+                affine: np.ndarray | None = None) -> bytes:
     """Gzip-compressed NIfTI-1 bytes of an array already in NIfTI axis order ((col, row, 1) or
     (col, row, z): :func:`to_nifti_axes`) with voxel sizes ``pixdim`` in mm (:func:`pixdim_of`).
 
-    The affine is ``diag(*pixdim, 1)`` (no rotation, origin 0; qform and sform both set, code 1
-    "scanner"); no scaling (slope 1, intercept 0), an empty description, ``mtime=0`` in the gzip
-    header: equal inputs give equal bytes.
+    The affine is ``affine`` (:func:`export_affine`), by default ``diag(*pixdim, 1)`` (no rotation,
+    origin 0); qform and sform both set, code 1 "scanner"; no scaling (slope 1, intercept 0), an
+    empty description, ``mtime=0`` in the gzip header: equal inputs give equal bytes.
     """
     nib = require_nibabel()
     data = np.asarray(array_cr, dtype=dtype)
-    affine = np.diag([*pixdim, 1.0]).astype(np.float64)
+    affine = (np.diag([*pixdim, 1.0]) if affine is None else np.asarray(affine)).astype(np.float64)
     img = nib.Nifti1Image(data, affine)
     img.header.set_data_dtype(dtype)
     img.header.set_qform(affine, code=1)
@@ -198,6 +205,24 @@ def to_col_row(array_rc: np.ndarray) -> np.ndarray:
     if np.ndim(array_rc) != 2:
         raise ValueError(f"to_col_row takes (row, col) arrays, got shape {np.shape(array_rc)}")
     return to_nifti_axes(array_rc)
+
+
+def export_affine(spacing_mm: tuple[float, ...]) -> np.ndarray:
+    """The NIfTI affine of an exported crop, from its spacing in the shard's axis order.
+
+    2-D (row_mm, col_mm): ``diag(col_mm, row_mm, 1, 1)``, spacing only (as before issue 26: 2-D
+    exports keep their bytes). 3-D (z_mm, row_mm, col_mm): the anatomical orientation of the
+    volume shards' (z, row, col) = (Superior, Posterior, patient's Left) axes,
+    ``diag(-col_mm, -row_mm, z_mm, 1)`` (:func:`softmask_builder.sources.nifti.zrc_affine`, what
+    ``zrc_to_nifti`` writes and the NIfTI source reads back unchanged), origin 0: a viewer shows
+    the patient's right on the left of an axial slice and anterior at the top, as a CT viewer does.
+    """
+    from softmask_builder.sources.nifti import zrc_affine
+
+    spacing = tuple(float(v) for v in spacing_mm)
+    if len(spacing) == 3:
+        return zrc_affine(spacing)
+    return np.diag([*pixdim_of(spacing), 1.0])
 
 
 def pixdim_of(spacing_mm: tuple[float, ...]) -> tuple[float, float, float]:

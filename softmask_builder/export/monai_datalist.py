@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from softmask_builder.export._common import SPLITS, AtomicFolder, load_verified_build, nifti_bytes, pixdim_of, provenance, to_nifti_axes
+from softmask_builder.export._common import (SPLITS, AtomicFolder, export_affine, load_verified_build, nifti_bytes,
+                                             pixdim_of, provenance, to_nifti_axes)
 
 DATALIST = "datalist.json"
 LIST_KEYS = {"train": "training", "val": "validation", "test": "test"}
@@ -72,17 +73,18 @@ def export_monai(build: str | Path, out: str | Path, *, overwrite: bool = False)
                 case = f"{prefix}_{k:05d}"
                 k += 1
                 pixdim = pixdim_of(sample.spacing_mm)
+                affine = export_affine(sample.spacing_mm)
                 entry = {"image": f"images/{case}.nii.gz", "label": f"labels/{case}.nii.gz",
                          "soft_label": f"soft_labels/{case}.nii.gz", "sample_id": sample.sample_id,
                          "patient": sample.patient}
                 if volumes:  # the header's float32 voxel sizes, as their shortest decimals (0.8, not 0.800000011920929)
                     entry["pixdim_mm"] = [float(str(np.float32(v))) for v in pixdim]
                 folder.write_bytes(entry["image"], nifti_bytes(to_nifti_axes(sample.image_hu), pixdim=pixdim,
-                                                               dtype=np.dtype("<i2")))
+                                                               dtype=np.dtype("<i2"), affine=affine))
                 folder.write_bytes(entry["label"], nifti_bytes(to_nifti_axes((sample.binary_mask != 0)), pixdim=pixdim,
-                                                               dtype=np.dtype("u1")))
+                                                               dtype=np.dtype("u1"), affine=affine))
                 folder.write_bytes(entry["soft_label"], nifti_bytes(to_nifti_axes(sample.soft_mask), pixdim=pixdim,
-                                                                    dtype=np.dtype("<f4")))
+                                                                    dtype=np.dtype("<f4"), affine=affine))
                 datalist[LIST_KEYS[split]].append(entry)
         what = ("3-D nodule crops (HU, NIfTI (col, row, z) at their native spacing, pixdim_mm per entry)"
                 if volumes else "2-D lesion crops (HU)")

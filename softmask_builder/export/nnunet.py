@@ -50,7 +50,7 @@ import numpy as np
 from softmask_builder.core import atomic
 from softmask_builder.errors import InputError
 from softmask_builder.export._common import (SPLITS, AtomicFolder, ExportError, VerifiedBuild, check_name, load_verified_build,
-                      nifti_bytes, pixdim_of, provenance, to_nifti_axes)
+                      export_affine, nifti_bytes, pixdim_of, provenance, to_nifti_axes)
 
 FILE_ENDING = ".nii.gz"
 IGNORE_LABEL = 2
@@ -171,11 +171,14 @@ def export_nnunet(build: str | Path, out: str | Path, *, dataset_id: int, name: 
                 case = f"{name}_{k:05d}"
                 k += 1
                 pixdim = pixdim_of(sample.spacing_mm)
+                affine = export_affine(sample.spacing_mm)
                 folder.write_bytes(f"{images}/{case}_0000{FILE_ENDING}",
-                                   nifti_bytes(to_nifti_axes(sample.image_hu), pixdim=pixdim, dtype=np.dtype("<i2")))
+                                   nifti_bytes(to_nifti_axes(sample.image_hu), pixdim=pixdim, dtype=np.dtype("<i2"),
+                                               affine=affine))
                 label = nnunet_label(sample.binary_mask, sample.trimap, band_as_ignore=band_as_ignore)
                 folder.write_bytes(f"{labels}/{case}{FILE_ENDING}",
-                                   nifti_bytes(to_nifti_axes(label), pixdim=pixdim, dtype=np.dtype("u1")))
+                                   nifti_bytes(to_nifti_axes(label), pixdim=pixdim, dtype=np.dtype("u1"),
+                                               affine=affine))
                 cases.append((case, sample.sample_id, split, sample.patient, sample.source_key))
                 by_split[split].append(case)
         n_training = len(by_split["train"]) + len(by_split["val"])

@@ -12,7 +12,7 @@ names the key)::
     dataset: lnsm                # [a-z0-9_]+, the shard name prefix
     version: "1.0"               # dataset version, stored in every shard
     description: ...             # one paragraph for the dataset card
-    source: deeplesion           # deeplesion | lidc | masks | deeplesion_slices | lidc_slices | lidc_volumes
+    source: deeplesion           # deeplesion | lidc | masks | deeplesion_slices | lidc_slices | lidc_volumes | nifti_volumes
     crop_px: 64                  # sample crop size (sample sources only; a multiple of 8)
     volume: {crop_zrc: [48, 96, 96], isotropic: false}   # volume sources only (issue 26)
     samples_per_shard: 256
@@ -21,9 +21,9 @@ names the key)::
     label: {band_px: 2.0, ...}   # LabelParams fields (sample sources only)
 
 Bundled recipes live in the repository's ``manifests/`` folder and can be named without a path
-(``lnsm``, ``lidc``, ``sample``, ``masks``, ``slices``, ``lidc3d``).
+(``lnsm``, ``lidc``, ``sample``, ``masks``, ``slices``, ``lidc3d``, ``masks3d``).
 
-3-D (issue 26): a *volume source* (``lidc_volumes``) makes a build of kind ``volumes``: one
+3-D (issue 26): a *volume source* (``lidc_volumes``, ``nifti_volumes``) makes a build of kind ``volumes``: one
 (Z, H, W) crop per nodule at native spacing, labelled in 3-D. Its recipe takes a ``volume``
 section (:class:`VolumeSpec`: the crop size and whether to matte on near-isotropic voxels) and
 keeps ``label`` (the same :class:`LabelParams` as 2-D); ``crop_px`` does not apply. 2-D recipes
@@ -147,6 +147,22 @@ class LidcVolumeOptions:
 
 
 @dataclass(frozen=True)
+class NiftiVolumeOptions:
+    """A folder of NIfTI image / mask volume pairs (see
+    :func:`softmask_builder.sources.nifti.plan_nifti_volumes`; one volume sample per connected mask
+    component).
+
+    min_voxels : smallest 26-connected mask component (voxels) that is a sample; smaller ones are
+        ``unselected`` rows (filter ``min_voxels``).
+    patient_sep : patient = name up to the first separator; None (default): the whole name (one
+        NIfTI volume is usually one scan of one patient).
+    """
+
+    min_voxels: int = 10
+    patient_sep: str | None = None
+
+
+@dataclass(frozen=True)
 class VolumeSpec:
     """The ``volume`` section of a volume recipe (issue 26).
 
@@ -197,6 +213,8 @@ SOURCES: dict[str, SourceSpec] = {
                               "plan_lidc_slices", "load_lidc_slice", LidcSlicesOptions),
     "lidc_volumes": SourceSpec("lidc_volumes", "volumes", "softmask_builder.sources.lidc",
                                "plan_lidc_volumes", "load_lidc_volume", LidcVolumeOptions),
+    "nifti_volumes": SourceSpec("nifti_volumes", "volumes", "softmask_builder.sources.nifti",
+                                "plan_nifti_volumes", "load_nifti_volume", NiftiVolumeOptions),
 }
 
 

@@ -115,6 +115,30 @@ def sample_stats(sample: dict[str, Any], ref: SampleRef) -> SampleStats:
                        soft_px=int(np.count_nonzero(soft)), edge_offset=edge_offset(trimap, alpha))
 
 
+@dataclass(frozen=True)
+class VolumeStats:
+    """Per-volume numbers of a volume build's report (kind "volumes", issue 26): voxel counts and
+    volumes in mm³ (voxel volume = the product of the sample's ``spacing_mm``)."""
+
+    sample_id: str
+    split: str
+    ref: SampleRef
+    lesion_voxels: int         # binary_mask
+    lesion_mm3: float          # binary_mask voxels x voxel volume
+    soft_mm3: float            # sum(alpha) x voxel volume: the Soft Mask's partial-volume lesion volume
+    unknown_voxels: int        # trimap 128
+
+
+def volume_stats(sample: dict[str, Any], ref: SampleRef) -> VolumeStats:
+    """The table row of one volume sample (arrays (Z, H, W) as :meth:`Shard.sample` returns them)."""
+    voxel_mm3 = float(np.prod(np.asarray(sample["spacing_mm"], np.float64)))
+    lesion = int(np.count_nonzero(np.asarray(sample["binary_mask"])))
+    alpha_sum = float(np.asarray(sample["soft_mask"], np.float32).sum(dtype=np.float64))
+    return VolumeStats(sample_id=str(sample["sample_id"]), split=str(sample["split"]), ref=ref,
+                       lesion_voxels=lesion, lesion_mm3=lesion * voxel_mm3, soft_mm3=alpha_sum * voxel_mm3,
+                       unknown_voxels=int(np.count_nonzero(np.asarray(sample["trimap"]) == TRIMAP_UNKNOWN)))
+
+
 @dataclass
 class ReportData:
     """Everything the page shows, read from a dataset folder."""
@@ -124,6 +148,7 @@ class ReportData:
     rejects: list[dict[str, str]]
     stats: list[SampleStats] = field(default_factory=list)
     unselected: list[dict[str, str]] = field(default_factory=list)
+    volumes: list[VolumeStats] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -157,6 +182,12 @@ def collect(folder: str | Path) -> ReportData:
         with open(folder / UNSELECTED, newline="") as fh:
             unselected = list(csv.DictReader(fh))
     data = ReportData(folder, manifest, rejects, unselected=unselected)
+    if data.kind == "volumes":
+        for path in shard_paths(folder):
+            with open_shard(path) as shard:
+                for i in range(shard.n_samples):  # one volume in memory at a time
+                    data.volumes.append(volume_stats(shard.sample(i), SampleRef(path, i)))
+        return data
     if data.kind != "samples":
         return data
     for path in shard_paths(folder):
@@ -251,6 +282,8 @@ def render_html(data: ReportData) -> str:
             parts.append(f"<p class=\"note\">{len(data.unselected) - len(shown_u)} more rows in {UNSELECTED}.</p>")
     elif not m.get("n_unselected"):
         parts.append("<p class=\"note\">No row of the source was left out.</p>")
+    if data.volumes:
+        parts += _volume_section(data)
     review = data.review()
     if review:
         level, width = recipe_window_hu(m.get("recipe", {}))
@@ -275,17 +308,50 @@ def render_html(data: ReportData) -> str:
     return "\n".join(parts)
 
 
+def _volume_section(data: ReportData) -> list[str]:
+    """A volume build's table (every volume, by id) and the three-plane previews of the
+    ``N_REVIEW`` volumes with the largest unknown band."""
+    from softmask_builder.reports.preview3d import preview_volume_png
+
+    vols = sorted(data.volumes, key=lambda v: v.sample_id)
+    shown = vols[:MAX_REJECT_ROWS]
+    parts = ["<h2>Volumes</h2><p class=\"note\">Lesion: the binary mask's voxels and volume; Soft Mask: "
+             "the sum of alpha times the voxel volume (the partial-volume lesion volume); unknown: the trimap's "
+             "band, where the matting decided.</p>",
+             _table(["sample_id", "split", "lesion voxels", "lesion mm³", "Soft Mask mm³", "unknown voxels"],
+                    [[v.sample_id, v.split, v.lesion_voxels, f"{v.lesion_mm3:.1f}", f"{v.soft_mm3:.1f}",
+                      v.unknown_voxels] for v in shown])]
+    if len(vols) > len(shown):
+        parts.append(f"<p class=\"note\">{len(vols) - len(shown)} more volumes (softmask inspect).</p>")
+    window = recipe_window_hu(data.manifest.get("recipe", {}))
+    picked = sorted(vols, key=lambda v: (-v.unknown_voxels, v.sample_id))[:N_REVIEW]
+    parts.append("<h3>largest unknown band</h3><p class=\"note\">Axial, coronal and sagittal planes through "
+                 "the nodule's centre (softmask preview draws the same).</p>")
+    for v in picked:
+        smp = read_samples([v.ref])[0]
+        png = preview_volume_png(smp["image_hu"], smp["soft_mask"], smp["binary_mask"],
+                                 tuple(float(x) for x in np.asarray(smp["spacing_mm"]).ravel()),
+                                 true_fraction=smp.get("true_fraction"), window_hu=window,
+                                 title=f"{v.sample_id} [{v.split}]")
+        parts.append(_img(png, f"{v.sample_id}: three planes"))
+    return parts
+
+
 def write_report(folder: str | Path, out_html: str | Path) -> dict[str, Any]:
     """Write the QC page of dataset ``folder`` to ``out_html`` (atomically); return a summary
-    ``{"report", "n_samples", "n_rejects", "review": {criterion: [sample ids]}}``."""
+    ``{"report", "n_samples", "n_rejects", "review": {criterion: [sample ids]}}``. A volume build
+    (kind "volumes") gets a table of its volumes (voxels, mm³) and the three-plane previews of the
+    volumes with the largest unknown band instead of the 2-D review; ``n_samples`` counts its volumes."""
     data = collect(folder)
     text = render_html(data)
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out_html, text)
-    return {"report": str(out_html), "bytes": len(text.encode("utf-8")), "n_samples": len(data.stats),
+    return {"report": str(out_html), "bytes": len(text.encode("utf-8")),
+            "n_samples": len(data.volumes) if data.kind == "volumes" else len(data.stats),
             "n_rejects": len(data.rejects),
             "review": {k: [s.sample_id for s in v] for k, v in data.review().items()}}
 
 
-__all__ = ["collect", "render_html", "write_report", "sample_stats", "SampleStats", "ReportData"]
+__all__ = ["collect", "render_html", "write_report", "sample_stats", "SampleStats", "ReportData", "volume_stats",
+           "VolumeStats"]

@@ -7,6 +7,13 @@ Pairing rule (as :mod:`softmask_builder.sources.masks`, with NIfTI files):
 2. **Side by side** -- otherwise, in ``<folder>`` itself: ``<name>.nii.gz`` pairs with
    ``<name>_mask.nii.gz``.
 
+**Truth (optional)**: ``truth/<name>.nii.gz`` (two folders) or ``<name>_truth.nii.gz`` (side by
+side) holds a phantom's true partial-volume fraction (float in [0, 1], on the image's grid, e.g. the
+bundled 3-D sample of ``make lnsm3d``); it is read only when present, cropped like the image
+(0 beyond the volume) and stored in the shards as ``true_fraction``. When a folder has truth files,
+a pair without one is a plan-stage reject (a build carries the truth for every sample or none); a
+truth outside [0, 1] or on another grid is a reject of its sample.
+
 ``.nii`` and ``.nii.gz`` are both read (case-insensitive; the two members of a pair may differ).
 Only the top level is listed; hidden files and other extensions are ignored. An image without a
 mask, a mask without an image, or a name with two files (``a.nii`` and ``a.nii.gz``) is a
@@ -88,12 +95,14 @@ from softmask_builder.labelling.crop import VOLUME_CROP_ZRC, VolumeFitError, cro
 from softmask_builder.sources.base import Reject, SampleRef, VolumeRecord, unselected_row
 from softmask_builder.sources.plausibility import AXIAL_MIN_COSINE, check_image_hu, check_spacing_mm
 
-__all__ = ["NIFTI_EXTS", "MASK_SUFFIX", "ZRC_AXCODES", "DEFAULT_MIN_VOXELS", "GRID_TOL_VOXELS",
-           "Z_SPACING_RANGE_MM", "pair_nifti_files", "reorient_zrc", "read_nifti_zrc", "zrc_to_nifti",
+__all__ = ["NIFTI_EXTS", "MASK_SUFFIX", "TRUTH_SUFFIX", "truth_files", "ZRC_AXCODES", "DEFAULT_MIN_VOXELS", "GRID_TOL_VOXELS",
+           "Z_SPACING_RANGE_MM", "pair_nifti_files", "reorient_zrc", "read_nifti_zrc", "zrc_to_nifti", "zrc_affine",
            "plan_nifti_volumes", "load_nifti_volume"]
 
 NIFTI_EXTS = (".nii.gz", ".nii")
 MASK_SUFFIX = "_mask"
+#: ``<name>_truth.nii.gz`` (or ``truth/<name>.nii.gz``): a phantom's true fraction (optional).
+TRUTH_SUFFIX = "_truth"
 #: nibabel axis codes of the arrays this adapter returns: (z, row, col) = towards Superior,
 #: Posterior, Left (axial DICOM / LIDC order).
 ZRC_AXCODES = ("S", "P", "L")
@@ -158,6 +167,9 @@ def pair_nifti_files(folder) -> tuple[list[tuple[str, Path, Path]], list[Reject]
             else:
                 images[name] = paths
         where = f"<name>{MASK_SUFFIX}.nii.gz"
+        # <name>_truth next to an image <name> is that image's optional truth file (truth_files).
+        for name in [n for n in images if n.endswith(TRUTH_SUFFIX) and n[: -len(TRUTH_SUFFIX)] in images]:
+            del images[name]
     pairs, rejects = [], []
     for name in sorted(set(images) | set(masks)):
         imgs, msks = images.get(name, []), masks.get(name, [])
@@ -171,6 +183,20 @@ def pair_nifti_files(folder) -> tuple[list[tuple[str, Path, Path]], list[Reject]
         else:
             pairs.append((name, imgs[0], msks[0]))
     return pairs, rejects
+
+
+def truth_files(folder) -> dict[str, list[Path]]:
+    """The optional truth files of ``folder`` by name: ``truth/<name>.nii.gz`` in the two-folder
+    layout, ``<name>_truth.nii.gz`` beside ``<name>.nii.gz`` otherwise (``.nii`` too). A truth file
+    holds a phantom's true partial-volume fraction (float, [0, 1]) on the image's grid; a real
+    dataset has none. Names with several files are listed with all of them (a reject)."""
+    folder = Path(folder)
+    images_dir, masks_dir, truth_dir = folder / "images", folder / "masks", folder / "truth"
+    if images_dir.is_dir() and masks_dir.is_dir():
+        return _listing(truth_dir) if truth_dir.is_dir() else {}
+    listing = _listing(folder)
+    return {name[: -len(TRUTH_SUFFIX)]: paths for name, paths in listing.items()
+            if name.endswith(TRUTH_SUFFIX) and name[: -len(TRUTH_SUFFIX)] in listing}
 
 
 # --- geometry ----------------------------------------------------------------------------------
@@ -285,9 +311,17 @@ def zrc_to_nifti(volume_zrc, spacing_mm, *, origin_mm=(0.0, 0.0, 0.0)) -> tuple[
             or not all(math.isfinite(v) for v in origin):
         raise InputError(f"spacing_mm must be three finite numbers > 0 and origin_mm three finite numbers, got "
                          f"{spacing_mm!r}, {origin_mm!r}")
+    return np.ascontiguousarray(vol.transpose(2, 1, 0)), zrc_affine((z_mm, row_mm, col_mm), origin_mm=origin)
+
+
+def zrc_affine(spacing_mm, *, origin_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """The RAS+ affine of a (z, row, col) volume stored (col, row, z) (:func:`zrc_to_nifti`):
+    ``diag(-col_mm, -row_mm, z_mm, 1)`` with translation ``origin_mm``, i.e. nibabel axis codes
+    ("L", "P", "S"). ``spacing_mm`` is (z_mm, row_mm, col_mm); no check (callers validate)."""
+    z_mm, row_mm, col_mm = (float(v) for v in spacing_mm)
     affine = np.diag([-col_mm, -row_mm, z_mm, 1.0])
-    affine[:3, 3] = origin
-    return np.ascontiguousarray(vol.transpose(2, 1, 0)), affine
+    affine[:3, 3] = [float(v) for v in origin_mm]
+    return affine
 
 
 def _spatial_shape(shape: tuple[int, ...], *, what: str, sample_id, stage: str) -> tuple[int, int, int]:
@@ -489,10 +523,12 @@ def plan_nifti_volumes(folder, *, min_voxels: int = DEFAULT_MIN_VOXELS, crop_zrc
         Sorted by ``sample_id = <name>_nKK``; ``source_key`` = the image's path relative to
         ``folder`` + ``#nKK``; ``split`` None; ``payload``: ``image_path``, ``mask_path`` (str),
         ``component`` (int), ``n_voxels``, ``shape_zrc``, ``bbox_zrc`` ((lo, hi) inclusive per
-        axis), ``origin_zrc``, ``crop_zrc``, ``spacing_mm`` (z, row, col).
+        axis), ``origin_zrc``, ``crop_zrc``, ``spacing_mm`` (z, row, col), and ``truth_path`` (str)
+        when the folder has truth files.
     rejects : list of Reject
         Stage "plan", sorted by id: unpaired / ambiguous names, unreadable files, 4-D, oblique or
-        mismatched grids, implausible spacing, non-binary or empty masks (id ``<name>``), a
+        mismatched grids, implausible spacing, non-binary or empty masks, a missing or mismatched
+        truth file where the folder has truth files (id ``<name>``), a
         component too large for the crop (id ``<name>_nKK``).
 
     Raises
@@ -515,11 +551,13 @@ def plan_nifti_volumes(folder, *, min_voxels: int = DEFAULT_MIN_VOXELS, crop_zrc
     crop = tuple(int(v) for v in crop_zrc)
     folder = Path(folder)
     pairs, rejects = pair_nifti_files(folder)
+    truths = truth_files(folder)
     refs: list[SampleRef] = []
     for name, image_path, mask_path in pairs:
         try:
+            truth_path = _truth_of(name, image_path, truths)
             refs_n, rejects_n, left_n = _plan_pair(folder, name, image_path, mask_path, min_voxels=min_voxels,
-                                                   crop=crop, patient_sep=patient_sep)
+                                                   crop=crop, patient_sep=patient_sep, truth_path=truth_path)
         except SoftMaskError as exc:
             rejects.append(Reject(name, _STAGE_PLAN, exc.reason))
             continue
@@ -534,9 +572,35 @@ def plan_nifti_volumes(folder, *, min_voxels: int = DEFAULT_MIN_VOXELS, crop_zrc
     return refs, rejects
 
 
+def _truth_of(name: str, image_path: Path, truths: dict[str, list[Path]]) -> Path | None:
+    """The truth file of pair ``name``, None when the folder has none at all; a pair without one in
+    a folder that has some is a reject (a build's shards carry ``true_fraction`` for every sample
+    or for none)."""
+    if not truths:
+        return None
+    paths = truths.get(name, [])
+    if len(paths) > 1:
+        raise SoftMaskError(f"ambiguous truth: several files share the name ({', '.join(p.name for p in paths)})",
+                            sample_id=name, stage=_STAGE_PLAN)
+    if not paths:
+        raise SoftMaskError(f"no truth file for {image_path.name} while other pairs have one (expected "
+                            f"{name}{TRUTH_SUFFIX}.nii.gz or truth/{name}.nii.gz): true_fraction travels for "
+                            "every sample or none", sample_id=name, stage=_STAGE_PLAN)
+    return paths[0]
+
+
+def _check_truth_header(image_path: Path, truth_path: Path, *, sample_id, stage: str) -> None:
+    try:
+        _check_pair_headers(image_path, truth_path, sample_id=sample_id, stage=stage)
+    except SoftMaskError as exc:
+        raise SoftMaskError(f"truth file: {exc.reason}", sample_id=sample_id, stage=stage) from None
+
+
 def _plan_pair(folder: Path, name: str, image_path: Path, mask_path: Path, *, min_voxels: int, crop,
-               patient_sep):
+               patient_sep, truth_path: Path | None = None):
     _check_pair_headers(image_path, mask_path, sample_id=name, stage=_STAGE_PLAN)
+    if truth_path is not None:
+        _check_truth_header(image_path, truth_path, sample_id=name, stage=_STAGE_PLAN)
     mask, spacing = read_nifti_zrc(mask_path, role="mask", sample_id=name, stage=_STAGE_PLAN)
     _check_spacing_zrc(spacing, sample_id=name, stage=_STAGE_PLAN)
     if not mask.any():
@@ -570,7 +634,8 @@ def _plan_pair(folder: Path, name: str, image_path: Path, mask_path: Path, *, mi
             payload={"image_path": str(image_path), "mask_path": str(mask_path), "component": k,
                      "n_voxels": int(sizes[k]), "shape_zrc": tuple(int(v) for v in mask.shape),
                      "bbox_zrc": (lo, hi), "origin_zrc": tuple(origin), "crop_zrc": crop,
-                     "spacing_mm": tuple(spacing)}))
+                     "spacing_mm": tuple(spacing),
+                     **({"truth_path": str(truth_path)} if truth_path is not None else {})}))
     return refs, rejects, left
 
 
@@ -583,7 +648,8 @@ def load_nifti_volume(ref: SampleRef) -> VolumeRecord:
         ``image_hu`` (Z, H, W) float32 HU crop (edge-replicated beyond the volume); ``prior_kind``
         "mask", ``prior`` (Z, H, W) bool: the whole mask inside the crop (0 beyond the volume);
         ``spacing_mm`` (z, row, col) from the affine; ``origin_px`` the crop's origin in the
-        reoriented (z, row, col) source voxels; ``scale`` (1, 1, 1); ``n_readers`` -1.
+        reoriented (z, row, col) source voxels; ``scale`` (1, 1, 1); ``n_readers`` -1;
+        ``true_fraction`` (Z, H, W) float32 from the truth file (0 beyond the volume), else None.
 
     Raises
     ------
@@ -614,9 +680,19 @@ def load_nifti_volume(ref: SampleRef) -> VolumeRecord:
     # The plausibility rules of a CT slice, on the full axial slice through the component's centre.
     check_image_hu(image_hu[(lo[0] + hi[0]) // 2 - z0], sample_id=sid, stage=_STAGE_LOAD)
     origin_block = (origin[0] - z0, origin[1], origin[2])
+    true_fraction = None
+    if "truth_path" in p:
+        truth_path = Path(p["truth_path"])
+        _check_truth_header(image_path, truth_path, sample_id=sid, stage=_STAGE_LOAD)
+        truth, _ = read_nifti_zrc(truth_path, role="image", z_range=(z0, z1), sample_id=sid, stage=_STAGE_LOAD)
+        if truth.shape != image_hu.shape or float(truth.min()) < 0.0 or float(truth.max()) > 1.0:
+            raise SoftMaskError(f"truth file {truth_path.name} must hold fractions in [0, 1] on the image's grid, "
+                                f"got range [{float(truth.min()):g}, {float(truth.max()):g}]", sample_id=sid,
+                                stage=_STAGE_LOAD)
+        true_fraction = crop_volume(truth, origin_block, size_zrc=crop, outside="zero").astype(np.float32)
     return VolumeRecord(
         ref=ref, image_hu=crop_volume(image_hu, origin_block, size_zrc=crop, outside="edge").astype(np.float32),
         prior_kind="mask", prior=crop_volume(mask, origin_block, size_zrc=crop, outside="zero"),
         spacing_mm=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
         origin_px=tuple(float(o) for o in origin),  # type: ignore[arg-type]
-        scale=(1.0, 1.0, 1.0), n_readers=-1, lesion_type=-1)
+        scale=(1.0, 1.0, 1.0), n_readers=-1, lesion_type=-1, true_fraction=true_fraction)

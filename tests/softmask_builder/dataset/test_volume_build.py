@@ -121,7 +121,27 @@ def test_cli_volume_options(lidc_root, tmp_path):
     assert result.exit_code == EXIT_INPUT and "lidc_volumes" in result.stderr
 
 
-def test_preview_of_a_volume_build_is_one_clear_line(two_builds, tmp_path):
-    result = invoke("preview", two_builds[0][0], "--out", tmp_path / "p.png")
-    assert result.exit_code == EXIT_INPUT and "volume build" in result.stderr
-    assert "Traceback" not in result.output and not (tmp_path / "p.png").exists()
+def test_preview_of_a_volume_build_draws_the_three_planes(two_builds, tmp_path):
+    from PIL import Image
+
+    from softmask_builder.reports.preview3d import preview_volume_png, volume_preview_report
+
+    out, _, _ = two_builds[0]
+    result = invoke("preview", out, "--out", tmp_path / "p.png", "--n", 2, "--per-sample", tmp_path / "each")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["n"] == 1 and summary["sample_ids"] == [f"{CASE1}_n01"]
+    # the sheet is the volume renderer's, not the 2-D one's (which fails on (Z, H, W) arrays)
+    direct = volume_preview_report(out, tmp_path / "direct.png", n=2)
+    assert (tmp_path / "p.png").read_bytes() == (tmp_path / "direct.png").read_bytes()
+    assert direct["sample_ids"] == summary["sample_ids"]
+    with Image.open(tmp_path / "p.png") as img:
+        assert img.format == "PNG" and img.width > 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    with open_shard(out / manifest["shards"][0]["file"]) as shard:
+        smp = shard.sample(0)
+    expected = preview_volume_png(smp["image_hu"], smp["soft_mask"], smp["binary_mask"],
+                                  tuple(float(v) for v in smp["spacing_mm"]), window_hu=(-700.0, 1000.0),
+                                  title=f"{CASE1}_n01 [train]")
+    assert summary["per_sample"] == [str(tmp_path / "each" / f"{CASE1}_n01.png")]
+    assert (tmp_path / "each" / f"{CASE1}_n01.png").read_bytes() == expected

@@ -43,7 +43,8 @@ SPACING_ZRC = (2.5, 0.75, 0.8)
 #: The NIfTI order of the same spacing, written out by hand: (col_mm, row_mm, z_mm).
 PIXDIM = (0.8, 0.75, 2.5)
 SPLIT_SIZES = {"train": 3, "val": 1, "test": 1}
-RECIPE = {"dataset": DATASET, "version": "1.0", "source": "lidc", "crop_px": None,
+RECIPE = {"dataset": DATASET, "version": "1.0", "source": "lidc_volumes",
+          "volume": {"crop_zrc": list(VOLUME_CROP_ZRC), "isotropic": False},
           "split": {"method": "patient", "seed": 0, "counts": dict(SPLIT_SIZES)}}
 RECIPE_SHA = "2" * 64
 
@@ -184,7 +185,9 @@ def test_nnunet_volume_export_round_trip(vbuild, vexport):
             assert image.dtype == np.int16 and image.shape == VOLUME_CROP_ZRC[::-1]
             np.testing.assert_array_equal(image.transpose(2, 1, 0), sample["image_hu"])
             assert img.header.get_zooms() == PIXDIM
-            np.testing.assert_allclose(img.affine, np.diag([*PIXDIM, 1.0]), atol=1e-6)
+            # the shards' (z, row, col) = (Superior, Posterior, patient's Left), written out by hand
+            np.testing.assert_allclose(img.affine, np.diag([-PIXDIM[0], -PIXDIM[1], PIXDIM[2], 1.0]), atol=1e-6)
+            assert nib.aff2axcodes(img.affine) == ("L", "P", "S")
             lab = nib.load(str(folder / labels / f"{case['case_id']}.nii.gz"))
             assert lab.get_data_dtype() == np.uint8 and lab.header.get_zooms() == PIXDIM
             label = np.asanyarray(lab.dataobj).transpose(2, 1, 0)
@@ -212,7 +215,7 @@ def test_nnunet_integrity_check_passes_on_volumes_and_catches_a_lost_z_spacing(v
     shutil.copytree(folder, broken)
     label_path = next((broken / "labelsTr").iterdir())
     lab = nib.load(str(label_path))
-    affine = np.diag([*PIXDIM[:2], 1.0, 1.0])
+    affine = np.diag([-PIXDIM[0], -PIXDIM[1], 1.0, 1.0])
     nib.save(nib.Nifti1Image(np.asanyarray(lab.dataobj), affine), str(label_path))
     with pytest.raises(RuntimeError, match="Some images have errors"):
         verify_dataset_integrity(str(broken), 1)
@@ -308,9 +311,58 @@ def test_volume_exports_are_byte_identical_wherever_written(vbuild, vexport, tmp
     assert m1 == m2 and len(m1) == 3 * 5 + 3
 
 
+def test_a_volume_export_reads_back_unchanged_through_the_nifti_source(vbuild, tmp_path):
+    """The export's orientation is the NIfTI source's (z, row, col) convention: its images and labels,
+    laid out as a NIfTI source folder, read back as the shards' arrays and build again with
+    `softmask build masks --volumes` (whose crops are windows of the exported volumes)."""
+    from softmask_builder.sources.nifti import read_nifti_zrc
+
+    raw = tmp_path / "raw"
+    result = invoke("export", "nnunet", vbuild, "--dataset-id", 529, "--name", "Back", "--out", raw)
+    assert result.exit_code == 0, result.output
+    folder = raw / "Dataset529_Back"
+    with open(folder / "cases.csv", newline="") as fh:
+        cases = [c for c in csv.DictReader(fh) if c["split"] != "test"]
+    src = tmp_path / "again"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    originals = {}
+    samples = {s["sample_id"]: s for split in ("train", "val") for s in shard_samples(vbuild, split)}
+    for case in cases:
+        shutil.copy(folder / "imagesTr" / f"{case['case_id']}_0000.nii.gz", src / "images" / f"{case['case_id']}.nii.gz")
+        shutil.copy(folder / "labelsTr" / f"{case['case_id']}.nii.gz", src / "masks" / f"{case['case_id']}.nii.gz")
+        sample = samples[case["sample_id"]]
+        image, spacing = read_nifti_zrc(src / "images" / f"{case['case_id']}.nii.gz")
+        mask, _ = read_nifti_zrc(src / "masks" / f"{case['case_id']}.nii.gz", role="mask")
+        np.testing.assert_array_equal(image, sample["image_hu"])
+        np.testing.assert_array_equal(mask, sample["binary_mask"].astype(bool))
+        np.testing.assert_allclose(spacing, SPACING_ZRC, rtol=1e-6)
+        originals[case["case_id"]] = image
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dataset: back\nsource: nifti_volumes\nvolume: {crop_zrc: [24, 48, 48]}\n"
+                      "split: {method: patient, seed: 0, fractions: {train: 1.0}}\n")
+    result = invoke("build", "masks", src, "--volumes", "--recipe", recipe, "--out", tmp_path / "b", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_samples"] == len(cases)
+    manifest = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    with open_shard(tmp_path / "b" / manifest["shards"][0]["file"]) as shard:
+        for i in range(len(shard)):
+            smp = shard.sample(i)
+            z0, r0, c0 = (int(v) for v in smp["origin_px"])
+            whole = originals[str(smp["sample_id"]).rsplit("_n", 1)[0]]
+            np.testing.assert_array_equal(smp["image_hu"], whole[z0:z0 + 24, r0:r0 + 48, c0:c0 + 48])
+
+
+def test_2d_exports_keep_the_spacing_only_affine():
+    from softmask_builder.export._common import export_affine
+
+    np.testing.assert_array_equal(export_affine((0.75, 0.8)), np.diag([0.8, 0.75, 1.0, 1.0]))
+    np.testing.assert_array_equal(export_affine(SPACING_ZRC), np.diag([-0.8, -0.75, 2.5, 1.0]))
+
+
 def test_a_volume_build_holding_a_2d_shard_is_refused(vbuild, tmp_path):
-    """``softmask verify`` does not compare a shard's kind with the manifest's (yet): the export does,
-    so a sample shard under a volume build's name is refused (exit 3, naming the shard). The refusal
+    """A sample shard under a volume build's name: `softmask verify` and the exports refuse it (exit 3,
+    naming the shard). The refusal
     comes before any NIfTI is written, so this runs without the export extra."""
     build = tmp_path / "mixed"
     shutil.copytree(vbuild, build)
@@ -330,7 +382,9 @@ def test_a_volume_build_holding_a_2d_shard_is_refused(vbuild, tmp_path):
     sums = {line.split("  ")[1]: line.split("  ")[0] for line in (build / SUMS).read_text().splitlines()}
     sums.update({name: digest, MANIFEST: sha256_file(build / MANIFEST)})
     (build / SUMS).write_text(sums_text(sums))
-    assert invoke("verify", build).exit_code == 0  # the gap this guards
+    # `softmask verify` compares each shard's kind with the manifest's since the volume build landed
+    verified = invoke("verify", build)
+    assert verified.exit_code == EXIT_VERIFY and "kind 'samples', manifest says 'volumes'" in verified.stderr
     for args in (("nnunet", build, "--dataset-id", 9, "--out", tmp_path / "raw"),
                  ("monai", build, "--out", tmp_path / "monai")):
         result = invoke("export", *args)
