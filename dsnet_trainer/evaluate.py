@@ -304,7 +304,8 @@ def write_report(report: dict[str, Any], rows: Sequence[dict[str, Any]], out: st
              "summed over the crop; MSE is per pixel. Empty masks: a 0/0 ratio counts 1 when both masks are "
              "empty, else 0.", ""]
     if not report.get("soft_head", True):
-        notes.append("This variant has no Soft Mask head: SAD/MSE compare its probability map with the Soft Mask.\n")
+        notes.append("This model has no trained Soft Mask head (the variant has none, or no loss reached it: "
+                     "lambda2 = 0 without a GAN): SAD/MSE compare its probability map with the Soft Mask.\n")
     truth_table = format_truth_table([report], names=[report.get("name") or report.get("variant", "?")])
     if truth_table:
         notes += ["## Scored against the phantom's truth", "",
@@ -434,7 +435,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, out: str | Path, data: str | 
     run_name = name or (checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints"
                         else checkpoint.stem)
     report = {"format": EVAL_FORMAT, "version": 1, "name": run_name, "variant": variant.name, "row": variant.row,
-              "soft_head": variant.soft_head, "checkpoint": str(checkpoint), "epoch": info["epoch"],
+              "soft_head": bool(net.soft_head), "checkpoint": str(checkpoint), "epoch": info["epoch"],
               "data": str(data), "split": split, "val_split": val_split if val is not None else None,
               "crop_px": info["crop_px"], "teacher_check": teacher_check, "metrics": summary}
     return _finish(report, rows, out, test, soft01=test["soft01"], n_preview=n_preview,

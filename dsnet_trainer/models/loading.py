@@ -133,7 +133,24 @@ def load_seg_model(checkpoint: str | Path, *, map_location: str = "cpu"):
         raise CheckpointError(f"{checkpoint}: weights do not fit variant {cfg.model.variant!r}: "
                               f"{str(exc).splitlines()[0][:300]}") from exc
     net.eval()
+    trained = soft_head_trained(cfg)
+    if net.soft_head and not trained:
+        # a Soft Mask head that no loss reached (lambda2 = 0, no GAN: the truth study's A0 and A4)
+        # holds its random init; its soft map is then the probability map, as for a variant without one
+        net.soft_head = False
     info = {"config": to_dict(cfg), "variant": cfg.model.variant, "crop_px": cfg.data.crop_px,
             "level_hu": cfg.data.level_hu, "width_hu": cfg.data.width_hu, "epoch": int(ckpt.get("epoch", 0)),
-            "teacher_arch": arch, "seg_config": cfg}
+            "teacher_arch": arch, "seg_config": cfg, "soft_head_trained": trained}
     return net, info
+
+
+def soft_head_trained(cfg) -> bool:
+    """Whether a run of ``cfg`` (a :class:`SegConfig`) trained its variant's Soft Mask head: the
+    variant has one and a loss reaches it (``optim.l1_weight > 0``, or the GAN term of a variant with
+    the discriminator, ``optim.gan_weight > 0``). False for the truth study's Dice-only arms (A0, A4:
+    ``unet_soft`` with lambda2 = 0), whose head output is its random init: :func:`load_seg_model`
+    then serves the probability map as the soft map (``2 p - 1``), so SAD/MSE score what the model learnt."""
+    from .dsnet import get_variant
+
+    v = get_variant(cfg.model.variant)
+    return bool(v.soft_head and (cfg.optim.l1_weight > 0 or (v.gan and cfg.optim.gan_weight > 0)))

@@ -229,6 +229,37 @@ def test_unet_soft_is_the_unet_plus_a_soft_head_trained_without_a_discriminator(
         assert r["loss"] == pytest.approx(0.5 * r["dice_loss"], rel=1e-6) and r["l1"] > 0
 
 
+def test_an_untrained_soft_head_is_not_scored_its_probability_map_is(assets, tmp_path):
+    """Arms A0/A4 (unet_soft, lambda2 = 0): no loss reaches the soft head, so its output is its random
+    init; reloaded for inference, the model's soft map is its probability map (2 p - 1), while A1's
+    trained head is kept. Without this, SAD against the truth compared A1 with a random A0 head."""
+    from dataclasses import replace
+
+    from dsnet_trainer.evaluate import evaluate_checkpoint
+    from dsnet_trainer.models.loading import soft_head_trained
+
+    data, _ = assets
+    cfg0 = tiny_config(data, tmp_path / "a0", variant="unet_soft", epochs=1, steps=1)
+    cfg0 = replace(cfg0, optim=replace(cfg0.optim, l1_weight=0.0))
+    cfg1 = tiny_config(data, tmp_path / "a1", variant="unet_soft", epochs=1, steps=1)
+    assert not soft_head_trained(cfg0) and soft_head_trained(cfg1)
+    x = torch.linspace(-1, 1, 64 * 64).reshape(1, 1, 64, 64)
+    for cfg, trained in ((cfg0, False), (cfg1, True)):
+        run = train_seg(cfg)
+        net, info = load_seg_model(run / "checkpoints" / "last.pt")
+        assert info["soft_head_trained"] is trained and net.soft_head is trained
+        with torch.no_grad():
+            prob, soft = net(x)
+            head = net.backbone(x).float()
+        if trained:
+            torch.testing.assert_close(soft, torch.tanh(head[:, 1:2]))
+        else:
+            torch.testing.assert_close(soft, 2.0 * prob - 1.0)
+            assert not torch.allclose(torch.tanh(head[:, 1:2]), 2.0 * prob - 1.0)  # the raw head differs
+        report = evaluate_checkpoint(run / "checkpoints" / "last.pt", data=data, out=tmp_path / f"ev{trained}")
+        assert report["soft_head"] is trained
+
+
 def test_input_shrink_trains_and_the_checkpoint_keeps_it(assets, tmp_path):
     """Arm B0: data.input_shrink=2 travels in the run's config, so the reloaded network (what
     `dsnet evaluate` and `dsnet predict` use) shrinks its input too; teacher variants are refused."""
