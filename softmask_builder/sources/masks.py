@@ -98,21 +98,37 @@ def pair_files(folder) -> tuple[list[tuple[str, Path, Path]], list[Reject]]:
     SourceError
         ``folder`` is not a directory.
     """
+    return pair_listing(folder, _listing, what="mask folder", ext="<ext>")
+
+
+def pair_listing(folder, listing, *, what: str, ext: str, ignore=None) -> tuple[list[tuple[str, Path, Path]], list[Reject]]:
+    """The pairing rule shared by the 2-D masks source and the NIfTI volume source
+    (:mod:`softmask_builder.sources.nifti`): ``images/<name>`` with ``masks/<name>`` when both folders
+    exist, else ``<name>`` beside ``<name>_mask``. ``listing(folder) -> {name: [paths]}`` lists one
+    folder's candidate files by name (each source's own extensions); ``ignore(name, images)`` (flat
+    layout only) drops image names that are not images (e.g. a NIfTI truth file); ``what`` names the
+    folder in the error, ``ext`` the extension in the reject reasons.
+
+    Returns (pairs sorted by name, plan-stage rejects: unpaired or ambiguous names). Raises
+    SourceError when ``folder`` is not a directory."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise SourceError(f"mask folder not found: {folder}")
+        raise SourceError(f"{what} not found: {folder}")
     images_dir, masks_dir = folder / "images", folder / "masks"
     if images_dir.is_dir() and masks_dir.is_dir():
-        images, masks = _listing(images_dir), _listing(masks_dir)
-        where = f"{masks_dir.name}/<name>.<ext>"
+        images, masks = listing(images_dir), listing(masks_dir)
+        where = f"{masks_dir.name}/<name>.{ext}"
     else:
         images, masks = {}, {}
-        for name, paths in _listing(folder).items():
+        for name, paths in listing(folder).items():
             if name.endswith(MASK_SUFFIX) and len(name) > len(MASK_SUFFIX):
                 masks[name[: -len(MASK_SUFFIX)]] = paths
             else:
                 images[name] = paths
-        where = f"<name>{MASK_SUFFIX}.<ext>"
+        where = f"<name>{MASK_SUFFIX}.{ext}"
+        if ignore is not None:
+            for name in [n for n in images if ignore(n, images)]:
+                del images[name]
     pairs, rejects = [], []
     for name in sorted(set(images) | set(masks)):
         imgs, msks = images.get(name, []), masks.get(name, [])

@@ -93,6 +93,7 @@ from softmask_builder.core.validate import as_mask3d
 from softmask_builder.errors import InputError, SoftMaskError, SourceError
 from softmask_builder.labelling.crop import VOLUME_CROP_ZRC, VolumeFitError, crop_volume, volume_crop_plan
 from softmask_builder.sources.base import Reject, SampleRef, VolumeRecord, unselected_row
+from softmask_builder.sources.masks import pair_listing
 from softmask_builder.sources.plausibility import AXIAL_MIN_COSINE, check_image_hu, check_spacing_mm
 
 __all__ = ["NIFTI_EXTS", "MASK_SUFFIX", "TRUTH_SUFFIX", "truth_files", "ZRC_AXCODES", "DEFAULT_MIN_VOXELS", "GRID_TOL_VOXELS",
@@ -152,37 +153,9 @@ def pair_nifti_files(folder) -> tuple[list[tuple[str, Path, Path]], list[Reject]
     SourceError
         ``folder`` is not a directory.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SourceError(f"NIfTI folder not found: {folder}")
-    images_dir, masks_dir = folder / "images", folder / "masks"
-    if images_dir.is_dir() and masks_dir.is_dir():
-        images, masks = _listing(images_dir), _listing(masks_dir)
-        where = f"{masks_dir.name}/<name>.nii.gz"
-    else:
-        images, masks = {}, {}
-        for name, paths in _listing(folder).items():
-            if name.endswith(MASK_SUFFIX) and len(name) > len(MASK_SUFFIX):
-                masks[name[: -len(MASK_SUFFIX)]] = paths
-            else:
-                images[name] = paths
-        where = f"<name>{MASK_SUFFIX}.nii.gz"
-        # <name>_truth next to an image <name> is that image's optional truth file (truth_files).
-        for name in [n for n in images if n.endswith(TRUTH_SUFFIX) and n[: -len(TRUTH_SUFFIX)] in images]:
-            del images[name]
-    pairs, rejects = [], []
-    for name in sorted(set(images) | set(masks)):
-        imgs, msks = images.get(name, []), masks.get(name, [])
-        if not imgs:
-            rejects.append(Reject(name, _STAGE_PLAN, f"mask without image: {msks[0].name}"))
-        elif not msks:
-            rejects.append(Reject(name, _STAGE_PLAN, f"image without mask (expected {where}): {imgs[0].name}"))
-        elif len(imgs) > 1 or len(msks) > 1:
-            files = ", ".join(p.name for p in imgs + msks)
-            rejects.append(Reject(name, _STAGE_PLAN, f"ambiguous: several files share the name ({files})"))
-        else:
-            pairs.append((name, imgs[0], msks[0]))
-    return pairs, rejects
+    return pair_listing(folder, _listing, what="NIfTI folder", ext="nii.gz",
+                        # <name>_truth next to an image <name> is that image's optional truth file (truth_files)
+                        ignore=lambda n, images: n.endswith(TRUTH_SUFFIX) and n[: -len(TRUTH_SUFFIX)] in images)
 
 
 def truth_files(folder) -> dict[str, list[Path]]:
