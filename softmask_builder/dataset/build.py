@@ -144,14 +144,17 @@ def _to_int16(image_hu: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image_hu), -32768, 32767).astype(np.int16)
 
 
-def _sample_row(record: SampleRecord, labels: Labels, crop_px: int, split: str):
+def _labelled_arrays(record, labels: Labels, crop_shape: tuple[int, ...], *, unit: str) -> dict[str, np.ndarray]:
+    """The arrays of one labelled sample (2-D ``crop_shape`` (H, W), or 3-D (Z, H, W) for volumes),
+    checked against the recipe's crop: image and labels of that shape and finite, the Soft Mask
+    clipped to [0, 1] (solver round-off), a phantom source's truth as ``true_fraction`` (schema 3)."""
     sid = record.ref.sample_id
     image = np.asarray(record.image_hu)
-    if image.shape != (crop_px, crop_px):
-        raise InputError(f"crop shape {image.shape}, the recipe asks for ({crop_px}, {crop_px})",
-                         sample_id=sid, stage="load")
+    if image.shape != tuple(crop_shape):
+        asked = f"({crop_shape[0]}, {crop_shape[1]})" if len(crop_shape) == 2 else f"{tuple(crop_shape)}"
+        raise InputError(f"crop shape {image.shape}, the recipe asks for {asked}", sample_id=sid, stage="load")
     if not np.isfinite(image).all():
-        raise InputError("image_hu has NaN/inf pixels", sample_id=sid, stage="load")
+        raise InputError(f"image_hu has NaN/inf {unit}", sample_id=sid, stage="load")
     for name in ("trimap", "soft_mask", "binary_mask"):
         if np.shape(getattr(labels, name)) != image.shape:
             raise InputError(f"label {name} shape {np.shape(getattr(labels, name))} != crop {image.shape}",
@@ -159,12 +162,6 @@ def _sample_row(record: SampleRecord, labels: Labels, crop_px: int, split: str):
     alpha = np.asarray(labels.soft_mask, dtype=np.float32)
     if not np.isfinite(alpha).all():
         raise InputError("soft_mask has NaN/inf values", sample_id=sid, stage="label")
-    recist = _recist_px(record.prior) if record.prior_kind == "recist" else None
-    meta = {
-        "sample_id": sid, "source_key": record.ref.source_key, "patient": record.ref.patient, "split": split,
-        "spacing_mm": record.spacing_mm, "origin_px": record.origin_px, "scale": record.scale,
-        "recist_px": recist, "n_readers": record.n_readers, "lesion_type": record.lesion_type,
-    }
     arrays = {
         "image_hu": _to_int16(image),
         # Clipping guards the schema's [0, 1] range against solver round-off.
@@ -178,6 +175,17 @@ def _sample_row(record: SampleRecord, labels: Labels, crop_px: int, split: str):
             raise InputError(f"true_fraction shape {truth.shape} != crop {image.shape} or not finite",
                              sample_id=sid, stage="load")
         arrays["true_fraction"] = np.clip(truth, 0.0, 1.0)
+    return arrays
+
+
+def _sample_row(record: SampleRecord, labels: Labels, crop_px: int, split: str):
+    arrays = _labelled_arrays(record, labels, (crop_px, crop_px), unit="pixels")
+    recist = _recist_px(record.prior) if record.prior_kind == "recist" else None
+    meta = {
+        "sample_id": record.ref.sample_id, "source_key": record.ref.source_key, "patient": record.ref.patient,
+        "split": split, "spacing_mm": record.spacing_mm, "origin_px": record.origin_px, "scale": record.scale,
+        "recist_px": recist, "n_readers": record.n_readers, "lesion_type": record.lesion_type,
+    }
     return arrays, meta
 
 
@@ -187,36 +195,12 @@ def _volume_row(record: VolumeRecord, labels: Labels, crop_zrc: tuple[int, int, 
     if not isinstance(record, VolumeRecord):
         raise InputError(f"a volume build needs a VolumeRecord from its loader, got {type(record).__name__}",
                          sample_id=sid, stage="load")
-    image = np.asarray(record.image_hu)
-    if image.shape != tuple(crop_zrc):
-        raise InputError(f"crop shape {image.shape}, the recipe asks for {tuple(crop_zrc)}", sample_id=sid,
-                         stage="load")
-    if not np.isfinite(image).all():
-        raise InputError("image_hu has NaN/inf voxels", sample_id=sid, stage="load")
-    for name in ("trimap", "soft_mask", "binary_mask"):
-        if np.shape(getattr(labels, name)) != image.shape:
-            raise InputError(f"label {name} shape {np.shape(getattr(labels, name))} != crop {image.shape}",
-                             sample_id=sid, stage="label")
-    alpha = np.asarray(labels.soft_mask, dtype=np.float32)
-    if not np.isfinite(alpha).all():
-        raise InputError("soft_mask has NaN/inf values", sample_id=sid, stage="label")
+    arrays = _labelled_arrays(record, labels, tuple(crop_zrc), unit="voxels")
     meta = {
         "sample_id": sid, "source_key": record.ref.source_key, "patient": record.ref.patient, "split": split,
         "spacing_mm": tuple(record.spacing_mm), "origin_px": tuple(record.origin_px), "scale": tuple(record.scale),
         "n_readers": record.n_readers, "lesion_type": record.lesion_type,  # key_z -1, recist_px NaN: no RECIST in 3-D
     }
-    arrays = {
-        "image_hu": _to_int16(image),
-        "soft_mask": np.clip(alpha, 0.0, 1.0),
-        "binary_mask": np.asarray(labels.binary_mask).astype(bool).astype(np.uint8),
-        "trimap": np.asarray(labels.trimap).astype(np.uint8),
-    }
-    if record.true_fraction is not None:
-        truth = np.asarray(record.true_fraction, dtype=np.float32)
-        if truth.shape != image.shape or not np.isfinite(truth).all():
-            raise InputError(f"true_fraction shape {truth.shape} != crop {image.shape} or not finite",
-                             sample_id=sid, stage="load")
-        arrays["true_fraction"] = np.clip(truth, 0.0, 1.0)
     return arrays, meta
 
 
