@@ -15,9 +15,18 @@ TRIMAP_LESION = 255
 
 def as_image2d(image, name: str = "image", *, sample_id: str | None = None) -> np.ndarray:
     """Return ``image`` as a finite 2-D float64 array, or raise naming ``name``."""
+    return _as_image(image, name, 2, "(rows, cols)", "pixels", sample_id)
+
+
+def as_image3d(image, name: str = "image", *, sample_id: str | None = None) -> np.ndarray:
+    """Return ``image`` as a finite 3-D (slices, rows, cols) float64 array, or raise naming ``name``."""
+    return _as_image(image, name, 3, "(slices, rows, cols)", "voxels", sample_id)
+
+
+def _as_image(image, name: str, ndim: int, axes: str, unit: str, sample_id) -> np.ndarray:
     arr = np.asarray(image)
-    if arr.ndim != 2:
-        raise InputError(f"{name} must be 2-D (rows, cols), got shape {arr.shape}", sample_id=sample_id)
+    if arr.ndim != ndim:
+        raise InputError(f"{name} must be {ndim}-D {axes}, got shape {arr.shape}", sample_id=sample_id)
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise InputError(f"{name} must be a real numeric array, got dtype {arr.dtype}", sample_id=sample_id)
     if arr.size == 0:
@@ -25,7 +34,7 @@ def as_image2d(image, name: str = "image", *, sample_id: str | None = None) -> n
     arr = arr.astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
         bad = int(np.count_nonzero(~np.isfinite(arr)))
-        raise InputError(f"{name} has {bad} NaN/inf pixels", sample_id=sample_id)
+        raise InputError(f"{name} has {bad} NaN/inf {unit}", sample_id=sample_id)
     return arr
 
 

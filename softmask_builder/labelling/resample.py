@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from softmask_builder.core.validate import TRIMAP_BACKGROUND, TRIMAP_LESION, TRIMAP_UNKNOWN, as_mask3d
+from softmask_builder.core.validate import TRIMAP_BACKGROUND, TRIMAP_LESION, TRIMAP_UNKNOWN, as_image3d, as_mask3d
 from softmask_builder.errors import InputError
 
 __all__ = ["MAX_Z_FACTOR", "check_spacing_mm", "z_upsampling_factor", "fine_spacing_mm", "upsample_image_z",
@@ -79,18 +79,7 @@ def _check_factor(factor, sample_id) -> int:
 
 
 def _as_volume(array, name: str, sample_id) -> np.ndarray:
-    arr = np.asarray(array)
-    if arr.ndim != 3:
-        raise InputError(f"{name} must be 3-D (slices, rows, cols), got shape {arr.shape}", sample_id=sample_id)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise InputError(f"{name} must be a real numeric array, got dtype {arr.dtype}", sample_id=sample_id)
-    if arr.size == 0:
-        raise InputError(f"{name} is empty, got shape {arr.shape}", sample_id=sample_id)
-    arr = arr.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise InputError(f"{name} has {int(np.count_nonzero(~np.isfinite(arr)))} NaN/inf voxels",
-                         sample_id=sample_id)
-    return arr
+    return as_image3d(array, name, sample_id=sample_id)
 
 
 def upsample_image_z(image, *, factor: int, sample_id: str | None = None) -> np.ndarray:
