@@ -634,15 +634,43 @@ def format_truth_tables(truth: dict) -> str:
     return "\n".join(lines)
 
 
-def crop_patients(data: str) -> dict[str, str]:
-    """sample_id -> patient of every sample shard under ``data`` (the clusters of the truth study)."""
-    from softmask_builder.formats.shards import open_shard
+#: The record's copy of the test crops' background patients (the truth table's clusters), so that
+#: ``--no-train`` rebuilds the truth table from the committed record alone, without the build.
+PATIENTS_FILE = "crop_patients.csv"
+
+
+def crop_patients(data: str, record: Path | None = None) -> dict[str, str]:
+    """sample_id -> patient of every test-split sample shard under ``data`` (the clusters of the truth study).
+    With a ``record`` folder the map is also written there (``crop_patients.csv``, sorted, only when
+    it changed) and read back from it when ``data`` holds no shards (a record rebuilt alone)."""
+    import csv
+    import io
+
+    from softmask_builder.core import atomic
+    from softmask_builder.formats.shards import open_shard, parse_shard_name
 
     out: dict[str, str] = {}
     for path in sorted(Path(data).glob("*.h5")):
+        name = parse_shard_name(path.name)
+        if name is None or name.split != "test":  # the tables score the test split only
+            continue
         with open_shard(path) as shard:
             if shard.kind == "samples":
                 out.update(zip(shard.sample_ids, (str(p) for p in shard.meta_column("patient"))))
+    if record is None:
+        return out
+    saved = Path(record) / PATIENTS_FILE
+    if not out:
+        if saved.is_file():
+            with saved.open(newline="", encoding="utf-8") as fh:
+                return {r["sample_id"]: r["patient"] for r in csv.DictReader(fh)}
+        return out
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["sample_id", "patient"])
+    w.writerows(sorted(out.items()))
+    if not saved.is_file() or saved.read_text(encoding="utf-8") != buf.getvalue():
+        atomic.write_text(saved, buf.getvalue())
     return out
 
 
@@ -891,7 +919,8 @@ def main(argv: list[str] | None = None) -> int:
     check_truth_sets(rows, args.sets)
     teacher_files = {"teacher": args.teacher, "teacher_x2": args.teacher_x2,
                      "teacher_untrained": args.teacher_untrained}
-    check_b_teachers(rows, teacher_files)
+    if not args.no_train:  # summarising finished runs needs no teacher file
+        check_b_teachers(rows, teacher_files)
     plan = plan_runs(rows, args.seeds, args.extra_seeds, args.seeds_b)
     sets = _significant(args.sets)
     todo: list[tuple[str, str, int]] = []
@@ -973,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
     md = format_tables(stats, times)
     own = {row: v for row, v in runs.items() if row in names}  # external rows (nnU-Net) have no seeds
     has_truth = bool(own) and all(_read_truth_columns(f) is not None for v in own.values() for f in v)
-    truth = summarise_truth(own, names, select, crop_patients(args.data)) if has_truth else None
+    truth = summarise_truth(own, names, select, crop_patients(args.data, record)) if has_truth else None
     if truth is not None:  # only when every run was evaluated on a build with the phantom's truth
         stats["truth"] = truth
         md += "\n" + format_truth_tables(truth)
