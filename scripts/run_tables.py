@@ -592,7 +592,7 @@ def format_truth_tables(truth: dict) -> str:
              f"Primary: Dice against the true mask at the val threshold chosen against the label (`{truth['primary']}`); "
              f"secondary: SAD against the true fraction (`{truth['secondary']}`). Differences: per test crop, row minus "
              f"{truth['reference']} (each averaged over its kept seeds), 95 % interval clustered by background patient.",
-             "", "| row | seeds kept | Dice(true) mean over seeds | vs reference (95 % CI, clustered) | SAD(true) | "
+             "", "| row | seeds kept | Dice(true) mean over seeds | vs reference (95 % CI, clustered) | SAD(true), px per crop | "
              "SAD vs reference (95 % CI) |", "|---|---|---|---|---|---|"]
     for row, e in truth["rows"].items():
         if not e["n_kept"]:
@@ -618,7 +618,7 @@ def format_truth_tables(truth: dict) -> str:
                   f"above 0; refuted: the interval within ±{100 * DECISION_MARGIN:.0f}); a claim also needs the "
                   "replication build.", "",
                   "| comparison | role | Dice(true) diff (95 % CI, clustered) | seed means diff (95 % CI, seeds) | "
-                  "SAD(true) diff (95 % CI) | verdict (this build) |", "|---|---|---|---|---|---|"]
+                  "SAD(true) diff, px (95 % CI) | verdict (this build) |", "|---|---|---|---|---|---|"]
         for c in truth["comparisons"]:
             cells = []
             for key, fmt in (("primary", lambda x: _pp(x, True)), ("seed_means", lambda x: _pp(x, True)),
