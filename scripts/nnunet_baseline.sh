@@ -10,14 +10,19 @@
 #          default 0). Each RUN trains into its own results folder.
 #
 # Steps: `softmask export nnunet --splits-final` (fold 0 = our train / val split), plan and
-# preprocess the 2d configuration, train fold 0 on CPU, predict the test crops with
-# --save_probabilities, then `dsnet evaluate --predictions` (Dice/SEN/PPV per crop at 0.5 and at the
-# threshold chosen on nothing: nnU-Net's validation probabilities are not exported here).
+# preprocess the 2d configuration, train fold 0 on CPU (with --npz: nnU-Net's final validation keeps
+# the probabilities of our val crops), predict the test crops with --save_probabilities, put the val
+# probabilities beside them, then `dsnet evaluate --predictions --val-split val`: Dice/SEN/PPV per crop
+# at 0.5 and at the threshold chosen on val against the label (as for our runs), and on a build with
+# the phantom's truth the truth-scored columns (dice_true_tval, sad_true, ...) the truth tables read.
 # Finished steps are skipped (marker files), so the script can be re-run after an interruption.
 # Environment: DEVICE (default cpu), DATASET_ID (default 501), NP (processes, default 1), BIN
 # (folder of the softmask/dsnet console scripts, default .venv/bin), NNUNET_BIN (folder of the
 # nnUNetv2_* scripts, default $BIN; `make nnunet-baseline` uses .venv-nnunet/bin: nnU-Net needs a
-# torchvision that matches its torch, which the CPU torch wheel of .venv has none of).
+# torchvision that matches its torch, which the CPU torch wheel of .venv has none of), EVAL_OUT (the
+# report folder, default $WORK/eval/run$RUN-$TRAINER; the truth study writes it into its record).
+# TRAINER=nnUNetTrainer_Steps (scripts/nnunet_steps_trainer.py, NNUNET_TOTAL_STEPS) is copied into
+# nnU-Net's package first, where nnU-Net looks for trainers by name.
 set -euo pipefail
 BUILD=${1:?usage: scripts/nnunet_baseline.sh BUILD WORK [TRAINER] [RUN]}
 WORK=${2:?usage: scripts/nnunet_baseline.sh BUILD WORK [TRAINER] [RUN]}
@@ -53,8 +58,16 @@ if [ ! -f "$WORK/.preprocessed" ]; then
 fi
 MARK="$nnUNet_results/.trained-$TRAINER"
 if [ ! -f "$MARK" ]; then
-  step "train fold 0 with $TRAINER on $DEVICE (run $RUN)"
-  "$NNUNET_BIN/nnUNetv2_train" "$DATASET_ID" 2d 0 -tr "$TRAINER" -device "$DEVICE"
+  if [ "$TRAINER" = nnUNetTrainer_Steps ]; then
+    NNDIR=$("$NNUNET_BIN/python" -c 'import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))')
+    cp "$(dirname "$0")/nnunet_steps_trainer.py" "$NNDIR/training/nnUNetTrainer/variants/"
+    step "nnUNetTrainer_Steps: NNUNET_TOTAL_STEPS=${NNUNET_TOTAL_STEPS:-3810}"
+  fi
+  # a run cut off after a checkpoint (nnUNetTrainer_Steps writes one every epoch) goes on with --c
+  CONT=()
+  [ -f "$nnUNet_results/$DS/${TRAINER}__nnUNetPlans__2d/fold_0/checkpoint_latest.pth" ] && CONT=(--c)
+  step "train fold 0 with $TRAINER on $DEVICE (run $RUN)${CONT:+, continuing from its latest checkpoint}"
+  "$NNUNET_BIN/nnUNetv2_train" "$DATASET_ID" 2d 0 -tr "$TRAINER" -device "$DEVICE" --npz "${CONT[@]}"
   touch "$MARK"
 fi
 PRED="$WORK/predictions/run$RUN-$TRAINER"
@@ -64,6 +77,13 @@ if [ ! -f "$PRED/.done" ]; then
       --save_probabilities -device "$DEVICE" -npp "$NP" -nps "$NP"
   touch "$PRED/.done"
 fi
-step "score with dsnet evaluate --predictions"
-"$BIN/dsnet" evaluate --predictions "$PRED" --cases "$nnUNet_raw/$DS/cases.csv" --data "$BUILD" --val-split "" \
-    --name "nnunet-2d-$TRAINER-run$RUN" --out "$WORK/eval/run$RUN-$TRAINER"
+# nnU-Net's final validation (fold 0 = our val split) with --npz: the val probabilities, for the threshold
+VALID="$nnUNet_results/$DS/${TRAINER}__nnUNetPlans__2d/fold_0/validation"
+VAL_SPLIT=""
+if compgen -G "$VALID/*.npz" > /dev/null; then
+  cp "$VALID"/*.npz "$PRED/"
+  VAL_SPLIT=val
+fi
+step "score with dsnet evaluate --predictions (val split: ${VAL_SPLIT:-none})"
+"$BIN/dsnet" evaluate --predictions "$PRED" --cases "$nnUNet_raw/$DS/cases.csv" --data "$BUILD" --val-split "$VAL_SPLIT" \
+    --name "nnunet-2d-$TRAINER-run$RUN" --out "${EVAL_OUT:-$WORK/eval/run$RUN-$TRAINER}"

@@ -14,6 +14,9 @@ Design (not run yet; nnunetv2 lives in ``.venv-nnunet``, which ``make nnunet-bas
   (:func:`schedule_for_steps`). The table reports its fraction of the default schedule
   (``total / 250000``) and, because nnU-Net's 2d batch size comes from its plans, the number of
   crops seen next to the U-Net row's.
+* ``NNUNET_BATCH_SIZE`` (optional) replaces the plans' batch size (:func:`batch_size_from_env`):
+  the truth study's CPU row runs the U-Net row's steps *and* batch (2500 x 8), because the plans'
+  GPU-sized batch makes a step ~35 times dearer on the CPU; the table says so.
 * nnU-Net finds trainers by searching its own package, so the file is copied there before
   training::
 
@@ -56,7 +59,26 @@ def total_steps_from_env() -> int:
         raise ValueError(f"NNUNET_TOTAL_STEPS must be an integer, got {raw!r}") from None
 
 
+def batch_size_from_env(planned: int) -> int:
+    """``NNUNET_BATCH_SIZE`` as an int >= 1, or ``planned`` (the plans' batch size) when unset or empty.
+
+    On the CPU the plans' 2d batch (285 crops of 64 px on the truth study's build: nnU-Net caps it at
+    5 % of the dataset, sized for a GPU) costs about 20 s of CPU per step, so 2500 steps would be
+    ~14 CPU-hours; the truth study's CPU row sets the U-Net row's batch (8) instead and says so."""
+    raw = os.environ.get("NNUNET_BATCH_SIZE", "").strip()
+    if not raw:
+        return planned
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"NNUNET_BATCH_SIZE must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"NNUNET_BATCH_SIZE must be >= 1, got {value}")
+    return value
+
+
 try:  # only inside nnU-Net's environment
+    import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 except ImportError:  # pragma: no cover - the project's own venv has no nnunetv2
     nnUNetTrainer = None
@@ -64,8 +86,23 @@ except ImportError:  # pragma: no cover - the project's own venv has no nnunetv2
 if nnUNetTrainer is not None:  # pragma: no cover - needs nnunetv2
 
     class nnUNetTrainer_Steps(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming)
-        """nnUNetTrainer with ``NNUNET_TOTAL_STEPS`` gradient steps (see the module docstring)."""
+        """nnUNetTrainer with ``NNUNET_TOTAL_STEPS`` gradient steps (see the module docstring).
 
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
+        The signature is nnU-Net's own, spelled out: ``nnUNetTrainer.__init__`` records its init
+        arguments by the names of ``inspect.signature(self.__init__)`` (to re-create the trainer
+        from a checkpoint), so ``*args, **kwargs`` fails there with ``KeyError: 'args'``."""
+
+        def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                     device: torch.device = torch.device("cuda")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
             self.num_epochs, self.num_iterations_per_epoch = schedule_for_steps(total_steps_from_env())
+            # a checkpoint every epoch (nnU-Net: every 50), so `nnUNetv2_train ... --c` resumes a CPU
+            # run cut off mid-way (a few epochs of ~250 steps here)
+            self.save_every = 1
+
+        def _set_batch_size_and_oversample(self):
+            super()._set_batch_size_and_oversample()
+            if self.is_ddp and os.environ.get("NNUNET_BATCH_SIZE", "").strip():
+                raise RuntimeError("NNUNET_BATCH_SIZE is for one device; leave it unset with DDP")
+            if not self.is_ddp:
+                self.batch_size = batch_size_from_env(self.configuration_manager.batch_size)

@@ -511,7 +511,8 @@ def truth_verdict(mean: float, lo: float, hi: float, *, margin: float = DECISION
 
 def summarise_truth(runs: dict[str, list[Path]], names: dict[str, list[str]], select: dict[str, list[float]],
                     patients: dict[str, str], *, reference: str = "unet",
-                    pairs: tuple[tuple[str, str, str], ...] = TRUTH_PAIRS + TRUTH_B_PAIRS) -> dict | None:
+                    pairs: tuple[tuple[str, str, str], ...] = TRUTH_PAIRS + TRUTH_B_PAIRS,
+                    external: dict[str, str] | None = None) -> dict | None:
     """The truth study's statistics (docs/TRAINING.md), or None unless every run's evaluation has
     the truth columns: per row, the collapsed runs (:func:`collapsed_runs` on the selection
     scores) apart; over the others, the seed means of the primary endpoint (Dice against the true
@@ -525,12 +526,25 @@ def summarise_truth(runs: dict[str, list[Path]], names: dict[str, list[str]], se
     made when both rows are there, into ``out["comparisons"]``: the paired per-crop difference of
     both endpoints with the clustered interval, the 95 % t interval on the seed means (arms paired
     by seed index, kept seeds of both only) and, for the deciding pairs, :func:`truth_verdict` on
-    the primary endpoint ("unstable" when either arm has more than one collapsed seed)."""
+    the primary endpoint ("unstable" when either arm has more than one collapsed seed).
+
+    ``external``: rows made by another tool (the nnU-Net row: ``dsnet evaluate --predictions``
+    reports, one per repeated run) -> the row it is compared with (``"peer (reported)"``, never a
+    verdict). An external row is part of the truth tables only when its reports have the truth
+    columns (else it is left out of them, the other rows unchanged); it has no seeds to pair and no
+    selection score, so it is never judged by the collapse rule, and its comparison has the
+    clustered per-crop interval only."""
+    external = {row: ref for row, ref in (external or {}).items() if row in runs}
+    for row in list(external):
+        if any(_read_truth_columns(f) is None for f in runs[row]):
+            runs = {r: v for r, v in runs.items() if r != row}
+            del external[row]
+    names = {**names, **{row: [f"{row} run {k}" for k in range(len(runs[row]))] for row in external}}
     cols = {row: [_read_truth_columns(f) for f in folders] for row, folders in runs.items()}
     if not cols or any(c is None for v in cols.values() for c in v):
         return None
     gone = collapsed_runs({row: dict(zip(names[row], select.get(row, [None] * len(names[row]))))
-                           for row in runs}, floor=COLLAPSE_FLOOR, margin=COLLAPSE_MARGIN)
+                           for row in runs if row not in external}, floor=COLLAPSE_FLOOR, margin=COLLAPSE_MARGIN)
     per_row: dict[str, dict[str, tuple[float, float]]] = {}
     seed_means: dict[str, dict[int, float]] = {}
     out: dict = {"primary": TRUTH_PRIMARY, "secondary": TRUTH_SECONDARY, "reference": reference,
@@ -543,7 +557,10 @@ def summarise_truth(runs: dict[str, list[Path]], names: dict[str, list[str]], se
             entry["primary_seed_means"] = [float(np.mean([c[i][0] for i in ids])) for c in kept]
             entry["secondary_seed_means"] = [float(np.mean([c[i][1] for i in ids])) for c in kept]
             kept_names = [n for n in names[row] if n not in gone.get(row, [])]
-            seed_means[row] = {_seed_of(n): m for n, m in zip(kept_names, entry["primary_seed_means"])}
+            if row not in external:
+                seed_means[row] = {_seed_of(n): m for n, m in zip(kept_names, entry["primary_seed_means"])}
+            else:
+                entry["external"] = True
             per_row[row] = {i: (float(np.mean([c[i][0] for c in kept])), float(np.mean([c[i][1] for c in kept])))
                             for i in ids}
         out["rows"][row] = entry
@@ -561,7 +578,8 @@ def summarise_truth(runs: dict[str, list[Path]], names: dict[str, list[str]], se
                 m, lo, hi = clustered_interval(diff, groups)
                 out["rows"][row][key] = {"mean": m, "ci95": [lo, hi], "n_clusters": len(set(groups))}
     out["comparisons"] = []
-    for arm, ref, role in pairs:
+    peer_role = "peer: another tool at its stated budget"
+    for arm, ref, role in tuple(pairs) + tuple((row, ref, peer_role) for row, ref in external.items()):
         if arm not in out["rows"] or ref not in out["rows"]:
             continue
         comp: dict = {"arm": arm, "reference": ref, "role": role}
@@ -576,12 +594,14 @@ def summarise_truth(runs: dict[str, list[Path]], names: dict[str, list[str]], se
             for k, key in ((0, "primary"), (1, "secondary")):
                 m, lo, hi = clustered_interval([per_row[arm][i][k] - per_row[ref][i][k] for i in ids], groups)
                 comp[key] = {"mean": m, "ci95": [lo, hi], "n_clusters": len(set(groups))}
-            common = sorted(set(seed_means[arm]) & set(seed_means[ref]))
-            m, lo, hi = t_interval(np.array([seed_means[arm][s] - seed_means[ref][s] for s in common]))
-            comp["seed_means"] = {"mean": m, "ci95": [lo, hi], "seeds": common}
+            if arm in seed_means and ref in seed_means:   # an external row has no seeds to pair
+                common = sorted(set(seed_means[arm]) & set(seed_means[ref]))
+                m, lo, hi = t_interval(np.array([seed_means[arm][s] - seed_means[ref][s] for s in common]))
+                comp["seed_means"] = {"mean": m, "ci95": [lo, hi], "seeds": common}
             if role.startswith("decides") and "verdict" not in comp:
                 comp["verdict"] = truth_verdict(*[comp["primary"]["mean"], *comp["primary"]["ci95"]])
-        comp.setdefault("verdict", "undecided" if role.startswith("decides") else "bound (reported)")
+        comp.setdefault("verdict", "undecided" if role.startswith("decides")
+                        else "peer (reported)" if role == peer_role else "bound (reported)")
         out["comparisons"].append(comp)
     return out
 
@@ -598,12 +618,16 @@ def format_truth_tables(truth: dict) -> str:
         if not e["n_kept"]:
             lines.append(f"| {row} | 0/{e['n_seeds']} | - | - | - | - |")
             continue
+        if e.get("external"):
+            seeds = f"{e['n_seeds']} run{'s' if e['n_seeds'] > 1 else ''} (no seeds)"
+        else:
+            seeds = f"{e['n_kept']}/{e['n_seeds']}"
         cells = []
         for key, signed in (("primary_vs_ref", True), ("secondary_vs_ref", False)):
             v = e.get(key)
             fmt = (lambda x: _pp(x, True)) if signed else (lambda x: f"{x:+.2f}")
             cells.append("-" if v is None else f"{fmt(v['mean'])} [{fmt(v['ci95'][0])}, {fmt(v['ci95'][1])}]")
-        lines.append(f"| {row} | {e['n_kept']}/{e['n_seeds']} | {_pp(float(np.mean(e['primary_seed_means'])))} | "
+        lines.append(f"| {row} | {seeds} | {_pp(float(np.mean(e['primary_seed_means'])))} | "
                      f"{cells[0]} | {float(np.mean(e['secondary_seed_means'])):.2f} | {cells[1]} |")
     lines.append("")
     for row, runs in sorted(truth["collapsed"].items()):
@@ -1002,7 +1026,12 @@ def main(argv: list[str] | None = None) -> int:
     md = format_tables(stats, times)
     own = {row: v for row, v in runs.items() if row in names}  # external rows (nnU-Net) have no seeds
     has_truth = bool(own) and all(_read_truth_columns(f) is not None for v in own.values() for f in v)
-    truth = summarise_truth(own, names, select, crop_patients(args.data, record)) if has_truth else None
+    # the nnU-Net row is compared with the U-Net row, or with A0 (the same U-Net, Dice only) without one
+    peer_ref = "unet" if "unet" in own else "A0" if "A0" in own else None
+    external = {args.nnunet_label: peer_ref} if args.nnunet and peer_ref else {}
+    truth_runs = {**own, **{row: runs[row] for row in external}}
+    truth = (summarise_truth(truth_runs, names, select, crop_patients(args.data, record), external=external)
+             if has_truth else None)
     if truth is not None:  # only when every run was evaluated on a build with the phantom's truth
         stats["truth"] = truth
         md += "\n" + format_truth_tables(truth)

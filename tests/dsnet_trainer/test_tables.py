@@ -267,6 +267,22 @@ def test_nnunet_steps_schedule_is_exact_and_near_250_iterations():
         mod.schedule_for_steps(0)
 
 
+def test_nnunet_batch_size_comes_from_the_plans_unless_set(monkeypatch):
+    spec = importlib.util.spec_from_file_location("nnunet_steps", ROOT / "scripts" / "nnunet_steps_trainer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.delenv("NNUNET_BATCH_SIZE", raising=False)
+    assert mod.batch_size_from_env(285) == 285
+    monkeypatch.setenv("NNUNET_BATCH_SIZE", " ")
+    assert mod.batch_size_from_env(285) == 285
+    monkeypatch.setenv("NNUNET_BATCH_SIZE", "8")
+    assert mod.batch_size_from_env(285) == 8
+    for bad in ("0", "-3", "eight"):
+        monkeypatch.setenv("NNUNET_BATCH_SIZE", bad)
+        with pytest.raises(ValueError, match="NNUNET_BATCH_SIZE"):
+            mod.batch_size_from_env(285)
+
+
 def test_record_keeps_the_truth_columns_when_the_evaluation_has_them(tmp_path):
     mod = _tables_module()
     head_plain = "sample_id,gt_px,pred_px,dice,dice_tval,sen,ppv,dice_smooth,sad,mse"
@@ -358,8 +374,28 @@ def test_tables_of_a_build_with_the_truth_end_with_the_truth_table(tmp_path, mon
     label = "nnunet_2d 3810 steps (1.5 % of default)"
     assert mod.main([*argv, "--nnunet", str(out / "unet-s0" / "eval-test"), "--nnunet-label", label]) == 0
     tables = json.loads((out / "tables.json").read_text())
+    assert label in tables["rows"] and f"| {label} | 1 |" in (out / "TABLES.md").read_text()
+    # with the truth columns it joins the truth table as a peer of the U-Net row, never judged by the
+    # collapse rule and never given a verdict; the same report as unet-s0: a difference of exactly 0
+    assert tables["truth"]["rows"][label]["external"] and label not in tables["truth"]["collapsed"]
+    peer = [c for c in tables["truth"]["comparisons"] if c["arm"] == label]
+    assert [(c["reference"], c["verdict"]) for c in peer] == [("unet", "peer (reported)")]
+    assert peer[0]["primary"]["mean"] == 0.0 and "seed_means" not in peer[0]
+    assert f"| {label} | 1 run (no seeds) |" in (out / "TABLES.md").read_text()
+    # a report without the truth columns (another build, or no val predictions): left out of the truth table
+    plain = tmp_path / "plain-report"
+    plain.mkdir()
+    (plain / "metrics.json").write_text((out / "unet-s0" / "eval-test" / "metrics.json").read_text())
+    with open(out / "unet-s0" / "eval-test" / "per_crop.csv", newline="") as fh:
+        kept = [{k: r[k] for k in ("sample_id", "gt_px", "pred_px", "dice", "sen", "ppv", "sad")} for r in csv.DictReader(fh)]
+    with open(plain / "per_crop.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(kept[0]))
+        w.writeheader()
+        w.writerows(kept)
+    assert mod.main([*argv, "--nnunet", str(plain), "--nnunet-label", label]) == 0
+    tables = json.loads((out / "tables.json").read_text())
     assert label in tables["rows"] and label not in tables["truth"]["rows"]
-    assert f"| {label} | 1 |" in (out / "TABLES.md").read_text()
+    assert not [c for c in tables["truth"]["comparisons"] if c["arm"] == label]
 
 
 # ---- the truth study's arms A0-A4 and the design's comparisons (issue 25) ----------------------
