@@ -16,7 +16,7 @@ Design (not run yet; nnunetv2 lives in ``.venv-nnunet``, which ``make nnunet-bas
   crops seen next to the U-Net row's.
 * ``NNUNET_BATCH_SIZE`` (optional) replaces the plans' batch size (:func:`batch_size_from_env`):
   the truth study's CPU row runs the U-Net row's steps *and* batch (2500 x 8), because the plans'
-  GPU-sized batch makes a step ~35 times dearer on the CPU; the table says so.
+  GPU-sized batch makes a step 42 times dearer on the CPU; the table says so.
 * nnU-Net finds trainers by searching its own package, so the file is copied there before
   training::
 
@@ -63,8 +63,9 @@ def batch_size_from_env(planned: int) -> int:
     """``NNUNET_BATCH_SIZE`` as an int >= 1, or ``planned`` (the plans' batch size) when unset or empty.
 
     On the CPU the plans' 2d batch (285 crops of 64 px on the truth study's build: nnU-Net caps it at
-    5 % of the dataset, sized for a GPU) costs about 20 s of CPU per step, so 2500 steps would be
-    ~14 CPU-hours; the truth study's CPU row sets the U-Net row's batch (8) instead and says so."""
+    5 % of the dataset, sized for a GPU) costs 18.7 s of CPU per gradient step (batch 8: 0.44 s;
+    ``benchmarks/bench_nnunet_step.py``), so 2500 steps would be 13 CPU-hours of steps alone; the
+    truth study's CPU row sets the U-Net row's batch (8) instead and says so."""
     raw = os.environ.get("NNUNET_BATCH_SIZE", "").strip()
     if not raw:
         return planned
