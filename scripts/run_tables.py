@@ -1023,6 +1023,8 @@ def main(argv: list[str] | None = None) -> int:
     stats["teachers"] = teachers
     stats["sets"] = sets
     stats["l1_default"] = choose_l1_default(stats)
+    if args.nnunet:   # the external row's name (it may state its budget), so a record rebuilds under it
+        stats["nnunet_label"] = args.nnunet_label
     md = format_tables(stats, times)
     own = {row: v for row, v in runs.items() if row in names}  # external rows (nnU-Net) have no seeds
     has_truth = bool(own) and all(_read_truth_columns(f) is not None for v in own.values() for f in v)

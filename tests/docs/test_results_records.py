@@ -30,11 +30,13 @@ def test_record_rebuilds_its_tables(record, tmp_path, capsys):
     # the canonical order of a `--rows ... --study l1` call (the tables list rows in call order)
     canon = [*mod.TABLE_III, *mod.TABLE_IV, *mod.TABLE_V, *mod.L1_STUDY]
     rows = [r for r in canon if r in saved["rows"]]
-    rows += sorted(r for r in saved["rows"] if r not in canon and r != "nnunet_2d")
+    label = saved.get("nnunet_label", "nnunet_2d")   # records before the label was saved: the default
+    rows += sorted(r for r in saved["rows"] if r not in canon and r != label)
     nnunet = sorted(p.parent for p in record.glob("nnunet*/metrics.json"))
     argv = ["--data", str(tmp_path / "unused"), "--out", str(tmp_path / "out"), "--record", str(tmp_path / "rec"),
             "--rows", ",".join(rows), "--seeds", "9", "--extra-seeds", "9", "--no-train",
-            *[x for s in saved["sets"] for x in ("-s", s)], *[x for n in nnunet for x in ("--nnunet", str(n))]]
+            *[x for s in saved["sets"] for x in ("-s", s)], *[x for n in nnunet for x in ("--nnunet", str(n))],
+            *(["--nnunet-label", label] if nnunet else [])]
     # rebuild from a copy of the record, so the committed files are never rewritten by the test
     import shutil
 
