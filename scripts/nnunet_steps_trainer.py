@@ -3,7 +3,8 @@ trains for exactly the number of gradient steps of the U-Net row, instead of one
 ``_Xepochs`` debugging trainers (``nnUNetTrainer_1epoch`` ran 250 of the default 250,000
 iterations, 0.1 %).
 
-Design (not run yet; nnunetv2 lives in ``.venv-nnunet``, which ``make nnunet-baseline`` creates):
+Design (run on the truth study's primary build, 2026-12-07: docs/TRAINING.md, the nnU-Net row;
+nnunetv2 lives in ``.venv-nnunet``, which ``make nnunet-baseline`` creates):
 
 * nnU-Net's schedule is ``num_epochs`` (1000) x ``num_iterations_per_epoch`` (250) with a poly
   learning-rate decay over the epochs. The subclass keeps everything else of ``nnUNetTrainer``

@@ -1034,6 +1034,9 @@ def main(argv: list[str] | None = None) -> int:
     truth_runs = {**own, **{row: runs[row] for row in external}}
     truth = (summarise_truth(truth_runs, names, select, crop_patients(args.data, record), external=external)
              if has_truth else None)
+    if truth is not None and any(row not in truth["rows"] for row in external):
+        print(f"[tables] {args.nnunet_label}: left out of the truth table (its reports have no truth columns: "
+              "another build, or no val predictions)", file=sys.stderr)
     if truth is not None:  # only when every run was evaluated on a build with the phantom's truth
         stats["truth"] = truth
         md += "\n" + format_truth_tables(truth)

@@ -392,7 +392,9 @@ def test_tables_of_a_build_with_the_truth_end_with_the_truth_table(tmp_path, mon
         w = csv.DictWriter(fh, fieldnames=list(kept[0]))
         w.writeheader()
         w.writerows(kept)
+    capsys.readouterr()
     assert mod.main([*argv, "--nnunet", str(plain), "--nnunet-label", label]) == 0
+    assert f"{label}: left out of the truth table" in capsys.readouterr().err
     tables = json.loads((out / "tables.json").read_text())
     assert label in tables["rows"] and label not in tables["truth"]["rows"]
     assert not [c for c in tables["truth"]["comparisons"] if c["arm"] == label]
