@@ -16,7 +16,8 @@ export SOFTMASK_SHARED_DATA ?= $(SHARED_DATA)
 
 .PHONY: setup test test-all test-export export-nnunet export-monai lnsm lidc masks slices release preview bench \
         bench-accuracy bench-accuracy-hybrid calibrate bench-build pretrain-sr train evaluate tables nnunet-baseline \
-        bench-loader bench-matting3d figures clean report report-check help lidc3d lidc3d-agreement lnsm3d masks3d bench-truth3d
+        bench-loader bench-matting3d figures clean report report-check help lidc3d lidc3d-agreement lnsm3d masks3d bench-truth3d \
+        truth-tables
 
 setup: $(STAMP)
 
@@ -211,6 +212,20 @@ tables: $(STAMP)
 	@test -f "$(TEACHER)" || SOFTMASK_NO_HINTS=1 $(MAKE) pretrain-sr
 	$(PY) scripts/run_tables.py --data "$(LNSM_DIR)" --teacher "$(TEACHER)" --out "$(TABLES_OUT)" --config $(SEG_CONFIG) --jobs $(TABLES_JOBS) $(if $(TABLES_RECORD),--record "$(TABLES_RECORD)",) $(TABLES_SET) $(foreach d,$(NNUNET_EVAL),--nnunet "$(d)")
 
+# The truth study (issue 25): both builds' TABLES.md / tables.json rebuilt from the committed per-run
+# records alone (no build, no training; seconds). The runs themselves: docs/TRAINING.md.
+TRUTH_SET = -s optim.epochs=10 -s loop.max_steps_per_epoch=250 -s loop.num_threads=1
+TRUTH1_NNUNET_LABEL = nnunet_2d 2500 steps x batch 8 (1 % of default steps)
+truth-tables: $(STAMP)
+	$(PY) scripts/run_tables.py --data build/truth1 --out runs/truth1 --record docs/results/truth1 --no-train \
+	    --rows A0,A1,A2,A3,A4,B0,B1,B2,B3 --seeds 5 --seeds-b 4 $(TRUTH_SET) \
+	    --nnunet docs/results/truth1/nnunet-2d-run0 --nnunet-label "$(TRUTH1_NNUNET_LABEL)"
+	$(PY) scripts/run_tables.py --data build/truth2 --out runs/truth2 --record docs/results/truth2 --no-train \
+	    --rows A0,A1,A2,B0,B1,B2 --seeds 3 $(TRUTH_SET)
+	@git diff --quiet -- docs/results/truth1 docs/results/truth2 2>/dev/null \
+	    && echo "truth tables: docs/results/truth1/TABLES.md and truth2/TABLES.md rebuilt, identical to the committed ones" \
+	    || echo "truth tables: rebuilt; they differ from the committed ones (git diff docs/results/truth1 docs/results/truth2)"
+
 # nnU-Net v2 2-D baseline through the nnU-Net export, scored by `dsnet evaluate --predictions`.
 NNUNET_WORK ?= runs/nnunet
 NNUNET_TRAINER ?= nnUNetTrainer_5epochs
@@ -278,6 +293,7 @@ clean:
 ## evaluate       Dice / SEN / PPV of the trained run on build/lnsm's test split
 ## tables         Tables III-V runs (finished runs skipped), mean ± std over seeds, paired CIs
 ## nnunet-baseline  nnU-Net v2 2-D baseline through the nnU-Net export
+## truth-tables   the truth study's tables (docs/results/truth1, truth2) rebuilt from the committed records
 ## clean          remove build/ and runs/
 ## help           this list
 help:
