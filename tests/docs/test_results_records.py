@@ -73,3 +73,46 @@ def test_readme_table_rows_come_from_a_record():
         assert lines, f"no table follows the citation of {m.group(0)}"
         for line in lines:
             assert line in table, f"README row not in {m.group(0)}: {line}"
+
+
+def _make_truth_tables_commands():
+    """The `run_tables.py` calls `make truth-tables` would run, split into argv lists."""
+    import shlex
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    printed = subprocess.run(["make", "--no-print-directory", "-n", "truth-tables", "STAMP="], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    commands = []
+    for line in printed.replace("\\\n", " ").splitlines():
+        argv = shlex.split(line)
+        if len(argv) > 1 and argv[1] == "scripts/run_tables.py":
+            commands.append(argv[2:])
+    return commands
+
+
+def test_make_truth_tables_rebuilds_both_truth_records_exactly(tmp_path, capsys):
+    """`make truth-tables` (the README's one command for the truth study's tables) names every run and
+    setting of both records: run with a copy of each record, it writes the committed TABLES.md."""
+    import shutil
+
+    mod = _tables_module()
+    commands = _make_truth_tables_commands()
+    records = {argv[argv.index("--record") + 1] for argv in commands}
+    assert records == {"docs/results/truth1", "docs/results/truth2"}
+    for argv in commands:
+        record = ROOT / argv[argv.index("--record") + 1]
+        copy = tmp_path / record.name
+        shutil.copytree(record, copy)
+        argv = [a.replace(str(record.relative_to(ROOT)), str(copy)) for a in argv]   # --record, --nnunet
+        argv[argv.index("--out") + 1] = str(tmp_path / ("out-" + record.name))
+        argv[argv.index("--data") + 1] = str(tmp_path / "no-build")      # the records alone suffice
+        assert mod.main(argv) == 0
+        capsys.readouterr()
+        saved = json.loads((record / "tables.json").read_text())
+        rebuilt = json.loads((copy / "tables.json").read_text())
+        assert set(rebuilt["rows"]) == set(saved["rows"]), record.name
+        assert rebuilt.get("truth") is not None, f"{record.name}: no truth table rebuilt"
+        assert (copy / "TABLES.md").read_text() == (record / "TABLES.md").read_text(), record.name
