@@ -8,12 +8,26 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = sorted(p.parent for p in (ROOT / "docs" / "results").glob("*/tables.json"))
+
+
+def _rebuild_in_copy(mod, record: Path, copy: Path, argv: list[str], capsys) -> dict:
+    """Run `run_tables.py argv` (whose `--record` is `copy`) on a copy of `record`, so the committed
+    files are never rewritten; the copy's TABLES.md must be the committed one byte for byte. Returns
+    the rebuilt tables.json."""
+    shutil.copytree(record, copy)
+    assert mod.main(argv) == 0
+    capsys.readouterr()
+    assert (copy / "TABLES.md").read_text() == (record / "TABLES.md").read_text(), record.name
+    return json.loads((copy / "tables.json").read_text())
 
 
 def _tables_module():
@@ -37,20 +51,12 @@ def test_record_rebuilds_its_tables(record, tmp_path, capsys):
             "--rows", ",".join(rows), "--seeds", "9", "--extra-seeds", "9", "--no-train",
             *[x for s in saved["sets"] for x in ("-s", s)], *[x for n in nnunet for x in ("--nnunet", str(n))],
             *(["--nnunet-label", label] if nnunet else [])]
-    # rebuild from a copy of the record, so the committed files are never rewritten by the test
-    import shutil
-
-    shutil.copytree(record, tmp_path / "rec")
-    assert mod.main(argv) == 0
-    capsys.readouterr()
-    rebuilt = json.loads((tmp_path / "rec" / "tables.json").read_text())
+    rebuilt = _rebuild_in_copy(mod, record, tmp_path / "rec", argv, capsys)
     assert set(rebuilt["rows"]) == set(saved["rows"])
     for row, entry in saved["rows"].items():
         for key, value in entry.items():
             if isinstance(value, float):
                 assert rebuilt["rows"][row][key] == pytest.approx(value, rel=1e-12, abs=1e-12), (row, key)
-    # and the committed TABLES.md is exactly what the script writes from those files
-    assert (tmp_path / "rec" / "TABLES.md").read_text() == (record / "TABLES.md").read_text()
 
 
 def test_readme_table_rows_come_from_a_record():
@@ -77,10 +83,6 @@ def test_readme_table_rows_come_from_a_record():
 
 def _make_truth_tables_commands():
     """The `run_tables.py` calls `make truth-tables` would run, split into argv lists."""
-    import shlex
-    import shutil
-    import subprocess
-
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     printed = subprocess.run(["make", "--no-print-directory", "-n", "truth-tables", "STAMP="], cwd=ROOT,
@@ -96,8 +98,6 @@ def _make_truth_tables_commands():
 def test_make_truth_tables_rebuilds_both_truth_records_exactly(tmp_path, capsys):
     """`make truth-tables` (the README's one command for the truth study's tables) names every run and
     setting of both records: run with a copy of each record, it writes the committed TABLES.md."""
-    import shutil
-
     mod = _tables_module()
     commands = _make_truth_tables_commands()
     records = {argv[argv.index("--record") + 1] for argv in commands}
@@ -105,14 +105,10 @@ def test_make_truth_tables_rebuilds_both_truth_records_exactly(tmp_path, capsys)
     for argv in commands:
         record = ROOT / argv[argv.index("--record") + 1]
         copy = tmp_path / record.name
-        shutil.copytree(record, copy)
         argv = [a.replace(str(record.relative_to(ROOT)), str(copy)) for a in argv]   # --record, --nnunet
         argv[argv.index("--out") + 1] = str(tmp_path / ("out-" + record.name))
         argv[argv.index("--data") + 1] = str(tmp_path / "no-build")      # the records alone suffice
-        assert mod.main(argv) == 0
-        capsys.readouterr()
+        rebuilt = _rebuild_in_copy(mod, record, copy, argv, capsys)
         saved = json.loads((record / "tables.json").read_text())
-        rebuilt = json.loads((copy / "tables.json").read_text())
         assert set(rebuilt["rows"]) == set(saved["rows"]), record.name
         assert rebuilt.get("truth") is not None, f"{record.name}: no truth table rebuilt"
-        assert (copy / "TABLES.md").read_text() == (record / "TABLES.md").read_text(), record.name
